@@ -1,0 +1,59 @@
+// The narrow interface between the engine (packer, scheduler, sampler) and a compute backend.
+// The fp32 CPU backend is the reference; the CUDA backend is the product. Both hold the weights
+// and the paged KV cache; block ids come from the engine's KvBlockAllocator.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/batch.h"
+#include "engine/config.h"
+
+namespace sbserve {
+
+class Checkpoint;
+
+struct KvCacheShape {
+  int num_blocks = 0;
+  int block_size = 16;  // tokens per block
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;  // "cpu" or "cuda"
+  virtual const ModelConfig& config() const = 0;
+
+  // Bytes one cached token costs over all layers (K and V) in this backend's cache dtype.
+  virtual int64_t KvBytesPerToken() const = 0;
+
+  // (Re)allocates the paged KV cache; every layer gets [num_blocks, block_size, Hkv, d] for K and V.
+  virtual absl::Status InitKvCache(const KvCacheShape& shape) = 0;
+  virtual KvCacheShape kv_cache_shape() const = 0;
+
+  // Runs the whole model over one packed batch: appends the K/V of every batch token to its
+  // sequence's blocks, then writes float32 logits of batch.logit_rows, row by row, into
+  // `logits` ([logit_rows.size(), vocab]).
+  virtual absl::Status Forward(const Batch& batch, std::span<float> logits) = 0;
+};
+
+struct CpuBackendOptions {
+  int num_threads = 0;  // 0: hardware concurrency
+};
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const Checkpoint& checkpoint,
+                                                          const CpuBackendOptions& options = {});
+
+// Defined only when built with SBSERVE_CUDA; returns UNAVAILABLE when no device is present.
+struct CudaBackendOptions {
+  int device = 0;
+};
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Checkpoint& checkpoint,
+                                                           const CudaBackendOptions& options = {});
+
+}  // namespace sbserve
