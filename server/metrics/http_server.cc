@@ -1,0 +1,114 @@
+#include "server/metrics/http_server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "server/metrics/text_format.h"
+
+namespace sbserve::metrics {
+namespace {
+
+// absl::string_view is not std::string_view in Debian's abseil, so strings are joined here
+// instead of with absl::StrCat.
+template <typename... Parts>
+void Append(std::string* out, const Parts&... parts) {
+  (out->append(parts), ...);
+}
+template <typename... Parts>
+std::string Cat(const Parts&... parts) {
+  std::string out;
+  Append(&out, parts...);
+  return out;
+}
+
+}  // namespace
+
+class MetricsHttpServer::Impl {
+ public:
+  Impl(const Registry& registry, MetricsHttpServerOptions options)
+      : registry_(registry), options_(std::move(options)) {}
+
+  ~Impl() { Stop(); }
+
+  absl::Status Start() {
+    if (started_) return absl::FailedPreconditionError("metrics HTTP server already started");
+    const int threads = options_.worker_threads > 0 ? options_.worker_threads : 1;
+    server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    // Prometheus keeps scrape connections open; a short keep-alive bounds how long Stop() waits
+    // for an idle connection to notice the shutdown.
+    server_.set_keep_alive_timeout(1);
+    server_.set_read_timeout(5, 0);
+    server_.set_write_timeout(5, 0);
+
+    server_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(registry_.Serialize(), std::string(kTextContentType));
+    });
+    server_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      const bool live = !options_.live || options_.live();
+      res.status = live ? 200 : 503;
+      res.set_content(live ? "ok\n" : "not live\n", "text/plain; charset=utf-8");
+    });
+    server_.Get("/ready", [this](const httplib::Request&, httplib::Response& res) {
+      const bool ready = !options_.ready || options_.ready();
+      res.status = ready ? 200 : 503;
+      res.set_content(ready ? "ready\n" : "not ready\n", "text/plain; charset=utf-8");
+    });
+
+    int bound = -1;
+    if (options_.port == 0) {
+      bound = server_.bind_to_any_port(options_.host);
+    } else if (server_.bind_to_port(options_.host, options_.port)) {
+      bound = options_.port;
+    }
+    if (bound <= 0) {
+      return absl::UnavailableError(Cat("metrics HTTP server cannot bind ", options_.host,
+                                                 ":", std::to_string(options_.port)));
+    }
+    port_.store(bound);
+    started_ = true;
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    // httplib's stop() only acts once the listen loop has marked itself running; waiting for that
+    // here makes a Stop() right after Start() reliable. The loop starts within microseconds.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!server_.is_running()) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        return absl::InternalError("metrics HTTP server thread did not start");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return absl::OkStatus();
+  }
+
+  void Stop() {
+    if (!started_) return;
+    server_.stop();
+    if (thread_.joinable()) thread_.join();
+    started_ = false;
+  }
+
+  int port() const { return port_.load(); }
+  bool running() const { return started_ && server_.is_running(); }
+
+ private:
+  const Registry& registry_;
+  const MetricsHttpServerOptions options_;
+  httplib::Server server_;
+  std::thread thread_;
+  std::atomic<int> port_{0};
+  bool started_ = false;
+};
+
+MetricsHttpServer::MetricsHttpServer(const Registry& registry, MetricsHttpServerOptions options)
+    : impl_(std::make_unique<Impl>(registry, std::move(options))) {}
+
+MetricsHttpServer::~MetricsHttpServer() = default;
+
+absl::Status MetricsHttpServer::Start() { return impl_->Start(); }
+void MetricsHttpServer::Stop() { impl_->Stop(); }
+int MetricsHttpServer::port() const { return impl_->port(); }
+bool MetricsHttpServer::running() const { return impl_->running(); }
+
+}  // namespace sbserve::metrics

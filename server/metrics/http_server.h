@@ -1,0 +1,54 @@
+// The operations HTTP endpoint: GET /metrics (Prometheus text format 0.0.4), GET /health
+// (liveness) and GET /ready (readiness), for scrapers and plain HTTP probes.
+//
+//   MetricsHttpServer http(registry, {.host = "0.0.0.0", .port = 8080,
+//                                     .live = [&] { return true; },
+//                                     .ready = [&] { return serving.load(); }});
+//   if (absl::Status s = http.Start(); !s.ok()) ...
+//   LOG << "metrics on port " << http.port();
+//   ...
+//   http.Stop();
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/metrics/registry.h"
+
+namespace sbserve::metrics {
+
+struct MetricsHttpServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 8080;  // 0 picks a free port; read it back with port()
+  // Probe callbacks, called on HTTP worker threads (make them cheap and thread-safe).
+  // An empty function counts as "true".
+  std::function<bool()> live;   // GET /health: 200 "ok" when true, 503 otherwise
+  std::function<bool()> ready;  // GET /ready: 200 "ready" when true, 503 otherwise
+  int worker_threads = 2;       // scrapes and probes are tiny; two threads are plenty
+};
+
+class MetricsHttpServer {
+ public:
+  // `registry` must outlive this object.
+  MetricsHttpServer(const Registry& registry, MetricsHttpServerOptions options);
+  ~MetricsHttpServer();  // Stops the server if running.
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  // Binds host:port and starts serving on a background thread; returns once requests are
+  // accepted. UNAVAILABLE when the address cannot be bound, FAILED_PRECONDITION if started twice.
+  absl::Status Start();
+  // Stops accepting, finishes requests in progress and joins the thread. Idempotent.
+  void Stop();
+  // The bound port (the chosen one when options.port was 0); 0 before Start.
+  int port() const;
+  bool running() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sbserve::metrics
