@@ -1,0 +1,125 @@
+// The serving engine: admission, one scheduler thread running iteration-level continuous
+// batching over a Backend, and event delivery to per-request sinks. Internals stay behind a pimpl.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/backend.h"
+#include "engine/request.h"
+
+namespace sbserve {
+
+class Tokenizer;
+
+struct EngineOptions {
+  int max_batch_tokens = 512;         // tokens per step (decode tokens + prefill chunks)
+  int max_num_seqs = 128;             // sequences per step
+  int max_queued_requests = 256;      // admission: waiting requests
+  int64_t max_queued_tokens = 65536;  // admission: prompt tokens of waiting requests
+  int default_max_tokens = 256;
+  int kv_block_size = 16;
+  int kv_num_blocks = 0;              // 0: from kv_cache_bytes
+  int64_t kv_cache_bytes = int64_t{256} << 20;
+  int max_logprobs = 20;
+  absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
+};
+
+struct EngineStats {
+  int running = 0;
+  int waiting = 0;
+  int64_t queued_prompt_tokens = 0;
+  int kv_blocks_used = 0;
+  int kv_blocks_total = 0;
+  int kv_block_size = 0;
+  uint64_t requests_finished = 0;
+  uint64_t preemptions = 0;
+  bool draining = false;
+};
+
+// What the engine reports as it runs; called on the engine thread, must not block.
+struct StepReport {
+  int num_seqs = 0;
+  int prefill_tokens = 0;
+  int decode_tokens = 0;
+  absl::Duration step_time;
+  int running = 0;
+  int waiting = 0;
+  int kv_blocks_used = 0;
+  int kv_blocks_total = 0;
+  int preempted = 0;
+};
+
+struct FinishReport {
+  std::string request_id;
+  FinishReason reason = FinishReason::kNone;
+  absl::Status status;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  RequestTimings timings;
+  absl::Duration prefill_time;  // first scheduled -> first token
+  absl::Duration decode_time;   // first token -> last token
+  absl::Duration e2e;
+};
+
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void OnStep(const StepReport&) {}
+  virtual void OnToken(absl::Duration /*since_previous_token*/) {}  // inter-token latency
+  virtual void OnFinish(const FinishReport&) {}
+};
+
+// Details attached to a RESOURCE_EXHAUSTED status from Submit: the payload under this URL is the
+// suggested retry delay in milliseconds, in decimal.
+inline constexpr char kRetryAfterPayloadUrl[] = "type.sbserve/retry-after-ms";
+
+class Engine {
+ public:
+  // `tokenizer` may be null: then only token-id input works and no text is produced.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
+                                                        std::unique_ptr<Backend> backend,
+                                                        std::unique_ptr<Tokenizer> tokenizer);
+  static absl::StatusOr<std::unique_ptr<Engine>> CreateWithCodec(const EngineOptions& options,
+                                                                 std::unique_ptr<Backend> backend,
+                                                                 std::unique_ptr<TextCodec> codec);
+  ~Engine();  // Shutdown()
+
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Validates and admits a request. Admission (queued requests and queued prompt tokens) is
+  // decided before the prompt is tokenized. On OK, `sink` receives events until one is final.
+  absl::Status Submit(GenerateRequest request, EventSink sink);
+
+  // Cancels live requests; returns the ids that were live. Their KV blocks are freed at the start
+  // of the next engine step and each gets a final event with reason kCancelled.
+  std::vector<std::string> Abort(const std::vector<std::string>& request_ids);
+
+  EngineStats Stats() const;
+  const ModelConfig& model_config() const;
+  const Backend& backend() const;
+  const TextCodec* codec() const;  // null without a tokenizer
+  const EngineOptions& options() const;
+  std::vector<int32_t> eos_ids() const;
+
+  void SetObserver(std::shared_ptr<EngineObserver> observer);  // before the first Submit
+
+  // Stops admission (Submit returns UNAVAILABLE) and waits up to `timeout` for live requests to
+  // finish; returns true when none is left.
+  bool Drain(absl::Duration timeout);
+  // Finishes every live request with UNAVAILABLE and stops the engine thread.
+  void Shutdown();
+
+ private:
+  class Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sbserve

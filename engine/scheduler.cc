@@ -1,0 +1,426 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/sampler.h"
+#include "engine/stop_matcher.h"
+
+namespace sbserve {
+
+struct Scheduler::Seq {
+  Seq(GenerateRequest r, EventSink s, absl::Time t, uint64_t n)
+      : req(std::move(r)),
+        sink(std::move(s)),
+        arrival(t),
+        seq_no(n),
+        sampler(req.sampling, req.prompt_ids),
+        stop(req.stop_strings) {
+    tokens = req.prompt_ids;
+    prompt_len = static_cast<int32_t>(tokens.size());
+  }
+
+  GenerateRequest req;
+  EventSink sink;
+  absl::Time arrival;
+  uint64_t seq_no;
+  SequenceSampler sampler;
+  StopMatcher stop;
+  std::unique_ptr<TextStream> detok;
+
+  std::vector<int32_t> tokens;  // prompt + output
+  int32_t prompt_len = 0;
+  int32_t num_computed = 0;     // tokens whose K/V are in the cache
+  std::vector<int32_t> blocks;
+  bool running = false;
+  bool preempted_this_step = false;
+
+  absl::Time first_scheduled = absl::InfinitePast();
+  absl::Time first_token = absl::InfinitePast();
+  absl::Time last_token = absl::InfinitePast();
+  int32_t preemptions = 0;
+  std::string stop_reason;      // matched stop string or stop token id
+
+  // Undelivered output.
+  std::vector<int32_t> pending_ids;
+  std::string pending_text;
+  std::vector<StepLogprobs> pending_logprobs;
+
+  int32_t num_output() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
+  int32_t need() const { return static_cast<int32_t>(tokens.size()) - num_computed; }
+};
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kDeadline: return "deadline";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+Scheduler::Scheduler(const SchedulerOptions& options, Backend* backend, KvBlockAllocator* kv,
+                     const TextCodec* codec, EngineObserver* observer,
+                     std::function<void(const std::string&)> on_finished)
+    : options_(options),
+      backend_(backend),
+      kv_(kv),
+      codec_(codec),
+      observer_(observer),
+      on_finished_(std::move(on_finished)) {}
+
+Scheduler::~Scheduler() = default;
+
+int64_t Scheduler::waiting_tokens() const {
+  int64_t n = 0;
+  for (const Seq* s : waiting_) n += s->need();
+  return n;
+}
+
+void Scheduler::Add(GenerateRequest request, EventSink sink, absl::Time arrival) {
+  auto seq = std::make_unique<Seq>(std::move(request), std::move(sink), arrival, next_seq_no_++);
+  if (codec_ != nullptr) seq->detok = codec_->NewStream(seq->req.skip_special_tokens);
+  Seq* raw = seq.get();
+  seqs_[raw->req.request_id] = std::move(seq);
+  InsertWaiting(raw);
+}
+
+void Scheduler::InsertWaiting(Seq* seq) {
+  auto before = [](const Seq* a, const Seq* b) {
+    return a->req.priority != b->req.priority ? a->req.priority < b->req.priority : a->seq_no < b->seq_no;
+  };
+  waiting_.insert(std::upper_bound(waiting_.begin(), waiting_.end(), seq, before), seq);
+  seq->running = false;
+}
+
+void Scheduler::InsertRunning(Seq* seq) {
+  auto before = [](const Seq* a, const Seq* b) { return a->seq_no < b->seq_no; };
+  running_.insert(std::upper_bound(running_.begin(), running_.end(), seq, before), seq);
+  seq->running = true;
+}
+
+bool Scheduler::Finish(const std::string& request_id, FinishReason reason, absl::Status status) {
+  auto it = seqs_.find(request_id);
+  if (it == seqs_.end()) return false;
+  Complete(it->second.get(), reason, std::move(status), absl::Now());
+  return true;
+}
+
+void Scheduler::FinishAll(FinishReason reason, const absl::Status& status) {
+  std::vector<std::string> ids;
+  ids.reserve(seqs_.size());
+  for (const auto& [id, seq] : seqs_) ids.push_back(id);
+  for (const auto& id : ids) Finish(id, reason, status);
+}
+
+void Scheduler::Preempt(Seq* seq) {
+  kv_->Free(seq->blocks);
+  seq->num_computed = 0;
+  seq->preemptions++;
+  seq->preempted_this_step = true;
+  preemptions_++;
+  running_.erase(std::find(running_.begin(), running_.end(), seq));
+  InsertWaiting(seq);
+}
+
+bool Scheduler::Reserve(Seq* seq, int chunk) {
+  return kv_->EnsureCapacity(seq->blocks, static_cast<int64_t>(seq->num_computed) + chunk).ok();
+}
+
+void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
+  int budget = options_.max_batch_tokens;
+  auto full = [&] { return budget <= 0 || static_cast<int>(slots.size()) >= options_.max_num_seqs; };
+  auto scheduled = [&](const Seq* s) {
+    return std::any_of(slots.begin(), slots.end(), [s](const Slot& x) { return x.seq == s; });
+  };
+  // Frees blocks by preempting the youngest running sequence that is not `keep` and not yet in
+  // this step; false when there is none.
+  auto evict_younger = [&](Seq* keep) {
+    for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+      Seq* victim = *it;
+      if (victim == keep) return false;  // everything younger is gone already
+      if (scheduled(victim)) continue;
+      Preempt(victim);
+      preempted++;
+      return true;
+    }
+    return false;
+  };
+
+  // 1 and 2: running sequences, decode steps first, then continuing prefill chunks.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < running_.size() && !full(); ++i) {
+      Seq* seq = running_[i];
+      const bool decode = seq->need() == 1;
+      if (decode != (pass == 0)) continue;
+      const int chunk = std::min(seq->need(), budget);
+      bool ok = Reserve(seq, chunk);
+      while (!ok && evict_younger(seq)) ok = Reserve(seq, chunk);
+      if (!ok) {
+        // Even alone it does not fit next to older sequences: recompute it later.
+        Preempt(seq);
+        preempted++;
+        --i;
+        continue;
+      }
+      slots.push_back({seq, chunk});
+      budget -= chunk;
+    }
+  }
+  // 3: waiting sequences, while blocks last; never preempt for them.
+  while (!waiting_.empty() && !full()) {
+    Seq* seq = waiting_.front();
+    if (seq->preempted_this_step) break;
+    const int chunk = std::min(seq->need(), budget);
+    if (!Reserve(seq, chunk)) break;
+    waiting_.pop_front();
+    InsertRunning(seq);
+    slots.push_back({seq, chunk});
+    budget -= chunk;
+  }
+}
+
+absl::Status Scheduler::Step(absl::Time now) {
+  // Deadlines, queued or running.
+  std::vector<Seq*> expired;
+  for (auto& [id, seq] : seqs_) {
+    if (now >= seq->req.deadline) expired.push_back(seq.get());
+  }
+  for (Seq* seq : expired) {
+    Complete(seq, FinishReason::kDeadline,
+             absl::DeadlineExceededError(seq->running ? "deadline passed while generating"
+                                                      : "deadline passed while queued"),
+             now);
+  }
+
+  std::vector<Slot> slots;
+  int preempted = 0;
+  for (Seq* s : running_) s->preempted_this_step = false;
+  for (Seq* s : waiting_) s->preempted_this_step = false;
+  Pack(slots, preempted);
+  if (slots.empty()) return absl::OkStatus();
+  // A sequence preempted after it was packed cannot happen (victims are never in `slots`), but
+  // a packed sequence's order in `running_` is irrelevant: the batch follows `slots`.
+
+  Batch& b = batch_;
+  b.tokens.clear();
+  b.positions.clear();
+  b.cu_seqlens_q.assign(1, 0);
+  b.context_lens.clear();
+  b.block_tables.clear();
+  b.logit_rows.clear();
+  b.max_blocks_per_seq = 0;
+  int prefill_tokens = 0;
+  int decode_tokens = 0;
+  for (const Slot& s : slots) {
+    b.max_blocks_per_seq = std::max(b.max_blocks_per_seq, static_cast<int32_t>(s.seq->blocks.size()));
+  }
+  b.block_tables.assign(slots.size() * static_cast<size_t>(b.max_blocks_per_seq), -1);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    Seq* seq = slots[i].seq;
+    const int start = seq->num_computed;
+    const int end = start + slots[i].chunk;
+    for (int p = start; p < end; ++p) {
+      b.tokens.push_back(seq->tokens[p]);
+      b.positions.push_back(p);
+    }
+    b.cu_seqlens_q.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.context_lens.push_back(end);
+    std::copy(seq->blocks.begin(), seq->blocks.end(),
+              b.block_tables.begin() + static_cast<int64_t>(i) * b.max_blocks_per_seq);
+    if (end == static_cast<int>(seq->tokens.size())) b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
+    if (slots[i].chunk == 1 && seq->num_output() > 0) {
+      decode_tokens++;
+    } else {
+      prefill_tokens += slots[i].chunk;
+    }
+    if (seq->first_scheduled == absl::InfinitePast()) seq->first_scheduled = now;
+  }
+
+  const int64_t vocab = backend_->config().vocab_size;
+  logits_.resize(b.logit_rows.size() * static_cast<size_t>(vocab));
+  const absl::Time t0 = absl::Now();
+  absl::Status st = backend_->Forward(b, std::span<float>(logits_));
+  const absl::Time t1 = absl::Now();
+  if (!st.ok()) {
+    const absl::Status err = absl::InternalError(absl::StrCat("backend forward failed: ", st.message()));
+    for (const Slot& s : slots) Complete(s.seq, FinishReason::kError, err, t1);
+    return st;
+  }
+
+  size_t row = 0;
+  for (const Slot& s : slots) {
+    Seq* seq = s.seq;
+    seq->num_computed += s.chunk;
+    if (seq->num_computed == static_cast<int>(seq->tokens.size())) {
+      std::span<float> r(logits_.data() + row * vocab, static_cast<size_t>(vocab));
+      row++;
+      OnToken(seq, r, t1);
+    }
+  }
+
+  if (observer_ != nullptr) {
+    StepReport rep;
+    rep.num_seqs = static_cast<int>(slots.size());
+    rep.prefill_tokens = prefill_tokens;
+    rep.decode_tokens = decode_tokens;
+    rep.step_time = t1 - t0;
+    rep.running = num_running();
+    rep.waiting = num_waiting();
+    rep.kv_blocks_used = kv_->num_used();
+    rep.kv_blocks_total = kv_->num_blocks();
+    rep.preempted = preempted;
+    observer_->OnStep(rep);
+  }
+  return absl::OkStatus();
+}
+
+void Scheduler::OnToken(Seq* seq, std::span<float> row, absl::Time now) {
+  const GenerateRequest& req = seq->req;
+  const int32_t n_before = seq->num_output();
+
+  StepLogprobs lp;
+  if (req.logprobs >= 0) {
+    SequenceSampler::LogSoftmax(row, scratch_);
+    const int k = std::min<int>(req.logprobs, static_cast<int>(scratch_.size()));
+    std::vector<int32_t> idx(scratch_.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+      return scratch_[a] != scratch_[b] ? scratch_[a] > scratch_[b] : a < b;
+    });
+    for (int i = 0; i < k; ++i) lp.top.push_back({idx[i], scratch_[idx[i]]});
+  }
+
+  // Before min_tokens, nothing that would end the sequence may be drawn.
+  if (n_before < req.min_tokens) {
+    const float ninf = -std::numeric_limits<float>::infinity();
+    if (!req.ignore_eos) {
+      for (int32_t e : options_.eos_ids) {
+        if (e >= 0 && e < static_cast<int32_t>(row.size())) row[e] = ninf;
+      }
+    }
+    for (int32_t e : req.stop_token_ids) {
+      if (e >= 0 && e < static_cast<int32_t>(row.size())) row[e] = ninf;
+    }
+  }
+  const int32_t token = seq->sampler.Sample(row);
+  if (req.logprobs >= 0) {
+    lp.token_id = token;
+    lp.logprob = scratch_[token];
+  }
+
+  seq->tokens.push_back(token);
+  if (seq->first_token == absl::InfinitePast()) {
+    seq->first_token = now;
+  } else if (observer_ != nullptr) {
+    observer_->OnToken(now - seq->last_token);
+  }
+  seq->last_token = now;
+  seq->pending_ids.push_back(token);
+  if (req.logprobs >= 0) seq->pending_logprobs.push_back(std::move(lp));
+
+  const int32_t n = seq->num_output();
+  const bool can_stop = n >= req.min_tokens;
+  FinishReason reason = FinishReason::kNone;
+  if (!req.ignore_eos &&
+      std::find(options_.eos_ids.begin(), options_.eos_ids.end(), token) != options_.eos_ids.end()) {
+    reason = FinishReason::kEos;
+  } else if (std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), token) != req.stop_token_ids.end()) {
+    reason = FinishReason::kStop;
+    seq->stop_reason = absl::StrCat(token);
+  } else if (seq->detok != nullptr) {
+    StopMatcher::Result r = seq->stop.Push(seq->detok->Add(token), can_stop);
+    seq->pending_text += r.text;
+    if (r.matched) {
+      reason = FinishReason::kStop;
+      seq->stop_reason = r.stop;
+      if (req.include_stop_str_in_output) seq->pending_text += r.stop;
+    }
+  }
+  if (reason == FinishReason::kNone &&
+      (n >= req.max_tokens || static_cast<int64_t>(seq->tokens.size()) >= options_.context_len)) {
+    reason = FinishReason::kLength;
+  }
+  if (reason != FinishReason::kNone) {
+    Complete(seq, reason, absl::OkStatus(), now);  // destroys seq
+    return;
+  }
+  Emit(seq, false);
+}
+
+void Scheduler::Emit(Seq* seq, bool final) {
+  if (!final && seq->pending_ids.empty() && seq->pending_text.empty()) return;
+  GenerateEvent ev;
+  ev.token_ids = std::move(seq->pending_ids);
+  ev.text = std::move(seq->pending_text);
+  ev.logprobs = std::move(seq->pending_logprobs);
+  seq->pending_ids.clear();
+  seq->pending_text.clear();
+  seq->pending_logprobs.clear();
+  ev.prompt_tokens = seq->prompt_len;
+  ev.completion_tokens = seq->num_output();
+  seq->sink(std::move(ev));
+}
+
+void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, absl::Time now) {
+  const GenerateRequest& req = seq->req;
+  if (seq->detok != nullptr) {  // after a stop-string match the matcher releases nothing more
+    seq->pending_text += seq->stop.Push(seq->detok->Flush(), false).text;
+  }
+
+  kv_->Free(seq->blocks);
+  if (seq->running) {
+    running_.erase(std::find(running_.begin(), running_.end(), seq));
+  } else {
+    auto it = std::find(waiting_.begin(), waiting_.end(), seq);
+    if (it != waiting_.end()) waiting_.erase(it);
+  }
+
+  GenerateEvent ev;
+  ev.token_ids = std::move(seq->pending_ids);
+  ev.text = std::move(seq->pending_text);
+  ev.logprobs = std::move(seq->pending_logprobs);
+  ev.finished = true;
+  ev.finish_reason = reason;
+  ev.status = std::move(status);
+  ev.stop_reason = std::move(seq->stop_reason);
+  ev.prompt_tokens = seq->prompt_len;
+  ev.completion_tokens = seq->num_output();
+  auto since = [&](absl::Time t) { return t == absl::InfinitePast() ? absl::ZeroDuration() : t - seq->arrival; };
+  ev.timings.queued = since(seq->first_scheduled == absl::InfinitePast() ? now : seq->first_scheduled);
+  ev.timings.first_token = since(seq->first_token);
+  ev.timings.last_token = since(seq->last_token);
+  ev.timings.preemptions = seq->preemptions;
+
+  if (observer_ != nullptr) {
+    FinishReport rep;
+    rep.request_id = req.request_id;
+    rep.reason = reason;
+    rep.status = ev.status;
+    rep.prompt_tokens = ev.prompt_tokens;
+    rep.completion_tokens = ev.completion_tokens;
+    rep.timings = ev.timings;
+    if (seq->first_token != absl::InfinitePast()) {
+      rep.prefill_time = seq->first_token - seq->first_scheduled;
+      rep.decode_time = seq->last_token - seq->first_token;
+    }
+    rep.e2e = now - seq->arrival;
+    observer_->OnFinish(rep);
+  }
+
+  EventSink sink = std::move(seq->sink);
+  const std::string id = req.request_id;
+  seqs_.erase(id);  // destroys seq
+  if (on_finished_) on_finished_(id);
+  sink(std::move(ev));
+}
+
+}  // namespace sbserve

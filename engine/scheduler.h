@@ -1,0 +1,101 @@
+// The step loop's logic, free of threads: a waiting queue and a running set of sequences, a
+// packer that turns them into one varlen Batch per step, the backend call, sampling, stop
+// conditions and event emission. The Engine owns one and drives it from its thread.
+//
+// Packing order per step, under `max_batch_tokens` and `max_num_seqs`:
+//   1. one decode token for every running sequence whose prompt is fully cached, oldest first;
+//      when the KV pool runs dry the youngest running sequence is preempted (its blocks freed,
+//      to be recomputed later from its prompt and output so far);
+//   2. the next prefill chunk of running sequences whose prompt is only partly cached;
+//   3. the first chunk of waiting sequences by (priority, arrival) while blocks last.
+// Decode goes first so a long prompt never stalls running streams (chunked prefill).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/backend.h"
+#include "engine/batch.h"
+#include "engine/engine.h"
+#include "engine/kv_cache.h"
+#include "engine/request.h"
+
+namespace sbserve {
+
+struct SchedulerOptions {
+  int max_batch_tokens = 512;
+  int max_num_seqs = 128;
+  int64_t context_len = 4096;
+  std::vector<int32_t> eos_ids;
+};
+
+class Scheduler {
+ public:
+  // `backend`, `kv`, `codec` (may be null) and `observer` (may be null) outlive the scheduler.
+  // `on_finished` runs for each request just before its final event is delivered.
+  Scheduler(const SchedulerOptions& options, Backend* backend, KvBlockAllocator* kv,
+            const TextCodec* codec, EngineObserver* observer,
+            std::function<void(const std::string&)> on_finished);
+  ~Scheduler();
+
+  // Takes a validated request: prompt_ids set, max_tokens resolved and within the context.
+  void Add(GenerateRequest request, EventSink sink, absl::Time arrival);
+  // Finishes a live request now (its blocks are freed); false when the id is unknown.
+  bool Finish(const std::string& request_id, FinishReason reason, absl::Status status);
+  void FinishAll(FinishReason reason, const absl::Status& status);
+
+  bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+
+  // Expires deadlines, packs, runs the backend and samples. Returns the backend's error, if
+  // any, after failing the requests of that batch; the scheduler stays usable.
+  absl::Status Step(absl::Time now);
+
+  int num_running() const { return static_cast<int>(running_.size()); }
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  int64_t waiting_tokens() const;
+  uint64_t preemptions() const { return preemptions_; }
+  // The batch of the latest step that ran the backend (tests inspect it).
+  const Batch& last_batch() const { return batch_; }
+  int last_step_tokens() const { return static_cast<int>(batch_.tokens.size()); }
+
+ private:
+  struct Seq;
+  struct Slot {
+    Seq* seq;
+    int chunk;
+  };
+
+  void Preempt(Seq* seq);
+  bool Reserve(Seq* seq, int chunk);
+  void Pack(std::vector<Slot>& slots, int& preempted);
+  void OnToken(Seq* seq, std::span<float> row, absl::Time now);
+  void Complete(Seq* seq, FinishReason reason, absl::Status status, absl::Time now);
+  void Emit(Seq* seq, bool final);
+  void InsertRunning(Seq* seq);
+  void InsertWaiting(Seq* seq);
+
+  SchedulerOptions options_;
+  Backend* backend_;
+  KvBlockAllocator* kv_;
+  const TextCodec* codec_;
+  EngineObserver* observer_;
+  std::function<void(const std::string&)> on_finished_;
+
+  std::unordered_map<std::string, std::unique_ptr<Seq>> seqs_;
+  std::vector<Seq*> running_;  // ascending arrival
+  std::deque<Seq*> waiting_;   // ascending (priority, arrival)
+  uint64_t next_seq_no_ = 0;
+  uint64_t preemptions_ = 0;
+  Batch batch_;
+  std::vector<float> logits_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace sbserve

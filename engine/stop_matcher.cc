@@ -1,0 +1,65 @@
+#include "engine/stop_matcher.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace sbserve {
+
+StopMatcher::StopMatcher(std::vector<std::string> stops) {
+  for (auto& s : stops) {
+    if (!s.empty()) stops_.push_back(std::move(s));
+  }
+}
+
+StopMatcher::Result StopMatcher::Push(std::string_view delta, bool check) {
+  Result r;
+  if (done_) return r;
+  pending_.append(delta);
+  if (!check || stops_.empty()) {
+    r.text = std::move(pending_);
+    pending_.clear();
+    return r;
+  }
+  // Earliest occurrence of any stop string; on a tie at one position the longer string wins so
+  // that "ab" and "abc" behave like the longest literal the user wrote.
+  size_t best = std::string::npos;
+  const std::string* best_stop = nullptr;
+  for (const auto& s : stops_) {
+    const size_t pos = pending_.find(s);
+    if (pos == std::string::npos) continue;
+    if (pos < best || (pos == best && s.size() > best_stop->size())) {
+      best = pos;
+      best_stop = &s;
+    }
+  }
+  if (best_stop != nullptr) {
+    r.matched = true;
+    r.stop = *best_stop;
+    r.text = pending_.substr(0, best);
+    pending_.clear();
+    done_ = true;
+    return r;
+  }
+  // Longest suffix of pending_ that is a proper prefix of a stop string.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    const size_t max_len = std::min(s.size() - 1, pending_.size());
+    for (size_t len = max_len; len > hold; --len) {
+      if (std::string_view(pending_).substr(pending_.size() - len) == std::string_view(s).substr(0, len)) {
+        hold = len;
+        break;
+      }
+    }
+  }
+  r.text = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return r;
+}
+
+std::string StopMatcher::Flush() {
+  std::string out = std::move(pending_);
+  pending_.clear();
+  return out;
+}
+
+}  // namespace sbserve

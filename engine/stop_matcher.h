@@ -1,0 +1,40 @@
+// Stop-string matching on streamed text.
+//
+// Text arrives in deltas (one per token, as the incremental detokenizer produces it). A stop
+// string may straddle any number of deltas, so the matcher holds back the longest suffix of the
+// unreleased text that is a prefix of some stop string: that text might still turn into a match
+// and must not reach the client yet. Everything before it is safe to release.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sbserve {
+
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stops = {});
+
+  struct Result {
+    std::string text;      // releasable text (ends before the stop string when matched)
+    bool matched = false;
+    std::string stop;      // the stop string that matched
+  };
+
+  // Appends `delta`; when `check` is false (e.g. before min_tokens) nothing is held or matched.
+  // After a match the matcher discards everything that follows.
+  Result Push(std::string_view delta, bool check = true);
+  // Releases the held-back text (the stream ended without a match).
+  std::string Flush();
+
+  bool empty() const { return stops_.empty(); }
+  size_t held() const { return pending_.size(); }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool done_ = false;
+};
+
+}  // namespace sbserve
