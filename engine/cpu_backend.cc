@@ -1,0 +1,225 @@
+// The fp32 CPU reference backend: weights converted to float32 at load, paged fp32 KV cache.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend.h"
+#include "engine/checkpoint.h"
+#include "engine/cpu_ops.h"
+#include "engine/sb_attention_ref.h"
+#include "engine/thread_pool.h"
+
+namespace sbserve {
+namespace {
+
+std::vector<float> LoadF32(const Checkpoint& ckpt, const std::string& name) {
+  const TensorInfo& t = ckpt.Get(name);
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  ToFloat(t.dtype, t.data, t.numel(), v.data());
+  return v;
+}
+
+std::vector<float> LoadOptional(const Checkpoint& ckpt, const std::string& name) {
+  return ckpt.Find(name) ? LoadF32(ckpt, name) : std::vector<float>{};
+}
+
+inline const float* OrNull(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
+struct LayerWeights {
+  std::vector<float> ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, head_bias;
+  std::vector<float> ln2_w, ln2_b, fc_w, fc_b, fc_proj_w, fc_proj_b;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const Checkpoint& ckpt, const CpuBackendOptions& options)
+      : config_(ckpt.config()), pool_(options.num_threads) {
+    const ModelConfig& c = config_;
+    wte_ = LoadF32(ckpt, "transformer.wte.weight");
+    if (!c.tie_word_embeddings) lm_head_ = LoadF32(ckpt, "lm_head.weight");
+    lnf_w_ = LoadF32(ckpt, "transformer.ln_f.weight");
+    lnf_b_ = LoadOptional(ckpt, "transformer.ln_f.bias");
+    layers_.resize(static_cast<size_t>(c.n_layer));
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      const std::string p = absl::StrCat("transformer.h.", l, ".");
+      LayerWeights& w = layers_[l];
+      w.ln1_w = LoadF32(ckpt, p + "ln_1.weight");
+      w.ln1_b = LoadOptional(ckpt, p + "ln_1.bias");
+      w.attn_w = LoadF32(ckpt, p + "attn.c_attn.weight");
+      w.attn_b = LoadOptional(ckpt, p + "attn.c_attn.bias");
+      w.proj_w = LoadF32(ckpt, p + "attn.c_proj.weight");
+      w.proj_b = LoadOptional(ckpt, p + "attn.c_proj.bias");
+      w.head_bias = LoadOptional(ckpt, p + "attn.head_bias");
+      w.ln2_w = LoadF32(ckpt, p + "ln_2.weight");
+      w.ln2_b = LoadOptional(ckpt, p + "ln_2.bias");
+      w.fc_w = LoadF32(ckpt, p + "mlp.c_fc.weight");
+      w.fc_b = LoadOptional(ckpt, p + "mlp.c_fc.bias");
+      w.fc_proj_w = LoadF32(ckpt, p + "mlp.c_proj.weight");
+      w.fc_proj_b = LoadOptional(ckpt, p + "mlp.c_proj.bias");
+    }
+  }
+
+  std::string name() const override { return "cpu"; }
+  const ModelConfig& config() const override { return config_; }
+  int64_t KvBytesPerToken() const override { return config_.kv_values_per_token() * 4; }
+
+  absl::Status InitKvCache(const KvCacheShape& shape) override {
+    if (shape.num_blocks <= 0 || shape.block_size <= 0) {
+      return absl::InvalidArgumentError("KV cache needs a positive number of blocks and block size");
+    }
+    const int64_t per_layer =
+        static_cast<int64_t>(shape.num_blocks) * shape.block_size * config_.n_kv_head * config_.head_dim;
+    k_cache_.assign(static_cast<size_t>(config_.n_layer), std::vector<float>());
+    v_cache_.assign(static_cast<size_t>(config_.n_layer), std::vector<float>());
+    for (int64_t l = 0; l < config_.n_layer; ++l) {
+      k_cache_[l].assign(static_cast<size_t>(per_layer), 0.f);
+      v_cache_[l].assign(static_cast<size_t>(per_layer), 0.f);
+    }
+    shape_ = shape;
+    return absl::OkStatus();
+  }
+  KvCacheShape kv_cache_shape() const override { return shape_; }
+
+  absl::Status Forward(const Batch& batch, std::span<float> logits) override;
+
+ private:
+  absl::Status CheckBatch(const Batch& batch, size_t logits_size) const;
+
+  ModelConfig config_;
+  ThreadPool pool_;
+  std::vector<float> wte_, lm_head_, lnf_w_, lnf_b_;
+  std::vector<LayerWeights> layers_;
+  KvCacheShape shape_;
+  std::vector<std::vector<float>> k_cache_, v_cache_;  // [layer][nb, bs, Hkv, d]
+};
+
+absl::Status CpuBackend::CheckBatch(const Batch& batch, size_t logits_size) const {
+  const int B = batch.num_seqs();
+  const int N = batch.num_tokens();
+  if (k_cache_.empty()) return absl::FailedPreconditionError("KV cache not initialised");
+  if (B <= 0 || batch.cu_seqlens_q.front() != 0 || batch.cu_seqlens_q.back() != N) {
+    return absl::InvalidArgumentError("cu_seqlens_q must start at 0 and end at the token count");
+  }
+  if (static_cast<int>(batch.context_lens.size()) != B || static_cast<int>(batch.positions.size()) != N ||
+      batch.block_tables.size() != static_cast<size_t>(B) * batch.max_blocks_per_seq) {
+    return absl::InvalidArgumentError("batch arrays have inconsistent sizes");
+  }
+  for (int b = 0; b < B; ++b) {
+    const int len = batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b];
+    if (len < 0 || batch.context_lens[b] < len) return absl::InvalidArgumentError("bad chunk length");
+    for (int i = 0; i < len; ++i) {
+      if (batch.positions[batch.cu_seqlens_q[b] + i] != batch.context_lens[b] - len + i) {
+        return absl::InvalidArgumentError("positions disagree with context_lens and cu_seqlens_q");
+      }
+    }
+    const int blocks_needed = (batch.context_lens[b] + shape_.block_size - 1) / shape_.block_size;
+    if (blocks_needed > batch.max_blocks_per_seq) return absl::InvalidArgumentError("block table too short");
+    for (int i = 0; i < blocks_needed; ++i) {
+      const int32_t blk = batch.block_tables[static_cast<size_t>(b) * batch.max_blocks_per_seq + i];
+      if (blk < 0 || blk >= shape_.num_blocks) return absl::InvalidArgumentError("block id out of range");
+    }
+  }
+  for (int32_t t : batch.tokens) {
+    if (t < 0 || t >= config_.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range"));
+  }
+  for (size_t i = 0; i < batch.logit_rows.size(); ++i) {
+    if (batch.logit_rows[i] < 0 || batch.logit_rows[i] >= N) return absl::InvalidArgumentError("logit row out of range");
+  }
+  if (logits_size < batch.logit_rows.size() * static_cast<size_t>(config_.vocab_size)) {
+    return absl::InvalidArgumentError("logits buffer too small");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Forward(const Batch& batch, std::span<float> logits) {
+  if (absl::Status st = CheckBatch(batch, logits.size()); !st.ok()) return st;
+  const ModelConfig& c = config_;
+  const int64_t N = batch.num_tokens(), D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim;
+  const int64_t G = H / Hkv, I = c.n_inner, qkv_dim = c.qkv_dim();
+  const float r = static_cast<float>(c.m_residual);
+  const int bs = shape_.block_size;
+
+  std::vector<float> h(N * D), x(N * D), qkv(N * qkv_dim), q(N * H * d), o(N * H * d), tmp(N * D);
+  std::vector<float> fc(N * (c.glu ? 2 * I : I)), act(N * I);
+  for (int64_t t = 0; t < N; ++t) {
+    const float* e = wte_.data() + static_cast<int64_t>(batch.tokens[t]) * D;
+    for (int64_t i = 0; i < D; ++i) h[t * D + i] = e[i] * static_cast<float>(c.m_emb);
+  }
+  // Row t's sequence, for K/V placement.
+  std::vector<int32_t> seq_of(N);
+  for (int b = 0; b < batch.num_seqs(); ++b) {
+    for (int32_t t = batch.cu_seqlens_q[b]; t < batch.cu_seqlens_q[b + 1]; ++t) seq_of[t] = b;
+  }
+
+  SbAttnRefParams ap;
+  ap.q = q.data();
+  ap.cu_seqlens_q = batch.cu_seqlens_q.data();
+  ap.context_lens = batch.context_lens.data();
+  ap.block_tables = batch.block_tables.data();
+  ap.o = o.data();
+  ap.rem = nullptr;
+  ap.batch = batch.num_seqs();
+  ap.num_heads = static_cast<int>(H);
+  ap.num_kv_heads = static_cast<int>(Hkv);
+  ap.head_dim = static_cast<int>(d);
+  ap.block_size = bs;
+  ap.max_blocks = batch.max_blocks_per_seq;
+  ap.scale = static_cast<float>(c.attention_multiplier);
+  ap.remainder = c.remainder;
+
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& w = layers_[l];
+    CpuNorm(&pool_, c.norm, h.data(), N, D, w.ln1_w.data(), OrNull(w.ln1_b), c.norm_eps, x.data());
+    CpuGemm(&pool_, x.data(), N, D, w.attn_w.data(), qkv_dim, OrNull(w.attn_b), qkv.data());
+    // c_attn output per token is [Hkv, (G + 2) d]: G query heads, then k, then v of that kv head.
+    float* kc = k_cache_[l].data();
+    float* vc = v_cache_[l].data();
+    for (int64_t t = 0; t < N; ++t) {
+      const int b = seq_of[t];
+      const int pos = batch.positions[t];
+      const int32_t blk = batch.block_tables[static_cast<size_t>(b) * batch.max_blocks_per_seq + pos / bs];
+      for (int64_t g = 0; g < Hkv; ++g) {
+        const float* src = qkv.data() + t * qkv_dim + g * (G + 2) * d;
+        std::copy(src, src + G * d, q.data() + (t * H + g * G) * d);
+        const int64_t slot = ((static_cast<int64_t>(blk) * bs + pos % bs) * Hkv + g) * d;
+        std::copy(src + G * d, src + (G + 1) * d, kc + slot);
+        std::copy(src + (G + 1) * d, src + (G + 2) * d, vc + slot);
+      }
+    }
+    ap.k_cache = kc;
+    ap.v_cache = vc;
+    ap.head_bias = OrNull(w.head_bias);
+    SbAttentionRef(ap, &pool_);
+    CpuGemm(&pool_, o.data(), N, D, w.proj_w.data(), D, OrNull(w.proj_b), tmp.data());
+    for (int64_t i = 0; i < N * D; ++i) h[i] += r * tmp[i];
+
+    CpuNorm(&pool_, c.norm, h.data(), N, D, w.ln2_w.data(), OrNull(w.ln2_b), c.norm_eps, x.data());
+    CpuGemm(&pool_, x.data(), N, D, w.fc_w.data(), c.glu ? 2 * I : I, OrNull(w.fc_b), fc.data());
+    CpuActivation(&pool_, c.activation, c.glu, fc.data(), N, I, act.data());
+    CpuGemm(&pool_, act.data(), N, I, w.fc_proj_w.data(), D, OrNull(w.fc_proj_b), tmp.data());
+    for (int64_t i = 0; i < N * D; ++i) h[i] += r * tmp[i];
+  }
+
+  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+  if (R == 0) return absl::OkStatus();
+  std::vector<float> sel(R * D), normed(R * D);
+  for (int64_t i = 0; i < R; ++i) {
+    std::copy_n(h.data() + static_cast<int64_t>(batch.logit_rows[i]) * D, D, sel.data() + i * D);
+  }
+  CpuNorm(&pool_, c.norm, sel.data(), R, D, lnf_w_.data(), OrNull(lnf_b_), c.norm_eps, normed.data());
+  const float* head = c.tie_word_embeddings ? wte_.data() : lm_head_.data();
+  CpuGemm(&pool_, normed.data(), R, D, head, c.vocab_size, nullptr, logits.data());
+  const float inv_width = static_cast<float>(1.0 / c.m_width);
+  for (int64_t i = 0; i < R * c.vocab_size; ++i) logits[i] *= inv_width;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const Checkpoint& checkpoint,
+                                                          const CpuBackendOptions& options) {
+  return std::unique_ptr<Backend>(new CpuBackend(checkpoint, options));
+}
+
+}  // namespace sbserve

@@ -1,0 +1,31 @@
+// Random-weight checkpoints in the real HF layout (config.json + safetensors + tokenizer), and the
+// embedded demo model the server and tools fall back to.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace sbserve {
+
+struct CreateOptions {
+  std::string preset = "small";  // tiny | small | 1b | 3b
+  std::string variant = "R1";    // R0 | R1 | R2
+  std::string dtype = "f32";     // f32 | bf16 | f16
+  uint64_t seed = 0;
+  int64_t kv_heads = 0;          // > 0: GQA with this many kv heads (1: MQA)
+  std::string norm;              // "" (preset's) | rmsnorm | layernorm
+  bool add_bias = false;
+  bool untied = false;           // write a separate lm_head
+  int64_t shards = 1;            // > 1: sharded safetensors with model.safetensors.index.json
+  bool tokenizer = true;         // also write the demo tokenizer.json
+};
+
+absl::Status WriteRandomCheckpoint(const std::string& dir, const CreateOptions& options);
+
+// The cached demo model (`small`, R1, f32, seed 0): $SBSERVE_CACHE_DIR, else $XDG_CACHE_HOME/sbserve,
+// else $HOME/.cache/sbserve, plus "/demo-small-v1". Created on first use, atomically.
+absl::StatusOr<std::string> EnsureDemoModel();
+
+}  // namespace sbserve

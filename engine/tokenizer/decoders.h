@@ -1,0 +1,29 @@
+// tokenizer.json "decoder": ByteLevel, ByteFallback, Metaspace, Fuse, Strip, Replace, BPEDecoder,
+// Sequence, or null (tokens joined with spaces, as the reference does).
+#ifndef SBSERVE_ENGINE_TOKENIZER_DECODERS_H_
+#define SBSERVE_ENGINE_TOKENIZER_DECODERS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace sbserve::tokenizer_internal {
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  // Rewrites the token strings; the decoded text is the concatenation of the result. A stage
+  // may fuse tokens (then it returns fewer strings).
+  virtual absl::Status DecodeChain(std::vector<std::string>* tokens) const = 0;
+};
+
+// Returns nullptr for a JSON null; an error naming any unsupported type.
+absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const nlohmann::json& j);
+
+}  // namespace sbserve::tokenizer_internal
+
+#endif  // SBSERVE_ENGINE_TOKENIZER_DECODERS_H_
