@@ -40,6 +40,13 @@ class MetricsHttpServer::Impl {
     // Prometheus keeps scrape connections open; a short keep-alive bounds how long Stop() waits
     // for an idle connection to notice the shutdown.
     server_.set_keep_alive_timeout(1);
+    // httplib's default also sets SO_REUSEPORT, which would let a second process bind the same
+    // port and silently take half the scrapes and probes. SO_REUSEADDR alone still allows a quick
+    // restart while old connections sit in TIME_WAIT.
+    server_.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     server_.set_read_timeout(5, 0);
     server_.set_write_timeout(5, 0);
 

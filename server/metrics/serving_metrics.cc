@@ -99,8 +99,8 @@ const std::vector<double>& TokenCountBuckets() {
 }
 
 void ServingMetrics::SetKvCache(double blocks_used, double blocks_total) const {
-  kv_cache_blocks_used->Set(blocks_used);
-  kv_cache_blocks_total->Set(blocks_total);
+  kv_cache_used_blocks->Set(blocks_used);
+  kv_cache_capacity_blocks->Set(blocks_total);
   kv_cache_usage_ratio->Set(blocks_total > 0 ? blocks_used / blocks_total : 0.0);
 }
 
@@ -118,9 +118,9 @@ absl::StatusOr<ServingMetrics> ServingMetrics::Create(Registry& registry) {
       "Prompt tokens of the waiting requests (the admission limit applies to this).");
   m.kv_cache_usage_ratio = b.MakeGauge(
       "sbserve_kv_cache_usage_ratio", "Fraction of KV cache blocks in use, 0 to 1.");
-  m.kv_cache_blocks_used = b.MakeGauge("sbserve_kv_cache_blocks_used", "KV cache blocks in use.");
-  m.kv_cache_blocks_total =
-      b.MakeGauge("sbserve_kv_cache_blocks_total", "KV cache blocks allocated at start-up.");
+  m.kv_cache_used_blocks = b.MakeGauge("sbserve_kv_cache_used_blocks", "KV cache blocks in use.");
+  m.kv_cache_capacity_blocks =
+      b.MakeGauge("sbserve_kv_cache_capacity_blocks", "KV cache blocks allocated at start-up.");
 
   m.prompt_tokens = b.MakeCounter("sbserve_prompt_tokens", "Prompt tokens prefilled.");
   m.generation_tokens = b.MakeCounter("sbserve_generation_tokens", "Tokens generated.");

@@ -63,8 +63,8 @@ struct ServingMetrics {
   Gauge* num_requests_waiting = nullptr;   // admitted, not yet scheduled (incl. preempted)
   Gauge* num_queued_prompt_tokens = nullptr;  // prompt tokens of waiting requests
   Gauge* kv_cache_usage_ratio = nullptr;   // used / total KV blocks, 0..1
-  Gauge* kv_cache_blocks_used = nullptr;
-  Gauge* kv_cache_blocks_total = nullptr;
+  Gauge* kv_cache_used_blocks = nullptr;
+  Gauge* kv_cache_capacity_blocks = nullptr;
 
   // Token and request counters.
   Counter* prompt_tokens = nullptr;        // prefilled prompt tokens (recomputation not counted)
