@@ -131,7 +131,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
 }
 
 std::optional<int32_t> BpeModel::TokenToId(std::string_view token) const {
-  auto it = vocab_.find(token);
+  auto it = vocab_.find(AsAbsl(token));
   if (it == vocab_.end()) return std::nullopt;
   return it->second;
 }
@@ -145,14 +145,14 @@ int32_t BpeModel::CharId(std::string_view ch) const {
   size_t i = 0;
   uint32_t cp = DecodeUtf8(ch, i);
   if (cp < 0x10000) return bmp_char_id_[cp];
-  auto it = vocab_.find(ch);
+  auto it = vocab_.find(AsAbsl(ch));
   return it == vocab_.end() ? -1 : it->second;
 }
 
 void BpeModel::TokenizeWord(std::string_view word, std::vector<int32_t>* out) const {
   if (word.empty()) return;
   if (ignore_merges_) {
-    if (auto it = vocab_.find(word); it != vocab_.end()) {
+    if (auto it = vocab_.find(AsAbsl(word)); it != vocab_.end()) {
       out->push_back(it->second);
       return;
     }
@@ -161,10 +161,10 @@ void BpeModel::TokenizeWord(std::string_view word, std::vector<int32_t>* out) co
     MergeWord(word, out);
     return;
   }
-  CacheShard& shard = cache_[absl::HashOf(word) % kCacheShards];
+  CacheShard& shard = cache_[absl::HashOf(AsAbsl(word)) % kCacheShards];
   {
     absl::MutexLock lock(&shard.mu);
-    if (auto it = shard.map.find(word); it != shard.map.end()) {
+    if (auto it = shard.map.find(AsAbsl(word)); it != shard.map.end()) {
       out->insert(out->end(), it->second.begin(), it->second.end());
       return;
     }
@@ -218,7 +218,7 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* out) const
       with_affixes.append(ch);
       if (i == word.size()) with_affixes.append(suffix_);
       s = with_affixes;
-      auto it = vocab_.find(s);
+      auto it = vocab_.find(AsAbsl(s));
       if (it != vocab_.end()) id = it->second;
     }
     if (id >= 0) {

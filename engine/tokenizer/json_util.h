@@ -10,13 +10,14 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer/regex.h"
+#include "engine/tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace sbserve::tokenizer_internal {
 
 inline absl::StatusOr<std::string> TypeOf(const nlohmann::json& j, std::string_view what) {
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " has no \"type\" string"));
+    return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), " has no \"type\" string"));
   }
   return j["type"].get<std::string>();
 }
@@ -40,7 +41,7 @@ inline absl::StatusOr<std::unique_ptr<Regex>> MakePattern(const nlohmann::json& 
   if (j.is_object() && j.contains("Regex") && j["Regex"].is_string()) {
     return Regex::Compile(j["Regex"].get<std::string>(), /*literal=*/false);
   }
-  return absl::InvalidArgumentError(absl::StrCat(what, ": pattern must be {\"String\": ...} or "
+  return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), ": pattern must be {\"String\": ...} or "
                                                  "{\"Regex\": ...}"));
 }
 

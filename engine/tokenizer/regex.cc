@@ -9,7 +9,7 @@
 namespace sbserve::tokenizer_internal {
 namespace {
 
-constexpr std::string_view kWhiteSpaceItems =
+constexpr absl::string_view kWhiteSpaceItems =
     "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
     "\\x{202F}\\x{205F}\\x{3000}";
 
@@ -38,7 +38,7 @@ std::string TranslateOnigPattern(std::string_view p) {
       if (n == 's' && class_depth == 0) {
         absl::StrAppend(&out, "[", kWhiteSpaceItems, "]");
       } else if (n == 's') {
-        out.append(kWhiteSpaceItems);
+        out.append(kWhiteSpaceItems.data(), kWhiteSpaceItems.size());
       } else if (n == 'S' && class_depth == 0) {
         absl::StrAppend(&out, "[^", kWhiteSpaceItems, "]");
       } else {
@@ -79,7 +79,7 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern, 
   if (code == nullptr) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof(msg));
-    return absl::InvalidArgumentError(absl::StrCat("regex `", pattern, "` does not compile: ",
+    return absl::InvalidArgumentError(absl::StrCat("regex `", AsAbsl(pattern), "` does not compile: ",
                                                    reinterpret_cast<char*>(msg), " at offset ",
                                                    err_off));
   }

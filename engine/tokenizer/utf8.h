@@ -9,7 +9,13 @@
 #include <string>
 #include <string_view>
 
+#include "absl/strings/string_view.h"
+
 namespace sbserve::tokenizer_internal {
+
+// Debian's Abseil is built with its own absl::string_view; heterogeneous lookups in absl
+// containers need that type.
+inline absl::string_view AsAbsl(std::string_view s) { return {s.data(), s.size()}; }
 
 // Returns the offset of the first invalid byte, or npos when `s` is valid UTF-8
 // (shortest form, no surrogates, <= U+10FFFF).
