@@ -1,0 +1,140 @@
+// Cross-checks deploy/ against the code: the Grafana dashboard and the alert rules may only use
+// metrics that ServingMetrics exports, and the Kubernetes manifests must agree with each other
+// on ports, probes and shutdown timing.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "server/metrics/serving_metrics.h"
+#include "tests/server/metrics/test_util.h"
+
+namespace sbserve::metrics {
+namespace {
+
+std::string RepoFile(const std::string& relative) {
+  return testing::ReadFile(std::string(SBSERVE_SOURCE_DIR) + "/" + relative);
+}
+
+// Every series name the serving set exposes (histograms with _bucket, _sum, _count).
+std::set<std::string> ExportedSeries() {
+  Registry registry;
+  EXPECT_TRUE(ServingMetrics::Create(registry).ok());
+  const std::string text = registry.Serialize();
+  std::set<std::string> names;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    names.insert(line.substr(0, line.find_first_of("{ ")));
+  }
+  return names;
+}
+
+std::set<std::string> ReferencedSeries(const std::string& text) {
+  std::set<std::string> names;
+  const std::regex ref("sbserve_[a-z0-9_]+");
+  for (std::sregex_iterator it(text.begin(), text.end(), ref), end; it != end; ++it) {
+    names.insert(it->str());
+  }
+  return names;
+}
+
+TEST(DeployDashboard, ParsesAndUsesOnlyExportedMetrics) {
+  const std::string text = RepoFile("deploy/grafana/sbserve.json");
+  ASSERT_FALSE(text.empty());
+  const nlohmann::json dashboard = nlohmann::json::parse(text, nullptr, false);
+  ASSERT_FALSE(dashboard.is_discarded()) << "deploy/grafana/sbserve.json is not valid JSON";
+  EXPECT_EQ(dashboard.value("uid", ""), "sbserve-overview");
+  ASSERT_TRUE(dashboard["panels"].is_array());
+
+  const std::set<std::string> exported = ExportedSeries();
+  std::set<int> ids;
+  std::string all_exprs;
+  int graph_panels = 0;
+  for (const nlohmann::json& panel : dashboard["panels"]) {
+    const int id = panel.value("id", -1);
+    EXPECT_TRUE(ids.insert(id).second) << "duplicate panel id " << id;
+    ASSERT_TRUE(panel.contains("gridPos")) << panel.value("title", "");
+    if (panel.value("type", "") == "row") continue;
+    ++graph_panels;
+    ASSERT_TRUE(panel["targets"].is_array() && !panel["targets"].empty())
+        << panel.value("title", "");
+    for (const nlohmann::json& target : panel["targets"]) {
+      const std::string expr = target.value("expr", "");
+      EXPECT_FALSE(expr.empty()) << panel.value("title", "");
+      all_exprs += expr + "\n";
+    }
+  }
+  EXPECT_GE(graph_panels, 10);
+  const std::set<std::string> used = ReferencedSeries(all_exprs);
+  for (const std::string& name : used) {
+    EXPECT_TRUE(exported.contains(name)) << "dashboard uses " << name << ", which is not exported";
+  }
+  // The key metrics of DESIGN.md section 4 are on the dashboard.
+  for (const char* key : {"sbserve_time_to_first_token_seconds_bucket",
+                          "sbserve_inter_token_latency_seconds_bucket",
+                          "sbserve_kv_cache_usage_ratio", "sbserve_num_requests_running",
+                          "sbserve_num_requests_waiting", "sbserve_generation_tokens_total",
+                          "sbserve_request_rejected_total", "sbserve_engine_step_time_seconds_bucket"}) {
+    EXPECT_TRUE(used.contains(key)) << key << " missing from the dashboard";
+  }
+}
+
+TEST(DeployAlerts, UseOnlyExportedMetrics) {
+  const std::string rules = RepoFile("deploy/prometheus/alerts.yaml");
+  ASSERT_FALSE(rules.empty());
+  const std::set<std::string> exported = ExportedSeries();
+  const std::set<std::string> used = ReferencedSeries(rules);
+  EXPECT_GE(used.size(), 5u);
+  for (const std::string& name : used) {
+    EXPECT_TRUE(exported.contains(name)) << "alerts.yaml uses " << name << ", not exported";
+  }
+}
+
+int FirstInt(const std::string& text, const std::string& pattern) {
+  std::smatch m;
+  if (!std::regex_search(text, m, std::regex(pattern))) return -1;
+  return std::stoi(m[1]);
+}
+
+TEST(DeployKubernetes, PortsProbesAndShutdownAgree) {
+  const std::string deployment = RepoFile("deploy/k8s/deployment.yaml");
+  const std::string service = RepoFile("deploy/k8s/service.yaml");
+  ASSERT_FALSE(deployment.empty());
+  ASSERT_FALSE(service.empty());
+
+  const int grpc_port = FirstInt(deployment, R"(- --port=(\d+))");
+  const int metrics_port = FirstInt(deployment, R"(- --metrics-port=(\d+))");
+  EXPECT_EQ(grpc_port, 50051);
+  EXPECT_EQ(metrics_port, 8080);
+  EXPECT_EQ(FirstInt(deployment, R"(name: grpc\s+containerPort: (\d+))"), grpc_port);
+  EXPECT_EQ(FirstInt(deployment, R"(name: http-metrics\s+containerPort: (\d+))"), metrics_port);
+  EXPECT_EQ(FirstInt(deployment, R"re(prometheus.io/port: "(\d+)")re"), metrics_port);
+  EXPECT_EQ(FirstInt(deployment, R"(livenessProbe:\s+grpc:\s+port: (\d+))"), grpc_port);
+  EXPECT_EQ(FirstInt(deployment, R"(readinessProbe:\s+grpc:\s+port: (\d+))"), grpc_port);
+  EXPECT_NE(deployment.find("service: sbserve.v1.SbServe"), std::string::npos);
+  EXPECT_NE(deployment.find("nvidia.com/gpu"), std::string::npos);
+  EXPECT_EQ(FirstInt(service, R"(name: grpc\s+port: (\d+))"), grpc_port);
+  EXPECT_EQ(FirstInt(service, R"(name: http-metrics\s+port: (\d+))"), metrics_port);
+
+  // The kubelet SIGKILLs at terminationGracePeriodSeconds, counted from the start of preStop:
+  // it must cover the preStop sleep plus the whole drain.
+  const int grace = FirstInt(deployment, R"(terminationGracePeriodSeconds: (\d+))");
+  const int drain = FirstInt(deployment, R"(--drain-timeout=(\d+)s)");
+  const int pre_stop = FirstInt(deployment, R"re(command: \["/bin/sleep", "(\d+)"\])re");
+  ASSERT_GT(drain, 0);
+  ASSERT_GE(pre_stop, 0);
+  EXPECT_GT(grace, pre_stop + drain) << "grace " << grace << " s, preStop " << pre_stop
+                                     << " s, drain " << drain << " s";
+
+  // The ConfigMap that envFrom names exists.
+  EXPECT_NE(deployment.find("name: sbserve-config"), std::string::npos);
+  EXPECT_NE(RepoFile("deploy/k8s/configmap.yaml").find("name: sbserve-config"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace sbserve::metrics
