@@ -41,6 +41,8 @@ class Engine::Impl {
     so.eos_ids = eos_ids_;
     scheduler_ = std::make_unique<Scheduler>(so, backend_.get(), &kv_, codec_.get(), &observer_proxy_,
                                              [this](const std::string& id) { OnFinished(id); });
+    stats_.kv_blocks_total = kv_.num_blocks();
+    stats_.kv_block_size = kv_.block_size();
     thread_ = std::thread([this] { Loop(); });
   }
 

@@ -50,6 +50,7 @@ struct StepReport {
   absl::Duration step_time;
   int running = 0;
   int waiting = 0;
+  int64_t queued_prompt_tokens = 0;
   int kv_blocks_used = 0;
   int kv_blocks_total = 0;
   int preempted = 0;
@@ -65,6 +66,7 @@ struct FinishReport {
   absl::Duration prefill_time;  // first scheduled -> first token
   absl::Duration decode_time;   // first token -> last token
   absl::Duration e2e;
+  bool scheduled = false;       // it ran at least one step (a deadline hit it running, not queued)
 };
 
 class EngineObserver {

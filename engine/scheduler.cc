@@ -275,6 +275,7 @@ absl::Status Scheduler::Step(absl::Time now) {
     rep.step_time = t1 - t0;
     rep.running = num_running();
     rep.waiting = num_waiting();
+    rep.queued_prompt_tokens = waiting_tokens();
     rep.kv_blocks_used = kv_->num_used();
     rep.kv_blocks_total = kv_->num_blocks();
     rep.preempted = preempted;
@@ -413,6 +414,7 @@ void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, abs
       rep.decode_time = seq->last_token - seq->first_token;
     }
     rep.e2e = now - seq->arrival;
+    rep.scheduled = seq->first_scheduled != absl::InfinitePast();
     observer_->OnFinish(rep);
   }
 

@@ -1,0 +1,78 @@
+// sbserve: the model server binary. `sbserve --help` lists every flag and environment variable.
+#include <pthread.h>
+#include <signal.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <iostream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/options.h"
+#include "server/server.h"
+#include "spdlog/spdlog.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  bool help = false;
+  absl::StatusOr<sbserve::ServerOptions> options = sbserve::ParseServerOptions(args, &help);
+  if (help) {
+    std::cout << sbserve::ServerUsage();
+    return 0;
+  }
+  if (!options.ok()) {
+    std::cerr << "sbserve: " << options.status().message() << "\n";
+    return 2;
+  }
+  spdlog::set_level(spdlog::level::from_str(options->log_level));
+
+  // Signals go to one waiting thread, never to a thread inside gRPC or the engine.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  sbserve::Server server(*options);
+  if (absl::Status s = server.Start(); !s.ok()) {
+    spdlog::error("start failed: {}", s.ToString());
+    return 1;
+  }
+  std::cout << server.Banner() << std::flush;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    spdlog::info("received {}; draining (readiness NOT_SERVING, new requests UNAVAILABLE)",
+                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    server.BeginDrain();
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+    cv.notify_all();
+  });
+  signal_thread.detach();
+
+  if (absl::Status s = server.LoadModel(); !s.ok()) {
+    spdlog::error("model load failed: {}", s.ToString());
+    server.Shutdown();
+    return 1;
+  }
+  if (server.ready()) std::cout << "sbserve ready" << std::endl;
+
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return stop; });
+  }
+  const absl::Time t0 = absl::Now();
+  const bool drained = server.WaitDrained(options->drain_timeout);
+  spdlog::info("drain {} after {}", drained ? "complete" : "timed out; cancelling what is left",
+               absl::FormatDuration(absl::Now() - t0));
+  server.Shutdown();
+  spdlog::info("sbserve stopped");
+  return 0;
+}

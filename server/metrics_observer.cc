@@ -1,0 +1,60 @@
+#include "server/metrics_observer.h"
+
+namespace sbserve {
+namespace {
+
+metrics::FinishReason ToMetrics(FinishReason r) {
+  switch (r) {
+    case FinishReason::kLength: return metrics::FinishReason::kLength;
+    case FinishReason::kStop: return metrics::FinishReason::kStop;
+    case FinishReason::kEos: return metrics::FinishReason::kEos;
+    case FinishReason::kCancelled: return metrics::FinishReason::kCancelled;
+    case FinishReason::kDeadline: return metrics::FinishReason::kDeadline;
+    case FinishReason::kError:
+    case FinishReason::kNone: break;
+  }
+  return metrics::FinishReason::kError;
+}
+
+}  // namespace
+
+void MetricsObserver::OnStep(const StepReport& r) {
+  m_->num_requests_running->Set(r.running);
+  m_->num_requests_waiting->Set(r.waiting);
+  m_->num_queued_prompt_tokens->Set(static_cast<double>(r.queued_prompt_tokens));
+  m_->SetKvCache(r.kv_blocks_used, r.kv_blocks_total);
+  m_->engine_step_time->Observe(absl::ToDoubleSeconds(r.step_time));
+  m_->engine_step_tokens->Observe(r.prefill_tokens + r.decode_tokens);
+  m_->engine_step_sequences->Observe(r.num_seqs);
+  if (r.preempted > 0) m_->num_preemptions->Increment(r.preempted);
+}
+
+void MetricsObserver::OnToken(absl::Duration since_previous) {
+  m_->inter_token_latency->Observe(absl::ToDoubleSeconds(since_previous));
+  m_->generation_tokens->Increment();
+}
+
+void MetricsObserver::OnFinish(const FinishReport& r) {
+  m_->RequestSuccess(ToMetrics(r.reason)).Increment();
+  if (r.reason == FinishReason::kDeadline) {
+    m_->RequestDeadlineExceeded(r.scheduled ? metrics::DeadlineStage::kRunning : metrics::DeadlineStage::kQueued)
+        .Increment();
+  }
+  m_->prompt_tokens->Increment(r.prompt_tokens);
+  // The first token of each request has no inter-token gap; OnToken counted the others.
+  if (r.completion_tokens > 0) m_->generation_tokens->Increment();
+  m_->request_prompt_tokens->Observe(r.prompt_tokens);
+  m_->request_generation_tokens->Observe(r.completion_tokens);
+  m_->e2e_request_latency->Observe(absl::ToDoubleSeconds(r.e2e));
+  if (r.scheduled) m_->request_queue_time->Observe(absl::ToDoubleSeconds(r.timings.queued));
+  if (r.completion_tokens > 0) {
+    m_->time_to_first_token->Observe(absl::ToDoubleSeconds(r.timings.first_token));
+    m_->request_prefill_time->Observe(absl::ToDoubleSeconds(r.prefill_time));
+    m_->request_decode_time->Observe(absl::ToDoubleSeconds(r.decode_time));
+    if (r.completion_tokens > 1) {
+      m_->time_per_output_token->Observe(absl::ToDoubleSeconds(r.decode_time) / (r.completion_tokens - 1));
+    }
+  }
+}
+
+}  // namespace sbserve

@@ -1,0 +1,222 @@
+#include "server/options.h"
+
+#include <cstdlib>
+#include <functional>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+
+namespace sbserve {
+namespace {
+
+struct Flag {
+  const char* name;
+  const char* help;
+  std::function<std::string(const ServerOptions&)> show;
+  std::function<absl::Status(ServerOptions&, const std::string&)> set;
+};
+
+absl::Status Bad(const std::string& name, const std::string& value, const char* want) {
+  return absl::InvalidArgumentError(absl::StrCat("--", name, ": '", value, "' is not ", want));
+}
+
+template <typename T>
+std::function<absl::Status(ServerOptions&, const std::string&)> Int(const char* name, T ServerOptions::*f,
+                                                                    int64_t lo, int64_t hi) {
+  return [=](ServerOptions& o, const std::string& v) {
+    int64_t x = 0;
+    if (!absl::SimpleAtoi(v, &x) || x < lo || x > hi) return Bad(name, v, absl::StrCat("an integer in [", lo, ", ", hi, "]").c_str());
+    o.*f = static_cast<T>(x);
+    return absl::OkStatus();
+  };
+}
+
+template <typename T>
+std::function<absl::Status(ServerOptions&, const std::string&)> EngineInt(const char* name, T EngineOptions::*f,
+                                                                          int64_t lo, int64_t hi) {
+  return [=](ServerOptions& o, const std::string& v) {
+    int64_t x = 0;
+    if (!absl::SimpleAtoi(v, &x) || x < lo || x > hi) return Bad(name, v, absl::StrCat("an integer in [", lo, ", ", hi, "]").c_str());
+    o.engine.*f = static_cast<T>(x);
+    return absl::OkStatus();
+  };
+}
+
+std::function<absl::Status(ServerOptions&, const std::string&)> Str(std::string ServerOptions::*f) {
+  return [=](ServerOptions& o, const std::string& v) {
+    o.*f = v;
+    return absl::OkStatus();
+  };
+}
+
+absl::StatusOr<absl::Duration> ParseDuration(const std::string& v) {
+  absl::Duration d;
+  if (absl::ParseDuration(v, &d)) return d;
+  double s = 0;
+  if (absl::SimpleAtod(v, &s)) return absl::Seconds(s);
+  return absl::InvalidArgumentError("bad duration");
+}
+
+const std::vector<Flag>& Flags() {
+  static const auto* flags = new std::vector<Flag>{
+      {"model", "checkpoint directory (config.json, safetensors, tokenizer.json); empty: the demo model",
+       [](const ServerOptions& o) { return o.model; }, Str(&ServerOptions::model)},
+      {"host", "gRPC listen address", [](const ServerOptions& o) { return o.host; }, Str(&ServerOptions::host)},
+      {"port", "gRPC port (0: any free port)", [](const ServerOptions& o) { return absl::StrCat(o.port); },
+       Int("port", &ServerOptions::port, 0, 65535)},
+      {"metrics-host", "metrics HTTP listen address", [](const ServerOptions& o) { return o.metrics_host; },
+       Str(&ServerOptions::metrics_host)},
+      {"metrics-port", "metrics HTTP port for /metrics, /health, /ready (0: any free port, -1: off)",
+       [](const ServerOptions& o) { return absl::StrCat(o.metrics_port); },
+       Int("metrics-port", &ServerOptions::metrics_port, -1, 65535)},
+      {"backend", "auto | cpu | cuda (auto: CUDA when built with it and a device is present)",
+       [](const ServerOptions& o) { return o.backend; },
+       [](ServerOptions& o, const std::string& v) {
+         if (v != "auto" && v != "cpu" && v != "cuda") return Bad("backend", v, "auto, cpu or cuda");
+         o.backend = v;
+         return absl::OkStatus();
+       }},
+      {"device", "CUDA device ordinal", [](const ServerOptions& o) { return absl::StrCat(o.device); },
+       Int("device", &ServerOptions::device, 0, 1024)},
+      {"cpu-threads", "CPU backend threads (0: all cores)", [](const ServerOptions& o) { return absl::StrCat(o.cpu_threads); },
+       Int("cpu-threads", &ServerOptions::cpu_threads, 0, 4096)},
+      {"max-batch-tokens", "tokens per engine step (decode tokens + prefill chunks)",
+       [](const ServerOptions& o) { return absl::StrCat(o.engine.max_batch_tokens); },
+       EngineInt("max-batch-tokens", &EngineOptions::max_batch_tokens, 1, 1 << 20)},
+      {"max-num-seqs", "sequences per engine step", [](const ServerOptions& o) { return absl::StrCat(o.engine.max_num_seqs); },
+       EngineInt("max-num-seqs", &EngineOptions::max_num_seqs, 1, 1 << 16)},
+      {"max-queued-requests", "admission: waiting requests before RESOURCE_EXHAUSTED",
+       [](const ServerOptions& o) { return absl::StrCat(o.engine.max_queued_requests); },
+       EngineInt("max-queued-requests", &EngineOptions::max_queued_requests, 0, 1 << 24)},
+      {"max-queued-tokens", "admission: waiting prompt tokens before RESOURCE_EXHAUSTED",
+       [](const ServerOptions& o) { return absl::StrCat(o.engine.max_queued_tokens); },
+       EngineInt("max-queued-tokens", &EngineOptions::max_queued_tokens, 0, int64_t{1} << 40)},
+      {"default-max-tokens", "max_tokens when a request leaves it unset (capped by the context)",
+       [](const ServerOptions& o) { return absl::StrCat(o.engine.default_max_tokens); },
+       EngineInt("default-max-tokens", &EngineOptions::default_max_tokens, 1, 1 << 24)},
+      {"kv-block-size", "tokens per KV cache block", [](const ServerOptions& o) { return absl::StrCat(o.engine.kv_block_size); },
+       EngineInt("kv-block-size", &EngineOptions::kv_block_size, 1, 4096)},
+      {"kv-cache-mb", "KV cache size in MiB (used when --kv-blocks is 0)",
+       [](const ServerOptions& o) { return absl::StrCat(o.engine.kv_cache_bytes >> 20); },
+       [](ServerOptions& o, const std::string& v) {
+         int64_t mb = 0;
+         if (!absl::SimpleAtoi(v, &mb) || mb < 1 || mb > (int64_t{1} << 24)) return Bad("kv-cache-mb", v, "a size in MiB >= 1");
+         o.engine.kv_cache_bytes = mb << 20;
+         return absl::OkStatus();
+       }},
+      {"kv-blocks", "KV cache blocks (0: from --kv-cache-mb)", [](const ServerOptions& o) { return absl::StrCat(o.engine.kv_num_blocks); },
+       EngineInt("kv-blocks", &EngineOptions::kv_num_blocks, 0, 1 << 24)},
+      {"max-logprobs", "largest logprobs (top-n) a request may ask for",
+       [](const ServerOptions& o) { return absl::StrCat(o.engine.max_logprobs); },
+       EngineInt("max-logprobs", &EngineOptions::max_logprobs, 0, 1024)},
+      {"retry-after", "retry delay suggested with RESOURCE_EXHAUSTED (e.g. 500ms)",
+       [](const ServerOptions& o) { return absl::FormatDuration(o.engine.retry_after); },
+       [](ServerOptions& o, const std::string& v) {
+         auto d = ParseDuration(v);
+         if (!d.ok() || *d < absl::ZeroDuration()) return Bad("retry-after", v, "a duration");
+         o.engine.retry_after = *d;
+         return absl::OkStatus();
+       }},
+      {"drain-timeout", "on SIGTERM, how long in-flight requests may finish (e.g. 30s)",
+       [](const ServerOptions& o) { return absl::FormatDuration(o.drain_timeout); },
+       [](ServerOptions& o, const std::string& v) {
+         auto d = ParseDuration(v);
+         if (!d.ok() || *d < absl::ZeroDuration()) return Bad("drain-timeout", v, "a duration");
+         o.drain_timeout = *d;
+         return absl::OkStatus();
+       }},
+      {"load-delay", "testing: stay in the loading state this long before loading the model",
+       [](const ServerOptions& o) { return absl::FormatDuration(o.load_delay); },
+       [](ServerOptions& o, const std::string& v) {
+         auto d = ParseDuration(v);
+         if (!d.ok() || *d < absl::ZeroDuration()) return Bad("load-delay", v, "a duration");
+         o.load_delay = *d;
+         return absl::OkStatus();
+       }},
+      {"log-level", "trace | debug | info | warn | error | off", [](const ServerOptions& o) { return o.log_level; },
+       Str(&ServerOptions::log_level)},
+      {"log-requests", "one log line per completed request (true | false)",
+       [](const ServerOptions& o) { return o.log_requests ? "true" : "false"; },
+       [](ServerOptions& o, const std::string& v) {
+         if (v == "true" || v == "1") {
+           o.log_requests = true;
+         } else if (v == "false" || v == "0") {
+           o.log_requests = false;
+         } else {
+           return Bad("log-requests", v, "true or false");
+         }
+         return absl::OkStatus();
+       }},
+      {"max-message-mb", "largest gRPC message accepted, MiB",
+       [](const ServerOptions& o) { return absl::StrCat(o.max_message_bytes >> 20); },
+       [](ServerOptions& o, const std::string& v) {
+         int64_t mb = 0;
+         if (!absl::SimpleAtoi(v, &mb) || mb < 1 || mb > 1024) return Bad("max-message-mb", v, "in [1, 1024]");
+         o.max_message_bytes = static_cast<int>(mb << 20);
+         return absl::OkStatus();
+       }},
+  };
+  return *flags;
+}
+
+std::string EnvName(const char* flag) {
+  return absl::StrCat("SBSERVE_", absl::AsciiStrToUpper(absl::StrReplaceAll(flag, {{"-", "_"}})));
+}
+
+}  // namespace
+
+std::string ServerUsage() {
+  ServerOptions defaults;
+  std::string out =
+      "usage: sbserve [--flag=value ...]\n"
+      "Serves a stick-breaking-attention model over gRPC. Every flag also reads the environment\n"
+      "variable shown (a flag on the command line wins).\n\n";
+  for (const Flag& f : Flags()) {
+    absl::StrAppend(&out, "  --", f.name, "  (", EnvName(f.name), ", default '", f.show(defaults), "')\n      ", f.help,
+                    "\n");
+  }
+  return out;
+}
+
+absl::StatusOr<ServerOptions> ParseServerOptions(const std::vector<std::string>& args, bool* help) {
+  ServerOptions o;
+  *help = false;
+  for (const Flag& f : Flags()) {
+    if (const char* v = std::getenv(EnvName(f.name).c_str()); v != nullptr) {
+      if (absl::Status s = f.set(o, v); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(EnvName(f.name), ": ", s.message()));
+      }
+    }
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string a = args[i];
+    if (a == "--help" || a == "-h") {
+      *help = true;
+      return ServerOptions{};
+    }
+    if (a.rfind("--", 0) != 0) return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", a, "'"));
+    a = a.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = a.find('='); eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+      has_value = true;
+    }
+    const Flag* flag = nullptr;
+    for (const Flag& f : Flags()) {
+      if (a == f.name) flag = &f;
+    }
+    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", a, " (see --help)"));
+    if (!has_value) {
+      if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat("--", a, " needs a value"));
+      value = args[++i];
+    }
+    if (absl::Status s = flag->set(o, value); !s.ok()) return s;
+  }
+  return o;
+}
+
+}  // namespace sbserve

@@ -1,0 +1,38 @@
+// Every setting of sbserve, from command-line flags and SBSERVE_* environment variables.
+// A flag beats its environment variable, which beats the default. `sbserve --help` prints the
+// table; server/API.md documents it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+
+namespace sbserve {
+
+struct ServerOptions {
+  std::string model;              // checkpoint directory; empty: the demo model
+  std::string host = "0.0.0.0";
+  int port = 50051;               // 0: pick a free port
+  std::string metrics_host = "0.0.0.0";
+  int metrics_port = 8080;        // 0: pick a free port; -1: no HTTP endpoint
+  std::string backend = "auto";   // auto | cpu | cuda
+  int device = 0;
+  int cpu_threads = 0;
+  EngineOptions engine;
+  absl::Duration drain_timeout = absl::Seconds(30);
+  absl::Duration load_delay = absl::ZeroDuration();  // testing: hold the loading state this long
+  std::string log_level = "info";
+  bool log_requests = true;
+  int max_message_bytes = 64 << 20;
+};
+
+// Parses args (argv without the program name) over the environment. `help` is set when --help
+// was given; the returned options are then the defaults.
+absl::StatusOr<ServerOptions> ParseServerOptions(const std::vector<std::string>& args, bool* help);
+std::string ServerUsage();
+
+}  // namespace sbserve

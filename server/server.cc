@@ -1,0 +1,208 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend.h"
+#include "engine/checkpoint.h"
+#include "engine/dtype.h"
+#include "engine/engine.h"
+#include "engine/model_writer.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "server/metrics/http_server.h"
+#include "server/metrics/registry.h"
+#include "server/metrics/serving_metrics.h"
+#include "server/metrics_observer.h"
+#include "server/service.h"
+#include "spdlog/spdlog.h"
+
+namespace sbserve {
+
+class Server::Impl {
+ public:
+  explicit Impl(ServerOptions o) : options_(std::move(o)), service_(&ctx_) { ctx_.log_requests = options_.log_requests; }
+
+  ~Impl() { Shutdown(); }
+
+  absl::Status Start();
+  absl::Status LoadModel();
+  void BeginDrain();
+  bool WaitDrained(absl::Duration timeout);
+  void Shutdown();
+  std::string Banner() const;
+
+  int port_ = 0;
+  int metrics_port_ = 0;
+  std::atomic<bool> ready_{false};
+
+ private:
+  absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const Checkpoint& ckpt);
+  void SetReady(bool ready);
+
+  ServerOptions options_;
+  ServiceContext ctx_;
+  SbServeService service_;
+  metrics::Registry registry_;
+  std::unique_ptr<metrics::ServingMetrics> metrics_;
+  std::unique_ptr<metrics::MetricsHttpServer> http_;
+  std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<Engine> engine_;
+  std::mutex shutdown_mu_;
+  bool shut_down_ = false;
+};
+
+void Server::Impl::SetReady(bool ready) {
+  ready_.store(ready);
+  if (grpc_ != nullptr && grpc_->GetHealthCheckService() != nullptr) {
+    grpc_->GetHealthCheckService()->SetServingStatus(kReadinessService, ready);
+  }
+}
+
+absl::Status Server::Impl::Start() {
+  absl::StatusOr<metrics::ServingMetrics> m = metrics::ServingMetrics::Create(registry_);
+  if (!m.ok()) return m.status();
+  metrics_ = std::make_unique<metrics::ServingMetrics>(*std::move(m));
+  ctx_.metrics = metrics_.get();
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), grpc::InsecureServerCredentials(),
+                           &port_);
+  builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  builder.SetMaxSendMessageSize(options_.max_message_bytes);
+  builder.RegisterService(&service_);
+  grpc_ = builder.BuildAndStart();
+  if (grpc_ == nullptr || port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.host, ":", options_.port));
+  }
+  // Live at once; ready only once the model is loaded.
+  grpc_->GetHealthCheckService()->SetServingStatus("", true);
+  SetReady(false);
+
+  if (options_.metrics_port >= 0) {
+    metrics::MetricsHttpServerOptions ho;
+    ho.host = options_.metrics_host;
+    ho.port = options_.metrics_port;
+    ho.live = [] { return true; };
+    ho.ready = [this] { return ready_.load(); };
+    http_ = std::make_unique<metrics::MetricsHttpServer>(registry_, ho);
+    if (absl::Status s = http_->Start(); !s.ok()) return s;
+    metrics_port_ = http_->port();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> Server::Impl::MakeBackend(const Checkpoint& ckpt) {
+  if (options_.backend != "cpu") {
+    CudaBackendOptions co;
+    co.device = options_.device;
+    absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(ckpt, co);
+    if (cuda.ok()) return cuda;
+    if (options_.backend == "cuda") return cuda.status();
+    spdlog::info("CUDA backend unavailable ({}); using the CPU backend", std::string(cuda.status().message()));
+  }
+  CpuBackendOptions cpu;
+  cpu.num_threads = options_.cpu_threads;
+  return CreateCpuBackend(ckpt, cpu);
+}
+
+absl::Status Server::Impl::LoadModel() {
+  if (options_.load_delay > absl::ZeroDuration()) absl::SleepFor(options_.load_delay);
+  std::string dir = options_.model;
+  if (dir.empty()) {
+    absl::StatusOr<std::string> demo = EnsureDemoModel();
+    if (!demo.ok()) return demo.status();
+    dir = *demo;
+    spdlog::info("no --model given; serving the demo model in {}", dir);
+  }
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  checkpoint_ = *std::move(ckpt);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(*checkpoint_);
+  if (!backend.ok()) return backend.status();
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(dir); tok.ok()) {
+    tokenizer = *std::move(tok);
+  } else {
+    spdlog::warn("no usable tokenizer in {} ({}); only token-id input is served", dir, std::string(tok.status().message()));
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(options_.engine, *std::move(backend), std::move(tokenizer));
+  if (!engine.ok()) return engine.status();
+  engine_ = *std::move(engine);
+  engine_->SetObserver(std::make_shared<MetricsObserver>(metrics_.get()));
+  ctx_.model_dir = dir;
+  ctx_.weight_dtype = DTypeName(checkpoint_->weight_dtype());
+  ctx_.engine.store(engine_.get());
+  const EngineStats st = engine_->Stats();
+  spdlog::info("model ready: {} ({} layers, d={}, vocab {}, context {}, {}) on the {} backend; KV cache {} blocks x {}",
+               dir, engine_->model_config().n_layer, engine_->model_config().n_embd,
+               engine_->model_config().vocab_size, engine_->model_config().n_positions,
+               RemainderName(engine_->model_config().remainder), engine_->backend().name(), st.kv_blocks_total,
+               st.kv_block_size);
+  if (!ctx_.draining.load()) SetReady(true);
+  return absl::OkStatus();
+}
+
+void Server::Impl::BeginDrain() {
+  ctx_.draining.store(true);
+  SetReady(false);
+}
+
+bool Server::Impl::WaitDrained(absl::Duration timeout) {
+  Engine* engine = ctx_.engine.load();
+  if (engine == nullptr) return true;
+  return engine->Drain(timeout);
+}
+
+void Server::Impl::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  ctx_.draining.store(true);
+  ready_.store(false);
+  // Ending the engine first gives every open stream its final event, so the gRPC shutdown
+  // below has only short writes to wait for.
+  if (engine_ != nullptr) engine_->Shutdown();
+  if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (http_ != nullptr) http_->Stop();
+  ctx_.engine.store(nullptr);
+  grpc_.reset();
+  engine_.reset();
+}
+
+std::string Server::Impl::Banner() const {
+  const std::string addr = absl::StrCat(options_.host == "0.0.0.0" ? "localhost" : options_.host, ":", port_);
+  std::string out = absl::StrCat("sbserve listening on ", options_.host, ":", port_, " (gRPC, sbserve.v1.SbServe)\n",
+                                 "  try: sbctl --addr ", addr, " generate \"Once upon a time\"\n",
+                                 "       sbctl --addr ", addr, " health | info\n",
+                                 "       grpcurl -plaintext ", addr, " list   (server reflection is on)\n");
+  if (metrics_port_ > 0) {
+    absl::StrAppend(&out, "  metrics: http://localhost:", metrics_port_, "/metrics  (probes: /health, /ready)\n");
+  }
+  return out;
+}
+
+Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Server::~Server() { Shutdown(); }
+absl::Status Server::Start() { return impl_->Start(); }
+absl::Status Server::LoadModel() { return impl_->LoadModel(); }
+void Server::BeginDrain() { impl_->BeginDrain(); }
+bool Server::WaitDrained(absl::Duration timeout) { return impl_->WaitDrained(timeout); }
+void Server::Shutdown() { impl_->Shutdown(); }
+int Server::port() const { return impl_->port_; }
+int Server::metrics_port() const { return impl_->metrics_port_; }
+bool Server::ready() const { return impl_->ready_.load(); }
+std::string Server::Banner() const { return impl_->Banner(); }
+
+}  // namespace sbserve

@@ -1,0 +1,44 @@
+// The sbserve process around the engine: gRPC server (service, health, reflection), metrics
+// HTTP endpoint, model loading and the drain sequence.
+//
+// Lifecycle: Start() listens at once, live and not ready; LoadModel() builds the backend and the
+// engine and turns ready; BeginDrain() turns not ready and refuses new requests; WaitDrained()
+// lets in-flight requests finish; Shutdown() ends the rest and stops everything.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/options.h"
+
+namespace sbserve {
+
+// The service name whose health status is readiness ("" is liveness).
+inline constexpr char kReadinessService[] = "sbserve.v1.SbServe";
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server();  // Shutdown()
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  absl::Status Start();
+  absl::Status LoadModel();
+  void BeginDrain();
+  bool WaitDrained(absl::Duration timeout);  // true when nothing was left in flight
+  void Shutdown();
+
+  int port() const;          // bound gRPC port
+  int metrics_port() const;  // bound HTTP port; 0 when off
+  bool ready() const;
+  // How to talk to this server (printed at start-up).
+  std::string Banner() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sbserve

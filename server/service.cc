@@ -1,0 +1,339 @@
+#include "server/service.h"
+
+#include <deque>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "server/convert.h"
+#include "server/status.h"
+#include "spdlog/spdlog.h"
+
+namespace sbserve {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+// Maps an admission failure to the metrics' reject reason.
+void CountReject(const ServiceContext* ctx, const absl::Status& s) {
+  if (ctx->metrics == nullptr) return;
+  using metrics::RejectReason;
+  RejectReason r;
+  switch (s.code()) {
+    case absl::StatusCode::kResourceExhausted:
+      r = absl::StrContains(s.message(), "tokens") ? RejectReason::kQueueTokens : RejectReason::kQueueFull;
+      break;
+    case absl::StatusCode::kUnavailable: r = RejectReason::kDraining; break;
+    case absl::StatusCode::kOutOfRange: r = RejectReason::kOutOfRange; break;
+    default: r = RejectReason::kInvalidArgument; break;
+  }
+  ctx->metrics->RequestRejected(r).Increment();
+}
+
+// Prepares a request: the engine (UNAVAILABLE while loading or draining), a validated engine
+// request with an id and the call's deadline.
+absl::StatusOr<GenerateRequest> Prepare(ServiceContext* ctx, grpc::CallbackServerContext* call,
+                                        const v1::GenerateRequest& proto, Engine** engine) {
+  *engine = ctx->engine.load();
+  if (*engine == nullptr) return absl::UnavailableError("the model is still loading");
+  if (ctx->draining.load()) return absl::UnavailableError("the server is draining; retry on another replica");
+  absl::StatusOr<GenerateRequest> req = RequestFromProto(proto);
+  if (!req.ok()) return req.status();
+  if (req->request_id.empty()) {
+    req->request_id = absl::StrFormat("sb-%x-%d", absl::ToUnixMicros(ctx->start_time) & 0xffffff,
+                                      ctx->next_request_id.fetch_add(1));
+  }
+  const auto deadline = call->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max()) req->deadline = absl::FromChrono(deadline);
+  return req;
+}
+
+void LogRequest(const ServiceContext* ctx, const std::string& rpc, const std::string& id, const std::string& peer,
+                const GenerateEvent& e, const grpc::Status& st) {
+  if (!ctx->log_requests) return;
+  spdlog::info(
+      "request rpc={} id={} peer={} status={} finish={} prompt_tokens={} completion_tokens={} queued_ms={:.2f} "
+      "ttft_ms={:.2f} last_token_ms={:.2f} preemptions={}{}{}",
+      rpc, id, peer, static_cast<int>(st.error_code()), FinishReasonName(e.finish_reason), e.prompt_tokens,
+      e.completion_tokens, absl::ToDoubleMilliseconds(e.timings.queued),
+      absl::ToDoubleMilliseconds(e.timings.first_token), absl::ToDoubleMilliseconds(e.timings.last_token),
+      e.timings.preemptions, st.ok() ? "" : " error=", st.error_message());
+}
+
+grpc::Status FinalStatus(const GenerateEvent& e) {
+  if (!e.status.ok()) return ToGrpcStatus(e.status);
+  return grpc::Status::OK;
+}
+
+// Reference count shared by gRPC (released in OnDone) and the engine (released by the final
+// event); the reactor deletes itself when both are gone.
+class TwoOwners {
+ public:
+  // Returns true when the caller dropped the last reference.
+  bool Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return --refs_ == 0;
+  }
+  void Set(int n) { refs_ = n; }
+
+ private:
+  std::mutex mu_;
+  int refs_ = 1;
+};
+
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  GenerateReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const v1::GenerateRequest* request)
+      : ctx_(ctx), peer_(call->peer()) {
+    Engine* engine = nullptr;
+    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine);
+    absl::Status st = req.status();
+    if (req.ok()) {
+      id_ = req->request_id;
+      engine_ = engine;
+      owners_.Set(2);
+      st = engine->Submit(*std::move(req), [this](GenerateEvent e) { OnEvent(std::move(e)); });
+      if (!st.ok()) owners_.Set(1);
+    }
+    if (!st.ok()) {
+      CountReject(ctx_, st);
+      finish_called_ = true;
+      Finish(ToGrpcStatus(st));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    Action a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (!ok) {
+        broken_ = true;
+        pending_.clear();
+      }
+      a = NextLocked();
+    }
+    if (!ok && engine_ != nullptr) engine_->Abort({id_});
+    Run(a);
+  }
+
+  void OnCancel() override {
+    if (engine_ != nullptr) engine_->Abort({id_});
+  }
+
+  void OnDone() override {
+    if (owners_.Release()) delete this;
+  }
+
+ private:
+  enum class Action { kNone, kWrite, kFinish };
+
+  // Engine thread.
+  void OnEvent(GenerateEvent e) {
+    const bool final = e.finished;
+    Action a;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!broken_ && !finish_called_) {
+        // Coalesce into the newest queued message while a write is in flight.
+        if (pending_.empty() || !writing_) pending_.emplace_back();
+        v1::GenerateResponse& m = pending_.back();
+        if (m.request_id().empty()) m.set_request_id(id_);
+        AppendEvent(e, &m);
+      }
+      if (final) {
+        final_ = true;
+        final_status_ = FinalStatus(e);
+        if (broken_ && final_status_.ok()) final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "stream broken");
+      }
+      a = NextLocked();
+    }
+    if (final) {
+      LogRequest(ctx_, "Generate", id_, peer_, e, final_status_);
+    }
+    Run(a);
+    if (final && owners_.Release()) delete this;
+  }
+
+  // mu_ held: decides what to start next; the call itself happens after unlocking.
+  Action NextLocked() {
+    if (writing_ || finish_called_) return Action::kNone;
+    if (!pending_.empty()) {
+      current_ = std::move(pending_.front());
+      pending_.pop_front();
+      writing_ = true;
+      return Action::kWrite;
+    }
+    if (final_ || broken_) {
+      if (!final_ && broken_) final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      finish_called_ = true;
+      return Action::kFinish;
+    }
+    return Action::kNone;
+  }
+
+  void Run(Action a) {
+    if (a == Action::kWrite) StartWrite(&current_);
+    if (a == Action::kFinish) Finish(final_status_);
+  }
+
+  ServiceContext* ctx_;
+  std::string peer_;  // the call's context is gone once OnDone ran; the engine may finish later
+  Engine* engine_ = nullptr;
+  std::string id_;
+  TwoOwners owners_;
+
+  std::mutex mu_;
+  std::deque<v1::GenerateResponse> pending_;
+  v1::GenerateResponse current_;
+  bool writing_ = false;
+  bool final_ = false;
+  bool broken_ = false;
+  bool finish_called_ = false;
+  grpc::Status final_status_;
+};
+
+class CompleteReactor final : public grpc::ServerUnaryReactor {
+ public:
+  CompleteReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const v1::GenerateRequest* request,
+                  v1::GenerateResponse* response)
+      : ctx_(ctx), peer_(call->peer()), response_(response) {
+    Engine* engine = nullptr;
+    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine);
+    absl::Status st = req.status();
+    if (req.ok()) {
+      id_ = req->request_id;
+      engine_ = engine;
+      response_->set_request_id(id_);
+      owners_.Set(2);
+      st = engine->Submit(*std::move(req), [this](GenerateEvent e) { OnEvent(std::move(e)); });
+      if (!st.ok()) owners_.Set(1);
+    }
+    if (!st.ok()) {
+      CountReject(ctx_, st);
+      Finish(ToGrpcStatus(st));
+    }
+  }
+
+  void OnCancel() override {
+    if (engine_ != nullptr) engine_->Abort({id_});
+  }
+  void OnDone() override {
+    if (owners_.Release()) delete this;
+  }
+
+ private:
+  void OnEvent(GenerateEvent e) {
+    // Only the engine thread touches response_ until Finish.
+    AppendEvent(e, response_);
+    if (!e.finished) return;
+    const grpc::Status st = FinalStatus(e);
+    LogRequest(ctx_, "Complete", id_, peer_, e, st);
+    Finish(st);
+    if (owners_.Release()) delete this;
+  }
+
+  ServiceContext* ctx_;
+  std::string peer_;  // the call's context is gone once OnDone ran; the engine may finish later
+  v1::GenerateResponse* response_;
+  Engine* engine_ = nullptr;
+  std::string id_;
+  TwoOwners owners_;
+};
+
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* call, const grpc::Status& st) {
+  grpc::ServerUnaryReactor* r = call->DefaultReactor();
+  r->Finish(st);
+  return r;
+}
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* SbServeService::Generate(grpc::CallbackServerContext* context,
+                                                                         const v1::GenerateRequest* request) {
+  return new GenerateReactor(ctx_, context, request);
+}
+
+grpc::ServerUnaryReactor* SbServeService::Complete(grpc::CallbackServerContext* context,
+                                                   const v1::GenerateRequest* request,
+                                                   v1::GenerateResponse* response) {
+  return new CompleteReactor(ctx_, context, request, response);
+}
+
+grpc::ServerUnaryReactor* SbServeService::Abort(grpc::CallbackServerContext* context, const v1::AbortRequest* request,
+                                                v1::AbortResponse* response) {
+  Engine* engine = ctx_->engine.load();
+  if (engine == nullptr) return Reply(context, ToGrpcStatus(absl::UnavailableError("the model is still loading")));
+  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  std::vector<std::string> ids(request->request_ids().begin(), request->request_ids().end());
+  for (const auto& id : engine->Abort(ids)) response->add_aborted(id);
+  if (ctx_->metrics != nullptr) ctx_->metrics->request_aborts->Increment(response->aborted_size());
+  return Reply(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* SbServeService::Tokenize(grpc::CallbackServerContext* context,
+                                                   const v1::TokenizeRequest* request,
+                                                   v1::TokenizeResponse* response) {
+  Engine* engine = ctx_->engine.load();
+  if (engine == nullptr) return Reply(context, ToGrpcStatus(absl::UnavailableError("the model is still loading")));
+  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  const TextCodec* codec = engine->codec();
+  if (codec == nullptr) {
+    return Reply(context, ToGrpcStatus(absl::FailedPreconditionError("this model has no tokenizer")));
+  }
+  absl::StatusOr<std::vector<int32_t>> ids =
+      codec->Encode(request->text(), request->has_add_special_tokens() ? request->add_special_tokens() : true);
+  if (!ids.ok()) return Reply(context, ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
+  for (int32_t id : *ids) {
+    response->add_ids(id);
+    response->add_pieces(codec->Decode({id}, false));
+  }
+  return Reply(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* SbServeService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                       const v1::GetModelInfoRequest*, v1::ModelInfo* response) {
+  Engine* engine = ctx_->engine.load();
+  if (engine == nullptr) return Reply(context, ToGrpcStatus(absl::UnavailableError("the model is still loading")));
+  const ModelConfig& c = engine->model_config();
+  response->set_model(ctx_->model_dir);
+  response->set_architecture("stickbreaking");
+  response->set_context_length(c.n_positions);
+  response->set_vocab_size(c.vocab_size);
+  response->set_remainder(RemainderName(c.remainder));
+  response->set_dtype(ctx_->weight_dtype);
+  response->set_backend(engine->backend().name());
+  response->set_n_layer(c.n_layer);
+  response->set_n_embd(c.n_embd);
+  response->set_n_head(c.n_head);
+  response->set_n_kv_head(c.n_kv_head);
+  for (int32_t e : engine->eos_ids()) response->add_eos_token_ids(e);
+  response->set_kv_block_size(engine->options().kv_block_size);
+  response->set_kv_bytes_per_token(engine->backend().KvBytesPerToken());
+  return Reply(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* SbServeService::GetServerInfo(grpc::CallbackServerContext* context,
+                                                        const v1::GetServerInfoRequest*, v1::ServerInfo* response) {
+  response->set_version(kVersion);
+  response->set_uptime_s(absl::ToDoubleSeconds(absl::Now() - ctx_->start_time));
+  Engine* engine = ctx_->engine.load();
+  response->set_draining(ctx_->draining.load());
+  response->set_ready(engine != nullptr && !ctx_->draining.load());
+  if (engine != nullptr) {
+    const EngineStats s = engine->Stats();
+    response->set_running(s.running);
+    response->set_waiting(s.waiting);
+    response->set_queued_prompt_tokens(s.queued_prompt_tokens);
+    response->set_kv_blocks_used(s.kv_blocks_used);
+    response->set_kv_blocks_total(s.kv_blocks_total);
+    response->set_kv_block_size(s.kv_block_size);
+    response->set_requests_finished(s.requests_finished);
+    response->set_preemptions(s.preemptions);
+  }
+  return Reply(context, grpc::Status::OK);
+}
+
+}  // namespace sbserve
