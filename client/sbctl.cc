@@ -1,0 +1,333 @@
+// sbctl: command-line client of sbserve.
+//
+//   sbctl [--addr HOST:PORT] [--timeout DURATION] COMMAND [ARGS]
+//     generate "prompt" [sampling and stopping flags] [--json] [--unary]
+//     health [--service NAME]
+//     info
+//     tokenize "text" [--no-special]
+//     abort ID...
+//     bench [--requests N] [--concurrency C] [--max-tokens N] [--prompt-words N] [--temperature T] [--json]
+// The address also comes from SBSERVE_ADDR (default localhost:50051).
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "client/bench.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "sbserve/v1/sbserve.grpc.pb.h"
+
+namespace {
+
+using sbserve::v1::SbServe;
+
+constexpr char kUsage[] = R"(usage: sbctl [--addr HOST:PORT] [--timeout DURATION] COMMAND [ARGS]
+
+commands:
+  generate PROMPT      stream a completion to the terminal
+      --ids 1,2,3            send token ids instead of PROMPT text
+      --max-tokens N --min-tokens N --temperature T --top-k K --top-p P --min-p P
+      --repetition-penalty R --presence-penalty P --frequency-penalty F --seed S
+      --stop STRING (repeatable) --stop-token-id ID (repeatable) --ignore-eos
+      --include-stop-str --logprobs N --priority N --id REQUEST_ID
+      --keep-special         do not skip special tokens in the text
+      --json                 print every response message as one JSON line
+      --unary                use the unary Complete RPC
+  health [--service NAME]  liveness ("") and readiness (sbserve.v1.SbServe); exit 0 when ready
+  info                     model and server information (JSON)
+  tokenize TEXT [--no-special]
+  abort ID...
+  bench [--requests 200] [--concurrency 32] [--max-tokens 64] [--prompt-words 32] [--temperature 0] [--json]
+
+--addr defaults to $SBSERVE_ADDR or localhost:50051; --timeout (e.g. 30s) sets the call deadline.
+)";
+
+[[noreturn]] void Die(const std::string& msg, int code = 2) {
+  std::cerr << "sbctl: " << msg << "\n";
+  std::exit(code);
+}
+
+int Fail(const grpc::Status& st) {
+  std::cerr << "sbctl: " << st.error_code() << " " << st.error_message() << "\n";
+  return 1;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+// Flags after the command: --name value, --name=value, or boolean --name.
+struct Args {
+  std::vector<std::string> positional;
+  std::multimap<std::string, std::string> flags;
+
+  bool Has(const std::string& k) const { return flags.count(k) > 0; }
+  std::string Get(const std::string& k, const std::string& def = "") const {
+    auto it = flags.find(k);
+    return it == flags.end() ? def : it->second;
+  }
+  std::vector<std::string> All(const std::string& k) const {
+    std::vector<std::string> out;
+    auto [a, b] = flags.equal_range(k);
+    for (auto it = a; it != b; ++it) out.push_back(it->second);
+    return out;
+  }
+};
+
+Args ParseArgs(const std::vector<std::string>& in, const std::vector<std::string>& booleans) {
+  Args a;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const std::string& s = in[i];
+    if (s.rfind("--", 0) != 0 || s.size() == 2) {
+      a.positional.push_back(s);
+      continue;
+    }
+    std::string name = s.substr(2);
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      a.flags.emplace(name.substr(0, eq), name.substr(eq + 1));
+    } else if (std::find(booleans.begin(), booleans.end(), name) != booleans.end()) {
+      a.flags.emplace(name, "true");
+    } else {
+      if (i + 1 >= in.size()) Die(absl::StrCat("--", name, " needs a value"));
+      a.flags.emplace(name, in[++i]);
+    }
+  }
+  return a;
+}
+
+template <typename T>
+T Num(const Args& a, const std::string& k) {
+  T v{};
+  const std::string s = a.Get(k);
+  bool ok;
+  if constexpr (std::is_floating_point_v<T>) {
+    double d;
+    ok = absl::SimpleAtod(s, &d);
+    v = static_cast<T>(d);
+  } else {
+    ok = absl::SimpleAtoi(s, &v);
+  }
+  if (!ok) Die(absl::StrCat("--", k, ": '", s, "' is not a number"));
+  return v;
+}
+
+void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) {
+  if (timeout > absl::ZeroDuration()) ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+int Generate(SbServe::Stub& stub, const Args& a, absl::Duration timeout) {
+  sbserve::v1::GenerateRequest req;
+  if (a.Has("ids")) {
+    for (auto piece : absl::StrSplit(a.Get("ids"), ',', absl::SkipEmpty())) {
+      int32_t id;
+      if (!absl::SimpleAtoi(piece, &id)) Die(absl::StrCat("--ids: '", piece, "' is not an id"));
+      req.mutable_token_ids()->add_ids(id);
+    }
+  } else {
+    if (a.positional.size() != 1) Die("generate needs exactly one PROMPT (or --ids)");
+    req.set_text(a.positional[0]);
+  }
+  auto* s = req.mutable_sampling();
+  if (a.Has("temperature")) s->set_temperature(Num<float>(a, "temperature"));
+  if (a.Has("top-k")) s->set_top_k(Num<int32_t>(a, "top-k"));
+  if (a.Has("top-p")) s->set_top_p(Num<float>(a, "top-p"));
+  if (a.Has("min-p")) s->set_min_p(Num<float>(a, "min-p"));
+  if (a.Has("repetition-penalty")) s->set_repetition_penalty(Num<float>(a, "repetition-penalty"));
+  if (a.Has("presence-penalty")) s->set_presence_penalty(Num<float>(a, "presence-penalty"));
+  if (a.Has("frequency-penalty")) s->set_frequency_penalty(Num<float>(a, "frequency-penalty"));
+  if (a.Has("seed")) s->set_seed(Num<uint64_t>(a, "seed"));
+  auto* st = req.mutable_stopping();
+  if (a.Has("max-tokens")) st->set_max_tokens(Num<uint32_t>(a, "max-tokens"));
+  if (a.Has("min-tokens")) st->set_min_tokens(Num<uint32_t>(a, "min-tokens"));
+  for (const auto& x : a.All("stop")) st->add_stop(x);
+  for (const auto& x : a.All("stop-token-id")) {
+    int32_t id;
+    if (!absl::SimpleAtoi(x, &id)) Die(absl::StrCat("--stop-token-id: '", x, "' is not an id"));
+    st->add_stop_token_ids(id);
+  }
+  st->set_ignore_eos(a.Has("ignore-eos"));
+  st->set_include_stop_str_in_output(a.Has("include-stop-str"));
+  if (a.Has("logprobs")) req.set_logprobs(Num<uint32_t>(a, "logprobs"));
+  if (a.Has("priority")) req.set_priority(Num<int32_t>(a, "priority"));
+  if (a.Has("id")) req.set_request_id(a.Get("id"));
+  if (a.Has("keep-special")) req.set_skip_special_tokens(false);
+  const bool json = a.Has("json");
+
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, timeout);
+  if (a.Has("unary")) {
+    sbserve::v1::GenerateResponse resp;
+    grpc::Status status = stub.Complete(&ctx, req, &resp);
+    if (!status.ok()) return Fail(status);
+    if (json) {
+      std::cout << ToJson(resp) << "\n";
+    } else {
+      std::cout << resp.text() << "\n";
+      std::cerr << "[" << sbserve::v1::FinishReason_Name(resp.finish_reason()) << ", "
+                << resp.usage().prompt_tokens() << " prompt + " << resp.usage().completion_tokens()
+                << " completion tokens]\n";
+    }
+    return 0;
+  }
+  auto reader = stub.Generate(&ctx, req);
+  sbserve::v1::GenerateResponse msg;
+  sbserve::v1::GenerateResponse last;
+  while (reader->Read(&msg)) {
+    if (json) {
+      std::cout << ToJson(msg) << "\n" << std::flush;
+    } else {
+      std::cout << msg.text() << std::flush;
+    }
+    if (msg.finish_reason() != sbserve::v1::FINISH_REASON_UNSPECIFIED) last = msg;
+  }
+  grpc::Status status = reader->Finish();
+  if (!json) {
+    std::cout << "\n";
+    if (last.finish_reason() != sbserve::v1::FINISH_REASON_UNSPECIFIED) {
+      std::cerr << "[" << sbserve::v1::FinishReason_Name(last.finish_reason()) << ", "
+                << last.usage().prompt_tokens() << " prompt + " << last.usage().completion_tokens()
+                << " completion tokens, first token " << last.timings().first_token_us() / 1000.0 << " ms]\n";
+    }
+  }
+  if (!status.ok()) return Fail(status);
+  return 0;
+}
+
+int Health(const std::shared_ptr<grpc::Channel>& ch, const Args& a, absl::Duration timeout) {
+  auto stub = grpc::health::v1::Health::NewStub(ch);
+  std::vector<std::string> services = {"", "sbserve.v1.SbServe"};
+  if (a.Has("service")) services = {a.Get("service")};
+  bool all = true;
+  for (const auto& svc : services) {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, timeout);
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(svc);
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status st = stub->Check(&ctx, req, &resp);
+    const std::string label = svc.empty() ? "live  (\"\")" : absl::StrCat("ready (", svc, ")");
+    if (!st.ok()) {
+      std::cout << label << ": error " << st.error_code() << " " << st.error_message() << "\n";
+      all = false;
+      continue;
+    }
+    std::cout << label << ": " << grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()) << "\n";
+    all = all && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  }
+  return all ? 0 : 1;
+}
+
+int Info(SbServe::Stub& stub, absl::Duration timeout) {
+  sbserve::v1::ModelInfo model;
+  sbserve::v1::ServerInfo server;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, timeout);
+    grpc::Status st = stub.GetServerInfo(&ctx, {}, &server);
+    if (!st.ok()) return Fail(st);
+  }
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, timeout);
+    grpc::Status st = stub.GetModelInfo(&ctx, {}, &model);
+    if (!st.ok()) return Fail(st);
+  }
+  std::cout << "{\"model\": " << ToJson(model) << ", \"server\": " << ToJson(server) << "}\n";
+  return 0;
+}
+
+int Tokenize(SbServe::Stub& stub, const Args& a, absl::Duration timeout) {
+  if (a.positional.size() != 1) Die("tokenize needs exactly one TEXT");
+  sbserve::v1::TokenizeRequest req;
+  req.set_text(a.positional[0]);
+  if (a.Has("no-special")) req.set_add_special_tokens(false);
+  sbserve::v1::TokenizeResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, timeout);
+  grpc::Status st = stub.Tokenize(&ctx, req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << ToJson(resp) << "\n";
+  return 0;
+}
+
+int Abort(SbServe::Stub& stub, const Args& a, absl::Duration timeout) {
+  sbserve::v1::AbortRequest req;
+  for (const auto& id : a.positional) req.add_request_ids(id);
+  sbserve::v1::AbortResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx, timeout);
+  grpc::Status st = stub.Abort(&ctx, req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << ToJson(resp) << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string addr = std::getenv("SBSERVE_ADDR") != nullptr ? std::getenv("SBSERVE_ADDR") : "localhost:50051";
+  absl::Duration timeout = absl::ZeroDuration();
+  size_t i = 0;
+  for (; i < args.size() && args[i].rfind("--", 0) == 0; ++i) {
+    std::string a = args[i];
+    std::string v;
+    if (size_t eq = a.find('='); eq != std::string::npos) {
+      v = a.substr(eq + 1);
+      a = a.substr(0, eq);
+    } else if (a != "--help" && i + 1 < args.size()) {
+      v = args[++i];
+    }
+    if (a == "--help") {
+      std::cout << kUsage;
+      return 0;
+    } else if (a == "--addr") {
+      addr = v;
+    } else if (a == "--timeout") {
+      if (!absl::ParseDuration(v, &timeout)) Die(absl::StrCat("--timeout: '", v, "' is not a duration like 30s"));
+    } else {
+      Die(absl::StrCat("unknown option ", a, "\n", kUsage));
+    }
+  }
+  if (i >= args.size()) Die(kUsage);
+  const std::string cmd = args[i];
+  const std::vector<std::string> rest(args.begin() + static_cast<long>(i) + 1, args.end());
+  const Args a = ParseArgs(rest, {"json", "unary", "ignore-eos", "include-stop-str", "keep-special", "no-special"});
+
+  grpc::ChannelArguments ca;
+  ca.SetMaxReceiveMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), ca);
+  auto stub = SbServe::NewStub(channel);
+  if (cmd == "generate") return Generate(*stub, a, timeout);
+  if (cmd == "health") return Health(channel, a, timeout > absl::ZeroDuration() ? timeout : absl::Seconds(5));
+  if (cmd == "info") return Info(*stub, timeout);
+  if (cmd == "tokenize") return Tokenize(*stub, a, timeout);
+  if (cmd == "abort") return Abort(*stub, a, timeout);
+  if (cmd == "bench") {
+    sbserve::client::BenchOptions o;
+    if (a.Has("requests")) o.requests = Num<int>(a, "requests");
+    if (a.Has("concurrency")) o.concurrency = Num<int>(a, "concurrency");
+    if (a.Has("max-tokens")) o.max_tokens = Num<int>(a, "max-tokens");
+    if (a.Has("prompt-words")) o.prompt_words = Num<int>(a, "prompt-words");
+    if (a.Has("temperature")) o.temperature = Num<float>(a, "temperature");
+    o.json = a.Has("json");
+    if (o.requests < 1 || o.concurrency < 1 || o.max_tokens < 1) Die("bench: counts must be >= 1");
+    return sbserve::client::RunBench(channel, o);
+  }
+  Die(absl::StrCat("unknown command '", cmd, "'\n", kUsage));
+}
