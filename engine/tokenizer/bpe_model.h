@@ -31,6 +31,13 @@ class BpeModel {
   // nullptr when no vocabulary entry has this id.
   const std::string* IdToToken(int32_t id) const;
   int32_t max_id() const { return static_cast<int32_t>(id_to_token_.size()) - 1; }
+  // Whether id is one of the "<0xXX>" byte tokens.
+  bool IsByteToken(int32_t id) const {
+    for (int32_t b : byte_ids_) {
+      if (b == id) return true;
+    }
+    return false;
+  }
 
  private:
   struct Merge {

@@ -29,7 +29,11 @@ std::string IncrementalDecoder::Add(int32_t id) {
     window_.pop_back();
     return {};
   }
-  if (text->size() <= context_text_.size() || EndsWithReplacement(*text) ||
+  // Skipped special tokens are transparent: the run they sit in continues after them.
+  if (!(skip_special_tokens_ && tok_.IsSpecial(id))) {
+    last_is_byte_token_ = tok_.IsByteFallbackToken(id);
+  }
+  if (last_is_byte_token_ || text->size() <= context_text_.size() || EndsWithReplacement(*text) ||
       text->compare(0, context_text_.size(), context_text_) != 0) {
     return {};
   }
@@ -51,6 +55,7 @@ std::string IncrementalDecoder::Flush() {
   }
   window_.clear();
   context_len_ = 0;
+  last_is_byte_token_ = false;
   context_text_.clear();
   return delta;
 }

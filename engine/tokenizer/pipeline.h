@@ -28,6 +28,7 @@ class Pipeline {
   std::unique_ptr<BpeModel> model;
   std::unique_ptr<PostProcessor> post_processor;
   std::unique_ptr<Decoder> decoder;
+  bool decoder_has_byte_fallback = false;
 };
 
 }  // namespace sbserve::tokenizer_internal

@@ -92,6 +92,17 @@ absl::Status LoadAddedTokens(const nlohmann::json& root, Pipeline* p) {
   return absl::OkStatus();
 }
 
+bool HasDecoderType(const nlohmann::json& j, const char* type) {
+  if (!j.is_object()) return false;
+  if (j.value("type", std::string()) == type) return true;
+  auto it = j.find("decoders");
+  if (it == j.end() || !it->is_array()) return false;
+  for (const auto& sub : *it) {
+    if (HasDecoderType(sub, type)) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<std::unique_ptr<Pipeline>> LoadPipeline(const nlohmann::json& root) {
   if (!root.is_object()) return absl::InvalidArgumentError("tokenizer.json is not an object");
   auto p = std::make_unique<Pipeline>();
@@ -126,6 +137,7 @@ absl::StatusOr<std::unique_ptr<Pipeline>> LoadPipeline(const nlohmann::json& roo
     auto d = tokenizer_internal::MakeDecoder(section("decoder"));
     if (!d.ok()) return with_context(d.status(), "decoder");
     p->decoder = std::move(*d);
+    p->decoder_has_byte_fallback = HasDecoderType(section("decoder"), "ByteFallback");
   }
   if (absl::Status st = LoadAddedTokens(root, p.get()); !st.ok()) {
     return with_context(st, "added_tokens");
@@ -312,6 +324,11 @@ std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {
     return pipeline_->added[it->second].id;
   }
   return pipeline_->model->TokenToId(token);
+}
+
+bool Tokenizer::IsByteFallbackToken(int32_t id) const {
+  return pipeline_->decoder_has_byte_fallback && !pipeline_->added_by_id.contains(id) &&
+         pipeline_->model->IsByteToken(id);
 }
 
 std::optional<std::string_view> Tokenizer::IdToToken(int32_t id) const {

@@ -64,6 +64,10 @@ class Tokenizer {
   std::optional<int32_t> TokenToId(std::string_view token) const;
   // The token string of an id (added token content or model vocabulary entry).
   std::optional<std::string_view> IdToToken(int32_t id) const;
+  // True for a "<0xXX>" byte token when the decoder has ByteFallback: the text of a run of such
+  // tokens depends on the whole run (one invalid byte turns the entire run into U+FFFD), so a
+  // streaming decoder must not emit text while a run may still continue.
+  bool IsByteFallbackToken(int32_t id) const;
 
  private:
   Tokenizer();
@@ -76,7 +80,8 @@ class Tokenizer {
 // deltas and Flush() equals Decode(all ids); a delta never ends in the middle of a UTF-8
 // character (text is held back while the decoded tail is an incomplete sequence).
 // It decodes a short window (the last emitted token group plus the pending ids), so each Add
-// costs O(window), independent of the stream length.
+// costs O(window), independent of the stream length. Runs of byte-fallback tokens are held until
+// a normal token ends them (see Tokenizer::IsByteFallbackToken).
 class IncrementalDecoder {
  public:
   IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens = true);
@@ -89,6 +94,7 @@ class IncrementalDecoder {
   std::vector<int32_t> window_;  // context ids followed by pending ids
   size_t context_len_ = 0;       // how many leading ids of window_ were already emitted
   std::string context_text_;     // Decode(window_[0, context_len_))
+  bool last_is_byte_token_ = false;
 };
 
 // Writes a small byte-level BPE tokenizer.json (+ tokenizer_config.json) into dir, with exactly

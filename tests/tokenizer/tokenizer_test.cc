@@ -1,0 +1,3 @@
+#include "engine/tokenizer/tokenizer.h"
+#include "gtest/gtest.h"
+namespace sbserve { namespace { TEST(Placeholder, Builds) {} } }
