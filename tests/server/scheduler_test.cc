@@ -1,0 +1,386 @@
+// The scheduler and packer against a fake backend that really stores every token in the paged
+// cache and derives each logit row from the cached keys it reads back through the block table.
+// A packing bug (wrong positions, block tables, context lengths, a preemption that loses state)
+// therefore changes the generated tokens.
+#include "engine/scheduler.h"
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace sbserve {
+namespace {
+
+constexpr int kVocab = 64;
+constexpr int kEos = 0;
+
+class FakeBackend : public Backend {
+ public:
+  FakeBackend() {
+    cfg_.vocab_size = kVocab;
+    cfg_.n_positions = 512;
+    cfg_.n_layer = 1;
+    cfg_.eos_token_id = kEos;
+  }
+  std::string name() const override { return "fake"; }
+  const ModelConfig& config() const override { return cfg_; }
+  int64_t KvBytesPerToken() const override { return 4; }
+  absl::Status InitKvCache(const KvCacheShape& shape) override {
+    shape_ = shape;
+    cache_.assign(static_cast<size_t>(shape.num_blocks) * shape.block_size, -1);
+    return absl::OkStatus();
+  }
+  KvCacheShape kv_cache_shape() const override { return shape_; }
+
+  absl::Status Forward(const Batch& b, std::span<float> logits) override {
+    batches.push_back(b);
+    const int bs = shape_.block_size;
+    size_t row = 0;
+    for (int s = 0; s < b.num_seqs(); ++s) {
+      const int begin = b.cu_seqlens_q[s], end = b.cu_seqlens_q[s + 1];
+      const int ctx = b.context_lens[s];
+      const int prefix = ctx - (end - begin);
+      const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
+      for (int t = begin; t < end; ++t) {
+        const int pos = b.positions[t];
+        if (pos != prefix + (t - begin)) return absl::InternalError("bad position");
+        const int blk = table[pos / bs];
+        if (blk < 0) return absl::InternalError("missing block");
+        cache_[static_cast<size_t>(blk) * bs + pos % bs] = b.tokens[t];
+      }
+      if (row < b.logit_rows.size() && b.logit_rows[row] == end - 1) {
+        uint64_t h = 1469598103934665603ull;
+        for (int p = 0; p < ctx; ++p) {
+          const int32_t tok = cache_[static_cast<size_t>(table[p / bs]) * bs + p % bs];
+          if (tok < 0) return absl::InternalError("read an unwritten cache slot");
+          h = (h ^ static_cast<uint64_t>(tok + 1)) * 1099511628211ull;
+        }
+        float* out = logits.data() + row * kVocab;
+        for (int v = 0; v < kVocab; ++v) {
+          out[v] = static_cast<float>((h >> (v % 48)) % 1000) / 100.0f;
+        }
+        if (ctx == eos_at_context) out[kEos] = 100.0f;
+        row++;
+      }
+    }
+    if (row != b.logit_rows.size()) return absl::InternalError("logit rows are not sequence ends");
+    return absl::OkStatus();
+  }
+
+  std::vector<Batch> batches;
+  int eos_at_context = -1;
+
+ private:
+  ModelConfig cfg_;
+  KvCacheShape shape_;
+  std::vector<int32_t> cache_;
+};
+
+// Every token decodes to "<id>," so text is predictable.
+class FakeStream : public TextStream {
+ public:
+  std::string Add(int32_t id) override { return absl::StrCat(id, ","); }
+  std::string Flush() override { return ""; }
+};
+class FakeCodec : public TextCodec {
+ public:
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
+  std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
+  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<FakeStream>(); }
+  std::vector<int32_t> eos_ids() const override { return {kEos}; }
+};
+
+struct Result {
+  std::vector<int32_t> ids;
+  std::string text;
+  std::vector<StepLogprobs> logprobs;
+  GenerateEvent final;
+  int events = 0;
+};
+
+struct Harness {
+  Harness(int num_blocks, int block_size, int max_batch_tokens, int max_num_seqs = 64) : kv(num_blocks, block_size) {
+    EXPECT_TRUE(backend.InitKvCache({num_blocks, block_size}).ok());
+    SchedulerOptions o;
+    o.max_batch_tokens = max_batch_tokens;
+    o.max_num_seqs = max_num_seqs;
+    o.context_len = backend.config().n_positions;
+    o.eos_ids = {kEos};
+    sched = std::make_unique<Scheduler>(o, &backend, &kv, &codec, nullptr, [this](const std::string& id) {
+      finished.push_back(id);
+    });
+  }
+
+  void Add(GenerateRequest r) {
+    const std::string id = r.request_id;
+    results[id];
+    sched->Add(std::move(r), [this, id](GenerateEvent e) {
+      Result& res = results[id];
+      ASSERT_FALSE(res.final.finished) << "event after the final one";
+      res.events++;
+      res.ids.insert(res.ids.end(), e.token_ids.begin(), e.token_ids.end());
+      res.text += e.text;
+      res.logprobs.insert(res.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+      if (e.finished) res.final = std::move(e);
+    }, absl::Now());
+  }
+
+  void RunToCompletion(int max_steps = 10000) {
+    for (int i = 0; i < max_steps && sched->HasWork(); ++i) {
+      absl::Status s = sched->Step(absl::Now());
+      ASSERT_TRUE(s.ok()) << s;
+    }
+    ASSERT_FALSE(sched->HasWork());
+  }
+
+  FakeBackend backend;
+  FakeCodec codec;
+  KvBlockAllocator kv;
+  std::unique_ptr<Scheduler> sched;
+  std::map<std::string, Result> results;
+  std::vector<std::string> finished;
+};
+
+GenerateRequest Req(const std::string& id, int prompt_len, int max_tokens, uint64_t seed = 0, float temp = 0.0f) {
+  GenerateRequest r;
+  r.request_id = id;
+  std::mt19937 rng(static_cast<uint32_t>(prompt_len * 131 + seed));
+  for (int i = 0; i < prompt_len; ++i) r.prompt_ids.push_back(1 + static_cast<int32_t>(rng() % (kVocab - 1)));
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = temp;
+  r.sampling.seed = seed;
+  r.sampling.has_seed = true;
+  r.ignore_eos = true;
+  return r;
+}
+
+void CheckBatchShape(const Batch& b, int budget) {
+  ASSERT_GE(b.num_seqs(), 1);
+  ASSERT_EQ(b.cu_seqlens_q.front(), 0);
+  ASSERT_EQ(b.cu_seqlens_q.back(), b.num_tokens());
+  ASSERT_LE(b.num_tokens(), budget);
+  ASSERT_EQ(static_cast<int>(b.context_lens.size()), b.num_seqs());
+  ASSERT_EQ(static_cast<int>(b.block_tables.size()), b.num_seqs() * b.max_blocks_per_seq);
+  for (size_t i = 1; i < b.logit_rows.size(); ++i) ASSERT_LT(b.logit_rows[i - 1], b.logit_rows[i]);
+}
+
+TEST(Scheduler, ChunkedPrefillUnderBudgetAndDecodeFirst) {
+  Harness h(/*num_blocks=*/256, /*block_size=*/4, /*max_batch_tokens=*/16);
+  h.Add(Req("a", 40, 10));
+  h.Add(Req("b", 5, 10));
+  h.Add(Req("c", 100, 10));
+  h.RunToCompletion();
+  ASSERT_FALSE(h.backend.batches.empty());
+  // First step: only a's first chunk fits.
+  const Batch& first = h.backend.batches[0];
+  EXPECT_EQ(first.num_seqs(), 1);
+  EXPECT_EQ(first.num_tokens(), 16);
+  EXPECT_TRUE(first.logit_rows.empty());
+  bool saw_mixed = false;
+  for (const Batch& b : h.backend.batches) {
+    CheckBatchShape(b, 16);
+    if (b.num_seqs() > 1) saw_mixed = true;
+  }
+  EXPECT_TRUE(saw_mixed) << "decode and prefill never shared a step";
+  for (const char* id : {"a", "b", "c"}) {
+    EXPECT_EQ(h.results[id].ids.size(), 10u) << id;
+    EXPECT_EQ(h.results[id].final.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(h.results[id].final.prompt_tokens, id[0] == 'a' ? 40 : id[0] == 'b' ? 5 : 100);
+  }
+  EXPECT_EQ(h.kv.num_used(), 0);
+  EXPECT_EQ(h.finished.size(), 3u);
+}
+
+TEST(Scheduler, RunningStreamsKeepDecodingWhileALongPromptPrefills) {
+  Harness h(512, 4, /*max_batch_tokens=*/8);
+  h.Add(Req("short", 3, 60));
+  ASSERT_TRUE(h.sched->Step(absl::Now()).ok());  // prefill + first token
+  h.Add(Req("long", 300, 2));
+  int steps_with_short = 0, steps = 0;
+  while (h.results["long"].ids.empty()) {
+    ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+    const Batch& b = h.sched->last_batch();
+    steps++;
+    // The short stream's decode token is the first chunk of every step until it finishes.
+    if (b.cu_seqlens_q[1] == 1) steps_with_short++;
+  }
+  EXPECT_GE(steps, 300 / 7);
+  EXPECT_EQ(steps_with_short, std::min(steps, 59));
+  h.RunToCompletion();
+}
+
+TEST(Scheduler, PreemptionUnderKvPressureGivesTheSameTokens) {
+  // Reference: each request alone with plenty of blocks.
+  std::map<std::string, std::vector<int32_t>> alone;
+  for (int i = 0; i < 6; ++i) {
+    Harness h(1024, 4, 64);
+    const std::string id = absl::StrCat("r", i);
+    h.Add(Req(id, 10 + 7 * i, 30, static_cast<uint64_t>(i), i % 2 ? 0.8f : 0.0f));
+    h.RunToCompletion();
+    alone[id] = h.results[id].ids;
+    ASSERT_EQ(alone[id].size(), 30u);
+  }
+  // Together, with a pool that holds about two sequences: the scheduler must preempt.
+  Harness h(/*num_blocks=*/36, 4, 64);
+  for (int i = 0; i < 6; ++i) {
+    h.Add(Req(absl::StrCat("r", i), 10 + 7 * i, 30, static_cast<uint64_t>(i), i % 2 ? 0.8f : 0.0f));
+  }
+  h.RunToCompletion();
+  EXPECT_GT(h.sched->preemptions(), 0u);
+  int preempted_requests = 0;
+  for (auto& [id, ids] : alone) {
+    EXPECT_EQ(h.results[id].ids, ids) << id;
+    preempted_requests += h.results[id].final.timings.preemptions > 0;
+  }
+  EXPECT_GT(preempted_requests, 0);
+  EXPECT_EQ(h.kv.num_used(), 0);
+}
+
+TEST(Scheduler, BatchingDoesNotChangeResults) {
+  std::map<std::string, std::vector<int32_t>> alone;
+  for (int i = 0; i < 12; ++i) {
+    Harness h(1024, 8, 128);
+    const std::string id = absl::StrCat("r", i);
+    h.Add(Req(id, 1 + 13 * i, 5 + 3 * i, static_cast<uint64_t>(100 + i), i % 3 == 0 ? 0.0f : 1.0f));
+    h.RunToCompletion();
+    alone[id] = h.results[id].ids;
+  }
+  Harness h(1024, 8, 40, /*max_num_seqs=*/5);
+  for (int i = 0; i < 12; ++i) {
+    h.Add(Req(absl::StrCat("r", i), 1 + 13 * i, 5 + 3 * i, static_cast<uint64_t>(100 + i), i % 3 == 0 ? 0.0f : 1.0f));
+  }
+  h.RunToCompletion();
+  for (const Batch& b : h.backend.batches) {
+    CheckBatchShape(b, 40);
+    EXPECT_LE(b.num_seqs(), 5);
+  }
+  for (auto& [id, ids] : alone) EXPECT_EQ(h.results[id].ids, ids) << id;
+}
+
+TEST(Scheduler, EosIgnoreEosAndMinTokens) {
+  auto run = [](bool ignore_eos, int min_tokens) {
+    Harness h(256, 4, 64);
+    h.backend.eos_at_context = 10 + 3;  // the 4th output token would be eos
+    GenerateRequest r = Req("x", 10, 8);
+    r.ignore_eos = ignore_eos;
+    r.min_tokens = min_tokens;
+    h.Add(r);
+    h.RunToCompletion();
+    return h.results["x"];
+  };
+  Result plain = run(false, 0);
+  EXPECT_EQ(plain.final.finish_reason, FinishReason::kEos);
+  ASSERT_EQ(plain.ids.size(), 4u);
+  EXPECT_EQ(plain.ids.back(), kEos);
+  EXPECT_EQ(plain.text, absl::StrCat(plain.ids[0], ",", plain.ids[1], ",", plain.ids[2], ",")) << "eos is not text";
+
+  Result ignored = run(true, 0);
+  EXPECT_EQ(ignored.final.finish_reason, FinishReason::kLength);
+  ASSERT_EQ(ignored.ids.size(), 8u);
+  EXPECT_EQ(ignored.ids[3], kEos);
+
+  Result min = run(false, 5);  // eos masked while fewer than 5 tokens exist
+  EXPECT_NE(min.final.finish_reason, FinishReason::kEos);
+  ASSERT_EQ(min.ids.size(), 8u);
+  EXPECT_NE(min.ids[3], kEos);
+}
+
+TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
+  Harness ref(256, 4, 64);
+  ref.Add(Req("x", 12, 20));
+  ref.RunToCompletion();
+  const std::vector<int32_t> ids = ref.results["x"].ids;
+  ASSERT_EQ(ids.size(), 20u);
+
+  {
+    Harness h(256, 4, 64);
+    GenerateRequest r = Req("x", 12, 20);
+    r.stop_token_ids = {ids[5]};
+    h.Add(r);
+    h.RunToCompletion();
+    const Result& res = h.results["x"];
+    EXPECT_EQ(res.final.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(res.final.stop_reason, absl::StrCat(ids[5]));
+    // Stops at the first occurrence of that id.
+    size_t first = 0;
+    while (ids[first] != ids[5]) first++;
+    EXPECT_EQ(res.ids.size(), first + 1);
+  }
+  {
+    // A stop string spanning tokens 6 and 7: the tail of "<id6>," and the head of "<id7>,".
+    const std::string stop = absl::StrCat(",", ids[7]);
+    std::string full;
+    for (int32_t id : ids) absl::StrAppend(&full, id, ",");
+    const size_t at = full.find(stop);
+    ASSERT_NE(at, std::string::npos);
+    Harness h(256, 4, 64);
+    GenerateRequest r = Req("x", 12, 20);
+    r.stop_strings = {stop};
+    h.Add(r);
+    h.RunToCompletion();
+    const Result& res = h.results["x"];
+    EXPECT_EQ(res.final.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(res.final.stop_reason, stop);
+    EXPECT_EQ(res.text, full.substr(0, at));
+  }
+}
+
+TEST(Scheduler, FinishFreesBlocksAtOnceAndDeliversOneFinalEvent) {
+  Harness h(256, 4, 64);
+  h.Add(Req("a", 30, 100));
+  h.Add(Req("b", 30, 100));
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+  const int used = h.kv.num_used();
+  EXPECT_GT(used, 0);
+  EXPECT_TRUE(h.sched->Finish("a", FinishReason::kCancelled, absl::CancelledError("aborted")));
+  EXPECT_LT(h.kv.num_used(), used);
+  EXPECT_FALSE(h.sched->Finish("a", FinishReason::kCancelled, absl::CancelledError("again")));
+  EXPECT_EQ(h.results["a"].final.finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(h.results["a"].final.status.code(), absl::StatusCode::kCancelled);
+  // A deadline in the past ends b at the next step.
+  GenerateRequest late = Req("c", 5, 5);
+  late.deadline = absl::Now() - absl::Seconds(1);
+  h.Add(late);
+  ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+  EXPECT_EQ(h.results["c"].final.finish_reason, FinishReason::kDeadline);
+  EXPECT_EQ(h.results["c"].final.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(h.results["c"].ids.empty());
+  h.sched->FinishAll(FinishReason::kCancelled, absl::UnavailableError("shutdown"));
+  EXPECT_EQ(h.kv.num_used(), 0);
+  EXPECT_FALSE(h.sched->HasWork());
+}
+
+TEST(Scheduler, LogprobsAreNormalisedAndMatchTheSampledToken) {
+  Harness h(256, 4, 64);
+  GenerateRequest r = Req("x", 8, 6);
+  r.logprobs = 5;
+  h.Add(r);
+  h.RunToCompletion();
+  const Result& res = h.results["x"];
+  ASSERT_EQ(res.ids.size(), 6u);
+  ASSERT_EQ(res.logprobs.size(), 6u);
+  for (size_t i = 0; i < res.ids.size(); ++i) {
+    const StepLogprobs& lp = res.logprobs[i];
+    EXPECT_EQ(lp.token_id, res.ids[i]);
+    ASSERT_EQ(lp.top.size(), 5u);
+    double mass = 0;
+    for (size_t k = 0; k < lp.top.size(); ++k) {
+      EXPECT_LE(lp.top[k].logprob, 0.0f);
+      if (k > 0) EXPECT_LE(lp.top[k].logprob, lp.top[k - 1].logprob);
+      mass += std::exp(lp.top[k].logprob);
+    }
+    EXPECT_LE(mass, 1.0 + 1e-5);
+    // Greedy: the sampled token is the most likely one.
+    EXPECT_EQ(lp.top[0].id, lp.token_id);
+    EXPECT_FLOAT_EQ(lp.top[0].logprob, lp.logprob);
+  }
+}
+
+}  // namespace
+}  // namespace sbserve

@@ -1,0 +1,77 @@
+#include "engine/stop_matcher.h"
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace sbserve {
+namespace {
+
+// Feeds `deltas` and returns (released text, matched stop or "").
+std::pair<std::string, std::string> Feed(std::vector<std::string> stops, const std::vector<std::string>& deltas) {
+  StopMatcher m(std::move(stops));
+  std::string out;
+  for (const auto& d : deltas) {
+    StopMatcher::Result r = m.Push(d);
+    out += r.text;
+    if (r.matched) return {out, r.stop};
+  }
+  out += m.Flush();
+  return {out, ""};
+}
+
+TEST(StopMatcher, MatchAcrossManyDeltas) {
+  auto [text, stop] = Feed({"STOP"}, {"abc S", "T", "O", "Pxyz"});
+  EXPECT_EQ(text, "abc ");
+  EXPECT_EQ(stop, "STOP");
+}
+
+TEST(StopMatcher, HoldsBackOnlyPossiblePrefixes) {
+  StopMatcher m({"world"});
+  StopMatcher::Result r = m.Push("hello wor");
+  EXPECT_EQ(r.text, "hello ");  // "wor" may become "world"
+  EXPECT_FALSE(r.matched);
+  r = m.Push("m");
+  EXPECT_EQ(r.text, "worm");    // it did not
+  EXPECT_EQ(m.held(), 0u);
+}
+
+TEST(StopMatcher, SelfOverlappingStop) {
+  // "abcab" + "d" + "abcabc": the held "abcab" turns out not to match, the later one does.
+  auto [text, stop] = Feed({"abcabc"}, {"xxabcab", "dabcab", "c!"});
+  EXPECT_EQ(text, "xxabcabd");
+  EXPECT_EQ(stop, "abcabc");
+}
+
+TEST(StopMatcher, EarliestOfSeveralStopsWins) {
+  auto [text, stop] = Feed({"zz", "b"}, {"a", "bzz"});
+  EXPECT_EQ(text, "a");
+  EXPECT_EQ(stop, "b");
+}
+
+TEST(StopMatcher, NoMatchReleasesEverything) {
+  auto [text, stop] = Feed({"STOP"}, {"ST", "OR", "Y S"});
+  EXPECT_EQ(text, "STORY S");
+  EXPECT_EQ(stop, "");
+}
+
+TEST(StopMatcher, CheckDisabledPassesThroughAndDoesNotMatch) {
+  StopMatcher m({"ab"});
+  StopMatcher::Result r = m.Push("xab", /*check=*/false);
+  EXPECT_EQ(r.text, "xab");
+  EXPECT_FALSE(r.matched);
+  r = m.Push("yab");
+  EXPECT_TRUE(r.matched);
+  EXPECT_EQ(r.text, "y");
+}
+
+TEST(StopMatcher, NothingAfterMatch) {
+  StopMatcher m({"x"});
+  EXPECT_TRUE(m.Push("ax").matched);
+  EXPECT_EQ(m.Push("more").text, "");
+  EXPECT_EQ(m.Flush(), "");
+}
+
+}  // namespace
+}  // namespace sbserve
