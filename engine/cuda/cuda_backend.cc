@@ -1,0 +1,426 @@
+// The CUDA backend: bf16 weights and paged bf16 KV cache on one device, cuBLAS GEMMs (bf16 in,
+// fp32 accumulate), our stick-breaking attention kernels, fp32 residual stream.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend.h"
+#include "engine/checkpoint.h"
+#include "engine/cuda/cuda_ops.h"
+#include "kernels/cuda_check.h"
+#include "kernels/sb_attn.h"
+
+namespace sbserve {
+namespace {
+
+#define SB_CUBLAS_RETURN_IF_ERROR(stmt)                                                              \
+  do {                                                                                               \
+    cublasStatus_t sb_blas_st_ = (stmt);                                                             \
+    if (sb_blas_st_ != CUBLAS_STATUS_SUCCESS)                                                        \
+      return absl::InternalError(absl::StrCat(__FILE__, ":", __LINE__, ": ", #stmt, " failed: ",     \
+                                              cublasGetStatusString(sb_blas_st_)));                  \
+  } while (0)
+
+#define SB_RETURN_IF_ERROR(expr)       \
+  do {                                 \
+    absl::Status sb_st_ = (expr);      \
+    if (!sb_st_.ok()) return sb_st_;   \
+  } while (0)
+
+// Grow-only device allocation.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    SB_CUDA_RETURN_IF_ERROR(cudaMalloc(&ptr_, std::max<size_t>(bytes, 256)));
+    bytes_ = std::max<size_t>(bytes, 256);
+    return absl::OkStatus();
+  }
+  template <typename T = void>
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+struct LayerWeights {
+  DeviceBuffer attn_w, proj_w, fc_w, fc_proj_w;                             // bf16
+  DeviceBuffer ln1_w, ln1_b, ln2_w, ln2_b, attn_b, proj_b, fc_b, fc_proj_b, head_bias;  // fp32
+  bool has_ln_b = false, has_attn_b = false, has_bias = false, has_head_bias = false;
+};
+
+int ActivationCode(const std::string& a) {
+  if (a == "swiglu" || a == "silu") return 0;
+  if (a == "geglu" || a == "gelu") return 1;
+  if (a == "gelu_pytorch_tanh") return 2;
+  return 3;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const ModelConfig& c) : config_(c) {}
+  ~CudaBackend() override {
+    if (blas_) cublasDestroy(blas_);
+    if (stream_) cudaStreamDestroy(stream_);
+    if (pinned_) cudaFreeHost(pinned_);
+  }
+
+  absl::Status Init(const Checkpoint& ckpt, const CudaBackendOptions& options);
+
+  std::string name() const override { return "cuda"; }
+  const ModelConfig& config() const override { return config_; }
+  int64_t KvBytesPerToken() const override { return config_.kv_values_per_token() * 2; }
+  KvCacheShape kv_cache_shape() const override { return shape_; }
+
+  absl::Status InitKvCache(const KvCacheShape& shape) override {
+    if (shape.num_blocks <= 0 || shape.block_size <= 0 || (shape.block_size & (shape.block_size - 1)) != 0) {
+      return absl::InvalidArgumentError("KV cache needs a positive block count and a power-of-two block size");
+    }
+    const size_t per_layer = static_cast<size_t>(shape.num_blocks) * shape.block_size * config_.n_kv_head *
+                             config_.head_dim * 2;
+    kv_ = std::make_unique<DeviceBuffer>();
+    SB_RETURN_IF_ERROR(kv_->Reserve(per_layer * 2 * config_.n_layer));
+    shape_ = shape;
+    kv_layer_bytes_ = per_layer;
+    return absl::OkStatus();
+  }
+
+  absl::Status Forward(const Batch& batch, std::span<float> logits) override;
+
+ private:
+  absl::Status Upload(const Checkpoint& ckpt, const std::string& name, bool to_bf16, DeviceBuffer& dst);
+  // y[n, out] = alpha · x[n, in] · W[out, in]ᵀ; x, W bf16; y bf16 or fp32.
+  absl::Status Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
+                    float alpha = 1.f);
+  absl::Status Attention(const Batch& batch, int layer, const LayerWeights& w);
+
+  ModelConfig config_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  int num_sms_ = 0;
+  DeviceBuffer wte_, lm_head_, lnf_w_, lnf_b_;
+  std::vector<std::unique_ptr<LayerWeights>> layers_;
+  KvCacheShape shape_;
+  std::unique_ptr<DeviceBuffer> kv_;
+  size_t kv_layer_bytes_ = 0;
+
+  // Per-step scratch.
+  DeviceBuffer h_, x_, qkv_, q_, k_, v_, o_, y_, fc_, act_, meta_, logits_, workspace_;
+  int32_t* pinned_ = nullptr;
+  size_t pinned_ints_ = 0;
+  // Offsets (in int32) of the step's metadata in meta_.
+  struct Meta {
+    size_t ids, cu, ctx, tables, rows, cu_prefill;
+  } meta_off_{};
+};
+
+absl::Status CudaBackend::Upload(const Checkpoint& ckpt, const std::string& name, bool to_bf16, DeviceBuffer& dst) {
+  const TensorInfo& t = ckpt.Get(name);
+  const int64_t n = t.numel();
+  if (to_bf16 && t.dtype == DType::kBF16) {
+    SB_RETURN_IF_ERROR(dst.Reserve(static_cast<size_t>(n) * 2));
+    SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst.get(), t.data, static_cast<size_t>(n) * 2, cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  }
+  std::vector<float> f(static_cast<size_t>(n));
+  ToFloat(t.dtype, t.data, n, f.data());
+  if (!to_bf16) {
+    SB_RETURN_IF_ERROR(dst.Reserve(static_cast<size_t>(n) * 4));
+    SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst.get(), f.data(), static_cast<size_t>(n) * 4, cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  }
+  std::vector<uint16_t> b(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) b[i] = FloatToBf16(f[i]);
+  SB_RETURN_IF_ERROR(dst.Reserve(static_cast<size_t>(n) * 2));
+  SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst.get(), b.data(), static_cast<size_t>(n) * 2, cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions& options) {
+  const ModelConfig& c = config_;
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return absl::UnimplementedError(absl::StrCat("CUDA backend: head_dim ", c.head_dim,
+                                                 " is not supported (supported: 64, 128); use the CPU backend"));
+  }
+  SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  SB_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  SB_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options.device));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasCreate(&blas_));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasSetStream(blas_, stream_));
+  SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
+  if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));
+  SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.ln_f.weight", false, lnf_w_));
+  if (c.norm == NormKind::kLayerNorm) SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.ln_f.bias", false, lnf_b_));
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    auto w = std::make_unique<LayerWeights>();
+    const std::string p = absl::StrCat("transformer.h.", l, ".");
+    SB_RETURN_IF_ERROR(Upload(ckpt, p + "attn.c_attn.weight", true, w->attn_w));
+    SB_RETURN_IF_ERROR(Upload(ckpt, p + "attn.c_proj.weight", true, w->proj_w));
+    SB_RETURN_IF_ERROR(Upload(ckpt, p + "mlp.c_fc.weight", true, w->fc_w));
+    SB_RETURN_IF_ERROR(Upload(ckpt, p + "mlp.c_proj.weight", true, w->fc_proj_w));
+    SB_RETURN_IF_ERROR(Upload(ckpt, p + "ln_1.weight", false, w->ln1_w));
+    SB_RETURN_IF_ERROR(Upload(ckpt, p + "ln_2.weight", false, w->ln2_w));
+    if (c.norm == NormKind::kLayerNorm) {
+      w->has_ln_b = true;
+      SB_RETURN_IF_ERROR(Upload(ckpt, p + "ln_1.bias", false, w->ln1_b));
+      SB_RETURN_IF_ERROR(Upload(ckpt, p + "ln_2.bias", false, w->ln2_b));
+    }
+    if (c.add_qkv_bias) {
+      w->has_attn_b = true;
+      SB_RETURN_IF_ERROR(Upload(ckpt, p + "attn.c_attn.bias", false, w->attn_b));
+    }
+    if (c.add_bias) {
+      w->has_bias = true;
+      SB_RETURN_IF_ERROR(Upload(ckpt, p + "attn.c_proj.bias", false, w->proj_b));
+      SB_RETURN_IF_ERROR(Upload(ckpt, p + "mlp.c_fc.bias", false, w->fc_b));
+      SB_RETURN_IF_ERROR(Upload(ckpt, p + "mlp.c_proj.bias", false, w->fc_proj_b));
+    }
+    if (c.remainder == Remainder::kR2) {
+      w->has_head_bias = true;
+      SB_RETURN_IF_ERROR(Upload(ckpt, p + "attn.head_bias", false, w->head_bias));
+    }
+    layers_.push_back(std::move(w));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y,
+                               bool y_f32, float alpha) {
+  if (n == 0) return absl::OkStatus();
+  const float beta = 0.f;
+  // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = W · xᵀ.
+  SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
+                                         static_cast<int>(in), &alpha, w, CUDA_R_16BF, static_cast<int>(in), x,
+                                         CUDA_R_16BF, static_cast<int>(in), &beta, y,
+                                         y_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(out),
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWeights& w) {
+  const ModelConfig& c = config_;
+  const int B = batch.num_seqs();
+  const int N = batch.num_tokens();
+  // Decode sequences (chunk of 1) that lead the batch go to the split-K decode kernel, the rest to
+  // the varlen prefill kernel (the packer puts decode steps first).
+  int nd = 0;
+  while (nd < B && batch.cu_seqlens_q[nd + 1] - batch.cu_seqlens_q[nd] == 1) ++nd;
+  const int32_t* meta = meta_.get<int32_t>();
+  kernels::SbKvCache cache;
+  char* kv = kv_->get<char>() + 2 * kv_layer_bytes_ * layer;
+  cache.k = kv;
+  cache.v = kv + kv_layer_bytes_;
+  cache.block_tables = meta + meta_off_.tables;
+  cache.num_blocks = shape_.num_blocks;
+  cache.block_size = shape_.block_size;
+  cache.max_blocks = batch.max_blocks_per_seq;
+
+  kernels::SbKvAppendParams ap;
+  ap.k = k_.get();
+  ap.v = v_.get();
+  ap.cu_seqlens_q = meta + meta_off_.cu;
+  ap.context_lens = meta + meta_off_.ctx;
+  ap.cache = cache;
+  ap.batch = B;
+  ap.total_q = N;
+  ap.num_kv_heads = static_cast<int>(c.n_kv_head);
+  ap.head_dim = static_cast<int>(c.head_dim);
+  SB_RETURN_IF_ERROR(kernels::SbKvAppend(ap, stream_));
+
+  const auto rem = c.remainder == Remainder::kR0   ? kernels::SbRemainder::kNone
+                   : c.remainder == Remainder::kR1 ? kernels::SbRemainder::kOwnValue
+                                                   : kernels::SbRemainder::kHeadBias;
+  const float* head_bias = w.has_head_bias ? w.head_bias.get<float>() : nullptr;
+  if (nd > 0) {
+    kernels::SbAttnDecodeParams dp;
+    dp.q = q_.get();
+    dp.context_lens = meta + meta_off_.ctx;
+    dp.cache = cache;
+    dp.head_bias = head_bias;
+    dp.o = o_.get();
+    dp.batch = nd;
+    int max_ctx = 1;
+    for (int b = 0; b < nd; ++b) max_ctx = std::max(max_ctx, batch.context_lens[b]);
+    dp.max_context = max_ctx;
+    dp.num_heads = static_cast<int>(c.n_head);
+    dp.num_kv_heads = static_cast<int>(c.n_kv_head);
+    dp.head_dim = static_cast<int>(c.head_dim);
+    dp.scale = static_cast<float>(c.attention_multiplier);
+    dp.remainder = rem;
+    dp.num_sms = num_sms_;
+    SB_RETURN_IF_ERROR(workspace_.Reserve(kernels::SbAttnDecodeWorkspaceBytes(dp)));
+    dp.workspace = workspace_.get();
+    SB_RETURN_IF_ERROR(kernels::SbAttnDecode(dp, stream_));
+  }
+  if (nd < B) {
+    const int row0 = batch.cu_seqlens_q[nd];
+    const int64_t hd = c.n_head * c.head_dim;
+    kernels::SbAttnPrefillParams pp;
+    pp.q = static_cast<const char*>(q_.get()) + static_cast<int64_t>(row0) * hd * 2;
+    pp.cu_seqlens_q = meta + meta_off_.cu_prefill;
+    pp.context_lens = meta + meta_off_.ctx + nd;
+    pp.cache = cache;
+    pp.cache.block_tables = meta + meta_off_.tables + static_cast<size_t>(nd) * batch.max_blocks_per_seq;
+    pp.head_bias = head_bias;
+    pp.o = static_cast<char*>(o_.get()) + static_cast<int64_t>(row0) * hd * 2;
+    pp.batch = B - nd;
+    pp.total_q = N - row0;
+    int max_q = 1;
+    for (int b = nd; b < B; ++b) max_q = std::max(max_q, batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b]);
+    pp.max_seqlen_q = max_q;
+    pp.num_heads = static_cast<int>(c.n_head);
+    pp.num_kv_heads = static_cast<int>(c.n_kv_head);
+    pp.head_dim = static_cast<int>(c.head_dim);
+    pp.scale = static_cast<float>(c.attention_multiplier);
+    pp.remainder = rem;
+    SB_RETURN_IF_ERROR(kernels::SbAttnPrefill(pp, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
+  const ModelConfig& c = config_;
+  if (!kv_) return absl::FailedPreconditionError("KV cache not initialised");
+  const int B = batch.num_seqs();
+  const int64_t N = batch.num_tokens();
+  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+  if (B <= 0 || batch.cu_seqlens_q.front() != 0 || batch.cu_seqlens_q.back() != N ||
+      static_cast<int>(batch.context_lens.size()) != B ||
+      batch.block_tables.size() != static_cast<size_t>(B) * batch.max_blocks_per_seq) {
+    return absl::InvalidArgumentError("batch arrays have inconsistent sizes");
+  }
+  if (logits.size() < static_cast<size_t>(R * c.vocab_size)) return absl::InvalidArgumentError("logits buffer too small");
+  for (int b = 0; b < B; ++b) {
+    const int len = batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b];
+    if (len <= 0 || batch.context_lens[b] < len) return absl::InvalidArgumentError("bad chunk length");
+    const int need = (batch.context_lens[b] + shape_.block_size - 1) / shape_.block_size;
+    if (need > batch.max_blocks_per_seq) return absl::InvalidArgumentError("block table too short");
+    for (int i = 0; i < need; ++i) {
+      const int32_t blk = batch.block_tables[static_cast<size_t>(b) * batch.max_blocks_per_seq + i];
+      if (blk < 0 || blk >= shape_.num_blocks) return absl::InvalidArgumentError("block id out of range");
+    }
+  }
+  for (int32_t t : batch.tokens) {
+    if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range"));
+  }
+  for (int32_t r : batch.logit_rows) {
+    if (r < 0 || r >= N) return absl::InvalidArgumentError("logit row out of range");
+  }
+
+  // Step metadata in one pinned staging buffer and one copy.
+  int nd = 0;
+  while (nd < B && batch.cu_seqlens_q[nd + 1] - batch.cu_seqlens_q[nd] == 1) ++nd;
+  meta_off_.ids = 0;
+  meta_off_.cu = meta_off_.ids + N;
+  meta_off_.ctx = meta_off_.cu + B + 1;
+  meta_off_.tables = meta_off_.ctx + B;
+  meta_off_.rows = meta_off_.tables + batch.block_tables.size();
+  meta_off_.cu_prefill = meta_off_.rows + R;
+  const size_t total_ints = meta_off_.cu_prefill + (B - nd) + 1;
+  if (total_ints > pinned_ints_) {
+    if (pinned_) cudaFreeHost(pinned_);
+    pinned_ = nullptr;
+    const size_t cap = std::max<size_t>(total_ints * 2, 4096);
+    SB_CUDA_RETURN_IF_ERROR(cudaMallocHost(&pinned_, cap * 4));
+    pinned_ints_ = cap;
+  }
+  // The previous step's copy has finished: Forward ends with a stream synchronisation.
+  std::copy(batch.tokens.begin(), batch.tokens.end(), pinned_ + meta_off_.ids);
+  std::copy(batch.cu_seqlens_q.begin(), batch.cu_seqlens_q.end(), pinned_ + meta_off_.cu);
+  std::copy(batch.context_lens.begin(), batch.context_lens.end(), pinned_ + meta_off_.ctx);
+  std::copy(batch.block_tables.begin(), batch.block_tables.end(), pinned_ + meta_off_.tables);
+  std::copy(batch.logit_rows.begin(), batch.logit_rows.end(), pinned_ + meta_off_.rows);
+  for (int b = nd; b <= B; ++b) pinned_[meta_off_.cu_prefill + (b - nd)] = batch.cu_seqlens_q[b] - batch.cu_seqlens_q[nd];
+  SB_RETURN_IF_ERROR(meta_.Reserve(total_ints * 4));
+  SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.get(), pinned_, total_ints * 4, cudaMemcpyHostToDevice, stream_));
+
+  const int64_t D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim, I = c.n_inner;
+  const int64_t fc_out = c.glu ? 2 * I : I;
+  SB_RETURN_IF_ERROR(h_.Reserve(N * D * 4));
+  SB_RETURN_IF_ERROR(x_.Reserve(std::max<int64_t>(N, 1) * D * 2));
+  SB_RETURN_IF_ERROR(qkv_.Reserve(N * c.qkv_dim() * 2));
+  SB_RETURN_IF_ERROR(q_.Reserve(N * H * d * 2));
+  SB_RETURN_IF_ERROR(k_.Reserve(N * Hkv * d * 2));
+  SB_RETURN_IF_ERROR(v_.Reserve(N * Hkv * d * 2));
+  SB_RETURN_IF_ERROR(o_.Reserve(N * H * d * 2));
+  SB_RETURN_IF_ERROR(y_.Reserve(N * D * 4));
+  SB_RETURN_IF_ERROR(fc_.Reserve(N * fc_out * 2));
+  SB_RETURN_IF_ERROR(act_.Reserve(N * I * 2));
+  SB_RETURN_IF_ERROR(logits_.Reserve(std::max<int64_t>(R, 1) * c.vocab_size * 4));
+
+  const int32_t* meta = meta_.get<int32_t>();
+  const float r = static_cast<float>(c.m_residual);
+  const float eps = static_cast<float>(c.norm_eps);
+  const bool rms = c.norm == NormKind::kRmsNorm;
+  const int act = ActivationCode(c.activation);
+  SB_RETURN_IF_ERROR(cuda::Embed(meta + meta_off_.ids, wte_.get(), N, D, static_cast<float>(c.m_emb),
+                                 h_.get<float>(), stream_));
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& w = *layers_[l];
+    SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
+                                  w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_));
+    SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false));
+    SB_RETURN_IF_ERROR(cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
+                                      static_cast<int>(Hkv), static_cast<int>(H / Hkv), static_cast<int>(d),
+                                      q_.get(), k_.get(), v_.get(), stream_));
+    SB_RETURN_IF_ERROR(Attention(batch, static_cast<int>(l), w));
+    SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
+    SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
+                                         w.has_bias ? w.proj_b.get<float>() : nullptr, N, D, r, stream_));
+    SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln2_w.get<float>(),
+                                  w.has_ln_b ? w.ln2_b.get<float>() : nullptr, eps, x_.get(), stream_));
+    SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.fc_w.get(), fc_out, fc_.get(), false));
+    SB_RETURN_IF_ERROR(cuda::Activation(act, c.glu, fc_.get(), w.has_bias ? w.fc_b.get<float>() : nullptr, N, I,
+                                        act_.get(), stream_));
+    SB_RETURN_IF_ERROR(Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, y_.get(), true));
+    SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
+                                         w.has_bias ? w.fc_proj_b.get<float>() : nullptr, N, D, r, stream_));
+  }
+  if (R > 0) {
+    SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), meta + meta_off_.rows, R, D, lnf_w_.get<float>(),
+                                  c.norm == NormKind::kLayerNorm ? lnf_b_.get<float>() : nullptr, eps, x_.get(),
+                                  stream_));
+    const void* head = c.tie_word_embeddings ? wte_.get() : lm_head_.get();
+    SB_RETURN_IF_ERROR(Gemm(x_.get(), R, D, head, c.vocab_size, logits_.get(), true,
+                            static_cast<float>(1.0 / c.m_width)));
+    SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), logits_.get(), R * c.vocab_size * 4,
+                                            cudaMemcpyDeviceToHost, stream_));
+  }
+  SB_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Checkpoint& checkpoint,
+                                                           const CudaBackendOptions& options) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::UnavailableError("no CUDA device is present");
+  }
+  if (options.device < 0 || options.device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA device ", options.device, " does not exist (", count, " present)"));
+  }
+  auto backend = std::make_unique<CudaBackend>(checkpoint.config());
+  if (absl::Status st = backend->Init(checkpoint, options); !st.ok()) return st;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace sbserve

@@ -1,0 +1,177 @@
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "engine/cuda/cuda_ops.h"
+#include "kernels/cuda_check.h"
+
+namespace sbserve::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int Blocks(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+
+__global__ void EmbedKernel(const int32_t* ids, const __nv_bfloat16* wte, int64_t n, int64_t dim, float m_emb,
+                            float* h) {
+  const int64_t t = blockIdx.x;
+  const __nv_bfloat16* row = wte + static_cast<int64_t>(ids[t]) * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) h[t * dim + i] = __bfloat162float(row[i]) * m_emb;
+}
+
+// One block per row; fp32 statistics with a block reduction.
+__global__ void NormKernel(bool rms, const float* x, const int32_t* rows, int64_t dim, const float* w,
+                           const float* b, float eps, __nv_bfloat16* y) {
+  const int64_t r = blockIdx.x;
+  const float* xr = x + (rows ? static_cast<int64_t>(rows[r]) : r) * dim;
+  __shared__ float red[32];
+  auto block_sum = [&](float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.f;
+    if (threadIdx.x < 32) {
+      s = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+      if (threadIdx.x == 0) red[0] = s;
+    }
+    __syncthreads();
+    s = red[0];
+    __syncthreads();
+    return s;
+  };
+  float mean = 0.f;
+  if (!rms) {
+    float s = 0.f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i];
+    mean = block_sum(s) / dim;
+  }
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = xr[i] - mean;
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss) / dim + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = (xr[i] - mean) * inv * w[i];
+    if (b) v += b[i];
+    y[r * dim + i] = __float2bfloat16(v);
+  }
+}
+
+__global__ void SplitQkvKernel(const __nv_bfloat16* qkv, const float* bias, int64_t n, int hkv, int group, int d,
+                               __nv_bfloat16* q, __nv_bfloat16* k, __nv_bfloat16* v) {
+  const int64_t per_tok = static_cast<int64_t>(hkv) * (group + 2) * d;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * per_tok) return;
+  const int64_t t = i / per_tok;
+  const int64_t c = i % per_tok;
+  const int g = static_cast<int>(c / ((group + 2) * d));
+  const int within = static_cast<int>(c % ((group + 2) * d));
+  __nv_bfloat16 val = qkv[i];
+  if (bias) val = __float2bfloat16(__bfloat162float(val) + bias[c]);
+  const int H = hkv * group;
+  if (within < group * d) {
+    q[(t * H + g * group) * d + within] = val;
+  } else if (within < (group + 1) * d) {
+    k[(t * hkv + g) * d + within - group * d] = val;
+  } else {
+    v[(t * hkv + g) * d + within - (group + 1) * d] = val;
+  }
+}
+
+__global__ void ResidualKernel(float* h, const float* y, const float* bias, int64_t total, int64_t dim, float r) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  h[i] += r * (y[i] + (bias ? bias[i % dim] : 0.f));
+}
+
+__device__ inline float Act(int act, float x) {
+  switch (act) {
+    case 0: return x / (1.f + __expf(-x));
+    case 1: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case 2: return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default: return x > 0.f ? x : 0.f;
+  }
+}
+
+__global__ void ActivationKernel(int act, bool glu, const __nv_bfloat16* fc, const float* bias, int64_t n,
+                                 int64_t inner, __nv_bfloat16* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * inner) return;
+  const int64_t t = i / inner, c = i % inner;
+  if (glu) {
+    float up = __bfloat162float(fc[t * 2 * inner + c]);
+    float gate = __bfloat162float(fc[t * 2 * inner + inner + c]);
+    if (bias) {
+      up += bias[c];
+      gate += bias[inner + c];
+    }
+    out[i] = __float2bfloat16(up * Act(act, gate));
+  } else {
+    float x = __bfloat162float(fc[i]);
+    if (bias) x += bias[c];
+    out[i] = __float2bfloat16(Act(act, x));
+  }
+}
+
+__global__ void F32ToBf16Kernel(const float* src, int64_t n, __nv_bfloat16* dst) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] = __float2bfloat16(src[i]);
+}
+
+}  // namespace
+
+absl::Status Embed(const int32_t* ids, const void* wte, int64_t n, int64_t dim, float m_emb, float* h,
+                   CUstream_st* stream) {
+  if (n == 0) return absl::OkStatus();
+  EmbedKernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(ids, static_cast<const __nv_bfloat16*>(wte), n,
+                                                                 dim, m_emb, h);
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status Norm(bool rms, const float* x, const int32_t* rows, int64_t n, int64_t dim, const float* w,
+                  const float* b, float eps, void* y, CUstream_st* stream) {
+  if (n == 0) return absl::OkStatus();
+  NormKernel<<<static_cast<unsigned>(n), 512, 0, stream>>>(rms, x, rows, dim, w, b, eps,
+                                                           static_cast<__nv_bfloat16*>(y));
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status SplitQkv(const void* qkv, const float* bias, int64_t n, int num_kv_heads, int group, int head_dim,
+                      void* q, void* k, void* v, CUstream_st* stream) {
+  const int64_t total = n * num_kv_heads * (group + 2) * head_dim;
+  if (total == 0) return absl::OkStatus();
+  SplitQkvKernel<<<Blocks(total), kThreads, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(qkv), bias, n, num_kv_heads, group, head_dim,
+      static_cast<__nv_bfloat16*>(q), static_cast<__nv_bfloat16*>(k), static_cast<__nv_bfloat16*>(v));
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status ResidualAdd(float* h, const float* y, const float* bias, int64_t n, int64_t dim, float r,
+                         CUstream_st* stream) {
+  if (n == 0) return absl::OkStatus();
+  ResidualKernel<<<Blocks(n * dim), kThreads, 0, stream>>>(h, y, bias, n * dim, dim, r);
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status Activation(int act, bool glu, const void* fc, const float* bias, int64_t n, int64_t inner, void* out,
+                        CUstream_st* stream) {
+  if (n == 0) return absl::OkStatus();
+  ActivationKernel<<<Blocks(n * inner), kThreads, 0, stream>>>(
+      act, glu, static_cast<const __nv_bfloat16*>(fc), bias, n, inner, static_cast<__nv_bfloat16*>(out));
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+absl::Status F32ToBf16(const float* src, int64_t n, void* dst, CUstream_st* stream) {
+  if (n == 0) return absl::OkStatus();
+  F32ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(src, n, static_cast<__nv_bfloat16*>(dst));
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+}  // namespace sbserve::cuda
