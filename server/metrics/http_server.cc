@@ -105,7 +105,7 @@ class MetricsHttpServer::Impl {
   httplib::Server server_;
   std::thread thread_;
   std::atomic<int> port_{0};
-  bool started_ = false;
+  std::atomic<bool> started_{false};  // read by running() from any thread
 };
 
 MetricsHttpServer::MetricsHttpServer(const Registry& registry, MetricsHttpServerOptions options)

@@ -40,7 +40,8 @@ class MetricsHttpServer {
   // Binds host:port and starts serving on a background thread; returns once requests are
   // accepted. UNAVAILABLE when the address cannot be bound, FAILED_PRECONDITION if started twice.
   absl::Status Start();
-  // Stops accepting, finishes requests in progress and joins the thread. Idempotent.
+  // Stops accepting, finishes requests in progress and joins the thread. Idempotent. Start and
+  // Stop are meant for one controlling thread; port() and running() may be called from any.
   void Stop();
   // The bound port (the chosen one when options.port was 0); 0 before Start.
   int port() const;

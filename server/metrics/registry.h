@@ -165,7 +165,8 @@ class Registry {
                                                 std::vector<double> bucket_bounds,
                                                 std::vector<std::string> label_names = {});
 
-  // The whole registry in text format 0.0.4, ending with a line feed.
+  // The whole registry in text format 0.0.4; every line ends with a line feed. Safe to call
+  // while other threads update metrics or register families.
   std::string Serialize() const;
 
  private:

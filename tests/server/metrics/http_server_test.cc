@@ -91,6 +91,11 @@ TEST(MetricsHttpServer, PromtoolAcceptsTheScrape) {
   m.time_to_first_token->Observe(0.035);
   m.inter_token_latency->Observe(0.0042);
   m.engine_step_tokens->Observe(300);
+  // Escaping checked by Prometheus' own parser, not only by our expectations.
+  auto probe = registry.AddGauge("escape_probe", "Help with \\ and\nnewline and \"quotes\".",
+                                 {"value"});
+  ASSERT_TRUE(probe.ok());
+  (*probe)->WithLabels({"C:\\path \"quoted\"\nsecond \xce\xbb"}).value()->Set(1);
 
   MetricsHttpServer server(registry, {.host = "127.0.0.1", .port = 0});
   ASSERT_TRUE(server.Start().ok());

@@ -48,6 +48,11 @@ TEST(PrometheusScrape, RealPrometheusScrapesOurEndpoint) {
   m.prompt_tokens->Increment(4242);
   m.RequestSuccess(FinishReason::kLength).Increment(3);
   for (double v : {0.0003, 0.004, 0.004, 0.09}) m.inter_token_latency->Observe(v);
+  // A label value with every character the text format escapes, plus UTF-8.
+  const std::string tricky = "C:\\path \"quoted\"\nsecond line \xce\xbb";
+  auto probe = registry.AddGauge("escape_probe", "Help with \\ and\nnewline.", {"value"});
+  ASSERT_TRUE(probe.ok());
+  (*probe)->WithLabels({tricky}).value()->Set(5);
   MetricsHttpServer server(registry, {.host = "127.0.0.1", .port = 0});
   ASSERT_TRUE(server.Start().ok());
 
@@ -114,6 +119,15 @@ TEST(PrometheusScrape, RealPrometheusScrapesOurEndpoint) {
                         "sbserve_inter_token_latency_seconds_bucket{le=\"0.005\"}", nullptr),
             3);
   EXPECT_EQ(QueryScalar(prom_port, "sbserve_inter_token_latency_seconds_count", nullptr), 4);
+  // The escaped label value arrives in Prometheus byte for byte.
+  std::string series_body;
+  ASSERT_EQ(testing::HttpGet(prom_port, "/api/v1/series?match%5B%5D=escape_probe", &series_body),
+            200);
+  const nlohmann::json series_reply = nlohmann::json::parse(series_body, nullptr, false);
+  ASSERT_FALSE(series_reply.is_discarded()) << series_body;
+  ASSERT_EQ(series_reply["data"].size(), 1u) << series_body;
+  EXPECT_EQ(series_reply["data"][0]["value"].get<std::string>(), tricky);
+
   // Prometheus stored the families with the types we declared.
   std::string body;
   ASSERT_EQ(testing::HttpGet(prom_port, "/api/v1/metadata?metric=sbserve_engine_step_time_seconds",
