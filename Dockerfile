@@ -77,7 +77,8 @@ RUN apt-get update \
       && apt-get purge -y wget && apt-get autoremove -y ; \
     fi \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sbserve
+ && groupadd --system --gid 10001 sbserve \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbserve
 COPY --from=build /out/sbserve /out/sbctl /usr/local/bin/
 # Read by the NVIDIA container toolkit; harmless on CPU hosts.
 ENV NVIDIA_VISIBLE_DEVICES=all \

@@ -136,5 +136,25 @@ TEST(DeployKubernetes, PortsProbesAndShutdownAgree) {
             std::string::npos);
 }
 
+TEST(DeployDockerfile, RuntimeStageMatchesTheManifests) {
+  const std::string dockerfile = RepoFile("Dockerfile");
+  ASSERT_FALSE(dockerfile.empty());
+  const size_t runtime = dockerfile.find(" AS runtime");
+  ASSERT_NE(runtime, std::string::npos) << "no runtime stage";
+  const std::string runtime_stage = dockerfile.substr(runtime);
+  // Only shared libraries in the runtime image, no headers or compilers.
+  EXPECT_EQ(std::regex_search(runtime_stage, std::regex(R"(\blib[a-z0-9+.-]*-dev\b)")), false);
+  EXPECT_EQ(runtime_stage.find("build-essential"), std::string::npos);
+  EXPECT_NE(runtime_stage.find("EXPOSE 50051 8080"), std::string::npos);
+  // Exec-form entrypoint: sbserve is PID 1 and gets SIGTERM itself (the drain depends on it).
+  EXPECT_NE(runtime_stage.find("ENTRYPOINT [\"/usr/local/bin/sbserve\"]"), std::string::npos);
+  EXPECT_NE(runtime_stage.find("\"--port=50051\""), std::string::npos);
+  EXPECT_NE(runtime_stage.find("\"--metrics-port=8080\""), std::string::npos);
+  // The image user is the one the Deployment's securityContext runs as.
+  const std::string deployment = RepoFile("deploy/k8s/deployment.yaml");
+  EXPECT_NE(runtime_stage.find("USER 10001"), std::string::npos);
+  EXPECT_EQ(FirstInt(deployment, R"(runAsUser: (\d+))"), 10001);
+}
+
 }  // namespace
 }  // namespace sbserve::metrics
