@@ -8,7 +8,7 @@ namespace sbserve {
 namespace {
 
 // Dot product with 8 independent partial sums so the compiler can vectorise without reassociating.
-inline float Dot(const float* a, const float* b, int64_t n) {
+__attribute__((always_inline)) inline float Dot(const float* a, const float* b, int64_t n) {
   float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -20,7 +20,7 @@ inline float Dot(const float* a, const float* b, int64_t n) {
 }
 
 // Four rows of x against one row of W: W's row is loaded once for four outputs.
-inline void Dot4(const float* x0, const float* x1, const float* x2, const float* x3, const float* w, int64_t n,
+__attribute__((always_inline)) inline void Dot4(const float* x0, const float* x1, const float* x2, const float* x3, const float* w, int64_t n,
                  float* out) {
   float s0[8] = {}, s1[8] = {}, s2[8] = {}, s3[8] = {};
   int64_t i = 0;
@@ -54,27 +54,35 @@ inline float GeluTanh(float x) {
 inline float Silu(float x) { return x / (1.f + std::exp(-x)); }
 inline float Relu(float x) { return x > 0.f ? x : 0.f; }
 
+// Row block of the GEMM; cloned for AVX2+FMA machines (runtime dispatch), plain x86-64 otherwise.
+__attribute__((target_clones("arch=haswell", "default"))) void GemmRows(const float* x, int64_t n, int64_t in,
+                                                                         const float* w, int64_t out,
+                                                                         const float* bias, float* y,
+                                                                         int64_t o_begin, int64_t o_end) {
+  int64_t r = 0;
+  for (; r + 4 <= n; r += 4) {
+    const float* x0 = x + r * in;
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      float v[4];
+      Dot4(x0, x0 + in, x0 + 2 * in, x0 + 3 * in, w + o * in, in, v);
+      const float b = bias ? bias[o] : 0.f;
+      for (int k = 0; k < 4; ++k) y[(r + k) * out + o] = v[k] + b;
+    }
+  }
+  for (; r < n; ++r) {
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      y[r * out + o] = Dot(x + r * in, w + o * in, in) + (bias ? bias[o] : 0.f);
+    }
+  }
+}
+
 }  // namespace
 
 void CpuGemm(ThreadPool* pool, const float* x, int64_t n, int64_t in, const float* w, int64_t out,
              const float* bias, float* y) {
   // Parallel over output features in blocks: each task streams its slice of W once per 4 rows of x.
   ParallelFor(pool, out, 16, [&](int64_t o_begin, int64_t o_end) {
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-      const float* x0 = x + r * in;
-      for (int64_t o = o_begin; o < o_end; ++o) {
-        float v[4];
-        Dot4(x0, x0 + in, x0 + 2 * in, x0 + 3 * in, w + o * in, in, v);
-        const float b = bias ? bias[o] : 0.f;
-        for (int k = 0; k < 4; ++k) y[(r + k) * out + o] = v[k] + b;
-      }
-    }
-    for (; r < n; ++r) {
-      for (int64_t o = o_begin; o < o_end; ++o) {
-        y[r * out + o] = Dot(x + r * in, w + o * in, in) + (bias ? bias[o] : 0.f);
-      }
-    }
+    GemmRows(x, n, in, w, out, bias, y, o_begin, o_end);
   });
 }
 
