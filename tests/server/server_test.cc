@@ -1,0 +1,608 @@
+// The real server in-process on loopback: CPU backend, the generated demo model, real gRPC
+// clients. Each test starts its own server on ephemeral ports.
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "sbserve/v1/sbserve.grpc.pb.h"
+#include "server/server.h"
+
+namespace sbserve {
+namespace {
+
+using v1::GenerateRequest;
+using v1::GenerateResponse;
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+  std::string text;
+  std::vector<v1::Logprobs> logprobs;
+  GenerateResponse last;  // the message with finish_reason, if any
+  int messages = 0;
+};
+
+class TestServer {
+ public:
+  explicit TestServer(ServerOptions o = Defaults(), bool load = true) : server_(std::move(o)) {
+    absl::Status s = server_.Start();
+    EXPECT_TRUE(s.ok()) << s;
+    channel_ = grpc::CreateChannel(absl::StrCat("localhost:", server_.port()), grpc::InsecureChannelCredentials());
+    stub_ = v1::SbServe::NewStub(channel_);
+    if (load) {
+      s = server_.LoadModel();
+      EXPECT_TRUE(s.ok()) << s;
+    }
+  }
+
+  static ServerOptions Defaults() {
+    ServerOptions o;
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.metrics_host = "127.0.0.1";
+    o.metrics_port = 0;
+    o.cpu_threads = 2;
+    o.log_requests = false;
+    o.engine.kv_cache_bytes = int64_t{64} << 20;
+    return o;
+  }
+
+  Server& server() { return server_; }
+  v1::SbServe::Stub& stub() { return *stub_; }
+  std::shared_ptr<grpc::Channel> channel() { return channel_; }
+
+  Outcome Generate(const GenerateRequest& req, absl::Duration timeout = absl::Seconds(60),
+                   grpc::ClientContext* external = nullptr) {
+    grpc::ClientContext local;
+    grpc::ClientContext& ctx = external != nullptr ? *external : local;
+    if (external == nullptr) ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    Outcome out;
+    auto reader = stub_->Generate(&ctx, req);
+    GenerateResponse msg;
+    while (reader->Read(&msg)) Absorb(msg, out);
+    out.status = reader->Finish();
+    return out;
+  }
+
+  static void Absorb(const GenerateResponse& msg, Outcome& out) {
+    out.messages++;
+    out.ids.insert(out.ids.end(), msg.token_ids().begin(), msg.token_ids().end());
+    out.text += msg.text();
+    out.logprobs.insert(out.logprobs.end(), msg.logprobs().begin(), msg.logprobs().end());
+    if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.last = msg;
+  }
+
+  v1::ServerInfo Info() {
+    grpc::ClientContext ctx;
+    v1::ServerInfo info;
+    EXPECT_TRUE(stub_->GetServerInfo(&ctx, {}, &info).ok());
+    return info;
+  }
+
+  // Waits until nothing runs or waits and no KV block is in use.
+  bool WaitIdle(absl::Duration timeout = absl::Seconds(10)) {
+    const absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      v1::ServerInfo i = Info();
+      if (i.running() == 0 && i.waiting() == 0 && i.kv_blocks_used() == 0) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return false;
+  }
+
+  grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& service) {
+    auto stub = grpc::health::v1::Health::NewStub(channel_);
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status st = stub->Check(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.status();
+  }
+
+ private:
+  Server server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::SbServe::Stub> stub_;
+};
+
+GenerateRequest TextReq(const std::string& text, int max_tokens, float temperature = 0.0f, uint64_t seed = 1) {
+  GenerateRequest r;
+  r.set_text(text);
+  r.mutable_sampling()->set_temperature(temperature);
+  r.mutable_sampling()->set_seed(seed);
+  r.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(max_tokens));
+  r.mutable_stopping()->set_ignore_eos(true);
+  return r;
+}
+
+constexpr auto kServing = grpc::health::v1::HealthCheckResponse::SERVING;
+constexpr auto kNotServing = grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+
+TEST(Server, StreamingRoundTripAndUnaryAgree) {
+  TestServer ts;
+  GenerateRequest req = TextReq("Once upon a time, in a land of code,", 24);
+  Outcome out = ts.Generate(req);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.ids.size(), 24u);
+  EXPECT_GT(out.messages, 1) << "tokens should stream, not arrive in one message";
+  EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(out.last.usage().completion_tokens(), 24u);
+  EXPECT_GT(out.last.usage().prompt_tokens(), 3u);
+  EXPECT_GE(out.last.timings().last_token_us(), out.last.timings().first_token_us());
+  EXPECT_FALSE(out.last.request_id().empty());
+
+  grpc::ClientContext ctx;
+  GenerateResponse unary;
+  ASSERT_TRUE(ts.stub().Complete(&ctx, req, &unary).ok());
+  EXPECT_EQ(std::vector<int32_t>(unary.token_ids().begin(), unary.token_ids().end()), out.ids);
+  EXPECT_EQ(unary.text(), out.text);
+  EXPECT_EQ(unary.finish_reason(), v1::FINISH_REASON_LENGTH);
+
+  // Token-id input gives the same continuation as the text it encodes to.
+  grpc::ClientContext tctx;
+  v1::TokenizeRequest treq;
+  treq.set_text(req.text());
+  v1::TokenizeResponse tok;
+  ASSERT_TRUE(ts.stub().Tokenize(&tctx, treq, &tok).ok());
+  ASSERT_EQ(static_cast<uint32_t>(tok.ids_size()), out.last.usage().prompt_tokens());
+  GenerateRequest ids_req = req;
+  ids_req.mutable_token_ids()->mutable_ids()->Assign(tok.ids().begin(), tok.ids().end());
+  Outcome by_ids = ts.Generate(ids_req);
+  ASSERT_TRUE(by_ids.status.ok());
+  EXPECT_EQ(by_ids.ids, out.ids);
+
+  grpc::ClientContext mctx;
+  v1::ModelInfo mi;
+  ASSERT_TRUE(ts.stub().GetModelInfo(&mctx, {}, &mi).ok());
+  EXPECT_EQ(mi.backend(), "cpu");
+  EXPECT_EQ(mi.architecture(), "stickbreaking");
+  EXPECT_GT(mi.context_length(), 0);
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
+TEST(Server, SixtyFourConcurrentStreamsMatchRunningAlone) {
+  ServerOptions o = TestServer::Defaults();
+  o.engine.max_batch_tokens = 256;
+  TestServer ts(o);
+  constexpr int kN = 64;
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < kN; ++i) {
+    std::string prompt = absl::StrCat("Request number ", i, ":");
+    for (int w = 0; w < i % 9; ++w) absl::StrAppend(&prompt, " more words for a longer prompt");
+    const bool greedy = i % 2 == 0;
+    GenerateRequest r = TextReq(prompt, 4 + (i * 5) % 37, greedy ? 0.0f : 0.7f + 0.01f * i, 1000 + i);
+    if (i % 4 == 1) r.mutable_sampling()->set_top_k(20);
+    if (i % 4 == 3) r.mutable_sampling()->set_top_p(0.9f);
+    if (i % 8 == 5) r.mutable_sampling()->set_repetition_penalty(1.2f);
+    if (i % 8 == 7) r.mutable_sampling()->set_frequency_penalty(0.5f);
+    reqs.push_back(r);
+  }
+  std::vector<Outcome> alone(kN);
+  for (int i = 0; i < kN; ++i) {
+    alone[i] = ts.Generate(reqs[i]);
+    ASSERT_TRUE(alone[i].status.ok()) << i << ": " << alone[i].status.error_message();
+  }
+  std::vector<Outcome> together(kN);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) threads.emplace_back([&, i] { together[i] = ts.Generate(reqs[i]); });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kN; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
+    EXPECT_EQ(together[i].ids, alone[i].ids) << "request " << i << (i % 2 == 0 ? " (greedy)" : " (sampled, seeded)");
+    EXPECT_EQ(together[i].text, alone[i].text) << i;
+    EXPECT_EQ(together[i].ids.size(), static_cast<size_t>(4 + (i * 5) % 37));
+  }
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
+// Expects `code` and a message naming `field`.
+void ExpectError(TestServer& ts, const GenerateRequest& req, grpc::StatusCode code, const std::string& field) {
+  Outcome out = ts.Generate(req);
+  EXPECT_EQ(out.status.error_code(), code) << out.status.error_message();
+  EXPECT_NE(out.status.error_message().find(field), std::string::npos)
+      << "message '" << out.status.error_message() << "' does not name " << field;
+  EXPECT_TRUE(out.ids.empty());
+  // The unary variant reports the same.
+  grpc::ClientContext ctx;
+  GenerateResponse resp;
+  EXPECT_EQ(ts.stub().Complete(&ctx, req, &resp).error_code(), code);
+}
+
+TEST(Server, InvalidRequestsNameTheField) {
+  TestServer ts;
+  using C = grpc::StatusCode;
+  GenerateRequest none;
+  ExpectError(ts, none, C::INVALID_ARGUMENT, "input");
+  GenerateRequest r = TextReq("hi", 4);
+  r.mutable_sampling()->set_temperature(-1);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "sampling.temperature");
+  r = TextReq("hi", 4);
+  r.mutable_sampling()->set_top_p(0);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "sampling.top_p");
+  r = TextReq("hi", 4);
+  r.mutable_sampling()->set_top_k(-3);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "sampling.top_k");
+  r = TextReq("hi", 4);
+  r.mutable_sampling()->set_min_p(2);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "sampling.min_p");
+  r = TextReq("hi", 4);
+  r.mutable_sampling()->set_repetition_penalty(0);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "sampling.repetition_penalty");
+  r = TextReq("hi", 4);
+  r.mutable_sampling()->set_presence_penalty(5);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "sampling.presence_penalty");
+  r = TextReq("hi", 4);
+  r.mutable_stopping()->set_max_tokens(0);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "stopping.max_tokens");
+  r = TextReq("hi", 4);
+  r.mutable_stopping()->set_min_tokens(10);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "stopping.min_tokens");
+  r = TextReq("hi", 4);
+  r.mutable_stopping()->add_stop("");
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "stopping.stop");
+  r = TextReq("hi", 4);
+  r.mutable_stopping()->add_stop_token_ids(1 << 20);
+  ExpectError(ts, r, C::OUT_OF_RANGE, "stopping.stop_token_ids");
+  r = TextReq("hi", 4);
+  r.set_logprobs(1000);
+  ExpectError(ts, r, C::OUT_OF_RANGE, "logprobs");
+  r = TextReq("hi", 4);
+  r.mutable_token_ids()->add_ids(5);
+  r.mutable_token_ids()->add_ids(-1);
+  ExpectError(ts, r, C::OUT_OF_RANGE, "token_ids");
+  r = TextReq("hi", 4);
+  r.mutable_token_ids();  // empty id list
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "token_ids");
+  r = TextReq("", 4);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "text");
+  // A field number this API does not define.
+  r = TextReq("hi", 4);
+  r.GetReflection()->MutableUnknownFields(&r)->AddVarint(999, 1);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "unknown field");
+  r = TextReq("hi", 4);
+  r.mutable_sampling()->GetReflection()->MutableUnknownFields(r.mutable_sampling())->AddVarint(77, 1);
+  ExpectError(ts, r, C::INVALID_ARGUMENT, "sampling");
+
+  // Prompt longer than the context, and prompt + max_tokens beyond it.
+  grpc::ClientContext mctx;
+  v1::ModelInfo mi;
+  ASSERT_TRUE(ts.stub().GetModelInfo(&mctx, {}, &mi).ok());
+  GenerateRequest longp = TextReq("x", 1);
+  for (int64_t i = 0; i < mi.context_length() + 5; ++i) longp.mutable_token_ids()->add_ids(7);
+  ExpectError(ts, longp, C::OUT_OF_RANGE, "prompt");
+  GenerateRequest over = TextReq("hello there", static_cast<int>(mi.context_length()));
+  ExpectError(ts, over, C::OUT_OF_RANGE, "stopping.max_tokens");
+
+  // Nothing leaked and the server still serves.
+  EXPECT_TRUE(ts.WaitIdle());
+  Outcome ok = ts.Generate(TextReq("still alive?", 3));
+  EXPECT_TRUE(ok.status.ok());
+  EXPECT_EQ(ok.ids.size(), 3u);
+}
+
+TEST(Server, DuplicateLiveRequestIdIsRefused) {
+  TestServer ts;
+  GenerateRequest a = TextReq("first", 400);
+  a.set_request_id("same-id");
+  grpc::ClientContext ctx;
+  auto reader = ts.stub().Generate(&ctx, a);
+  GenerateResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  Outcome dup = ts.Generate(a);
+  EXPECT_EQ(dup.status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  ctx.TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  reader->Finish();
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
+TEST(Server, OverloadIsRefusedWithRetryInfoWhileAdmittedRequestsComplete) {
+  ServerOptions o = TestServer::Defaults();
+  o.engine.max_num_seqs = 2;
+  o.engine.max_queued_requests = 3;
+  o.engine.retry_after = absl::Milliseconds(250);
+  TestServer ts(o);
+  constexpr int kN = 24;
+  std::vector<Outcome> outs(kN);
+  std::vector<grpc::ClientContext> ctxs(kN);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) {
+    threads.emplace_back([&, i] { outs[i] = ts.Generate(TextReq(absl::StrCat("load ", i), 60), absl::Seconds(60)); });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0, exhausted = 0;
+  for (const Outcome& out : outs) {
+    if (out.status.ok()) {
+      ok++;
+      EXPECT_EQ(out.ids.size(), 60u);
+    } else {
+      ASSERT_EQ(out.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << out.status.error_message();
+      exhausted++;
+      google::rpc::Status details;
+      ASSERT_TRUE(details.ParseFromString(out.status.error_details()));
+      ASSERT_EQ(details.details_size(), 1);
+      google::rpc::RetryInfo retry;
+      ASSERT_TRUE(details.details(0).UnpackTo(&retry));
+      EXPECT_EQ(retry.retry_delay().seconds() * 1000 + retry.retry_delay().nanos() / 1000000, 250);
+    }
+  }
+  EXPECT_GE(ok, 3);  // at least a full queue's worth was admitted and completed
+  EXPECT_GT(exhausted, 0);
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
+TEST(Server, QueuedPromptTokenLimitRefusesBeforeTokenizing) {
+  ServerOptions o = TestServer::Defaults();
+  o.engine.max_num_seqs = 1;
+  o.engine.max_queued_tokens = 40;
+  TestServer ts(o);
+  // One long generation holds the only slot; queued prompts then count against the limit.
+  grpc::ClientContext hold_ctx;
+  auto hold = ts.stub().Generate(&hold_ctx, TextReq("hold the slot", 1500));
+  GenerateResponse msg;
+  ASSERT_TRUE(hold->Read(&msg));
+  std::string long_prompt;
+  for (int i = 0; i < 100; ++i) long_prompt += "word ";
+  grpc::ClientContext qctx;
+  auto queued = ts.stub().Generate(&qctx, TextReq(long_prompt, 2));
+  // Wait until it is queued.
+  for (int i = 0; i < 400 && ts.Info().queued_prompt_tokens() < 40; ++i) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_GE(ts.Info().queued_prompt_tokens(), 40);
+  Outcome refused = ts.Generate(TextReq("short", 2));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.status.error_message().find("tokens"), std::string::npos);
+  hold_ctx.TryCancel();
+  while (hold->Read(&msg)) {
+  }
+  hold->Finish();
+  while (queued->Read(&msg)) {
+  }
+  EXPECT_TRUE(queued->Finish().ok());
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
+TEST(Server, DeadlineWhileQueuedAndWhileRunning) {
+  ServerOptions o = TestServer::Defaults();
+  o.engine.max_num_seqs = 1;
+  TestServer ts(o);
+  // Running: a long generation with a short deadline streams some tokens, then ends.
+  Outcome running = ts.Generate(TextReq("a long story", 1900), absl::Milliseconds(400));
+  EXPECT_EQ(running.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_GT(running.ids.size(), 0u);
+  EXPECT_LT(running.ids.size(), 1900u);
+  EXPECT_TRUE(ts.WaitIdle());
+
+  // Queued: behind a long generation holding the only slot.
+  grpc::ClientContext hold_ctx;
+  auto hold = ts.stub().Generate(&hold_ctx, TextReq("hold", 1500));
+  GenerateResponse msg;
+  ASSERT_TRUE(hold->Read(&msg));
+  Outcome queued = ts.Generate(TextReq("waiting", 5), absl::Milliseconds(200));
+  EXPECT_EQ(queued.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(queued.ids.empty());
+  hold_ctx.TryCancel();
+  while (hold->Read(&msg)) {
+  }
+  EXPECT_EQ(hold->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(ts.WaitIdle());
+  EXPECT_TRUE(ts.Generate(TextReq("after", 3)).status.ok());
+}
+
+TEST(Server, ClientCancelMidStreamFreesKv) {
+  TestServer ts;
+  grpc::ClientContext ctx;
+  auto reader = ts.stub().Generate(&ctx, TextReq("cancel me", 1800));
+  GenerateResponse msg;
+  int got = 0;
+  while (got < 5 && reader->Read(&msg)) got += msg.token_ids_size();
+  EXPECT_GT(ts.Info().kv_blocks_used(), 0);
+  ctx.TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(ts.WaitIdle(absl::Seconds(2)));
+  EXPECT_TRUE(ts.Generate(TextReq("next", 3)).status.ok());
+}
+
+TEST(Server, AbortRpcEndsTheStreamAndFreesKv) {
+  TestServer ts;
+  GenerateRequest req = TextReq("abort me", 1800);
+  req.set_request_id("abort-me");
+  grpc::ClientContext ctx;
+  auto reader = ts.stub().Generate(&ctx, req);
+  GenerateResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  EXPECT_EQ(msg.request_id(), "abort-me");
+  {
+    grpc::ClientContext actx;
+    v1::AbortRequest areq;
+    areq.add_request_ids("abort-me");
+    areq.add_request_ids("no-such-request");
+    v1::AbortResponse aresp;
+    ASSERT_TRUE(ts.stub().Abort(&actx, areq, &aresp).ok());
+    ASSERT_EQ(aresp.aborted_size(), 1);
+    EXPECT_EQ(aresp.aborted(0), "abort-me");
+  }
+  Outcome rest;
+  while (reader->Read(&msg)) TestServer::Absorb(msg, rest);
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(rest.last.finish_reason(), v1::FINISH_REASON_CANCELLED);
+  EXPECT_LT(rest.last.usage().completion_tokens(), 1800u);
+  EXPECT_TRUE(ts.WaitIdle(absl::Seconds(2)));
+  EXPECT_TRUE(ts.Generate(TextReq("next", 3)).status.ok());
+}
+
+TEST(Server, HealthLoadingServingDraining) {
+  ServerOptions o = TestServer::Defaults();
+  TestServer ts(o, /*load=*/false);
+  EXPECT_EQ(ts.Health(""), kServing);
+  EXPECT_EQ(ts.Health(kReadinessService), kNotServing);
+  Outcome early = ts.Generate(TextReq("too early", 3));
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_FALSE(ts.Info().ready());
+
+  ASSERT_TRUE(ts.server().LoadModel().ok());
+  EXPECT_EQ(ts.Health(kReadinessService), kServing);
+  EXPECT_TRUE(ts.Info().ready());
+  EXPECT_TRUE(ts.Generate(TextReq("now", 3)).status.ok());
+
+  // The metrics endpoint mirrors readiness and serves the metric families.
+  httplib::Client http("127.0.0.1", ts.server().metrics_port());
+  auto ready = http.Get("/ready");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 200);
+  auto metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_NE(metrics->body.find("sbserve_"), std::string::npos);
+  EXPECT_NE(metrics->body.find("time_to_first_token"), std::string::npos);
+
+  ts.server().BeginDrain();
+  EXPECT_EQ(ts.Health(kReadinessService), kNotServing);
+  EXPECT_EQ(ts.Health(""), kServing);
+  EXPECT_TRUE(ts.Info().draining());
+  EXPECT_EQ(ts.Generate(TextReq("too late", 3)).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  auto not_ready = http.Get("/ready");
+  ASSERT_TRUE(not_ready);
+  EXPECT_EQ(not_ready->status, 503);
+  EXPECT_TRUE(ts.server().WaitDrained(absl::Seconds(1)));
+}
+
+TEST(Server, StopStringAcrossTokenBoundaries) {
+  TestServer ts;
+  GenerateRequest base = TextReq("The quick brown fox", 40);
+  base.set_skip_special_tokens(false);  // a random-weight model emits many special tokens
+  Outcome full = ts.Generate(base);
+  ASSERT_TRUE(full.status.ok());
+  // Find a token boundary in the middle of the text and take two characters either side.
+  grpc::ClientContext tctx;
+  std::string prefix;
+  size_t boundary = 0;
+  for (size_t k = 0; k + 1 < full.ids.size(); ++k) {
+    // Text of the first k+1 tokens: decode via Tokenize's pieces is not exact for byte tokens,
+    // so use a Complete call with max_tokens = k+1 instead.
+    GenerateRequest part = base;
+    part.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(k + 1));
+    grpc::ClientContext ctx;
+    GenerateResponse resp;
+    ASSERT_TRUE(ts.stub().Complete(&ctx, part, &resp).ok());
+    if (resp.text().size() >= 4 && full.text.size() >= resp.text().size() + 3 &&
+        resp.text().size() >= full.text.size() / 3) {
+      prefix = resp.text();
+      boundary = prefix.size();
+      break;
+    }
+  }
+  ASSERT_GT(boundary, 0u) << "no usable boundary in '" << full.text << "'";
+  const std::string stop = full.text.substr(boundary - 2, 5);
+  const size_t first = full.text.find(stop);
+  GenerateRequest with_stop = base;
+  with_stop.mutable_stopping()->add_stop(stop);
+  Outcome out = ts.Generate(with_stop);
+  ASSERT_TRUE(out.status.ok());
+  EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(out.last.stop_reason(), stop);
+  EXPECT_EQ(out.text, full.text.substr(0, first)) << "stop '" << stop << "' in '" << full.text << "'";
+
+  with_stop.mutable_stopping()->set_include_stop_str_in_output(true);
+  Outcome incl = ts.Generate(with_stop);
+  EXPECT_EQ(incl.text, full.text.substr(0, first) + stop);
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
+TEST(Server, MinTokensStopTokenIdsAndIgnoreEos) {
+  TestServer ts;
+  GenerateRequest base = TextReq("Counting: one two three", 12);
+  Outcome full = ts.Generate(base);
+  ASSERT_TRUE(full.status.ok());
+  ASSERT_EQ(full.ids.size(), 12u);
+  const int32_t first = full.ids[0];
+
+  GenerateRequest stop_first = base;
+  stop_first.mutable_stopping()->add_stop_token_ids(first);
+  Outcome stopped = ts.Generate(stop_first);
+  ASSERT_TRUE(stopped.status.ok());
+  EXPECT_EQ(stopped.ids, std::vector<int32_t>{first});
+  EXPECT_EQ(stopped.last.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.last.stop_reason(), std::to_string(first));
+
+  // With min_tokens the stop id cannot be drawn before 5 tokens exist.
+  GenerateRequest min5 = stop_first;
+  min5.mutable_stopping()->set_min_tokens(5);
+  Outcome m = ts.Generate(min5);
+  ASSERT_TRUE(m.status.ok());
+  ASSERT_GE(m.ids.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) EXPECT_NE(m.ids[i], first) << i;
+
+  // ignore_eos: generation runs to max_tokens regardless of the end-of-sequence token.
+  GenerateRequest ign = TextReq("x", 50, 1.5f, 7);
+  ign.mutable_stopping()->set_ignore_eos(true);
+  Outcome all = ts.Generate(ign);
+  ASSERT_TRUE(all.status.ok());
+  EXPECT_EQ(all.ids.size(), 50u);
+  EXPECT_EQ(all.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
+TEST(Server, LogprobsAreSane) {
+  TestServer ts;
+  GenerateRequest greedy = TextReq("Logprobs please", 8);
+  greedy.set_logprobs(5);
+  Outcome g = ts.Generate(greedy);
+  ASSERT_TRUE(g.status.ok());
+  ASSERT_EQ(g.logprobs.size(), g.ids.size());
+  for (size_t i = 0; i < g.ids.size(); ++i) {
+    const v1::Logprobs& lp = g.logprobs[i];
+    EXPECT_EQ(lp.token_id(), g.ids[i]);
+    ASSERT_EQ(lp.top_size(), 5);
+    double mass = 0;
+    for (int k = 0; k < lp.top_size(); ++k) {
+      EXPECT_LE(lp.top(k).logprob(), 0.0f);
+      EXPECT_TRUE(std::isfinite(lp.top(k).logprob()));
+      if (k > 0) EXPECT_LE(lp.top(k).logprob(), lp.top(k - 1).logprob());
+      mass += std::exp(lp.top(k).logprob());
+    }
+    EXPECT_LE(mass, 1.0 + 1e-4);
+    EXPECT_EQ(lp.top(0).id(), lp.token_id()) << "greedy takes the most likely token";
+    EXPECT_FLOAT_EQ(lp.top(0).logprob(), lp.logprob());
+  }
+  // Sampled: the sampled token's logprob is a valid log-probability and, when it appears among
+  // the top entries, equals that entry.
+  GenerateRequest sampled = TextReq("Logprobs please", 16, 1.0f, 3);
+  sampled.set_logprobs(20);
+  Outcome s = ts.Generate(sampled);
+  ASSERT_TRUE(s.status.ok());
+  ASSERT_EQ(s.logprobs.size(), 16u);
+  for (const v1::Logprobs& lp : s.logprobs) {
+    EXPECT_LE(lp.logprob(), 0.0f);
+    double mass = 0;
+    for (const auto& t : lp.top()) {
+      mass += std::exp(t.logprob());
+      if (t.id() == lp.token_id()) EXPECT_FLOAT_EQ(t.logprob(), lp.logprob());
+    }
+    EXPECT_LE(mass, 1.0 + 1e-4);
+    EXPECT_GE(lp.logprob(), lp.top(19).logprob() - 50.0f);
+  }
+  // No logprobs unless asked.
+  Outcome none = ts.Generate(TextReq("plain", 4));
+  EXPECT_TRUE(none.logprobs.empty());
+}
+
+}  // namespace
+}  // namespace sbserve
