@@ -13,50 +13,69 @@ bool EndsWithReplacement(const std::string& s) {
 
 }  // namespace
 
-// Invariant: context_text_ == Decode(window_[0, context_len_)), and everything the caller has
-// received so far equals Decode(all ids up to the window) + context_text_. A new id is decoded
-// together with the context so that decoder rules that look at the first token (Metaspace,
-// Strip) see the same neighbours as in a full decode; the delta is emitted only when the text
-// grew and does not end in U+FFFD, which is what an incomplete UTF-8 tail decodes to.
+// Invariant: the text returned so far equals Decode(all ids up to the end of the context), and
+// context_text_ is the window's text up to the same point. A step's delta is the window's text
+// past context_text_. It is emitted only when the window's text extends context_text_, does not
+// end in U+FFFD (what an incomplete UTF-8 tail decodes to) and the last visible id does not
+// continue a byte-fallback run.
 IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens)
     : tok_(tok), skip_special_tokens_(skip_special_tokens) {}
 
+bool IncrementalDecoder::Visible(int32_t id) const {
+  return !(skip_special_tokens_ && tok_.IsSpecial(id));
+}
+
+absl::StatusOr<std::string> IncrementalDecoder::DecodeWindow() const {
+  if (!anchor_.has_value()) return tok_.Decode(window_, skip_special_tokens_);
+  std::vector<int32_t> ids;
+  ids.reserve(window_.size() + 1);
+  ids.push_back(*anchor_);
+  ids.insert(ids.end(), window_.begin(), window_.end());
+  return tok_.Decode(ids, skip_special_tokens_);
+}
+
 std::string IncrementalDecoder::Add(int32_t id) {
   window_.push_back(id);
-  absl::StatusOr<std::string> text = tok_.Decode(window_, skip_special_tokens_);
+  absl::StatusOr<std::string> text = DecodeWindow();
   if (!text.ok()) {
-    // An unknown id decodes to nothing, as it would fail a full decode; drop it.
+    // An unknown id fails a full decode too; it contributes nothing here.
     window_.pop_back();
     return {};
   }
-  // Skipped special tokens are transparent: the run they sit in continues after them.
-  if (!(skip_special_tokens_ && tok_.IsSpecial(id))) {
-    last_is_byte_token_ = tok_.IsByteFallbackToken(id);
-  }
+  // Skipped special tokens are transparent: a byte run continues across them.
+  if (Visible(id)) last_is_byte_token_ = tok_.IsByteFallbackToken(id);
   if (last_is_byte_token_ || text->size() <= context_text_.size() || EndsWithReplacement(*text) ||
       text->compare(0, context_text_.size(), context_text_) != 0) {
     return {};
   }
   std::string delta = text->substr(context_text_.size());
-  // The ids just emitted become the context of the next step.
+  // The last visible id of the old context becomes the anchor; the ids just emitted become the
+  // context of the next step.
+  for (size_t k = context_len_; k > 0; --k) {
+    if (Visible(window_[k - 1])) {
+      anchor_ = window_[k - 1];
+      break;
+    }
+  }
   window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(context_len_));
   context_len_ = window_.size();
-  absl::StatusOr<std::string> context = tok_.Decode(window_, skip_special_tokens_);
+  absl::StatusOr<std::string> context = DecodeWindow();
   context_text_ = context.ok() ? std::move(*context) : std::string();
   return delta;
 }
 
 std::string IncrementalDecoder::Flush() {
-  absl::StatusOr<std::string> text = tok_.Decode(window_, skip_special_tokens_);
+  absl::StatusOr<std::string> text = DecodeWindow();
   std::string delta;
   if (text.ok() && text->size() > context_text_.size() &&
       text->compare(0, context_text_.size(), context_text_) == 0) {
     delta = text->substr(context_text_.size());
   }
+  anchor_.reset();
   window_.clear();
   context_len_ = 0;
-  last_is_byte_token_ = false;
   context_text_.clear();
+  last_is_byte_token_ = false;
   return delta;
 }
 

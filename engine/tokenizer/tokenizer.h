@@ -79,9 +79,13 @@ class Tokenizer {
 // Streaming detokenizer: feed ids one at a time, get text deltas. The concatenation of all
 // deltas and Flush() equals Decode(all ids); a delta never ends in the middle of a UTF-8
 // character (text is held back while the decoded tail is an incomplete sequence).
-// It decodes a short window (the last emitted token group plus the pending ids), so each Add
-// costs O(window), independent of the stream length. Runs of byte-fallback tokens are held until
-// a normal token ends them (see Tokenizer::IsByteFallbackToken).
+//
+// Each step decodes a short window: one "anchor" id (the last visible id before the window, so
+// that decoder rules for the first token of a text, such as Metaspace's and Strip's, see the same
+// neighbours as in a full decode), the ids emitted in the previous step (so rules for the last
+// token, such as a trailing Strip, are re-evaluated), and the pending ids. The cost of Add is
+// O(window), independent of the stream length. Runs of byte-fallback tokens are held until a
+// normal token ends them (see Tokenizer::IsByteFallbackToken).
 class IncrementalDecoder {
  public:
   IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens = true);
@@ -89,11 +93,15 @@ class IncrementalDecoder {
   std::string Flush();          // remaining text at end of stream (e.g. U+FFFD for dangling bytes)
 
  private:
+  absl::StatusOr<std::string> DecodeWindow() const;  // Decode(anchor_ + window_)
+  bool Visible(int32_t id) const;  // not removed by skip_special_tokens
+
   const Tokenizer& tok_;
   bool skip_special_tokens_;
-  std::vector<int32_t> window_;  // context ids followed by pending ids
-  size_t context_len_ = 0;       // how many leading ids of window_ were already emitted
-  std::string context_text_;     // Decode(window_[0, context_len_))
+  std::optional<int32_t> anchor_;
+  std::vector<int32_t> window_;  // context ids (emitted last step) followed by pending ids
+  size_t context_len_ = 0;
+  std::string context_text_;     // Decode(anchor_ + window_[0, context_len_))
   bool last_is_byte_token_ = false;
 };
 
