@@ -247,7 +247,6 @@ absl::Status Scheduler::Step(absl::Time now) {
 
   const int64_t vocab = backend_->config().vocab_size;
   logits_.resize(b.logit_rows.size() * static_cast<size_t>(vocab));
-  const absl::Time t0 = absl::Now();
   absl::Status st = backend_->Forward(b, std::span<float>(logits_));
   const absl::Time t1 = absl::Now();
   if (!st.ok()) {
@@ -272,7 +271,7 @@ absl::Status Scheduler::Step(absl::Time now) {
     rep.num_seqs = static_cast<int>(slots.size());
     rep.prefill_tokens = prefill_tokens;
     rep.decode_tokens = decode_tokens;
-    rep.step_time = t1 - t0;
+    rep.step_time = absl::Now() - now;  // pack + forward + sample
     rep.running = num_running();
     rep.waiting = num_waiting();
     rep.queued_prompt_tokens = waiting_tokens();

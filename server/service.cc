@@ -62,6 +62,13 @@ void LogRequest(const ServiceContext* ctx, const std::string& rpc, const std::st
       e.timings.preemptions, st.ok() ? "" : " error=", st.error_message());
 }
 
+// Plain-metadata twin of the RetryInfo detail for clients that do not parse status details.
+void AddRetryAfter(grpc::CallbackServerContext* call, const absl::Status& s) {
+  if (auto ms = s.GetPayload(kRetryAfterPayloadUrl); ms.has_value()) {
+    call->AddTrailingMetadata("retry-after-ms", std::string(*ms));
+  }
+}
+
 grpc::Status FinalStatus(const GenerateEvent& e) {
   if (!e.status.ok()) return ToGrpcStatus(e.status);
   return grpc::Status::OK;
@@ -99,6 +106,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     if (!st.ok()) {
       CountReject(ctx_, st);
+      AddRetryAfter(call, st);
       finish_called_ = true;
       Finish(ToGrpcStatus(st));
     }
@@ -213,6 +221,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     }
     if (!st.ok()) {
       CountReject(ctx_, st);
+      AddRetryAfter(call, st);
       Finish(ToGrpcStatus(st));
     }
   }

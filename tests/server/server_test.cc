@@ -320,10 +320,16 @@ TEST(Server, OverloadIsRefusedWithRetryInfoWhileAdmittedRequestsComplete) {
   TestServer ts(o);
   constexpr int kN = 24;
   std::vector<Outcome> outs(kN);
-  std::vector<grpc::ClientContext> ctxs(kN);
+  std::vector<std::string> retry_after(kN);
   std::vector<std::thread> threads;
   for (int i = 0; i < kN; ++i) {
-    threads.emplace_back([&, i] { outs[i] = ts.Generate(TextReq(absl::StrCat("load ", i), 60), absl::Seconds(60)); });
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+      outs[i] = ts.Generate(TextReq(absl::StrCat("load ", i), 60), absl::Seconds(60), &ctx);
+      auto it = ctx.GetServerTrailingMetadata().find("retry-after-ms");
+      if (it != ctx.GetServerTrailingMetadata().end()) retry_after[i] = std::string(it->second.data(), it->second.size());
+    });
   }
   for (auto& t : threads) t.join();
   int ok = 0, exhausted = 0;
@@ -340,6 +346,7 @@ TEST(Server, OverloadIsRefusedWithRetryInfoWhileAdmittedRequestsComplete) {
       google::rpc::RetryInfo retry;
       ASSERT_TRUE(details.details(0).UnpackTo(&retry));
       EXPECT_EQ(retry.retry_delay().seconds() * 1000 + retry.retry_delay().nanos() / 1000000, 250);
+      EXPECT_EQ(retry_after[&out - outs.data()], "250");
     }
   }
   EXPECT_GE(ok, 3);  // at least a full queue's worth was admitted and completed
