@@ -255,6 +255,9 @@ void Engine::Impl::Loop() {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !aborts_.empty() || scheduler_->HasWork(); });
       incoming.swap(incoming_);
+      // They stay queued (for admission and Stats) until the step below recounts the scheduler.
+      stats_.waiting += static_cast<int>(incoming.size());
+      stats_.queued_prompt_tokens += incoming_tokens_;
       incoming_tokens_ = 0;
       aborts.swap(aborts_);
       stop = stop_;

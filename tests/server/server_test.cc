@@ -210,6 +210,38 @@ TEST(Server, SixtyFourConcurrentStreamsMatchRunningAlone) {
   EXPECT_TRUE(ts.WaitIdle());
 }
 
+TEST(Server, PreemptionWhenTheKvCacheRunsOutKeepsResultsExact) {
+  ServerOptions o = TestServer::Defaults();
+  o.engine.kv_num_blocks = 24;  // 384 tokens: far fewer than the requests below need together
+  o.engine.kv_block_size = 16;
+  TestServer ts(o);
+  constexpr int kN = 8;
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < kN; ++i) {
+    reqs.push_back(TextReq(absl::StrCat("Preemption case ", i, " with a few words"), 90 + 5 * i,
+                           i % 2 ? 0.9f : 0.0f, 500 + i));
+  }
+  std::vector<Outcome> alone(kN);
+  for (int i = 0; i < kN; ++i) {
+    alone[i] = ts.Generate(reqs[i]);
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status.error_message();
+  }
+  EXPECT_EQ(ts.Info().preemptions(), 0u);
+  std::vector<Outcome> together(kN);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) threads.emplace_back([&, i] { together[i] = ts.Generate(reqs[i]); });
+  for (auto& t : threads) t.join();
+  EXPECT_GT(ts.Info().preemptions(), 0u);
+  uint32_t preempted = 0;
+  for (int i = 0; i < kN; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
+    EXPECT_EQ(together[i].ids, alone[i].ids) << i;
+    preempted += together[i].last.timings().preemptions();
+  }
+  EXPECT_GT(preempted, 0u);
+  EXPECT_TRUE(ts.WaitIdle());
+}
+
 // Expects `code` and a message naming `field`.
 void ExpectError(TestServer& ts, const GenerateRequest& req, grpc::StatusCode code, const std::string& field) {
   Outcome out = ts.Generate(req);
