@@ -1,0 +1,299 @@
+// Workbench of the stick-breaking attention kernels: times varlen prefill (paged cache), paged
+// decode and the KV append with CUDA events (warm-up, median of >= 50 runs, inputs rotated over
+// several copies so they do not sit in L2) and prints TF/s = 4 * H * d * sum(L^2) / 2 / time
+// (DESIGN.md section 5) and decode K/V GB/s against a device-to-device copy measured in the same
+// run. The softmax yardstick and the reference Triton kernel are timed by sb_attn_yardstick.py.
+//
+// usage: sb_attn_bench [--reps N] [--block-size BS] [--only prefill|decode]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/sb_attn.h"
+
+namespace sbserve::kernels {
+namespace {
+
+#define BENCH_CHECK(stmt)                                                                    \
+  do {                                                                                       \
+    cudaError_t e_ = (stmt);                                                                 \
+    if (e_ != cudaSuccess) {                                                                 \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #stmt, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+#define BENCH_OK(expr)                                                                       \
+  do {                                                                                       \
+    absl::Status s_ = (expr);                                                                \
+    if (!s_.ok()) {                                                                          \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.ToString().c_str());       \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+struct Options {
+  int reps = 50;
+  int block_size = 16;
+  std::string only;
+};
+
+void* DeviceAlloc(size_t bytes) {
+  void* p = nullptr;
+  BENCH_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+
+// Fills bf16 buffers with N(0,1)-like values on the device side via a host pattern (never zeros).
+void FillRandomBf16(void* dst, size_t elems, uint64_t seed) {
+  std::vector<uint16_t> h(std::min<size_t>(elems, size_t{1} << 22));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (auto& x : h) {
+    float f = nd(rng);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    x = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+  for (size_t off = 0; off < elems; off += h.size()) {
+    const size_t n = std::min(h.size(), elems - off);
+    BENCH_CHECK(cudaMemcpy(static_cast<uint16_t*>(dst) + off, h.data(), n * 2, cudaMemcpyHostToDevice));
+  }
+}
+
+template <typename F>
+double MedianMs(int reps, F&& fn) {
+  cudaEvent_t a, b;
+  BENCH_CHECK(cudaEventCreate(&a));
+  BENCH_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 5; ++i) fn(i);
+  BENCH_CHECK(cudaDeviceSynchronize());
+  std::vector<float> ms(reps);
+  for (int i = 0; i < reps; ++i) {
+    BENCH_CHECK(cudaEventRecord(a));
+    fn(i);
+    BENCH_CHECK(cudaEventRecord(b));
+    BENCH_CHECK(cudaEventSynchronize(b));
+    BENCH_CHECK(cudaEventElapsedTime(&ms[i], a, b));
+  }
+  BENCH_CHECK(cudaEventDestroy(a));
+  BENCH_CHECK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2];
+}
+
+// One copy of a problem's inputs in a paged cache (blocks laid out in a shuffled order).
+struct PagedSet {
+  void* q = nullptr;
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  int32_t* tables = nullptr;
+  int32_t* cu = nullptr;
+  int32_t* ctx = nullptr;
+};
+
+struct Problem {
+  int H, Hkv, d, bs;
+  std::vector<int> q_lens, ctx_lens;
+  int total_q = 0, max_q = 0, max_ctx = 0, max_blocks = 0, num_blocks = 0;
+  std::vector<int32_t> cu, tables;
+};
+
+Problem MakeProblem(int H, int Hkv, int d, int bs, const std::vector<int>& q_lens, const std::vector<int>& ctx_lens,
+                    uint64_t seed) {
+  Problem p{H, Hkv, d, bs, q_lens, ctx_lens};
+  p.cu.push_back(0);
+  for (size_t b = 0; b < q_lens.size(); ++b) {
+    p.cu.push_back(p.cu.back() + q_lens[b]);
+    p.max_q = std::max(p.max_q, q_lens[b]);
+    p.max_ctx = std::max(p.max_ctx, ctx_lens[b]);
+    p.num_blocks += (ctx_lens[b] + bs - 1) / bs;
+  }
+  p.total_q = p.cu.back();
+  p.max_blocks = (p.max_ctx + bs - 1) / bs;
+  std::vector<int32_t> ids(p.num_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  p.tables.assign(q_lens.size() * p.max_blocks, 0);
+  size_t next = 0;
+  for (size_t b = 0; b < q_lens.size(); ++b)
+    for (int i = 0; i < (ctx_lens[b] + bs - 1) / bs; ++i) p.tables[b * p.max_blocks + i] = ids[next++];
+  return p;
+}
+
+PagedSet UploadSet(const Problem& p, uint64_t seed) {
+  PagedSet s;
+  const size_t q_elems = static_cast<size_t>(p.total_q) * p.H * p.d;
+  const size_t c_elems = static_cast<size_t>(p.num_blocks) * p.bs * p.Hkv * p.d;
+  s.q = DeviceAlloc(q_elems * 2);
+  s.k_cache = DeviceAlloc(c_elems * 2);
+  s.v_cache = DeviceAlloc(c_elems * 2);
+  FillRandomBf16(s.q, q_elems, seed);
+  FillRandomBf16(s.k_cache, c_elems, seed + 1);
+  FillRandomBf16(s.v_cache, c_elems, seed + 2);
+  s.tables = static_cast<int32_t*>(DeviceAlloc(p.tables.size() * 4));
+  s.cu = static_cast<int32_t*>(DeviceAlloc(p.cu.size() * 4));
+  s.ctx = static_cast<int32_t*>(DeviceAlloc(p.ctx_lens.size() * 4));
+  BENCH_CHECK(cudaMemcpy(s.tables, p.tables.data(), p.tables.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(s.cu, p.cu.data(), p.cu.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_CHECK(cudaMemcpy(s.ctx, p.ctx_lens.data(), p.ctx_lens.size() * 4, cudaMemcpyHostToDevice));
+  return s;
+}
+
+void FreeSet(PagedSet& s) {
+  for (void* ptr : {s.q, s.k_cache, s.v_cache, static_cast<void*>(s.tables), static_cast<void*>(s.cu),
+                    static_cast<void*>(s.ctx)})
+    BENCH_CHECK(cudaFree(ptr));
+}
+
+int SetsFor(size_t bytes_per_set) {
+  // Enough copies that one pass over them is well beyond the 50 MB L2, at most 4.
+  return static_cast<int>(std::clamp<size_t>((200u << 20) / std::max<size_t>(bytes_per_set, 1) + 1, 1, 4));
+}
+
+SbKvCache CacheOf(const Problem& p, const PagedSet& s) {
+  SbKvCache c;
+  c.k = s.k_cache;
+  c.v = s.v_cache;
+  c.block_tables = s.tables;
+  c.num_blocks = p.num_blocks;
+  c.block_size = p.bs;
+  c.max_blocks = p.max_blocks;
+  return c;
+}
+
+void BenchPrefill(const Options& opt, const char* label, int H, int d, const std::vector<int>& lens) {
+  const Problem pb = MakeProblem(H, H, d, opt.block_size, lens, lens, 42);
+  const size_t set_bytes = static_cast<size_t>(pb.total_q) * H * d * 2 * 3;
+  const int nsets = SetsFor(set_bytes);
+  std::vector<PagedSet> sets;
+  for (int i = 0; i < nsets; ++i) sets.push_back(UploadSet(pb, 100 + 10 * i));
+  void* o = DeviceAlloc(static_cast<size_t>(pb.total_q) * H * d * 2);
+  float* rem = static_cast<float*>(DeviceAlloc(static_cast<size_t>(pb.total_q) * H * 4));
+  const double ms = MedianMs(opt.reps, [&](int i) {
+    const PagedSet& s = sets[i % nsets];
+    SbAttnPrefillParams p;
+    p.q = s.q;
+    p.cu_seqlens_q = s.cu;
+    p.context_lens = s.ctx;
+    p.cache = CacheOf(pb, s);
+    p.o = o;
+    p.rem = rem;
+    p.batch = static_cast<int>(lens.size());
+    p.total_q = pb.total_q;
+    p.max_seqlen_q = pb.max_q;
+    p.num_heads = H;
+    p.num_kv_heads = H;
+    p.head_dim = d;
+    p.scale = 1.f / std::sqrt(static_cast<float>(d));
+    BENCH_OK(SbAttnPrefill(p, nullptr));
+  });
+  double sum_l2 = 0;
+  for (int l : lens) sum_l2 += static_cast<double>(l) * l;
+  const double tflops = 4.0 * H * d * sum_l2 / 2 / (ms * 1e-3) / 1e12;
+  std::printf("prefill  %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s\n", H, d, label, opt.block_size, ms, tflops);
+  BENCH_CHECK(cudaFree(o));
+  BENCH_CHECK(cudaFree(rem));
+  for (auto& s : sets) FreeSet(s);
+}
+
+double CopyGBs(const Options& opt) {
+  const size_t bytes = size_t{1} << 30;
+  void* a = DeviceAlloc(bytes);
+  void* b = DeviceAlloc(bytes);
+  BENCH_CHECK(cudaMemset(a, 1, bytes));
+  const double ms = MedianMs(opt.reps, [&](int) { BENCH_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); });
+  BENCH_CHECK(cudaFree(a));
+  BENCH_CHECK(cudaFree(b));
+  const double gbs = 2.0 * bytes / (ms * 1e-3) / 1e9;  // bytes read + bytes written
+  std::printf("device copy 1 GiB: %.3f ms = %.0f GB/s (read + write)\n", ms, gbs);
+  return gbs;
+}
+
+void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H, int Hkv, int d) {
+  const Problem pb = MakeProblem(H, Hkv, d, opt.block_size, std::vector<int>(batch, 1), std::vector<int>(batch, ctx), 7);
+  const size_t kv_bytes = static_cast<size_t>(batch) * (ctx - 1) * Hkv * d * 2 * 2;  // K and V read
+  const int nsets = SetsFor(kv_bytes);
+  std::vector<PagedSet> sets;
+  for (int i = 0; i < nsets; ++i) sets.push_back(UploadSet(pb, 500 + 10 * i));
+  void* o = DeviceAlloc(static_cast<size_t>(batch) * H * d * 2);
+  float* rem = static_cast<float*>(DeviceAlloc(static_cast<size_t>(batch) * H * 4));
+  SbAttnDecodeParams base;
+  base.batch = batch;
+  base.max_context = ctx;
+  base.num_heads = H;
+  base.num_kv_heads = Hkv;
+  base.head_dim = d;
+  base.scale = 1.f / std::sqrt(static_cast<float>(d));
+  base.o = o;
+  base.rem = rem;
+  void* ws = DeviceAlloc(std::max<size_t>(SbAttnDecodeWorkspaceBytes(base), 16));
+  const double ms = MedianMs(opt.reps, [&](int i) {
+    const PagedSet& s = sets[i % nsets];
+    SbAttnDecodeParams p = base;
+    p.q = s.q;
+    p.context_lens = s.ctx;
+    p.cache = CacheOf(pb, s);
+    p.workspace = ws;
+    BENCH_OK(SbAttnDecode(p, nullptr));
+  });
+  const double gbs = kv_bytes / (ms * 1e-3) / 1e9;
+  std::printf("decode   %3d x %-3d  Hkv=%-3d B=%-3d ctx=%-6d bs=%-3d %8.3f ms  %6.0f GB/s K/V  = %3.0f%% of copy\n", H, d,
+              Hkv, batch, ctx, opt.block_size, ms, gbs, 100.0 * gbs / copy_gbs);
+  BENCH_CHECK(cudaFree(o));
+  BENCH_CHECK(cudaFree(rem));
+  BENCH_CHECK(cudaFree(ws));
+  for (auto& s : sets) FreeSet(s);
+}
+
+}  // namespace
+}  // namespace sbserve::kernels
+
+int main(int argc, char** argv) {
+  using namespace sbserve::kernels;
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) opt.reps = std::max(50, std::atoi(argv[++i]));
+    else if (a == "--block-size" && i + 1 < argc) opt.block_size = std::atoi(argv[++i]);
+    else if (a == "--only" && i + 1 < argc) opt.only = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode]\n", argv[0]);
+      return 2;
+    }
+  }
+  cudaDeviceProp prop;
+  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB; median of %d runs after warm-up\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20, opt.reps);
+  // Mixed lengths between 64 and 5000 summing to 16384 (the same list as sb_attn_yardstick.py).
+  const std::vector<int> mixed = {5000, 64, 3000, 1200, 4000, 700, 2000, 420};
+  if (opt.only.empty() || opt.only == "prefill") {
+    BenchPrefill(opt, "8 x 2048", 36, 64, std::vector<int>(8, 2048));
+    BenchPrefill(opt, "4 x 4096", 36, 64, std::vector<int>(4, 4096));
+    BenchPrefill(opt, "1 x 16384", 36, 64, {16384});
+    BenchPrefill(opt, "32 x 512", 36, 64, std::vector<int>(32, 512));
+    BenchPrefill(opt, "mixed 64..5000", 36, 64, mixed);
+    BenchPrefill(opt, "8 x 2048", 32, 128, std::vector<int>(8, 2048));
+    BenchPrefill(opt, "4 x 4096", 32, 128, std::vector<int>(4, 4096));
+    BenchPrefill(opt, "1 x 16384", 32, 128, {16384});
+    BenchPrefill(opt, "32 x 512", 32, 128, std::vector<int>(32, 512));
+    BenchPrefill(opt, "mixed 64..5000", 32, 128, mixed);
+  }
+  if (opt.only.empty() || opt.only == "decode") {
+    const double copy = CopyGBs(opt);
+    BenchDecode(opt, copy, 64, 4096, 36, 36, 64);
+    BenchDecode(opt, copy, 1, 32768, 36, 36, 64);
+    BenchDecode(opt, copy, 64, 4096, 32, 8, 128);
+    BenchDecode(opt, copy, 1, 32768, 32, 8, 128);
+  }
+  return 0;
+}

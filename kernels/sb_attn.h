@@ -1,0 +1,25 @@
+// Host entry points of the stick-breaking attention kernels. Every call is asynchronous on
+// `stream` and returns INVALID_ARGUMENT for an unsupported shape (the message lists what is
+// supported) or INTERNAL naming the failed CUDA statement.
+//
+// Supported: bf16 q/k/v/o, fp32 rem; head_dim 64 and 128; any H % Hkv == 0; block size a power
+// of two >= 1. Order within one step: SbKvAppend, then SbAttnPrefill / SbAttnDecode.
+#pragma once
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "kernels/sb_attn_params.h"
+
+namespace sbserve::kernels {
+
+absl::Status SbKvAppend(const SbKvAppendParams& params, CUstream_st* stream);
+
+absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* stream);
+
+// Bytes of scratch SbAttnDecode needs for these shapes (depends on batch, heads, head_dim,
+// max_context, num_sms).
+size_t SbAttnDecodeWorkspaceBytes(const SbAttnDecodeParams& params);
+absl::Status SbAttnDecode(const SbAttnDecodeParams& params, CUstream_st* stream);
+
+}  // namespace sbserve::kernels

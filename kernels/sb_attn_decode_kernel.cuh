@@ -1,0 +1,218 @@
+// Paged stick-breaking decode (device code): one query per sequence over its cached keys,
+// split over key chunks, then an associative combine (DESIGN.md section 1).
+//
+// Split kernel: a CTA owns one (sequence, kv head, group of kG query heads, key chunk). Its
+// chunk is cut into contiguous slot ranges, one per slot of d/8 lanes (4 slots per warp at
+// d = 64, 2 at d = 128); a slot walks its keys from newest to oldest with the exact recurrence
+//   o += t/(1+t) * P * v,   P *= 1/(1+t)          (t = 2^x, P = prod over newer keys of 1 - beta)
+// so no scan is needed; each lane holds 8 elements of q, k, v and o (one 16-byte load per row). Slot, warp and chunk
+// partials (o_c, P_c) combine as o = o_old * P_new + o_new, P = P_old * P_new, which is
+// associative, so a single long sequence still fills the GPU.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/sb_attn_device.cuh"
+#include "kernels/sb_attn_params.h"
+
+namespace sbserve::kernels {
+
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeUnroll = 4;                   // keys per slot loaded before use
+
+// Partials: o_part [B, H, num_splits, d] fp32, p_part [B, H, num_splits] fp32.
+template <int kHeadDim, int kG>
+__global__ void __launch_bounds__(kDecodeThreads)
+    sb_attn_decode_split_bf16_kernel(const SbAttnDecodeParams p, const int log2_bs, const int keys_per_split,
+                                     const int num_splits, float* __restrict__ o_part, float* __restrict__ p_part) {
+  using namespace device;
+  constexpr int kDpl = 8;                        // elements per lane
+  constexpr int kVec = 1;                        // uint4 per lane per row
+  constexpr int kLanesPerKey = kHeadDim / kDpl;  // 8 or 16
+  constexpr int kSlotsPerWarp = 32 / kLanesPerKey;
+  constexpr int kSlots = kSlotsPerWarp * (kDecodeThreads / 32);
+  const int split = blockIdx.x;
+  const int b = blockIdx.z;
+  const int G = p.num_heads / p.num_kv_heads;
+  const int groups = G / kG;
+  const int hk = blockIdx.y / groups;
+  const int h0 = hk * G + (blockIdx.y % groups) * kG;
+  const int H = p.num_heads;
+  const int Hkv = p.num_kv_heads;
+
+  const int n_keys = p.context_lens[b] - 1;  // keys 0 .. T - 2
+  const int k_begin = split * keys_per_split;
+  if (split > 0 && k_begin >= n_keys) return;
+  const int k_end = min(n_keys, k_begin + keys_per_split);
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int part = lane % kLanesPerKey;
+  const int slot = tid / kLanesPerKey;  // 0 (oldest keys) .. kSlots - 1 (newest)
+  const int slot_keys = keys_per_split / kSlots;
+  const int s_begin = k_begin + slot * slot_keys;
+  const int s_end = min(k_end, s_begin + slot_keys);
+
+  const int qrow = p.q_rows != nullptr ? p.q_rows[b] : b;
+  const __nv_bfloat16* q_g = static_cast<const __nv_bfloat16*>(p.q);
+  const float scale_log2 = p.scale * kLog2e;
+  float qf[kG][kDpl];
+#pragma unroll
+  for (int gi = 0; gi < kG; ++gi) {
+    const uint4* src = reinterpret_cast<const uint4*>(q_g + (static_cast<int64_t>(qrow) * H + h0 + gi) * kHeadDim +
+                                                      part * kDpl);
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) {
+      Bf16x8ToFloat(src[v], &qf[gi][8 * v]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) qf[gi][8 * v + i] *= scale_log2;
+    }
+  }
+
+  float acc[kG][kDpl];
+  float P[kG];
+#pragma unroll
+  for (int gi = 0; gi < kG; ++gi) {
+    P[gi] = 1.f;
+#pragma unroll
+    for (int i = 0; i < kDpl; ++i) acc[gi][i] = 0.f;
+  }
+
+  const uint4* k_cache = static_cast<const uint4*>(p.cache.k);
+  const uint4* v_cache = static_cast<const uint4*>(p.cache.v);
+  const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
+  const int bs_mask = (1 << log2_bs) - 1;
+
+  // Every slot walks the same number of steps (the shuffles below need the whole warp); keys at
+  // or past s_end are skipped without a load.
+  for (int hi = s_begin + slot_keys; hi > s_begin; hi -= kDecodeUnroll) {
+    uint4 kr[kDecodeUnroll][kVec];
+    uint4 vr[kDecodeUnroll][kVec];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int key = hi - 1 - u;
+      if (key < s_end) {
+        const int64_t slot_row = static_cast<int64_t>(block_table[key >> log2_bs]) * (bs_mask + 1) + (key & bs_mask);
+        const int64_t off = ((slot_row * Hkv + hk) * kHeadDim + part * kDpl) / 8;
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) {
+          kr[u][v] = __ldg(k_cache + off + v);
+          vr[u][v] = __ldg(v_cache + off + v);
+        }
+      } else {
+#pragma unroll
+        for (int v = 0; v < kVec; ++v) kr[u][v] = vr[u][v] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const bool valid = hi - 1 - u < s_end;
+      float kf[kDpl];
+      float vf[kDpl];
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        Bf16x8ToFloat(kr[u][v], &kf[8 * v]);
+        Bf16x8ToFloat(vr[u][v], &vf[8 * v]);
+      }
+#pragma unroll
+      for (int gi = 0; gi < kG; ++gi) {
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < kDpl; ++i) dot = fmaf(qf[gi][i], kf[i], dot);
+#pragma unroll
+        for (int sh = 1; sh < kLanesPerKey; sh *= 2) dot += __shfl_xor_sync(0xffffffffu, dot, sh);
+        // x <= 64 keeps 1 + t finite; beyond that beta rounds to 1 anyway.
+        const float t = Exp2(valid ? fminf(dot, 64.f) : -INFINITY);
+        const float r = Rcp(1.f + t);
+        const float a = t * r * P[gi];
+#pragma unroll
+        for (int i = 0; i < kDpl; ++i) acc[gi][i] = fmaf(a, vf[i], acc[gi][i]);
+        P[gi] *= r;
+      }
+    }
+  }
+
+  // Combine the slots of the warp: slot 2i (older) with 2i+1, then pairs.
+#pragma unroll
+  for (int sh = kLanesPerKey; sh < 32; sh *= 2) {
+    const bool newer = (lane & sh) != 0;
+#pragma unroll
+    for (int gi = 0; gi < kG; ++gi) {
+      const float p_other = __shfl_xor_sync(0xffffffffu, P[gi], sh);
+#pragma unroll
+      for (int i = 0; i < kDpl; ++i) {
+        const float o_other = __shfl_xor_sync(0xffffffffu, acc[gi][i], sh);
+        acc[gi][i] = newer ? fmaf(o_other, P[gi], acc[gi][i]) : fmaf(acc[gi][i], p_other, o_other);
+      }
+      P[gi] *= p_other;
+    }
+  }
+
+  // Combine the 4 warps (warp 0 holds the oldest keys) through shared memory.
+  __shared__ float o_s[4][kG][kHeadDim];
+  __shared__ float p_s[4][kG];
+  if (lane < kLanesPerKey) {
+#pragma unroll
+    for (int gi = 0; gi < kG; ++gi) {
+#pragma unroll
+      for (int i = 0; i < kDpl; ++i) o_s[warp][gi][part * kDpl + i] = acc[gi][i];
+      if (lane == 0) p_s[warp][gi] = P[gi];
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < kG * kHeadDim; e += kDecodeThreads) {
+    const int gi = e / kHeadDim;
+    const int di = e % kHeadDim;
+    float o = 0.f;
+    float carry = 1.f;
+#pragma unroll
+    for (int w = 3; w >= 0; --w) {
+      o = fmaf(o_s[w][gi][di], carry, o);
+      carry *= p_s[w][gi];
+    }
+    const int64_t idx = (static_cast<int64_t>(b) * H + h0 + gi) * num_splits + split;
+    o_part[idx * kHeadDim + di] = o;
+    if (di == 0) p_part[idx] = carry;
+  }
+}
+
+// Combine kernel: one CTA of kHeadDim threads per (sequence, query head).
+template <int kHeadDim>
+__global__ void __launch_bounds__(kHeadDim)
+    sb_attn_decode_combine_bf16_kernel(const SbAttnDecodeParams p, const int log2_bs, const int keys_per_split,
+                                       const int num_splits, const float* __restrict__ o_part,
+                                       const float* __restrict__ p_part) {
+  const int h = blockIdx.x % p.num_heads;
+  const int b = blockIdx.x / p.num_heads;
+  const int di = threadIdx.x;
+  const int H = p.num_heads;
+  const int ctx = p.context_lens[b];
+  const int n_keys = ctx - 1;
+  const int n_split_b = max(1, (n_keys + keys_per_split - 1) / keys_per_split);
+  const int64_t base = (static_cast<int64_t>(b) * H + h) * num_splits;
+  float o = 0.f;
+  float carry = 1.f;
+  for (int s = n_split_b - 1; s >= 0; --s) {
+    o = fmaf(o_part[(base + s) * kHeadDim + di], carry, o);
+    carry *= p_part[base + s];
+  }
+  if (p.remainder == SbRemainder::kOwnValue) {
+    const int hk = h / (p.num_heads / p.num_kv_heads);
+    const int pos = ctx - 1;
+    const int bs_mask = (1 << log2_bs) - 1;
+    const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
+    const int64_t slot = static_cast<int64_t>(block_table[pos >> log2_bs]) * (bs_mask + 1) + (pos & bs_mask);
+    const __nv_bfloat16* v = static_cast<const __nv_bfloat16*>(p.cache.v);
+    o = fmaf(carry, __bfloat162float(v[(slot * p.num_kv_heads + hk) * kHeadDim + di]), o);
+  } else if (p.remainder == SbRemainder::kHeadBias) {
+    o = fmaf(carry, p.head_bias[static_cast<int64_t>(h) * kHeadDim + di], o);
+  }
+  const int qrow = p.q_rows != nullptr ? p.q_rows[b] : b;
+  static_cast<__nv_bfloat16*>(p.o)[(static_cast<int64_t>(qrow) * H + h) * kHeadDim + di] = __float2bfloat16(o);
+  if (p.rem != nullptr && di == 0) p.rem[static_cast<int64_t>(qrow) * H + h] = carry;
+}
+
+}  // namespace sbserve::kernels

@@ -1,0 +1,25 @@
+// Declarations of the per-(head dim, heads per CTA) launchers; the definitions live in the
+// instantiation files sb_attn_{prefill,decode}_bf16_hdim*.cu. Host code only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "absl/status/status.h"
+#include "kernels/sb_attn_params.h"
+
+namespace sbserve::kernels {
+
+// How decode splits the keys; chosen on the host from host-known bounds.
+struct SbDecodeSplit {
+  int keys_per_split = 0;  // multiple of 64
+  int num_splits = 0;      // ceil(max keys / keys_per_split), >= 1
+};
+
+template <int kHeadDim>
+absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream);
+
+template <int kHeadDim, int kG>
+absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const SbDecodeSplit& split,
+                                cudaStream_t stream);
+
+}  // namespace sbserve::kernels

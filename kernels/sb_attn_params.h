@@ -1,0 +1,104 @@
+// Parameter blocks of the stick-breaking attention kernels (DESIGN.md section 1).
+// Plain data, no CUDA includes: the engine fills these and calls the entry points of
+// kernels/sb_attn.h.
+//
+// Glossary
+//   B       sequences in the batch
+//   total_q packed query tokens over all sequences (sum of q_len)
+//   H       query heads;  Hkv key/value heads, H % Hkv == 0, G = H / Hkv query heads per kv head;
+//           query head h reads kv head h / G
+//   d       head dim (64 or 128)
+//   nb      blocks in the paged KV cache;  bs tokens per block (a power of two, e.g. 16 or 64)
+//   mb      max blocks per sequence (row length of the block table)
+//   T       context_lens[b]: keys of sequence b after this step (cached prefix + this chunk)
+//
+// Positions: chunk token t of sequence b (q_len = cu_seqlens_q[b+1] - cu_seqlens_q[b]) sits at
+// position T - q_len + t and attends keys 0 .. position - 1 (strictly causal, never itself).
+// Key position p of sequence b lives in cache row block_tables[b * mb + p / bs] * bs + p % bs.
+//
+// Numerics: bf16 inputs, fp32 logits, break probabilities, products and accumulators.
+// Weights are computed in linear space as products of (1 - beta) = 1 / (1 + 2^x), with
+// x = scale * log2(e) * (q . k) clamped at 20 (an older key's weight is then over-estimated by at
+// most a factor (1 + 2^-20) relative to the clamped break), see sb_attn_prefill_kernel.cuh.
+#pragma once
+
+#include <cstdint>
+
+struct CUstream_st;  // cudaStream_t without the CUDA headers
+
+namespace sbserve::kernels {
+
+// Remainder term added to the output in the epilogue (DESIGN.md section 2).
+enum class SbRemainder : int {
+  kNone = 0,       // R0: o unchanged
+  kOwnValue = 1,   // R1: o += rem * v_i (the query token's own value, kv head of the query head)
+  kHeadBias = 2,   // R2: o += rem * head_bias[h]
+};
+
+// Paged KV cache of one layer, shared by every kernel here.
+struct SbKvCache {
+  void* k = nullptr;                     // [nb, bs, Hkv, d] bf16
+  void* v = nullptr;                     // [nb, bs, Hkv, d] bf16
+  const int32_t* block_tables = nullptr; // [B, mb]
+  int num_blocks = 0;                    // nb
+  int block_size = 0;                    // bs, power of two
+  int max_blocks = 0;                    // mb
+};
+
+// Appends the K/V of every packed batch token to its sequence's cache slot (position
+// T - q_len + t). Run it before the attention kernels of the same step.
+struct SbKvAppendParams {
+  const void* k = nullptr;               // [total_q, Hkv, d] bf16, rows contiguous (stride Hkv * d)
+  const void* v = nullptr;               // [total_q, Hkv, d] bf16
+  const int32_t* cu_seqlens_q = nullptr; // [B+1]
+  const int32_t* context_lens = nullptr; // [B]
+  SbKvCache cache;
+  int batch = 0;                         // B
+  int total_q = 0;
+  int num_kv_heads = 0;                  // Hkv
+  int head_dim = 0;                      // d
+};
+
+// Varlen prefill (any q_len >= 1, chunked prefill with a cached prefix included). Keys, the
+// chunk's own included, are read from the cache, so append the chunk first.
+struct SbAttnPrefillParams {
+  const void* q = nullptr;               // [total_q, H, d] bf16, contiguous
+  const int32_t* cu_seqlens_q = nullptr; // [B+1] device
+  const int32_t* context_lens = nullptr; // [B] device
+  SbKvCache cache;
+  const float* head_bias = nullptr;      // [H, d] fp32, only for SbRemainder::kHeadBias
+  void* o = nullptr;                     // [total_q, H, d] bf16
+  float* rem = nullptr;                  // [total_q, H] fp32; may be null
+  int batch = 0;                         // B
+  int total_q = 0;
+  int max_seqlen_q = 0;                  // max over b of q_len (host value; sizes the grid)
+  int num_heads = 0;                     // H
+  int num_kv_heads = 0;                  // Hkv
+  int head_dim = 0;                      // d
+  float scale = 0.f;                     // logit multiplier s (> 0)
+  SbRemainder remainder = SbRemainder::kNone;
+};
+
+// Paged decode: one query per sequence at position T - 1, over keys 0 .. T - 2, split over key
+// chunks (flash-decoding style) and then combined. The query's own K/V must be appended first
+// (R1 reads its value from the cache).
+struct SbAttnDecodeParams {
+  const void* q = nullptr;               // [*, H, d] bf16; sequence b's query is row q_rows[b] (or b)
+  const int32_t* q_rows = nullptr;       // [B] row of each sequence in q / o / rem; null: row b
+  const int32_t* context_lens = nullptr; // [B] device, T >= 1
+  SbKvCache cache;
+  const float* head_bias = nullptr;      // [H, d] fp32, only for SbRemainder::kHeadBias
+  void* o = nullptr;                     // [*, H, d] bf16
+  float* rem = nullptr;                  // [*, H] fp32; may be null
+  void* workspace = nullptr;             // SbAttnDecodeWorkspaceBytes(...) bytes, any content
+  int batch = 0;                         // B
+  int max_context = 0;                   // host upper bound of max_b T (sizes the split grid)
+  int num_heads = 0;                     // H
+  int num_kv_heads = 0;                  // Hkv
+  int head_dim = 0;                      // d
+  float scale = 0.f;                     // logit multiplier s (> 0)
+  SbRemainder remainder = SbRemainder::kNone;
+  int num_sms = 0;                       // SMs of the device (0: queried); sizes the split count
+};
+
+}  // namespace sbserve::kernels

@@ -1,0 +1,5 @@
+#include "kernels/sb_attn_prefill_launch.cuh"
+
+namespace sbserve::kernels {
+template absl::Status LaunchSbAttnPrefill<128>(const SbAttnPrefillParams&, int, cudaStream_t);
+}  // namespace sbserve::kernels

@@ -1,0 +1,318 @@
+// Varlen stick-breaking attention prefill over a paged KV cache (device code).
+//
+// One CTA owns kBlockM query rows of one sequence and one query head; each warp owns
+// 16 * kMTiles rows. Key tiles of 64 are visited from the diagonal back to position 0 and carry,
+// per row, the product of (1 - beta) over the keys already visited (all newer keys):
+//   A_ij = t_j * prod_{j <= k < i} 1 / (1 + t_k),   t = 2^x, x = s * log2(e) * q_i . k_j,
+//   rem_i = prod_{k < i} 1 / (1 + t_k).
+// This is the product form of DESIGN.md section 1; it needs one 2^x per element instead of
+// the three special-function ops (2^x, log2, 2^x) of the log-space form, which bound the
+// kernel at d = 64.
+//
+// Key permutation. The S = Q K^T accumulator of an m16n8k16 MMA gives lane (g, t) (g = lane/4,
+// t = lane%4) the columns 8n + 2t + {0,1} of each n8 tile n. Column 8n + 2t + e is fed key
+// 16t + 2n + e, so each lane holds 16 consecutive keys of a row: the suffix products along the
+// key axis become sequential products inside a lane plus a 4-lane scan. P V uses the same
+// permutation for the rows of V; the gathers are free because ldmatrix takes one row address
+// per lane.
+//
+// Inside a lane the 16 keys form 4 chunks of 4. Per chunk, exclusive prefix products
+// pre_j = prod_{k<j} (1 + t_k) and one reciprocal of the full product give
+// prod_{k>=j} 1/(1+t_k) = pre_j / prod: one reciprocal per 4 elements. x is clamped at 20 so a
+// chunk's product stays below 2^81 (over-estimating an older key's weight by at most a factor
+// (1 + 2^-20) / (1 + 2^x) relative to a break probability of 1 - 2^-20).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/sb_attn_device.cuh"
+#include "kernels/sb_attn_params.h"
+
+namespace sbserve::kernels {
+
+template <int kHeadDim_, int kNWarps_, int kMTiles_, int kMinBlocks_>
+struct SbPrefillTraits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kNWarps = kNWarps_;
+  static constexpr int kNThreads = kNWarps * 32;
+  static constexpr int kMTiles = kMTiles_;  // m16 tiles per warp
+  static constexpr int kMinBlocks = kMinBlocks_;
+  static constexpr int kBlockM = 16 * kMTiles * kNWarps;
+  static constexpr int kBlockN = 64;
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  static constexpr int kRowBytes = kHeadDim * 2;
+  static constexpr int kTileBytes = kBlockN * kRowBytes;
+  static constexpr int kQBytes = kBlockM * kRowBytes;
+  static constexpr int kSmemBytes = kQBytes + 2 * 2 * kTileBytes;  // Q + 2 stages of (K, V)
+  static_assert(kHeadDim % 16 == 0);
+  static_assert((kBlockN * kChunks) % kNThreads == 0);
+};
+
+// Shared-memory swizzle of a K/V tile row (key index within the tile): the 8 rows that one
+// ldmatrix reads under the key permutation above are keys 16a + 2n + e (a < 4, e < 2), and this
+// maps them to 8 distinct 16-byte bank groups.
+__device__ __forceinline__ int KvSwizzle(int key) { return ((key >> 3) & 6) | (key & 1); }
+
+template <typename Tr>
+__global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
+    sb_attn_prefill_bf16_kernel(const SbAttnPrefillParams p, const int log2_bs) {
+  using namespace device;
+  constexpr int kD = Tr::kHeadDim;
+  constexpr int kMT = Tr::kMTiles;
+  constexpr int kNT = Tr::kBlockN / 8;  // n8 tiles of S per key tile
+  constexpr int kKC = kD / 16;          // k16 steps of Q K^T
+  constexpr int kND = kD / 8;           // n8 tiles of O
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* q_smem = smem;
+  unsigned char* kv_smem = smem + Tr::kQBytes;  // stage s: K at 2s, V at 2s+1
+
+  const int h = blockIdx.x;
+  const int b = blockIdx.y;
+  const int m_block = gridDim.z - 1 - blockIdx.z;  // heaviest tiles of each sequence first
+  const int q_start = p.cu_seqlens_q[b];
+  const int q_len = p.cu_seqlens_q[b + 1] - q_start;
+  const int m0 = m_block * Tr::kBlockM;
+  if (m0 >= q_len) return;
+  const int ctx = p.context_lens[b];
+  const int pos0 = ctx - q_len + m0;  // position of the tile's first row
+  const int rows_valid = min(Tr::kBlockM, q_len - m0);
+  const int pos_last = pos0 + rows_valid - 1;
+  const int n_tiles = (pos_last + Tr::kBlockN - 1) / Tr::kBlockN;  // keys 0 .. pos_last - 1
+  const int hk = h / (p.num_heads / p.num_kv_heads);
+  const int H = p.num_heads;
+  const int Hkv = p.num_kv_heads;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g = lane / 4;
+  const int tq = lane % 4;
+
+  const __nv_bfloat16* q_g = static_cast<const __nv_bfloat16*>(p.q);
+  const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
+  const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
+  const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
+  const int bs_mask = (1 << log2_bs) - 1;
+
+  // ---- Q tile -> shared memory (rows beyond the chunk are zero) ----
+  for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
+    const int row = i / Tr::kChunks;
+    const int c = i % Tr::kChunks;
+    const bool ok = row < rows_valid;
+    const __nv_bfloat16* src =
+        q_g + (static_cast<int64_t>(q_start + m0 + (ok ? row : 0)) * H + h) * kD + c * 8;
+    CpAsync16(SmemAddr(q_smem + row * Tr::kRowBytes + ((c ^ (row & 7)) << 4)), src, ok ? 16 : 0);
+  }
+
+  auto load_kv = [&](int n, int stage) {
+    unsigned char* k_dst = kv_smem + (2 * stage) * Tr::kTileBytes;
+    unsigned char* v_dst = kv_smem + (2 * stage + 1) * Tr::kTileBytes;
+#pragma unroll
+    for (int i = 0; i < Tr::kBlockN * Tr::kChunks / Tr::kNThreads; ++i) {
+      const int idx = tid + i * Tr::kNThreads;
+      const int row = idx / Tr::kChunks;
+      const int c = idx % Tr::kChunks;
+      const int key = n * Tr::kBlockN + row;
+      const bool ok = key < ctx;
+      int64_t off = 0;
+      if (ok) {
+        const int64_t slot = static_cast<int64_t>(block_table[key >> log2_bs]) * (bs_mask + 1) + (key & bs_mask);
+        off = (slot * Hkv + hk) * kD + c * 8;
+      }
+      const int soff = row * Tr::kRowBytes + ((c ^ KvSwizzle(row)) << 4);
+      CpAsync16(SmemAddr(k_dst + soff), k_cache + off, ok ? 16 : 0);
+      CpAsync16(SmemAddr(v_dst + soff), v_cache + off, ok ? 16 : 0);
+    }
+  };
+
+  if (n_tiles > 0) load_kv(n_tiles - 1, 0);
+  CpAsyncCommit();
+
+  float acc_o[kMT][kND][4];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int nd = 0; nd < kND; ++nd)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[mt][nd][e] = 0.f;
+  float carry[kMT][2];  // prod of 1/(1+t) over the keys visited so far, rows g and g+8
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) carry[mt][0] = carry[mt][1] = 1.f;
+
+  const int warp_row0 = warp * 16 * kMT;
+  const float scale_log2 = p.scale * kLog2e;
+
+  // ldmatrix lane roles: matrix mi = lane / 8, row j = lane % 8.
+  const int lm_mi = lane / 8;
+  const int lm_j = lane % 8;
+
+  uint32_t q_frag[kMT][kKC][4];
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int n = n_tiles - 1 - it;
+    const int stage = it & 1;
+    CpAsyncWait<0>();
+    __syncthreads();
+    if (it == 0) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int kc = 0; kc < kKC; ++kc) {
+          const int row = warp_row0 + 16 * mt + lm_j + 8 * (lm_mi & 1);
+          const int c = 2 * kc + (lm_mi >> 1);
+          LdMatrixX4(SmemAddr(q_smem + row * Tr::kRowBytes + ((c ^ lm_j) << 4)), q_frag[mt][kc][0],
+                     q_frag[mt][kc][1], q_frag[mt][kc][2], q_frag[mt][kc][3]);
+        }
+    }
+    if (n > 0) load_kv(n - 1, stage ^ 1);
+    CpAsyncCommit();
+
+    const unsigned char* k_s = kv_smem + (2 * stage) * Tr::kTileBytes;
+    const unsigned char* v_s = kv_smem + (2 * stage + 1) * Tr::kTileBytes;
+
+    // ---- S = Q K^T (permuted key columns) ----
+    float s[kMT][kNT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+    {
+      // Lane supplies the row of S column 8 * nt + lm_j of n-tile nt = nt0 + (lm_mi >> 1):
+      // key 16 * (lm_j >> 1) + 2 * nt + (lm_j & 1), whose swizzle is lm_j.
+      const int key_base = 16 * (lm_j >> 1) + (lm_j & 1) + 2 * (lm_mi >> 1);
+      const int xo = (lm_mi & 1) ^ lm_j;
+#pragma unroll
+      for (int kc = 0; kc < kKC; ++kc)
+#pragma unroll
+        for (int nt = 0; nt < kNT; nt += 2) {
+          uint32_t b0, b1, b2, b3;
+          LdMatrixX4(SmemAddr(k_s + (key_base + 2 * nt) * Tr::kRowBytes + (((2 * kc) ^ xo) << 4)), b0, b1,
+                     b2, b3);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            MmaBf16(s[mt][nt], q_frag[mt][kc], b0, b1);
+            MmaBf16(s[mt][nt + 1], q_frag[mt][kc], b2, b3);
+          }
+        }
+    }
+
+    // ---- break probabilities, suffix products, weights ----
+    const int key0 = n * Tr::kBlockN + 16 * tq;  // this lane's first key
+    const bool need_mask = n * Tr::kBlockN + Tr::kBlockN - 1 >= pos0;
+    uint32_t p_frag[kMT][kNT / 2][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int pos = pos0 + warp_row0 + 16 * mt + g + 8 * hf;
+        float w[16];
+        float chunk_r[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          float prod = 1.f;
+#pragma unroll
+          for (int jj = 0; jj < 4; ++jj) {
+            const int idx = 4 * c + jj;  // key key0 + idx
+            float x = s[mt][idx >> 1][2 * hf + (idx & 1)] * scale_log2;
+            if (need_mask && key0 + idx >= pos) x = -INFINITY;
+            const float t = Exp2(fminf(x, 20.f));
+            w[idx] = t * prod;
+            prod = fmaf(prod, t, prod);  // prod * (1 + t)
+          }
+          chunk_r[c] = Rcp(prod);
+        }
+        const float lane_r = (chunk_r[0] * chunk_r[1]) * (chunk_r[2] * chunk_r[3]);
+        // Inclusive suffix product over the 4 lanes of the row (lane tq holds keys 16tq..16tq+15).
+        float incl = lane_r;
+        float sh = __shfl_down_sync(0xffffffffu, incl, 1, 4);
+        if (tq < 3) incl *= sh;
+        sh = __shfl_down_sync(0xffffffffu, incl, 2, 4);
+        if (tq < 2) incl *= sh;
+        float excl = __shfl_down_sync(0xffffffffu, incl, 1, 4);
+        if (tq == 3) excl = 1.f;
+        const float tile_r = __shfl_sync(0xffffffffu, incl, 0, 4);
+        float gc = carry[mt][hf] * excl;  // prod over keys newer than this lane's keys
+#pragma unroll
+        for (int c = 3; c >= 0; --c) {
+          gc *= chunk_r[c];
+#pragma unroll
+          for (int jj = 0; jj < 4; ++jj) w[4 * c + jj] *= gc;
+        }
+        carry[mt][hf] *= tile_r;
+#pragma unroll
+        for (int kk = 0; kk < kNT / 2; ++kk) {
+          // A operand of P V for keys-slice kk: n-tiles 2kk (cols 0-7) and 2kk+1 (cols 8-15).
+          p_frag[mt][kk][hf] = PackBf16(w[2 * (2 * kk)], w[2 * (2 * kk) + 1]);
+          p_frag[mt][kk][2 + hf] = PackBf16(w[2 * (2 * kk + 1)], w[2 * (2 * kk + 1) + 1]);
+        }
+      }
+    }
+
+    // ---- O += P V ----
+    {
+      // Row r of key-slice kk is key 16 * ((r & 7) >> 1) + 4 * kk + 2 * (r >> 3) + (r & 1);
+      // lane supplies r = lm_j + 8 * (lm_mi & 1) of d-tile nd + (lm_mi >> 1). Swizzle is lm_j.
+      const int key_base = 16 * (lm_j >> 1) + (lm_j & 1) + 2 * (lm_mi & 1);
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk)
+#pragma unroll
+        for (int nd = 0; nd < kND; nd += 2) {
+          uint32_t b0, b1, b2, b3;
+          LdMatrixX4Trans(
+              SmemAddr(v_s + (key_base + 4 * kk) * Tr::kRowBytes + (((nd + (lm_mi >> 1)) ^ lm_j) << 4)), b0,
+              b1, b2, b3);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            MmaBf16(acc_o[mt][nd], p_frag[mt][kk], b0, b1);
+            MmaBf16(acc_o[mt][nd + 1], p_frag[mt][kk], b2, b3);
+          }
+        }
+    }
+  }
+  CpAsyncWait<0>();
+
+  // ---- epilogue: remainder term, o and rem ----
+  __nv_bfloat16* o_g = static_cast<__nv_bfloat16*>(p.o);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = warp_row0 + 16 * mt + g + 8 * hf;
+      if (row >= rows_valid) continue;
+      const int64_t qrow = q_start + m0 + row;
+      const float rem = carry[mt][hf];
+      const __nv_bfloat16* extra = nullptr;
+      const float* bias = nullptr;
+      if (p.remainder == SbRemainder::kOwnValue) {
+        const int pos = pos0 + row;
+        const int64_t slot = static_cast<int64_t>(block_table[pos >> log2_bs]) * (bs_mask + 1) + (pos & bs_mask);
+        extra = v_cache + (slot * Hkv + hk) * kD;
+      } else if (p.remainder == SbRemainder::kHeadBias) {
+        bias = p.head_bias + static_cast<int64_t>(h) * kD;
+      }
+      __nv_bfloat16* dst = o_g + (qrow * H + h) * kD;
+#pragma unroll
+      for (int nd = 0; nd < kND; ++nd) {
+        const int col = 8 * nd + 2 * tq;
+        float o0 = acc_o[mt][nd][2 * hf];
+        float o1 = acc_o[mt][nd][2 * hf + 1];
+        if (extra != nullptr) {
+          const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(extra + col));
+          o0 = fmaf(rem, v.x, o0);
+          o1 = fmaf(rem, v.y, o1);
+        } else if (bias != nullptr) {
+          o0 = fmaf(rem, bias[col], o0);
+          o1 = fmaf(rem, bias[col + 1], o1);
+        }
+        *reinterpret_cast<uint32_t*>(dst + col) = PackBf16(o0, o1);
+      }
+      if (p.rem != nullptr && tq == 0) p.rem[qrow * H + h] = rem;
+    }
+}
+
+}  // namespace sbserve::kernels

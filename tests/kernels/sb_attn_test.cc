@@ -1,0 +1,525 @@
+// GPU tests of the stick-breaking attention kernels: KV append, varlen prefill (chunked, with
+// prefixes) and paged split-K decode, against a float64 brute force of DESIGN.md section 1 and,
+// when the engine is built, its fp32 CPU reference. Outputs are poisoned (NaN) before each run;
+// every case runs twice and must match bitwise.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "kernels/sb_attn.h"
+#include "tests/kernels/sb_attn_reference.h"
+#ifdef SB_HAVE_ENGINE_REF
+#include "engine/sb_attention_ref.h"
+#endif
+
+namespace sbserve::kernels {
+namespace {
+
+using testing::Bf16ToFloat;
+using testing::MakeProblem;
+using testing::Problem;
+using testing::ProblemSpec;
+
+constexpr double kOTol = 5e-3;    // relative L2 of o per sequence (DESIGN.md section 1)
+constexpr double kRemTol = 2e-3;  // relative L2 of rem per sequence
+// rem decays like 2^-(sum of softplus): deep in a long context it sits far below fp32's range and
+// every kernel (and the fp32 reference) returns 0. Norms below this floor per element count as
+// the floor, so such sequences are judged by absolute error.
+constexpr double kNormFloor = 1e-6;
+
+bool HaveDevice() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define REQUIRE_GPU()                                                              \
+  do {                                                                             \
+    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device found: GPU test skipped";   \
+  } while (0)
+
+#define CUDA_OK(stmt)                                                                          \
+  do {                                                                                         \
+    cudaError_t e_ = (stmt);                                                                   \
+    ASSERT_EQ(e_, cudaSuccess) << #stmt << ": " << cudaGetErrorString(e_);                     \
+  } while (0)
+
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    if (n > 0 && cudaMalloc(&p_, n * sizeof(T)) != cudaSuccess) p_ = nullptr;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (p_ != nullptr) cudaFree(p_);
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  cudaError_t Upload(const std::vector<T>& h) { return cudaMemcpy(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice); }
+  cudaError_t Download(std::vector<T>& h) const {
+    h.resize(n_);
+    return cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
+  }
+  cudaError_t Poison() { return cudaMemset(p_, 0xff, n_ * sizeof(T)); }  // NaN in bf16 and fp32
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+struct DeviceProblem {
+  DeviceBuffer<uint16_t> q, k_new, v_new, k_cache, v_cache, o;
+  DeviceBuffer<int32_t> cu, ctx, tables, q_rows;
+  DeviceBuffer<float> rem, bias;
+  DeviceBuffer<unsigned char> workspace;
+};
+
+struct Outputs {
+  std::vector<uint16_t> o;
+  std::vector<float> rem;
+};
+
+enum class Path { kPrefill, kDecode };
+
+// Uploads, appends the chunk's K/V, runs the kernel twice with poisoned outputs and checks the
+// cache and the bitwise repeatability; returns the first run's outputs.
+void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out) {
+  const int d = pb.spec.head_dim, H = pb.spec.num_heads, Hkv = pb.spec.num_kv_heads;
+  DeviceProblem dp;
+  dp.q = DeviceBuffer<uint16_t>(pb.q.size());
+  dp.k_new = DeviceBuffer<uint16_t>(pb.k_new.size());
+  dp.v_new = DeviceBuffer<uint16_t>(pb.v_new.size());
+  dp.k_cache = DeviceBuffer<uint16_t>(pb.k_cache.size());
+  dp.v_cache = DeviceBuffer<uint16_t>(pb.v_cache.size());
+  dp.o = DeviceBuffer<uint16_t>(pb.q.size());
+  dp.cu = DeviceBuffer<int32_t>(pb.cu_seqlens.size());
+  dp.ctx = DeviceBuffer<int32_t>(pb.context_lens.size());
+  dp.tables = DeviceBuffer<int32_t>(pb.block_tables.size());
+  dp.rem = DeviceBuffer<float>(static_cast<size_t>(pb.total_q) * H);
+  dp.bias = DeviceBuffer<float>(pb.head_bias.size());
+  ASSERT_NE(dp.k_cache.get(), nullptr);
+  CUDA_OK(dp.q.Upload(pb.q));
+  CUDA_OK(dp.k_new.Upload(pb.k_new));
+  CUDA_OK(dp.v_new.Upload(pb.v_new));
+  CUDA_OK(dp.k_cache.Upload(pb.k_cache));
+  CUDA_OK(dp.v_cache.Upload(pb.v_cache));
+  CUDA_OK(dp.cu.Upload(pb.cu_seqlens));
+  CUDA_OK(dp.ctx.Upload(pb.context_lens));
+  CUDA_OK(dp.tables.Upload(pb.block_tables));
+  CUDA_OK(dp.bias.Upload(pb.head_bias));
+
+  SbKvCache cache;
+  cache.k = dp.k_cache.get();
+  cache.v = dp.v_cache.get();
+  cache.block_tables = dp.tables.get();
+  cache.num_blocks = pb.num_blocks;
+  cache.block_size = pb.spec.block_size;
+  cache.max_blocks = pb.max_blocks;
+
+  SbKvAppendParams ap;
+  ap.k = dp.k_new.get();
+  ap.v = dp.v_new.get();
+  ap.cu_seqlens_q = dp.cu.get();
+  ap.context_lens = dp.ctx.get();
+  ap.cache = cache;
+  ap.batch = pb.batch;
+  ap.total_q = pb.total_q;
+  ap.num_kv_heads = Hkv;
+  ap.head_dim = d;
+  absl::Status st = SbKvAppend(ap, nullptr);
+  ASSERT_TRUE(st.ok()) << st;
+  CUDA_OK(cudaDeviceSynchronize());
+  {
+    std::vector<uint16_t> kc, vc;
+    CUDA_OK(dp.k_cache.Download(kc));
+    CUDA_OK(dp.v_cache.Download(vc));
+    ASSERT_TRUE(kc == pb.k_full) << "K cache after append differs from the expected cache";
+    ASSERT_TRUE(vc == pb.v_full) << "V cache after append differs from the expected cache";
+  }
+
+  std::vector<int32_t> q_rows;
+  if (path == Path::kDecode && reverse_rows) {
+    for (int b = 0; b < pb.batch; ++b) q_rows.push_back(pb.batch - 1 - b);
+    dp.q_rows = DeviceBuffer<int32_t>(q_rows.size());
+    CUDA_OK(dp.q_rows.Upload(q_rows));
+  }
+
+  Outputs runs[2];
+  for (int run = 0; run < 2; ++run) {
+    CUDA_OK(dp.o.Poison());
+    CUDA_OK(dp.rem.Poison());
+    if (path == Path::kPrefill) {
+      SbAttnPrefillParams p;
+      p.q = dp.q.get();
+      p.cu_seqlens_q = dp.cu.get();
+      p.context_lens = dp.ctx.get();
+      p.cache = cache;
+      p.head_bias = dp.bias.get();
+      p.o = dp.o.get();
+      p.rem = dp.rem.get();
+      p.batch = pb.batch;
+      p.total_q = pb.total_q;
+      p.max_seqlen_q = pb.max_q;
+      p.num_heads = H;
+      p.num_kv_heads = Hkv;
+      p.head_dim = d;
+      p.scale = pb.scale;
+      p.remainder = pb.spec.remainder;
+      st = SbAttnPrefill(p, nullptr);
+    } else {
+      SbAttnDecodeParams p;
+      p.q = dp.q.get();
+      p.q_rows = q_rows.empty() ? nullptr : dp.q_rows.get();
+      p.context_lens = dp.ctx.get();
+      p.cache = cache;
+      p.head_bias = dp.bias.get();
+      p.o = dp.o.get();
+      p.rem = dp.rem.get();
+      p.batch = pb.batch;
+      p.max_context = pb.max_ctx;
+      p.num_heads = H;
+      p.num_kv_heads = Hkv;
+      p.head_dim = d;
+      p.scale = pb.scale;
+      p.remainder = pb.spec.remainder;
+      const size_t ws = SbAttnDecodeWorkspaceBytes(p);
+      if (dp.workspace.size() < ws) dp.workspace = DeviceBuffer<unsigned char>(ws);
+      CUDA_OK(dp.workspace.Poison());
+      p.workspace = dp.workspace.get();
+      st = SbAttnDecode(p, nullptr);
+    }
+    ASSERT_TRUE(st.ok()) << st;
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(dp.o.Download(runs[run].o));
+    CUDA_OK(dp.rem.Download(runs[run].rem));
+  }
+  ASSERT_EQ(0, std::memcmp(runs[0].o.data(), runs[1].o.data(), runs[0].o.size() * 2))
+      << "o differs between two identical runs (race?)";
+  ASSERT_EQ(0, std::memcmp(runs[0].rem.data(), runs[1].rem.data(), runs[0].rem.size() * 4))
+      << "rem differs between two identical runs (race?)";
+  if (!q_rows.empty()) {
+    // Undo the row permutation so callers see outputs in sequence order.
+    Outputs perm = runs[0];
+    for (int b = 0; b < pb.batch; ++b) {
+      std::copy_n(&runs[0].o[static_cast<size_t>(q_rows[b]) * H * d], H * d, &perm.o[static_cast<size_t>(b) * H * d]);
+      std::copy_n(&runs[0].rem[static_cast<size_t>(q_rows[b]) * H], H, &perm.rem[static_cast<size_t>(b) * H]);
+    }
+    runs[0] = perm;
+  }
+  *out = std::move(runs[0]);
+}
+
+// Rows of sequence b to check against float64: all of them unless that is too slow.
+std::vector<int> RowsToCheck(const Problem& pb, int b) {
+  const int q0 = pb.cu_seqlens[b], q_len = pb.cu_seqlens[b + 1] - q0;
+  std::vector<int> rows;
+  const double work = static_cast<double>(q_len) * pb.context_lens[b];
+  const int stride = work <= 4e6 ? 1 : 37;
+  for (int t = 0; t < q_len; ++t)
+    if (t < 64 || t >= q_len - 64 || t % stride == 0) rows.push_back(q0 + t);
+  return rows;
+}
+
+struct SeqError {
+  double o = 0, rem = 0;
+};
+
+double RelL2(double err2, double ref2, size_t n) {
+  const double floor2 = kNormFloor * kNormFloor * static_cast<double>(n);
+  return std::sqrt(err2 / std::max(ref2, floor2));
+}
+
+// Checks outputs against the float64 brute force, per sequence; also no NaN/Inf anywhere.
+void CheckAgainstFloat64(const Problem& pb, const Outputs& out, const char* what) {
+  const int d = pb.spec.head_dim, H = pb.spec.num_heads;
+  for (size_t i = 0; i < out.o.size(); ++i) {
+    const float f = Bf16ToFloat(out.o[i]);
+    ASSERT_TRUE(std::isfinite(f)) << what << ": o[" << i << "] = " << f << " (unwritten or NaN)";
+  }
+  for (size_t i = 0; i < out.rem.size(); ++i)
+    ASSERT_TRUE(std::isfinite(out.rem[i])) << what << ": rem[" << i << "] = " << out.rem[i];
+
+  std::vector<SeqError> errs(pb.batch);
+  std::vector<std::vector<int>> rows(pb.batch);
+  struct Job { int b, row; };
+  std::vector<Job> jobs;
+  for (int b = 0; b < pb.batch; ++b) {
+    rows[b] = RowsToCheck(pb, b);
+    for (int r : rows[b]) jobs.push_back({b, r});
+  }
+  // Per-job squared sums, reduced per sequence afterwards.
+  std::vector<double> e_o(jobs.size()), r_o(jobs.size()), e_r(jobs.size()), r_r(jobs.size());
+  const int nthreads = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (int ti = 0; ti < nthreads; ++ti) {
+    pool.emplace_back([&, ti] {
+      std::vector<double> o(d);
+      for (size_t j = ti; j < jobs.size(); j += nthreads) {
+        double eo = 0, ro = 0, er = 0, rr = 0;
+        for (int h = 0; h < H; ++h) {
+          double rem;
+          testing::ReferenceRow(pb, jobs[j].b, jobs[j].row, h, o.data(), &rem);
+          const size_t base = (static_cast<size_t>(jobs[j].row) * H + h) * d;
+          for (int c = 0; c < d; ++c) {
+            const double diff = Bf16ToFloat(out.o[base + c]) - o[c];
+            eo += diff * diff;
+            ro += o[c] * o[c];
+          }
+          const double dr = out.rem[static_cast<size_t>(jobs[j].row) * H + h] - rem;
+          er += dr * dr;
+          rr += rem * rem;
+        }
+        e_o[j] = eo, r_o[j] = ro, e_r[j] = er, r_r[j] = rr;
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  std::vector<double> so(pb.batch), sro(pb.batch), sr(pb.batch), srr(pb.batch);
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    so[jobs[j].b] += e_o[j], sro[jobs[j].b] += r_o[j], sr[jobs[j].b] += e_r[j], srr[jobs[j].b] += r_r[j];
+  }
+  double worst_o = 0, worst_rem = 0;
+  for (int b = 0; b < pb.batch; ++b) {
+    const size_t n = rows[b].size() * H;
+    const double eo = RelL2(so[b], sro[b], n * d);
+    const double er = RelL2(sr[b], srr[b], n);
+    worst_o = std::max(worst_o, eo);
+    worst_rem = std::max(worst_rem, er);
+    EXPECT_LE(eo, kOTol) << what << ": sequence " << b << " (q_len " << pb.cu_seqlens[b + 1] - pb.cu_seqlens[b]
+                         << ", context " << pb.context_lens[b] << ") o rel L2 vs float64";
+    EXPECT_LE(er, kRemTol) << what << ": sequence " << b << " (q_len " << pb.cu_seqlens[b + 1] - pb.cu_seqlens[b]
+                           << ", context " << pb.context_lens[b] << ") rem rel L2 vs float64";
+  }
+  std::printf("  %-44s float64: worst o %.2e  rem %.2e over %d sequences\n", what, worst_o, worst_rem, pb.batch);
+}
+
+#ifdef SB_HAVE_ENGINE_REF
+// Against the engine's fp32 CPU reference (whole problem), when it is cheap enough.
+void CheckAgainstFp32(const Problem& pb, const Outputs& out, const char* what) {
+  double work = 0;
+  for (int b = 0; b < pb.batch; ++b)
+    work += static_cast<double>(pb.cu_seqlens[b + 1] - pb.cu_seqlens[b]) * pb.context_lens[b];
+  if (work * pb.spec.num_heads > 4e7) return;
+  const int d = pb.spec.head_dim, H = pb.spec.num_heads;
+  std::vector<float> q(pb.q.size()), kc(pb.k_full.size()), vc(pb.v_full.size());
+  for (size_t i = 0; i < q.size(); ++i) q[i] = Bf16ToFloat(pb.q[i]);
+  for (size_t i = 0; i < kc.size(); ++i) kc[i] = Bf16ToFloat(pb.k_full[i]), vc[i] = Bf16ToFloat(pb.v_full[i]);
+  std::vector<float> o(q.size()), rem(static_cast<size_t>(pb.total_q) * H);
+  SbAttnRefParams rp;
+  rp.q = q.data();
+  rp.k_cache = kc.data();
+  rp.v_cache = vc.data();
+  rp.cu_seqlens_q = pb.cu_seqlens.data();
+  rp.context_lens = pb.context_lens.data();
+  rp.block_tables = pb.block_tables.data();
+  rp.head_bias = pb.head_bias.data();
+  rp.o = o.data();
+  rp.rem = rem.data();
+  rp.batch = pb.batch;
+  rp.num_heads = H;
+  rp.num_kv_heads = pb.spec.num_kv_heads;
+  rp.head_dim = d;
+  rp.block_size = pb.spec.block_size;
+  rp.max_blocks = pb.max_blocks;
+  rp.scale = pb.scale;
+  rp.remainder = pb.spec.remainder == SbRemainder::kNone       ? Remainder::kR0
+                 : pb.spec.remainder == SbRemainder::kOwnValue ? Remainder::kR1
+                                                                : Remainder::kR2;
+  SbAttentionRef(rp, nullptr);
+  double worst_o = 0, worst_rem = 0;
+  for (int b = 0; b < pb.batch; ++b) {
+    double eo = 0, ro = 0, er = 0, rr = 0;
+    for (int row = pb.cu_seqlens[b]; row < pb.cu_seqlens[b + 1]; ++row)
+      for (int h = 0; h < H; ++h) {
+        for (int c = 0; c < d; ++c) {
+          const size_t i = (static_cast<size_t>(row) * H + h) * d + c;
+          const double diff = Bf16ToFloat(out.o[i]) - o[i];
+          eo += diff * diff, ro += static_cast<double>(o[i]) * o[i];
+        }
+        const size_t i = static_cast<size_t>(row) * H + h;
+        er += (out.rem[i] - rem[i]) * static_cast<double>(out.rem[i] - rem[i]);
+        rr += static_cast<double>(rem[i]) * rem[i];
+      }
+    const size_t n = static_cast<size_t>(pb.cu_seqlens[b + 1] - pb.cu_seqlens[b]) * H;
+    worst_o = std::max(worst_o, RelL2(eo, ro, n * d));
+    worst_rem = std::max(worst_rem, RelL2(er, rr, n));
+  }
+  EXPECT_LE(worst_o, kOTol) << what << ": o vs the fp32 CPU reference";
+  EXPECT_LE(worst_rem, kRemTol) << what << ": rem vs the fp32 CPU reference";
+  std::printf("  %-44s fp32 ref: worst o %.2e  rem %.2e\n", what, worst_o, worst_rem);
+}
+#else
+void CheckAgainstFp32(const Problem&, const Outputs&, const char*) {}
+#endif
+
+void RunAndCheck(const ProblemSpec& spec, Path path, const char* what, bool reverse_rows = false) {
+  const Problem pb = MakeProblem(spec);
+  Outputs out;
+  ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, reverse_rows, &out));
+  ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, what));
+  CheckAgainstFp32(pb, out, what);
+}
+
+struct Shape {
+  int d, H, Hkv, bs;
+};
+const Shape kShapes[] = {{64, 4, 4, 16}, {64, 8, 2, 64}, {128, 6, 1, 16}, {128, 4, 4, 64}};
+
+std::string Name(const char* base, const Shape& s) {
+  char buf[128];
+  std::snprintf(buf, sizeof(buf), "%s d%d H%d Hkv%d bs%d", base, s.d, s.H, s.Hkv, s.bs);
+  return buf;
+}
+
+ProblemSpec Spec(const Shape& s, std::vector<int> q_lens, std::vector<int> prefix = {}, uint64_t seed = 1) {
+  ProblemSpec spec;
+  spec.head_dim = s.d;
+  spec.num_heads = s.H;
+  spec.num_kv_heads = s.Hkv;
+  spec.block_size = s.bs;
+  spec.q_lens = std::move(q_lens);
+  spec.prefix_lens = std::move(prefix);
+  spec.seed = seed;
+  return spec;
+}
+
+TEST(SbAttnPrefill, SmallCase) {
+  REQUIRE_GPU();
+  RunAndCheck(Spec({64, 2, 1, 16}, {1, 2, 70}, {0, 3, 20}), Path::kPrefill, "prefill small");
+}
+
+TEST(SbAttnDecode, SmallCase) {
+  REQUIRE_GPU();
+  RunAndCheck(Spec({64, 2, 1, 16}, {1, 1, 1}, {0, 5, 150}), Path::kDecode, "decode small");
+}
+
+TEST(SbAttnPrefill, Lengths) {
+  REQUIRE_GPU();
+  for (const Shape& s : kShapes)
+    RunAndCheck(Spec(s, {1, 2, 63, 64, 65, 127, 1000, 4096}), Path::kPrefill, Name("prefill lengths", s).c_str());
+}
+
+TEST(SbAttnPrefill, Long16384) {
+  REQUIRE_GPU();
+  RunAndCheck(Spec({64, 2, 1, 64}, {16384}), Path::kPrefill, "prefill 16384 d64");
+  RunAndCheck(Spec({128, 2, 2, 16}, {16384}), Path::kPrefill, "prefill 16384 d128");
+  ProblemSpec low = Spec({64, 2, 2, 16}, {16384});
+  low.shift = 1.f;
+  RunAndCheck(low, Path::kPrefill, "prefill 16384 d64 small-beta");
+}
+
+TEST(SbAttnPrefill, RaggedBatches) {
+  REQUIRE_GPU();
+  std::mt19937 rng(7);
+  for (int batch : {1, 5, 64}) {
+    for (const Shape& s : kShapes) {
+      std::vector<int> lens(batch);
+      for (int& l : lens) l = 1 + static_cast<int>(rng() % (batch == 64 ? 300 : 1500));
+      RunAndCheck(Spec(s, lens, {}, rng()), Path::kPrefill, Name(("ragged B=" + std::to_string(batch)).c_str(), s).c_str());
+    }
+  }
+}
+
+TEST(SbAttnPrefill, ChunkedWithPrefixes) {
+  REQUIRE_GPU();
+  const std::vector<int> chunks = {1, 5, 64, 130, 200, 77, 500, 1};
+  const std::vector<int> prefixes = {0, 1, 17, 64, 100, 1000, 3000, 4095};
+  for (const Shape& s : kShapes) RunAndCheck(Spec(s, chunks, prefixes), Path::kPrefill, Name("chunked", s).c_str());
+  ProblemSpec low = Spec({64, 6, 1, 16}, chunks, prefixes);
+  low.shift = 1.f;
+  RunAndCheck(low, Path::kPrefill, "chunked small-beta d64 G6");
+}
+
+TEST(SbAttnPrefill, RemainderVariants) {
+  REQUIRE_GPU();
+  for (SbRemainder r : {SbRemainder::kOwnValue, SbRemainder::kHeadBias}) {
+    for (const Shape& s : {Shape{64, 4, 1, 16}, Shape{128, 4, 2, 64}}) {
+      ProblemSpec spec = Spec(s, {1, 40, 300}, {0, 60, 10});
+      spec.remainder = r;
+      spec.shift = 0.7f;
+      RunAndCheck(spec, Path::kPrefill, Name(r == SbRemainder::kOwnValue ? "R1" : "R2", s).c_str());
+    }
+  }
+}
+
+TEST(SbAttnPrefill, ScaleOneOverD) {
+  REQUIRE_GPU();
+  ProblemSpec spec = Spec({64, 4, 4, 16}, {1000, 333});
+  spec.scale = 1.f / 64.f;
+  RunAndCheck(spec, Path::kPrefill, "prefill scale 1/64");
+}
+
+TEST(SbAttnDecode, Contexts) {
+  REQUIRE_GPU();
+  const std::vector<int> ctx = {1, 2, 17, 64, 65, 1000, 4096, 32768};
+  for (const Shape& s : kShapes) {
+    std::vector<int> prefix;
+    for (int c : ctx) prefix.push_back(c - 1);
+    RunAndCheck(Spec(s, std::vector<int>(ctx.size(), 1), prefix), Path::kDecode, Name("decode contexts", s).c_str());
+  }
+  ProblemSpec low = Spec({64, 6, 1, 16}, std::vector<int>(ctx.size(), 1));
+  for (int c : ctx) low.prefix_lens.push_back(c - 1);
+  low.shift = 1.f;
+  RunAndCheck(low, Path::kDecode, "decode small-beta d64 G6");
+}
+
+TEST(SbAttnDecode, Batch64RandomContexts) {
+  REQUIRE_GPU();
+  std::mt19937 rng(11);
+  for (const Shape& s : {Shape{64, 36, 36, 16}, Shape{64, 12, 2, 64}, Shape{128, 8, 2, 16}}) {
+    std::vector<int> prefix(64);
+    for (int& p : prefix) p = static_cast<int>(rng() % 5000);
+    RunAndCheck(Spec(s, std::vector<int>(64, 1), prefix, rng()), Path::kDecode, Name("decode B=64", s).c_str(),
+                /*reverse_rows=*/true);
+  }
+}
+
+TEST(SbAttnDecode, RemainderVariants) {
+  REQUIRE_GPU();
+  for (SbRemainder r : {SbRemainder::kOwnValue, SbRemainder::kHeadBias}) {
+    ProblemSpec spec = Spec({64, 6, 2, 16}, {1, 1, 1, 1}, {0, 3, 100, 2000});
+    spec.remainder = r;
+    spec.shift = 0.7f;
+    RunAndCheck(spec, Path::kDecode, r == SbRemainder::kOwnValue ? "decode R1" : "decode R2");
+  }
+}
+
+TEST(SbAttnApi, RejectsUnsupportedShapes) {
+  SbAttnPrefillParams p;
+  int dummy = 0;
+  p.cache.k = p.cache.v = &dummy;
+  p.cache.block_tables = &dummy;
+  p.cache.block_size = 16;
+  p.num_heads = 4;
+  p.num_kv_heads = 4;
+  p.head_dim = 96;
+  p.scale = 0.1f;
+  p.batch = 1;
+  absl::Status st = SbAttnPrefill(p, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("64, 128"), std::string::npos) << st;
+  p.head_dim = 64;
+  p.num_kv_heads = 3;
+  EXPECT_EQ(SbAttnPrefill(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  p.num_kv_heads = 4;
+  p.cache.block_size = 24;
+  EXPECT_EQ(SbAttnPrefill(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace sbserve::kernels
