@@ -393,7 +393,7 @@ TEST(Server, QueuedPromptTokenLimitRefusesBeforeTokenizing) {
   TestServer ts(o);
   // One long generation holds the only slot; queued prompts then count against the limit.
   grpc::ClientContext hold_ctx;
-  auto hold = ts.stub().Generate(&hold_ctx, TextReq("hold the slot", 1500));
+  auto hold = ts.stub().Generate(&hold_ctx, TextReq("hold the slot", 1900));
   GenerateResponse msg;
   ASSERT_TRUE(hold->Read(&msg));
   std::string long_prompt;
@@ -401,8 +401,13 @@ TEST(Server, QueuedPromptTokenLimitRefusesBeforeTokenizing) {
   grpc::ClientContext qctx;
   auto queued = ts.stub().Generate(&qctx, TextReq(long_prompt, 2));
   // Wait until it is queued.
-  for (int i = 0; i < 400 && ts.Info().queued_prompt_tokens() < 40; ++i) absl::SleepFor(absl::Milliseconds(5));
-  ASSERT_GE(ts.Info().queued_prompt_tokens(), 40);
+  v1::ServerInfo info;
+  for (int i = 0; i < 2000; ++i) {
+    info = ts.Info();
+    if (info.queued_prompt_tokens() >= 40) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GE(info.queued_prompt_tokens(), 40) << info.DebugString();
   Outcome refused = ts.Generate(TextReq("short", 2));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(refused.status.error_message().find("tokens"), std::string::npos);
