@@ -213,6 +213,35 @@ TEST(BpeModel, OneMegabyteWordIsNotQuadratic) {
   EXPECT_EQ(Dec(**demo, ids2), letters);
 }
 
+// Megabyte runs of one character class through the Llama 3 style Split regex (look-ahead,
+// alternations with quantifiers) must neither fail on PCRE2 stack limits nor go quadratic.
+TEST(PreTokenizers, MegabyteRunsThroughTheSplitRegex) {
+  std::vector<std::string> vocab;
+  for (int b = 0; b < 256; ++b) vocab.push_back(tokenizer_internal::GetByteLevelTable().byte_to_utf8[b]);
+  json pre = {{"type", "Sequence"},
+              {"pretokenizers",
+               {{{"type", "Split"},
+                 {"pattern", {{"Regex", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+                                        "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+                                        "\\s+(?!\\S)|\\s+"}}},
+                 {"behavior", "Isolated"},
+                 {"invert", false}},
+                {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  auto t = MustLoad(MakeBpe(vocab, json::array(), {{"pre_tokenizer", pre}, {"decoder", {{"type", "ByteLevel"}}}}));
+  for (std::string unit : {" ", "\n", " \n", "a", "7", "!", "\xE4\xB8\xAD", "'s", "\t "}) {
+    std::string text;
+    while (text.size() < (1 << 20)) text += unit;
+    text += "x";
+    auto start = std::chrono::steady_clock::now();
+    auto ids = t->Encode(text);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(ids->size(), text.size());  // byte vocabulary: one id per byte
+    EXPECT_LT(s, 5.0) << "unit \"" << unit << "\"";
+    EXPECT_EQ(Dec(*t, *ids), text);
+  }
+}
+
 TEST(Normalizers, UnicodeFormsAndLowercase) {
   const std::string e_acute = "\xC3\xA9", e_combining = "e\xCC\x81";
   json nfc = MakeBpe({"e", e_acute, "\xCC\x81", "fi", "f", "i"}, json::array(),
