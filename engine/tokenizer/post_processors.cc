@@ -86,6 +86,11 @@ absl::StatusOr<int32_t> PairId(const nlohmann::json& j, const char* key) {
 
 }  // namespace
 
+std::unique_ptr<PostProcessor> MakeWrapProcessor(std::vector<int32_t> before,
+                                                 std::vector<int32_t> after) {
+  return std::make_unique<WrapProcessor>(std::move(before), std::move(after));
+}
+
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(const nlohmann::json& j) {
   if (j.is_null()) return std::unique_ptr<PostProcessor>();
   absl::StatusOr<std::string> type = TypeOf(j, "post_processor");

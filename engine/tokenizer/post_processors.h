@@ -21,6 +21,10 @@ class PostProcessor {
 
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(const nlohmann::json& j);
 
+// before + sequence + after.
+std::unique_ptr<PostProcessor> MakeWrapProcessor(std::vector<int32_t> before,
+                                                 std::vector<int32_t> after);
+
 }  // namespace sbserve::tokenizer_internal
 
 #endif  // SBSERVE_ENGINE_TOKENIZER_POST_PROCESSORS_H_

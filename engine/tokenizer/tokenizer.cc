@@ -92,6 +92,36 @@ absl::Status LoadAddedTokens(const nlohmann::json& root, Pipeline* p) {
   return absl::OkStatus();
 }
 
+// transformers' Llama and Gemma tokenizer classes rebuild the post-processor from
+// tokenizer_config.json at load: BOS when add_bos_token (default true), EOS when add_eos_token
+// (default false), replacing what tokenizer.json says. Checkpoints rely on it (e.g. a ByteLevel
+// post-processor with add_bos_token true), so we do the same for those classes.
+absl::Status ApplyLlamaStyleTemplate(const nlohmann::json& config, std::optional<int32_t> bos,
+                                     std::optional<int32_t> eos, Pipeline* p) {
+  static constexpr std::string_view kClasses[] = {
+      "LlamaTokenizer",  "LlamaTokenizerFast",  "CodeLlamaTokenizer", "CodeLlamaTokenizerFast",
+      "GemmaTokenizer",  "GemmaTokenizerFast"};
+  std::string cls = config.value("tokenizer_class", std::string());
+  if (std::find(std::begin(kClasses), std::end(kClasses), cls) == std::end(kClasses)) {
+    return absl::OkStatus();
+  }
+  auto flag = [&](const char* key, bool def) {
+    auto it = config.find(key);
+    return it != config.end() && it->is_boolean() ? it->get<bool>() : def;
+  };
+  const bool add_bos = flag("add_bos_token", true), add_eos = flag("add_eos_token", false);
+  if ((add_bos && !bos.has_value()) || (add_eos && !eos.has_value())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer_config.json (", cls, ") asks for add_bos_token/add_eos_token but its ",
+        "bos_token/eos_token is missing or not in the vocabulary"));
+  }
+  std::vector<int32_t> before, after;
+  if (add_bos) before.push_back(*bos);
+  if (add_eos) after.push_back(*eos);
+  p->post_processor = tokenizer_internal::MakeWrapProcessor(std::move(before), std::move(after));
+  return absl::OkStatus();
+}
+
 bool HasDecoderType(const nlohmann::json& j, const char* type) {
   if (!j.is_object()) return false;
   if (j.value("type", std::string()) == type) return true;
@@ -211,8 +241,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(
           ParseJson(tokenizer_config_json, "tokenizer_config.json");
       if (!config.ok()) return config.status();
       if (auto bos = ConfigToken(*config, "bos_token")) tok->bos_id_ = tok->TokenToId(*bos);
+      std::optional<int32_t> config_eos;
       if (auto eos = ConfigToken(*config, "eos_token")) {
-        if (auto id = tok->TokenToId(*eos)) add_eos(*id);
+        config_eos = tok->TokenToId(*eos);
+        if (config_eos) add_eos(*config_eos);
+      }
+      if (absl::Status st = ApplyLlamaStyleTemplate(*config, tok->bos_id_, config_eos,
+                                                    tok->pipeline_.get());
+          !st.ok()) {
+        return st;
       }
     }
     if (!generation_config_json.empty()) {

@@ -375,6 +375,27 @@ TEST(PostProcessor, TemplateAddsBosOnlyWithSpecialTokens) {
   EXPECT_EQ(Dec(*t, {0, 1}, false), "<s> a");  // no decoder: tokens joined by spaces
 }
 
+TEST(PostProcessor, LlamaStyleConfigsRebuildTheTemplate) {
+  json j = MakeBpe({"<s>", "</s>", "a"}, json::array(),
+                   {{"post_processor", {{"type", "ByteLevel"}}},
+                    {"added_tokens", {{{"id", 0}, {"content", "<s>"}, {"special", true}},
+                                      {{"id", 1}, {"content", "</s>"}, {"special", true}}}}});
+  auto generic = MustLoad(j, R"({"tokenizer_class": "PreTrainedTokenizerFast",
+                                 "add_bos_token": true, "bos_token": "<s>"})");
+  EXPECT_EQ(Enc(*generic, "a"), (std::vector<int32_t>{2}));
+  auto llama = MustLoad(j, R"({"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>",
+                               "eos_token": "</s>"})");
+  EXPECT_EQ(Enc(*llama, "a"), (std::vector<int32_t>{0, 2}));
+  auto both = MustLoad(j, R"({"tokenizer_class": "LlamaTokenizer", "add_bos_token": true,
+                              "add_eos_token": true, "bos_token": "<s>", "eos_token": "</s>"})");
+  EXPECT_EQ(Enc(*both, "a"), (std::vector<int32_t>{0, 2, 1}));
+  EXPECT_EQ(Enc(*both, "a", false), (std::vector<int32_t>{2}));
+  auto none = MustLoad(j, R"({"tokenizer_class": "GemmaTokenizerFast", "add_bos_token": false,
+                              "bos_token": "<s>"})");
+  EXPECT_EQ(Enc(*none, "a"), (std::vector<int32_t>{2}));
+  EXPECT_FALSE(Tokenizer::FromJson(j.dump(), R"({"tokenizer_class": "LlamaTokenizer"})").ok());
+}
+
 TEST(AddedTokens, MatchedBeforePreTokenization) {
   json added = json::array({
       {{"id", 3}, {"content", "<|end|>"}, {"special", true}, {"normalized", false}},
