@@ -1,5 +1,6 @@
 // The real server in-process on loopback: CPU backend, the generated demo model, real gRPC
 // clients. Each test starts its own server on ephemeral ports.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -526,6 +527,49 @@ TEST(Server, HealthLoadingServingDraining) {
   ASSERT_TRUE(not_ready);
   EXPECT_EQ(not_ready->status, 503);
   EXPECT_TRUE(ts.server().WaitDrained(absl::Seconds(1)));
+}
+
+// Server reflection answers list_services with our service and the health service. The request
+// is a hand-encoded grpc.reflection.v1alpha.ServerReflectionRequest{list_services: "*"}.
+TEST(Server, ReflectionListsTheServices) {
+  TestServer ts;
+  grpc::GenericStub generic(ts.channel());
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  auto call = generic.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](intptr_t want) {
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(1));
+  const std::string request("\x3a\x01*", 3);  // field 7 (list_services), length 1, "*"
+  grpc::Slice slice(request);
+  grpc::ByteBuffer out(&slice, 1);
+  call->Write(out, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(step(2));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  ASSERT_TRUE(step(3));
+  grpc::ByteBuffer in;
+  call->Read(&in, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(step(4));
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(in.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_NE(bytes.find("sbserve.v1.SbServe"), std::string::npos);
+  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
+  grpc::Status st;
+  call->Finish(&st, reinterpret_cast<void*>(5));
+  step(5);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 TEST(Server, StopStringAcrossTokenBoundaries) {
