@@ -263,9 +263,8 @@ void Engine::Impl::Loop() {
       stop = stop_;
     }
     for (auto& in : incoming) scheduler_->Add(std::move(in.req), std::move(in.sink), in.arrival);
-    for (const auto& id : aborts) {
-      scheduler_->Finish(id, FinishReason::kCancelled, absl::CancelledError("request aborted"));
-    }
+    const absl::Time now = absl::Now();
+    for (const auto& id : aborts) scheduler_->Cancel(id, now);
     if (stop) {
       scheduler_->FinishAll(FinishReason::kCancelled, absl::UnavailableError("the server is shutting down"));
       std::lock_guard<std::mutex> lock(mu_);
@@ -333,6 +332,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithCodec(const EngineOpti
     const int64_t per_block = backend->KvBytesPerToken() * options.kv_block_size;
     if (per_block <= 0) return absl::InternalError("engine: backend reports no KV bytes per token");
     num_blocks = static_cast<int>(std::min<int64_t>(options.kv_cache_bytes / per_block, 1 << 24));
+    // Sized by bytes, the cache always holds at least one request of the full context length.
+    const int64_t ctx = backend->config().n_positions;
+    num_blocks = std::max<int>(num_blocks, static_cast<int>((ctx + options.kv_block_size - 1) / options.kv_block_size));
   }
   if (num_blocks < 1) {
     return absl::InvalidArgumentError(absl::StrCat("kv_cache_bytes: ", options.kv_cache_bytes,

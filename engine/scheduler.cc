@@ -114,6 +114,21 @@ bool Scheduler::Finish(const std::string& request_id, FinishReason reason, absl:
   return true;
 }
 
+bool Scheduler::Cancel(const std::string& request_id, absl::Time now) {
+  auto it = seqs_.find(request_id);
+  if (it == seqs_.end()) return false;
+  Seq* seq = it->second.get();
+  if (now >= seq->req.deadline) {
+    Complete(seq, FinishReason::kDeadline,
+             absl::DeadlineExceededError(seq->running ? "deadline passed while generating"
+                                                      : "deadline passed while queued"),
+             now);
+  } else {
+    Complete(seq, FinishReason::kCancelled, absl::CancelledError("request cancelled"), now);
+  }
+  return true;
+}
+
 void Scheduler::FinishAll(FinishReason reason, const absl::Status& status) {
   std::vector<std::string> ids;
   ids.reserve(seqs_.size());

@@ -50,6 +50,9 @@ class Scheduler {
   // Finishes a live request now (its blocks are freed); false when the id is unknown.
   bool Finish(const std::string& request_id, FinishReason reason, absl::Status status);
   void FinishAll(FinishReason reason, const absl::Status& status);
+  // Cancels a request (client cancel or Abort). A cancel that comes from the call's deadline
+  // expiring is reported as a deadline, not a cancellation.
+  bool Cancel(const std::string& request_id, absl::Time now);
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
 

@@ -351,6 +351,20 @@ TEST(Scheduler, FinishFreesBlocksAtOnceAndDeliversOneFinalEvent) {
   EXPECT_EQ(h.results["c"].final.finish_reason, FinishReason::kDeadline);
   EXPECT_EQ(h.results["c"].final.status.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_TRUE(h.results["c"].ids.empty());
+  // A cancel that arrives once the deadline has passed (gRPC cancels the call at its deadline)
+  // counts as a deadline; one before it as a cancellation.
+  GenerateRequest d = Req("d", 5, 50);
+  const absl::Time start = absl::Now();
+  d.deadline = start + absl::Seconds(30);
+  h.Add(d);
+  EXPECT_TRUE(h.sched->Cancel("d", start + absl::Seconds(31)));
+  EXPECT_EQ(h.results["d"].final.finish_reason, FinishReason::kDeadline);
+  GenerateRequest e = Req("e", 5, 50);
+  e.deadline = start + absl::Seconds(30);
+  h.Add(e);
+  EXPECT_TRUE(h.sched->Cancel("e", start));
+  EXPECT_EQ(h.results["e"].final.finish_reason, FinishReason::kCancelled);
+  EXPECT_FALSE(h.sched->Cancel("e", start));
   h.sched->FinishAll(FinishReason::kCancelled, absl::UnavailableError("shutdown"));
   EXPECT_EQ(h.kv.num_used(), 0);
   EXPECT_FALSE(h.sched->HasWork());
