@@ -1,8 +1,8 @@
 #include "engine/tokenizer/added_vocabulary.h"
 
-#include <algorithm>
-
 #include <unicode/uchar.h>
+
+#include <algorithm>
 
 #include "engine/tokenizer/utf8.h"
 
@@ -36,8 +36,7 @@ void TokenMatcher::Add(std::string_view content, int32_t token_index) {
       next = static_cast<int32_t>(nodes_.size());
       nodes_.push_back(Node{});
       auto& ch = nodes_[node].children;
-      ch.insert(std::lower_bound(ch.begin(), ch.end(), std::make_pair(c, int32_t{-1})),
-                {c, next});
+      ch.insert(std::lower_bound(ch.begin(), ch.end(), std::make_pair(c, int32_t{-1})), {c, next});
     }
     node = next;
   }

@@ -25,8 +25,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
     return absl::UnimplementedError(
         absl::StrCat("unsupported model type \"", type, "\" (supported: BPE)"));
   }
-  if (auto it = model.find("dropout"); it != model.end() && it->is_number() &&
-                                       it->get<double>() > 0.0) {
+  if (auto it = model.find("dropout");
+      it != model.end() && it->is_number() && it->get<double>() > 0.0) {
     return absl::UnimplementedError("BPE dropout is not supported (it makes encoding random)");
   }
   auto vocab_it = model.find("vocab");
@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
   m->vocab_.reserve(vocab_it->size());
   for (auto it = vocab_it->begin(); it != vocab_it->end(); ++it) {
     if (!it.value().is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat("vocab entry \"", it.key(), "\" is not an id"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("vocab entry \"", it.key(), "\" is not an id"));
     }
     int64_t id = it.value().get<int64_t>();
     if (id < 0 || id >= (1 << 30)) {
@@ -94,8 +95,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
         const std::string& s = entry.get_ref<const std::string&>();
         size_t sp = s.find(' ');
         if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-          return absl::InvalidArgumentError(absl::StrCat("merge #", rank, " \"", s,
-                                                         "\" is not two space-separated tokens"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("merge #", rank, " \"", s, "\" is not two space-separated tokens"));
         }
         a = s.substr(0, sp);
         b = s.substr(sp + 1);
@@ -108,9 +109,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
       }
       auto ia = m->vocab_.find(a), ib = m->vocab_.find(b);
       if (ia == m->vocab_.end() || ib == m->vocab_.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("merge #", rank, " uses a token missing from vocab: \"", a, "\" \"", b,
-                         "\""));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "merge #", rank, " uses a token missing from vocab: \"", a, "\" \"", b, "\""));
       }
       std::string merged = a;
       if (!m->prefix_.empty() && b.compare(0, m->prefix_.size(), m->prefix_) == 0) {

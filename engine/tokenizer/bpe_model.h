@@ -56,8 +56,8 @@ class BpeModel {
   bool fuse_unk_ = false;
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
-  std::string prefix_;  // continuing_subword_prefix
-  std::string suffix_;  // end_of_word_suffix
+  std::string prefix_;                 // continuing_subword_prefix
+  std::string suffix_;                 // end_of_word_suffix
   std::array<int32_t, 256> byte_ids_;  // "<0xXX>" ids, -1 if missing
   std::vector<int32_t> bmp_char_id_;   // BMP code point -> single-character token id, or -1
 

@@ -12,8 +12,8 @@
 namespace sbserve::tokenizer_internal {
 
 absl::StatusOr<BpeTrainResult> TrainByteLevelBpe(std::string_view text, int max_new_tokens) {
-  auto pre = MakePreTokenizer(
-      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}});
+  auto pre =
+      MakePreTokenizer({{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}});
   if (!pre.ok()) return pre.status();
   std::vector<Piece> pieces{{std::string(text), true}};
   if (absl::Status st = (*pre)->PreTokenize(&pieces); !st.ok()) return st;

@@ -21,8 +21,8 @@ absl::Status WriteText(const std::filesystem::path& path, const std::string& tex
 }
 
 nlohmann::ordered_json AddedTokenJson(int32_t id, const std::string& content) {
-  return {{"id", id},           {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},    {"normalized", false}, {"special", true}};
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", true}};
 }
 
 }  // namespace
@@ -33,9 +33,8 @@ absl::Status WriteDemoTokenizer(const std::string& dir, int32_t vocab_size) {
         absl::StrCat("demo tokenizer vocab_size must be >= 512, got ", vocab_size));
   }
   const int32_t base = 1 + 256;
-  auto trained =
-      tokenizer_internal::TrainByteLevelBpe(tokenizer_internal::DemoTrainingText(),
-                                            vocab_size - base);
+  auto trained = tokenizer_internal::TrainByteLevelBpe(tokenizer_internal::DemoTrainingText(),
+                                                       vocab_size - base);
   if (!trained.ok()) return trained.status();
 
   nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
@@ -54,29 +53,29 @@ absl::Status WriteDemoTokenizer(const std::string& dir, int32_t vocab_size) {
   for (int32_t k = 0; next < vocab_size; ++k, ++next) {
     added.push_back(AddedTokenJson(next, absl::StrCat("<|reserved_", k, "|>")));
   }
-  const nlohmann::ordered_json byte_level = {
-      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
-      {"use_regex", true}};
-  nlohmann::ordered_json tok = {
-      {"version", "1.0"},
-      {"truncation", nullptr},
-      {"padding", nullptr},
-      {"added_tokens", added},
-      {"normalizer", nullptr},
-      {"pre_tokenizer", byte_level},
-      {"post_processor", byte_level},
-      {"decoder", byte_level},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", merges}}}};
+  const nlohmann::ordered_json byte_level = {{"type", "ByteLevel"},
+                                             {"add_prefix_space", false},
+                                             {"trim_offsets", true},
+                                             {"use_regex", true}};
+  nlohmann::ordered_json tok = {{"version", "1.0"},
+                                {"truncation", nullptr},
+                                {"padding", nullptr},
+                                {"added_tokens", added},
+                                {"normalizer", nullptr},
+                                {"pre_tokenizer", byte_level},
+                                {"post_processor", byte_level},
+                                {"decoder", byte_level},
+                                {"model",
+                                 {{"type", "BPE"},
+                                  {"dropout", nullptr},
+                                  {"unk_token", nullptr},
+                                  {"continuing_subword_prefix", nullptr},
+                                  {"end_of_word_suffix", nullptr},
+                                  {"fuse_unk", false},
+                                  {"byte_fallback", false},
+                                  {"ignore_merges", false},
+                                  {"vocab", vocab},
+                                  {"merges", merges}}}};
   nlohmann::ordered_json config = {{"add_bos_token", false},
                                    {"add_eos_token", false},
                                    {"bos_token", kEndOfText},

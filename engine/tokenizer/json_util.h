@@ -41,7 +41,8 @@ inline absl::StatusOr<std::unique_ptr<Regex>> MakePattern(const nlohmann::json& 
   if (j.is_object() && j.contains("Regex") && j["Regex"].is_string()) {
     return Regex::Compile(j["Regex"].get<std::string>(), /*literal=*/false);
   }
-  return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what), ": pattern must be {\"String\": ...} or "
+  return absl::InvalidArgumentError(absl::StrCat(AsAbsl(what),
+                                                 ": pattern must be {\"String\": ...} or "
                                                  "{\"Regex\": ...}"));
 }
 

@@ -19,9 +19,9 @@ namespace sbserve::tokenizer_internal {
 class Pipeline {
  public:
   std::vector<AddedToken> added;
-  absl::flat_hash_map<int32_t, int32_t> added_by_id;          // id -> index in `added`
+  absl::flat_hash_map<int32_t, int32_t> added_by_id;           // id -> index in `added`
   absl::flat_hash_map<std::string, int32_t> added_by_content;  // content -> index
-  TokenMatcher raw_matcher;         // added tokens with normalized=false
+  TokenMatcher raw_matcher;                                    // added tokens with normalized=false
   TokenMatcher normalized_matcher;  // added tokens with normalized=true (normalized content)
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre_tokenizer;

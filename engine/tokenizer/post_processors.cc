@@ -102,8 +102,7 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(const nlohmann:
     if (!cls.ok()) return cls.status();
     auto sep = PairId(j, "sep");
     if (!sep.ok()) return sep.status();
-    return std::make_unique<WrapProcessor>(std::vector<int32_t>{*cls},
-                                           std::vector<int32_t>{*sep});
+    return std::make_unique<WrapProcessor>(std::vector<int32_t>{*cls}, std::vector<int32_t>{*sep});
   }
   if (*type == "Sequence") {
     auto it = j.find("processors");

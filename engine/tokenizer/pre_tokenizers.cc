@@ -95,9 +95,9 @@ void ApplyBehavior(const std::vector<Span>& matches, size_t n, Behavior behavior
 }
 
 // Replaces every piece by its sub-pieces `split(piece) -> spans`.
-absl::Status SplitEach(std::vector<Piece>* pieces,
-                       const std::function<absl::Status(const std::string&, std::vector<Span>*)>&
-                           split) {
+absl::Status SplitEach(
+    std::vector<Piece>* pieces,
+    const std::function<absl::Status(const std::string&, std::vector<Span>*)>& split) {
   std::vector<Piece> out;
   out.reserve(pieces->size() * 2);
   std::vector<Span> spans;
@@ -191,8 +191,8 @@ class DigitsPreTokenizer : public PreTokenizer {
     return SplitEach(pieces, [&](const std::string& s, std::vector<Span>* kept) {
       matches.clear();
       CharMatches(s, IsNumeric, &matches);
-      ApplyBehavior(matches, s.size(),
-                    individual_ ? Behavior::kIsolated : Behavior::kContiguous, false, kept);
+      ApplyBehavior(matches, s.size(), individual_ ? Behavior::kIsolated : Behavior::kContiguous,
+                    false, kept);
       return absl::OkStatus();
     });
   }
@@ -231,7 +231,8 @@ class MetaspacePreTokenizer : public PreTokenizer {
         }
       }
       bool starts = out.compare(0, replacement_.size(), replacement_) == 0;
-      if (!starts && (prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && p.at_start))) {
+      if (!starts &&
+          (prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && p.at_start))) {
         out.insert(0, replacement_);
       }
       p.text = std::move(out);
@@ -321,8 +322,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakePreTokenizer(const nlohmann::j
     } else if (!GetBool(j, "add_prefix_space", true)) {
       prepend = MetaspacePreTokenizer::Prepend::kNever;
     }
-    return std::make_unique<MetaspacePreTokenizer>(replacement, prepend,
-                                                   GetBool(j, "split", true));
+    return std::make_unique<MetaspacePreTokenizer>(replacement, prepend, GetBool(j, "split", true));
   }
   if (*type == "Sequence") {
     auto it = j.find("pretokenizers");

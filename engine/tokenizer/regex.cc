@@ -52,8 +52,14 @@ std::string TranslateOnigPattern(std::string_view p) {
       ++class_depth;
       out.push_back(c);
       // A ']' right after '[' or '[^' is a literal member.
-      if (i + 1 < p.size() && p[i + 1] == '^') { out.push_back('^'); ++i; }
-      if (i + 1 < p.size() && p[i + 1] == ']') { out.push_back(']'); ++i; }
+      if (i + 1 < p.size() && p[i + 1] == '^') {
+        out.push_back('^');
+        ++i;
+      }
+      if (i + 1 < p.size() && p[i + 1] == ']') {
+        out.push_back(']');
+        ++i;
+      }
       continue;
     }
     if (c == ']' && class_depth > 0) --class_depth;
@@ -73,15 +79,15 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern, 
   std::string translated = TranslateOnigPattern(pattern);
   int err = 0;
   PCRE2_SIZE err_off = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()),
-                                   translated.size(), PCRE2_UTF | PCRE2_UCP, &err, &err_off,
-                                   nullptr);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                    PCRE2_UTF | PCRE2_UCP, &err, &err_off, nullptr);
   if (code == nullptr) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof(msg));
-    return absl::InvalidArgumentError(absl::StrCat("regex `", AsAbsl(pattern), "` does not compile: ",
-                                                   reinterpret_cast<char*>(msg), " at offset ",
-                                                   err_off));
+    return absl::InvalidArgumentError(
+        absl::StrCat("regex `", AsAbsl(pattern),
+                     "` does not compile: ", reinterpret_cast<char*>(msg), " at offset ", err_off));
   }
   // JIT is a 5-10x speed-up; without it (unsupported CPU) the interpreter still gives the same
   // matches.

@@ -30,7 +30,9 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
 
 absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, std::string_view what) {
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(tokenizer_internal::AsAbsl(what), " is not valid JSON"));
+  if (j.is_discarded())
+    return absl::InvalidArgumentError(
+        absl::StrCat(tokenizer_internal::AsAbsl(what), " is not valid JSON"));
   return j;
 }
 
@@ -98,9 +100,9 @@ absl::Status LoadAddedTokens(const nlohmann::json& root, Pipeline* p) {
 // post-processor with add_bos_token true), so we do the same for those classes.
 absl::Status ApplyLlamaStyleTemplate(const nlohmann::json& config, std::optional<int32_t> bos,
                                      std::optional<int32_t> eos, Pipeline* p) {
-  static constexpr std::string_view kClasses[] = {
-      "LlamaTokenizer",  "LlamaTokenizerFast",  "CodeLlamaTokenizer", "CodeLlamaTokenizerFast",
-      "GemmaTokenizer",  "GemmaTokenizerFast"};
+  static constexpr std::string_view kClasses[] = {"LlamaTokenizer",     "LlamaTokenizerFast",
+                                                  "CodeLlamaTokenizer", "CodeLlamaTokenizerFast",
+                                                  "GemmaTokenizer",     "GemmaTokenizerFast"};
   std::string cls = config.value("tokenizer_class", std::string());
   if (std::find(std::begin(kClasses), std::end(kClasses), cls) == std::end(kClasses)) {
     return absl::OkStatus();
@@ -246,8 +248,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(
         config_eos = tok->TokenToId(*eos);
         if (config_eos) add_eos(*config_eos);
       }
-      if (absl::Status st = ApplyLlamaStyleTemplate(*config, tok->bos_id_, config_eos,
-                                                    tok->pipeline_.get());
+      if (absl::Status st =
+              ApplyLlamaStyleTemplate(*config, tok->bos_id_, config_eos, tok->pipeline_.get());
           !st.ok()) {
         return st;
       }
@@ -357,7 +359,8 @@ bool Tokenizer::IsSpecial(int32_t id) const {
 }
 
 std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {
-  if (auto it = pipeline_->added_by_content.find(tokenizer_internal::AsAbsl(token)); it != pipeline_->added_by_content.end()) {
+  if (auto it = pipeline_->added_by_content.find(tokenizer_internal::AsAbsl(token));
+      it != pipeline_->added_by_content.end()) {
     return pipeline_->added[it->second].id;
   }
   return pipeline_->model->TokenToId(token);

@@ -94,14 +94,14 @@ class IncrementalDecoder {
 
  private:
   absl::StatusOr<std::string> DecodeWindow() const;  // Decode(anchor_ + window_)
-  bool Visible(int32_t id) const;  // not removed by skip_special_tokens
+  bool Visible(int32_t id) const;                    // not removed by skip_special_tokens
 
   const Tokenizer& tok_;
   bool skip_special_tokens_;
   std::optional<int32_t> anchor_;
   std::vector<int32_t> window_;  // context ids (emitted last step) followed by pending ids
   size_t context_len_ = 0;
-  std::string context_text_;     // Decode(anchor_ + window_[0, context_len_))
+  std::string context_text_;  // Decode(anchor_ + window_[0, context_len_))
   bool last_is_byte_token_ = false;
 };
 

@@ -26,10 +26,18 @@ absl::Status NormalizeUtf8(NormalForm form, std::string* s) {
   UErrorCode err = U_ZERO_ERROR;
   const icu::Normalizer2* norm = nullptr;
   switch (form) {
-    case NormalForm::kNfc: norm = icu::Normalizer2::getNFCInstance(err); break;
-    case NormalForm::kNfkc: norm = icu::Normalizer2::getNFKCInstance(err); break;
-    case NormalForm::kNfd: norm = icu::Normalizer2::getNFDInstance(err); break;
-    case NormalForm::kNfkd: norm = icu::Normalizer2::getNFKDInstance(err); break;
+    case NormalForm::kNfc:
+      norm = icu::Normalizer2::getNFCInstance(err);
+      break;
+    case NormalForm::kNfkc:
+      norm = icu::Normalizer2::getNFKCInstance(err);
+      break;
+    case NormalForm::kNfd:
+      norm = icu::Normalizer2::getNFDInstance(err);
+      break;
+    case NormalForm::kNfkd:
+      norm = icu::Normalizer2::getNFKDInstance(err);
+      break;
   }
   if (U_FAILURE(err) || norm == nullptr) {
     return absl::InternalError(absl::StrCat("ICU normalizer unavailable: ", u_errorName(err)));

@@ -30,9 +30,18 @@ inline size_t Utf8CharLen(unsigned char c) {
 inline uint32_t DecodeUtf8(std::string_view s, size_t& i) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data()) + i;
   uint32_t c = p[0];
-  if (c < 0x80) { i += 1; return c; }
-  if (c < 0xE0) { i += 2; return ((c & 0x1F) << 6) | (p[1] & 0x3F); }
-  if (c < 0xF0) { i += 3; return ((c & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F); }
+  if (c < 0x80) {
+    i += 1;
+    return c;
+  }
+  if (c < 0xE0) {
+    i += 2;
+    return ((c & 0x1F) << 6) | (p[1] & 0x3F);
+  }
+  if (c < 0xF0) {
+    i += 3;
+    return ((c & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+  }
   i += 4;
   return ((c & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
 }
@@ -46,7 +55,7 @@ std::string Utf8Lossy(std::string_view bytes);
 // The GPT-2 byte-level alphabet: printable bytes map to themselves, the others to U+0100...
 struct ByteLevelTable {
   std::array<std::string, 256> byte_to_utf8;  // byte -> its character, UTF-8 encoded
-  std::array<int16_t, 0x180> char_to_byte;   // code point -> byte, or -1
+  std::array<int16_t, 0x180> char_to_byte;    // code point -> byte, or -1
 };
 const ByteLevelTable& GetByteLevelTable();
 

@@ -51,8 +51,9 @@ int main(int argc, char** argv) {
       tokens += ids->size();
     }
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("sbserve pass %d: %zu docs, %.2f MB, %zu tokens, %.3f s, %.2f MB/s, %.3f M tokens/s\n",
-                pass, docs.size(), bytes / 1e6, tokens, s, bytes / 1e6 / s, tokens / 1e6 / s);
+    std::printf(
+        "sbserve pass %d: %zu docs, %.2f MB, %zu tokens, %.3f s, %.2f MB/s, %.3f M tokens/s\n",
+        pass, docs.size(), bytes / 1e6, tokens, s, bytes / 1e6 / s, tokens / 1e6 / s);
   }
   return 0;
 }

@@ -141,9 +141,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0 || size > (1 << 16)) return 0;
   std::string_view payload(reinterpret_cast<const char*>(data) + 1, size - 1);
   switch (data[0] % 3) {
-    case 0: FuzzLoader(payload); break;
-    case 1: FuzzText(payload); break;
-    default: FuzzIds(payload); break;
+    case 0:
+      FuzzLoader(payload);
+      break;
+    case 1:
+      FuzzText(payload);
+      break;
+    default:
+      FuzzIds(payload);
+      break;
   }
   return 0;
 }

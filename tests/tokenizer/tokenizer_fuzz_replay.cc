@@ -26,9 +26,9 @@ void Run(const std::string& input) {
 }
 
 std::string RandomUtf8(std::mt19937& rng, size_t n) {
-  static const uint32_t kPools[][2] = {{0x20, 0x7E}, {0x09, 0x0D}, {0xA0, 0x24F}, {0x300, 0x36F},
-                                       {0x4E00, 0x4FFF}, {0x1F300, 0x1F64F}, {0x0600, 0x06FF},
-                                       {0x2000, 0x206F}, {0x2581, 0x2581}, {0xFB00, 0xFB06}};
+  static const uint32_t kPools[][2] = {
+      {0x20, 0x7E},       {0x09, 0x0D},     {0xA0, 0x24F},    {0x300, 0x36F},   {0x4E00, 0x4FFF},
+      {0x1F300, 0x1F64F}, {0x0600, 0x06FF}, {0x2000, 0x206F}, {0x2581, 0x2581}, {0xFB00, 0xFB06}};
   std::string s;
   for (size_t i = 0; i < n; ++i) {
     const auto& p = kPools[rng() % (sizeof(kPools) / sizeof(kPools[0]))];
@@ -108,9 +108,15 @@ int main(int argc, char** argv) {
         for (int e = 0; e < edits && input.size() > 1; ++e) {
           size_t pos = 1 + rng() % (input.size() - 1);
           switch (rng() % 3) {
-            case 0: input[pos] = static_cast<char>(rng()); break;
-            case 1: input.erase(pos, 1 + rng() % 8); break;
-            default: input.insert(pos, input.substr(pos, rng() % 16)); break;
+            case 0:
+              input[pos] = static_cast<char>(rng());
+              break;
+            case 1:
+              input.erase(pos, 1 + rng() % 8);
+              break;
+            default:
+              input.insert(pos, input.substr(pos, rng() % 16));
+              break;
           }
         }
       }

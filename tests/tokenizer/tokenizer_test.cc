@@ -28,8 +28,8 @@ json MakeBpe(const std::vector<std::string>& vocab, const json& merges, json ext
     for (auto& [k, val] : extra["model"].items()) model[k] = val;
   }
   json root = {{"version", "1.0"}, {"model", model}, {"added_tokens", json::array()}};
-  for (const char* key : {"normalizer", "pre_tokenizer", "post_processor", "decoder",
-                          "added_tokens"}) {
+  for (const char* key :
+       {"normalizer", "pre_tokenizer", "post_processor", "decoder", "added_tokens"}) {
     if (extra.contains(key)) root[key] = extra[key];
   }
   return root;
@@ -54,8 +54,7 @@ std::string Dec(const Tokenizer& t, const std::vector<int32_t>& ids, bool skip =
   return s.ok() ? *s : std::string();
 }
 
-std::vector<std::string> PreTokenize(const json& j, const std::string& text,
-                                     bool at_start = true) {
+std::vector<std::string> PreTokenize(const json& j, const std::string& text, bool at_start = true) {
   auto pre = tokenizer_internal::MakePreTokenizer(j);
   EXPECT_TRUE(pre.ok()) << pre.status();
   std::vector<Piece> pieces{{text, at_start}};
@@ -89,7 +88,8 @@ TEST(BpeModel, MergeRanksDecideTheOrder) {
 TEST(BpeModel, PairAndStringMergeFormsAgree) {
   const std::vector<std::string> vocab = {"a", "b", "c", "ab", "bc", "abc"};
   auto s = MustLoad(MakeBpe(vocab, {"a b", "ab c"}));
-  auto p = MustLoad(MakeBpe(vocab, json::array({json::array({"a", "b"}), json::array({"ab", "c"})})));
+  auto p =
+      MustLoad(MakeBpe(vocab, json::array({json::array({"a", "b"}), json::array({"ab", "c"})})));
   for (const char* text : {"abc", "abcabc", "cab", "bca"}) {
     EXPECT_EQ(Enc(*s, text), Enc(*p, text)) << text;
   }
@@ -105,13 +105,22 @@ TEST(BpeModel, LeftmostOccurrenceMergesFirstOnTies) {
 TEST(BpeModel, UnknownCharactersUseUnkAndFuse) {
   json base = MakeBpe({"<unk>", "a", "b"}, json::array(), {{"model", {{"unk_token", "<unk>"}}}});
   auto t = MustLoad(base);
-  EXPECT_EQ(Enc(*t, "a\xC3\xA9\xC3\xA9" "b"), (std::vector<int32_t>{1, 0, 0, 2}));
+  EXPECT_EQ(Enc(*t,
+                "a\xC3\xA9\xC3\xA9"
+                "b"),
+            (std::vector<int32_t>{1, 0, 0, 2}));
   base["model"]["fuse_unk"] = true;
   auto fused = MustLoad(base);
-  EXPECT_EQ(Enc(*fused, "a\xC3\xA9\xC3\xA9" "b"), (std::vector<int32_t>{1, 0, 2}));
+  EXPECT_EQ(Enc(*fused,
+                "a\xC3\xA9\xC3\xA9"
+                "b"),
+            (std::vector<int32_t>{1, 0, 2}));
   // No unk token: the reference drops the character.
   auto none = MustLoad(MakeBpe({"a", "b"}, json::array()));
-  EXPECT_EQ(Enc(*none, "a\xC3\xA9" "b"), (std::vector<int32_t>{0, 1}));
+  EXPECT_EQ(Enc(*none,
+                "a\xC3\xA9"
+                "b"),
+            (std::vector<int32_t>{0, 1}));
 }
 
 TEST(BpeModel, ByteFallbackAndItsDecoder) {
@@ -121,16 +130,18 @@ TEST(BpeModel, ByteFallbackAndItsDecoder) {
     std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
     vocab.push_back(buf);
   }
-  json decoder = {{"type", "Sequence"},
-                  {"decoders",
-                   {{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
-                    {{"type", "ByteFallback"}},
-                    {{"type", "Fuse"}},
-                    {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
-  json normalizer = {{"type", "Sequence"},
-                     {"normalizers",
-                      {{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
-                       {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}};
+  json decoder = {
+      {"type", "Sequence"},
+      {"decoders",
+       {{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+        {{"type", "ByteFallback"}},
+        {{"type", "Fuse"}},
+        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  json normalizer = {
+      {"type", "Sequence"},
+      {"normalizers",
+       {{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+        {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}};
   auto t = MustLoad(MakeBpe(vocab, json::array(),
                             {{"model", {{"unk_token", "<unk>"}, {"byte_fallback", true}}},
                              {"normalizer", normalizer},
@@ -140,7 +151,9 @@ TEST(BpeModel, ByteFallbackAndItsDecoder) {
   EXPECT_EQ(ids, (std::vector<int32_t>{1, 2, 3, 1, 4 + 0xC3, 4 + 0xA9}));
   EXPECT_EQ(Dec(*t, ids), "hi \xC3\xA9");
   // An invalid run decodes to one U+FFFD per byte.
-  EXPECT_EQ(Dec(*t, {2, 4 + 0xC3, 3}), "h\xEF\xBF\xBD" "i");
+  EXPECT_EQ(Dec(*t, {2, 4 + 0xC3, 3}),
+            "h\xEF\xBF\xBD"
+            "i");
   EXPECT_TRUE(t->IsByteFallbackToken(4 + 0xC3));
   EXPECT_FALSE(t->IsByteFallbackToken(2));
 
@@ -217,17 +230,21 @@ TEST(BpeModel, OneMegabyteWordIsNotQuadratic) {
 // alternations with quantifiers) must neither fail on PCRE2 stack limits nor go quadratic.
 TEST(PreTokenizers, MegabyteRunsThroughTheSplitRegex) {
   std::vector<std::string> vocab;
-  for (int b = 0; b < 256; ++b) vocab.push_back(tokenizer_internal::GetByteLevelTable().byte_to_utf8[b]);
+  for (int b = 0; b < 256; ++b)
+    vocab.push_back(tokenizer_internal::GetByteLevelTable().byte_to_utf8[b]);
   json pre = {{"type", "Sequence"},
               {"pretokenizers",
                {{{"type", "Split"},
-                 {"pattern", {{"Regex", "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-                                        "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-                                        "\\s+(?!\\S)|\\s+"}}},
+                 {"pattern",
+                  {{"Regex",
+                    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+                    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+                    "\\s+(?!\\S)|\\s+"}}},
                  {"behavior", "Isolated"},
                  {"invert", false}},
                 {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
-  auto t = MustLoad(MakeBpe(vocab, json::array(), {{"pre_tokenizer", pre}, {"decoder", {{"type", "ByteLevel"}}}}));
+  auto t = MustLoad(MakeBpe(vocab, json::array(),
+                            {{"pre_tokenizer", pre}, {"decoder", {{"type", "ByteLevel"}}}}));
   for (std::string unit : {" ", "\n", " \n", "a", "7", "!", "\xE4\xB8\xAD", "'s", "\t "}) {
     std::string text;
     while (text.size() < (1 << 20)) text += unit;
@@ -255,9 +272,10 @@ TEST(Normalizers, UnicodeFormsAndLowercase) {
   auto d = MustLoad(nfc);
   EXPECT_EQ(Enc(*d, e_acute), (std::vector<int32_t>{0, 2}));
 
-  json lower = MakeBpe({"h", "e", "l", "o", "i", "\xCC\x87", "\xCF\x83"}, json::array(),
-                       {{"normalizer", {{"type", "Sequence"},
-                                        {"normalizers", {{{"type", "NFC"}}, {{"type", "Lowercase"}}}}}}});
+  json lower = MakeBpe(
+      {"h", "e", "l", "o", "i", "\xCC\x87", "\xCF\x83"}, json::array(),
+      {{"normalizer",
+        {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Lowercase"}}}}}}});
   auto lo = MustLoad(lower);
   EXPECT_EQ(Enc(*lo, "HeLLo"), (std::vector<int32_t>{0, 1, 2, 2, 3}));
   // U+0130 lowercases to "i" + U+0307; final sigma stays U+03C3 (per-character mapping).
@@ -280,7 +298,9 @@ TEST(Normalizers, StripReplacePrepend) {
 
 TEST(PreTokenizers, SplitBehaviours) {
   auto split = [](const char* behavior, bool invert = false) {
-    json j = {{"type", "Split"}, {"pattern", {{"String", "-"}}}, {"behavior", behavior},
+    json j = {{"type", "Split"},
+              {"pattern", {{"String", "-"}}},
+              {"behavior", behavior},
               {"invert", invert}};
     return PreTokenize(j, "the-final--countdown");
   };
@@ -291,7 +311,9 @@ TEST(PreTokenizers, SplitBehaviours) {
   EXPECT_EQ(split("MergedWithNext"), (V{"the", "-final", "-", "-countdown"}));
   EXPECT_EQ(split("Contiguous"), (V{"the", "-", "final", "--", "countdown"}));
   EXPECT_EQ(split("Removed", true), (V{"-", "-", "-"}));
-  json re = {{"type", "Split"}, {"pattern", {{"Regex", "\\p{N}{1,3}"}}}, {"behavior", "Isolated"},
+  json re = {{"type", "Split"},
+             {"pattern", {{"Regex", "\\p{N}{1,3}"}}},
+             {"behavior", "Isolated"},
              {"invert", false}};
   EXPECT_EQ(PreTokenize(re, "ab12345c"), (V{"ab", "123", "45", "c"}));
 }
@@ -303,7 +325,8 @@ TEST(PreTokenizers, DigitsMetaspaceWhitespace) {
   EXPECT_EQ(PreTokenize({{"type", "Digits"}, {"individual_digits", false}}, "abc123d"),
             (V{"abc", "123", "d"}));
   const std::string m = "\xE2\x96\x81";
-  json ms = {{"type", "Metaspace"}, {"replacement", m}, {"prepend_scheme", "always"}, {"split", true}};
+  json ms = {
+      {"type", "Metaspace"}, {"replacement", m}, {"prepend_scheme", "always"}, {"split", true}};
   EXPECT_EQ(PreTokenize(ms, "Hello  world"), (V{m + "Hello", m, m + "world"}));
   ms["prepend_scheme"] = "first";
   EXPECT_EQ(PreTokenize(ms, "Hello world", /*at_start=*/false), (V{"Hello", m + "world"}));
@@ -318,13 +341,15 @@ TEST(PreTokenizers, DigitsMetaspaceWhitespace) {
 TEST(PreTokenizers, ByteLevel) {
   using V = std::vector<std::string>;
   json bl = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
-  EXPECT_EQ(PreTokenize(bl, "Hello world's  end"),
-            (V{"Hello", "\xC4\xA0world", "'s", "\xC4\xA0", "\xC4\xA0" "end"}));
+  EXPECT_EQ(PreTokenize(bl, "Hello world's  end"), (V{"Hello", "\xC4\xA0world", "'s", "\xC4\xA0",
+                                                      "\xC4\xA0"
+                                                      "end"}));
   bl["add_prefix_space"] = true;
   EXPECT_EQ(PreTokenize(bl, "Hi"), (V{"\xC4\xA0Hi"}));
   bl["use_regex"] = false;
   bl["add_prefix_space"] = false;
-  EXPECT_EQ(PreTokenize(bl, "a b\n"), (V{"a\xC4\xA0" "b\xC4\x8A"}));
+  EXPECT_EQ(PreTokenize(bl, "a b\n"), (V{"a\xC4\xA0"
+                                         "b\xC4\x8A"}));
 }
 
 // Oniguruma's \s (HF's regex engine) is Unicode White_Space: U+0085 is a space, so "'d" after
@@ -333,40 +358,46 @@ TEST(PreTokenizers, ByteLevelRegexUsesUnicodeWhiteSpace) {
   using V = std::vector<std::string>;
   json bl = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
   EXPECT_EQ(PreTokenize(bl, "a\xC2\x85'd"), (V{"a", "\xC3\x82\xC4\xA7", "'d"}));
-  EXPECT_EQ(PreTokenize(bl, "a\xEF\xBB\xBF'd"),
-            (V{"a", "\xC3\xAF\xC2\xBB\xC2\xBF'", "d"}));
+  EXPECT_EQ(PreTokenize(bl, "a\xEF\xBB\xBF'd"), (V{"a", "\xC3\xAF\xC2\xBB\xC2\xBF'", "d"}));
 }
 
 TEST(Decoders, ByteLevelMetaspaceStrip) {
   // ByteLevel: tokens map back to bytes; an incomplete sequence becomes U+FFFD.
-  json bl = MakeBpe({"a", "\xC3\xA4", "\xC2\xB8"}, json::array(), {{"decoder", {{"type", "ByteLevel"}}}});
+  json bl =
+      MakeBpe({"a", "\xC3\xA4", "\xC2\xB8"}, json::array(), {{"decoder", {{"type", "ByteLevel"}}}});
   auto t = MustLoad(bl);
   EXPECT_EQ(Dec(*t, {0}), "a");
   // Bytes E4 B8 are one truncated character: one U+FFFD for the maximal ill-formed subpart.
   EXPECT_EQ(Dec(*t, {1, 2}), "\xEF\xBF\xBD");
-  EXPECT_EQ(Dec(*t, {1, 0}), "\xEF\xBF\xBD" "a");
+  EXPECT_EQ(Dec(*t, {1, 0}),
+            "\xEF\xBF\xBD"
+            "a");
   const std::string m = "\xE2\x96\x81";
-  json ms = MakeBpe({m + "Hi", m + "there", "x" + m + "y"}, json::array(),
-                    {{"decoder", {{"type", "Metaspace"}, {"replacement", m}, {"prepend_scheme", "always"}}}});
+  json ms = MakeBpe(
+      {m + "Hi", m + "there", "x" + m + "y"}, json::array(),
+      {{"decoder", {{"type", "Metaspace"}, {"replacement", m}, {"prepend_scheme", "always"}}}});
   auto tm = MustLoad(ms);
   EXPECT_EQ(Dec(*tm, {0, 1}), "Hi there");
   // The first token loses every replacement character (the reference's rule).
   EXPECT_EQ(Dec(*tm, {2, 1}), "xy there");
-  json st = MakeBpe({"__a__", "b_"}, json::array(),
-                    {{"decoder", {{"type", "Strip"}, {"content", "_"}, {"start", 1}, {"stop", 2}}}});
+  json st =
+      MakeBpe({"__a__", "b_"}, json::array(),
+              {{"decoder", {{"type", "Strip"}, {"content", "_"}, {"start", 1}, {"stop", 2}}}});
   auto ts = MustLoad(st);
   EXPECT_EQ(Dec(*ts, {0, 1}), "_ab");
 }
 
 TEST(PostProcessor, TemplateAddsBosOnlyWithSpecialTokens) {
-  json j = MakeBpe({"<s>", "a"}, json::array(),
-                   {{"post_processor",
-                     {{"type", "TemplateProcessing"},
-                      {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                                  {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-                      {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {0}}, {"tokens", {"<s>"}}}}}}}},
-                    {"added_tokens", {{{"id", 0}, {"content", "<s>"}, {"special", true},
-                                       {"normalized", false}}}}});
+  json j = MakeBpe(
+      {"<s>", "a"}, json::array(),
+      {{"post_processor",
+        {{"type", "TemplateProcessing"},
+         {"single",
+          {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+           {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {0}}, {"tokens", {"<s>"}}}}}}}},
+       {"added_tokens",
+        {{{"id", 0}, {"content", "<s>"}, {"special", true}, {"normalized", false}}}}});
   auto t = MustLoad(j, R"({"bos_token": "<s>", "eos_token": {"content": "<s>"}})");
   EXPECT_EQ(Enc(*t, "aa"), (std::vector<int32_t>{0, 1, 1}));
   EXPECT_EQ(Enc(*t, "aa", false), (std::vector<int32_t>{1, 1}));
@@ -378,8 +409,9 @@ TEST(PostProcessor, TemplateAddsBosOnlyWithSpecialTokens) {
 TEST(PostProcessor, LlamaStyleConfigsRebuildTheTemplate) {
   json j = MakeBpe({"<s>", "</s>", "a"}, json::array(),
                    {{"post_processor", {{"type", "ByteLevel"}}},
-                    {"added_tokens", {{{"id", 0}, {"content", "<s>"}, {"special", true}},
-                                      {{"id", 1}, {"content", "</s>"}, {"special", true}}}}});
+                    {"added_tokens",
+                     {{{"id", 0}, {"content", "<s>"}, {"special", true}},
+                      {{"id", 1}, {"content", "</s>"}, {"special", true}}}}});
   auto generic = MustLoad(j, R"({"tokenizer_class": "PreTrainedTokenizerFast",
                                  "add_bos_token": true, "bos_token": "<s>"})");
   EXPECT_EQ(Enc(*generic, "a"), (std::vector<int32_t>{2}));
@@ -401,7 +433,11 @@ TEST(AddedTokens, MatchedBeforePreTokenization) {
       {{"id", 3}, {"content", "<|end|>"}, {"special", true}, {"normalized", false}},
       {{"id", 4}, {"content", "<L>"}, {"special", true}, {"lstrip", true}, {"normalized", false}},
       {{"id", 5}, {"content", "<R>"}, {"special", true}, {"rstrip", true}, {"normalized", false}},
-      {{"id", 6}, {"content", "word"}, {"special", false}, {"single_word", true}, {"normalized", false}},
+      {{"id", 6},
+       {"content", "word"},
+       {"special", false},
+       {"single_word", true},
+       {"normalized", false}},
       {{"id", 7}, {"content", "hey"}, {"special", false}, {"normalized", true}},
   });
   json j = MakeBpe({"a", " ", "<", "w", "o", "r", "d", "h", "e", "y", "H", "E", "Y"}, json::array(),
@@ -454,13 +490,14 @@ TEST(Load, RefusesUnsupportedComponentsByName) {
 }
 
 TEST(Load, MalformedFilesFailCleanly) {
-  for (const char* text : {"", "{", "[]", "{\"model\": 3}", "{\"model\": {\"vocab\": []}}",
-                           "{\"model\": {\"vocab\": {\"a\": \"x\"}}}",
-                           "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}",
-                           "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [[\"a\"]]}}",
-                           "{\"model\": {\"vocab\": {\"a\": 0}}, \"added_tokens\": [{\"id\": -1}]}",
-                           "{\"model\": {\"vocab\": {\"a\": 0}}, \"pre_tokenizer\": {\"type\": \"Split\", "
-                           "\"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}"}) {
+  for (const char* text :
+       {"", "{", "[]", "{\"model\": 3}", "{\"model\": {\"vocab\": []}}",
+        "{\"model\": {\"vocab\": {\"a\": \"x\"}}}",
+        "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}",
+        "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": [[\"a\"]]}}",
+        "{\"model\": {\"vocab\": {\"a\": 0}}, \"added_tokens\": [{\"id\": -1}]}",
+        "{\"model\": {\"vocab\": {\"a\": 0}}, \"pre_tokenizer\": {\"type\": \"Split\", "
+        "\"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}"}) {
     auto t = Tokenizer::FromJson(text);
     EXPECT_FALSE(t.ok()) << text;
   }
@@ -469,7 +506,9 @@ TEST(Load, MalformedFilesFailCleanly) {
 
 TEST(Encode, InvalidUtf8IsAnError) {
   auto t = MustLoad(MakeBpe({"a"}, json::array()));
-  auto r = t->Encode("a\xFF" "a");
+  auto r = t->Encode(
+      "a\xFF"
+      "a");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("offset 1"), std::string::npos) << r.status();
