@@ -26,11 +26,15 @@ int main(int argc, char** argv) {
                  argv[0]);
     return 2;
   }
+  auto load_start = std::chrono::steady_clock::now();
   auto tok = sbserve::Tokenizer::Load(tokenizer_path);
   if (!tok.ok()) {
     std::fprintf(stderr, "%s\n", std::string(tok.status().message()).c_str());
     return 1;
   }
+  std::printf("sbserve load: %.3f s, vocab_size %d\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
+              (*tok)->vocab_size());
   std::vector<std::string> docs;
   size_t bytes = 0;
   std::ifstream in(corpus_path);

@@ -29,6 +29,10 @@ const DERIVED = {
         behavior: "Isolated", invert: false },
       { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false }] };
   }],
+  // ByteLevel adding a prefix space to every section.
+  gpt2_prefix_space: ["gpt2", (t) => {
+    t.pre_tokenizer = { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true };
+  }],
   // SentencePiece-style Metaspace pre-tokenizer ("first" scheme) on the Llama 2 vocabulary.
   metaspace: ["llama2", (t) => {
     t.normalizer = null;
