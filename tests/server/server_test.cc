@@ -131,6 +131,22 @@ GenerateRequest TextReq(const std::string& text, int max_tokens, float temperatu
   return r;
 }
 
+// Value of one sample line ("name{labels} value") of a Prometheus text page; -1 when absent.
+double MetricValue(const std::string& page, const std::string& series) {
+  size_t at = 0;
+  while ((at = page.find(series + " ", at)) != std::string::npos) {
+    if (at == 0 || page[at - 1] == '\n') return std::stod(page.substr(at + series.size() + 1));
+    at += series.size();
+  }
+  return -1;
+}
+
+std::string ScrapeMetrics(TestServer& ts) {
+  httplib::Client http("127.0.0.1", ts.server().metrics_port());
+  auto res = http.Get("/metrics");
+  return res && res->status == 200 ? res->body : "";
+}
+
 constexpr auto kServing = grpc::health::v1::HealthCheckResponse::SERVING;
 constexpr auto kNotServing = grpc::health::v1::HealthCheckResponse::NOT_SERVING;
 
@@ -385,6 +401,11 @@ TEST(Server, OverloadIsRefusedWithRetryInfoWhileAdmittedRequestsComplete) {
   EXPECT_GE(ok, 3);  // at least a full queue's worth was admitted and completed
   EXPECT_GT(exhausted, 0);
   EXPECT_TRUE(ts.WaitIdle());
+  const std::string page = ScrapeMetrics(ts);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"queue_full\"}"), exhausted);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"length\"}"), ok);
+  EXPECT_EQ(MetricValue(page, "sbserve_generation_tokens_total"), 60.0 * ok);
+  EXPECT_EQ(MetricValue(page, "sbserve_num_requests_running"), 0);
 }
 
 TEST(Server, QueuedPromptTokenLimitRefusesBeforeTokenizing) {
@@ -447,6 +468,11 @@ TEST(Server, DeadlineWhileQueuedAndWhileRunning) {
   EXPECT_EQ(hold->Finish().error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(ts.WaitIdle());
   EXPECT_TRUE(ts.Generate(TextReq("after", 3)).status.ok());
+  const std::string page = ScrapeMetrics(ts);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_deadline_exceeded_total{stage=\"running\"}"), 1);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_deadline_exceeded_total{stage=\"queued\"}"), 1);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"deadline\"}"), 2);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"cancelled\"}"), 1);
 }
 
 TEST(Server, ClientCancelMidStreamFreesKv) {
