@@ -118,7 +118,11 @@ bool Scheduler::Cancel(const std::string& request_id, absl::Time now) {
   auto it = seqs_.find(request_id);
   if (it == seqs_.end()) return false;
   Seq* seq = it->second.get();
-  if (now >= seq->req.deadline) {
+  // The client's timer runs the same timeout as the server's but started earlier, by the
+  // request's transit time, so a client-side deadline shows up here as a cancel shortly before
+  // the server-side deadline.
+  constexpr absl::Duration kClientClockLead = absl::Milliseconds(100);
+  if (now + kClientClockLead >= seq->req.deadline) {
     Complete(seq, FinishReason::kDeadline,
              absl::DeadlineExceededError(seq->running ? "deadline passed while generating"
                                                       : "deadline passed while queued"),

@@ -50,8 +50,8 @@ class Scheduler {
   // Finishes a live request now (its blocks are freed); false when the id is unknown.
   bool Finish(const std::string& request_id, FinishReason reason, absl::Status status);
   void FinishAll(FinishReason reason, const absl::Status& status);
-  // Cancels a request (client cancel or Abort). A cancel that comes from the call's deadline
-  // expiring is reported as a deadline, not a cancellation.
+  // Cancels a request (client cancel or Abort). A cancel at (or within 100 ms before) the
+  // request's deadline comes from the deadline expiring and is reported as a deadline.
   bool Cancel(const std::string& request_id, absl::Time now);
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
