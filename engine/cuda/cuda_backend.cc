@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -30,6 +32,23 @@ namespace {
     absl::Status sb_st_ = (expr);      \
     if (!sb_st_.ok()) return sb_st_;   \
   } while (0)
+
+// SBSERVE_CUDA_DEBUG=1 synchronises after every op and prints it, so a fault or a hang names its op.
+bool DebugSync() {
+  static const bool on = [] {
+    const char* v = std::getenv("SBSERVE_CUDA_DEBUG");
+    return v != nullptr && *v != '\0' && *v != '0';
+  }();
+  return on;
+}
+
+absl::Status Trace(cudaStream_t stream, const char* op, absl::Status st) {
+  if (!st.ok() || !DebugSync()) return st;
+  std::fprintf(stderr, "[cuda] %s ...", op);
+  SB_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  std::fprintf(stderr, " ok\n");
+  return absl::OkStatus();
+}
 
 // Grow-only device allocation.
 class DeviceBuffer {
@@ -241,7 +260,7 @@ absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWe
   ap.total_q = N;
   ap.num_kv_heads = static_cast<int>(c.n_kv_head);
   ap.head_dim = static_cast<int>(c.head_dim);
-  SB_RETURN_IF_ERROR(kernels::SbKvAppend(ap, stream_));
+  SB_RETURN_IF_ERROR(Trace(stream_, "kv_append", kernels::SbKvAppend(ap, stream_)));
 
   const auto rem = c.remainder == Remainder::kR0   ? kernels::SbRemainder::kNone
                    : c.remainder == Remainder::kR1 ? kernels::SbRemainder::kOwnValue
@@ -266,7 +285,7 @@ absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWe
     dp.num_sms = num_sms_;
     SB_RETURN_IF_ERROR(workspace_.Reserve(kernels::SbAttnDecodeWorkspaceBytes(dp)));
     dp.workspace = workspace_.get();
-    SB_RETURN_IF_ERROR(kernels::SbAttnDecode(dp, stream_));
+    SB_RETURN_IF_ERROR(Trace(stream_, "attn_decode", kernels::SbAttnDecode(dp, stream_)));
   }
   if (nd < B) {
     const int row0 = batch.cu_seqlens_q[nd];
@@ -289,7 +308,7 @@ absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWe
     pp.head_dim = static_cast<int>(c.head_dim);
     pp.scale = static_cast<float>(c.attention_multiplier);
     pp.remainder = rem;
-    SB_RETURN_IF_ERROR(kernels::SbAttnPrefill(pp, stream_));
+    SB_RETURN_IF_ERROR(Trace(stream_, "attn_prefill", kernels::SbAttnPrefill(pp, stream_)));
   }
   return absl::OkStatus();
 }
@@ -375,10 +394,12 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
     const LayerWeights& w = *layers_[l];
     SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
                                   w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_));
-    SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false));
+    SB_RETURN_IF_ERROR(Trace(stream_, "norm_1", absl::OkStatus()));
+    SB_RETURN_IF_ERROR(Trace(stream_, "c_attn", Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false)));
     SB_RETURN_IF_ERROR(cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
                                       static_cast<int>(Hkv), static_cast<int>(H / Hkv), static_cast<int>(d),
                                       q_.get(), k_.get(), v_.get(), stream_));
+    SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv", absl::OkStatus()));
     SB_RETURN_IF_ERROR(Attention(batch, static_cast<int>(l), w));
     SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
     SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
@@ -388,6 +409,7 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
     SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.fc_w.get(), fc_out, fc_.get(), false));
     SB_RETURN_IF_ERROR(cuda::Activation(act, c.glu, fc_.get(), w.has_bias ? w.fc_b.get<float>() : nullptr, N, I,
                                         act_.get(), stream_));
+    SB_RETURN_IF_ERROR(Trace(stream_, "mlp_in", absl::OkStatus()));
     SB_RETURN_IF_ERROR(Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, y_.get(), true));
     SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
                                          w.has_bias ? w.fc_proj_b.get<float>() : nullptr, N, D, r, stream_));
@@ -403,7 +425,7 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
                                             cudaMemcpyDeviceToHost, stream_));
   }
   SB_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  return absl::OkStatus();
+  return Trace(stream_, "forward", absl::OkStatus());
 }
 
 }  // namespace
