@@ -42,6 +42,7 @@ commands:
       --stop STRING (repeatable) --stop-token-id ID (repeatable) --ignore-eos
       --include-stop-str --logprobs N --priority N --id REQUEST_ID
       --keep-special         do not skip special tokens in the text
+      --no-add-special       do not let the tokenizer add special tokens (e.g. bos) to PROMPT
       --json                 print every response message as one JSON line
       --unary                use the unary Complete RPC
   health [--service NAME]  liveness ("") and readiness (sbserve.v1.SbServe); exit 0 when ready
@@ -166,6 +167,7 @@ int Generate(SbServe::Stub& stub, const Args& a, absl::Duration timeout) {
   if (a.Has("priority")) req.set_priority(Num<int32_t>(a, "priority"));
   if (a.Has("id")) req.set_request_id(a.Get("id"));
   if (a.Has("keep-special")) req.set_skip_special_tokens(false);
+  if (a.Has("no-add-special")) req.set_add_special_tokens(false);
   const bool json = a.Has("json");
 
   grpc::ClientContext ctx;
@@ -307,7 +309,7 @@ int main(int argc, char** argv) {
   if (i >= args.size()) Die(kUsage);
   const std::string cmd = args[i];
   const std::vector<std::string> rest(args.begin() + static_cast<long>(i) + 1, args.end());
-  const Args a = ParseArgs(rest, {"json", "unary", "ignore-eos", "include-stop-str", "keep-special", "no-special"});
+  const Args a = ParseArgs(rest, {"json", "unary", "ignore-eos", "include-stop-str", "keep-special", "no-special", "no-add-special"});
 
   grpc::ChannelArguments ca;
   ca.SetMaxReceiveMessageSize(64 << 20);
