@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -59,8 +60,9 @@ class DeviceBuffer {
   ~DeviceBuffer() {
     if (ptr_) cudaFree(ptr_);
   }
-  absl::Status Reserve(size_t bytes) {
+  absl::Status Reserve(size_t bytes, bool* moved = nullptr) {
     if (bytes <= bytes_) return absl::OkStatus();
+    if (moved) *moved = true;
     if (ptr_) cudaFree(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
@@ -68,6 +70,7 @@ class DeviceBuffer {
     bytes_ = std::max<size_t>(bytes, 256);
     return absl::OkStatus();
   }
+  size_t bytes() const { return bytes_; }
   template <typename T = void>
   T* get() const {
     return static_cast<T*>(ptr_);
@@ -95,6 +98,7 @@ class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const ModelConfig& c) : config_(c) {}
   ~CudaBackend() override {
+    ClearGraphs();
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
     if (pinned_) cudaFreeHost(pinned_);
@@ -113,10 +117,12 @@ class CudaBackend final : public Backend {
     }
     const size_t per_layer = static_cast<size_t>(shape.num_blocks) * shape.block_size * config_.n_kv_head *
                              config_.head_dim * 2;
+    ClearGraphs();
     kv_ = std::make_unique<DeviceBuffer>();
     SB_RETURN_IF_ERROR(kv_->Reserve(per_layer * 2 * config_.n_layer));
     shape_ = shape;
     kv_layer_bytes_ = per_layer;
+    graph_mb_ = static_cast<int>((config_.n_positions + shape.block_size - 1) / shape.block_size);
     return absl::OkStatus();
   }
 
@@ -127,7 +133,21 @@ class CudaBackend final : public Backend {
   // y[n, out] = alpha · x[n, in] · W[out, in]ᵀ; x, W bf16; y bf16 or fp32.
   absl::Status Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
                     float alpha = 1.f);
-  absl::Status Attention(const Batch& batch, int layer, const LayerWeights& w);
+  // What the device work of one step depends on besides the metadata buffer.
+  struct StepShape {
+    int B = 0, N = 0, R = 0;
+    int nd = 0;            // leading decode sequences (chunk of 1)
+    int mb = 0;            // block-table row length in meta_
+    int max_ctx_decode = 1;
+    int max_q_prefill = 1;
+    int prefill_row0 = 0;  // first query row of the prefill part
+  };
+  absl::Status Attention(const StepShape& sh, int layer, const LayerWeights& w);
+  // Enqueues the whole model for one step (metadata already in meta_), logits into logits_.
+  absl::Status Compute(const StepShape& sh);
+  // Grows the step buffers for N tokens and R logit rows; true in *moved when any pointer changed.
+  absl::Status ReserveStep(int64_t N, int64_t R, bool* moved);
+  absl::Status RunDecodeGraph(const StepShape& sh);
 
   ModelConfig config_;
   cudaStream_t stream_ = nullptr;
@@ -141,8 +161,18 @@ class CudaBackend final : public Backend {
 
   // Per-step scratch.
   DeviceBuffer h_, x_, qkv_, q_, k_, v_, o_, y_, fc_, act_, meta_, logits_, workspace_;
+  size_t workspace_bytes_ = 0;
   int32_t* pinned_ = nullptr;
   size_t pinned_ints_ = 0;
+  // Decode-only steps replay a captured graph per batch size: one launch instead of ~13 per layer.
+  bool use_graphs_ = true;
+  int graph_mb_ = 0;  // block-table row length the graphs were captured with (the full context)
+  std::map<int, cudaGraphExec_t> graphs_;
+  DeviceBuffer blas_workspace_;
+  void ClearGraphs() {
+    for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
+    graphs_.clear();
+  }
   // Offsets (in int32) of the step's metadata in meta_.
   struct Meta {
     size_t ids, cu, ctx, tables, rows, cu_prefill;
@@ -182,6 +212,10 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   SB_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options.device));
   SB_CUBLAS_RETURN_IF_ERROR(cublasCreate(&blas_));
   SB_CUBLAS_RETURN_IF_ERROR(cublasSetStream(blas_, stream_));
+  // A fixed cuBLAS workspace: graph capture must not allocate.
+  SB_RETURN_IF_ERROR(blas_workspace_.Reserve(size_t{32} << 20));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(blas_, blas_workspace_.get(), size_t{32} << 20));
+  if (const char* g = std::getenv("SBSERVE_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") use_graphs_ = false;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
   if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.ln_f.weight", false, lnf_w_));
@@ -232,14 +266,8 @@ absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void*
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWeights& w) {
+absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerWeights& w) {
   const ModelConfig& c = config_;
-  const int B = batch.num_seqs();
-  const int N = batch.num_tokens();
-  // Decode sequences (chunk of 1) that lead the batch go to the split-K decode kernel, the rest to
-  // the varlen prefill kernel (the packer puts decode steps first).
-  int nd = 0;
-  while (nd < B && batch.cu_seqlens_q[nd + 1] - batch.cu_seqlens_q[nd] == 1) ++nd;
   const int32_t* meta = meta_.get<int32_t>();
   kernels::SbKvCache cache;
   char* kv = kv_->get<char>() + 2 * kv_layer_bytes_ * layer;
@@ -248,7 +276,7 @@ absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWe
   cache.block_tables = meta + meta_off_.tables;
   cache.num_blocks = shape_.num_blocks;
   cache.block_size = shape_.block_size;
-  cache.max_blocks = batch.max_blocks_per_seq;
+  cache.max_blocks = sh.mb;
 
   kernels::SbKvAppendParams ap;
   ap.k = k_.get();
@@ -256,8 +284,8 @@ absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWe
   ap.cu_seqlens_q = meta + meta_off_.cu;
   ap.context_lens = meta + meta_off_.ctx;
   ap.cache = cache;
-  ap.batch = B;
-  ap.total_q = N;
+  ap.batch = sh.B;
+  ap.total_q = sh.N;
   ap.num_kv_heads = static_cast<int>(c.n_kv_head);
   ap.head_dim = static_cast<int>(c.head_dim);
   SB_RETURN_IF_ERROR(Trace(stream_, "kv_append", kernels::SbKvAppend(ap, stream_)));
@@ -266,43 +294,42 @@ absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWe
                    : c.remainder == Remainder::kR1 ? kernels::SbRemainder::kOwnValue
                                                    : kernels::SbRemainder::kHeadBias;
   const float* head_bias = w.has_head_bias ? w.head_bias.get<float>() : nullptr;
-  if (nd > 0) {
+  // Decode sequences (chunk of 1) that lead the batch go to the split-K decode kernel, the rest to
+  // the varlen prefill kernel (the packer puts decode steps first).
+  if (sh.nd > 0) {
     kernels::SbAttnDecodeParams dp;
     dp.q = q_.get();
     dp.context_lens = meta + meta_off_.ctx;
     dp.cache = cache;
     dp.head_bias = head_bias;
     dp.o = o_.get();
-    dp.batch = nd;
-    int max_ctx = 1;
-    for (int b = 0; b < nd; ++b) max_ctx = std::max(max_ctx, batch.context_lens[b]);
-    dp.max_context = max_ctx;
+    dp.batch = sh.nd;
+    dp.max_context = sh.max_ctx_decode;
     dp.num_heads = static_cast<int>(c.n_head);
     dp.num_kv_heads = static_cast<int>(c.n_kv_head);
     dp.head_dim = static_cast<int>(c.head_dim);
     dp.scale = static_cast<float>(c.attention_multiplier);
     dp.remainder = rem;
     dp.num_sms = num_sms_;
-    SB_RETURN_IF_ERROR(workspace_.Reserve(kernels::SbAttnDecodeWorkspaceBytes(dp)));
+    if (kernels::SbAttnDecodeWorkspaceBytes(dp) > workspace_bytes_) {
+      return absl::InternalError("decode workspace not reserved before the step");
+    }
     dp.workspace = workspace_.get();
     SB_RETURN_IF_ERROR(Trace(stream_, "attn_decode", kernels::SbAttnDecode(dp, stream_)));
   }
-  if (nd < B) {
-    const int row0 = batch.cu_seqlens_q[nd];
+  if (sh.nd < sh.B) {
     const int64_t hd = c.n_head * c.head_dim;
     kernels::SbAttnPrefillParams pp;
-    pp.q = static_cast<const char*>(q_.get()) + static_cast<int64_t>(row0) * hd * 2;
+    pp.q = static_cast<const char*>(q_.get()) + static_cast<int64_t>(sh.prefill_row0) * hd * 2;
     pp.cu_seqlens_q = meta + meta_off_.cu_prefill;
-    pp.context_lens = meta + meta_off_.ctx + nd;
+    pp.context_lens = meta + meta_off_.ctx + sh.nd;
     pp.cache = cache;
-    pp.cache.block_tables = meta + meta_off_.tables + static_cast<size_t>(nd) * batch.max_blocks_per_seq;
+    pp.cache.block_tables = meta + meta_off_.tables + static_cast<size_t>(sh.nd) * sh.mb;
     pp.head_bias = head_bias;
-    pp.o = static_cast<char*>(o_.get()) + static_cast<int64_t>(row0) * hd * 2;
-    pp.batch = B - nd;
-    pp.total_q = N - row0;
-    int max_q = 1;
-    for (int b = nd; b < B; ++b) max_q = std::max(max_q, batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b]);
-    pp.max_seqlen_q = max_q;
+    pp.o = static_cast<char*>(o_.get()) + static_cast<int64_t>(sh.prefill_row0) * hd * 2;
+    pp.batch = sh.B - sh.nd;
+    pp.total_q = sh.N - sh.prefill_row0;
+    pp.max_seqlen_q = sh.max_q_prefill;
     pp.num_heads = static_cast<int>(c.n_head);
     pp.num_kv_heads = static_cast<int>(c.n_kv_head);
     pp.head_dim = static_cast<int>(c.head_dim);
@@ -313,76 +340,30 @@ absl::Status CudaBackend::Attention(const Batch& batch, int layer, const LayerWe
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
+absl::Status CudaBackend::ReserveStep(int64_t N, int64_t R, bool* moved) {
   const ModelConfig& c = config_;
-  if (!kv_) return absl::FailedPreconditionError("KV cache not initialised");
-  const int B = batch.num_seqs();
-  const int64_t N = batch.num_tokens();
-  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
-  if (B <= 0 || batch.cu_seqlens_q.front() != 0 || batch.cu_seqlens_q.back() != N ||
-      static_cast<int>(batch.context_lens.size()) != B ||
-      batch.block_tables.size() != static_cast<size_t>(B) * batch.max_blocks_per_seq) {
-    return absl::InvalidArgumentError("batch arrays have inconsistent sizes");
-  }
-  if (logits.size() < static_cast<size_t>(R * c.vocab_size)) return absl::InvalidArgumentError("logits buffer too small");
-  for (int b = 0; b < B; ++b) {
-    const int len = batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b];
-    if (len <= 0 || batch.context_lens[b] < len) return absl::InvalidArgumentError("bad chunk length");
-    const int need = (batch.context_lens[b] + shape_.block_size - 1) / shape_.block_size;
-    if (need > batch.max_blocks_per_seq) return absl::InvalidArgumentError("block table too short");
-    for (int i = 0; i < need; ++i) {
-      const int32_t blk = batch.block_tables[static_cast<size_t>(b) * batch.max_blocks_per_seq + i];
-      if (blk < 0 || blk >= shape_.num_blocks) return absl::InvalidArgumentError("block id out of range");
-    }
-  }
-  for (int32_t t : batch.tokens) {
-    if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range"));
-  }
-  for (int32_t r : batch.logit_rows) {
-    if (r < 0 || r >= N) return absl::InvalidArgumentError("logit row out of range");
-  }
-
-  // Step metadata in one pinned staging buffer and one copy.
-  int nd = 0;
-  while (nd < B && batch.cu_seqlens_q[nd + 1] - batch.cu_seqlens_q[nd] == 1) ++nd;
-  meta_off_.ids = 0;
-  meta_off_.cu = meta_off_.ids + N;
-  meta_off_.ctx = meta_off_.cu + B + 1;
-  meta_off_.tables = meta_off_.ctx + B;
-  meta_off_.rows = meta_off_.tables + batch.block_tables.size();
-  meta_off_.cu_prefill = meta_off_.rows + R;
-  const size_t total_ints = meta_off_.cu_prefill + (B - nd) + 1;
-  if (total_ints > pinned_ints_) {
-    if (pinned_) cudaFreeHost(pinned_);
-    pinned_ = nullptr;
-    const size_t cap = std::max<size_t>(total_ints * 2, 4096);
-    SB_CUDA_RETURN_IF_ERROR(cudaMallocHost(&pinned_, cap * 4));
-    pinned_ints_ = cap;
-  }
-  // The previous step's copy has finished: Forward ends with a stream synchronisation.
-  std::copy(batch.tokens.begin(), batch.tokens.end(), pinned_ + meta_off_.ids);
-  std::copy(batch.cu_seqlens_q.begin(), batch.cu_seqlens_q.end(), pinned_ + meta_off_.cu);
-  std::copy(batch.context_lens.begin(), batch.context_lens.end(), pinned_ + meta_off_.ctx);
-  std::copy(batch.block_tables.begin(), batch.block_tables.end(), pinned_ + meta_off_.tables);
-  std::copy(batch.logit_rows.begin(), batch.logit_rows.end(), pinned_ + meta_off_.rows);
-  for (int b = nd; b <= B; ++b) pinned_[meta_off_.cu_prefill + (b - nd)] = batch.cu_seqlens_q[b] - batch.cu_seqlens_q[nd];
-  SB_RETURN_IF_ERROR(meta_.Reserve(total_ints * 4));
-  SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.get(), pinned_, total_ints * 4, cudaMemcpyHostToDevice, stream_));
-
   const int64_t D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim, I = c.n_inner;
   const int64_t fc_out = c.glu ? 2 * I : I;
-  SB_RETURN_IF_ERROR(h_.Reserve(N * D * 4));
-  SB_RETURN_IF_ERROR(x_.Reserve(std::max<int64_t>(N, 1) * D * 2));
-  SB_RETURN_IF_ERROR(qkv_.Reserve(N * c.qkv_dim() * 2));
-  SB_RETURN_IF_ERROR(q_.Reserve(N * H * d * 2));
-  SB_RETURN_IF_ERROR(k_.Reserve(N * Hkv * d * 2));
-  SB_RETURN_IF_ERROR(v_.Reserve(N * Hkv * d * 2));
-  SB_RETURN_IF_ERROR(o_.Reserve(N * H * d * 2));
-  SB_RETURN_IF_ERROR(y_.Reserve(N * D * 4));
-  SB_RETURN_IF_ERROR(fc_.Reserve(N * fc_out * 2));
-  SB_RETURN_IF_ERROR(act_.Reserve(N * I * 2));
-  SB_RETURN_IF_ERROR(logits_.Reserve(std::max<int64_t>(R, 1) * c.vocab_size * 4));
+  N = std::max<int64_t>(N, 1);
+  R = std::max<int64_t>(R, 1);
+  SB_RETURN_IF_ERROR(h_.Reserve(N * D * 4, moved));
+  SB_RETURN_IF_ERROR(x_.Reserve(N * D * 2, moved));
+  SB_RETURN_IF_ERROR(qkv_.Reserve(N * c.qkv_dim() * 2, moved));
+  SB_RETURN_IF_ERROR(q_.Reserve(N * H * d * 2, moved));
+  SB_RETURN_IF_ERROR(k_.Reserve(N * Hkv * d * 2, moved));
+  SB_RETURN_IF_ERROR(v_.Reserve(N * Hkv * d * 2, moved));
+  SB_RETURN_IF_ERROR(o_.Reserve(N * H * d * 2, moved));
+  SB_RETURN_IF_ERROR(y_.Reserve(N * D * 4, moved));
+  SB_RETURN_IF_ERROR(fc_.Reserve(N * fc_out * 2, moved));
+  SB_RETURN_IF_ERROR(act_.Reserve(N * I * 2, moved));
+  SB_RETURN_IF_ERROR(logits_.Reserve(R * c.vocab_size * 4, moved));
+  return absl::OkStatus();
+}
 
+absl::Status CudaBackend::Compute(const StepShape& sh) {
+  const ModelConfig& c = config_;
+  const int64_t N = sh.N, R = sh.R, D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim;
+  const int64_t I = c.n_inner, fc_out = c.glu ? 2 * I : I;
   const int32_t* meta = meta_.get<int32_t>();
   const float r = static_cast<float>(c.m_residual);
   const float eps = static_cast<float>(c.norm_eps);
@@ -400,7 +381,7 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
                                       static_cast<int>(Hkv), static_cast<int>(H / Hkv), static_cast<int>(d),
                                       q_.get(), k_.get(), v_.get(), stream_));
     SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv", absl::OkStatus()));
-    SB_RETURN_IF_ERROR(Attention(batch, static_cast<int>(l), w));
+    SB_RETURN_IF_ERROR(Attention(sh, static_cast<int>(l), w));
     SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
     SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
                                          w.has_bias ? w.proj_b.get<float>() : nullptr, N, D, r, stream_));
@@ -421,7 +402,137 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
     const void* head = c.tie_word_embeddings ? wte_.get() : lm_head_.get();
     SB_RETURN_IF_ERROR(Gemm(x_.get(), R, D, head, c.vocab_size, logits_.get(), true,
                             static_cast<float>(1.0 / c.m_width)));
-    SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), logits_.get(), R * c.vocab_size * 4,
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
+  auto it = graphs_.find(sh.B);
+  if (it == graphs_.end()) {
+    cudaGraph_t graph = nullptr;
+    SB_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    absl::Status st = Compute(sh);
+    cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    if (!st.ok()) {
+      if (graph) cudaGraphDestroy(graph);
+      return st;
+    }
+    SB_CUDA_RETURN_IF_ERROR(end);
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    SB_CUDA_RETURN_IF_ERROR(inst);
+    it = graphs_.emplace(sh.B, exec).first;
+  }
+  SB_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
+  const ModelConfig& c = config_;
+  if (!kv_) return absl::FailedPreconditionError("KV cache not initialised");
+  const int B = batch.num_seqs();
+  const int N = batch.num_tokens();
+  const int R = static_cast<int>(batch.logit_rows.size());
+  if (B <= 0 || batch.cu_seqlens_q.front() != 0 || batch.cu_seqlens_q.back() != N ||
+      static_cast<int>(batch.context_lens.size()) != B ||
+      batch.block_tables.size() != static_cast<size_t>(B) * batch.max_blocks_per_seq) {
+    return absl::InvalidArgumentError("batch arrays have inconsistent sizes");
+  }
+  if (logits.size() < static_cast<size_t>(R) * c.vocab_size) return absl::InvalidArgumentError("logits buffer too small");
+  int used_mb = 0;
+  for (int b = 0; b < B; ++b) {
+    const int len = batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b];
+    if (len <= 0 || batch.context_lens[b] < len) return absl::InvalidArgumentError("bad chunk length");
+    const int need = (batch.context_lens[b] + shape_.block_size - 1) / shape_.block_size;
+    if (need > batch.max_blocks_per_seq) return absl::InvalidArgumentError("block table too short");
+    used_mb = std::max(used_mb, need);
+    for (int i = 0; i < need; ++i) {
+      const int32_t blk = batch.block_tables[static_cast<size_t>(b) * batch.max_blocks_per_seq + i];
+      if (blk < 0 || blk >= shape_.num_blocks) return absl::InvalidArgumentError("block id out of range");
+    }
+  }
+  for (int32_t t : batch.tokens) {
+    if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range"));
+  }
+  for (int32_t r : batch.logit_rows) {
+    if (r < 0 || r >= N) return absl::InvalidArgumentError("logit row out of range");
+  }
+
+  StepShape sh;
+  sh.B = B;
+  sh.N = N;
+  sh.R = R;
+  while (sh.nd < B && batch.cu_seqlens_q[sh.nd + 1] - batch.cu_seqlens_q[sh.nd] == 1) ++sh.nd;
+  sh.prefill_row0 = batch.cu_seqlens_q[sh.nd];
+  for (int b = 0; b < sh.nd; ++b) sh.max_ctx_decode = std::max(sh.max_ctx_decode, batch.context_lens[b]);
+  for (int b = sh.nd; b < B; ++b) {
+    sh.max_q_prefill = std::max(sh.max_q_prefill, batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b]);
+  }
+  // A decode-only step whose logits are every row, in order, replays a graph captured with block
+  // tables padded to the full context and the decode split sized for it, so one graph per batch
+  // size serves every context length.
+  bool graph = use_graphs_ && sh.nd == B && R == B && used_mb <= graph_mb_;
+  for (int b = 0; graph && b < R; ++b) graph = batch.logit_rows[b] == b;
+  sh.mb = graph ? graph_mb_ : batch.max_blocks_per_seq;
+  if (graph) sh.max_ctx_decode = graph_mb_ * shape_.block_size;
+
+  // Step metadata in one pinned staging buffer and one copy.
+  meta_off_.ids = 0;
+  meta_off_.cu = meta_off_.ids + N;
+  meta_off_.ctx = meta_off_.cu + B + 1;
+  meta_off_.tables = meta_off_.ctx + B;
+  meta_off_.rows = meta_off_.tables + static_cast<size_t>(B) * sh.mb;
+  meta_off_.cu_prefill = meta_off_.rows + R;
+  const size_t total_ints = meta_off_.cu_prefill + (B - sh.nd) + 1;
+  if (total_ints > pinned_ints_) {
+    if (pinned_) cudaFreeHost(pinned_);
+    pinned_ = nullptr;
+    const size_t cap = std::max<size_t>(total_ints * 2, 4096);
+    SB_CUDA_RETURN_IF_ERROR(cudaMallocHost(&pinned_, cap * 4));
+    pinned_ints_ = cap;
+  }
+  // The previous step's copy has finished: Forward ends with a stream synchronisation.
+  std::copy(batch.tokens.begin(), batch.tokens.end(), pinned_ + meta_off_.ids);
+  std::copy(batch.cu_seqlens_q.begin(), batch.cu_seqlens_q.end(), pinned_ + meta_off_.cu);
+  std::copy(batch.context_lens.begin(), batch.context_lens.end(), pinned_ + meta_off_.ctx);
+  for (int b = 0; b < B; ++b) {
+    int32_t* row = pinned_ + meta_off_.tables + static_cast<size_t>(b) * sh.mb;
+    const int32_t* src = batch.block_tables.data() + static_cast<size_t>(b) * batch.max_blocks_per_seq;
+    const int n = std::min(sh.mb, batch.max_blocks_per_seq);
+    std::copy(src, src + n, row);
+    std::fill(row + n, row + sh.mb, -1);
+  }
+  std::copy(batch.logit_rows.begin(), batch.logit_rows.end(), pinned_ + meta_off_.rows);
+  for (int b = sh.nd; b <= B; ++b) {
+    pinned_[meta_off_.cu_prefill + (b - sh.nd)] = batch.cu_seqlens_q[b] - batch.cu_seqlens_q[sh.nd];
+  }
+  // Buffers are sized before any capture; a buffer that moves invalidates every captured graph.
+  bool moved = false;
+  // Metadata grows geometrically so that replays of captured graphs rarely see it move.
+  if (total_ints * 4 > meta_.bytes()) SB_RETURN_IF_ERROR(meta_.Reserve(std::max<size_t>(total_ints * 2, 4096) * 4, &moved));
+  SB_RETURN_IF_ERROR(ReserveStep(N, R, &moved));
+  if (sh.nd > 0) {
+    kernels::SbAttnDecodeParams probe;
+    probe.batch = sh.nd;
+    probe.num_heads = static_cast<int>(c.n_head);
+    probe.num_kv_heads = static_cast<int>(c.n_kv_head);
+    probe.head_dim = static_cast<int>(c.head_dim);
+    probe.max_context = sh.max_ctx_decode;
+    probe.num_sms = num_sms_;
+    const size_t ws = kernels::SbAttnDecodeWorkspaceBytes(probe);
+    SB_RETURN_IF_ERROR(workspace_.Reserve(ws, &moved));
+    workspace_bytes_ = std::max(workspace_bytes_, ws);
+  }
+  if (moved) ClearGraphs();
+  SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.get(), pinned_, total_ints * 4, cudaMemcpyHostToDevice, stream_));
+  if (graph && !DebugSync()) {
+    SB_RETURN_IF_ERROR(RunDecodeGraph(sh));
+  } else {
+    SB_RETURN_IF_ERROR(Compute(sh));
+  }
+  if (R > 0) {
+    SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), logits_.get(), static_cast<size_t>(R) * c.vocab_size * 4,
                                             cudaMemcpyDeviceToHost, stream_));
   }
   SB_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
