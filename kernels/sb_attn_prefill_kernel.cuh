@@ -32,13 +32,16 @@
 
 namespace sbserve::kernels {
 
-template <int kHeadDim_, int kNWarps_, int kMTiles_, int kMinBlocks_>
+template <int kHeadDim_, int kNWarps_, int kMTiles_, int kMinBlocks_, bool kQInRegs_>
 struct SbPrefillTraits {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kMTiles = kMTiles_;  // m16 tiles per warp
   static constexpr int kMinBlocks = kMinBlocks_;
+  // Q fragments held in registers for the whole CTA (true) or re-read from shared memory for
+  // every key tile (false: fewer registers, more resident warps).
+  static constexpr bool kQInRegs = kQInRegs_;
   static constexpr int kBlockM = 16 * kMTiles * kNWarps;
   static constexpr int kBlockN = 64;
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
@@ -54,6 +57,62 @@ struct SbPrefillTraits {
 // ldmatrix reads under the key permutation above are keys 16a + 2n + e (a < 4, e < 2), and this
 // maps them to 8 distinct 16-byte bank groups.
 __device__ __forceinline__ int KvSwizzle(int key) { return ((key >> 3) & 6) | (key & 1); }
+
+// Turns one key tile of logits (S fragments, permuted key columns) into bf16 weights (the A
+// operand of P V) and advances the per-row carry. row_pos0 = position of this lane's row g of
+// m-tile 0; key0 = first key of this lane's 16.
+template <int kMT, int kNT, bool kMask>
+__device__ __forceinline__ void SbWeights(const float (&s)[kMT][kNT][4], uint32_t (&p_frag)[kMT][kNT / 2][4],
+                                          float (&carry)[kMT][2], float scale_log2, int key0, int row_pos0, int tq) {
+  using namespace device;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int pos = row_pos0 + 16 * mt + 8 * hf;
+      float w[16];
+      float chunk_r[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        float prod = 1.f;
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const int idx = 4 * c + jj;  // key key0 + idx
+          float x = s[mt][idx >> 1][2 * hf + (idx & 1)] * scale_log2;
+          if (kMask && key0 + idx >= pos) x = -INFINITY;
+          const float t = Exp2(fminf(x, 20.f));
+          w[idx] = t * prod;
+          prod = fmaf(prod, t, prod);  // prod * (1 + t)
+        }
+        chunk_r[c] = Rcp(prod);
+      }
+      const float lane_r = (chunk_r[0] * chunk_r[1]) * (chunk_r[2] * chunk_r[3]);
+      // Inclusive suffix product over the 4 lanes of the row (lane tq holds keys 16tq..16tq+15).
+      float incl = lane_r;
+      float sh = __shfl_down_sync(0xffffffffu, incl, 1, 4);
+      if (tq < 3) incl *= sh;
+      sh = __shfl_down_sync(0xffffffffu, incl, 2, 4);
+      if (tq < 2) incl *= sh;
+      float excl = __shfl_down_sync(0xffffffffu, incl, 1, 4);
+      if (tq == 3) excl = 1.f;
+      const float tile_r = __shfl_sync(0xffffffffu, incl, 0, 4);
+      float gc = carry[mt][hf] * excl;  // prod over keys newer than this lane's keys
+#pragma unroll
+      for (int c = 3; c >= 0; --c) {
+        gc *= chunk_r[c];
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) w[4 * c + jj] *= gc;
+      }
+      carry[mt][hf] *= tile_r;
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) {
+        // A operand of P V for key slice kk: n-tiles 2kk (cols 0-7) and 2kk+1 (cols 8-15).
+        p_frag[mt][kk][hf] = PackBf16(w[2 * (2 * kk)], w[2 * (2 * kk) + 1]);
+        p_frag[mt][kk][2 + hf] = PackBf16(w[2 * (2 * kk + 1)], w[2 * (2 * kk + 1) + 1]);
+      }
+    }
+  }
+}
 
 template <typename Tr>
 __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
@@ -149,23 +208,25 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const int lm_mi = lane / 8;
   const int lm_j = lane % 8;
 
-  uint32_t q_frag[kMT][kKC][4];
+  uint32_t q_frag[kMT][Tr::kQInRegs ? kKC : 1][4];
+  auto load_q_frag = [&](int kc, uint32_t (&dst)[kMT][Tr::kQInRegs ? kKC : 1][4], int slot) {
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int row = warp_row0 + 16 * mt + lm_j + 8 * (lm_mi & 1);
+      const int c = 2 * kc + (lm_mi >> 1);
+      LdMatrixX4(SmemAddr(q_smem + row * Tr::kRowBytes + ((c ^ lm_j) << 4)), dst[mt][slot][0], dst[mt][slot][1],
+                 dst[mt][slot][2], dst[mt][slot][3]);
+    }
+  };
 
   for (int it = 0; it < n_tiles; ++it) {
     const int n = n_tiles - 1 - it;
     const int stage = it & 1;
     CpAsyncWait<0>();
     __syncthreads();
-    if (it == 0) {
+    if (Tr::kQInRegs && it == 0) {
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int kc = 0; kc < kKC; ++kc) {
-          const int row = warp_row0 + 16 * mt + lm_j + 8 * (lm_mi & 1);
-          const int c = 2 * kc + (lm_mi >> 1);
-          LdMatrixX4(SmemAddr(q_smem + row * Tr::kRowBytes + ((c ^ lm_j) << 4)), q_frag[mt][kc][0],
-                     q_frag[mt][kc][1], q_frag[mt][kc][2], q_frag[mt][kc][3]);
-        }
+      for (int kc = 0; kc < kKC; ++kc) load_q_frag(kc, q_frag, Tr::kQInRegs ? kc : 0);
     }
     if (n > 0) load_kv(n - 1, stage ^ 1);
     CpAsyncCommit();
@@ -187,7 +248,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       const int key_base = 16 * (lm_j >> 1) + (lm_j & 1) + 2 * (lm_mi >> 1);
       const int xo = (lm_mi & 1) ^ lm_j;
 #pragma unroll
-      for (int kc = 0; kc < kKC; ++kc)
+      for (int kc = 0; kc < kKC; ++kc) {
+        if constexpr (!Tr::kQInRegs) load_q_frag(kc, q_frag, 0);
+        const int qs = Tr::kQInRegs ? kc : 0;
 #pragma unroll
         for (int nt = 0; nt < kNT; nt += 2) {
           uint32_t b0, b1, b2, b3;
@@ -195,63 +258,22 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
                      b2, b3);
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
-            MmaBf16(s[mt][nt], q_frag[mt][kc], b0, b1);
-            MmaBf16(s[mt][nt + 1], q_frag[mt][kc], b2, b3);
+            MmaBf16(s[mt][nt], q_frag[mt][qs], b0, b1);
+            MmaBf16(s[mt][nt + 1], q_frag[mt][qs], b2, b3);
           }
-        }
-    }
-
-    // ---- break probabilities, suffix products, weights ----
-    const int key0 = n * Tr::kBlockN + 16 * tq;  // this lane's first key
-    const bool need_mask = n * Tr::kBlockN + Tr::kBlockN - 1 >= pos0;
-    uint32_t p_frag[kMT][kNT / 2][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int pos = pos0 + warp_row0 + 16 * mt + g + 8 * hf;
-        float w[16];
-        float chunk_r[4];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          float prod = 1.f;
-#pragma unroll
-          for (int jj = 0; jj < 4; ++jj) {
-            const int idx = 4 * c + jj;  // key key0 + idx
-            float x = s[mt][idx >> 1][2 * hf + (idx & 1)] * scale_log2;
-            if (need_mask && key0 + idx >= pos) x = -INFINITY;
-            const float t = Exp2(fminf(x, 20.f));
-            w[idx] = t * prod;
-            prod = fmaf(prod, t, prod);  // prod * (1 + t)
-          }
-          chunk_r[c] = Rcp(prod);
-        }
-        const float lane_r = (chunk_r[0] * chunk_r[1]) * (chunk_r[2] * chunk_r[3]);
-        // Inclusive suffix product over the 4 lanes of the row (lane tq holds keys 16tq..16tq+15).
-        float incl = lane_r;
-        float sh = __shfl_down_sync(0xffffffffu, incl, 1, 4);
-        if (tq < 3) incl *= sh;
-        sh = __shfl_down_sync(0xffffffffu, incl, 2, 4);
-        if (tq < 2) incl *= sh;
-        float excl = __shfl_down_sync(0xffffffffu, incl, 1, 4);
-        if (tq == 3) excl = 1.f;
-        const float tile_r = __shfl_sync(0xffffffffu, incl, 0, 4);
-        float gc = carry[mt][hf] * excl;  // prod over keys newer than this lane's keys
-#pragma unroll
-        for (int c = 3; c >= 0; --c) {
-          gc *= chunk_r[c];
-#pragma unroll
-          for (int jj = 0; jj < 4; ++jj) w[4 * c + jj] *= gc;
-        }
-        carry[mt][hf] *= tile_r;
-#pragma unroll
-        for (int kk = 0; kk < kNT / 2; ++kk) {
-          // A operand of P V for keys-slice kk: n-tiles 2kk (cols 0-7) and 2kk+1 (cols 8-15).
-          p_frag[mt][kk][hf] = PackBf16(w[2 * (2 * kk)], w[2 * (2 * kk) + 1]);
-          p_frag[mt][kk][2 + hf] = PackBf16(w[2 * (2 * kk + 1)], w[2 * (2 * kk + 1) + 1]);
         }
       }
     }
+
+    // ---- break probabilities, suffix products, weights ----
+    // Only tiles that reach a row's own position need the causal mask; the others take a
+    // mask-free copy of the same code.
+    const int key0 = n * Tr::kBlockN + 16 * tq;  // this lane's first key
+    uint32_t p_frag[kMT][kNT / 2][4];
+    if (n * Tr::kBlockN + Tr::kBlockN - 1 >= pos0)
+      SbWeights<kMT, kNT, true>(s, p_frag, carry, scale_log2, key0, pos0 + warp_row0 + g, tq);
+    else
+      SbWeights<kMT, kNT, false>(s, p_frag, carry, scale_log2, key0, pos0 + warp_row0 + g, tq);
 
     // ---- O += P V ----
     {

@@ -14,16 +14,19 @@ namespace sbserve::kernels {
 
 // Tile shapes: d = 64 gives each warp two m16 tiles so every K/V fragment read from shared memory
 // feeds two MMAs (one m-tile per warp makes shared-memory reads as costly as the softplus);
-// d = 128 keeps one m-tile per warp so that O, S and Q fit the register file.
+// d = 128 keeps one m-tile per warp so that O and S fit the register file. Both re-read Q
+// fragments from shared memory for every key tile: the freed registers let 3 (d = 64) or 2
+// (d = 128) CTAs share an SM, which measured 16% faster at d = 128 and within +-4% at d = 64
+// (H100, tests/bench/RESULTS.md).
 template <int kHeadDim>
 struct SbPrefillConfig;
 template <>
 struct SbPrefillConfig<64> {
-  using Traits = SbPrefillTraits<64, 4, 2, 2>;
+  using Traits = SbPrefillTraits<64, 4, 2, 3, false>;
 };
 template <>
 struct SbPrefillConfig<128> {
-  using Traits = SbPrefillTraits<128, 8, 1, 1>;
+  using Traits = SbPrefillTraits<128, 8, 1, 2, false>;
 };
 
 template <int kHeadDim>

@@ -154,7 +154,13 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out) 
 
   std::vector<int32_t> q_rows;
   if (path == Path::kDecode && reverse_rows) {
-    for (int b = 0; b < pb.batch; ++b) q_rows.push_back(pb.batch - 1 - b);
+    // Sequence b's query sits in row q_rows[b] of q, o and rem.
+    std::vector<uint16_t> q_perm(pb.q.size());
+    for (int b = 0; b < pb.batch; ++b) {
+      q_rows.push_back(pb.batch - 1 - b);
+      std::copy_n(&pb.q[static_cast<size_t>(b) * H * d], H * d, &q_perm[static_cast<size_t>(q_rows[b]) * H * d]);
+    }
+    CUDA_OK(dp.q.Upload(q_perm));
     dp.q_rows = DeviceBuffer<int32_t>(q_rows.size());
     CUDA_OK(dp.q_rows.Upload(q_rows));
   }
