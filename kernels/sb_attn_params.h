@@ -18,8 +18,10 @@
 //
 // Numerics: bf16 inputs, fp32 logits, break probabilities, products and accumulators.
 // Weights are computed in linear space as products of (1 - beta) = 1 / (1 + 2^x), with
-// x = scale * log2(e) * (q . k) clamped at 20 (an older key's weight is then over-estimated by at
-// most a factor (1 + 2^-20) relative to the clamped break), see sb_attn_prefill_kernel.cuh.
+// x = scale * log2(e) * (q . k). Prefill clamps x at 20: a key with x > 20 then passes
+// 1 / (1 + 2^20) < 1e-6 of the older keys' weight instead of 1 / (1 + 2^x), an absolute error
+// below 1e-6 * max |v| (see sb_attn_prefill_kernel.cuh). Products that underflow fp32 stand for
+// weights below 2^-46 and are flushed to zero; rem likewise (rem < 2^-126 reads 0).
 #pragma once
 
 #include <cstdint>

@@ -19,8 +19,9 @@
 // Inside a lane the 16 keys form 4 chunks of 4. Per chunk, exclusive prefix products
 // pre_j = prod_{k<j} (1 + t_k) and one reciprocal of the full product give
 // prod_{k>=j} 1/(1+t_k) = pre_j / prod: one reciprocal per 4 elements. x is clamped at 20 so a
-// chunk's product stays below 2^81 (over-estimating an older key's weight by at most a factor
-// (1 + 2^-20) / (1 + 2^x) relative to a break probability of 1 - 2^-20).
+// chunk's product stays below 2^81; a key with x > 20 then passes 1/(1 + 2^20) < 1e-6 of the
+// older keys' weight instead of 1/(1 + 2^x). A chunk factor that underflows (1/prod >= 2^-81 times
+// a carry below 2^-46) only drops weights below 2^-46.
 #pragma once
 
 #include <cuda_bf16.h>
