@@ -35,6 +35,9 @@ absl::StatusOr<std::string> IncrementalDecoder::DecodeWindow() const {
 }
 
 std::string IncrementalDecoder::Add(int32_t id) {
+  // A skipped special token is removed before the decoder chain runs, so it cannot change the
+  // text; keeping it out of the window keeps long runs of them from growing it.
+  if (!Visible(id)) return {};
   window_.push_back(id);
   absl::StatusOr<std::string> text = DecodeWindow();
   if (!text.ok()) {
@@ -42,8 +45,7 @@ std::string IncrementalDecoder::Add(int32_t id) {
     window_.pop_back();
     return {};
   }
-  // Skipped special tokens are transparent: a byte run continues across them.
-  if (Visible(id)) last_is_byte_token_ = tok_.IsByteFallbackToken(id);
+  last_is_byte_token_ = tok_.IsByteFallbackToken(id);
   if (last_is_byte_token_ || text->size() <= context_text_.size() || EndsWithReplacement(*text) ||
       text->compare(0, context_text_.size(), context_text_) != 0) {
     return {};

@@ -553,6 +553,29 @@ TEST(DemoTokenizer, HasExactVocabAndSpeaksText) {
   EXPECT_FALSE(WriteDemoTokenizer(TempDir("small"), 300).ok());
 }
 
+// Streaming cost per token must not grow with the stream: 200k ids, including long runs of
+// skipped special tokens, in well under a second per 100k.
+TEST(IncrementalDecoder, CostIsIndependentOfStreamLength) {
+  std::string dir = TempDir("stream");
+  ASSERT_TRUE(WriteDemoTokenizer(dir, 1024).ok());
+  auto t = Tokenizer::Load(dir);
+  ASSERT_TRUE(t.ok());
+  std::string text;
+  while (text.size() < 300000)
+    text += "The model answers one token at a time. \xE4\xB8\xAD\xF0\x9F\x98\x80\n";
+  std::vector<int32_t> ids = Enc(**t, text);
+  ids.insert(ids.begin() + ids.size() / 2, 20000, 0);  // <|endoftext|> is special: skipped
+  IncrementalDecoder dec(**t);
+  std::string out;
+  auto start = std::chrono::steady_clock::now();
+  for (int32_t id : ids) out += dec.Add(id);
+  out += dec.Flush();
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(out, Dec(**t, ids));
+  EXPECT_EQ(out, text);
+  EXPECT_LT(s, 5.0) << ids.size() << " ids";
+}
+
 TEST(Cli, TokenizeAndDetokenize) {
   std::string dir = TempDir("cli");
   ASSERT_TRUE(WriteDemoTokenizer(dir, 512).ok());
