@@ -40,7 +40,12 @@ int main(int argc, char** argv) {
   std::ifstream in(corpus_path);
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
-    docs.push_back(nlohmann::json::parse(line).get<std::string>());
+    auto doc = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!doc.is_string()) {
+      std::fprintf(stderr, "%s: every line must be a JSON string\n", corpus_path.c_str());
+      return 2;
+    }
+    docs.push_back(doc.get<std::string>());
     bytes += docs.back().size();
   }
   for (int pass = 1; pass <= passes; ++pass) {
