@@ -1,0 +1,57 @@
+#include "server/options.h"
+
+#include <cstdlib>
+
+#include "gtest/gtest.h"
+
+namespace sbserve {
+namespace {
+
+TEST(ServerOptions, DefaultsEnvironmentAndFlags) {
+  bool help = false;
+  unsetenv("SBSERVE_PORT");
+  unsetenv("SBSERVE_MAX_BATCH_TOKENS");
+  auto o = ParseServerOptions({}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->port, 50051);
+  EXPECT_EQ(o->metrics_port, 8080);
+  EXPECT_EQ(o->drain_timeout, absl::Seconds(30));
+
+  setenv("SBSERVE_PORT", "6000", 1);
+  setenv("SBSERVE_MAX_BATCH_TOKENS", "1024", 1);
+  o = ParseServerOptions({"--port=7000", "--drain-timeout", "1500ms", "--kv-cache-mb", "32", "--log-requests=false"},
+                         &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->port, 7000);  // the flag beats the environment
+  EXPECT_EQ(o->engine.max_batch_tokens, 1024);
+  EXPECT_EQ(o->drain_timeout, absl::Milliseconds(1500));
+  EXPECT_EQ(o->engine.kv_cache_bytes, int64_t{32} << 20);
+  EXPECT_FALSE(o->log_requests);
+  unsetenv("SBSERVE_PORT");
+  unsetenv("SBSERVE_MAX_BATCH_TOKENS");
+}
+
+TEST(ServerOptions, ErrorsNameTheFlagOrVariable) {
+  bool help = false;
+  auto o = ParseServerOptions({"--port", "70000"}, &help);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("--port"), std::string::npos);
+  o = ParseServerOptions({"--no-such-flag=1"}, &help);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("no-such-flag"), std::string::npos);
+  o = ParseServerOptions({"--backend", "tpu"}, &help);
+  ASSERT_FALSE(o.ok());
+  o = ParseServerOptions({"--max-queued-requests", "0"}, &help);
+  ASSERT_FALSE(o.ok());
+  setenv("SBSERVE_DRAIN_TIMEOUT", "soon", 1);
+  o = ParseServerOptions({}, &help);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("SBSERVE_DRAIN_TIMEOUT"), std::string::npos);
+  unsetenv("SBSERVE_DRAIN_TIMEOUT");
+  o = ParseServerOptions({"--help"}, &help);
+  EXPECT_TRUE(help);
+  EXPECT_NE(ServerUsage().find("SBSERVE_MAX_QUEUED_TOKENS"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sbserve
