@@ -4,17 +4,27 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SBSERVE_BUILD_DIR:-$root/build}
+jobs=${SBSERVE_JOBS:-$(nproc)}
 bash "$root/deploy/setup.sh" "$build"
 
-cd "$build"
 status=0
-ctest --output-on-failure -j "$(nproc)" --timeout 900 || status=$?
+echo "== ctest (all labels; gpu tests skip without a device)"
+(cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900) || status=$?
 
-# The checkpoint loader once more under AddressSanitizer + UBSan (corrupt files must never crash).
+# The checkpoint loader once more under AddressSanitizer + UBSan: corrupt files must never crash.
 asan=${build}-asan
-SBSERVE_CMAKE_ARGS="-DSBSERVE_ASAN=ON -DSBSERVE_CUDA=OFF" cmake -S "$root" -B "$asan" -G Ninja \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSBSERVE_ASAN=ON -DSBSERVE_CUDA=OFF >/dev/null
-cmake --build "$asan" --target checkpoint_test -j "$(nproc)"
-echo "== checkpoint_test under AddressSanitizer"
+cmake -S "$root" -B "$asan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSBSERVE_ASAN=ON -DSBSERVE_CUDA=OFF >/dev/null
+cmake --build "$asan" --target checkpoint_test -j "$jobs"
+echo "== checkpoint_test under AddressSanitizer + UBSan"
 "$asan/tests/engine/checkpoint_test" --gtest_brief=1 || status=$?
+
+# libFuzzer, briefly, on the two parsers of untrusted input: safetensors headers and tokenizer.json/text.
+if command -v clang++ >/dev/null; then
+  fuzz=${build}-fuzz
+  CC=clang CXX=clang++ cmake -S "$root" -B "$fuzz" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DSBSERVE_FUZZ=ON -DSBSERVE_CUDA=OFF >/dev/null
+  cmake --build "$fuzz" --target safetensors_fuzz tokenizer_fuzz -j "$jobs"
+  echo "== libFuzzer runs"
+  (cd "$fuzz" && ctest --output-on-failure -R 'fuzz_run') || status=$?
+fi
 exit $status
