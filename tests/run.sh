@@ -8,8 +8,6 @@ jobs=${SBSERVE_JOBS:-$(nproc)}
 bash "$root/deploy/setup.sh" "$build"
 
 status=0
-echo "== ctest (all labels; gpu tests skip without a device)"
-(cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900) || status=$?
 
 # The checkpoint loader once more under AddressSanitizer + UBSan: corrupt files must never crash.
 asan=${build}-asan
@@ -25,6 +23,12 @@ if command -v clang++ >/dev/null; then
     -DSBSERVE_FUZZ=ON -DSBSERVE_CUDA=OFF >/dev/null
   cmake --build "$fuzz" --target safetensors_fuzz tokenizer_fuzz -j "$jobs"
   echo "== libFuzzer runs"
-  (cd "$fuzz" && ctest --output-on-failure -R 'fuzz_run') || status=$?
+  "$fuzz/tests/engine/safetensors_fuzz" -max_total_time=20 -seed=1 -timeout=10 -rss_limit_mb=2048 \
+    "$(mktemp -d)" "$root/tests/data/safetensors_seed" 2>&1 | tail -2 || status=$?
+  "$fuzz/tests/tokenizer/tokenizer_fuzz" -max_total_time=20 -seed=1 -timeout=10 -rss_limit_mb=2048 \
+    "$(mktemp -d)" "$root/tests/data/tokenizer/fuzz_corpus" 2>&1 | tail -2 || status=$?
 fi
+# The main suite last, so its summary closes the output.
+echo "== ctest (all labels; gpu tests skip without a device)"
+(cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900) || status=$?
 exit $status
