@@ -13,74 +13,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/server/fake_backend.h"
 
 namespace sbserve {
 namespace {
-
-constexpr int kVocab = 64;
-constexpr int kEos = 0;
-
-class FakeBackend : public Backend {
- public:
-  FakeBackend() {
-    cfg_.vocab_size = kVocab;
-    cfg_.n_positions = 512;
-    cfg_.n_layer = 1;
-    cfg_.eos_token_id = kEos;
-  }
-  std::string name() const override { return "fake"; }
-  const ModelConfig& config() const override { return cfg_; }
-  int64_t KvBytesPerToken() const override { return 4; }
-  absl::Status InitKvCache(const KvCacheShape& shape) override {
-    shape_ = shape;
-    cache_.assign(static_cast<size_t>(shape.num_blocks) * shape.block_size, -1);
-    return absl::OkStatus();
-  }
-  KvCacheShape kv_cache_shape() const override { return shape_; }
-
-  absl::Status Forward(const Batch& b, std::span<float> logits) override {
-    batches.push_back(b);
-    const int bs = shape_.block_size;
-    size_t row = 0;
-    for (int s = 0; s < b.num_seqs(); ++s) {
-      const int begin = b.cu_seqlens_q[s], end = b.cu_seqlens_q[s + 1];
-      const int ctx = b.context_lens[s];
-      const int prefix = ctx - (end - begin);
-      const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
-      for (int t = begin; t < end; ++t) {
-        const int pos = b.positions[t];
-        if (pos != prefix + (t - begin)) return absl::InternalError("bad position");
-        const int blk = table[pos / bs];
-        if (blk < 0) return absl::InternalError("missing block");
-        cache_[static_cast<size_t>(blk) * bs + pos % bs] = b.tokens[t];
-      }
-      if (row < b.logit_rows.size() && b.logit_rows[row] == end - 1) {
-        uint64_t h = 1469598103934665603ull;
-        for (int p = 0; p < ctx; ++p) {
-          const int32_t tok = cache_[static_cast<size_t>(table[p / bs]) * bs + p % bs];
-          if (tok < 0) return absl::InternalError("read an unwritten cache slot");
-          h = (h ^ static_cast<uint64_t>(tok + 1)) * 1099511628211ull;
-        }
-        float* out = logits.data() + row * kVocab;
-        for (int v = 0; v < kVocab; ++v) {
-          out[v] = static_cast<float>((h >> (v % 48)) % 1000) / 100.0f;
-        }
-        if (ctx == eos_at_context) out[kEos] = 100.0f;
-        row++;
-      }
-    }
-    if (row != b.logit_rows.size()) return absl::InternalError("logit rows are not sequence ends");
-    return absl::OkStatus();
-  }
-
-  std::vector<Batch> batches;
-  int eos_at_context = -1;
-
- private:
-  ModelConfig cfg_;
-  KvCacheShape shape_;
-  std::vector<int32_t> cache_;
-};
 
 // Every token decodes to "<id>," so text is predictable.
 class FakeStream : public TextStream {
@@ -93,7 +29,7 @@ class FakeCodec : public TextCodec {
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
   std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
   std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<FakeStream>(); }
-  std::vector<int32_t> eos_ids() const override { return {kEos}; }
+  std::vector<int32_t> eos_ids() const override { return {kFakeEos}; }
 };
 
 struct Result {
@@ -111,7 +47,7 @@ struct Harness {
     o.max_batch_tokens = max_batch_tokens;
     o.max_num_seqs = max_num_seqs;
     o.context_len = backend.config().n_positions;
-    o.eos_ids = {kEos};
+    o.eos_ids = {kFakeEos};
     sched = std::make_unique<Scheduler>(o, &backend, &kv, &codec, nullptr, [this](const std::string& id) {
       finished.push_back(id);
     });
@@ -151,7 +87,7 @@ GenerateRequest Req(const std::string& id, int prompt_len, int max_tokens, uint6
   GenerateRequest r;
   r.request_id = id;
   std::mt19937 rng(static_cast<uint32_t>(prompt_len * 131 + seed));
-  for (int i = 0; i < prompt_len; ++i) r.prompt_ids.push_back(1 + static_cast<int32_t>(rng() % (kVocab - 1)));
+  for (int i = 0; i < prompt_len; ++i) r.prompt_ids.push_back(1 + static_cast<int32_t>(rng() % (kFakeVocab - 1)));
   r.max_tokens = max_tokens;
   r.sampling.temperature = temp;
   r.sampling.seed = seed;
@@ -277,18 +213,18 @@ TEST(Scheduler, EosIgnoreEosAndMinTokens) {
   Result plain = run(false, 0);
   EXPECT_EQ(plain.final.finish_reason, FinishReason::kEos);
   ASSERT_EQ(plain.ids.size(), 4u);
-  EXPECT_EQ(plain.ids.back(), kEos);
+  EXPECT_EQ(plain.ids.back(), kFakeEos);
   EXPECT_EQ(plain.text, absl::StrCat(plain.ids[0], ",", plain.ids[1], ",", plain.ids[2], ",")) << "eos is not text";
 
   Result ignored = run(true, 0);
   EXPECT_EQ(ignored.final.finish_reason, FinishReason::kLength);
   ASSERT_EQ(ignored.ids.size(), 8u);
-  EXPECT_EQ(ignored.ids[3], kEos);
+  EXPECT_EQ(ignored.ids[3], kFakeEos);
 
   Result min = run(false, 5);  // eos masked while fewer than 5 tokens exist
   EXPECT_NE(min.final.finish_reason, FinishReason::kEos);
   ASSERT_EQ(min.ids.size(), 8u);
-  EXPECT_NE(min.ids[3], kEos);
+  EXPECT_NE(min.ids[3], kFakeEos);
 }
 
 TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
@@ -368,6 +304,25 @@ TEST(Scheduler, FinishFreesBlocksAtOnceAndDeliversOneFinalEvent) {
   h.sched->FinishAll(FinishReason::kCancelled, absl::UnavailableError("shutdown"));
   EXPECT_EQ(h.kv.num_used(), 0);
   EXPECT_FALSE(h.sched->HasWork());
+}
+
+TEST(Scheduler, ABackendFailureFailsThatStepsRequestsOnly) {
+  Harness h(256, 4, 64);
+  h.Add(Req("a", 10, 20));
+  h.Add(Req("b", 10, 20));
+  ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+  h.backend.fail_next = true;
+  EXPECT_FALSE(h.sched->Step(absl::Now()).ok());
+  for (const char* id : {"a", "b"}) {
+    EXPECT_EQ(h.results[id].final.finish_reason, FinishReason::kError) << id;
+    EXPECT_EQ(h.results[id].final.status.code(), absl::StatusCode::kInternal) << id;
+  }
+  EXPECT_EQ(h.kv.num_used(), 0);
+  EXPECT_FALSE(h.sched->HasWork());
+  h.Add(Req("c", 10, 5));
+  h.RunToCompletion();
+  EXPECT_EQ(h.results["c"].ids.size(), 5u);
+  EXPECT_EQ(h.results["c"].final.finish_reason, FinishReason::kLength);
 }
 
 TEST(Scheduler, LogprobsAreNormalisedAndMatchTheSampledToken) {

@@ -1,0 +1,221 @@
+// The Engine API with its own thread over the fake backend: admission, validation, abort,
+// drain and shutdown semantics.
+#include "engine/engine.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/server/fake_backend.h"
+
+namespace sbserve {
+namespace {
+
+// Collects a request's events; Wait() blocks until the final one.
+class Collector {
+ public:
+  EventSink Sink() {
+    return [this](GenerateEvent e) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ids_.insert(ids_.end(), e.token_ids.begin(), e.token_ids.end());
+      if (e.finished) {
+        final_ = std::move(e);
+        done_ = true;
+        cv_.notify_all();
+      }
+    };
+  }
+  bool Wait(absl::Duration timeout = absl::Seconds(10)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return done_; });
+  }
+  GenerateEvent final() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return final_;
+  }
+  size_t num_ids() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ids_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> ids_;
+  GenerateEvent final_;
+  bool done_ = false;
+};
+
+GenerateRequest Req(const std::string& id, int prompt_len, int max_tokens) {
+  GenerateRequest r;
+  r.request_id = id;
+  for (int i = 0; i < prompt_len; ++i) r.prompt_ids.push_back(1 + i % (kFakeVocab - 1));
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0;
+  r.ignore_eos = true;
+  return r;
+}
+
+std::unique_ptr<Engine> MakeEngine(EngineOptions o = {}) {
+  o.kv_num_blocks = o.kv_num_blocks > 0 ? o.kv_num_blocks : 512;
+  auto backend = std::make_unique<FakeBackend>();
+  backend->step_delay = absl::Microseconds(200);
+  auto e = Engine::CreateWithCodec(o, std::move(backend), nullptr);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return *std::move(e);
+}
+
+TEST(Engine, GeneratesAndReportsStats) {
+  auto engine = MakeEngine();
+  Collector c;
+  ASSERT_TRUE(engine->Submit(Req("a", 10, 7), c.Sink()).ok());
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.num_ids(), 7u);
+  EXPECT_EQ(c.final().finish_reason, FinishReason::kLength);
+  EXPECT_EQ(c.final().prompt_tokens, 10);
+  for (int i = 0; i < 1000 && engine->Stats().requests_finished == 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+  const EngineStats s = engine->Stats();
+  EXPECT_EQ(s.kv_blocks_used, 0);
+  EXPECT_EQ(s.kv_blocks_total, 512);
+  EXPECT_EQ(s.requests_finished, 1u);
+}
+
+TEST(Engine, ValidationNamesTheField) {
+  auto engine = MakeEngine();
+  auto submit = [&](GenerateRequest r) { return engine->Submit(std::move(r), [](GenerateEvent) {}); };
+  GenerateRequest r = Req("", 3, 3);
+  EXPECT_EQ(submit(r).code(), absl::StatusCode::kInvalidArgument);
+  r = Req("x", 3, 3);
+  r.prompt_ids.push_back(kFakeVocab);
+  absl::Status st = submit(r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(st.message().find("token_ids"), std::string::npos);
+  r = Req("x", 3, 3);
+  r.has_text = true;
+  r.text = "no tokenizer";
+  EXPECT_EQ(submit(r).code(), absl::StatusCode::kInvalidArgument);
+  r = Req("x", 3, 3);
+  r.stop_strings = {"stop"};
+  EXPECT_EQ(submit(r).code(), absl::StatusCode::kInvalidArgument);
+  r = Req("x", 600, 3);  // the fake model's context is 512
+  st = submit(r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(st.message().find("prompt"), std::string::npos);
+  r = Req("x", 500, 20);
+  st = submit(r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(st.message().find("max_tokens"), std::string::npos);
+  r = Req("x", 3, 3);
+  r.sampling.top_p = 0;
+  EXPECT_EQ(submit(r).code(), absl::StatusCode::kInvalidArgument);
+  // Unset max_tokens becomes the default, capped by the context.
+  EngineOptions o;
+  o.default_max_tokens = 5;
+  auto e2 = MakeEngine(o);
+  Collector c;
+  GenerateRequest d = Req("d", 3, 0);
+  ASSERT_TRUE(e2->Submit(d, c.Sink()).ok());
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.num_ids(), 5u);
+}
+
+TEST(Engine, AdmissionByQueuedRequestsCarriesARetryDelay) {
+  EngineOptions o;
+  o.max_num_seqs = 1;
+  o.max_queued_requests = 2;
+  o.retry_after = absl::Milliseconds(750);
+  auto engine = MakeEngine(o);
+  std::vector<std::unique_ptr<Collector>> cs;
+  int accepted = 0;
+  absl::Status refused;
+  for (int i = 0; i < 10; ++i) {
+    cs.push_back(std::make_unique<Collector>());
+    absl::Status s = engine->Submit(Req(absl::StrCat("r", i), 4, 300), cs.back()->Sink());
+    if (s.ok()) {
+      accepted++;
+    } else {
+      refused = s;
+    }
+  }
+  EXPECT_GE(accepted, 2);
+  EXPECT_LE(accepted, 3);  // at most one running plus two queued
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  auto payload = refused.GetPayload(kRetryAfterPayloadUrl);
+  ASSERT_TRUE(payload.has_value());
+  EXPECT_EQ(std::string(*payload), "750");
+  engine->Shutdown();
+}
+
+TEST(Engine, AbortFreesTheRequestAndDuplicatesAreRefused) {
+  auto engine = MakeEngine();
+  Collector c;
+  ASSERT_TRUE(engine->Submit(Req("long", 8, 500), c.Sink()).ok());
+  EXPECT_EQ(engine->Submit(Req("long", 8, 5), [](GenerateEvent) {}).code(), absl::StatusCode::kAlreadyExists);
+  while (c.num_ids() < 3) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(engine->Abort({"long", "unknown"}), std::vector<std::string>{"long"});
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.final().finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(c.final().status.code(), absl::StatusCode::kCancelled);
+  for (int i = 0; i < 100 && engine->Stats().kv_blocks_used > 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+  // The id is free again.
+  Collector again;
+  ASSERT_TRUE(engine->Submit(Req("long", 8, 2), again.Sink()).ok());
+  ASSERT_TRUE(again.Wait());
+}
+
+TEST(Engine, DrainRefusesNewWorkAndShutdownEndsTheRest) {
+  auto engine = MakeEngine();
+  Collector c;
+  ASSERT_TRUE(engine->Submit(Req("a", 8, 500), c.Sink()).ok());
+  EXPECT_FALSE(engine->Drain(absl::Milliseconds(1)));  // still running
+  EXPECT_TRUE(engine->Stats().draining);
+  EXPECT_EQ(engine->Submit(Req("b", 8, 5), [](GenerateEvent) {}).code(), absl::StatusCode::kUnavailable);
+  engine->Shutdown();
+  ASSERT_TRUE(c.Wait(absl::Seconds(1)));
+  EXPECT_EQ(c.final().status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+  engine->Shutdown();  // idempotent
+}
+
+TEST(Engine, ManySubmittersAndAbortersAtOnce) {
+  EngineOptions o;
+  o.max_batch_tokens = 64;
+  o.max_queued_requests = 1000;
+  auto engine = MakeEngine(o);
+  constexpr int kThreads = 8, kPerThread = 25;
+  std::vector<std::unique_ptr<Collector>> cs(kThreads * kPerThread);
+  for (auto& c : cs) c = std::make_unique<Collector>();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const int k = t * kPerThread + i;
+        ASSERT_TRUE(engine->Submit(Req(absl::StrCat("q", k), 3 + k % 20, 5 + k % 30), cs[k]->Sink()).ok());
+        if (k % 3 == 0) engine->Abort({absl::StrCat("q", k)});
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int k = 0; k < kThreads * kPerThread; ++k) {
+    ASSERT_TRUE(cs[k]->Wait()) << k;
+    const GenerateEvent f = cs[k]->final();
+    if (k % 3 != 0) {
+      EXPECT_EQ(f.finish_reason, FinishReason::kLength) << k;
+      EXPECT_EQ(cs[k]->num_ids(), static_cast<size_t>(5 + k % 30)) << k;
+    }
+  }
+  // Stats are refreshed after each step; the last final events go out inside it.
+  for (int i = 0; i < 1000 && engine->Stats().kv_blocks_used > 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
+  EXPECT_EQ(engine->Stats().requests_finished, static_cast<uint64_t>(kThreads * kPerThread));
+}
+
+}  // namespace
+}  // namespace sbserve
