@@ -637,6 +637,16 @@ TEST(Server, StopStringAcrossTokenBoundaries) {
   with_stop.mutable_stopping()->set_include_stop_str_in_output(true);
   Outcome incl = ts.Generate(with_stop);
   EXPECT_EQ(incl.text, full.text.substr(0, first) + stop);
+
+  // A stop string whose prefix ends the output but which never completes: the held-back text is
+  // released when generation ends by length.
+  const std::string tail = full.text.substr(full.text.size() - 2);
+  GenerateRequest never = base;
+  never.mutable_stopping()->add_stop(tail + "\x01never");
+  Outcome whole = ts.Generate(never);
+  ASSERT_TRUE(whole.status.ok());
+  EXPECT_EQ(whole.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(whole.text, full.text);
   EXPECT_TRUE(ts.WaitIdle());
 }
 
