@@ -137,7 +137,7 @@ const std::vector<Flag>& Flags() {
        }},
       {"log-level", "trace | debug | info | warn | error | off", [](const ServerOptions& o) { return o.log_level; },
        Str(&ServerOptions::log_level)},
-      {"log-requests", "one log line per completed request (true | false)",
+      {"log-requests", "one log line per completed or rejected request (true | false)",
        [](const ServerOptions& o) { return o.log_requests ? "true" : "false"; },
        [](ServerOptions& o, const std::string& v) {
          if (v == "true" || v == "1") {

@@ -69,6 +69,12 @@ void AddRetryAfter(grpc::CallbackServerContext* call, const absl::Status& s) {
   }
 }
 
+void LogRejected(const ServiceContext* ctx, const std::string& rpc, const std::string& peer, const absl::Status& s) {
+  if (!ctx->log_requests) return;
+  spdlog::info("request rpc={} peer={} status={} rejected error={}", rpc, peer, static_cast<int>(s.code()),
+               std::string(s.message()));
+}
+
 grpc::Status FinalStatus(const GenerateEvent& e) {
   if (!e.status.ok()) return ToGrpcStatus(e.status);
   return grpc::Status::OK;
@@ -106,6 +112,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     if (!st.ok()) {
       CountReject(ctx_, st);
+      LogRejected(ctx_, "Generate", peer_, st);
       AddRetryAfter(call, st);
       finish_called_ = true;
       Finish(ToGrpcStatus(st));
@@ -221,6 +228,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     }
     if (!st.ok()) {
       CountReject(ctx_, st);
+      LogRejected(ctx_, "Complete", peer_, st);
       AddRetryAfter(call, st);
       Finish(ToGrpcStatus(st));
     }
