@@ -9,12 +9,15 @@ bash "$root/deploy/setup.sh" "$build"
 
 status=0
 
-# The checkpoint loader once more under AddressSanitizer + UBSan: corrupt files must never crash.
+# The parsers of untrusted input once more under AddressSanitizer + UBSan: corrupt checkpoints,
+# tokenizer files and text must never crash.
 asan=${build}-asan
 cmake -S "$root" -B "$asan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSBSERVE_ASAN=ON -DSBSERVE_CUDA=OFF >/dev/null
-cmake --build "$asan" --target checkpoint_test -j "$jobs"
-echo "== checkpoint_test under AddressSanitizer + UBSan"
+cmake --build "$asan" --target checkpoint_test tokenizer_test tokenizer_fuzz_replay -j "$jobs"
+echo "== under AddressSanitizer + UBSan: checkpoint_test, tokenizer_test, tokenizer_fuzz_replay"
 "$asan/tests/engine/checkpoint_test" --gtest_brief=1 || status=$?
+"$asan/tests/tokenizer/tokenizer_test" --gtest_brief=1 || status=$?
+"$asan/tests/tokenizer/tokenizer_fuzz_replay" "$root/tests/data/tokenizer/fuzz_corpus" --iterations=5000 || status=$?
 
 # libFuzzer, briefly, on the two parsers of untrusted input: safetensors headers and tokenizer.json/text.
 if command -v clang++ >/dev/null; then
