@@ -26,7 +26,7 @@ RUN apt-get update \
       build-essential cmake ninja-build pkg-config ca-certificates \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
       libabsl-dev libspdlog-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev \
-      libpcre2-dev libcpp-httplib-dev \
+      libpcre2-dev libicu-dev libcpp-httplib-dev \
  && if [ "$SBSERVE_CUDA" = "ON" ]; then \
       apt-get install -y --no-install-recommends wget \
       && wget -q https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb \
@@ -66,7 +66,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates libgrpc++1.51 libprotobuf32 libabsl20220623 libspdlog1.10 libfmt9 \
-      libcpp-httplib0.11 libpcre2-8-0 libssl3 zlib1g libbrotli1 libgomp1 \
+      libcpp-httplib0.11 libpcre2-8-0 libicu72 libssl3 zlib1g libbrotli1 libgomp1 \
  && if [ "$SBSERVE_CUDA" = "ON" ]; then \
       apt-get install -y --no-install-recommends wget \
       && wget -q https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb \
