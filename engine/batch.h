@@ -9,8 +9,11 @@
 // (strictly causal: never itself). A decode step is a chunk of length 1.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "absl/status/status.h"
 
 namespace sbserve {
 
@@ -26,5 +29,10 @@ struct Batch {
   int num_seqs() const { return cu_seqlens_q.empty() ? 0 : static_cast<int>(cu_seqlens_q.size()) - 1; }
   int num_tokens() const { return static_cast<int>(tokens.size()); }
 };
+
+// Checks a batch against the backend's vocabulary and cache before any of it is used: array sizes,
+// chunk lengths, positions, block ids inside the cache, token ids, logit rows, output size.
+absl::Status ValidateBatch(const Batch& batch, int64_t vocab_size, int num_blocks, int block_size,
+                           size_t logits_size);
 
 }  // namespace sbserve

@@ -84,7 +84,6 @@ class CpuBackend final : public Backend {
   absl::Status Forward(const Batch& batch, std::span<float> logits) override;
 
  private:
-  absl::Status CheckBatch(const Batch& batch, size_t logits_size) const;
 
   ModelConfig config_;
   ThreadPool pool_;
@@ -94,46 +93,12 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<float>> k_cache_, v_cache_;  // [layer][nb, bs, Hkv, d]
 };
 
-absl::Status CpuBackend::CheckBatch(const Batch& batch, size_t logits_size) const {
-  const int B = batch.num_seqs();
-  const int N = batch.num_tokens();
-  if (k_cache_.empty()) return absl::FailedPreconditionError("KV cache not initialised");
-  if (B <= 0 || batch.cu_seqlens_q.front() != 0 || batch.cu_seqlens_q.back() != N) {
-    return absl::InvalidArgumentError("cu_seqlens_q must start at 0 and end at the token count");
-  }
-  if (static_cast<int>(batch.context_lens.size()) != B || static_cast<int>(batch.positions.size()) != N ||
-      batch.block_tables.size() != static_cast<size_t>(B) * batch.max_blocks_per_seq) {
-    return absl::InvalidArgumentError("batch arrays have inconsistent sizes");
-  }
-  for (int b = 0; b < B; ++b) {
-    const int len = batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b];
-    if (len < 0 || batch.context_lens[b] < len) return absl::InvalidArgumentError("bad chunk length");
-    for (int i = 0; i < len; ++i) {
-      if (batch.positions[batch.cu_seqlens_q[b] + i] != batch.context_lens[b] - len + i) {
-        return absl::InvalidArgumentError("positions disagree with context_lens and cu_seqlens_q");
-      }
-    }
-    const int blocks_needed = (batch.context_lens[b] + shape_.block_size - 1) / shape_.block_size;
-    if (blocks_needed > batch.max_blocks_per_seq) return absl::InvalidArgumentError("block table too short");
-    for (int i = 0; i < blocks_needed; ++i) {
-      const int32_t blk = batch.block_tables[static_cast<size_t>(b) * batch.max_blocks_per_seq + i];
-      if (blk < 0 || blk >= shape_.num_blocks) return absl::InvalidArgumentError("block id out of range");
-    }
-  }
-  for (int32_t t : batch.tokens) {
-    if (t < 0 || t >= config_.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range"));
-  }
-  for (size_t i = 0; i < batch.logit_rows.size(); ++i) {
-    if (batch.logit_rows[i] < 0 || batch.logit_rows[i] >= N) return absl::InvalidArgumentError("logit row out of range");
-  }
-  if (logits_size < batch.logit_rows.size() * static_cast<size_t>(config_.vocab_size)) {
-    return absl::InvalidArgumentError("logits buffer too small");
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CpuBackend::Forward(const Batch& batch, std::span<float> logits) {
-  if (absl::Status st = CheckBatch(batch, logits.size()); !st.ok()) return st;
+  if (k_cache_.empty()) return absl::FailedPreconditionError("KV cache not initialised");
+  if (absl::Status st = ValidateBatch(batch, config_.vocab_size, shape_.num_blocks, shape_.block_size, logits.size());
+      !st.ok()) {
+    return st;
+  }
   const ModelConfig& c = config_;
   const int64_t N = batch.num_tokens(), D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim;
   const int64_t G = H / Hkv, I = c.n_inner, qkv_dim = c.qkv_dim();

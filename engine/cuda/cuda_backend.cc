@@ -434,29 +434,13 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
   const int B = batch.num_seqs();
   const int N = batch.num_tokens();
   const int R = static_cast<int>(batch.logit_rows.size());
-  if (B <= 0 || batch.cu_seqlens_q.front() != 0 || batch.cu_seqlens_q.back() != N ||
-      static_cast<int>(batch.context_lens.size()) != B ||
-      batch.block_tables.size() != static_cast<size_t>(B) * batch.max_blocks_per_seq) {
-    return absl::InvalidArgumentError("batch arrays have inconsistent sizes");
+  if (absl::Status st = ValidateBatch(batch, c.vocab_size, shape_.num_blocks, shape_.block_size, logits.size());
+      !st.ok()) {
+    return st;
   }
-  if (logits.size() < static_cast<size_t>(R) * c.vocab_size) return absl::InvalidArgumentError("logits buffer too small");
   int used_mb = 0;
   for (int b = 0; b < B; ++b) {
-    const int len = batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b];
-    if (len <= 0 || batch.context_lens[b] < len) return absl::InvalidArgumentError("bad chunk length");
-    const int need = (batch.context_lens[b] + shape_.block_size - 1) / shape_.block_size;
-    if (need > batch.max_blocks_per_seq) return absl::InvalidArgumentError("block table too short");
-    used_mb = std::max(used_mb, need);
-    for (int i = 0; i < need; ++i) {
-      const int32_t blk = batch.block_tables[static_cast<size_t>(b) * batch.max_blocks_per_seq + i];
-      if (blk < 0 || blk >= shape_.num_blocks) return absl::InvalidArgumentError("block id out of range");
-    }
-  }
-  for (int32_t t : batch.tokens) {
-    if (t < 0 || t >= c.vocab_size) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range"));
-  }
-  for (int32_t r : batch.logit_rows) {
-    if (r < 0 || r >= N) return absl::InvalidArgumentError("logit row out of range");
+    used_mb = std::max(used_mb, (batch.context_lens[b] + shape_.block_size - 1) / shape_.block_size);
   }
 
   StepShape sh;
