@@ -39,8 +39,10 @@ class Engine::Impl {
     so.max_num_seqs = options.max_num_seqs;
     so.context_len = cfg.n_positions;
     so.eos_ids = eos_ids_;
-    scheduler_ = std::make_unique<Scheduler>(so, backend_.get(), &kv_, codec_.get(), &observer_proxy_,
-                                             [this](const std::string& id) { OnFinished(id); });
+    so.sampling_threads = options.sampling_threads;
+    scheduler_ = std::make_unique<Scheduler>(
+        so, backend_.get(), &kv_, codec_.get(), &observer_proxy_, [this](const std::string& id) { OnFinished(id); },
+        [this] { RefreshStats(); });
     stats_.kv_blocks_total = kv_.num_blocks();
     stats_.kv_block_size = kv_.block_size();
     thread_ = std::thread([this] { Loop(); });
@@ -85,6 +87,7 @@ class Engine::Impl {
   absl::Status Admit() const;  // mu_ held
   void Loop();
   void OnFinished(const std::string& id);  // engine thread
+  void RefreshStats();                      // engine thread
 
   const EngineOptions options_;
   std::unique_ptr<Backend> backend_;
@@ -239,6 +242,17 @@ EngineStats Engine::Impl::Stats() const {
   return s;
 }
 
+void Engine::Impl::RefreshStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.running = scheduler_->num_running();
+  stats_.waiting = scheduler_->num_waiting();
+  stats_.queued_prompt_tokens = scheduler_->waiting_tokens();
+  stats_.kv_blocks_used = kv_.num_used();
+  stats_.kv_blocks_total = kv_.num_blocks();
+  stats_.kv_block_size = kv_.block_size();
+  stats_.preemptions = scheduler_->preemptions();
+}
+
 void Engine::Impl::OnFinished(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   live_.erase(id);
@@ -284,16 +298,7 @@ void Engine::Impl::Loop() {
       (void)scheduler_->Step(before);
       ran_tokens = scheduler_->last_step_tokens();
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stats_.running = scheduler_->num_running();
-      stats_.waiting = scheduler_->num_waiting();
-      stats_.queued_prompt_tokens = scheduler_->waiting_tokens();
-      stats_.kv_blocks_used = kv_.num_used();
-      stats_.kv_blocks_total = kv_.num_blocks();
-      stats_.kv_block_size = kv_.block_size();
-      stats_.preemptions = scheduler_->preemptions();
-    }
+    RefreshStats();
     if (ran_tokens == 0 && scheduler_->HasWork()) {
       // Nothing could be packed (e.g. every waiting request waits for blocks): do not spin.
       std::unique_lock<std::mutex> lock(mu_);

@@ -27,6 +27,7 @@ struct EngineOptions {
   int kv_num_blocks = 0;              // 0: from kv_cache_bytes
   int64_t kv_cache_bytes = int64_t{256} << 20;
   int max_logprobs = 20;
+  int sampling_threads = 0;           // threads drawing tokens from logit rows (0: all cores, 1: inline)
   absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
 };
 

@@ -34,15 +34,20 @@ struct SchedulerOptions {
   int max_num_seqs = 128;
   int64_t context_len = 4096;
   std::vector<int32_t> eos_ids;
+  int sampling_threads = 0;  // threads drawing tokens from logit rows; 0: all cores, 1: inline
 };
+
+class ThreadPool;
 
 class Scheduler {
  public:
   // `backend`, `kv`, `codec` (may be null) and `observer` (may be null) outlive the scheduler.
   // `on_finished` runs for each request just before its final event is delivered.
+  // `on_packed` runs after each step's packing, before the backend call, so that whoever
+  // mirrors the queue state sees requests leave the queue before their first token goes out.
   Scheduler(const SchedulerOptions& options, Backend* backend, KvBlockAllocator* kv,
             const TextCodec* codec, EngineObserver* observer,
-            std::function<void(const std::string&)> on_finished);
+            std::function<void(const std::string&)> on_finished, std::function<void()> on_packed = {});
   ~Scheduler();
 
   // Takes a validated request: prompt_ids set, max_tokens resolved and within the context.
@@ -70,6 +75,7 @@ class Scheduler {
 
  private:
   struct Seq;
+  static constexpr int64_t kRowsPerSamplingTask = 2;
   struct Slot {
     Seq* seq;
     int chunk;
@@ -78,7 +84,11 @@ class Scheduler {
   void Preempt(Seq* seq);
   bool Reserve(Seq* seq, int chunk);
   void Pack(std::vector<Slot>& slots, int& preempted);
-  void OnToken(Seq* seq, std::span<float> row, absl::Time now);
+  // Draws the next token of `seq` from its logit row (modified in place); thread-safe across
+  // different sequences.
+  int32_t SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) const;
+  // Appends the drawn token, checks stop conditions and emits events (engine thread, in order).
+  void OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now);
   void Complete(Seq* seq, FinishReason reason, absl::Status status, absl::Time now);
   void Emit(Seq* seq, bool final);
   void InsertRunning(Seq* seq);
@@ -90,6 +100,7 @@ class Scheduler {
   const TextCodec* codec_;
   EngineObserver* observer_;
   std::function<void(const std::string&)> on_finished_;
+  std::function<void()> on_packed_;
 
   std::unordered_map<std::string, std::unique_ptr<Seq>> seqs_;
   std::vector<Seq*> running_;  // ascending arrival
@@ -98,7 +109,7 @@ class Scheduler {
   uint64_t preemptions_ = 0;
   Batch batch_;
   std::vector<float> logits_;
-  std::vector<float> scratch_;
+  std::unique_ptr<ThreadPool> sample_pool_;  // null: sample on the engine thread
 };
 
 }  // namespace sbserve
