@@ -91,46 +91,69 @@ int32_t SequenceSampler::Sample(std::span<float> logits) {
     }
   } else {
     const float inv_t = 1.0f / params_.temperature;
-    // Candidates sorted by descending logit; top-k trims the list before the sort finishes.
+    // Probabilities over the whole vocabulary.
+    const float mx = *std::max_element(logits.begin(), logits.end()) * inv_t;
+    probs_.resize(static_cast<size_t>(V));
+    double total = 0;
+    for (int32_t i = 0; i < V; ++i) total += probs_[i] = std::exp(static_cast<double>(logits[i]) * inv_t - mx);
+    for (double& p : probs_) p /= total;
     scratch_idx_.resize(static_cast<size_t>(V));
     std::iota(scratch_idx_.begin(), scratch_idx_.end(), 0);
-    auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    auto by_prob = [&](int32_t a, int32_t b) { return probs_[a] > probs_[b] || (probs_[a] == probs_[b] && a < b); };
+    const int32_t k_cap = params_.top_k > 0 ? std::min(params_.top_k, V) : V;
     int32_t keep = V;
-    if (params_.top_k > 0 && params_.top_k < V) {
-      keep = params_.top_k;
-      std::partial_sort(scratch_idx_.begin(), scratch_idx_.begin() + keep, scratch_idx_.end(), by_logit);
-    } else {
-      std::sort(scratch_idx_.begin(), scratch_idx_.end(), by_logit);
+    // Top-k: the k most probable in front (unordered), then top-p and min-p over them.
+    if (k_cap < V) {
+      std::nth_element(scratch_idx_.begin(), scratch_idx_.begin() + k_cap, scratch_idx_.end(), by_prob);
+      keep = k_cap;
     }
-    // Probabilities over the whole vocabulary (the filters are defined on the full distribution).
-    const float mx = logits[scratch_idx_[0]] * inv_t;
-    double total = 0;
-    for (int32_t i = 0; i < V; ++i) total += std::exp(static_cast<double>(logits[i]) * inv_t - mx);
-    std::vector<double> probs(static_cast<size_t>(keep));
-    for (int32_t i = 0; i < keep; ++i) probs[i] = std::exp(static_cast<double>(logits[scratch_idx_[i]]) * inv_t - mx) / total;
     if (params_.top_p < 1.0f) {
-      double cum = 0;
-      int32_t n = 0;
-      while (n < keep) {
-        cum += probs[n++];
-        if (cum >= params_.top_p) break;
+      // The smallest most-probable set with mass >= top_p, by a mass-weighted quickselect: O(V)
+      // expected instead of sorting the vocabulary (a flat 49k-token row is the worst case).
+      // Over the top-k survivors renormalised, as HF and vLLM apply top-p after top-k.
+      double kept_mass = 1.0;
+      if (keep < V) {
+        kept_mass = 0;
+        for (int32_t i = 0; i < keep; ++i) kept_mass += probs_[scratch_idx_[i]];
       }
+      const double target = params_.top_p * kept_mass;
+      int32_t lo = 0, hi = keep;
+      double acc = 0;  // mass of [0, lo), all more probable than [lo, keep)
+      while (hi - lo > 64) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        std::nth_element(scratch_idx_.begin() + lo, scratch_idx_.begin() + mid, scratch_idx_.begin() + hi, by_prob);
+        double m = 0;
+        for (int32_t i = lo; i < mid; ++i) m += probs_[scratch_idx_[i]];
+        if (acc + m >= target) {
+          hi = mid;
+        } else {
+          acc += m;
+          lo = mid;
+        }
+      }
+      std::sort(scratch_idx_.begin() + lo, scratch_idx_.begin() + hi, by_prob);
+      int32_t n = lo;
+      while (n < hi && acc < target) acc += probs_[scratch_idx_[n++]];
       keep = std::max(1, n);
     }
     if (params_.min_p > 0.f) {
-      const double floor = params_.min_p * probs[0];
-      int32_t n = 1;
-      while (n < keep && probs[n] >= floor) ++n;
+      double p_max = 0;
+      for (int32_t i = 0; i < keep; ++i) p_max = std::max(p_max, probs_[scratch_idx_[i]]);
+      const double floor = params_.min_p * p_max;
+      int32_t n = 0;
+      for (int32_t i = 0; i < keep; ++i) {
+        if (probs_[scratch_idx_[i]] >= floor) scratch_idx_[n++] = scratch_idx_[i];
+      }
       keep = n;
     }
     double mass = 0;
-    for (int32_t i = 0; i < keep; ++i) mass += probs[i];
+    for (int32_t i = 0; i < keep; ++i) mass += probs_[scratch_idx_[i]];
     std::uniform_real_distribution<double> uniform(0.0, mass);
     const double u = uniform(rng_);
     double cum = 0;
     chosen = scratch_idx_[keep - 1];
     for (int32_t i = 0; i < keep; ++i) {
-      cum += probs[i];
+      cum += probs_[scratch_idx_[i]];
       if (u < cum) {
         chosen = scratch_idx_[i];
         break;

@@ -3,7 +3,8 @@
 // Order of operations on one row of logits: repetition penalty (HF: divide positive logits,
 // multiply negative ones, for every token seen in prompt or output), frequency and presence
 // penalties (OpenAI: subtract freq * count + presence * [count > 0], output tokens only),
-// temperature (0 = greedy argmax), then the filters top-k, top-p, min-p, then a draw.
+// temperature (0 = greedy argmax), then the filters top-k, top-p (over the top-k renormalised),
+// min-p (relative to the most probable token), then a draw from what is left.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,7 @@ class SequenceSampler {
   std::unordered_map<int32_t, int32_t> prompt_seen_;   // token -> 1 (repetition penalty)
   std::unordered_map<int32_t, int32_t> output_counts_; // token -> count
   std::vector<int32_t> scratch_idx_;
+  std::vector<double> probs_;
 };
 
 }  // namespace sbserve

@@ -175,3 +175,68 @@ TEST(KvBlockAllocator, AllocatesFreesAndRefusesWhenFull) {
 
 }  // namespace
 }  // namespace sbserve
+
+namespace sbserve {
+namespace {
+
+// Top-p after top-k works on the top-k renormalised: with k = 2 and p = 0.55, a top-2 of
+// probabilities (0.214, 0.143) renormalises to (0.6, 0.4), so only the first survives
+// (on the full distribution 0.55 would keep both).
+TEST(Sampler, TopPAppliesToTheTopKRenormalised) {
+  std::vector<float> base(20, 0.f);
+  base[4] = std::log(6.f);  // the other 18 tokens have weight 1
+  base[9] = std::log(4.f);
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 2;
+  p.top_p = 0.55f;
+  p.seed = 5;
+  p.has_seed = true;
+  SequenceSampler s(p, {});
+  for (int i = 0; i < 200; ++i) {
+    std::vector<float> l = base;
+    EXPECT_EQ(s.Sample(l), 4);
+  }
+  p.top_p = 0.7f;  // now both survive
+  SequenceSampler s2(p, {});
+  std::set<int32_t> seen;
+  for (int i = 0; i < 200; ++i) {
+    std::vector<float> l = base;
+    seen.insert(s2.Sample(l));
+  }
+  EXPECT_EQ(seen, (std::set<int32_t>{4, 9}));
+}
+
+// A flat 49k-token row (the selection's worst case) still gives exactly the nucleus.
+TEST(Sampler, TopPOnAFlatLargeVocabularyKeepsTheNucleus) {
+  std::mt19937_64 rng(21);
+  const std::vector<float> base = testing::RandomVector(rng, 49152, 0.5f);
+  std::vector<double> prob(base.size());
+  double z = 0;
+  for (size_t i = 0; i < base.size(); ++i) z += prob[i] = std::exp(static_cast<double>(base[i]));
+  std::vector<int32_t> order(base.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return prob[a] > prob[b]; });
+  std::set<int32_t> nucleus;
+  double cum = 0;
+  for (int32_t t : order) {
+    nucleus.insert(t);
+    cum += prob[t] / z;
+    if (cum >= 0.9) break;
+  }
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.9f;
+  p.seed = 2;
+  p.has_seed = true;
+  SequenceSampler s(p, {});
+  for (int i = 0; i < 300; ++i) {
+    std::vector<float> l = base;
+    EXPECT_TRUE(nucleus.count(s.Sample(l)));
+  }
+  // The excluded tail is large here, so the check above is not vacuous.
+  EXPECT_LT(nucleus.size(), base.size() * 95 / 100);
+}
+
+}  // namespace
+}  // namespace sbserve
