@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (Debian packages), builds and starts the main job: the sbserve gRPC server, on the
 # checkpoint in $SBSERVE_MODEL if set, else on the embedded demo model; CUDA when a GPU is
-# present, else the CPU backend. Extra arguments go to sbserve (see server/API.md).
+# present, else the CPU backend. Extra arguments go to sbserve (see README.md, "Flags").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${SBSERVE_BUILD_DIR:-$root/build}
