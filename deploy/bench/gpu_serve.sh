@@ -1,3 +1,10 @@
+#!/usr/bin/env bash
+# GPU serving load run (tests/bench/RESULTS.md, "sbserve on the CUDA backend"): generates the 3B
+# checkpoint, starts sbserve on it, runs sbctl bench at concurrency 1/32/64, scrapes /metrics,
+# drains. Expects the CUDA build's sbserve, sbctl and sbmodel (with their libraries, as packed by
+# the GPU machine's pack.sh) in $PWD/.gpu-eng/{bin,lib}, and $OUT as the folder for logs.
+set -u
+OUT=${OUT:-/tmp}
 export LD_LIBRARY_PATH=$PWD/.gpu-eng/lib:/usr/local/cuda/lib64
 B=$PWD/.gpu-eng/bin
 $B/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b >/dev/null || exit 1
