@@ -9,22 +9,6 @@
 #include "server/metrics/text_format.h"
 
 namespace sbserve::metrics {
-namespace {
-
-// absl::string_view is not std::string_view in Debian's abseil, so strings are joined here
-// instead of with absl::StrCat.
-template <typename... Parts>
-void Append(std::string* out, const Parts&... parts) {
-  (out->append(parts), ...);
-}
-template <typename... Parts>
-std::string Cat(const Parts&... parts) {
-  std::string out;
-  Append(&out, parts...);
-  return out;
-}
-
-}  // namespace
 
 class MetricsHttpServer::Impl {
  public:

@@ -9,19 +9,6 @@
 namespace sbserve::metrics {
 namespace {
 
-// absl::string_view is not std::string_view in Debian's abseil, so strings are joined here
-// instead of with absl::StrCat.
-template <typename... Parts>
-void Append(std::string* out, const Parts&... parts) {
-  (out->append(parts), ...);
-}
-template <typename... Parts>
-std::string Cat(const Parts&... parts) {
-  std::string out;
-  Append(&out, parts...);
-  return out;
-}
-
 // `{a="x",b="y"` without the closing brace, or "" when there are no labels and no `le`.
 void AppendLabels(const std::vector<std::string>& names, const std::vector<std::string>& values,
                   const std::string* le, std::string* out) {

@@ -29,4 +29,17 @@ std::string EscapeHelp(std::string_view help);
 // parses back to the same double.
 std::string FormatValue(double value);
 
+// String joining for this library: absl::string_view is not std::string_view in Debian's abseil,
+// so absl::StrCat does not take the std::string_view pieces used here.
+template <typename... Parts>
+void Append(std::string* out, const Parts&... parts) {
+  (out->append(parts), ...);
+}
+template <typename... Parts>
+std::string Cat(const Parts&... parts) {
+  std::string out;
+  Append(&out, parts...);
+  return out;
+}
+
 }  // namespace sbserve::metrics
