@@ -38,13 +38,52 @@ absl::Status CheckCommon(const SbKvCache& cache, int heads, int kv_heads, int he
   return absl::OkStatus();
 }
 
+// Query heads per decode CTA: the largest of 8, 6, 4, 2, 1 dividing G (as SB_DECODE_GROUP_SWITCH).
+int DecodeHeadsPerCta(int group) {
+  for (int k : {8, 6, 4, 2}) {
+    if (group % k == 0) return k;
+  }
+  return 1;
+}
+
+int DecodeCtasPerSm(int head_dim, int heads_per_cta) {
+  switch (heads_per_cta * 1000 + head_dim) {
+    case 1064: return SbAttnDecodeCtasPerSm<64, 1>();
+    case 2064: return SbAttnDecodeCtasPerSm<64, 2>();
+    case 4064: return SbAttnDecodeCtasPerSm<64, 4>();
+    case 6064: return SbAttnDecodeCtasPerSm<64, 6>();
+    case 8064: return SbAttnDecodeCtasPerSm<64, 8>();
+    case 1128: return SbAttnDecodeCtasPerSm<128, 1>();
+    case 2128: return SbAttnDecodeCtasPerSm<128, 2>();
+    case 4128: return SbAttnDecodeCtasPerSm<128, 4>();
+    case 6128: return SbAttnDecodeCtasPerSm<128, 6>();
+    case 8128: return SbAttnDecodeCtasPerSm<128, 8>();
+    default: return 0;
+  }
+}
+
 SbDecodeSplit ChooseDecodeSplit(const SbAttnDecodeParams& p, int num_sms) {
-  // Enough CTAs for ~16 per SM, but at most 1024 keys per CTA (a slot then walks <= 64 keys).
   const int max_keys = std::max(1, p.max_context - 1);
-  const int64_t pairs = static_cast<int64_t>(p.batch) * p.num_kv_heads;
-  const int64_t want_splits = std::max<int64_t>(1, (16LL * num_sms + pairs - 1) / pairs);
-  int kps = static_cast<int>((max_keys + want_splits - 1) / want_splits);
-  kps = std::clamp((kps + 63) / 64 * 64, 64, 1024);
+  int kps = p.keys_per_split;
+  if (kps <= 0) {
+    // Enough CTAs for ~16 per SM, but at most 1024 keys per CTA (a slot then walks <= 64 keys).
+    const int64_t pairs = static_cast<int64_t>(p.batch) * p.num_kv_heads;
+    const int64_t want_splits = std::max<int64_t>(1, (16LL * num_sms + pairs - 1) / pairs);
+    kps = static_cast<int>((max_keys + want_splits - 1) / want_splits);
+    kps = std::clamp((kps + 63) / 64 * 64, 64, 1024);
+    // Few sequences: the CTAs resident at once (registers bound them: 7 per SM at d = 64 with one
+    // head per CTA, 3 at d = 128 with 4) hold several splits of every (sequence, head group), and
+    // the rule above gives several waves of short CTAs (1 x 32768 at d = 128, 32 heads on 8 KV
+    // heads: 2048 CTAs of 128 keys, 44% of copy bandwidth on the H100). Take one wave of longer
+    // CTAs instead.
+    const int heads_per_cta = DecodeHeadsPerCta(p.num_heads / p.num_kv_heads);
+    const int64_t ctas_per_split = static_cast<int64_t>(p.batch) * (p.num_heads / heads_per_cta);
+    const int64_t resident = static_cast<int64_t>(DecodeCtasPerSm(p.head_dim, heads_per_cta)) * num_sms;
+    const int64_t splits = (max_keys + kps - 1) / kps;
+    const int64_t one_wave = resident / ctas_per_split;  // splits per (sequence, head group)
+    if (one_wave >= 2 && ctas_per_split * splits > resident)
+      kps = static_cast<int>(((max_keys + one_wave - 1) / one_wave + 63) / 64 * 64);
+  }
   SbDecodeSplit s;
   s.keys_per_split = kps;
   s.num_splits = (max_keys + kps - 1) / kps;
@@ -72,6 +111,8 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
   if (p.remainder == SbRemainder::kHeadBias && p.head_bias == nullptr)
     return absl::InvalidArgumentError("stick-breaking prefill: the head-bias remainder needs head_bias");
   if (p.batch > 65535) return absl::InvalidArgumentError("stick-breaking prefill: batch above 65535");
+  if (!(p.early_exit_log_threshold >= 0.f) || p.early_exit_log_threshold > 1e30f)
+    return absl::InvalidArgumentError("stick-breaking prefill: early_exit_log_threshold must be finite and >= 0");
   const int log2_bs = Log2IfPow2(p.cache.block_size);
   return SB_HEADDIM_SWITCH(p.head_dim, kHeadDim,
                            [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, stream); });
@@ -80,7 +121,9 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
 size_t SbAttnDecodeWorkspaceBytes(const SbAttnDecodeParams& p) {
   if (p.batch <= 0 || p.num_heads <= 0) return 0;
   const SbDecodeSplit split = ChooseDecodeSplit(p, NumSms(p.num_sms));
-  return static_cast<size_t>(p.batch) * p.num_heads * split.num_splits * (p.head_dim + 1) * sizeof(float);
+  // o and P partials, plus one published-flag per partial with the early exit.
+  const int per_part = p.head_dim + 1 + (p.early_exit_log_threshold > 0.f ? 1 : 0);
+  return static_cast<size_t>(p.batch) * p.num_heads * split.num_splits * per_part * sizeof(float);
 }
 
 absl::Status SbAttnDecode(const SbAttnDecodeParams& p, CUstream_st* stream) {
@@ -93,8 +136,14 @@ absl::Status SbAttnDecode(const SbAttnDecodeParams& p, CUstream_st* stream) {
     return absl::InvalidArgumentError("stick-breaking decode: the head-bias remainder needs head_bias");
   if (p.max_context < 1) return absl::InvalidArgumentError("stick-breaking decode: max_context must be >= 1");
   if (p.batch > 65535) return absl::InvalidArgumentError("stick-breaking decode: batch above 65535");
+  if (!(p.early_exit_log_threshold >= 0.f) || p.early_exit_log_threshold > 1e30f)
+    return absl::InvalidArgumentError("stick-breaking decode: early_exit_log_threshold must be finite and >= 0");
+  if (p.keys_per_split < 0 || p.keys_per_split % 64 != 0)
+    return absl::InvalidArgumentError("stick-breaking decode: keys_per_split must be 0 or a positive multiple of 64");
   const int log2_bs = Log2IfPow2(p.cache.block_size);
   const SbDecodeSplit split = ChooseDecodeSplit(p, NumSms(p.num_sms));
+  if (p.early_exit_log_threshold > 0.f && split.num_splits > 65535)
+    return absl::InvalidArgumentError("stick-breaking decode: early exit supports at most 65535 key chunks");
   const int group = p.num_heads / p.num_kv_heads;
   return SB_HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     return SB_DECODE_GROUP_SWITCH(group, kG, [&] {

@@ -18,7 +18,7 @@ absl::Status SbKvAppend(const SbKvAppendParams& params, CUstream_st* stream);
 absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* stream);
 
 // Bytes of scratch SbAttnDecode needs for these shapes (depends on batch, heads, head_dim,
-// max_context, num_sms).
+// max_context, num_sms, keys_per_split and whether the early exit is on).
 size_t SbAttnDecodeWorkspaceBytes(const SbAttnDecodeParams& params);
 absl::Status SbAttnDecode(const SbAttnDecodeParams& params, CUstream_st* stream);
 

@@ -6,4 +6,9 @@ template absl::Status LaunchSbAttnDecode<64, 2>(const SbAttnDecodeParams&, int, 
 template absl::Status LaunchSbAttnDecode<64, 4>(const SbAttnDecodeParams&, int, const SbDecodeSplit&, cudaStream_t);
 template absl::Status LaunchSbAttnDecode<64, 6>(const SbAttnDecodeParams&, int, const SbDecodeSplit&, cudaStream_t);
 template absl::Status LaunchSbAttnDecode<64, 8>(const SbAttnDecodeParams&, int, const SbDecodeSplit&, cudaStream_t);
+template int SbAttnDecodeCtasPerSm<64, 1>();
+template int SbAttnDecodeCtasPerSm<64, 2>();
+template int SbAttnDecodeCtasPerSm<64, 4>();
+template int SbAttnDecodeCtasPerSm<64, 6>();
+template int SbAttnDecodeCtasPerSm<64, 8>();
 }  // namespace sbserve::kernels

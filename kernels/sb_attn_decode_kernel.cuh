@@ -8,6 +8,15 @@
 // so no scan is needed; each lane holds 8 elements of q, k, v and o (one 16-byte load per row). Slot, warp and chunk
 // partials (o_c, P_c) combine as o = o_old * P_new + o_new, P = P_old * P_new, which is
 // associative, so a single long sequence still fills the GPU.
+//
+// Early exit (params.early_exit_log_threshold = tau > 0; see sb_attn_params.h): per (sequence,
+// query head) the combine walks the chunks from the newest and drops every chunk reached once the
+// product P of the newer chunks is below e^-tau (and reports rem = 0). That cut depends only on
+// the data, so the result does too. The split kernel then runs the newest chunks first (chunk
+// index slowest in the grid) and publishes each chunk's P with a release flag; a CTA that starts
+// after all chunks newer than it have published, and finds the same cut above it for each of its
+// heads (same fp32 products in the same order), skips its keys. A CTA that cannot tell yet computes
+// its chunk and the combine ignores it, so timing only changes the work done, never the output.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -20,34 +29,78 @@
 namespace sbserve::kernels {
 
 constexpr int kDecodeThreads = 128;
-constexpr int kDecodeUnroll = 4;                   // keys per slot loaded before use
 
-// Partials: o_part [B, H, num_splits, d] fp32, p_part [B, H, num_splits] fp32.
+// Keys each slot loads before using them, and the CTAs per SM the split kernel is built for.
+// d = 128 with 4 query heads per CTA (32 heads on 8 KV heads) keeps 8 keys in flight per slot at
+// 3 CTAs per SM (168 registers, as with 4 keys): B = 64 x 4096 took 0.407 instead of 0.438 ms,
+// 8 x 8192 0.110 instead of 0.116 ms (H100, tests/bench/RESULTS.md). Elsewhere 4 keys: 8 would
+// cost occupancy (d = 64 with one head per CTA: 72 -> 136 registers, 7 -> 3 CTAs per SM).
 template <int kHeadDim, int kG>
-__global__ void __launch_bounds__(kDecodeThreads)
+struct SbDecodeTuning {
+  static constexpr bool kDeep = kHeadDim == 128 && kG == 4;
+  static constexpr int kUnroll = kDeep ? 8 : 4;
+  static constexpr int kMinBlocks = kDeep ? 3 : 0;  // 0: no minimum (the compiler's choice)
+};
+
+constexpr int kCombineGroups = 4;                  // split ranges folded in parallel per (b, h)
+
+// Partials: o_part [B, H, num_splits, d] fp32, p_part [B, H, num_splits] fp32; flags
+// [B, H / kG, num_splits] (early exit only, zeroed before the launch; null otherwise).
+// Grid: (num_splits, H / kG, B), or with the early exit (H / kG, B, num_splits) with the chunk
+// counted from the newest.
+template <int kHeadDim, int kG>
+__global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::kMinBlocks)
     sb_attn_decode_split_bf16_kernel(const SbAttnDecodeParams p, const int log2_bs, const int keys_per_split,
-                                     const int num_splits, float* __restrict__ o_part, float* __restrict__ p_part) {
+                                     const int num_splits, float* __restrict__ o_part, float* __restrict__ p_part,
+                                     unsigned* __restrict__ flags) {
   using namespace device;
+  // Let the combine grid (a programmatic dependent launch) be scheduled as CTAs retire; it waits
+  // for this grid's completion before reading the partials.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   constexpr int kDpl = 8;                        // elements per lane
   constexpr int kVec = 1;                        // uint4 per lane per row
   constexpr int kLanesPerKey = kHeadDim / kDpl;  // 8 or 16
   constexpr int kSlotsPerWarp = 32 / kLanesPerKey;
   constexpr int kSlots = kSlotsPerWarp * (kDecodeThreads / 32);
-  const int split = blockIdx.x;
-  const int b = blockIdx.z;
+  const bool early_exit = flags != nullptr;
+  const int hg = early_exit ? blockIdx.x : blockIdx.y;  // (kv head, group of kG query heads)
+  const int b = early_exit ? blockIdx.y : blockIdx.z;
   const int G = p.num_heads / p.num_kv_heads;
   const int groups = G / kG;
-  const int hk = blockIdx.y / groups;
-  const int h0 = hk * G + (blockIdx.y % groups) * kG;
+  const int hk = hg / groups;
+  const int h0 = hk * G + (hg % groups) * kG;
   const int H = p.num_heads;
   const int Hkv = p.num_kv_heads;
 
   const int n_keys = p.context_lens[b] - 1;  // keys 0 .. T - 2
+  const int n_split_b = max(1, (n_keys + keys_per_split - 1) / keys_per_split);
+  const int split = early_exit ? n_split_b - 1 - static_cast<int>(blockIdx.z) : static_cast<int>(blockIdx.x);
+  if (split < 0 || split >= n_split_b) return;
   const int k_begin = split * keys_per_split;
-  if (split > 0 && k_begin >= n_keys) return;
   const int k_end = min(n_keys, k_begin + keys_per_split);
 
   const int tid = threadIdx.x;
+  unsigned* const flag_row = early_exit ? flags + (static_cast<int64_t>(b) * (H / kG) + hg) * num_splits : nullptr;
+  if (early_exit) {
+    // Skip the chunk when, for each of the CTA's heads, the combine will cut at or above it.
+    bool cut = true;
+    if (tid < kG) {
+      const float exit_carry = __expf(-p.early_exit_log_threshold);
+      const float* p_row = p_part + (static_cast<int64_t>(b) * H + h0 + tid) * num_splits;
+      float prod = 1.f;
+      for (int s = n_split_b - 1; s > split; --s) {
+        if (prod < exit_carry || LoadAcquireGpu(flag_row + s) == 0u) break;
+        prod *= LoadRelaxedGpu(p_row + s);
+      }
+      cut = prod < exit_carry;
+    }
+    const bool skip = __syncthreads_and(cut);
+    if (p.early_exit_stats != nullptr && tid == 0) {
+      if (skip) atomicAdd(p.early_exit_stats, 1ull);
+      atomicAdd(p.early_exit_stats + 1, 1ull);
+    }
+    if (skip) return;
+  }
   const int warp = tid / 32;
   const int lane = tid % 32;
   const int part = lane % kLanesPerKey;
@@ -88,11 +141,11 @@ __global__ void __launch_bounds__(kDecodeThreads)
 
   // Every slot walks the same number of steps (the shuffles below need the whole warp); keys at
   // or past s_end are skipped without a load.
-  for (int hi = s_begin + slot_keys; hi > s_begin; hi -= kDecodeUnroll) {
-    uint4 kr[kDecodeUnroll][kVec];
-    uint4 vr[kDecodeUnroll][kVec];
+  for (int hi = s_begin + slot_keys; hi > s_begin; hi -= SbDecodeTuning<kHeadDim, kG>::kUnroll) {
+    uint4 kr[SbDecodeTuning<kHeadDim, kG>::kUnroll][kVec];
+    uint4 vr[SbDecodeTuning<kHeadDim, kG>::kUnroll][kVec];
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < SbDecodeTuning<kHeadDim, kG>::kUnroll; ++u) {
       const int key = hi - 1 - u;
       if (key < s_end) {
         const int64_t slot_row = static_cast<int64_t>(block_table[key >> log2_bs]) * (bs_mask + 1) + (key & bs_mask);
@@ -108,7 +161,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
       }
     }
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < SbDecodeTuning<kHeadDim, kG>::kUnroll; ++u) {
       const bool valid = hi - 1 - u < s_end;
       float kf[kDpl];
       float vf[kDpl];
@@ -177,28 +230,87 @@ __global__ void __launch_bounds__(kDecodeThreads)
     o_part[idx * kHeadDim + di] = o;
     if (di == 0) p_part[idx] = carry;
   }
+  if (early_exit) {
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) StoreReleaseGpu(flag_row + split, 1u);
+  }
 }
 
-// Combine kernel: one CTA of kHeadDim threads per (sequence, query head).
+// Combine kernel: one CTA of kCombineGroups * kHeadDim threads per (sequence, query head). Each
+// group folds a contiguous range of splits (loads issued in batches of 4 so a long sequence's
+// hundreds of splits do not serialise on memory latency), then the group results are folded.
 template <int kHeadDim>
-__global__ void __launch_bounds__(kHeadDim)
+__global__ void __launch_bounds__(kHeadDim * kCombineGroups)
     sb_attn_decode_combine_bf16_kernel(const SbAttnDecodeParams p, const int log2_bs, const int keys_per_split,
                                        const int num_splits, const float* __restrict__ o_part,
                                        const float* __restrict__ p_part) {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split grid's partials are complete
   const int h = blockIdx.x % p.num_heads;
   const int b = blockIdx.x / p.num_heads;
-  const int di = threadIdx.x;
+  const int di = threadIdx.x % kHeadDim;
+  const int grp = threadIdx.x / kHeadDim;
   const int H = p.num_heads;
   const int ctx = p.context_lens[b];
   const int n_keys = ctx - 1;
   const int n_split_b = max(1, (n_keys + keys_per_split - 1) / keys_per_split);
   const int64_t base = (static_cast<int64_t>(b) * H + h) * num_splits;
+
+  // Early exit: splits [0, s_lo) lie beyond the cut (the newer splits' product below e^-tau).
+  int s_lo = 0;
+  if (p.early_exit_log_threshold > 0.f) {
+    const float exit_carry = __expf(-p.early_exit_log_threshold);
+    float prod = 1.f;
+    int s = n_split_b - 1;
+    while (s >= 0 && prod >= exit_carry) {
+      float pv[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) pv[u] = s - u >= 0 ? p_part[base + s - u] : 1.f;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (s >= 0 && prod >= exit_carry) {
+          prod *= pv[u];
+          --s;
+        }
+      }
+    }
+    s_lo = prod < exit_carry ? s + 1 : 0;
+  }
+
+  const int count = n_split_b - s_lo;
+  const int per = (count + kCombineGroups - 1) / kCombineGroups;
+  const int g_lo = s_lo + grp * per;
+  const int g_hi = min(n_split_b, g_lo + per);
   float o = 0.f;
   float carry = 1.f;
-  for (int s = n_split_b - 1; s >= 0; --s) {
-    o = fmaf(o_part[(base + s) * kHeadDim + di], carry, o);
-    carry *= p_part[base + s];
+  for (int s = g_hi - 1; s >= g_lo; s -= 4) {
+    float ov[4], pv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const bool ok = s - u >= g_lo;
+      ov[u] = ok ? o_part[(base + s - u) * kHeadDim + di] : 0.f;
+      pv[u] = ok ? p_part[base + s - u] : 1.f;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      o = fmaf(ov[u], carry, o);
+      carry *= pv[u];
+    }
   }
+  __shared__ float o_s[kCombineGroups][kHeadDim];
+  __shared__ float c_s[kCombineGroups];
+  o_s[grp][di] = o;
+  if (di == 0) c_s[grp] = carry;
+  __syncthreads();
+  if (grp != 0) return;
+  o = 0.f;
+  carry = 1.f;
+#pragma unroll
+  for (int gq = kCombineGroups - 1; gq >= 0; --gq) {
+    o = fmaf(o_s[gq][di], carry, o);
+    carry *= c_s[gq];
+  }
+  if (s_lo > 0) carry = 0.f;  // the cut drops the older keys and the remainder together
   if (p.remainder == SbRemainder::kOwnValue) {
     const int hk = h / (p.num_heads / p.num_kv_heads);
     const int pos = ctx - 1;

@@ -15,17 +15,50 @@ namespace sbserve::kernels {
 template <int kHeadDim, int kG>
 absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const SbDecodeSplit& split,
                                 cudaStream_t stream) {
+  const int64_t parts = static_cast<int64_t>(p.batch) * p.num_heads * split.num_splits;
   float* o_part = static_cast<float*>(p.workspace);
-  float* p_part = o_part + static_cast<int64_t>(p.batch) * p.num_heads * split.num_splits * kHeadDim;
-  const int groups = (p.num_heads / p.num_kv_heads) / kG;
-  const dim3 grid(split.num_splits, p.num_kv_heads * groups, p.batch);
+  float* p_part = o_part + parts * kHeadDim;
+  const int hgs = p.num_heads / kG;  // CTAs per (sequence, split)
+  unsigned* flags = nullptr;
+  dim3 grid(split.num_splits, hgs, p.batch);
+  if (p.early_exit_log_threshold > 0.f) {
+    flags = reinterpret_cast<unsigned*>(p_part + parts);
+    SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flags, 0, parts * sizeof(unsigned), stream));
+    grid = dim3(hgs, p.batch, split.num_splits);  // newest chunks first
+  }
   sb_attn_decode_split_bf16_kernel<kHeadDim, kG><<<grid, kDecodeThreads, 0, stream>>>(
-      p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part);
+      p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part, flags);
   SB_CUDA_CHECK_LAUNCH();
-  sb_attn_decode_combine_bf16_kernel<kHeadDim><<<p.batch * p.num_heads, kHeadDim, 0, stream>>>(
-      p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part);
-  SB_CUDA_CHECK_LAUNCH();
+  // The combine is a programmatic dependent launch: its CTAs are scheduled while the last split
+  // CTAs run and wait in griddepcontrol.wait for the split grid's results, which hides the launch
+  // gap between the two kernels.
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(p.batch * p.num_heads);
+  cfg.blockDim = dim3(kHeadDim * kCombineGroups);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  SB_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, sb_attn_decode_combine_bf16_kernel<kHeadDim>, p, log2_bs,
+                                             split.keys_per_split, split.num_splits,
+                                             static_cast<const float*>(o_part), static_cast<const float*>(p_part)));
   return absl::OkStatus();
+}
+
+// Split-kernel CTAs resident per SM (queried once per process; the kernel's resources are fixed).
+template <int kHeadDim, int kG>
+int SbAttnDecodeCtasPerSm() {
+  static const int n = [] {
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sb_attn_decode_split_bf16_kernel<kHeadDim, kG>,
+                                                      kDecodeThreads, 0) != cudaSuccess)
+      return 0;
+    return blocks;
+  }();
+  return n;
 }
 
 }  // namespace sbserve::kernels

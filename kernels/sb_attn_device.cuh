@@ -72,6 +72,21 @@ __device__ __forceinline__ void Bf16x8ToFloat(const uint4& v, float* out) {
   }
 }
 
+// GPU-scope acquire / release / relaxed accesses for flags published between CTAs of one launch.
+__device__ __forceinline__ unsigned LoadAcquireGpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void StoreReleaseGpu(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ float LoadRelaxedGpu(const float* p) {
+  float v;
+  asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];\n" : "=f"(v) : "l"(p) : "memory");
+  return v;
+}
+
 constexpr float kLog2e = 1.4426950408889634f;
 
 }  // namespace sbserve::kernels::device

@@ -22,4 +22,8 @@ template <int kHeadDim, int kG>
 absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const SbDecodeSplit& split,
                                 cudaStream_t stream);
 
+// Decode split-kernel CTAs that fit on one SM at once (0 if the query failed).
+template <int kHeadDim, int kG>
+int SbAttnDecodeCtasPerSm();
+
 }  // namespace sbserve::kernels

@@ -22,6 +22,23 @@
 // 1 / (1 + 2^20) < 1e-6 of the older keys' weight instead of 1 / (1 + 2^x), an absolute error
 // below 1e-6 * max |v| (see sb_attn_prefill_kernel.cuh). Products that underflow fp32 stand for
 // weights below 2^-46 and are flushed to zero; rem likewise (rem < 2^-126 reads 0).
+//
+// Early exit (opt-in, early_exit_log_threshold = tau > 0). Weights only shrink with distance:
+// once the keys already visited (all newer than the rest) have acc = sum softplus(z) > tau, every
+// older key j has A_j = e^-acc * beta_j * prod_{older k > j} (1 - beta_k), so the older keys and
+// the remainder together carry exactly e^-acc < e^-tau of weight:
+//   sum_{j older} A_j + rem = e^-acc.
+// The kernels drop that mass: they skip the older keys and report rem = 0. Hence, on top of the
+// error of the full computation, per output component c
+//   |o_c - o_c(exact)| < e^-tau * max(|v_jc| over the skipped keys j, |r_c|),
+// r = the remainder vector (v_i for R1, head_bias[h] for R2, 0 for R0), and
+//   0 <= rem(exact) - rem < e^-tau,
+// up to the fp32 rounding of the running product that decides (the prefill clamp of x at 20 only
+// makes it larger, i.e. the test more conservative).
+// Prefill decides per CTA tile (every row of the tile past tau), decode per key chunk (the chunks
+// newer than it past tau for every query head of the CTA; decided deterministically in the
+// combine, so results never depend on timing). With tau = 0 results are bitwise those of the
+// full computation.
 #pragma once
 
 #include <cstdint>
@@ -79,6 +96,10 @@ struct SbAttnPrefillParams {
   int head_dim = 0;                      // d
   float scale = 0.f;                     // logit multiplier s (> 0)
   SbRemainder remainder = SbRemainder::kNone;
+  float early_exit_log_threshold = 0.f;  // tau in nats (see above); 0: off
+  // Optional counters [2] (null: none): += key tiles of 64 skipped by the early exit, += key
+  // tiles the CTAs would visit without it.
+  unsigned long long* early_exit_stats = nullptr;
 };
 
 // Paged decode: one query per sequence at position T - 1, over keys 0 .. T - 2, split over key
@@ -101,6 +122,11 @@ struct SbAttnDecodeParams {
   float scale = 0.f;                     // logit multiplier s (> 0)
   SbRemainder remainder = SbRemainder::kNone;
   int num_sms = 0;                       // SMs of the device (0: queried); sizes the split count
+  float early_exit_log_threshold = 0.f;  // tau in nats (see above); 0: off
+  // Optional counters [2] (null: none): += key-chunk CTAs skipped by the early exit, += CTAs
+  // with keys.
+  unsigned long long* early_exit_stats = nullptr;
+  int keys_per_split = 0;                // 0: chosen here; else forced (a multiple of 64; tuning)
 };
 
 }  // namespace sbserve::kernels

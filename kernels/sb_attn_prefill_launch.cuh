@@ -32,11 +32,12 @@ struct SbPrefillConfig<128> {
 template <int kHeadDim>
 absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
   using Tr = typename SbPrefillConfig<kHeadDim>::Traits;
-  auto kernel = sb_attn_prefill_bf16_kernel<Tr>;
+  auto kernel = p.early_exit_log_threshold > 0.f ? sb_attn_prefill_bf16_kernel<Tr, true>
+                                                 : sb_attn_prefill_bf16_kernel<Tr, false>;
   SB_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const dim3 grid(p.num_heads, p.batch, (p.max_seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, log2_bs);
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(SbPrefillKernelParams::From(p), log2_bs);
   SB_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }

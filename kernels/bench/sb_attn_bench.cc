@@ -4,7 +4,14 @@
 // (DESIGN.md section 5) and decode K/V GB/s against a device-to-device copy measured in the same
 // run. The softmax yardstick and the reference Triton kernel are timed by sb_attn_yardstick.py.
 //
-// usage: sb_attn_bench [--reps N] [--block-size BS] [--only prefill|decode]
+// Early exit (sb_attn_params.h): --early-exit TAU times the kernels with it and prints the share of
+// key tiles (prefill) or chunk CTAs (decode) it skipped; --scale-mult M multiplies the logit
+// scale 1/sqrt(d) (peaked break probabilities), --shift S draws q ~ N(-S, 1) and k ~ N(S, 1)
+// (small break probabilities, long-range weights). --sweep-splits also times decode at several
+// forced keys_per_split.
+//
+// usage: sb_attn_bench [--reps N] [--block-size BS] [--only prefill|decode] [--early-exit TAU]
+//                      [--scale-mult M] [--shift S] [--sweep-splits]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -43,7 +50,30 @@ struct Options {
   int reps = 50;
   int block_size = 16;
   std::string only;
+  float early_exit = 0.f;
+  float scale_mult = 1.f;
+  float shift = 0.f;
+  bool sweep_splits = false;
 };
+
+// Counters of the early exit [skipped, total], zeroed per problem.
+unsigned long long* g_stats = nullptr;
+
+std::string ExitNote(const Options& opt) {
+  if (opt.early_exit <= 0.f) return "";
+  unsigned long long h[2];
+  BENCH_CHECK(cudaMemcpy(h, g_stats, sizeof(h), cudaMemcpyDeviceToHost));
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "  early exit tau %.0f: %.1f%% skipped", opt.early_exit,
+                h[1] > 0 ? 100.0 * h[0] / h[1] : 0.0);
+  return buf;
+}
+
+std::string DataNote(const Options& opt) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), " [scale x%g shift %g]", opt.scale_mult, opt.shift);
+  return opt.scale_mult != 1.f || opt.shift != 0.f ? buf : "";
+}
 
 void* DeviceAlloc(size_t bytes) {
   void* p = nullptr;
@@ -51,13 +81,13 @@ void* DeviceAlloc(size_t bytes) {
   return p;
 }
 
-// Fills bf16 buffers with N(0,1)-like values on the device side via a host pattern (never zeros).
-void FillRandomBf16(void* dst, size_t elems, uint64_t seed) {
+// Fills bf16 buffers with N(mean,1) values on the device side via a host pattern (never zeros).
+void FillRandomBf16(void* dst, size_t elems, uint64_t seed, float mean = 0.f) {
   std::vector<uint16_t> h(std::min<size_t>(elems, size_t{1} << 22));
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   for (auto& x : h) {
-    float f = nd(rng);
+    float f = nd(rng) + mean;
     uint32_t u;
     std::memcpy(&u, &f, 4);
     x = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
@@ -129,15 +159,15 @@ Problem MakeProblem(int H, int Hkv, int d, int bs, const std::vector<int>& q_len
   return p;
 }
 
-PagedSet UploadSet(const Problem& p, uint64_t seed) {
+PagedSet UploadSet(const Problem& p, uint64_t seed, float shift) {
   PagedSet s;
   const size_t q_elems = static_cast<size_t>(p.total_q) * p.H * p.d;
   const size_t c_elems = static_cast<size_t>(p.num_blocks) * p.bs * p.Hkv * p.d;
   s.q = DeviceAlloc(q_elems * 2);
   s.k_cache = DeviceAlloc(c_elems * 2);
   s.v_cache = DeviceAlloc(c_elems * 2);
-  FillRandomBf16(s.q, q_elems, seed);
-  FillRandomBf16(s.k_cache, c_elems, seed + 1);
+  FillRandomBf16(s.q, q_elems, seed, -shift);
+  FillRandomBf16(s.k_cache, c_elems, seed + 1, shift);
   FillRandomBf16(s.v_cache, c_elems, seed + 2);
   s.tables = static_cast<int32_t*>(DeviceAlloc(p.tables.size() * 4));
   s.cu = static_cast<int32_t*>(DeviceAlloc(p.cu.size() * 4));
@@ -175,9 +205,10 @@ void BenchPrefill(const Options& opt, const char* label, int H, int d, const std
   const size_t set_bytes = static_cast<size_t>(pb.total_q) * H * d * 2 * 3;
   const int nsets = SetsFor(set_bytes);
   std::vector<PagedSet> sets;
-  for (int i = 0; i < nsets; ++i) sets.push_back(UploadSet(pb, 100 + 10 * i));
+  for (int i = 0; i < nsets; ++i) sets.push_back(UploadSet(pb, 100 + 10 * i, opt.shift));
   void* o = DeviceAlloc(static_cast<size_t>(pb.total_q) * H * d * 2);
   float* rem = static_cast<float*>(DeviceAlloc(static_cast<size_t>(pb.total_q) * H * 4));
+  BENCH_CHECK(cudaMemset(g_stats, 0, 16));
   const double ms = MedianMs(opt.reps, [&](int i) {
     const PagedSet& s = sets[i % nsets];
     SbAttnPrefillParams p;
@@ -193,13 +224,16 @@ void BenchPrefill(const Options& opt, const char* label, int H, int d, const std
     p.num_heads = H;
     p.num_kv_heads = H;
     p.head_dim = d;
-    p.scale = 1.f / std::sqrt(static_cast<float>(d));
+    p.scale = opt.scale_mult / std::sqrt(static_cast<float>(d));
+    p.early_exit_log_threshold = opt.early_exit;
+    p.early_exit_stats = g_stats;
     BENCH_OK(SbAttnPrefill(p, nullptr));
   });
   double sum_l2 = 0;
   for (int l : lens) sum_l2 += static_cast<double>(l) * l;
   const double tflops = 4.0 * H * d * sum_l2 / 2 / (ms * 1e-3) / 1e12;
-  std::printf("prefill  %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s\n", H, d, label, opt.block_size, ms, tflops);
+  std::printf("prefill  %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s%s%s\n", H, d, label, opt.block_size, ms, tflops,
+              DataNote(opt).c_str(), ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
   for (auto& s : sets) FreeSet(s);
@@ -218,12 +252,12 @@ double CopyGBs(const Options& opt) {
   return gbs;
 }
 
-void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H, int Hkv, int d) {
+void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H, int Hkv, int d, int kps = 0) {
   const Problem pb = MakeProblem(H, Hkv, d, opt.block_size, std::vector<int>(batch, 1), std::vector<int>(batch, ctx), 7);
   const size_t kv_bytes = static_cast<size_t>(batch) * (ctx - 1) * Hkv * d * 2 * 2;  // K and V read
   const int nsets = SetsFor(kv_bytes);
   std::vector<PagedSet> sets;
-  for (int i = 0; i < nsets; ++i) sets.push_back(UploadSet(pb, 500 + 10 * i));
+  for (int i = 0; i < nsets; ++i) sets.push_back(UploadSet(pb, 500 + 10 * i, opt.shift));
   void* o = DeviceAlloc(static_cast<size_t>(batch) * H * d * 2);
   float* rem = static_cast<float*>(DeviceAlloc(static_cast<size_t>(batch) * H * 4));
   SbAttnDecodeParams base;
@@ -232,10 +266,14 @@ void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H,
   base.num_heads = H;
   base.num_kv_heads = Hkv;
   base.head_dim = d;
-  base.scale = 1.f / std::sqrt(static_cast<float>(d));
+  base.scale = opt.scale_mult / std::sqrt(static_cast<float>(d));
+  base.early_exit_log_threshold = opt.early_exit;
+  base.early_exit_stats = g_stats;
+  base.keys_per_split = kps;
   base.o = o;
   base.rem = rem;
   void* ws = DeviceAlloc(std::max<size_t>(SbAttnDecodeWorkspaceBytes(base), 16));
+  BENCH_CHECK(cudaMemset(g_stats, 0, 16));
   const double ms = MedianMs(opt.reps, [&](int i) {
     const PagedSet& s = sets[i % nsets];
     SbAttnDecodeParams p = base;
@@ -246,8 +284,13 @@ void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H,
     BENCH_OK(SbAttnDecode(p, nullptr));
   });
   const double gbs = kv_bytes / (ms * 1e-3) / 1e9;
-  std::printf("decode   %3d x %-3d  Hkv=%-3d B=%-3d ctx=%-6d bs=%-3d %8.3f ms  %6.0f GB/s K/V  = %3.0f%% of copy\n", H, d,
-              Hkv, batch, ctx, opt.block_size, ms, gbs, 100.0 * gbs / copy_gbs);
+  char split_note[32] = "auto";
+  if (kps > 0) std::snprintf(split_note, sizeof(split_note), "%d", kps);
+  std::printf(
+      "decode   %3d x %-3d  Hkv=%-3d B=%-3d ctx=%-6d bs=%-3d keys/split %-5s %8.3f ms  %6.0f GB/s K/V  = %3.0f%% of "
+      "copy%s%s\n",
+      H, d, Hkv, batch, ctx, opt.block_size, split_note, ms, gbs, 100.0 * gbs / copy_gbs, DataNote(opt).c_str(),
+      ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
   BENCH_CHECK(cudaFree(ws));
@@ -265,8 +308,15 @@ int main(int argc, char** argv) {
     if (a == "--reps" && i + 1 < argc) opt.reps = std::max(50, std::atoi(argv[++i]));
     else if (a == "--block-size" && i + 1 < argc) opt.block_size = std::atoi(argv[++i]);
     else if (a == "--only" && i + 1 < argc) opt.only = argv[++i];
+    else if (a == "--early-exit" && i + 1 < argc) opt.early_exit = std::atof(argv[++i]);
+    else if (a == "--scale-mult" && i + 1 < argc) opt.scale_mult = std::atof(argv[++i]);
+    else if (a == "--shift" && i + 1 < argc) opt.shift = std::atof(argv[++i]);
+    else if (a == "--sweep-splits") opt.sweep_splits = true;
     else {
-      std::fprintf(stderr, "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode] [--early-exit TAU] "
+                   "[--scale-mult M] [--shift S] [--sweep-splits]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -274,6 +324,7 @@ int main(int argc, char** argv) {
   BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, L2 %d MB; median of %d runs after warm-up\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20, opt.reps);
+  g_stats = static_cast<unsigned long long*>(DeviceAlloc(16));
   // Mixed lengths between 64 and 5000 summing to 16384 (the same list as sb_attn_yardstick.py).
   const std::vector<int> mixed = {5000, 64, 3000, 1200, 4000, 700, 2000, 420};
   if (opt.only.empty() || opt.only == "prefill") {
@@ -294,6 +345,15 @@ int main(int argc, char** argv) {
     BenchDecode(opt, copy, 1, 32768, 36, 36, 64);
     BenchDecode(opt, copy, 64, 4096, 32, 8, 128);
     BenchDecode(opt, copy, 1, 32768, 32, 8, 128);
+    BenchDecode(opt, copy, 8, 8192, 36, 36, 64);
+    BenchDecode(opt, copy, 8, 8192, 32, 8, 128);
+    if (opt.sweep_splits) {
+      for (int kps : {576, 768, 1024, 1344, 2048}) BenchDecode(opt, copy, 1, 32768, 36, 36, 64, kps);
+      for (int kps : {128, 256, 384, 512, 704, 1024, 1408}) BenchDecode(opt, copy, 1, 32768, 32, 8, 128, kps);
+      for (int kps : {1024, 2752}) BenchDecode(opt, copy, 8, 8192, 36, 36, 64, kps);
+      for (int kps : {256, 576, 1024, 1408, 2048}) BenchDecode(opt, copy, 8, 8192, 32, 8, 128, kps);
+      for (int kps : {832, 1024}) BenchDecode(opt, copy, 64, 4096, 32, 8, 128, kps);
+    }
   }
   return 0;
 }

@@ -96,9 +96,16 @@ struct Outputs {
 
 enum class Path { kPrefill, kDecode };
 
+// Early-exit threshold tau (0: off) and, when stats is set, the kernels' counters of skipped and
+// total key tiles (prefill) or chunk CTAs (decode), summed over both runs.
+struct EarlyExit {
+  float tau = 0.f;
+  unsigned long long* stats = nullptr;  // host [2]
+};
+
 // Uploads, appends the chunk's K/V, runs the kernel twice with poisoned outputs and checks the
 // cache and the bitwise repeatability; returns the first run's outputs.
-void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out) {
+void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, const EarlyExit& ee = {}) {
   const int d = pb.spec.head_dim, H = pb.spec.num_heads, Hkv = pb.spec.num_kv_heads;
   DeviceProblem dp;
   dp.q = DeviceBuffer<uint16_t>(pb.q.size());
@@ -165,6 +172,8 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out) 
     CUDA_OK(dp.q_rows.Upload(q_rows));
   }
 
+  DeviceBuffer<unsigned long long> stats(2);
+  CUDA_OK(stats.Upload({0, 0}));
   Outputs runs[2];
   for (int run = 0; run < 2; ++run) {
     CUDA_OK(dp.o.Poison());
@@ -186,6 +195,8 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out) 
       p.head_dim = d;
       p.scale = pb.scale;
       p.remainder = pb.spec.remainder;
+      p.early_exit_log_threshold = ee.tau;
+      p.early_exit_stats = ee.stats != nullptr ? stats.get() : nullptr;
       st = SbAttnPrefill(p, nullptr);
     } else {
       SbAttnDecodeParams p;
@@ -203,6 +214,8 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out) 
       p.head_dim = d;
       p.scale = pb.scale;
       p.remainder = pb.spec.remainder;
+      p.early_exit_log_threshold = ee.tau;
+      p.early_exit_stats = ee.stats != nullptr ? stats.get() : nullptr;
       const size_t ws = SbAttnDecodeWorkspaceBytes(p);
       if (dp.workspace.size() < ws) dp.workspace = DeviceBuffer<unsigned char>(ws);
       CUDA_OK(dp.workspace.Poison());
@@ -213,6 +226,11 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out) 
     CUDA_OK(cudaDeviceSynchronize());
     CUDA_OK(dp.o.Download(runs[run].o));
     CUDA_OK(dp.rem.Download(runs[run].rem));
+  }
+  if (ee.stats != nullptr) {
+    std::vector<unsigned long long> h;
+    CUDA_OK(stats.Download(h));
+    ee.stats[0] = h[0], ee.stats[1] = h[1];
   }
   ASSERT_EQ(0, std::memcmp(runs[0].o.data(), runs[1].o.data(), runs[0].o.size() * 2))
       << "o differs between two identical runs (race?)";
@@ -503,6 +521,152 @@ TEST(SbAttnDecode, RemainderVariants) {
     spec.shift = 0.7f;
     RunAndCheck(spec, Path::kDecode, r == SbRemainder::kOwnValue ? "decode R1" : "decode R2");
   }
+}
+
+// ---- early exit (sb_attn_params.h): the same kernel with and without it, and float64 ----
+
+// Checks the proven bound between the early-exit outputs `ee` and the full outputs `full` of the
+// same kernel, per (row, head): an exited pair (ee rem = 0) has full rem < e^-tau and every o
+// component within e^-tau * M (M = max |v|, |head_bias| of the problem) plus the bf16 rounding of
+// both outputs; any other pair must equal the full result (within bf16 rounding; counted when not
+// bitwise). Returns the fraction of pairs whose output the exit changed.
+double CheckEarlyExitBound(const Problem& pb, const Outputs& full, const Outputs& ee, float tau, const char* what) {
+  const int d = pb.spec.head_dim, H = pb.spec.num_heads;
+  double m = 0;
+  for (uint16_t x : pb.v_full)
+    if (std::isfinite(Bf16ToFloat(x))) m = std::max(m, static_cast<double>(std::fabs(Bf16ToFloat(x))));
+  if (pb.spec.remainder == SbRemainder::kHeadBias)
+    for (float x : pb.head_bias) m = std::max(m, static_cast<double>(std::fabs(x)));
+  const double bound = std::exp(-static_cast<double>(tau)) * (1 + 1e-3);
+  size_t exited = 0, not_bitwise = 0, pairs = 0;
+  double worst = 0;  // largest |o_ee - o_full| / (e^-tau * M + rounding) over exited pairs
+  for (int row = 0; row < pb.total_q; ++row)
+    for (int h = 0; h < H; ++h, ++pairs) {
+      const size_t ri = static_cast<size_t>(row) * H + h;
+      const size_t oi = ri * d;
+      if (std::memcmp(&full.rem[ri], &ee.rem[ri], 4) == 0 && std::memcmp(&full.o[oi], &ee.o[oi], 2 * d) == 0)
+        continue;
+      const bool exit = ee.rem[ri] == 0.f;
+      if (exit) {
+        ++exited;
+        EXPECT_LT(full.rem[ri], bound) << what << ": row " << row << " head " << h << " exited with rem above e^-tau";
+      } else {
+        ++not_bitwise;
+        EXPECT_NEAR(ee.rem[ri], full.rem[ri], 1e-5 * full.rem[ri]) << what << ": row " << row << " head " << h;
+      }
+      for (int c = 0; c < d; ++c) {
+        const double a = Bf16ToFloat(full.o[oi + c]), b = Bf16ToFloat(ee.o[oi + c]);
+        const double rounding = std::ldexp(std::max(std::fabs(a), std::fabs(b)), -7) + 1e-6;
+        const double allowed = (exit ? bound * m : 0.0) + rounding;
+        if (exit) worst = std::max(worst, std::fabs(a - b) / allowed);
+        if (std::fabs(a - b) > allowed) {
+          ADD_FAILURE() << what << ": row " << row << " head " << h << " col " << c << ": early exit " << b
+                        << " vs full " << a << ", allowed " << allowed << (exit ? " (exited)" : " (not exited)");
+          return 0;
+        }
+      }
+    }
+  const double rate = pairs > 0 ? static_cast<double>(exited) / pairs : 0;
+  std::printf(
+      "  %-44s tau %.0f: %.1f%% of (row, head) changed by the exit, worst |diff| / allowed %.2f, %zu others not "
+      "bitwise\n",
+              what, tau, 100 * rate, worst, not_bitwise);
+  return rate;
+}
+
+struct EarlyExitCase {
+  ProblemSpec spec;
+  Path path;
+  float tau;
+  bool check_bars;      // also the float64 bars (tau large enough for them)
+  bool expect_trigger;  // the data make every tile cross tau (prefill only: decode depends on timing)
+};
+
+void RunEarlyExitCase(const EarlyExitCase& c, const char* what) {
+  const Problem pb = MakeProblem(c.spec);
+  const bool reverse = c.path == Path::kDecode;
+  Outputs full, ee;
+  ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, c.path, reverse, &full));
+  unsigned long long stats[2] = {0, 0};
+  ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, c.path, reverse, &ee, EarlyExit{c.tau, stats}));
+  ASSERT_GT(stats[1], 0u);
+  std::printf("  %-44s tau %.0f: %llu of %llu %s skipped (both runs)\n", what, c.tau, stats[0], stats[1],
+              c.path == Path::kPrefill ? "key tiles" : "chunk CTAs");
+  const double rate = CheckEarlyExitBound(pb, full, ee, c.tau, what);
+  if (c.expect_trigger) {
+    EXPECT_GT(stats[0], 0u) << what;
+    EXPECT_GT(rate, 0.0) << what;
+  }
+  if (c.check_bars) ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, ee, what));
+  // A threshold whose e^-tau underflows never triggers: bitwise the full result.
+  Outputs never;
+  ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, c.path, reverse, &never, EarlyExit{100.f, nullptr}));
+  EXPECT_EQ(0, std::memcmp(never.o.data(), full.o.data(), full.o.size() * 2)) << what << ": tau 100 changed o";
+  EXPECT_EQ(0, std::memcmp(never.rem.data(), full.rem.data(), full.rem.size() * 4)) << what << ": tau 100 changed rem";
+}
+
+TEST(SbAttnEarlyExit, SmallCase) {
+  REQUIRE_GPU();
+  RunEarlyExitCase({Spec({64, 2, 1, 16}, {1, 2, 70, 200}, {0, 3, 20, 0}), Path::kPrefill, 3.f, false, true},
+                   "ee prefill small");
+  RunEarlyExitCase({Spec({64, 2, 1, 16}, {1, 1, 1, 1}, {0, 5, 150, 700}), Path::kDecode, 3.f, false, false},
+                   "ee decode small");
+}
+
+TEST(SbAttnEarlyExit, PrefillWithinBound) {
+  REQUIRE_GPU();
+  for (const Shape& s : {Shape{64, 4, 2, 16}, Shape{128, 4, 4, 64}}) {
+    for (float tau : {3.f, 10.f}) {
+      // N(0,1) q and k at 1/sqrt(d): softplus averages ~0.8 per key, every tile crosses tau.
+      EarlyExitCase c{Spec(s, {1, 2, 63, 64, 65, 127, 1000, 4096}), Path::kPrefill, tau, tau >= 10.f, true};
+      RunEarlyExitCase(c, Name("ee prefill lengths", s).c_str());
+      EarlyExitCase ch{Spec(s, {1, 5, 64, 130, 200, 77, 500, 1}, {0, 1, 17, 64, 100, 1000, 3000, 4095}),
+                       Path::kPrefill, tau, tau >= 10.f, true};
+      ch.spec.remainder = SbRemainder::kOwnValue;
+      RunEarlyExitCase(ch, Name("ee chunked R1", s).c_str());
+    }
+  }
+  // Small break probabilities: acc grows slowly, the exit triggers late or never.
+  ProblemSpec low = Spec({64, 4, 1, 16}, {4096, 1000});
+  low.shift = 0.5f;
+  low.remainder = SbRemainder::kHeadBias;
+  RunEarlyExitCase({low, Path::kPrefill, 6.f, true, false}, "ee prefill small-beta R2");
+}
+
+TEST(SbAttnEarlyExit, DecodeWithinBound) {
+  REQUIRE_GPU();
+  std::mt19937 rng(5);
+  for (const Shape& s : {Shape{64, 36, 36, 16}, Shape{128, 32, 8, 16}}) {
+    std::vector<int> prefix(64);
+    for (int& p : prefix) p = static_cast<int>(rng() % 8000);
+    for (float tau : {3.f, 10.f}) {
+      EarlyExitCase c{Spec(s, std::vector<int>(64, 1), prefix, rng()), Path::kDecode, tau, tau >= 10.f, false};
+      c.spec.remainder = SbRemainder::kOwnValue;
+      RunEarlyExitCase(c, Name("ee decode B=64", s).c_str());
+    }
+  }
+  const std::vector<int> ctx = {1, 2, 65, 1000, 4096, 32768};
+  ProblemSpec one = Spec({128, 8, 2, 16}, std::vector<int>(ctx.size(), 1));
+  for (int c : ctx) one.prefix_lens.push_back(c - 1);
+  RunEarlyExitCase({one, Path::kDecode, 8.f, true, false}, "ee decode contexts");
+}
+
+TEST(SbAttnEarlyExit, RejectsBadThreshold) {
+  SbAttnPrefillParams p;
+  int dummy = 0;
+  p.cache.k = p.cache.v = &dummy;
+  p.cache.block_tables = &dummy;
+  p.cache.block_size = 16;
+  p.num_heads = p.num_kv_heads = 4;
+  p.head_dim = 64;
+  p.scale = 0.1f;
+  p.batch = p.total_q = p.max_seqlen_q = 1;
+  p.q = p.o = &dummy;
+  p.cu_seqlens_q = p.context_lens = &dummy;
+  p.early_exit_log_threshold = -1.f;
+  EXPECT_EQ(SbAttnPrefill(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  p.early_exit_log_threshold = NAN;
+  EXPECT_EQ(SbAttnPrefill(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(SbAttnApi, RejectsUnsupportedShapes) {
