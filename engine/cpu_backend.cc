@@ -20,10 +20,6 @@ std::vector<float> LoadF32(const Checkpoint& ckpt, const std::string& name) {
   return v;
 }
 
-std::vector<float> LoadOptional(const Checkpoint& ckpt, const std::string& name) {
-  return ckpt.Find(name) ? LoadF32(ckpt, name) : std::vector<float>{};
-}
-
 inline const float* OrNull(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
 
 struct LayerWeights {
@@ -39,24 +35,32 @@ class CpuBackend final : public Backend {
     wte_ = LoadF32(ckpt, "transformer.wte.weight");
     if (!c.tie_word_embeddings) lm_head_ = LoadF32(ckpt, "lm_head.weight");
     lnf_w_ = LoadF32(ckpt, "transformer.ln_f.weight");
-    lnf_b_ = LoadOptional(ckpt, "transformer.ln_f.bias");
+    // Optional tensors are read when the config (or, for head_bias, the resolved remainder) asks
+    // for them, exactly the set Checkpoint validated; a stray tensor is never picked up.
+    const bool norm_bias = c.norm == NormKind::kLayerNorm;
+    const bool r2 = c.remainder == Remainder::kR2;
+    if (norm_bias) lnf_b_ = LoadF32(ckpt, "transformer.ln_f.bias");
     layers_.resize(static_cast<size_t>(c.n_layer));
     for (int64_t l = 0; l < c.n_layer; ++l) {
       const std::string p = absl::StrCat("transformer.h.", l, ".");
       LayerWeights& w = layers_[l];
       w.ln1_w = LoadF32(ckpt, p + "ln_1.weight");
-      w.ln1_b = LoadOptional(ckpt, p + "ln_1.bias");
       w.attn_w = LoadF32(ckpt, p + "attn.c_attn.weight");
-      w.attn_b = LoadOptional(ckpt, p + "attn.c_attn.bias");
       w.proj_w = LoadF32(ckpt, p + "attn.c_proj.weight");
-      w.proj_b = LoadOptional(ckpt, p + "attn.c_proj.bias");
-      w.head_bias = LoadOptional(ckpt, p + "attn.head_bias");
       w.ln2_w = LoadF32(ckpt, p + "ln_2.weight");
-      w.ln2_b = LoadOptional(ckpt, p + "ln_2.bias");
       w.fc_w = LoadF32(ckpt, p + "mlp.c_fc.weight");
-      w.fc_b = LoadOptional(ckpt, p + "mlp.c_fc.bias");
       w.fc_proj_w = LoadF32(ckpt, p + "mlp.c_proj.weight");
-      w.fc_proj_b = LoadOptional(ckpt, p + "mlp.c_proj.bias");
+      if (norm_bias) {
+        w.ln1_b = LoadF32(ckpt, p + "ln_1.bias");
+        w.ln2_b = LoadF32(ckpt, p + "ln_2.bias");
+      }
+      if (c.add_qkv_bias) w.attn_b = LoadF32(ckpt, p + "attn.c_attn.bias");
+      if (c.add_bias) {
+        w.proj_b = LoadF32(ckpt, p + "attn.c_proj.bias");
+        w.fc_b = LoadF32(ckpt, p + "mlp.c_fc.bias");
+        w.fc_proj_b = LoadF32(ckpt, p + "mlp.c_proj.bias");
+      }
+      if (r2) w.head_bias = LoadF32(ckpt, p + "attn.head_bias");
     }
   }
 
