@@ -373,14 +373,14 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
                                  h_.get<float>(), stream_));
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LayerWeights& w = *layers_[l];
-    SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
-                                  w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_));
-    SB_RETURN_IF_ERROR(Trace(stream_, "norm_1", absl::OkStatus()));
+    SB_RETURN_IF_ERROR(Trace(stream_, "norm_1",
+                             cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
+                                        w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_)));
     SB_RETURN_IF_ERROR(Trace(stream_, "c_attn", Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false)));
-    SB_RETURN_IF_ERROR(cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
-                                      static_cast<int>(Hkv), static_cast<int>(H / Hkv), static_cast<int>(d),
-                                      q_.get(), k_.get(), v_.get(), stream_));
-    SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv", absl::OkStatus()));
+    SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv",
+                             cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
+                                            static_cast<int>(Hkv), static_cast<int>(H / Hkv),
+                                            static_cast<int>(d), q_.get(), k_.get(), v_.get(), stream_)));
     SB_RETURN_IF_ERROR(Attention(sh, static_cast<int>(l), w));
     SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
     SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
@@ -388,9 +388,9 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
     SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln2_w.get<float>(),
                                   w.has_ln_b ? w.ln2_b.get<float>() : nullptr, eps, x_.get(), stream_));
     SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.fc_w.get(), fc_out, fc_.get(), false));
-    SB_RETURN_IF_ERROR(cuda::Activation(act, c.glu, fc_.get(), w.has_bias ? w.fc_b.get<float>() : nullptr, N, I,
-                                        act_.get(), stream_));
-    SB_RETURN_IF_ERROR(Trace(stream_, "mlp_in", absl::OkStatus()));
+    SB_RETURN_IF_ERROR(Trace(stream_, "mlp_act",
+                             cuda::Activation(act, c.glu, fc_.get(), w.has_bias ? w.fc_b.get<float>() : nullptr,
+                                              N, I, act_.get(), stream_)));
     SB_RETURN_IF_ERROR(Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, y_.get(), true));
     SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
                                          w.has_bias ? w.fc_proj_b.get<float>() : nullptr, N, D, r, stream_));
