@@ -33,7 +33,7 @@ constexpr int kDecodeThreads = 128;
 // Keys each slot loads before using them, and the CTAs per SM the split kernel is built for.
 // d = 128 with 4 query heads per CTA (32 heads on 8 KV heads) keeps 8 keys in flight per slot at
 // 3 CTAs per SM (168 registers, as with 4 keys): B = 64 x 4096 took 0.407 instead of 0.438 ms,
-// 8 x 8192 0.110 instead of 0.116 ms (H100, tests/bench/RESULTS.md). Elsewhere 4 keys: 8 would
+// 8 x 8192 0.110 instead of 0.116 ms (H100, tests/bench/kernels.md). Elsewhere 4 keys: 8 would
 // cost occupancy (d = 64 with one head per CTA: 72 -> 136 registers, 7 -> 3 CTAs per SM).
 template <int kHeadDim, int kG>
 struct SbDecodeTuning {

@@ -36,7 +36,7 @@ namespace sbserve::kernels {
 // What the prefill kernel reads, copied from SbAttnPrefillParams on the host. It stays within 128
 // bytes: the full parameter block (136 bytes with the early-exit fields) made the compiler read
 // the by-value kernel parameter through its address instead of keeping it in registers, which
-// measured 1-3% slower on the H100 (tests/bench/RESULTS.md).
+// measured 1-3% slower on the H100 (tests/bench/kernels.md).
 struct SbPrefillKernelParams {
   const void* q;
   const int32_t* cu_seqlens_q;

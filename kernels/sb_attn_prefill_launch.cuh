@@ -17,7 +17,7 @@ namespace sbserve::kernels {
 // d = 128 keeps one m-tile per warp so that O and S fit the register file. Both re-read Q
 // fragments from shared memory for every key tile: the freed registers let 3 (d = 64) or 2
 // (d = 128) CTAs share an SM, which measured 16% faster at d = 128 and within +-4% at d = 64
-// (H100, tests/bench/RESULTS.md).
+// (H100, tests/bench/kernels.md).
 template <int kHeadDim>
 struct SbPrefillConfig;
 template <>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU serving load run (tests/bench/RESULTS.md, "sbserve on the CUDA backend"): generates the 3B
+# GPU serving load run (tests/bench/serving.md, H100 history): generates the 3B
 # checkpoint, starts sbserve on it, runs sbctl bench at concurrency 1/32/64, scrapes /metrics,
 # drains. Expects the CUDA build's sbserve, sbctl and sbmodel (with their libraries, as packed by
 # the GPU machine's pack.sh) in $PWD/.gpu-eng/{bin,lib}, and $OUT as the folder for logs.
