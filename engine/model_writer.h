@@ -10,7 +10,7 @@
 namespace sbserve {
 
 struct CreateOptions {
-  std::string preset = "small";  // tiny | small | 1b | 3b
+  std::string preset = "small";  // tiny | small | small-3b | small-3b-d128 | 1b | 3b
   std::string variant = "R1";    // R0 | R1 | R2
   std::string dtype = "f32";     // f32 | bf16 | f16
   uint64_t seed = 0;

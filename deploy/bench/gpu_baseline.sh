@@ -14,8 +14,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
 B=$PWD/.gpu/bin
 parts=${*:-attn model serve}
-# 66 words of the bench prompt are ~512 tokens with the demo tokenizer the 3B preset carries.
-PROMPT_WORDS=${PROMPT_WORDS:-200}
+# 230 words of the bench prompt are ~514 tokens with the demo tokenizer the 3B preset carries.
+PROMPT_WORDS=${PROMPT_WORDS:-230}
 SERVE_FLAGS=${SERVE_FLAGS:---kv-cache-mb 40000 --max-batch-tokens 2048 --max-queued-tokens 10000000}
 
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
