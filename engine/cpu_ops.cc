@@ -28,7 +28,7 @@ __attribute__((always_inline)) inline float Sum8(const V8& v) {
 }
 
 // Dot product with 8 independent partial sums; GCC vectorises this form itself (30 GFLOP/s per
-// core as a GEMV on the developer VM, twice the explicit-vector version).
+// core as a GEMV on the developer VM, twice the explicit-vector version; tests/bench/engine.md).
 __attribute__((always_inline)) inline float Dot(const float* a, const float* b, int64_t n) {
   float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
@@ -75,7 +75,7 @@ inline float Relu(float x) { return x > 0.f ? x : 0.f; }
 // Output block of the GEMM; cloned for AVX2+FMA machines (runtime dispatch), plain x86-64
 // otherwise. Outputs are walked in blocks of ~64 KB of W so a block stays in cache while every
 // group of 4 input rows passes over it (streaming all of W per row group ran at a quarter of the
-// speed: 7.5 against 30 GFLOP/s per core measured on the developer VM).
+// speed: 7.5 against 30 GFLOP/s per core measured on the developer VM, tests/bench/engine.md).
 __attribute__((target_clones("arch=haswell", "default"))) void GemmRows(const float* x, int64_t n, int64_t in,
                                                                          const float* w, int64_t out,
                                                                          const float* bias, float* y,

@@ -1,6 +1,6 @@
 // Every setting of sbserve, from command-line flags and SBSERVE_* environment variables.
 // A flag beats its environment variable, which beats the default. `sbserve --help` prints the
-// table; server/API.md documents it.
+// table; the README's "Flags" section documents it.
 #pragma once
 
 #include <cstdint>

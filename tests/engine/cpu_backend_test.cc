@@ -2,13 +2,18 @@
 // vs sequences alone, every remainder variant, GQA/MQA, layernorm with biases, sharded files.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
 
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/kv_cache.h"
 #include "engine/model_writer.h"
+#include "engine/safetensors.h"
+#include "nlohmann/json.hpp"
 #include "tests/engine/test_util.h"
 
 namespace sbserve {
@@ -137,13 +142,84 @@ TEST(CpuBackend, RemainderVariantsChangeTheOutput) {
   Model r1 = Load(Opt("R1"), "rem_r1");
   EXPECT_EQ(r0.ckpt->config().remainder, Remainder::kR0);
   EXPECT_EQ(r1.ckpt->config().remainder, Remainder::kR1);
-  Model r2 = Load(Opt("R2"), "rem_r2");
-  EXPECT_EQ(r2.ckpt->config().remainder, Remainder::kR2);
   std::mt19937_64 rng(5);
   const std::vector<int32_t> ids = RandomIds(rng, 12, r0.ckpt->config().vocab_size);
   const std::vector<float> l0 = RunSequence(*r0.backend, ids, false);
   const std::vector<float> l1 = RunSequence(*r1.backend, ids, false);
   EXPECT_GT(testing::RelL2(l1.data(), l0.data(), l0.size()), 1e-4);
+}
+
+// Copies the single-file checkpoint `src` to `dst` with every attn.head_bias either dropped or
+// replaced by zeros, and config.json's sb_remainder set as given; all other bytes are unchanged.
+void DeriveCheckpoint(const std::string& src, const std::string& dst, bool keep_zero_head_bias,
+                      bool sb_remainder) {
+  fs::remove_all(dst);
+  fs::create_directories(dst);
+  std::ifstream in(src + "/config.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json cfg = nlohmann::json::parse(text.str());
+  cfg["sb_remainder"] = sb_remainder;
+  std::ofstream(dst + "/config.json") << cfg.dump(2);
+  auto file = SafetensorsFile::Open(src + "/model.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<TensorSpec> specs;
+  std::vector<const TensorInfo*> infos;
+  for (const auto& [name, info] : (*file)->tensors()) {
+    const bool head_bias = name.find(".attn.head_bias") != std::string::npos;
+    if (head_bias && !keep_zero_head_bias) continue;
+    specs.push_back({name, info.dtype, info.shape});
+    infos.push_back(head_bias ? nullptr : &info);
+  }
+  ASSERT_TRUE(WriteSafetensors(dst + "/model.safetensors", specs,
+                               [&](size_t i, std::vector<unsigned char>& bytes) {
+                                 if (infos[i] == nullptr) std::fill(bytes.begin(), bytes.end(), 0);
+                                 else std::memcpy(bytes.data(), infos[i]->data, bytes.size());
+                               })
+                  .ok());
+}
+
+Model OpenModel(const std::string& dir) {
+  auto ckpt = Checkpoint::Open(dir);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  auto backend = CreateCpuBackend(**ckpt, {.num_threads = 2});
+  EXPECT_TRUE(backend.ok());
+  EXPECT_TRUE((*backend)->InitKvCache({256, 16}).ok());
+  return {std::move(*ckpt), std::move(*backend)};
+}
+
+TEST(CpuBackend, R2AddsRemainderTimesHeadBias) {
+  // R2's o_i = Σ_j A_ij v_j + rem_i · head_bias[h], against models with the same other weights:
+  // with head_bias zeroed it must be R0 exactly (no R1 term, nothing else moved), and with the real
+  // head_bias it must differ from R0. The float64 reference checks R2's numbers themselves.
+  const std::string src = TempDir("r2_src");
+  CreateOptions o = Opt("R2");
+  o.tokenizer = false;
+  ASSERT_TRUE(WriteRandomCheckpoint(src, o).ok());
+  const std::string zero = TempDir("r2_zero"), as_r0 = TempDir("r2_as_r0"), as_r1 = TempDir("r2_as_r1");
+  DeriveCheckpoint(src, zero, /*keep_zero_head_bias=*/true, /*sb_remainder=*/true);
+  DeriveCheckpoint(src, as_r0, false, false);
+  DeriveCheckpoint(src, as_r1, false, true);
+  Model r2 = OpenModel(src), r2_zero = OpenModel(zero), r0 = OpenModel(as_r0), r1 = OpenModel(as_r1);
+  ASSERT_EQ(r2.ckpt->config().remainder, Remainder::kR2);
+  ASSERT_EQ(r2_zero.ckpt->config().remainder, Remainder::kR2);
+  ASSERT_EQ(r0.ckpt->config().remainder, Remainder::kR0);
+  ASSERT_EQ(r1.ckpt->config().remainder, Remainder::kR1);
+
+  std::mt19937_64 rng(6);
+  const std::vector<int32_t> ids = RandomIds(rng, 24, r2.ckpt->config().vocab_size);
+  for (bool decode : {false, true}) {
+    SCOPED_TRACE(decode ? "decode" : "prefill");
+    const std::vector<float> l2 = RunSequence(*r2.backend, ids, decode);
+    const std::vector<float> lz = RunSequence(*r2_zero.backend, ids, decode);
+    const std::vector<float> l0 = RunSequence(*r0.backend, ids, decode);
+    const std::vector<float> l1 = RunSequence(*r1.backend, ids, decode);
+    const size_t n = l0.size();
+    EXPECT_LE(testing::RelL2(lz.data(), l0.data(), n), 1e-6) << "R2 with zero head_bias is not R0";
+    EXPECT_GT(testing::RelL2(lz.data(), l1.data(), n), 1e-3) << "R2 with zero head_bias acts as R1";
+    EXPECT_GT(testing::RelL2(l2.data(), l0.data(), n), 1e-3) << "head_bias has no effect";
+  }
+  for (const std::string& d : {src, zero, as_r0, as_r1}) fs::remove_all(d);
 }
 
 TEST(CpuBackend, RejectsInconsistentBatches) {

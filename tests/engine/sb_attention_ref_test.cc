@@ -1,5 +1,6 @@
 // The fp32 attention reference against a float64 brute force of the product formula
-// A_ij = β_ij · Π_{j<k<i} (1 − β_ik), with paged keys, ragged batches and chunked prefixes.
+// A_ij = β_ij · Π_{j<k<i} (1 − β_ik), with paged keys, ragged batches and chunked prefixes; both
+// against weights worked out by hand, so a misreading of the formula they shared would still fail.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,7 +23,7 @@ struct Case {
 };
 
 struct Double64Result {
-  std::vector<double> o, rem, sum_a;
+  std::vector<double> o, rem;
 };
 
 // Brute force in float64 over the logical (unpaged) K/V.
@@ -44,10 +45,9 @@ Double64Result BruteForce(const Case& c, const std::vector<float>& q, const std:
           beta[j] = 1.0 / (1.0 + std::exp(-static_cast<double>(scale) * dot));
         }
         std::vector<double> o(d, 0.0);
-        double sum_a = 0, prod = 1.0;
+        double prod = 1.0;
         for (int j = pos - 1; j >= 0; --j) {  // prod = Π_{j<k<pos} (1-β_k)
           const double a = beta[j] * prod;
-          sum_a += a;
           for (int e = 0; e < d; ++e) o[e] += a * v[b][(j * c.Hkv + kvh) * d + e];
           prod *= 1.0 - beta[j];
         }
@@ -58,7 +58,6 @@ Double64Result BruteForce(const Case& c, const std::vector<float>& q, const std:
           r.o.push_back(o[e]);
         }
         r.rem.push_back(rem);
-        r.sum_a.push_back(sum_a);
       }
     }
   }
@@ -127,7 +126,7 @@ void RunCase(const Case& c, uint64_t seed, ThreadPool* pool) {
   SbAttentionRef(p, pool);
 
   const Double64Result want = BruteForce(c, q, k, v, hb, scale);
-  // Per-sequence relative L2, plus rem + ΣA = 1 from the reference's own outputs.
+  // Per-sequence relative L2; rem of a sequence's first position is exactly 1 (it attends nothing).
   for (int b = 0; b < B; ++b) {
     const size_t o_begin = static_cast<size_t>(cu[b]) * c.H * c.d, o_n = static_cast<size_t>(c.q_lens[b]) * c.H * c.d;
     const size_t r_begin = static_cast<size_t>(cu[b]) * c.H, r_n = static_cast<size_t>(c.q_lens[b]) * c.H;
@@ -135,13 +134,85 @@ void RunCase(const Case& c, uint64_t seed, ThreadPool* pool) {
     EXPECT_LE(testing::RelL2(o.data() + o_begin, want.o.data() + o_begin, o_n), 1e-5) << "seq " << b;
     EXPECT_LE(testing::RelL2(rem.data() + r_begin, want.rem.data() + r_begin, r_n), 1e-5) << "seq " << b;
   }
-  for (size_t i = 0; i < want.rem.size(); ++i) {
-    ASSERT_NEAR(want.rem[i] + want.sum_a[i], 1.0, 1e-9);
-    // rem_0 = 1 for position 0 (it attends nothing).
-  }
   for (int b = 0; b < B; ++b) {
     if (c.prefixes[b] == 0 && c.q_lens[b] > 0) {
       for (int h = 0; h < c.H; ++h) EXPECT_EQ(rem[cu[b] * c.H + h], 1.0f);
+    }
+  }
+}
+
+// Four positions, one head, d = 4, s = 1, every query (1, 0, 0, 0) and key j (z_j, 0, 0, 0) with
+// z = (0, ln 3, -ln 3, 0), so β_ij = σ(z_j) = (1/2, 3/4, 1/4, 1/2) whatever the query, and v_j = e_j.
+// By hand, A_ij = β_j Π_{j<k<i} (1 − β_k) and rem_i = Π_{k<i} (1 − β_k):
+//   i = 1: A_10 = 1/2;                                   rem = 1/2
+//   i = 2: A_20 = 1/2 · 1/4 = 1/8,   A_21 = 3/4;         rem = 1/2 · 1/4 = 1/8
+//   i = 3: A_30 = 1/2 · 1/4 · 3/4 = 3/32, A_31 = 3/4 · 3/4 = 9/16, A_32 = 1/4;  rem = 3/32
+// o_i = Σ_j A_ij e_j, plus rem_i e_i (R1) or rem_i · head_bias (R2). The same numbers are asked of
+// the whole sequence at once and of positions 2..3 as a chunk after a cached prefix.
+TEST(SbAttentionRef, HandComputedWeights) {
+  const double kA[4][4] = {{0, 0, 0, 0}, {0.5, 0, 0, 0}, {0.125, 0.75, 0, 0}, {3.0 / 32, 9.0 / 16, 0.25, 0}};
+  const double kRem[4] = {1, 0.5, 0.125, 3.0 / 32};
+  const std::vector<float> hb = {10, 20, 30, 40};
+  const float ln3 = std::log(3.0f);
+  const float z[4] = {0, ln3, -ln3, 0};
+  std::vector<float> k(16, 0.f), v(16, 0.f);
+  for (int j = 0; j < 4; ++j) {
+    k[j * 4] = z[j];
+    v[j * 4 + j] = 1.f;
+  }
+  for (Remainder r : {Remainder::kR0, Remainder::kR1, Remainder::kR2}) {
+    SCOPED_TRACE(RemainderName(r));
+    auto expected = [&](int i, int e) {
+      double o = kA[i][e];
+      if (r == Remainder::kR1 && e == i) o += kRem[i];
+      if (r == Remainder::kR2) o += kRem[i] * hb[e];
+      return o;
+    };
+    // Sequence 0: positions 0..3 in one chunk; sequence 1: positions 2..3 after a cached prefix of 2.
+    // Block size 2; sequence 0 in blocks 3, 0 and sequence 1 in blocks 1, 2.
+    const Case c{{4, 2}, {0, 2}, 1, 1, 4, 2, r, 1.0f};
+    const std::vector<int32_t> cu = {0, 4, 6}, ctx = {4, 4}, tables = {3, 0, 1, 2};
+    std::vector<float> kc(4 * 2 * 4, NAN), vc(4 * 2 * 4, NAN);
+    for (int b = 0; b < 2; ++b) {
+      for (int pos = 0; pos < 4; ++pos) {
+        const int slot = (tables[b * 2 + pos / 2] * 2 + pos % 2) * 4;
+        std::copy_n(k.begin() + pos * 4, 4, kc.begin() + slot);
+        std::copy_n(v.begin() + pos * 4, 4, vc.begin() + slot);
+      }
+    }
+    std::vector<float> q(6 * 4, 0.f);
+    for (int row = 0; row < 6; ++row) q[row * 4] = 1.f;
+    std::vector<float> o(6 * 4, NAN), rem(6, NAN);
+    SbAttnRefParams p;
+    p.q = q.data();
+    p.k_cache = kc.data();
+    p.v_cache = vc.data();
+    p.cu_seqlens_q = cu.data();
+    p.context_lens = ctx.data();
+    p.block_tables = tables.data();
+    p.head_bias = hb.data();
+    p.o = o.data();
+    p.rem = rem.data();
+    p.batch = 2;
+    p.num_heads = 1;
+    p.num_kv_heads = 1;
+    p.head_dim = 4;
+    p.block_size = 2;
+    p.max_blocks = 2;
+    p.scale = 1.f;
+    p.remainder = r;
+    SbAttentionRef(p, nullptr);
+    const Double64Result brute = BruteForce(c, q, {k, k}, {v, v}, hb, 1.f);
+    const int row_pos[6] = {0, 1, 2, 3, 2, 3};
+    for (int row = 0; row < 6; ++row) {
+      const int i = row_pos[row];
+      SCOPED_TRACE("row " + std::to_string(row) + " position " + std::to_string(i));
+      EXPECT_NEAR(rem[row], kRem[i], 1e-6);
+      EXPECT_NEAR(brute.rem[row], kRem[i], 1e-7);
+      for (int e = 0; e < 4; ++e) {
+        EXPECT_NEAR(o[row * 4 + e], expected(i, e), 1e-5 * (1 + std::fabs(expected(i, e)))) << "e " << e;
+        EXPECT_NEAR(brute.o[row * 4 + e], expected(i, e), 1e-6 * (1 + std::fabs(expected(i, e)))) << "e " << e;
+      }
     }
   }
 }
