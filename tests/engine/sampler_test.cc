@@ -428,7 +428,19 @@ TEST(SamplerDistribution, MinPKeepsEveryTokenAboveTheFloorWithTemperedWeights) {
 }
 
 TEST(SamplerDistribution, TopKTopPAndMinPTogether) {
+  // Top-p over the top-k renormalised: the top 5 at T = 1.7 hold 57% of the mass, so
+  // top_p = 0.75 of the full distribution would keep all 5 but of the top 5 keeps 4.
   DistCase c;
+  c.params.temperature = 1.7f;
+  c.params.top_k = 5;
+  c.params.top_p = 0.75f;
+  ASSERT_EQ(KeptCount(c), 4);
+  ExpectDistribution(kBase, c, 15);
+  c.params.temperature = 0.5f;
+  c.params.top_k = 3;
+  c.params.top_p = 0.6f;
+  ASSERT_EQ(KeptCount(c), 2);
+  ExpectDistribution(kBase, c, 16);
   c.params.temperature = 1.7f;
   c.params.top_k = 8;
   c.params.top_p = 0.8f;
@@ -436,7 +448,7 @@ TEST(SamplerDistribution, TopKTopPAndMinPTogether) {
   const int kept = KeptCount(c);
   ASSERT_GT(kept, 1);
   ASSERT_LT(kept, 8);
-  ExpectDistribution(kBase, c, 15);
+  ExpectDistribution(kBase, c, 17);
 }
 
 // Prompt tokens 0 (positive logit), 3 (positive, also an output) and 6 (negative); outputs 5
