@@ -790,6 +790,13 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
   const fs::path dir = fs::temp_directory_path() / absl::StrCat("sbserve-eos-test-", ::getpid());
   fs::remove_all(dir);
   fs::create_directories(dir);
+  struct RemoveAtExit {
+    fs::path path;
+    ~RemoveAtExit() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  } cleanup{dir};
   for (const auto& entry : fs::directory_iterator(demo_dir)) {
     if (entry.path().filename() != "generation_config.json") fs::copy(entry.path(), dir / entry.path().filename());
   }
@@ -842,7 +849,6 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
     for (int i = 0; i < k + 2; ++i) EXPECT_NE(masked.ids[i], eos) << i;
     EXPECT_TRUE(ts.WaitIdle());
   }
-  fs::remove_all(dir);
 }
 
 }  // namespace
