@@ -40,8 +40,8 @@ class SequenceSampler {
   void ApplyPenalties(std::span<float> logits) const;
   // Samples one token from a row of raw logits (modified in place) and records it as output.
   int32_t Sample(std::span<float> logits);
-  // Log-probabilities (after penalties and temperature, before filters) of the last Sample call's
-  // row are available through this when requested before sampling.
+  // Log-softmax of a row. The scheduler applies it to the raw row before Sample, so reported
+  // logprobs are under the model's raw distribution: before penalties, temperature and filters.
   static void LogSoftmax(std::span<const float> logits, std::vector<float>& out);
 
   const SamplingParams& params() const { return params_; }

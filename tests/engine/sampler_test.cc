@@ -4,8 +4,11 @@
 #include <cmath>
 #include <random>
 #include <numeric>
+#include <map>
 #include <set>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "engine/kv_cache.h"
 #include "engine/sampler.h"
 #include "tests/engine/test_util.h"
@@ -236,6 +239,256 @@ TEST(Sampler, TopPOnAFlatLargeVocabularyKeepsTheNucleus) {
   }
   // The excluded tail is large here, so the check above is not vacuous.
   EXPECT_LT(nucleus.size(), base.size() * 95 / 100);
+}
+
+}  // namespace
+}  // namespace sbserve
+
+// The distribution of drawn tokens against an independent float64 model of the sampling order
+// (penalties, temperature, top-k, top-p over the top-k renormalised, min-p, renormalise): a
+// Pearson chi-square over the kept tokens, and exactly zero draws of every filtered-out token.
+// Small vocabularies and temperatures != 1, so a sampler that ignores temperature, keeps the wrong
+// set or weights it wrongly fails. Seeds are fixed; the chi-square bound is the Wilson-Hilferty
+// quantile at z = 6, whose tail probability is below 5e-10 for every df used here.
+namespace sbserve {
+namespace {
+
+// 12 distinct logits, positive and negative, at least 0.1 apart.
+const std::vector<float> kBase = {1.1f, 0.2f, -0.7f, 0.9f, -0.3f, 0.5f, -1.0f, 0.0f, 0.7f, -0.5f, 0.3f, -0.1f};
+
+struct DistCase {
+  SamplingParams params;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> history;  // output tokens recorded before the measured draw
+  int draws = 40000;
+};
+
+// The kept tokens' probabilities (0 for filtered-out ones), computed from scratch in float64.
+std::vector<double> ExpectedDistribution(const std::vector<float>& logits, const DistCase& c) {
+  const SamplingParams& p = c.params;
+  const int V = static_cast<int>(logits.size());
+  std::vector<double> l(logits.begin(), logits.end());
+  std::map<int32_t, int> counts;
+  for (int32_t t : c.history) counts[t]++;
+  std::set<int32_t> seen(c.prompt.begin(), c.prompt.end());
+  for (const auto& [t, n] : counts) seen.insert(t);
+  for (int32_t t : seen) l[t] = l[t] > 0 ? l[t] / p.repetition_penalty : l[t] * p.repetition_penalty;
+  for (const auto& [t, n] : counts) l[t] -= p.frequency_penalty * n + p.presence_penalty;
+  std::vector<double> prob(V);
+  const double mx = *std::max_element(l.begin(), l.end());
+  double z = 0;
+  for (int i = 0; i < V; ++i) z += prob[i] = std::exp((l[i] - mx) / p.temperature);
+  for (double& x : prob) x /= z;
+  std::vector<int32_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return prob[a] > prob[b]; });
+  int keep = p.top_k > 0 ? std::min(p.top_k, V) : V;
+  if (p.top_p < 1.0f) {
+    double kept_mass = 0;
+    for (int i = 0; i < keep; ++i) kept_mass += prob[order[i]];
+    const double target = p.top_p * kept_mass;
+    double cum = 0;
+    int n = 0;
+    while (n < keep && cum < target) cum += prob[order[n++]];
+    // The cut is not a near tie, so float rounding inside the sampler cannot move it.
+    EXPECT_GT(cum - target, 1e-4);
+    EXPECT_GT(target - (cum - prob[order[n - 1]]), 1e-4);
+    keep = n;
+  }
+  if (p.min_p > 0.f) {
+    const double floor = p.min_p * prob[order[0]];
+    int n = 0;
+    for (int i = 0; i < keep; ++i) {
+      EXPECT_GT(std::fabs(prob[order[i]] - floor), 1e-4 * floor);
+      if (prob[order[i]] >= floor) n++;  // sorted, so the kept ones are a prefix
+    }
+    keep = n;
+  }
+  std::vector<double> out(V, 0.0);
+  double mass = 0;
+  for (int i = 0; i < keep; ++i) mass += prob[order[i]];
+  for (int i = 0; i < keep; ++i) out[order[i]] = prob[order[i]] / mass;
+  return out;
+}
+
+// Draw counts. Without penalties one seeded sampler draws them all (its recorded outputs do not
+// matter); with penalties every draw uses a fresh sampler (seed + i) that first records `history`
+// through rows where that token is certain, so each draw sees the same penalty state.
+std::vector<int> DrawCounts(const std::vector<float>& logits, const DistCase& c, uint64_t seed) {
+  const int V = static_cast<int>(logits.size());
+  std::vector<int> counts(V, 0);
+  SamplingParams p = c.params;
+  p.has_seed = true;
+  const bool stateful = p.repetition_penalty != 1.0f || p.frequency_penalty != 0.f || p.presence_penalty != 0.f;
+  p.seed = seed;
+  SequenceSampler shared(p, c.prompt);
+  for (int i = 0; i < c.draws; ++i) {
+    if (!stateful) {
+      std::vector<float> row = logits;
+      counts[shared.Sample(row)]++;
+      continue;
+    }
+    p.seed = seed + static_cast<uint64_t>(i);
+    SequenceSampler s(p, c.prompt);
+    for (int32_t t : c.history) {
+      std::vector<float> forced(V, -50.f);
+      forced[t] = 50.f;
+      const int32_t got = s.Sample(forced);
+      if (got != t) {
+        ADD_FAILURE() << "a certain token was not drawn: " << got << " != " << t;
+        return counts;
+      }
+    }
+    std::vector<float> row = logits;
+    counts[s.Sample(row)]++;
+  }
+  return counts;
+}
+
+double ChiSquareBound(int df) {  // Wilson-Hilferty quantile at z = 6
+  const double a = 2.0 / (9.0 * df);
+  return df * std::pow(1.0 - a + 6.0 * std::sqrt(a), 3);
+}
+
+void ExpectDistribution(const std::vector<float>& logits, const DistCase& c, uint64_t seed) {
+  const std::vector<double> want = ExpectedDistribution(logits, c);
+  const std::vector<int> got = DrawCounts(logits, c, seed);
+  std::string table;
+  double chi2 = 0;
+  int kept = 0;
+  for (size_t t = 0; t < want.size(); ++t) {
+    const double e = want[t] * c.draws;
+    absl::StrAppend(&table, "\n  token ", t, ": expected ", e, ", drawn ", got[t]);
+    if (want[t] == 0) {
+      EXPECT_EQ(got[t], 0) << "token " << t << " is filtered out but was drawn";
+      continue;
+    }
+    kept++;
+    ASSERT_GE(e, 20.0) << "test design: too few expected draws of token " << t;
+    EXPECT_GT(got[t], 0) << "token " << t << " is kept but never drawn";
+    chi2 += (got[t] - e) * (got[t] - e) / e;
+  }
+  if (kept > 1) {
+    EXPECT_LT(chi2, ChiSquareBound(kept - 1)) << "chi-square over " << kept << " kept tokens" << table;
+  } else {
+    EXPECT_EQ(got[std::max_element(want.begin(), want.end()) - want.begin()], c.draws) << table;
+  }
+}
+
+// The kept set of a case, for checking that a case really filters what it means to.
+int KeptCount(const DistCase& c) {
+  const std::vector<double> w = ExpectedDistribution(kBase, c);
+  return static_cast<int>(std::count_if(w.begin(), w.end(), [](double x) { return x > 0; }));
+}
+
+TEST(SamplerDistribution, UnfilteredFollowsTheTemperedSoftmax) {
+  for (float t : {0.5f, 1.7f}) {
+    SCOPED_TRACE(t);
+    DistCase c;
+    c.params.temperature = t;
+    ExpectDistribution(kBase, c, 11);
+  }
+}
+
+TEST(SamplerDistribution, TopKKeepsExactlyTheKMostLikelyWithTemperedWeights) {
+  for (float t : {0.5f, 1.7f}) {
+    SCOPED_TRACE(t);
+    DistCase c;
+    c.params.temperature = t;
+    c.params.top_k = 5;
+    ASSERT_EQ(KeptCount(c), 5);
+    ExpectDistribution(kBase, c, 12);
+  }
+}
+
+TEST(SamplerDistribution, TopPKeepsExactlyTheNucleusWithTemperedWeights) {
+  for (auto [t, top_p] : {std::pair{0.5f, 0.7f}, std::pair{1.7f, 0.8f}, std::pair{1.7f, 0.3f}}) {
+    SCOPED_TRACE(absl::StrCat("T=", t, " top_p=", top_p));
+    DistCase c;
+    c.params.temperature = t;
+    c.params.top_p = top_p;
+    const int kept = KeptCount(c);
+    ASSERT_GT(kept, 1);
+    ASSERT_LT(kept, static_cast<int>(kBase.size()));
+    ExpectDistribution(kBase, c, 13);
+  }
+}
+
+TEST(SamplerDistribution, MinPKeepsEveryTokenAboveTheFloorWithTemperedWeights) {
+  for (auto [t, min_p] : {std::pair{0.5f, 0.15f}, std::pair{1.7f, 0.5f}, std::pair{1.7f, 0.75f}}) {
+    SCOPED_TRACE(absl::StrCat("T=", t, " min_p=", min_p));
+    DistCase c;
+    c.params.temperature = t;
+    c.params.min_p = min_p;
+    const int kept = KeptCount(c);
+    ASSERT_GT(kept, 1);
+    ASSERT_LT(kept, static_cast<int>(kBase.size()));
+    ExpectDistribution(kBase, c, 14);
+  }
+}
+
+TEST(SamplerDistribution, TopKTopPAndMinPTogether) {
+  // Top-p over the top-k renormalised: the top 5 at T = 1.7 hold 57% of the mass, so
+  // top_p = 0.75 of the full distribution would keep all 5 but of the top 5 keeps 4.
+  DistCase c;
+  c.params.temperature = 1.7f;
+  c.params.top_k = 5;
+  c.params.top_p = 0.75f;
+  ASSERT_EQ(KeptCount(c), 4);
+  ExpectDistribution(kBase, c, 15);
+  c.params.temperature = 0.5f;
+  c.params.top_k = 3;
+  c.params.top_p = 0.6f;
+  ASSERT_EQ(KeptCount(c), 2);
+  ExpectDistribution(kBase, c, 16);
+  c.params.temperature = 1.7f;
+  c.params.top_k = 8;
+  c.params.top_p = 0.8f;
+  c.params.min_p = 0.6f;
+  const int kept = KeptCount(c);
+  ASSERT_GT(kept, 1);
+  ASSERT_LT(kept, 8);
+  ExpectDistribution(kBase, c, 17);
+}
+
+// Prompt tokens 0 (positive logit), 3 (positive, also an output) and 6 (negative); outputs 5
+// twice, 9 (negative) once and 3 once.
+TEST(SamplerDistribution, PenaltiesThenTemperatureThenFilters) {
+  DistCase base;
+  base.prompt = {0, 3, 6};
+  base.history = {5, 9, 5, 3};
+  base.draws = 30000;
+  base.params.repetition_penalty = 1.3f;
+  base.params.frequency_penalty = 0.5f;
+  base.params.presence_penalty = 0.3f;
+  for (float t : {0.5f, 1.7f}) {
+    SCOPED_TRACE(absl::StrCat("T=", t));
+    DistCase c = base;
+    c.params.temperature = t;
+    ExpectDistribution(kBase, c, 100);
+    c.params.top_k = 6;
+    ASSERT_EQ(KeptCount(c), 6);
+    ExpectDistribution(kBase, c, 200);
+    c.params.top_k = 0;
+    c.params.top_p = 0.75f;
+    ExpectDistribution(kBase, c, 300);
+    c.params.top_p = 1.0f;
+    c.params.min_p = 0.3f;
+    ExpectDistribution(kBase, c, 400);
+  }
+  // Each penalty alone, so one that is skipped is not hidden behind the others.
+  for (int which = 0; which < 3; ++which) {
+    DistCase c;
+    c.prompt = base.prompt;
+    c.history = base.history;
+    c.draws = 30000;
+    c.params.temperature = 0.5f;
+    if (which == 0) c.params.repetition_penalty = 1.3f;
+    if (which == 1) c.params.frequency_penalty = 0.5f;
+    if (which == 2) c.params.presence_penalty = 0.3f;
+    SCOPED_TRACE(which);
+    ExpectDistribution(kBase, c, 500 + 100000 * which);
+  }
 }
 
 }  // namespace

@@ -70,6 +70,7 @@ class FakeBackend : public Backend {
           out[v] = static_cast<float>((h >> (v % 48)) % 1000) / 100.0f;
         }
         if (ctx == eos_at_context) out[kFakeEos] = 100.0f;
+        if (record_rows) rows.emplace_back(out, out + kFakeVocab);
         row++;
       }
     }
@@ -78,6 +79,8 @@ class FakeBackend : public Backend {
   }
 
   std::vector<Batch> batches;
+  bool record_rows = false;
+  std::vector<std::vector<float>> rows;  // every logit row handed out, in order, when record_rows
   int eos_at_context = -1;
   bool fail_next = false;
   absl::Duration step_delay = absl::ZeroDuration();  // makes steps take wall time (engine tests)

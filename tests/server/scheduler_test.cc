@@ -4,9 +4,11 @@
 // therefore changes the generated tokens.
 #include "engine/scheduler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -349,6 +351,89 @@ TEST(Scheduler, LogprobsAreNormalisedAndMatchTheSampledToken) {
     EXPECT_EQ(lp.top[0].id, lp.token_id);
     EXPECT_FLOAT_EQ(lp.top[0].logprob, lp.logprob);
   }
+}
+
+// Waiting requests start by (priority, arrival): lower priority numbers first, ties in arrival
+// order. One sequence at a time, so the finishing order is the starting order.
+TEST(Scheduler, WaitingRequestsStartByPriorityThenArrival) {
+  Harness h(256, 4, 64, /*max_num_seqs=*/1);
+  auto req = [](const std::string& id, int32_t priority) {
+    GenerateRequest r = Req(id, 6, 3);
+    r.priority = priority;
+    return r;
+  };
+  h.Add(req("running", 9));
+  ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+  ASSERT_EQ(h.sched->num_running(), 1);
+  // Arrival order: the later, lower-numbered requests must overtake the earlier ones.
+  h.Add(req("p5-first", 5));
+  h.Add(req("p5-second", 5));
+  h.Add(req("p1-first", 1));
+  h.Add(req("p1-second", 1));
+  h.Add(req("p0", 0));
+  h.Add(req("p-3", -3));
+  h.Add(req("p1-third", 1));
+  EXPECT_EQ(h.sched->num_waiting(), 7);
+  h.RunToCompletion();
+  EXPECT_EQ(h.finished, (std::vector<std::string>{"running", "p-3", "p0", "p1-first", "p1-second", "p1-third",
+                                                  "p5-first", "p5-second"}));
+  for (const auto& [id, res] : h.results) EXPECT_EQ(res.ids.size(), 3u) << id;
+}
+
+// Logprobs are the log-softmax of the raw logit row, before penalties and temperature (README,
+// GenerateRequest.logprobs), even when the draw itself uses T = 0.5 and penalties.
+TEST(Scheduler, LogprobsAreUnderTheRawDistributionDespitePenaltiesAndTemperature) {
+  Harness h(256, 4, 64);
+  h.backend.record_rows = true;
+  GenerateRequest r = Req("x", 8, 12, /*seed=*/5, /*temp=*/0.5f);
+  r.sampling.repetition_penalty = 1.3f;
+  r.sampling.frequency_penalty = 0.5f;
+  r.logprobs = 10;
+  const std::vector<int32_t> prompt = r.prompt_ids;
+  h.Add(r);
+  h.RunToCompletion();
+  const Result& res = h.results["x"];
+  ASSERT_EQ(res.ids.size(), 12u);
+  ASSERT_EQ(res.logprobs.size(), 12u);
+  ASSERT_EQ(h.backend.rows.size(), 12u);
+  auto log_softmax = [](const std::vector<double>& l) {
+    const double mx = *std::max_element(l.begin(), l.end());
+    double z = 0;
+    for (double x : l) z += std::exp(x - mx);
+    std::vector<double> out(l.size());
+    for (size_t i = 0; i < l.size(); ++i) out[i] = l[i] - mx - std::log(z);
+    return out;
+  };
+  std::map<int32_t, int> counts;
+  double max_shift = 0;  // how far the penalised, tempered logprobs are from the raw ones
+  for (size_t i = 0; i < res.ids.size(); ++i) {
+    SCOPED_TRACE(i);
+    const std::vector<float>& row = h.backend.rows[i];
+    const std::vector<double> raw = log_softmax(std::vector<double>(row.begin(), row.end()));
+    const StepLogprobs& lp = res.logprobs[i];
+    EXPECT_EQ(lp.token_id, res.ids[i]);
+    EXPECT_NEAR(lp.logprob, raw[res.ids[i]], 1e-5);
+    std::vector<int32_t> order(raw.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+    ASSERT_EQ(lp.top.size(), 10u);
+    for (size_t k = 0; k < lp.top.size(); ++k) {
+      EXPECT_EQ(lp.top[k].id, order[k]) << "rank " << k;
+      EXPECT_NEAR(lp.top[k].logprob, raw[order[k]], 1e-5) << "rank " << k;
+    }
+    // The other reading (after penalties and temperature), which this request tells apart.
+    std::vector<double> pen(row.begin(), row.end());
+    for (int32_t t = 0; t < kFakeVocab; ++t) {
+      const bool seen = counts.count(t) > 0 || std::find(prompt.begin(), prompt.end(), t) != prompt.end();
+      if (seen) pen[t] = pen[t] > 0 ? pen[t] / 1.3 : pen[t] * 1.3;
+      if (counts.count(t)) pen[t] -= 0.5 * counts[t];
+      pen[t] /= 0.5;
+    }
+    const std::vector<double> after = log_softmax(pen);
+    max_shift = std::max(max_shift, std::fabs(after[res.ids[i]] - raw[res.ids[i]]));
+    counts[res.ids[i]]++;
+  }
+  EXPECT_GT(max_shift, 0.5) << "the request does not tell raw from penalised logprobs apart";
 }
 
 }  // namespace

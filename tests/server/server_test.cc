@@ -2,11 +2,15 @@
 // clients. Each test starts its own server on ephemeral ports.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -721,11 +725,130 @@ TEST(Server, LogprobsAreSane) {
       if (t.id() == lp.token_id()) EXPECT_FLOAT_EQ(t.logprob(), lp.logprob());
     }
     EXPECT_LE(mass, 1.0 + 1e-4);
-    EXPECT_GE(lp.logprob(), lp.top(19).logprob() - 50.0f);
+    // Distinct ids in the top list, and a sampled token outside it is no more likely than the
+    // least likely entry in it (the top 20 are the 20 most likely of the same distribution).
+    ASSERT_EQ(lp.top_size(), 20);
+    std::set<int32_t> top_ids;
+    for (const auto& t : lp.top()) top_ids.insert(t.id());
+    EXPECT_EQ(top_ids.size(), 20u);
+    if (!top_ids.count(lp.token_id())) EXPECT_LE(lp.logprob(), lp.top(19).logprob());
   }
   // No logprobs unless asked.
   Outcome none = ts.Generate(TextReq("plain", 4));
   EXPECT_TRUE(none.logprobs.empty());
+}
+
+// The model's eos ends generation with finish_reason EOS: the eos id is the last of token_ids and
+// its text is not in the output (README, GenerateResponse); with ignore_eos generation runs on
+// past it. The demo model rarely draws its eos (id 0), so a copy of it names a second eos id in
+// generation_config.json: a token that a greedy run is known to produce.
+TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
+  namespace fs = std::filesystem;
+  constexpr int kMax = 24;
+  const GenerateRequest base = TextReq("The end of the story is", kMax);  // greedy, ignore_eos
+  Outcome full;
+  std::string demo_dir;
+  std::vector<int32_t> model_eos;
+  std::vector<std::string> prefix_text;  // text of the first k tokens, k = 0..kMax
+  {
+    TestServer ts;
+    full = ts.Generate(base);
+    ASSERT_TRUE(full.status.ok()) << full.status.error_message();
+    ASSERT_EQ(full.ids.size(), static_cast<size_t>(kMax));
+    grpc::ClientContext mctx;
+    v1::ModelInfo mi;
+    ASSERT_TRUE(ts.stub().GetModelInfo(&mctx, {}, &mi).ok());
+    demo_dir = mi.model();
+    model_eos.assign(mi.eos_token_ids().begin(), mi.eos_token_ids().end());
+    ASSERT_FALSE(model_eos.empty());
+    prefix_text.push_back("");
+    for (int k = 1; k <= kMax; ++k) {
+      GenerateRequest part = base;
+      part.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(k));
+      Outcome o = ts.Generate(part);
+      ASSERT_TRUE(o.status.ok());
+      prefix_text.push_back(o.text);
+    }
+    EXPECT_EQ(prefix_text[kMax], full.text);
+  }
+  // The new eos: a token at position k >= 3 that appears nowhere before it, after no eos of the
+  // model, and that adds text, so that leaving its text out is observable.
+  int k = -1;
+  for (int i = 3; i < kMax - 3 && k < 0; ++i) {
+    const auto before = full.ids.begin() + i;
+    if (std::find(full.ids.begin(), before, full.ids[i]) != before) continue;
+    if (std::find(model_eos.begin(), model_eos.end(), full.ids[i]) != model_eos.end()) continue;
+    if (prefix_text[i + 1].size() <= prefix_text[i].size()) continue;
+    k = i;
+  }
+  ASSERT_GE(k, 0) << "no usable token in the greedy continuation";
+  for (int i = 0; i < k; ++i) {
+    ASSERT_EQ(std::find(model_eos.begin(), model_eos.end(), full.ids[i]), model_eos.end()) << i;
+  }
+  const int32_t eos = full.ids[k];
+
+  const fs::path dir = fs::temp_directory_path() / absl::StrCat("sbserve-eos-test-", ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  struct RemoveAtExit {
+    fs::path path;
+    ~RemoveAtExit() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  } cleanup{dir};
+  for (const auto& entry : fs::directory_iterator(demo_dir)) {
+    if (entry.path().filename() != "generation_config.json") fs::copy(entry.path(), dir / entry.path().filename());
+  }
+  {
+    std::ofstream gen(dir / "generation_config.json");
+    gen << "{\"bos_token_id\": 0, \"eos_token_id\": [0, " << eos << "], \"pad_token_id\": 0}\n";
+  }
+  ServerOptions o = TestServer::Defaults();
+  o.model = dir.string();
+  {
+    TestServer ts(o);
+    grpc::ClientContext mctx;
+    v1::ModelInfo mi;
+    ASSERT_TRUE(ts.stub().GetModelInfo(&mctx, {}, &mi).ok());
+    const std::vector<int32_t> eos_ids(mi.eos_token_ids().begin(), mi.eos_token_ids().end());
+    ASSERT_NE(std::find(eos_ids.begin(), eos_ids.end(), eos), eos_ids.end());
+
+    GenerateRequest stop_at_eos = base;
+    stop_at_eos.mutable_stopping()->set_ignore_eos(false);
+    const std::vector<int32_t> want(full.ids.begin(), full.ids.begin() + k + 1);
+    Outcome out = ts.Generate(stop_at_eos);
+    ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+    EXPECT_EQ(out.ids, want) << "eos id " << eos << " at position " << k;
+    EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_EOS);
+    EXPECT_EQ(out.last.stop_reason(), "");
+    EXPECT_EQ(out.last.usage().completion_tokens(), static_cast<uint32_t>(k + 1));
+    EXPECT_EQ(out.text, prefix_text[k]) << "the eos token's text is not output";
+
+    grpc::ClientContext cctx;
+    GenerateResponse unary;
+    ASSERT_TRUE(ts.stub().Complete(&cctx, stop_at_eos, &unary).ok());
+    EXPECT_EQ(std::vector<int32_t>(unary.token_ids().begin(), unary.token_ids().end()), want);
+    EXPECT_EQ(unary.finish_reason(), v1::FINISH_REASON_EOS);
+    EXPECT_EQ(unary.text(), prefix_text[k]);
+
+    // ignore_eos: the same tokens, through the eos and on to max_tokens.
+    Outcome past = ts.Generate(base);
+    ASSERT_TRUE(past.status.ok());
+    EXPECT_EQ(past.ids, full.ids);
+    EXPECT_EQ(past.text, full.text);
+    EXPECT_EQ(past.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+
+    // min_tokens beyond the eos position: eos cannot be drawn, so the output differs there.
+    GenerateRequest late = stop_at_eos;
+    late.mutable_stopping()->set_min_tokens(static_cast<uint32_t>(k + 2));
+    Outcome masked = ts.Generate(late);
+    ASSERT_TRUE(masked.status.ok());
+    ASSERT_GT(masked.ids.size(), static_cast<size_t>(k + 1));
+    EXPECT_NE(masked.ids[k], eos);
+    for (int i = 0; i < k + 2; ++i) EXPECT_NE(masked.ids[i], eos) << i;
+    EXPECT_TRUE(ts.WaitIdle());
+  }
 }
 
 }  // namespace
