@@ -52,6 +52,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const Checkpoint& chec
 // Defined only when built with SBSERVE_CUDA; returns UNAVAILABLE when no device is present.
 struct CudaBackendOptions {
   int device = 0;
+  // Keys per split-K chunk of the decode attention kernel: 0 lets the kernel's rule choose from the
+  // batch, context and occupancy; otherwise forced (a positive multiple of 64; tests and tuning).
+  int decode_keys_per_split = 0;
 };
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Checkpoint& checkpoint,
                                                            const CudaBackendOptions& options = {});

@@ -153,6 +153,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   int num_sms_ = 0;
+  int decode_keys_per_split_ = 0;  // CudaBackendOptions::decode_keys_per_split
   DeviceBuffer wte_, lm_head_, lnf_w_, lnf_b_;
   std::vector<std::unique_ptr<LayerWeights>> layers_;
   KvCacheShape shape_;
@@ -207,6 +208,11 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
     return absl::UnimplementedError(absl::StrCat("CUDA backend: head_dim ", c.head_dim,
                                                  " is not supported (supported: 64, 128); use the CPU backend"));
   }
+  if (options.decode_keys_per_split < 0 || options.decode_keys_per_split % 64 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA backend: decode_keys_per_split must be 0 or a positive multiple of 64, got ",
+                                                   options.decode_keys_per_split));
+  }
+  decode_keys_per_split_ = options.decode_keys_per_split;
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   SB_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   SB_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options.device));
@@ -311,6 +317,7 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
     dp.scale = static_cast<float>(c.attention_multiplier);
     dp.remainder = rem;
     dp.num_sms = num_sms_;
+    dp.keys_per_split = decode_keys_per_split_;
     if (kernels::SbAttnDecodeWorkspaceBytes(dp) > workspace_bytes_) {
       return absl::InternalError("decode workspace not reserved before the step");
     }
@@ -504,6 +511,7 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
     probe.head_dim = static_cast<int>(c.head_dim);
     probe.max_context = sh.max_ctx_decode;
     probe.num_sms = num_sms_;
+    probe.keys_per_split = decode_keys_per_split_;
     const size_t ws = kernels::SbAttnDecodeWorkspaceBytes(probe);
     SB_RETURN_IF_ERROR(workspace_.Reserve(ws, &moved));
     workspace_bytes_ = std::max(workspace_bytes_, ws);

@@ -1,5 +1,7 @@
 // The CUDA backend against the fp32 CPU reference backend on the same bf16 checkpoints: every
-// remainder variant, GQA, prefill, decode, and mixed decode + chunked-prefill steps.
+// remainder variant, GQA, prefill, decode, and mixed decode + chunked-prefill steps; the 3B
+// multipliers with layernorm/bias/untied/head_dim 128/MQA, f16 and f32 uploads, forced decode
+// splits, a KV cache over 2^31 bytes used at its highest blocks, and graph re-capture.
 // Skips (visibly) when no CUDA device is present.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -161,6 +163,201 @@ TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
   ASSERT_TRUE((*eager)->Forward(b, e1).ok());
   EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * 4)) << "graph replay is not deterministic";
   EXPECT_LE(testing::RelL2(g1.data(), e1.data(), e1.size()), 1e-3);
+}
+
+}  // namespace
+}  // namespace sbserve
+
+namespace sbserve {
+namespace {
+
+// A checkpoint pair (fp32 CPU reference, CUDA) for any writer options.
+Pair LoadWith(const CreateOptions& o, const std::string& name, int gpu_blocks = 256,
+              const CudaBackendOptions& gpu_options = {}) {
+  const std::string dir = (fs::temp_directory_path() / ("sbserve_cuda_" + name + std::to_string(::getpid()))).string();
+  fs::remove_all(dir);
+  EXPECT_TRUE(WriteRandomCheckpoint(dir, o).ok());
+  Pair p;
+  auto ckpt = Checkpoint::Open(dir);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  p.ckpt = std::move(*ckpt);
+  auto cpu = CreateCpuBackend(*p.ckpt, {});
+  auto gpu = CreateCudaBackend(*p.ckpt, gpu_options);
+  EXPECT_TRUE(gpu.ok()) << gpu.status();
+  p.cpu = std::move(*cpu);
+  p.gpu = std::move(*gpu);
+  EXPECT_TRUE(p.cpu->InitKvCache({256, 16}).ok());
+  absl::Status st = p.gpu->InitKvCache({gpu_blocks, 16});
+  EXPECT_TRUE(st.ok()) << st;
+  return p;
+}
+
+CreateOptions Opts(const std::string& preset, const std::string& variant, const std::string& dtype = "bf16") {
+  CreateOptions o;
+  o.preset = preset;
+  o.variant = variant;
+  o.dtype = dtype;
+  o.seed = 23;
+  o.tokenizer = false;
+  return o;
+}
+
+// The GPU's block ids for a batch packed against the CPU's 256-block allocator: id b -> top - b,
+// so the GPU sequences live in the highest blocks of its cache.
+Batch MirrorBlocks(Batch b, int gpu_blocks) {
+  for (int32_t& id : b.block_tables) {
+    if (id >= 0) id = gpu_blocks - 1 - id;
+  }
+  return b;
+}
+
+// Prefill of three long sequences (so decode runs several key splits), then decode steps; every
+// step's logits on the GPU against the CPU reference.
+void CompareLongSteps(Pair& p, uint64_t seed, int gpu_blocks = 256, bool mirror = false) {
+  const int64_t V = p.ckpt->config().vocab_size;
+  std::mt19937_64 rng(seed);
+  auto ids = [&](int n) {
+    std::vector<int32_t> v(n);
+    for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
+    return v;
+  };
+  KvBlockAllocator alloc(256, 16);
+  std::vector<int32_t> ta, tb, tc;
+  std::vector<std::vector<testing::ChunkSpec>> steps;
+  steps.push_back({{ids(300), 0, &ta, false}, {ids(700), 0, &tb, false}, {ids(1000), 0, &tc, false}});
+  for (int s = 0; s < 4; ++s) {
+    steps.push_back({{ids(1), 300 + s, &ta, false}, {ids(1), 700 + s, &tb, false}, {ids(1), 1000 + s, &tc, false}});
+  }
+  for (size_t s = 0; s < steps.size(); ++s) {
+    Batch b = testing::PackBatch(steps[s], alloc);
+    ASSERT_FALSE(b.tokens.empty());
+    std::vector<float> want(b.logit_rows.size() * V), got(b.logit_rows.size() * V, NAN);
+    ASSERT_TRUE(p.cpu->Forward(b, want).ok());
+    absl::Status st = p.gpu->Forward(mirror ? MirrorBlocks(b, gpu_blocks) : b, got);
+    ASSERT_TRUE(st.ok()) << st;
+    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "step " << s;
+    const double err = testing::RelL2(got.data(), want.data(), want.size());
+    EXPECT_LE(err, 2e-2) << "step " << s;
+    std::printf("long step %zu: logits rel L2 vs CPU fp32 %.2e\n", s, err);
+    std::fflush(stdout);
+  }
+}
+
+// The released models' multipliers (m_emb 12, m_residual 0.22, m_width 8) and the config variants
+// the `small` preset never takes: layernorm with biases, an untied head, head_dim 128, MQA.
+TEST(CudaBackend, MatchesCpuReferenceWith3bMultipliersAndVariants) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  struct Case {
+    const char* name;
+    CreateOptions o;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"m3b_R1", Opts("small-3b", "R1")});
+  {
+    CreateOptions o = Opts("small-3b", "R2");
+    o.norm = "layernorm";
+    o.add_bias = true;
+    o.untied = true;
+    cases.push_back({"m3b_ln_bias_untied_R2", o});
+  }
+  cases.push_back({"m3b_d128_R1", Opts("small-3b-d128", "R1")});
+  {
+    CreateOptions o = Opts("small-3b-d128", "R0");
+    o.kv_heads = 1;
+    o.norm = "layernorm";
+    o.add_bias = true;
+    o.untied = true;
+    cases.push_back({"m3b_d128_mqa_ln_bias_untied_R0", o});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    Pair p = LoadWith(c.o, c.name);
+    ASSERT_EQ(p.ckpt->config().m_emb, 12.0);
+    CompareSteps(p, 11);
+    CompareLongSteps(p, 12);
+  }
+}
+
+// f16 and f32 checkpoints are converted to bf16 on upload; the CPU reads them exactly.
+TEST(CudaBackend, F16AndF32CheckpointsUploadAsBf16) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  for (const char* dtype : {"f16", "f32"}) {
+    SCOPED_TRACE(dtype);
+    Pair p = LoadWith(Opts("small-3b", "R1", dtype), std::string("dtype_") + dtype);
+    CompareSteps(p, 13);
+  }
+}
+
+// Forced decode split sizes (CudaBackendOptions::decode_keys_per_split) against the reference: the
+// split-K partials and their combine must not depend on how the keys are cut.
+TEST(CudaBackend, ForcedDecodeSplitsMatchReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  for (int kps : {64, 128, 320, 1024}) {
+    SCOPED_TRACE(kps);
+    CudaBackendOptions go;
+    go.decode_keys_per_split = kps;
+    Pair p = LoadWith(Opts("small-3b", "R1"), "splits" + std::to_string(kps), 256, go);
+    CompareLongSteps(p, 14);
+  }
+  CudaBackendOptions bad;
+  bad.decode_keys_per_split = 100;  // not a multiple of 64
+  Pair p = LoadWith(Opts("small", "R1"), "splits_bad");
+  auto gpu = CreateCudaBackend(*p.ckpt, bad);
+  EXPECT_FALSE(gpu.ok());
+}
+
+// A KV cache over 2^31 bytes with the sequences in its highest blocks: byte offsets of those
+// blocks do not fit in 32 bits.
+TEST(CudaBackend, KvCacheOver2GiBUsesItsHighestBlocks) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  const CreateOptions o = Opts("small-3b", "R1");
+  // small-3b: 4 layers x (K + V) x 256 values x 2 bytes x 16 tokens = 64 KiB per block.
+  const int64_t block_bytes = int64_t{4} * 2 * 256 * 2 * 16;
+  const int blocks = static_cast<int>((int64_t{5} << 30) / block_bytes);  // 5 GiB
+  ASSERT_GT(int64_t{blocks} * block_bytes, int64_t{1} << 32);
+  Pair p = LoadWith(o, "bigkv", blocks);
+  CompareLongSteps(p, 15, blocks, /*mirror=*/true);
+}
+
+// Decode graphs are captured for a batch shape; a later step that grows the step buffers (a big
+// prefill) invalidates them, and the next decode of that shape must re-capture, not replay stale
+// pointers. Checked against the CPU reference and against eager execution.
+TEST(CudaBackend, GraphsRecapturedAfterBuffersGrow) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  Pair p = LoadWith(Opts("small-3b", "R1"), "recapture");
+  setenv("SBSERVE_CUDA_GRAPHS", "0", 1);
+  auto eager = CreateCudaBackend(*p.ckpt, {});
+  unsetenv("SBSERVE_CUDA_GRAPHS");
+  ASSERT_TRUE(eager.ok());
+  ASSERT_TRUE((*eager)->InitKvCache({256, 16}).ok());
+  const int64_t V = p.ckpt->config().vocab_size;
+  std::mt19937_64 rng(5);
+  auto ids = [&](int n) {
+    std::vector<int32_t> v(n);
+    for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
+    return v;
+  };
+  KvBlockAllocator alloc(256, 16);
+  std::vector<int32_t> ta, tb, tbig;
+  std::vector<std::vector<testing::ChunkSpec>> steps;
+  steps.push_back({{ids(20), 0, &ta, false}, {ids(30), 0, &tb, false}});
+  for (int s = 0; s < 3; ++s) steps.push_back({{ids(1), 20 + s, &ta, false}, {ids(1), 30 + s, &tb, false}});
+  // 2000 tokens with every row's logits: activations and the logits buffer grow many times over.
+  steps.push_back({{ids(2000), 0, &tbig, true}});
+  for (int s = 3; s < 7; ++s) steps.push_back({{ids(1), 20 + s, &ta, false}, {ids(1), 30 + s, &tb, false}});
+  for (size_t s = 0; s < steps.size(); ++s) {
+    Batch b = testing::PackBatch(steps[s], alloc);
+    ASSERT_FALSE(b.tokens.empty());
+    std::vector<float> want(b.logit_rows.size() * V), got(want.size(), NAN), eag(want.size(), NAN);
+    ASSERT_TRUE(p.cpu->Forward(b, want).ok());
+    ASSERT_TRUE(p.gpu->Forward(b, got).ok());
+    ASSERT_TRUE((*eager)->Forward(b, eag).ok());
+    const double err = testing::RelL2(got.data(), want.data(), want.size());
+    const double err_eager = testing::RelL2(got.data(), eag.data(), eag.size());
+    EXPECT_LE(err, 2e-2) << "step " << s;
+    EXPECT_LE(err_eager, 1e-3) << "step " << s;
+    std::printf("recapture step %zu: vs CPU %.2e, vs eager %.2e\n", s, err, err_eager);
+  }
 }
 
 }  // namespace
