@@ -51,7 +51,7 @@ class Engine::Impl {
   ~Impl() { Shutdown(); }
 
   absl::Status Submit(GenerateRequest req, EventSink sink);
-  std::vector<std::string> Abort(const std::vector<std::string>& ids);
+  std::vector<std::string> Abort(const std::vector<std::string>& ids, CancelSource source);
   EngineStats Stats() const;
   bool Drain(absl::Duration timeout);
   void Shutdown();
@@ -75,12 +75,20 @@ class Engine::Impl {
     void OnFinish(const FinishReport& r) override {
       if (target) target->OnFinish(r);
     }
+    void OnState(const QueueState& s) override {
+      if (target) target->OnState(s);
+    }
   };
 
   struct Incoming {
     GenerateRequest req;
     EventSink sink;
     absl::Time arrival;
+  };
+  struct PendingAbort {
+    std::string id;
+    absl::Time at;  // when Abort was called: the step in progress may end after the deadline
+    CancelSource source;
   };
 
   absl::Status Validate(const GenerateRequest& req) const;
@@ -102,7 +110,7 @@ class Engine::Impl {
   std::condition_variable idle_cv_;  // Drain
   std::deque<Incoming> incoming_;
   int64_t incoming_tokens_ = 0;
-  std::vector<std::string> aborts_;
+  std::vector<PendingAbort> aborts_;
   std::unordered_set<std::string> live_;
   bool draining_ = false;
   bool stop_ = false;
@@ -218,14 +226,15 @@ absl::Status Engine::Impl::Submit(GenerateRequest req, EventSink sink) {
   return absl::OkStatus();
 }
 
-std::vector<std::string> Engine::Impl::Abort(const std::vector<std::string>& ids) {
+std::vector<std::string> Engine::Impl::Abort(const std::vector<std::string>& ids, CancelSource source) {
+  const absl::Time at = absl::Now();
   std::vector<std::string> out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& id : ids) {
       if (live_.contains(id)) {
         out.push_back(id);
-        aborts_.push_back(id);
+        aborts_.push_back({id, at, source});
       }
     }
   }
@@ -267,7 +276,7 @@ void Engine::Impl::OnFinished(const std::string& id) {
 void Engine::Impl::Loop() {
   for (;;) {
     std::deque<Incoming> incoming;
-    std::vector<std::string> aborts;
+    std::vector<PendingAbort> aborts;
     bool stop = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -281,8 +290,7 @@ void Engine::Impl::Loop() {
       stop = stop_;
     }
     for (auto& in : incoming) scheduler_->Add(std::move(in.req), std::move(in.sink), in.arrival);
-    const absl::Time now = absl::Now();
-    for (const auto& id : aborts) scheduler_->Cancel(id, now);
+    for (const PendingAbort& a : aborts) scheduler_->Cancel(a.id, a.at, a.source);
     if (stop) {
       scheduler_->FinishAll(FinishReason::kCancelled, absl::UnavailableError("the server is shutting down"));
       std::lock_guard<std::mutex> lock(mu_);
@@ -361,7 +369,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithCodec(const EngineOpti
 absl::Status Engine::Submit(GenerateRequest request, EventSink sink) {
   return impl_->Submit(std::move(request), std::move(sink));
 }
-std::vector<std::string> Engine::Abort(const std::vector<std::string>& ids) { return impl_->Abort(ids); }
+std::vector<std::string> Engine::Abort(const std::vector<std::string>& ids, CancelSource source) {
+  return impl_->Abort(ids, source);
+}
 EngineStats Engine::Stats() const { return impl_->Stats(); }
 const ModelConfig& Engine::model_config() const { return impl_->backend().config(); }
 const Backend& Engine::backend() const { return impl_->backend(); }

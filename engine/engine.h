@@ -55,6 +55,19 @@ struct StepReport {
   int kv_blocks_used = 0;
   int kv_blocks_total = 0;
   int preempted = 0;
+  // Prompt tokens whose K/V this step computed for the first time (chunks of prompts; a prompt
+  // recomputed after a preemption is not counted again). The step's backend call succeeded.
+  int new_prompt_tokens = 0;
+};
+
+// The scheduler's queue and KV state, reported when requests end outside a step (a cancel, an
+// abort, a deadline that expired while nothing ran), which no StepReport would show.
+struct QueueState {
+  int running = 0;
+  int waiting = 0;
+  int64_t queued_prompt_tokens = 0;
+  int kv_blocks_used = 0;
+  int kv_blocks_total = 0;
 };
 
 struct FinishReport {
@@ -76,6 +89,7 @@ class EngineObserver {
   virtual void OnStep(const StepReport&) {}
   virtual void OnToken(absl::Duration /*since_previous_token*/) {}  // inter-token latency
   virtual void OnFinish(const FinishReport&) {}
+  virtual void OnState(const QueueState&) {}
 };
 
 // Details attached to a RESOURCE_EXHAUSTED status from Submit: the payload under this URL is the
@@ -101,8 +115,10 @@ class Engine {
   absl::Status Submit(GenerateRequest request, EventSink sink);
 
   // Cancels live requests; returns the ids that were live. Their KV blocks are freed at the start
-  // of the next engine step and each gets a final event with reason kCancelled.
-  std::vector<std::string> Abort(const std::vector<std::string>& request_ids);
+  // of the next engine step and each gets a final event with reason kCancelled (or kDeadline:
+  // see Scheduler::Cancel). The time of this call, not of that step, decides between the two.
+  std::vector<std::string> Abort(const std::vector<std::string>& request_ids,
+                                 CancelSource source = CancelSource::kAbortRpc);
 
   EngineStats Stats() const;
   const ModelConfig& model_config() const;

@@ -18,6 +18,10 @@ namespace sbserve {
 enum class FinishReason { kNone, kLength, kStop, kEos, kCancelled, kDeadline, kError };
 const char* FinishReasonName(FinishReason r);  // "length", "stop", ...
 
+// Who ended a request early: the client's call (a cancel, which may be the client's own deadline
+// timer) or an explicit Abort RPC naming it.
+enum class CancelSource { kClient, kAbortRpc };
+
 struct GenerateRequest {
   std::string request_id;            // non-empty, unique among live requests
   bool has_text = false;             // input is `text` (tokenized by the engine) rather than `prompt_ids`

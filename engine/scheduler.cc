@@ -36,6 +36,7 @@ struct Scheduler::Seq {
   std::vector<int32_t> tokens;  // prompt + output
   int32_t prompt_len = 0;
   int32_t num_computed = 0;     // tokens whose K/V are in the cache
+  int32_t prompt_prefilled = 0; // prompt tokens ever computed (kept across preemptions)
   std::vector<int32_t> blocks;
   bool running = false;
   bool preempted_this_step = false;
@@ -115,18 +116,40 @@ bool Scheduler::Finish(const std::string& request_id, FinishReason reason, absl:
   auto it = seqs_.find(request_id);
   if (it == seqs_.end()) return false;
   Complete(it->second.get(), reason, std::move(status), absl::Now());
+  ReportState();
   return true;
 }
 
-bool Scheduler::Cancel(const std::string& request_id, absl::Time now) {
+void Scheduler::ReportState() {
+  if (observer_ == nullptr) return;
+  QueueState s;
+  s.running = num_running();
+  s.waiting = num_waiting();
+  s.queued_prompt_tokens = waiting_tokens();
+  s.kv_blocks_used = kv_->num_used();
+  s.kv_blocks_total = kv_->num_blocks();
+  observer_->OnState(s);
+}
+
+absl::Duration Scheduler::DeadlineAmbiguity(absl::Duration timeout) {
+  absl::Duration resolution = absl::Milliseconds(1);
+  for (absl::Duration band = absl::Seconds(1); timeout >= band && band < absl::Hours(10000); band *= 10) {
+    resolution *= 10;
+  }
+  return resolution + absl::Milliseconds(2);
+}
+
+bool Scheduler::Cancel(const std::string& request_id, absl::Time at, CancelSource source) {
   auto it = seqs_.find(request_id);
   if (it == seqs_.end()) return false;
   Seq* seq = it->second.get();
-  // The client's timer runs the same timeout as the server's but started earlier, by the
-  // request's transit time, so a client-side deadline shows up here as a cancel shortly before
-  // the server-side deadline.
-  constexpr absl::Duration kClientClockLead = absl::Milliseconds(100);
-  if (now + kClientClockLead >= seq->req.deadline) {
+  absl::Time cutoff = seq->req.deadline;
+  if (source == CancelSource::kClient && cutoff != absl::InfiniteFuture()) {
+    cutoff -= DeadlineAmbiguity(cutoff - seq->arrival);
+  }
+  // The timings end now, when the request really ends (a step may have run since `at`).
+  const absl::Time now = std::max(at, absl::Now());
+  if (at >= cutoff) {
     Complete(seq, FinishReason::kDeadline,
              absl::DeadlineExceededError(seq->running ? "deadline passed while generating"
                                                       : "deadline passed while queued"),
@@ -134,6 +157,7 @@ bool Scheduler::Cancel(const std::string& request_id, absl::Time now) {
   } else {
     Complete(seq, FinishReason::kCancelled, absl::CancelledError("request cancelled"), now);
   }
+  ReportState();
   return true;
 }
 
@@ -230,7 +254,10 @@ absl::Status Scheduler::Step(absl::Time now) {
   for (Seq* s : waiting_) s->preempted_this_step = false;
   Pack(slots, preempted);
   if (on_packed_) on_packed_();
-  if (slots.empty()) return absl::OkStatus();
+  if (slots.empty()) {
+    if (!expired.empty()) ReportState();  // no StepReport follows
+    return absl::OkStatus();
+  }
   // A sequence preempted after it was packed cannot happen (victims are never in `slots`), but
   // a packed sequence's order in `running_` is irrelevant: the batch follows `slots`.
 
@@ -285,8 +312,15 @@ absl::Status Scheduler::Step(absl::Time now) {
     StepLogprobs lp;
   };
   std::vector<Pick> picks;
+  int new_prompt_tokens = 0;
   for (const Slot& s : slots) {
-    s.seq->num_computed += s.chunk;
+    const int32_t end = s.seq->num_computed + s.chunk;
+    const int32_t prompt_end = std::min(end, s.seq->prompt_len);
+    if (prompt_end > s.seq->prompt_prefilled) {
+      new_prompt_tokens += prompt_end - s.seq->prompt_prefilled;
+      s.seq->prompt_prefilled = prompt_end;
+    }
+    s.seq->num_computed = end;
     if (s.seq->num_computed == static_cast<int>(s.seq->tokens.size())) {
       Pick p;
       p.seq = s.seq;
@@ -317,6 +351,7 @@ absl::Status Scheduler::Step(absl::Time now) {
     rep.kv_blocks_used = kv_->num_used();
     rep.kv_blocks_total = kv_->num_blocks();
     rep.preempted = preempted;
+    rep.new_prompt_tokens = new_prompt_tokens;
     observer_->OnStep(rep);
   }
   return absl::OkStatus();

@@ -55,9 +55,20 @@ class Scheduler {
   // Finishes a live request now (its blocks are freed); false when the id is unknown.
   bool Finish(const std::string& request_id, FinishReason reason, absl::Status status);
   void FinishAll(FinishReason reason, const absl::Status& status);
-  // Cancels a request (client cancel or Abort). A cancel at (or within 100 ms before) the
-  // request's deadline comes from the deadline expiring and is reported as a deadline.
-  bool Cancel(const std::string& request_id, absl::Time now);
+  // Cancels a request; `at` is when the cancel arrived. It ends as kDeadline when the deadline
+  // had passed by then, and as kCancelled otherwise, with one exception for client cancels: a
+  // cancel arriving less than DeadlineAmbiguity(timeout) before the deadline is the client's own
+  // deadline timer as far as the server can tell (see there), and is also kDeadline. An Abort
+  // RPC before the deadline is always kCancelled.
+  bool Cancel(const std::string& request_id, absl::Time at, CancelSource source = CancelSource::kClient);
+
+  // gRPC sends a call's timeout rounded up to its wire resolution (grpc-timeout: 1 ms below 1 s,
+  // 10 ms below 10 s, 100 ms below 100 s, 1 s below 1000 s, ...) and both ends keep deadlines
+  // in whole milliseconds, so the server's deadline may be later than the client's by up to that
+  // resolution + 2 ms. When the client's deadline fires it cancels the call (RST_STREAM CANCEL,
+  // the same frame as a user's cancel), which may thus arrive up to this long before the
+  // server's deadline. Returns that window for a request whose timeout is `timeout`.
+  static absl::Duration DeadlineAmbiguity(absl::Duration timeout);
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
 
@@ -90,6 +101,7 @@ class Scheduler {
   // Appends the drawn token, checks stop conditions and emits events (engine thread, in order).
   void OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now);
   void Complete(Seq* seq, FinishReason reason, absl::Status status, absl::Time now);
+  void ReportState();  // EngineObserver::OnState, after requests ended outside a step
   void Emit(Seq* seq, bool final);
   void InsertRunning(Seq* seq);
   void InsertWaiting(Seq* seq);

@@ -1,5 +1,7 @@
 #include "server/metrics_observer.h"
 
+#include "absl/strings/match.h"
+
 namespace sbserve {
 namespace {
 
@@ -18,6 +20,20 @@ metrics::FinishReason ToMetrics(FinishReason r) {
 
 }  // namespace
 
+metrics::RejectReason RejectReasonFor(const absl::Status& s, bool loading) {
+  using metrics::RejectReason;
+  switch (s.code()) {
+    case absl::StatusCode::kResourceExhausted:
+      // The engine names the limit it hit: "... N prompt tokens ..." or "... N requests ...".
+      return absl::StrContains(s.message(), "tokens") ? RejectReason::kQueueTokens : RejectReason::kQueueFull;
+    case absl::StatusCode::kUnavailable: return loading ? RejectReason::kLoading : RejectReason::kDraining;
+    case absl::StatusCode::kInvalidArgument: return RejectReason::kInvalidArgument;
+    case absl::StatusCode::kOutOfRange: return RejectReason::kOutOfRange;
+    case absl::StatusCode::kAlreadyExists: return RejectReason::kAlreadyExists;
+    default: return RejectReason::kOther;
+  }
+}
+
 void MetricsObserver::OnStep(const StepReport& r) {
   m_->num_requests_running->Set(r.running);
   m_->num_requests_waiting->Set(r.waiting);
@@ -27,6 +43,14 @@ void MetricsObserver::OnStep(const StepReport& r) {
   m_->engine_step_tokens->Observe(r.prefill_tokens + r.decode_tokens);
   m_->engine_step_sequences->Observe(r.num_seqs);
   if (r.preempted > 0) m_->num_preemptions->Increment(r.preempted);
+  if (r.new_prompt_tokens > 0) m_->prompt_tokens->Increment(r.new_prompt_tokens);
+}
+
+void MetricsObserver::OnState(const QueueState& s) {
+  m_->num_requests_running->Set(s.running);
+  m_->num_requests_waiting->Set(s.waiting);
+  m_->num_queued_prompt_tokens->Set(static_cast<double>(s.queued_prompt_tokens));
+  m_->SetKvCache(s.kv_blocks_used, s.kv_blocks_total);
 }
 
 void MetricsObserver::OnToken(absl::Duration since_previous) {
@@ -40,7 +64,6 @@ void MetricsObserver::OnFinish(const FinishReport& r) {
     m_->RequestDeadlineExceeded(r.scheduled ? metrics::DeadlineStage::kRunning : metrics::DeadlineStage::kQueued)
         .Increment();
   }
-  m_->prompt_tokens->Increment(r.prompt_tokens);
   // The first token of each request has no inter-token gap; OnToken counted the others.
   if (r.completion_tokens > 0) m_->generation_tokens->Increment();
   m_->request_prompt_tokens->Observe(r.prompt_tokens);

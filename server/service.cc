@@ -5,9 +5,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "server/convert.h"
+#include "server/metrics_observer.h"
 #include "server/status.h"
 #include "spdlog/spdlog.h"
 
@@ -16,29 +16,23 @@ namespace {
 
 constexpr char kVersion[] = "0.1.0";
 
-// Maps an admission failure to the metrics' reject reason.
-void CountReject(const ServiceContext* ctx, const absl::Status& s) {
+// Counts a refusal under its reason; `loading`: refused because no model is loaded yet.
+void CountReject(const ServiceContext* ctx, const absl::Status& s, bool loading) {
   if (ctx->metrics == nullptr) return;
-  using metrics::RejectReason;
-  RejectReason r;
-  switch (s.code()) {
-    case absl::StatusCode::kResourceExhausted:
-      r = absl::StrContains(s.message(), "tokens") ? RejectReason::kQueueTokens : RejectReason::kQueueFull;
-      break;
-    case absl::StatusCode::kUnavailable: r = RejectReason::kDraining; break;
-    case absl::StatusCode::kOutOfRange: r = RejectReason::kOutOfRange; break;
-    default: r = RejectReason::kInvalidArgument; break;
-  }
-  ctx->metrics->RequestRejected(r).Increment();
+  ctx->metrics->RequestRejected(RejectReasonFor(s, loading)).Increment();
 }
 
-// Prepares a request: the engine (UNAVAILABLE while loading or draining), a validated engine
-// request with an id and the call's deadline.
+// Prepares a request: the engine (UNAVAILABLE while draining or loading; `loading` tells the
+// two apart), a validated engine request with an id and the call's deadline.
 absl::StatusOr<GenerateRequest> Prepare(ServiceContext* ctx, grpc::CallbackServerContext* call,
-                                        const v1::GenerateRequest& proto, Engine** engine) {
-  *engine = ctx->engine.load();
-  if (*engine == nullptr) return absl::UnavailableError("the model is still loading");
+                                        const v1::GenerateRequest& proto, Engine** engine, bool* loading) {
+  *loading = false;
   if (ctx->draining.load()) return absl::UnavailableError("the server is draining; retry on another replica");
+  *engine = ctx->engine.load();
+  if (*engine == nullptr) {
+    *loading = true;
+    return absl::UnavailableError("the model is still loading");
+  }
   absl::StatusOr<GenerateRequest> req = RequestFromProto(proto);
   if (!req.ok()) return req.status();
   if (req->request_id.empty()) {
@@ -101,7 +95,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   GenerateReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const v1::GenerateRequest* request)
       : ctx_(ctx), peer_(call->peer()) {
     Engine* engine = nullptr;
-    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine);
+    bool loading = false;
+    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine, &loading);
     absl::Status st = req.status();
     if (req.ok()) {
       id_ = req->request_id;
@@ -111,7 +106,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       if (!st.ok()) owners_.Set(1);
     }
     if (!st.ok()) {
-      CountReject(ctx_, st);
+      CountReject(ctx_, st, loading);
       LogRejected(ctx_, "Generate", peer_, st);
       AddRetryAfter(call, st);
       finish_called_ = true;
@@ -130,12 +125,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       }
       a = NextLocked();
     }
-    if (!ok && engine_ != nullptr) engine_->Abort({id_});
+    if (!ok && engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
     Run(a);
   }
 
   void OnCancel() override {
-    if (engine_ != nullptr) engine_->Abort({id_});
+    if (engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
   }
 
   void OnDone() override {
@@ -216,7 +211,8 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
                   v1::GenerateResponse* response)
       : ctx_(ctx), peer_(call->peer()), response_(response) {
     Engine* engine = nullptr;
-    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine);
+    bool loading = false;
+    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine, &loading);
     absl::Status st = req.status();
     if (req.ok()) {
       id_ = req->request_id;
@@ -227,7 +223,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
       if (!st.ok()) owners_.Set(1);
     }
     if (!st.ok()) {
-      CountReject(ctx_, st);
+      CountReject(ctx_, st, loading);
       LogRejected(ctx_, "Complete", peer_, st);
       AddRetryAfter(call, st);
       Finish(ToGrpcStatus(st));
@@ -235,7 +231,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
-    if (engine_ != nullptr) engine_->Abort({id_});
+    if (engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
   }
   void OnDone() override {
     if (owners_.Release()) delete this;

@@ -35,10 +35,13 @@ enum class RejectReason : int {
   kQueueFull = 0,   // too many queued requests (RESOURCE_EXHAUSTED)
   kQueueTokens,     // too many queued prompt tokens (RESOURCE_EXHAUSTED)
   kDraining,        // the server is shutting down (UNAVAILABLE)
-  kInvalidArgument, // a malformed or out-of-range field (INVALID_ARGUMENT)
-  kOutOfRange,      // prompt + max_tokens beyond the context (OUT_OF_RANGE)
+  kInvalidArgument, // a malformed field (INVALID_ARGUMENT)
+  kOutOfRange,      // a value out of range, e.g. prompt + max_tokens beyond the context (OUT_OF_RANGE)
+  kLoading,         // the model is still loading (UNAVAILABLE)
+  kAlreadyExists,   // the request_id of a live request (ALREADY_EXISTS)
+  kOther,           // any other status code (none is expected)
 };
-inline constexpr size_t kNumRejectReasons = 5;
+inline constexpr size_t kNumRejectReasons = 8;
 std::string_view RejectReasonLabel(RejectReason reason);
 
 // Where a request was when its deadline passed; label `stage` of

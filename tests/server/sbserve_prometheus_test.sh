@@ -5,8 +5,9 @@
 set -euo pipefail
 sbserve=$1
 sbctl=$2
+# Exit 77 when the tools are missing: CTest reports that as skipped (SKIP_RETURN_CODE), not passed.
 command -v promtool >/dev/null && command -v prometheus >/dev/null || {
-  echo "SKIP: promtool/prometheus not installed (Debian package prometheus)"; exit 0; }
+  echo "SKIP: promtool/prometheus not installed (Debian package prometheus)"; exit 77; }
 work=$(mktemp -d)
 pids=()
 cleanup() {

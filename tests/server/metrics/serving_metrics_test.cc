@@ -64,7 +64,8 @@ TEST(ServingMetrics, LabelledChildrenExistFromTheStart) {
         << reason;
   }
   for (const char* reason :
-       {"queue_full", "queue_tokens", "draining", "invalid_argument", "out_of_range"}) {
+       {"queue_full", "queue_tokens", "draining", "invalid_argument", "out_of_range", "loading",
+        "already_exists", "other"}) {
     EXPECT_NE(text.find(std::string("sbserve_request_rejected_total{reason=\"") + reason +
                         "\"} 0\n"),
               std::string::npos)
