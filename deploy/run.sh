@@ -12,6 +12,6 @@ if [ -x "$build/server/sbserve" ]; then
   exec "$build/server/sbserve" "${args[@]}" "$@"
 fi
 # Without the server binary: one generation on the demo model through the model tool.
-model=${SBSERVE_MODEL:-$HOME/.cache/sbserve/demo-small-v1}
+model=${SBSERVE_MODEL:-$HOME/.cache/sbserve/demo-small-random}
 [ -f "$model/config.json" ] || "$build/engine/sbmodel" create --preset small --variant R1 "$model"
 exec "$build/engine/sbmodel" generate --model "$model" --prompt "Hello" --max-tokens 32 "$@"

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/demo_model/embedded.h"
 #include "engine/checkpoint.h"
 #include "engine/dtype.h"
 #include "engine/safetensors.h"
@@ -223,19 +224,25 @@ absl::StatusOr<std::string> EnsureDemoModel() {
   else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) base = fs::path(x) / "sbserve";
   else if (const char* h = std::getenv("HOME"); h && *h) base = fs::path(h) / ".cache" / "sbserve";
   else base = fs::temp_directory_path() / "sbserve-cache";
-  const fs::path dir = base / "demo-small-v1";
+  const fs::path dir = base / kDemoModelName;
   std::error_code ec;
   if (fs::exists(dir / "config.json", ec)) return dir.string();
   fs::create_directories(base, ec);
   if (ec) return absl::InternalError(absl::StrCat(base.string(), ": cannot create: ", ec.message()));
-  // Build in a private folder, then rename: concurrent first uses never see a half-written model.
-  const fs::path tmp = base / absl::StrCat(".demo-small-v1.tmp.", ::getpid());
+  // Write into a private folder, then rename: concurrent first uses never see a half-written model.
+  const fs::path tmp = base / absl::StrCat(".", kDemoModelName, ".tmp.", ::getpid());
   fs::remove_all(tmp, ec);
-  CreateOptions o;
-  o.preset = "small";
-  o.variant = "R1";
-  o.dtype = "f32";
-  if (absl::Status st = WriteRandomCheckpoint(tmp.string(), o); !st.ok()) return st;
+  fs::create_directories(tmp, ec);
+  if (ec) return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create: ", ec.message()));
+  for (const EmbeddedFile& f : DemoModelFiles()) {
+    std::ofstream out(tmp / f.name, std::ios::binary | std::ios::trunc);
+    out.write(f.data.data(), static_cast<std::streamsize>(f.data.size()));
+    out.close();
+    if (!out) {
+      fs::remove_all(tmp, ec);
+      return absl::InternalError(absl::StrCat((tmp / f.name).string(), ": write failed"));
+    }
+  }
   fs::rename(tmp, dir, ec);
   if (ec) {
     fs::remove_all(tmp, ec);

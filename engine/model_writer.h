@@ -24,8 +24,11 @@ struct CreateOptions {
 
 absl::Status WriteRandomCheckpoint(const std::string& dir, const CreateOptions& options);
 
-// The cached demo model (`small`, R1, f32, seed 0): $SBSERVE_CACHE_DIR, else $XDG_CACHE_HOME/sbserve,
-// else $HOME/.cache/sbserve, plus "/demo-small-v1". Created on first use, atomically.
+// The demo model: a small stick-breaking LM trained on this repository's own text (the `small`
+// preset's shapes, R1, bf16; engine/demo_model/), embedded in the binary and written out on first
+// use, atomically, into $SBSERVE_CACHE_DIR, else $XDG_CACHE_HOME/sbserve, else $HOME/.cache/sbserve,
+// plus "/" kDemoModelName.
+inline constexpr char kDemoModelName[] = "demo-trained-v2";
 absl::StatusOr<std::string> EnsureDemoModel();
 
 }  // namespace sbserve

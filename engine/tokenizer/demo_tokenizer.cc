@@ -28,14 +28,22 @@ nlohmann::ordered_json AddedTokenJson(int32_t id, const std::string& content) {
 }  // namespace
 
 absl::Status WriteDemoTokenizer(const std::string& dir, int32_t vocab_size) {
+  return WriteBpeTokenizer(dir, vocab_size, tokenizer_internal::DemoTrainingText(), /*allow_reserved=*/true);
+}
+
+absl::Status WriteBpeTokenizer(const std::string& dir, int32_t vocab_size, std::string_view text,
+                               bool allow_reserved) {
   if (vocab_size < 512) {
     return absl::InvalidArgumentError(
         absl::StrCat("demo tokenizer vocab_size must be >= 512, got ", vocab_size));
   }
   const int32_t base = 1 + 256;
-  auto trained = tokenizer_internal::TrainByteLevelBpe(tokenizer_internal::DemoTrainingText(),
-                                                       vocab_size - base);
+  auto trained = tokenizer_internal::TrainByteLevelBpe(text, vocab_size - base);
   if (!trained.ok()) return trained.status();
+  if (!allow_reserved && base + static_cast<int32_t>(trained->new_tokens.size()) < vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the training text yields only ", trained->new_tokens.size(),
+                                                   " merges, fewer than vocab_size - 257 = ", vocab_size - base));
+  }
 
   nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
   vocab[kEndOfText] = 0;

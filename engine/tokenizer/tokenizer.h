@@ -110,6 +110,10 @@ class IncrementalDecoder {
 // trained by the project's BPE trainer on an embedded English + code text; ids left over when
 // the text has no more pairs to merge become reserved special tokens. vocab_size >= 512.
 absl::Status WriteDemoTokenizer(const std::string& dir, int32_t vocab_size);
+// The same, trained on `text`; with `allow_reserved` false it fails instead of padding with
+// reserved ids when the text runs out of pairs (the trained demo model's tokenizer).
+absl::Status WriteBpeTokenizer(const std::string& dir, int32_t vocab_size, std::string_view text,
+                               bool allow_reserved);
 
 // CLI helpers for `sbmodel tokenize` / `sbmodel detokenize` (args after the subcommand name).
 // tokenize:   --tokenizer DIR_OR_FILE --text "..." [--no-special]   prints ids, comma-separated

@@ -8,6 +8,8 @@
 //   sbmodel tokenize / detokenize (see --help)
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <map>
 #include <string>
@@ -41,6 +43,8 @@ constexpr char kUsage[] = R"(usage:
   sbmodel bench --model DIR [--batch B] [--prompt-len L] [--gen N] [--backend auto|cpu|cuda] [--threads T]
   sbmodel tokenize --tokenizer DIR_OR_FILE --text TEXT
   sbmodel detokenize --tokenizer DIR_OR_FILE --ids 1,2,3
+  sbmodel train-tokenizer --corpus FILE --vocab N DIR   # byte-level BPE, no reserved ids
+  sbmodel encode --tokenizer DIR_OR_FILE --in FILE --out FILE.bin   # ids as little-endian int32
 )";
 
 // --flag value pairs, --switches and positional arguments.
@@ -253,6 +257,45 @@ absl::StatusOr<SamplingParams> ParseSampling(const Args& a) {
   return s;
 }
 
+#ifdef SBSERVE_HAVE_TOKENIZER
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int TrainTokenizer(const Args& a) {
+  if (a.positional.size() != 1 || !a.Has("--corpus")) {
+    return Fail(absl::InvalidArgumentError("train-tokenizer --corpus FILE --vocab N DIR"));
+  }
+  int32_t vocab = 2048;
+  if (absl::Status st = ParseNumber(a, "--vocab", &vocab); !st.ok()) return Fail(st);
+  auto text = ReadFile(a.Get("--corpus"));
+  if (!text.ok()) return Fail(text.status());
+  if (absl::Status st = WriteBpeTokenizer(a.positional[0], vocab, *text, /*allow_reserved=*/false); !st.ok()) {
+    return Fail(st);
+  }
+  std::cout << "tokenizer with " << vocab << " ids written to " << a.positional[0] << "\n";
+  return 0;
+}
+
+int EncodeFile(const Args& a) {
+  auto tok = Tokenizer::Load(a.Get("--tokenizer"));
+  if (!tok.ok()) return Fail(tok.status());
+  auto text = ReadFile(a.Get("--in"));
+  if (!text.ok()) return Fail(text.status());
+  auto ids = (*tok)->Encode(*text, /*add_special_tokens=*/false);
+  if (!ids.ok()) return Fail(ids.status());
+  std::ofstream out(a.Get("--out"), std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(ids->data()), static_cast<std::streamsize>(ids->size() * 4));
+  if (!out) return Fail(absl::InternalError(absl::StrCat(a.Get("--out"), ": write failed")));
+  std::cout << ids->size() << " tokens from " << text->size() << " bytes\n";
+  return 0;
+}
+#endif
+
 int Generate(const Args& a) {
   auto ckpt = Checkpoint::Open(a.Get("--model"));
   if (!ckpt.ok()) return Fail(ckpt.status());
@@ -397,6 +440,10 @@ int main(int argc, char** argv) {
   if (cmd == "logits") return Logits(*args);
   if (cmd == "generate") return Generate(*args);
   if (cmd == "bench") return Bench(*args);
+#ifdef SBSERVE_HAVE_TOKENIZER
+  if (cmd == "train-tokenizer") return TrainTokenizer(*args);
+  if (cmd == "encode") return EncodeFile(*args);
+#endif
   std::cerr << "sbmodel: unknown command \"" << cmd << "\"\n" << kUsage;
   return 2;
 }
