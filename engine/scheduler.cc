@@ -406,12 +406,17 @@ void Scheduler::OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now
   const int32_t n = seq->num_output();
   const bool can_stop = n >= req.min_tokens;
   FinishReason reason = FinishReason::kNone;
+  // One rule for text and ids: the text of a request is the detokenization of its token_ids under
+  // skip_special_tokens, eos and stop_token_ids included (a special eos renders as nothing unless
+  // special tokens are kept). Only a matched stop string makes them differ (README, GenerateResponse).
   if (!req.ignore_eos &&
       std::find(options_.eos_ids.begin(), options_.eos_ids.end(), token) != options_.eos_ids.end()) {
     reason = FinishReason::kEos;
+    if (seq->detok != nullptr) seq->pending_text += seq->stop.Push(seq->detok->Add(token), false).text;
   } else if (std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), token) != req.stop_token_ids.end()) {
     reason = FinishReason::kStop;
     seq->stop_reason = absl::StrCat(token);
+    if (seq->detok != nullptr) seq->pending_text += seq->stop.Push(seq->detok->Add(token), false).text;
   } else if (seq->detok != nullptr) {
     StopMatcher::Result r = seq->stop.Push(seq->detok->Add(token), can_stop);
     seq->pending_text += r.text;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -23,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "sbserve/v1/sbserve.grpc.pb.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "server/server.h"
 
 namespace sbserve {
@@ -739,7 +741,8 @@ TEST(Server, LogprobsAreSane) {
 }
 
 // The model's eos ends generation with finish_reason EOS: the eos id is the last of token_ids and
-// its text is not in the output (README, GenerateResponse); with ignore_eos generation runs on
+// its text is the last of the output, like any token's (README, GenerateResponse: text and ids
+// agree); with ignore_eos generation runs on
 // past it. The demo model rarely draws its eos (id 0), so a copy of it names a second eos id in
 // generation_config.json: a token that a greedy run is known to produce.
 TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
@@ -772,7 +775,7 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
     EXPECT_EQ(prefix_text[kMax], full.text);
   }
   // The new eos: a token at position k >= 3 that appears nowhere before it, after no eos of the
-  // model, and that adds text, so that leaving its text out is observable.
+  // model, and that adds text, so that whether its text is output is observable.
   int k = -1;
   for (int i = 3; i < kMax - 3 && k < 0; ++i) {
     const auto before = full.ids.begin() + i;
@@ -823,14 +826,14 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
     EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_EOS);
     EXPECT_EQ(out.last.stop_reason(), "");
     EXPECT_EQ(out.last.usage().completion_tokens(), static_cast<uint32_t>(k + 1));
-    EXPECT_EQ(out.text, prefix_text[k]) << "the eos token's text is not output";
+    EXPECT_EQ(out.text, prefix_text[k + 1]) << "the eos token's text is output like any token's";
 
     grpc::ClientContext cctx;
     GenerateResponse unary;
     ASSERT_TRUE(ts.stub().Complete(&cctx, stop_at_eos, &unary).ok());
     EXPECT_EQ(std::vector<int32_t>(unary.token_ids().begin(), unary.token_ids().end()), want);
     EXPECT_EQ(unary.finish_reason(), v1::FINISH_REASON_EOS);
-    EXPECT_EQ(unary.text(), prefix_text[k]);
+    EXPECT_EQ(unary.text(), prefix_text[k + 1]);
 
     // ignore_eos: the same tokens, through the eos and on to max_tokens.
     Outcome past = ts.Generate(base);
@@ -849,6 +852,70 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
     for (int i = 0; i < k + 2; ++i) EXPECT_NE(masked.ids[i], eos) << i;
     EXPECT_TRUE(ts.WaitIdle());
   }
+}
+
+// Text and ids agree (README, GenerateResponse): over many seeded requests on both RPCs, with eos,
+// stop_token_ids and special tokens kept or skipped, the concatenated text of each finished request
+// is the detokenization of its token_ids; with a stop string, it is that detokenization cut just
+// before the stop string (or just after it with include_stop_str_in_output).
+TEST(Server, TextIsTheDetokenizationOfTheIds) {
+  TestServer ts;
+  grpc::ClientContext mctx;
+  v1::ModelInfo mi;
+  ASSERT_TRUE(ts.stub().GetModelInfo(&mctx, {}, &mi).ok());
+  auto tok = Tokenizer::Load(mi.model());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto newline = (*tok)->Encode("\n", false);
+  auto paren = (*tok)->Encode("(", false);
+  ASSERT_TRUE(newline.ok() && newline->size() == 1 && paren.ok() && paren->size() == 1);
+  std::map<std::string, int> seen;  // finish kinds, to show every path ran
+  const char* prompts[] = {"Once upon a time", "The server", "int main(", "## Flags\n", "Hello"};
+  for (int i = 0; i < 80; ++i) {
+    SCOPED_TRACE(absl::StrCat("request ", i));
+    GenerateRequest r = TextReq(prompts[i % 5], 12 + i % 20, i % 4 == 0 ? 0.f : 1.0f, 1000 + i);
+    r.mutable_stopping()->set_ignore_eos(false);
+    const bool skip_special = i % 3 != 0;
+    r.set_skip_special_tokens(skip_special);
+    const int kind = i % 4;  // 0: plain, 1: stop ids, 2: stop string, 3: stop string kept
+    if (kind == 1) {
+      r.mutable_stopping()->add_stop_token_ids((*newline)[0]);
+      r.mutable_stopping()->add_stop_token_ids((*paren)[0]);
+    }
+    const std::string stop = i % 8 < 4 ? "e" : ";";
+    if (kind >= 2) r.mutable_stopping()->add_stop(stop);
+    if (kind == 3) r.mutable_stopping()->set_include_stop_str_in_output(true);
+    Outcome out;
+    if (i % 2 == 0) {
+      out = ts.Generate(r);
+    } else {
+      grpc::ClientContext ctx;
+      GenerateResponse unary;
+      out.status = ts.stub().Complete(&ctx, r, &unary);
+      TestServer::Absorb(unary, out);
+    }
+    ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+    auto decoded = (*tok)->Decode(out.ids, skip_special);
+    ASSERT_TRUE(decoded.ok());
+    const v1::FinishReason why = out.last.finish_reason();
+    const bool by_string = why == v1::FINISH_REASON_STOP && kind >= 2;
+    seen[absl::StrCat(v1::FinishReason_Name(why), by_string ? " (string)" : "", skip_special ? "" : " keep-special")]++;
+    if (!by_string) {
+      EXPECT_EQ(out.text, *decoded) << "ids and text disagree, finish " << v1::FinishReason_Name(why);
+      continue;
+    }
+    EXPECT_EQ(out.last.stop_reason(), stop);
+    if (kind == 3) {
+      ASSERT_GE(out.text.size(), stop.size());
+      EXPECT_EQ(out.text.substr(out.text.size() - stop.size()), stop);
+      EXPECT_EQ(decoded->substr(0, out.text.size()), out.text);
+    } else {
+      EXPECT_EQ(decoded->substr(0, out.text.size() + stop.size()), out.text + stop);
+    }
+  }
+  for (const auto& [what, n] : seen) std::printf("  %-40s %d\n", what.c_str(), n);
+  EXPECT_GT(seen["FINISH_REASON_STOP"] + seen["FINISH_REASON_STOP keep-special"], 0) << "no stop-token finish";
+  EXPECT_GT(seen["FINISH_REASON_STOP (string)"] + seen["FINISH_REASON_STOP (string) keep-special"], 0);
+  EXPECT_TRUE(ts.WaitIdle());
 }
 
 }  // namespace
