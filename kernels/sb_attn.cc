@@ -74,7 +74,7 @@ SbDecodeSplit ChooseDecodeSplit(const SbAttnDecodeParams& p, int num_sms) {
     // Few sequences: the CTAs resident at once (registers bound them: 7 per SM at d = 64 with one
     // head per CTA, 3 at d = 128 with 4) hold several splits of every (sequence, head group), and
     // the rule above gives several waves of short CTAs (1 x 32768 at d = 128, 32 heads on 8 KV
-    // heads: 2048 CTAs of 128 keys, 44% of copy bandwidth on the H100). Take one wave of longer
+    // heads: 2048 CTAs of 128 keys, 44% of copy bandwidth on the H100 then; see tests/bench/kernels.md). Take one wave of longer
     // CTAs instead.
     const int heads_per_cta = DecodeHeadsPerCta(p.num_heads / p.num_kv_heads);
     const int64_t ctas_per_split = static_cast<int64_t>(p.batch) * (p.num_heads / heads_per_cta);

@@ -51,8 +51,8 @@ inline constexpr size_t kNumDeadlineStages = 2;
 std::string_view DeadlineStageLabel(DeadlineStage stage);
 
 // Bucket bounds, in seconds or tokens. Latency buckets start at 0.2 ms: a decode step of a 3B
-// model on an H100 takes a few ms (tests/bench/engine.md), so millisecond-resolution buckets would
-// lump all of them.
+// model on the H200 takes a few ms (3.4 ms at B = 1, tests/bench/engine.md), so
+// millisecond-resolution buckets would lump all of them.
 const std::vector<double>& StepLatencyBuckets();     // 0.0002 .. 5 s (ITL, step time, TPOT)
 const std::vector<double>& RequestLatencyBuckets();  // 0.0002 .. 300 s (TTFT, e2e, queue, ...)
 const std::vector<double>& TokenCountBuckets();      // 1, 2, 4, .. 65536 tokens
