@@ -136,7 +136,9 @@ absl::Duration Scheduler::DeadlineAmbiguity(absl::Duration timeout) {
   for (absl::Duration band = absl::Seconds(1); timeout >= band && band < absl::Hours(10000); band *= 10) {
     resolution *= 10;
   }
-  return resolution + absl::Milliseconds(2);
+  // + 2 ms of millisecond truncation at both ends, + 25 ms for the client's timer starting before
+  // the server receives the call (transit and scheduling delay; tens of ms on a loaded machine).
+  return resolution + absl::Milliseconds(2) + absl::Milliseconds(25);
 }
 
 bool Scheduler::Cancel(const std::string& request_id, absl::Time at, CancelSource source) {

@@ -67,7 +67,9 @@ class Scheduler {
   // in whole milliseconds, so the server's deadline may be later than the client's by up to that
   // resolution + 2 ms. When the client's deadline fires it cancels the call (RST_STREAM CANCEL,
   // the same frame as a user's cancel), which may thus arrive up to this long before the
-  // server's deadline. Returns that window for a request whose timeout is `timeout`.
+  // server's deadline, plus the delay between the client starting its timer and the server
+  // receiving the call (allowed for with 25 ms). Returns that window for a request whose timeout
+  // is `timeout`.
   static absl::Duration DeadlineAmbiguity(absl::Duration timeout);
 
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }

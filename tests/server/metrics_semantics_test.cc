@@ -313,12 +313,12 @@ TEST(PromptTokens, RecomputationAfterPreemptionIsNotCountedAgain) {
 // ------------------------------------------------------------------------------------------
 // Cancel or deadline
 
-TEST(CancelOrDeadline, AmbiguityWindowIsTheGrpcTimeoutResolution) {
-  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Milliseconds(200)), absl::Milliseconds(3));
-  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Milliseconds(999)), absl::Milliseconds(3));
-  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Seconds(2)), absl::Milliseconds(12));
-  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Seconds(30)), absl::Milliseconds(102));
-  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Seconds(300)), absl::Milliseconds(1002));
+TEST(CancelOrDeadline, AmbiguityWindowIsTheGrpcTimeoutResolutionPlusTransit) {
+  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Milliseconds(200)), absl::Milliseconds(28));
+  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Milliseconds(999)), absl::Milliseconds(28));
+  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Seconds(2)), absl::Milliseconds(37));
+  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Seconds(30)), absl::Milliseconds(127));
+  EXPECT_EQ(Scheduler::DeadlineAmbiguity(absl::Seconds(300)), absl::Milliseconds(1027));
 }
 
 // `at` relative to a deadline `timeout` after arrival decides the reason.
@@ -338,14 +338,14 @@ TEST(CancelOrDeadline, DecidedByWhenTheCancelArrived) {
   const auto kAbort = CancelSource::kAbortRpc;
   // A client cancel clearly before the deadline is a cancel, however close.
   EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(50), kClient), FinishReason::kCancelled);
-  EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(13), kClient), FinishReason::kCancelled);
-  EXPECT_EQ(CancelAt(Milliseconds(500), Milliseconds(10), kClient), FinishReason::kCancelled);
+  EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(38), kClient), FinishReason::kCancelled);
+  EXPECT_EQ(CancelAt(Milliseconds(500), Milliseconds(40), kClient), FinishReason::kCancelled);
   EXPECT_EQ(CancelAt(Seconds(30), Milliseconds(150), kClient), FinishReason::kCancelled);
   // At or after it, or within the wire rounding of the timeout before it: the deadline.
   EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(0), kClient), FinishReason::kDeadline);
   EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(-5), kClient), FinishReason::kDeadline);
-  EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(12), kClient), FinishReason::kDeadline);
-  EXPECT_EQ(CancelAt(Milliseconds(500), Milliseconds(2), kClient), FinishReason::kDeadline);
+  EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(36), kClient), FinishReason::kDeadline);
+  EXPECT_EQ(CancelAt(Milliseconds(500), Milliseconds(27), kClient), FinishReason::kDeadline);
   EXPECT_EQ(CancelAt(Seconds(30), Milliseconds(90), kClient), FinishReason::kDeadline);
   // An Abort RPC is unambiguous: a cancel until the deadline has passed.
   EXPECT_EQ(CancelAt(Seconds(2), Milliseconds(5), kAbort), FinishReason::kCancelled);
