@@ -97,7 +97,10 @@ int ActivationCode(const std::string& a) {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const ModelConfig& c) : config_(c) {}
+  // Every entry point first selects the backend's device: the engine thread that calls Forward is
+  // not the thread that loaded the weights, and the CUDA runtime's current device is per thread.
   ~CudaBackend() override {
+    cudaSetDevice(device_);
     ClearGraphs();
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -112,6 +115,7 @@ class CudaBackend final : public Backend {
   KvCacheShape kv_cache_shape() const override { return shape_; }
 
   absl::Status InitKvCache(const KvCacheShape& shape) override {
+    SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     if (shape.num_blocks <= 0 || shape.block_size <= 0 || (shape.block_size & (shape.block_size - 1)) != 0) {
       return absl::InvalidArgumentError("KV cache needs a positive block count and a power-of-two block size");
     }
@@ -154,6 +158,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   int num_sms_ = 0;
   int decode_keys_per_split_ = 0;  // CudaBackendOptions::decode_keys_per_split
+  int device_ = 0;                 // CudaBackendOptions::device
   DeviceBuffer wte_, lm_head_, lnf_w_, lnf_b_;
   std::vector<std::unique_ptr<LayerWeights>> layers_;
   KvCacheShape shape_;
@@ -213,6 +218,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
                                                    options.decode_keys_per_split));
   }
   decode_keys_per_split_ = options.decode_keys_per_split;
+  device_ = options.device;
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   SB_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   SB_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options.device));
@@ -436,6 +442,7 @@ absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
 }
 
 absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
+  SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   const ModelConfig& c = config_;
   if (!kv_) return absl::FailedPreconditionError("KV cache not initialised");
   const int B = batch.num_seqs();

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
@@ -358,6 +359,61 @@ TEST(CudaBackend, GraphsRecapturedAfterBuffersGrow) {
     EXPECT_LE(err_eager, 1e-3) << "step " << s;
     std::printf("recapture step %zu: vs CPU %.2e, vs eager %.2e\n", s, err, err_eager);
   }
+}
+
+}  // namespace
+}  // namespace sbserve
+
+namespace sbserve {
+namespace {
+
+// --device N: the backend lives on device 1 and is driven from another thread, whose current device
+// is the default 0 (the engine thread is not the loading thread). Needs two GPUs; skips otherwise.
+TEST(CudaBackend, SecondDeviceDrivenFromAnotherThread) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n < 2) {
+    cudaGetLastError();
+    GTEST_SKIP() << "needs two CUDA devices (found " << n << "): multi-GPU test skipped";
+  }
+  CudaBackendOptions go;
+  go.device = 1;
+  Pair p;
+  std::thread([&] { p = LoadWith(Opts("small-3b", "R1"), "device1", 256, go); }).join();
+  ASSERT_TRUE(p.gpu);
+  size_t free0 = 0, total0 = 0;
+  std::thread([&] {
+    cudaSetDevice(0);
+    cudaMemGetInfo(&free0, &total0);
+  }).join();
+  // Every step from a fresh thread.
+  const int64_t V = p.ckpt->config().vocab_size;
+  std::mt19937_64 rng(21);
+  KvBlockAllocator alloc(256, 16);
+  std::vector<int32_t> ta, tb;
+  std::vector<std::vector<testing::ChunkSpec>> steps;
+  std::vector<int32_t> pa(40), pb(25);
+  for (int32_t& t : pa) t = static_cast<int32_t>(rng() % V);
+  for (int32_t& t : pb) t = static_cast<int32_t>(rng() % V);
+  steps.push_back({{pa, 0, &ta, false}, {pb, 0, &tb, false}});
+  for (int s = 0; s < 4; ++s) steps.push_back({{{7 + s}, 40 + s, &ta, false}, {{9 + s}, 25 + s, &tb, false}});
+  for (size_t s = 0; s < steps.size(); ++s) {
+    Batch b = testing::PackBatch(steps[s], alloc);
+    std::vector<float> want(b.logit_rows.size() * V), got(want.size(), NAN);
+    ASSERT_TRUE(p.cpu->Forward(b, want).ok());
+    absl::Status st;
+    std::thread([&] { st = p.gpu->Forward(b, got); }).join();
+    ASSERT_TRUE(st.ok()) << st;
+    EXPECT_LE(testing::RelL2(got.data(), want.data(), want.size()), 2e-2) << "step " << s;
+  }
+  // Device 0 got none of the backend's buffers: its free memory did not move (cudaMalloc takes at
+  // least 2 MiB pages; the test is alone on the machine).
+  size_t free0_after = 0;
+  std::thread([&] {
+    cudaSetDevice(0);
+    cudaMemGetInfo(&free0_after, &total0);
+  }).join();
+  EXPECT_GE(static_cast<double>(free0_after), static_cast<double>(free0) - 1e6)
+      << "device 0 lost " << (static_cast<double>(free0) - free0_after) / 1e6 << " MB";
 }
 
 }  // namespace
