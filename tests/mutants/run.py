@@ -205,7 +205,7 @@ class Campaign:
         if os.path.exists(junit):
             os.remove(junit)
         cmd = ["ctest", "--test-dir", self.build, "-LE", "gpu", "-j", self.jobs, "--stop-on-failure",
-               "--timeout", str(self.args.test_timeout), "--output-junit", junit] + extra
+               "--output-on-failure", "--timeout", str(self.args.test_timeout), "--output-junit", junit] + extra
         rc = run(cmd, logf, env=self.env)
         failed = []
         if os.path.exists(junit):
@@ -274,6 +274,20 @@ class Campaign:
                 f.write(original)
             result["seconds"] = round(time.time() - t0)
 
+    def confirm(self, result):
+        """A test outside the mutant's area that fails may be flaky: after restoring the file, run
+        it on the unmutated tree. If it fails there too, the kill does not count."""
+        name = result["test"]
+        with open(result["log"], "a") as logf:
+            logf.write("\n== confirming on the unmutated tree\n")
+            if self.ninja([], logf) != 0:
+                raise MutantError(f"the unmutated tree no longer builds: see {result['log']}")
+            failed = self.ctest(["-R", "^" + re.escape(name) + "$"], logf,
+                                os.path.join(self.logs, result["id"] + ".confirm.junit.xml"))
+        if failed:
+            result["result"] = "SURVIVED"
+            result["note"] = f"{name} fails on the unmutated tree too (flaky?)"
+
 
 def table(results, header):
     rows = [header, "",
@@ -290,6 +304,8 @@ def table(results, header):
             res = "KILLED (marked equivalent: fix mutants.txt)"
         elif res == "KILLED" and r.get("stage") == "full":
             test += " (full suite)"
+        if r.get("note"):
+            test = (test + "; " if test else "") + r["note"]
         counts[res.split(" ")[0]] = counts.get(res.split(" ")[0], 0) + 1
         desc = r["description"].replace("|", "\\|")
         rows.append(f"| {r['id']} | {r['area']} | {desc} | {res} | {test.replace('|', '/')} |")
@@ -310,6 +326,8 @@ def main():
     ap.add_argument("--table", help="write the kill table here too (always written to <scratch>/kill-table.md)")
     ap.add_argument("--test-timeout", type=int, default=300, help="ctest --timeout for tests without their own")
     ap.add_argument("--area-only", action="store_true", help="skip the full-suite stage (quick, incomplete)")
+    ap.add_argument("--no-confirm", action="store_true",
+                    help="do not re-run a full-suite killer on the unmutated tree")
     ap.add_argument("--check", action="store_true", help="only check that every selected mutant applies")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = ap.parse_args()
@@ -352,6 +370,8 @@ def main():
         for i, m in enumerate(mutants, 1):
             log(f"[{i}/{len(mutants)}] {m['id']} ({m['file']}) ...")
             r = c.run_mutant(m)
+            if r["result"] == "KILLED" and r.get("stage") == "full" and not args.no_confirm:
+                c.confirm(r)
             results.append(r)
             log(f"    {r['result']} {r.get('test', '')} [{r.get('stage', '')}, {r['seconds']} s]")
     finally:
