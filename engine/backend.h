@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/status/statusor.h"
 #include "engine/batch.h"
 #include "engine/config.h"
@@ -41,6 +42,18 @@ class Backend {
   // `logits` ([logit_rows.size(), vocab]).
   virtual absl::Status Forward(const Batch& batch, std::span<float> logits) = 0;
 };
+
+// A backend error after which the device cannot be trusted any more (a sticky CUDA error: illegal
+// address, ECC, launch failure): the status carries a payload under this URL. The engine stops
+// taking work and the server drains and exits non-zero, so that the process is restarted.
+inline constexpr char kFatalBackendErrorUrl[] = "type.sbserve/fatal-backend-error";
+inline absl::Status MarkFatalBackendError(absl::Status s) {
+  s.SetPayload(kFatalBackendErrorUrl, absl::Cord("fatal"));
+  return s;
+}
+inline bool IsFatalBackendError(const absl::Status& s) {
+  return !s.ok() && s.GetPayload(kFatalBackendErrorUrl).has_value();
+}
 
 struct CpuBackendOptions {
   int num_threads = 0;  // 0: hardware concurrency

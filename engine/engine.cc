@@ -78,6 +78,9 @@ class Engine::Impl {
     void OnState(const QueueState& s) override {
       if (target) target->OnState(s);
     }
+    void OnStepFailure(const StepFailure& f) override {
+      if (target) target->OnStepFailure(f);
+    }
   };
 
   struct Incoming {
@@ -302,9 +305,27 @@ void Engine::Impl::Loop() {
     int ran_tokens = 0;
     if (scheduler_->HasWork()) {
       const absl::Time before = absl::Now();
-      // A backend failure has already failed that batch's requests; keep serving the rest.
-      (void)scheduler_->Step(before);
+      // A backend failure has already failed that batch's requests; keep serving the rest, and
+      // count it: K in a row (or one fatal error) mark the backend unhealthy.
+      const absl::Status st = scheduler_->Step(before);
       ran_tokens = scheduler_->last_step_tokens();
+      if (!st.ok()) {
+        StepFailure f;
+        f.status = st;
+        f.fatal = IsFatalBackendError(st);
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          ++stats_.step_failures;
+          f.consecutive = ++stats_.consecutive_step_failures;
+          if (f.fatal) stats_.backend_fatal = true;
+          if (f.fatal || f.consecutive >= options_.max_consecutive_step_failures) stats_.backend_healthy = false;
+          f.unhealthy = !stats_.backend_healthy;
+        }
+        observer_proxy_.OnStepFailure(f);
+      } else if (ran_tokens > 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        stats_.consecutive_step_failures = 0;
+      }
     }
     RefreshStats();
     if (ran_tokens == 0 && scheduler_->HasWork()) {
@@ -342,6 +363,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithCodec(const EngineOpti
   if (backend == nullptr) return absl::InvalidArgumentError("engine: no backend");
   if (options.max_batch_tokens < 1) return absl::InvalidArgumentError("max_batch_tokens: must be >= 1");
   if (options.max_num_seqs < 1) return absl::InvalidArgumentError("max_num_seqs: must be >= 1");
+  if (options.max_consecutive_step_failures < 1) {
+    return absl::InvalidArgumentError("max_consecutive_step_failures: must be >= 1");
+  }
   if (options.kv_block_size < 1) return absl::InvalidArgumentError("kv_block_size: must be >= 1");
   if (options.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens: must be >= 1");
   int num_blocks = options.kv_num_blocks;

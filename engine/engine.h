@@ -29,6 +29,9 @@ struct EngineOptions {
   int max_logprobs = 20;
   int sampling_threads = 0;           // threads drawing tokens from logit rows (0: all cores, 1: inline)
   absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
+  // After this many consecutive failed steps the engine reports its backend unhealthy (sticky;
+  // the server then turns not ready). A fatal backend error (IsFatalBackendError) does so at once.
+  int max_consecutive_step_failures = 3;
 };
 
 struct EngineStats {
@@ -41,6 +44,18 @@ struct EngineStats {
   uint64_t requests_finished = 0;
   uint64_t preemptions = 0;
   bool draining = false;
+  uint64_t step_failures = 0;         // failed engine steps, all time
+  int consecutive_step_failures = 0;
+  bool backend_healthy = true;        // false once max_consecutive_step_failures or a fatal error
+  bool backend_fatal = false;
+};
+
+// A failed engine step (its batch's requests have already ended with INTERNAL).
+struct StepFailure {
+  absl::Status status;
+  int consecutive = 0;   // failed steps in a row, this one included
+  bool unhealthy = false;  // the backend is now reported unhealthy (this step tipped it or it was)
+  bool fatal = false;      // IsFatalBackendError(status)
 };
 
 // What the engine reports as it runs; called on the engine thread, must not block.
@@ -90,6 +105,7 @@ class EngineObserver {
   virtual void OnToken(absl::Duration /*since_previous_token*/) {}  // inter-token latency
   virtual void OnFinish(const FinishReport&) {}
   virtual void OnState(const QueueState&) {}
+  virtual void OnStepFailure(const StepFailure&) {}
 };
 
 // Details attached to a RESOURCE_EXHAUSTED status from Submit: the payload under this URL is the

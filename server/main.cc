@@ -45,6 +45,16 @@ int main(int argc, char** argv) {
   std::mutex mu;
   std::condition_variable cv;
   bool stop = false;
+  int exit_code = 0;
+  // A fatal device error: the server has turned not ready and stopped admitting; drain what is in
+  // flight and exit non-zero so that the orchestrator restarts the process.
+  server.SetFatalHandler([&](const absl::Status& s) {
+    spdlog::critical("fatal backend error, draining and exiting: {}", s.ToString());
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+    exit_code = 3;
+    cv.notify_all();
+  });
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
@@ -74,5 +84,5 @@ int main(int argc, char** argv) {
                absl::FormatDuration(absl::Now() - t0));
   server.Shutdown();
   spdlog::info("sbserve stopped");
-  return 0;
+  return exit_code;
 }

@@ -80,4 +80,9 @@ void MetricsObserver::OnFinish(const FinishReport& r) {
   }
 }
 
+void MetricsObserver::OnStepFailure(const StepFailure& f) {
+  m_->engine_step_failures->Increment();
+  if (f.unhealthy) m_->backend_healthy->Set(0);
+}
+
 }  // namespace sbserve

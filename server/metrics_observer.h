@@ -19,6 +19,7 @@ class MetricsObserver final : public EngineObserver {
   void OnToken(absl::Duration since_previous) override;
   void OnFinish(const FinishReport& r) override;
   void OnState(const QueueState& s) override;
+  void OnStepFailure(const StepFailure& f) override;
 
  private:
   const metrics::ServingMetrics* m_;

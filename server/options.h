@@ -4,11 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/backend.h"
 #include "engine/engine.h"
 
 namespace sbserve {
@@ -28,6 +31,8 @@ struct ServerOptions {
   std::string log_level = "info";
   bool log_requests = true;
   int max_message_bytes = 64 << 20;
+  // Testing: wraps the backend the server builds (fault injection in tests); null in production.
+  std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)> wrap_backend;
 };
 
 // Parses args (argv without the program name) over the environment. `help` is set when --help

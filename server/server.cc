@@ -40,6 +40,21 @@ class Server::Impl {
   int port_ = 0;
   int metrics_port_ = 0;
   std::atomic<bool> ready_{false};
+  std::function<void(const absl::Status&)> on_fatal_;  // set before LoadModel
+
+  // The backend failed a step (engine thread). Unhealthy: readiness off for good, liveness stays
+  // (an orchestrator restarts the process); fatal: drain, then the fatal handler.
+  void OnStepFailure(const StepFailure& f) {
+    spdlog::error("engine step failed ({} in a row): {}", f.consecutive, f.status.ToString());
+    if (!f.unhealthy || backend_failed_.exchange(true)) return;
+    spdlog::error("backend unhealthy{}: readiness NOT_SERVING until the process is restarted",
+                  f.fatal ? " (fatal device error)" : "");
+    SetReady(false);
+    if (f.fatal) {
+      ctx_.draining.store(true);
+      if (on_fatal_) on_fatal_(f.status);
+    }
+  }
 
  private:
   absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const Checkpoint& ckpt);
@@ -56,6 +71,26 @@ class Server::Impl {
   std::unique_ptr<Engine> engine_;
   std::mutex shutdown_mu_;
   bool shut_down_ = false;
+  std::atomic<bool> backend_failed_{false};
+};
+
+// The engine's reports: metrics, plus the server's own reaction to a failing backend.
+class ServerObserver final : public EngineObserver {
+ public:
+  ServerObserver(std::shared_ptr<MetricsObserver> metrics, std::function<void(const StepFailure&)> on_failure)
+      : metrics_(std::move(metrics)), on_failure_(std::move(on_failure)) {}
+  void OnStep(const StepReport& r) override { metrics_->OnStep(r); }
+  void OnToken(absl::Duration d) override { metrics_->OnToken(d); }
+  void OnFinish(const FinishReport& r) override { metrics_->OnFinish(r); }
+  void OnState(const QueueState& s) override { metrics_->OnState(s); }
+  void OnStepFailure(const StepFailure& f) override {
+    metrics_->OnStepFailure(f);
+    on_failure_(f);
+  }
+
+ private:
+  std::shared_ptr<MetricsObserver> metrics_;
+  std::function<void(const StepFailure&)> on_failure_;
 };
 
 void Server::Impl::SetReady(bool ready) {
@@ -128,6 +163,7 @@ absl::Status Server::Impl::LoadModel() {
   checkpoint_ = *std::move(ckpt);
   absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(*checkpoint_);
   if (!backend.ok()) return backend.status();
+  if (options_.wrap_backend) backend = options_.wrap_backend(*std::move(backend));
   std::unique_ptr<Tokenizer> tokenizer;
   if (absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(dir); tok.ok()) {
     tokenizer = *std::move(tok);
@@ -138,7 +174,8 @@ absl::Status Server::Impl::LoadModel() {
       Engine::Create(options_.engine, *std::move(backend), std::move(tokenizer));
   if (!engine.ok()) return engine.status();
   engine_ = *std::move(engine);
-  engine_->SetObserver(std::make_shared<MetricsObserver>(metrics_.get()));
+  engine_->SetObserver(std::make_shared<ServerObserver>(std::make_shared<MetricsObserver>(metrics_.get()),
+                                                        [this](const StepFailure& f) { OnStepFailure(f); }));
   ctx_.model_dir = dir;
   ctx_.weight_dtype = DTypeName(checkpoint_->weight_dtype());
   ctx_.engine.store(engine_.get());
@@ -148,7 +185,7 @@ absl::Status Server::Impl::LoadModel() {
                engine_->model_config().vocab_size, engine_->model_config().n_positions,
                RemainderName(engine_->model_config().remainder), engine_->backend().name(), st.kv_blocks_total,
                st.kv_block_size);
-  if (!ctx_.draining.load()) SetReady(true);
+  if (!ctx_.draining.load() && !backend_failed_.load()) SetReady(true);
   return absl::OkStatus();
 }
 
@@ -204,5 +241,6 @@ int Server::port() const { return impl_->port_; }
 int Server::metrics_port() const { return impl_->metrics_port_; }
 bool Server::ready() const { return impl_->ready_.load(); }
 std::string Server::Banner() const { return impl_->Banner(); }
+void Server::SetFatalHandler(std::function<void(const absl::Status&)> handler) { impl_->on_fatal_ = std::move(handler); }
 
 }  // namespace sbserve

@@ -6,6 +6,7 @@
 // lets in-flight requests finish; Shutdown() ends the rest and stops everything.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -33,6 +34,9 @@ class Server {
   int port() const;          // bound gRPC port
   int metrics_port() const;  // bound HTTP port; 0 when off
   bool ready() const;
+  // Called once, on the engine thread, when the backend reports a fatal device error; the server
+  // has then turned not ready and begun draining. The process should exit non-zero after the drain.
+  void SetFatalHandler(std::function<void(const absl::Status&)> handler);
   // How to talk to this server (printed at start-up).
   std::string Banner() const;
 

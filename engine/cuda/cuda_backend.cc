@@ -131,6 +131,7 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Forward(const Batch& batch, std::span<float> logits) override;
+  absl::Status ForwardOnDevice(const Batch& batch, std::span<float> logits);
 
  private:
   absl::Status Upload(const Checkpoint& ckpt, const std::string& name, bool to_bf16, DeviceBuffer& dst);
@@ -441,7 +442,38 @@ absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
   return absl::OkStatus();
 }
 
+// Errors that leave the CUDA context unusable for the rest of the process ("sticky" errors).
+bool IsStickyCudaError(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorLaunchTimeout:
+      return true;
+    default:
+      return false;
+  }
+}
+
 absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
+  absl::Status st = ForwardOnDevice(batch, logits);
+  if (st.ok()) return st;
+  // A sticky error shows in every later call: synchronising reports it whatever failed first.
+  const cudaError_t sticky = cudaDeviceSynchronize();
+  if (IsStickyCudaError(sticky)) {
+    return MarkFatalBackendError(absl::InternalError(
+        absl::StrCat(st.message(), " (device in a sticky error state: ", cudaGetErrorString(sticky), ")")));
+  }
+  return st;
+}
+
+absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> logits) {
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   const ModelConfig& c = config_;
   if (!kv_) return absl::FailedPreconditionError("KV cache not initialised");

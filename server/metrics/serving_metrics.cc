@@ -136,6 +136,12 @@ absl::StatusOr<ServingMetrics> ServingMetrics::Create(Registry& registry) {
                     kDeadlineStageLabels, &m.request_deadline_exceeded);
   m.num_preemptions = b.MakeCounter("sbserve_num_preemptions",
                                 "Sequences preempted (freed, recomputed later) for lack of KV blocks.");
+  m.engine_step_failures = b.MakeCounter("sbserve_engine_step_failures",
+                                         "Engine steps whose backend forward pass failed.");
+  m.backend_healthy = b.MakeGauge("sbserve_backend_healthy",
+                                  "1 while the backend serves; 0 after --max-step-failures failed steps in a row "
+                                  "or a fatal device error (readiness is then NOT_SERVING).");
+  m.backend_healthy->Set(1);
 
   const std::vector<double>& step = StepLatencyBuckets();
   const std::vector<double>& request = RequestLatencyBuckets();

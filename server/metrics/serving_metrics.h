@@ -78,6 +78,8 @@ struct ServingMetrics {
   Counter* request_aborts = nullptr;       // requests named by an Abort RPC
   std::array<Counter*, kNumDeadlineStages> request_deadline_exceeded{};  // by DeadlineStage
   Counter* num_preemptions = nullptr;      // sequences preempted for lack of KV blocks
+  Counter* engine_step_failures = nullptr; // engine steps whose backend call failed
+  Gauge* backend_healthy = nullptr;        // 1, or 0 once the backend is reported unhealthy
 
   // Per-request latencies, observed once when the request finishes (seconds).
   Histogram* time_to_first_token = nullptr;      // arrival -> first token sent

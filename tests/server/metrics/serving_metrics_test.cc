@@ -38,10 +38,11 @@ TEST(ServingMetrics, RegistersTheDesignSet) {
            "sbserve_request_prefill_time_seconds", "sbserve_request_decode_time_seconds",
            "sbserve_request_prompt_tokens", "sbserve_request_generation_tokens",
            "sbserve_engine_step_time_seconds", "sbserve_engine_step_tokens",
-           "sbserve_engine_step_sequences"}) {
+           "sbserve_engine_step_sequences", "sbserve_engine_step_failures_total",
+           "sbserve_backend_healthy"}) {
     EXPECT_TRUE(families.contains(name)) << name;
   }
-  EXPECT_EQ(families.size(), 25u);
+  EXPECT_EQ(families.size(), 27u);
 
   // Every child pointer is set, so the hot path never checks for null.
   for (Counter* c : m->request_success) EXPECT_NE(c, nullptr);
