@@ -141,7 +141,7 @@ absl::StatusOr<ServingMetrics> ServingMetrics::Create(Registry& registry) {
   m.backend_healthy = b.MakeGauge("sbserve_backend_healthy",
                                   "1 while the backend serves; 0 after --max-step-failures failed steps in a row "
                                   "or a fatal device error (readiness is then NOT_SERVING).");
-  m.backend_healthy->Set(1);
+  if (m.backend_healthy != nullptr) m.backend_healthy->Set(1);
 
   const std::vector<double>& step = StepLatencyBuckets();
   const std::vector<double>& request = RequestLatencyBuckets();
