@@ -108,11 +108,20 @@ TEST(ProcessMetrics, ExportsAFakeProcTreeInBaseUnits) {
   EXPECT_DOUBLE_EQ(Sample(text, "process_resident_memory_bytes"), 2048.0 * 4096);
 }
 
+// Open descriptors counted independently of procfs: every fd that fcntl accepts.
+int OpenFdsByProbing() {
+  int n = 0;
+  for (int fd = 0; fd < 65536; ++fd) n += fcntl(fd, F_GETFD) != -1;
+  return n;
+}
+
 TEST(ProcessMetrics, ThisProcessFromTheRealProcfs) {
   Registry registry;
   ASSERT_TRUE(RegisterProcessMetrics(registry).ok());
   const std::string before = registry.Serialize();
   const double fds = Sample(before, "process_open_fds");
+  // Exactly the process's descriptors: not the one the listing of /proc/self/fd holds itself.
+  EXPECT_EQ(fds, OpenFdsByProbing());
   // Three descriptors more are three more open files (the listing's own is never counted).
   const int a = open("/dev/null", O_RDONLY), b = open("/dev/null", O_RDONLY), c = open("/dev/null", O_RDONLY);
   ASSERT_GE(a, 0);
