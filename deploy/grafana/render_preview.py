@@ -86,7 +86,7 @@ def chart(panel, x0, y0, start, end):
         out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#2c3235"/>' % (PAD_L, y, PAD_L + pw, y))
         out.append('<text x="%d" y="%.1f" fill="#8e8e8e" font-size="9" text-anchor="end">%s</text>'
                    % (PAD_L - 4, y + 3, escape(fmt_value(ymax * i / 4, panel.get("unit", "")))))
-    step = 10 if span <= 60 else 30 if span <= 180 else 60
+    step = 5 if span <= 30 else 10 if span <= 60 else 30 if span <= 180 else 60
     for s in range(0, int(span) + 1, step):  # x labels: seconds into the run
         x = PAD_L + pw * s / span
         out.append('<text x="%.1f" y="%d" fill="#8e8e8e" font-size="9" text-anchor="middle">%ds</text>'
@@ -99,10 +99,11 @@ def chart(panel, x0, y0, start, end):
         path = " ".join("%s%.1f,%.1f" % ("M" if j == 0 else "L", PAD_L + pw * (t - start) / span,
                                          PAD_T + ph - ph * min(v, ymax) / ymax) for j, (t, v) in enumerate(pts))
         out.append('<path d="%s" fill="none" stroke="%s" stroke-width="1.5"/>' % (path, color))
-        lx = PAD_L + (i % 3) * 110
-        ly = PAD_T + ph + 26 + (i // 3) * 11
+        per_row = 3 if max(len(n) for n, _ in lines) <= 16 else 2
+        lx = PAD_L + (i % per_row) * (330 // per_row)
+        ly = PAD_T + ph + 26 + (i // per_row) * 11
         out.append('<rect x="%d" y="%d" width="10" height="3" fill="%s"/>' % (lx, ly - 4, color))
-        out.append('<text x="%d" y="%d" fill="#c7d0d9" font-size="9">%s</text>' % (lx + 14, ly, escape(name[:22])))
+        out.append('<text x="%d" y="%d" fill="#c7d0d9" font-size="9">%s</text>' % (lx + 14, ly, escape(name[:30])))
     out.append("</g>")
     return out
 
