@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <ctime>
+#include <iostream>
 #include <regex>
 #include <string>
 
@@ -208,6 +209,46 @@ TEST(NvmlMetrics, FakeLibraryByBusIdAndByIndex) {
   o.pci_bus_id = "0000:AA:00.0";
   EXPECT_EQ(RegisterNvmlMetrics(registry, o).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(registry.Serialize(), "");
+}
+
+// The driver's NVML when this host has one (skipped otherwise): device 0's readings are sane.
+TEST(NvmlMetrics, RealDriverWhenPresent) {
+  Registry registry;
+  const absl::Status s = RegisterNvmlMetrics(registry, {});
+  if (s.code() == absl::StatusCode::kUnavailable) GTEST_SKIP() << s;
+  ASSERT_TRUE(s.ok()) << s;
+  const std::string text = registry.Serialize();
+  std::cout << text;
+  const double total = Sample(text, "sbserve_gpu_memory_total_bytes{gpu=\"0\"}");
+  const double used = Sample(text, "sbserve_gpu_memory_used_bytes{gpu=\"0\"}");
+  const double util = Sample(text, "sbserve_gpu_utilization_ratio{gpu=\"0\"}");
+  const double clock = Sample(text, "sbserve_gpu_sm_clock_hertz{gpu=\"0\"}");
+  EXPECT_GT(total, 1e9);
+  EXPECT_GT(used, 0);
+  EXPECT_LE(used, total);
+  EXPECT_GE(util, 0);
+  EXPECT_LE(util, 1);
+  EXPECT_GT(clock, 1e8);
+  EXPECT_LT(clock, 5e9);
+}
+
+// METRICS.md documents every family registered here (the NVML ones by their fixed names).
+TEST(ProcessMetrics, EveryFamilyIsDocumented) {
+  const std::string doc = testing::ReadFile(std::string(SBSERVE_SOURCE_DIR) + "/server/metrics/METRICS.md");
+  ASSERT_FALSE(doc.empty());
+  Registry registry;
+  ASSERT_TRUE(RegisterProcessMetrics(registry).ok());
+  ASSERT_TRUE(RegisterBuildInfo(registry, {"0", "cpu", "none", "m"}).ok());
+  std::vector<std::string> names = NvmlMetricNames();
+  const std::string text = registry.Serialize();
+  const std::regex type_line("# TYPE ([a-z_]+) ");
+  for (std::sregex_iterator it(text.begin(), text.end(), type_line), end; it != end; ++it) {
+    names.push_back((*it)[1]);
+  }
+  EXPECT_EQ(names.size(), NvmlMetricNames().size() + 7);
+  for (const std::string& name : names) {
+    EXPECT_NE(doc.find("`" + name + "`"), std::string::npos) << name << " not in METRICS.md";
+  }
 }
 
 }  // namespace
