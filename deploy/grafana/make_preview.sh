@@ -7,8 +7,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build}
 dump=$(mktemp)
 trap 'rm -f "$dump"' EXIT
-SBSERVE_CACHE_DIR=${SBSERVE_CACHE_DIR:-$build/test-cache} python3 \
+SBSERVE_CACHE_DIR=${SBSERVE_CACHE_DIR:-$build/test-cache} /usr/bin/python3 \
   "$root/tests/server/metrics/dashboard_live_test.py" "$build/server/sbserve" "$build/client/sbctl" "$root" \
   --dump "$dump"
-python3 "$root/deploy/grafana/render_preview.py" "$dump" "$root/deploy/grafana/preview.svg"
+/usr/bin/python3 "$root/deploy/grafana/render_preview.py" "$dump" "$root/deploy/grafana/preview.svg"
 echo "wrote $root/deploy/grafana/preview.svg"

@@ -155,7 +155,7 @@ def drive_load(sbctl, addr, load):
         threads.append(t)
 
     # One long request spanning most of the load, so the gauges see a running request at scrapes.
-    long_tokens = 1200
+    long_tokens = 800
 
     def long_request():
         first, tokens, rc, _ = sbctl_stream(sbctl, addr, ["The stick-breaking", "--max-tokens", str(long_tokens),
@@ -517,27 +517,42 @@ def run(args, dashboard, rules, work, procs):
     addr = "127.0.0.1:" + port
     instance = "127.0.0.1:" + mport
 
-    pport = free_port()
     shutil.copy(os.path.join(args.root, "deploy/prometheus/alerts.yaml"), os.path.join(work, "alerts.yaml"))
     with open(os.path.join(work, "prometheus.yml"), "w") as f:
         f.write("global:\n  scrape_interval: %ds\n  evaluation_interval: 1s\n"
                 "rule_files: [alerts.yaml]\n"
                 "scrape_configs:\n  - job_name: sbserve\n    static_configs:\n"
                 "      - targets: [\"%s\"]\n" % (SCRAPE_S, instance))
-    procs.append(subprocess.Popen(
-        ["prometheus", "--config.file=" + os.path.join(work, "prometheus.yml"),
-         "--storage.tsdb.path=" + os.path.join(work, "tsdb"), "--web.listen-address=127.0.0.1:%d" % pport],
-        stdout=open(os.path.join(work, "prom.log"), "w"), stderr=subprocess.STDOUT))
-    prom = Prometheus(pport)
-    for _ in range(120):
-        try:
-            if values_of(prom.query('up{job="sbserve"}')) == [1.0]:
+    # The port was free a moment ago; another test may take it first. Then Prometheus exits (or
+    # another test's Prometheus answers, which does not scrape our instance): try another port.
+    mine = 'up{job="sbserve",instance="%s"}' % instance
+    prom = None
+    for attempt in range(3):
+        pport = free_port()
+        p = subprocess.Popen(
+            ["prometheus", "--config.file=" + os.path.join(work, "prometheus.yml"),
+             "--storage.tsdb.path=" + os.path.join(work, "tsdb%d" % attempt),
+             "--web.listen-address=127.0.0.1:%d" % pport],
+            stdout=open(os.path.join(work, "prom.log"), "w"), stderr=subprocess.STDOUT)
+        procs.append(p)
+        candidate = Prometheus(pport)
+        for _ in range(120):
+            if p.poll() is not None:
                 break
-        except Exception:
-            pass
-        time.sleep(0.25)
-    else:
+            try:
+                if values_of(candidate.query(mine)) == [1.0]:
+                    prom = candidate
+                    break
+            except Exception:
+                pass
+            time.sleep(0.25)
+        if prom is not None:
+            break
         print(open(os.path.join(work, "prom.log")).read()[-3000:])
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if prom is None:
         fail("Prometheus never saw sbserve up")
         return 1
     prom_started = time.time()
@@ -549,7 +564,13 @@ def run(args, dashboard, rules, work, procs):
         load.end - load.start, load.finished, load.rejected, load.aborts, min(load.ttft or [0]),
         max(load.ttft or [0]), len(load.ttft)), flush=True)
     time.sleep(2.5 * SCRAPE_S)  # the last scrapes see the final counts
-    now = time.time()
+    # Evaluate at a moment whose latest scrape succeeded: after a failed scrape (a loaded CI
+    # machine) every series is stale and instant queries would be empty for that reason alone.
+    for _ in range(40):
+        now = time.time()
+        if values_of(prom.query(mine, now)) == [1.0]:
+            break
+        time.sleep(0.25)
     window_s = int(math.ceil(now - prom_started)) + 1
 
     def counter(name):
