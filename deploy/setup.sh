@@ -8,7 +8,7 @@ build=${1:-$root/build}
 packages=(build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libpcre2-dev libicu-dev libcpp-httplib-dev prometheus yamllint python3-numpy nodejs npm
+  libpcre2-dev libicu-dev libcpp-httplib-dev prometheus yamllint python3-yaml python3-numpy nodejs npm
   clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do

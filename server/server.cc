@@ -16,11 +16,17 @@
 #include "engine/model_writer.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "server/metrics/http_server.h"
+#include "server/metrics/nvml_metrics.h"
+#include "server/metrics/process_metrics.h"
 #include "server/metrics/registry.h"
 #include "server/metrics/serving_metrics.h"
 #include "server/metrics_observer.h"
 #include "server/service.h"
 #include "spdlog/spdlog.h"
+
+#ifdef SBSERVE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace sbserve {
 
@@ -59,6 +65,7 @@ class Server::Impl {
  private:
   absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const Checkpoint& ckpt);
   void SetReady(bool ready);
+  void RegisterDeviceMetrics(const std::string& model_dir);
 
   ServerOptions options_;
   ServiceContext ctx_;
@@ -105,6 +112,9 @@ absl::Status Server::Impl::Start() {
   if (!m.ok()) return m.status();
   metrics_ = std::make_unique<metrics::ServingMetrics>(*std::move(m));
   ctx_.metrics = metrics_.get();
+  if (absl::Status s = metrics::RegisterProcessMetrics(registry_); !s.ok()) {
+    spdlog::warn("no process metrics: {}", std::string(s.message()));
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -149,6 +159,32 @@ absl::StatusOr<std::unique_ptr<Backend>> Server::Impl::MakeBackend(const Checkpo
   return CreateCpuBackend(ckpt, cpu);
 }
 
+// sbserve_build_info, and on the CUDA backend the serving device's NVML gauges.
+void Server::Impl::RegisterDeviceMetrics(const std::string& model_dir) {
+  const std::string backend = engine_->backend().name();
+  std::string model = model_dir;
+  while (model.size() > 1 && model.back() == '/') model.pop_back();
+  if (const size_t slash = model.rfind('/'); slash != std::string::npos && slash + 1 < model.size()) {
+    model = model.substr(slash + 1);
+  }
+  std::string cuda = "none";
+  metrics::NvmlMetricsOptions nvml;
+  nvml.index = static_cast<unsigned int>(options_.device < 0 ? 0 : options_.device);
+#ifdef SBSERVE_HAVE_CUDA
+  cuda = absl::StrCat(CUDART_VERSION / 1000, ".", (CUDART_VERSION % 1000) / 10);
+  char bus_id[32] = {};
+  if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), options_.device) == cudaSuccess) nvml.pci_bus_id = bus_id;
+#endif
+  if (absl::Status s = metrics::RegisterBuildInfo(registry_, {kSbserveVersion, backend, cuda, model}); !s.ok()) {
+    spdlog::warn("no build info metric: {}", std::string(s.message()));
+  }
+  if (backend == "cuda") {
+    if (absl::Status s = metrics::RegisterNvmlMetrics(registry_, nvml); !s.ok()) {
+      spdlog::info("no GPU metrics: {}", std::string(s.message()));
+    }
+  }
+}
+
 absl::Status Server::Impl::LoadModel() {
   if (options_.load_delay > absl::ZeroDuration()) absl::SleepFor(options_.load_delay);
   std::string dir = options_.model;
@@ -176,6 +212,7 @@ absl::Status Server::Impl::LoadModel() {
   engine_ = *std::move(engine);
   engine_->SetObserver(std::make_shared<ServerObserver>(std::make_shared<MetricsObserver>(metrics_.get()),
                                                         [this](const StepFailure& f) { OnStepFailure(f); }));
+  RegisterDeviceMetrics(dir);
   ctx_.model_dir = dir;
   ctx_.weight_dtype = DTypeName(checkpoint_->weight_dtype());
   ctx_.engine.store(engine_.get());

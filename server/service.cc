@@ -14,7 +14,7 @@
 namespace sbserve {
 namespace {
 
-constexpr char kVersion[] = "0.1.0";
+constexpr const char* kVersion = kSbserveVersion;
 
 // Counts a refusal under its reason; `loading`: refused because no model is loaded yet.
 void CountReject(const ServiceContext* ctx, const absl::Status& s, bool loading) {

@@ -14,6 +14,9 @@
 
 namespace sbserve {
 
+// The server's version: Info's `version` and the `version` label of sbserve_build_info.
+inline constexpr char kSbserveVersion[] = "0.1.0";
+
 // State the RPC handlers share with the server's lifecycle code.
 struct ServiceContext {
   std::atomic<Engine*> engine{nullptr};  // null while loading

@@ -265,7 +265,20 @@ absl::StatusOr<HistogramFamily*> Registry::AddHistogram(std::string_view name,
                         std::move(series));
 }
 
+void Registry::AddCollector(std::function<void()> collect) {
+  if (!collect) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  collectors_.push_back(std::move(collect));
+}
+
 std::string Registry::Serialize() const {
+  std::vector<std::function<void()>> collectors;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    collectors = collectors_;
+  }
+  // Outside the lock: a collector sets gauges and may create labelled children.
+  for (const auto& collect : collectors) collect();
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
   out.reserve(4096);

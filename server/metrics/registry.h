@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -165,8 +166,13 @@ class Registry {
                                                 std::vector<double> bucket_bounds,
                                                 std::vector<std::string> label_names = {});
 
+  // Registers `collect`, called at the start of every Serialize() to refresh values that are
+  // read rather than pushed (process and device gauges). Collectors may run concurrently when
+  // two scrapes overlap, so they must be thread-safe; they must not call Serialize().
+  void AddCollector(std::function<void()> collect);
+
   // The whole registry in text format 0.0.4; every line ends with a line feed. Safe to call
-  // while other threads update metrics or register families.
+  // while other threads update metrics or register families. Runs the collectors first.
   std::string Serialize() const;
 
  private:
@@ -182,6 +188,7 @@ class Registry {
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<FamilyBase>> families_;
   std::set<std::string, std::less<>> taken_names_;  // every series name any family exposes
+  std::vector<std::function<void()>> collectors_;   // guarded by mu_; run without it held
 };
 
 }  // namespace sbserve::metrics

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <string>
 
+#include "server/metrics/nvml_metrics.h"
+#include "server/metrics/process_metrics.h"
 #include "server/metrics/serving_metrics.h"
 #include "tests/server/metrics/test_util.h"
 
@@ -19,10 +21,13 @@ std::string RepoFile(const std::string& relative) {
   return testing::ReadFile(std::string(SBSERVE_SOURCE_DIR) + "/" + relative);
 }
 
-// Every series name the serving set exposes (histograms with _bucket, _sum, _count).
+// Every series name sbserve exposes (histograms with _bucket, _sum, _count): the serving set,
+// the process metrics, build info and, on the CUDA backend, the NVML gauges.
 std::set<std::string> ExportedSeries() {
   Registry registry;
   EXPECT_TRUE(ServingMetrics::Create(registry).ok());
+  EXPECT_TRUE(RegisterProcessMetrics(registry).ok());
+  EXPECT_TRUE(RegisterBuildInfo(registry, {"0", "cpu", "none", "m"}).ok());
   const std::string text = registry.Serialize();
   std::set<std::string> names;
   std::istringstream lines(text);
@@ -30,12 +35,13 @@ std::set<std::string> ExportedSeries() {
     if (line.empty() || line[0] == '#') continue;
     names.insert(line.substr(0, line.find_first_of("{ ")));
   }
+  names.insert(NvmlMetricNames().begin(), NvmlMetricNames().end());
   return names;
 }
 
 std::set<std::string> ReferencedSeries(const std::string& text) {
   std::set<std::string> names;
-  const std::regex ref("sbserve_[a-z0-9_]+");
+  const std::regex ref("(sbserve|process)_[a-z0-9_]+");
   for (std::sregex_iterator it(text.begin(), text.end(), ref), end; it != end; ++it) {
     names.insert(it->str());
   }
@@ -78,7 +84,12 @@ TEST(DeployDashboard, ParsesAndUsesOnlyExportedMetrics) {
                           "sbserve_inter_token_latency_seconds_bucket",
                           "sbserve_kv_cache_usage_ratio", "sbserve_num_requests_running",
                           "sbserve_num_requests_waiting", "sbserve_generation_tokens_total",
-                          "sbserve_request_rejected_total", "sbserve_engine_step_time_seconds_bucket"}) {
+                          "sbserve_request_rejected_total", "sbserve_engine_step_time_seconds_bucket",
+                          "process_resident_memory_bytes", "process_cpu_seconds_total",
+                          "process_open_fds", "process_start_time_seconds", "sbserve_build_info"}) {
+    EXPECT_TRUE(used.contains(key)) << key << " missing from the dashboard";
+  }
+  for (const std::string& key : NvmlMetricNames()) {
     EXPECT_TRUE(used.contains(key)) << key << " missing from the dashboard";
   }
 }
