@@ -34,6 +34,7 @@ fi
 # The main suite last, so its summary closes the output. The container image test (label "image",
 # tests/deploy/image_test.sh: buildah build of the Dockerfile and a run of the image) is opt-in:
 # SBSERVE_IMAGE_TEST=1 tests/run.sh; without it CTest lists it as skipped.
-echo "== ctest (all labels; gpu tests skip without a device; image test: ${SBSERVE_IMAGE_TEST:+on}${SBSERVE_IMAGE_TEST:-off, SBSERVE_IMAGE_TEST=1 runs it})"
+image_test=off; [ "${SBSERVE_IMAGE_TEST:-0}" = 1 ] && image_test=on
+echo "== ctest (all labels; gpu tests skip without a device; image test $image_test)"
 (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900) || status=$?
 exit $status
