@@ -2,7 +2,9 @@
 # Builds the CPU image from the top-level Dockerfile without a Docker daemon (buildah, chroot
 # isolation, vfs storage, a local debian:12 base made with debootstrap) and runs its default start
 # as the image user: health, a Generate, /metrics, then SIGTERM during a Generate and a clean
-# exit 0 after the drain. Checks that the image does not run as root and stays within a size budget.
+# exit 0 after the drain; once more with a read-only root and tmpfs at the cache dir, as the
+# Kubernetes Deployment runs it. Checks that the image does not run as root and stays within a
+# size budget.
 #
 # usage: tests/deploy/image_test.sh [REPO_ROOT]
 # Opt-in (slow: the image compiles the project): SBSERVE_IMAGE_TEST=1, else exit 77 (CTest: skipped).
@@ -105,6 +107,7 @@ volumes=$(cfg '{{range $k, $v := .OCIv1.Config.Volumes}}{{$k}} {{end}}')
 [[ " $volumes " == *" /var/cache/sbserve "* ]] || fail "no VOLUME /var/cache/sbserve (have: $volumes)"
 env_list=$(cfg '{{range .OCIv1.Config.Env}}{{.}}{{"\n"}}{{end}}')
 grep -qx 'SBSERVE_CACHE_DIR=/var/cache/sbserve' <<<"$env_list" || fail "SBSERVE_CACHE_DIR not set: $env_list"
+mapfile -t image_env < <(sed '/^$/d' <<<"$env_list")
 mapfile -t start < <(bh inspect --type image --format '{{range .OCIv1.Config.Entrypoint}}{{.}}{{"\n"}}{{end}}{{range .OCIv1.Config.Cmd}}{{.}}{{"\n"}}{{end}}' "$image" | sed '/^$/d')
 [ "${start[0]:-}" = /usr/local/bin/sbserve ] || fail "entrypoint is '${start[*]}'"
 if printf '%s\n' "${start[@]}" | grep -q -- '^--model'; then fail "the default start names a model: ${start[*]}"; fi
@@ -189,6 +192,44 @@ grep -q "\"completion_tokens\": *$long_tokens[,}]" "$cache/drain_generate.out" |
   { tail -2 "$cache/drain_generate.out"; fail "the in-flight Generate did not finish all $long_tokens tokens"; }
 [ "$run_rc" = 0 ] || { tail -20 "$cache/server.log"; fail "sbserve exited $run_rc after SIGTERM"; }
 echo "== server log (tail)"; tail -5 "$cache/server.log"
+
+# 6. The Kubernetes way: read-only root filesystem, emptyDir-like tmpfs at the cache dir and /tmp
+#    (owned by the pod's fsGroup), no capabilities; buildah run cannot make the root read-only, so
+#    this runs the image's mounted tree with util-linux: a private mount namespace, a read-only
+#    bind of the tree, chroot as 10001:10001 with an empty bounding set.
+mnt=$(bh mount "$ctr")
+echo "== read-only root: ${start[*]}"
+unshare --mount --fork --propagation private sh -c '
+  set -e
+  r=$1; shift
+  mount --bind "$r" "$r" && mount -o remount,bind,ro "$r"
+  mount -t tmpfs -o mode=2770,uid=10001,gid=10001,size=1g cache "$r/var/cache/sbserve"
+  mount -t tmpfs -o mode=1777,size=256m tmp "$r/tmp"
+  mount --rbind /dev "$r/dev" && mount -t proc proc "$r/proc" && mount --rbind /sys "$r/sys"
+  exec setpriv --reuid=10001 --regid=10001 --clear-groups --inh-caps=-all --bounding-set=-all \
+    --no-new-privs chroot "$r" "$@"
+' sh "$mnt" env -i "${image_env[@]}" "${start[@]}" --host=127.0.0.1 --port="$port" --metrics-host=127.0.0.1 \
+  --metrics-port="$mport" >"$cache/server_ro.log" 2>&1 &
+ro_pid=$!
+ready=0
+for _ in $(seq 1 300); do
+  if curl -fsS "http://127.0.0.1:$mport/ready" >/dev/null 2>&1; then ready=1; break; fi
+  kill -0 "$ro_pid" 2>/dev/null || break
+  sleep 0.5
+done
+[ "$ready" = 1 ] || { cat "$cache/server_ro.log"; fail "read-only root: not ready within 150 s"; }
+for p in $(pgrep -x sbserve); do
+  if tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--metrics-port=$mport"; then server_pid=$p; fi
+done
+[ -n "$server_pid" ] || fail "read-only root: cannot find the sbserve process"
+out=$(sbctl generate "read-only root" --max-tokens 4 --ignore-eos --temperature 0 --json) ||
+  fail "read-only root: sbctl generate: $out"
+grep -q '"completion_tokens": *4[,}]' <<<"$out" || fail "read-only root: Generate did not return 4 tokens"
+kill -TERM "$server_pid"
+ro_rc=0; wait "$ro_pid" || ro_rc=$?
+server_pid=
+[ "$ro_rc" = 0 ] || { tail -20 "$cache/server_ro.log"; fail "read-only root: exit $ro_rc after SIGTERM"; }
+bh umount "$ctr" >/dev/null
 
 echo "PASS: base $((t_base - t_start)) s, build $((t_build - t_base)) s, start to ready $((t_ready - t_build)) s," \
   "SIGTERM to exit $((t_exit - t_term)) s, total $((t_exit - t_start)) s; image ${size_mb} MiB" \
