@@ -196,7 +196,8 @@ echo "== server log (tail)"; tail -5 "$cache/server.log"
 # 6. The Kubernetes way: read-only root filesystem, emptyDir-like tmpfs at the cache dir and /tmp
 #    (owned by the pod's fsGroup), no capabilities; buildah run cannot make the root read-only, so
 #    this runs the image's mounted tree with util-linux: a private mount namespace, a read-only
-#    bind of the tree, chroot as 10001:10001 with an empty bounding set.
+#    bind of the tree, chroot as 10001:10001 (no effective capabilities, no_new_privs) with the
+#    image's environment. Without the tmpfs at the cache dir the default start fails here.
 mnt=$(bh mount "$ctr")
 echo "== read-only root: ${start[*]}"
 unshare --mount --fork --propagation private sh -c '
@@ -206,8 +207,8 @@ unshare --mount --fork --propagation private sh -c '
   mount -t tmpfs -o mode=2770,uid=10001,gid=10001,size=1g cache "$r/var/cache/sbserve"
   mount -t tmpfs -o mode=1777,size=256m tmp "$r/tmp"
   mount --rbind /dev "$r/dev" && mount -t proc proc "$r/proc" && mount --rbind /sys "$r/sys"
-  exec setpriv --reuid=10001 --regid=10001 --clear-groups --inh-caps=-all --bounding-set=-all \
-    --no-new-privs chroot "$r" "$@"
+  exec setpriv --inh-caps=-all --bounding-set=-all,+sys_chroot,+setuid,+setgid --no-new-privs \
+    chroot --userspec=10001:10001 --groups=10001 "$r" "$@"
 ' sh "$mnt" env -i "${image_env[@]}" "${start[@]}" --host=127.0.0.1 --port="$port" --metrics-host=127.0.0.1 \
   --metrics-port="$mport" >"$cache/server_ro.log" 2>&1 &
 ro_pid=$!
