@@ -16,6 +16,8 @@
 #   SBSERVE_IMAGE_BUDGET_MB  largest allowed size of the runtime image's filesystem (default 300)
 #   SBSERVE_IMAGE_PORT       gRPC port on 127.0.0.1 (default 47351; metrics on the next port)
 #   SBSERVE_DEBIAN_MIRROR    debootstrap mirror (default http://deb.debian.org/debian)
+# A && B || fail: fail when either check fails; single quotes: Go templates and an inner sh script.
+# shellcheck disable=SC2015,SC2016
 set -euo pipefail
 if [ "${SBSERVE_IMAGE_TEST:-0}" != 1 ]; then
   echo "image test skipped: set SBSERVE_IMAGE_TEST=1 to build and run the image (10-30 min)"
@@ -194,7 +196,7 @@ run_rc=0; wait "$run_pid" || run_rc=$?
 t_exit=$(now)
 server_pid=
 [ "$gen_rc" = 0 ] || { cat "$cache/drain_generate.out"; fail "the in-flight Generate failed during the drain (rc $gen_rc)"; }
-grep -q "\"completion_tokens\": *$long_tokens[,}]" "$cache/drain_generate.out" ||
+grep -q "\"completion_tokens\": *${long_tokens}[,}]" "$cache/drain_generate.out" ||
   { tail -2 "$cache/drain_generate.out"; fail "the in-flight Generate did not finish all $long_tokens tokens"; }
 [ "$run_rc" = 0 ] || { tail -20 "$cache/server.log"; fail "sbserve exited $run_rc after SIGTERM"; }
 echo "== server log (tail)"; tail -5 "$cache/server.log"
