@@ -11,7 +11,7 @@
 # Needs root (debootstrap, buildah chroot isolation) and deb.debian.org for the apt-get steps.
 # environment:
 #   SBSERVE_IMAGE_CACHE      base tarball and buildah storage (default ~/.cache/sbserve-image, about
-#                            2 GB between runs); the base is reused, the image is rebuilt each run
+#                            0.4 GB between runs); the base is reused, the image is rebuilt each run
 #   SBSERVE_IMAGE_JOBS       BUILD_JOBS inside the image (default 2)
 #   SBSERVE_IMAGE_BUDGET_MB  largest allowed size of the runtime image's filesystem (default 300)
 #   SBSERVE_IMAGE_PORT       gRPC port on 127.0.0.1 (default 47351; metrics on the next port)
