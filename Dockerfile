@@ -3,20 +3,23 @@
 #
 #   CPU:   docker build -t sbserve:cpu .
 #   CUDA:  docker build --build-arg SBSERVE_CUDA=ON -t sbserve:cuda .
-#          (adds NVIDIA's Debian 12 CUDA repository, builds the kernels for CUDA_ARCHITECTURES,
-#          and ships the CUDA runtime and cuBLAS; run with the NVIDIA container toolkit,
-#          e.g. `docker run --gpus all ...`). The base stays debian:12 in both variants so the
-#          -dev package list is the one deploy/setup.sh installs; an nvidia/cuda:*-devel-ubuntu*
-#          base also works with BASE_IMAGE/RUNTIME_IMAGE but needs Ubuntu's package names.
+#          Base: debian:12 plus NVIDIA's Debian 12 CUDA repository (not an nvidia/cuda image), so
+#          both variants share the Debian package names of deploy/setup.sh. CUDA_VERSION (default
+#          13.0, the toolkit the project is built and tested with) picks the cuda-*-13-0 packages;
+#          kernels are built for CUDA_ARCHITECTURES (default 90a: H100/H200 only; e.g. "90a;100a"
+#          for Blackwell as well). The host needs an NVIDIA driver that supports CUDA 13.0
+#          (r580 or newer) and the NVIDIA container toolkit (`docker run --gpus all ...`).
+#          deploy/README.md says what of this was verified.
 #
 #   docker run -p 50051:50051 -p 8080:8080 -v /models:/models:ro sbserve:cpu --model /models/sb-3b
-#   Without --model the server starts the embedded demo model.
+#   Without --model the server generates and serves the embedded demo model in SBSERVE_CACHE_DIR
+#   (/var/cache/sbserve, owned by uid 10001, a volume: an emptyDir under readOnlyRootFilesystem).
 ARG BASE_IMAGE=debian:12
 ARG RUNTIME_IMAGE=debian:12-slim
 
 FROM ${BASE_IMAGE} AS build
 ARG SBSERVE_CUDA=OFF
-ARG CUDA_PACKAGE_VERSION=12-6
+ARG CUDA_VERSION=13.0
 ARG CUDA_ARCHITECTURES=90a
 ARG BUILD_JOBS=
 ENV DEBIAN_FRONTEND=noninteractive
@@ -32,9 +35,12 @@ RUN apt-get update \
       && wget -q https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb \
       && dpkg -i cuda-keyring_1.1-1_all.deb && rm cuda-keyring_1.1-1_all.deb \
       && apt-get update \
+      && cuda_pkg=$(echo "$CUDA_VERSION" | tr . -) \
       && apt-get install -y --no-install-recommends \
-           cuda-nvcc-${CUDA_PACKAGE_VERSION} cuda-cudart-dev-${CUDA_PACKAGE_VERSION} \
-           libcublas-dev-${CUDA_PACKAGE_VERSION} ; \
+           cuda-nvcc-${cuda_pkg} cuda-cudart-dev-${cuda_pkg} \
+           libcublas-dev-${cuda_pkg} \
+      && test -x /usr/local/cuda/bin/nvcc \
+      && /usr/local/cuda/bin/nvcc --version | grep -q "release ${CUDA_VERSION}," ; \
     fi \
  && rm -rf /var/lib/apt/lists/*
 
@@ -60,7 +66,7 @@ RUN cuda_args="-DSBSERVE_CUDA=OFF"; \
 
 FROM ${RUNTIME_IMAGE} AS runtime
 ARG SBSERVE_CUDA=OFF
-ARG CUDA_PACKAGE_VERSION=12-6
+ARG CUDA_VERSION=13.0
 ENV DEBIAN_FRONTEND=noninteractive
 # Runtime halves of the -dev packages above (Debian 12 names).
 RUN apt-get update \
@@ -72,14 +78,22 @@ RUN apt-get update \
       && wget -q https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb \
       && dpkg -i cuda-keyring_1.1-1_all.deb && rm cuda-keyring_1.1-1_all.deb \
       && apt-get update \
+      && cuda_pkg=$(echo "$CUDA_VERSION" | tr . -) \
       && apt-get install -y --no-install-recommends \
-           cuda-cudart-${CUDA_PACKAGE_VERSION} libcublas-${CUDA_PACKAGE_VERSION} \
+           cuda-cudart-${cuda_pkg} libcublas-${cuda_pkg} \
       && apt-get purge -y wget && apt-get autoremove -y ; \
     fi \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 sbserve \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbserve
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/cache/sbserve --no-create-home \
+      --shell /usr/sbin/nologin sbserve \
+ && install -d -m 0750 -o 10001 -g 10001 /var/cache/sbserve
 COPY --from=build /out/sbserve /out/sbctl /usr/local/bin/
+# The demo model (no --model) is generated here on first start; with --model nothing is written.
+# HOME points here too, so nothing else tries the read-only root filesystem.
+ENV SBSERVE_CACHE_DIR=/var/cache/sbserve \
+    HOME=/var/cache/sbserve
+VOLUME ["/var/cache/sbserve"]
 # Read by the NVIDIA container toolkit; harmless on CPU hosts.
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

@@ -9,7 +9,7 @@ packages=(build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev libcpp-httplib-dev prometheus yamllint python3-yaml python3-numpy nodejs npm
-  clang libclang-rt-14-dev)
+  clang libclang-rt-14-dev buildah debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

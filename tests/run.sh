@@ -31,7 +31,10 @@ if command -v clang++ >/dev/null; then
   "$fuzz/tests/tokenizer/tokenizer_fuzz" -max_total_time=20 -seed=1 -timeout=10 -rss_limit_mb=2048 \
     "$(mktemp -d)" "$root/tests/data/tokenizer/fuzz_corpus" 2>&1 | tail -2 || status=$?
 fi
-# The main suite last, so its summary closes the output.
-echo "== ctest (all labels; gpu tests skip without a device)"
+# The main suite last, so its summary closes the output. The container image test (label "image",
+# tests/deploy/image_test.sh: buildah build of the Dockerfile and a run of the image) is opt-in:
+# SBSERVE_IMAGE_TEST=1 tests/run.sh; without it CTest lists it as skipped.
+image_test=off; [ "${SBSERVE_IMAGE_TEST:-0}" = 1 ] && image_test=on
+echo "== ctest (all labels; gpu tests skip without a device; image test $image_test)"
 (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900) || status=$?
 exit $status

@@ -167,5 +167,82 @@ TEST(DeployDockerfile, RuntimeStageMatchesTheManifests) {
   EXPECT_EQ(FirstInt(deployment, R"(runAsUser: (\d+))"), 10001);
 }
 
+// The image's runtime behaviour (tests/deploy/image_test.sh runs it) against the Deployment:
+// the user and group, the ports the CMD binds, the probe endpoints the server serves, the cache
+// directory the default start writes under readOnlyRootFilesystem, and the SIGTERM timing.
+TEST(DeployKubernetes, ImageUserPortsProbesCacheAndShutdownAgree) {
+  const std::string dockerfile = RepoFile("Dockerfile");
+  const std::string deployment = RepoFile("deploy/k8s/deployment.yaml");
+  const size_t runtime = dockerfile.find(" AS runtime");
+  ASSERT_NE(runtime, std::string::npos);
+  const std::string stage = dockerfile.substr(runtime);
+
+  // User and group: the image's uid/gid 10001 is what the pod runs as, never root.
+  EXPECT_EQ(FirstInt(stage, R"(groupadd [^\n]*--gid (\d+))"), 10001);
+  EXPECT_EQ(FirstInt(stage, R"(useradd [^\n]*--uid (\d+))"), 10001);
+  EXPECT_EQ(FirstInt(stage, R"(useradd [^\n]*--gid (\d+))"), 10001);
+  EXPECT_EQ(FirstInt(stage, R"(\nUSER (\d+))"), 10001);
+  EXPECT_EQ(FirstInt(deployment, R"(runAsGroup: (\d+))"), 10001);
+  EXPECT_EQ(FirstInt(deployment, R"(fsGroup: (\d+))"), 10001);
+  EXPECT_NE(deployment.find("runAsNonRoot: true"), std::string::npos);
+
+  // Ports: what the image EXPOSEs and its CMD binds are the Deployment's container ports.
+  const int grpc_port = FirstInt(deployment, R"(name: grpc\s+containerPort: (\d+))");
+  const int metrics_port = FirstInt(deployment, R"(name: http-metrics\s+containerPort: (\d+))");
+  EXPECT_EQ(FirstInt(stage, R"(\nEXPOSE (\d+))"), grpc_port);
+  EXPECT_EQ(FirstInt(stage, R"(\nEXPOSE \d+ (\d+))"), metrics_port);
+  EXPECT_EQ(FirstInt(stage, R"re("--port=(\d+)")re"), grpc_port);
+  EXPECT_EQ(FirstInt(stage, R"re("--metrics-port=(\d+)")re"), metrics_port);
+
+  // Probe endpoints: every httpGet path is one the metrics HTTP server registers, on its port.
+  const std::string http_server = RepoFile("server/metrics/http_server.cc");
+  ASSERT_FALSE(http_server.empty());
+  const std::regex http_get(R"(httpGet:\s+path: (\S+)\s+port: (\S+))");
+  int http_probes = 0;
+  for (std::sregex_iterator it(deployment.begin(), deployment.end(), http_get), end; it != end; ++it) {
+    ++http_probes;
+    const std::string path = (*it)[1];
+    const std::string port = (*it)[2];
+    EXPECT_NE(http_server.find("Get(\"" + path + "\""), std::string::npos)
+        << "probe path " << path << " is not served";
+    EXPECT_TRUE(port == "http-metrics" || port == std::to_string(metrics_port)) << port;
+  }
+  EXPECT_GE(http_probes, 1);
+
+  // Cache: the image's SBSERVE_CACHE_DIR is owned by the user, a VOLUME, and, with a read-only
+  // root filesystem, an emptyDir mount in the Deployment.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(stage, m, std::regex(R"(SBSERVE_CACHE_DIR=(/\S+))")));
+  const std::string cache_dir = m[1];
+  EXPECT_NE(stage.find("VOLUME [\"" + cache_dir + "\"]"), std::string::npos) << cache_dir;
+  EXPECT_NE(stage.find("-o 10001 -g 10001 " + cache_dir), std::string::npos) << cache_dir;
+  EXPECT_NE(deployment.find("readOnlyRootFilesystem: true"), std::string::npos);
+  ASSERT_TRUE(std::regex_search(
+      deployment, m, std::regex(R"(- name: ([a-z0-9-]+)\s+mountPath: )" + cache_dir + R"(\s)")))
+      << "no volume mounted at " << cache_dir;
+  const std::string volume = m[1];
+  const size_t volumes = deployment.rfind("\n      volumes:");
+  ASSERT_NE(volumes, std::string::npos);
+  EXPECT_TRUE(std::regex_search(deployment.substr(volumes),
+                                std::regex(R"(- name: )" + volume + R"(\s+emptyDir:)")))
+      << "volume " << volume << " is not an emptyDir";
+
+  // SIGTERM timing: the drain the pod gets is its --drain-timeout flag, else sbserve's default
+  // (the image's CMD and the ConfigMap leave it alone); the grace period must cover the preStop
+  // sleep plus that drain.
+  const std::string options = RepoFile("server/options.h");
+  const int default_drain = FirstInt(options, R"(drain_timeout = absl::Seconds\((\d+)\))");
+  ASSERT_GT(default_drain, 0) << "server/options.h: drain_timeout default not found";
+  const int flag_drain = FirstInt(deployment, R"(--drain-timeout=(\d+)s)");
+  const int drain = flag_drain > 0 ? flag_drain : default_drain;
+  const int grace = FirstInt(deployment, R"(terminationGracePeriodSeconds: (\d+))");
+  const int pre_stop = FirstInt(deployment, R"re(command: \["/bin/sleep", "(\d+)"\])re");
+  EXPECT_GT(grace, pre_stop + drain);
+  EXPECT_EQ(stage.find("\"--drain-timeout"), std::string::npos) << "the CMD sets a drain timeout";
+  // Plain Docker: the stop timeout the k8s README recommends covers the image's default drain.
+  EXPECT_GT(FirstInt(RepoFile("deploy/k8s/README.md"), R"(docker stop -t (\d+))"), default_drain);
+  EXPECT_EQ(RepoFile("deploy/k8s/configmap.yaml").find("SBSERVE_DRAIN_TIMEOUT"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace sbserve::metrics
