@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -848,6 +849,106 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
     EXPECT_NE(masked.ids[k], eos);
     for (int i = 0; i < k + 2; ++i) EXPECT_NE(masked.ids[i], eos) << i;
     EXPECT_TRUE(ts.WaitIdle());
+  }
+}
+
+// Sends `bytes` as the request of `method` with a generic stub, as a unary call (a server-
+// streaming method answers a refused request with no message and its status).
+grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                      const std::string& bytes, grpc::ByteBuffer* response) {
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  auto call = generic.PrepareUnaryCall(&ctx, method, request, &cq);
+  call->StartCall();
+  grpc::Status st;
+  call->Finish(response, &st, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  EXPECT_TRUE(cq.Next(&tag, &ok));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return st;
+}
+
+// Undecodable request bytes are INVALID_ARGUMENT saying what is wrong (gRPC's own decoding would
+// answer UNIMPLEMENTED with an empty message), on every RPC, and counted as reason "malformed".
+TEST(Server, UndecodableMessagesAreInvalidArgumentAndCounted) {
+  TestServer ts;
+  struct Case {
+    std::string method;
+    std::string bytes;
+    std::string expect;  // in the message
+  };
+  std::mt19937 rng(11);
+  std::string random(64, '\0');
+  for (char& c : random) c = static_cast<char>(rng() & 0xff);
+  const std::string gen = "/sbserve.v1.SbServe/Generate";
+  const std::string comp = "/sbserve.v1.SbServe/Complete";
+  const std::string tok = "/sbserve.v1.SbServe/Tokenize";
+  const std::vector<Case> cases = {
+      {gen, std::string("\x12\x01\xff", 3), "text: not valid UTF-8"},
+      {comp, std::string("\x12\x01\xff", 3), "text: not valid UTF-8"},
+      {tok, std::string("\x0a\x01\xff", 3), "text: not valid UTF-8"},
+      // stopping { stop: "\xc0\x80" } (an overlong NUL) after a valid stop string
+      {gen, std::string("\x12\x01x\x2a\x07\x1a\x01" "a\x1a\x02\xc0\x80", 12), "stopping.stop[1]: not valid UTF-8"},
+      {gen, std::string("\x12\x05" "ab", 4), "runs past the end"},
+      {comp, std::string("\x12\x05" "ab", 4), "runs past the end"},
+      {tok, std::string("\x0a\x05" "ab", 4), "runs past the end"},
+      {gen, std::string("\x12\x02hi\x38", 5), "priority: truncated varint"},
+      {gen, std::string("\x10\x01", 2), "text: wire type 0"},
+      {comp, std::string("\x10\x01", 2), "text: wire type 0"},
+      {tok, std::string("\x08\x01", 2), "text: wire type 0"},
+      {gen, std::string("\x00\x01", 2), "field number 0"},
+      {comp, std::string("\x00\x01", 2), "field number 0"},
+      {tok, std::string("\x00\x01", 2), "field number 0"},
+      {tok, std::string("\x0b\x0c", 2), "wire type 3"},
+      {gen, random, "malformed request"},
+      {comp, random, "malformed request"},
+      {tok, random, "malformed request"},
+      {"/sbserve.v1.SbServe/Abort", std::string("\x0a\x01\xfe", 3), "request_ids[0]: not valid UTF-8"},
+      {"/sbserve.v1.SbServe/GetServerInfo", std::string("\x0a\x03", 2), "runs past the end"},
+      {"/sbserve.v1.SbServe/GetModelInfo", random, "malformed request"},
+  };
+  for (const Case& c : cases) {
+    grpc::ByteBuffer resp;
+    const grpc::Status st = RawUnary(ts.channel(), c.method, c.bytes, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.method << " " << c.expect << ": "
+                                                                    << st.error_message();
+    EXPECT_NE(st.error_message().find(c.expect), std::string::npos) << c.method << ": " << st.error_message();
+  }
+  const std::string page = ScrapeMetrics(ts);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"malformed\"}"),
+            static_cast<double>(cases.size()));
+
+  // The server still answers, and a well-formed request through the same raw path works.
+  v1::TokenizeRequest treq;
+  treq.set_text("hello");
+  grpc::ByteBuffer resp;
+  const grpc::Status st = RawUnary(ts.channel(), tok, treq.SerializeAsString(), &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(resp.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  v1::TokenizeResponse tresp;
+  ASSERT_TRUE(tresp.ParseFromString(bytes));
+  EXPECT_GT(tresp.ids_size(), 0);
+  EXPECT_TRUE(ts.Generate(TextReq("hi", 1)).status.ok());
+}
+
+// Unknown fields are refused on every RPC (the README's rule), GetModelInfo and GetServerInfo
+// included.
+TEST(Server, UnknownFieldsOnInfoRpcsAreInvalidArgument) {
+  TestServer ts;
+  for (const std::string m : {"/sbserve.v1.SbServe/GetModelInfo", "/sbserve.v1.SbServe/GetServerInfo"}) {
+    grpc::ByteBuffer resp;
+    const grpc::Status st = RawUnary(ts.channel(), m, std::string("\x08\x01", 2), &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << m << ": " << st.error_message();
   }
 }
 
