@@ -21,18 +21,23 @@ class MetricsHttpServer::Impl {
     if (started_) return absl::FailedPreconditionError("metrics HTTP server already started");
     const int threads = options_.worker_threads > 0 ? options_.worker_threads : 1;
     server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    // Prometheus keeps scrape connections open; a short keep-alive bounds how long Stop() waits
-    // for an idle connection to notice the shutdown.
-    server_.set_keep_alive_timeout(1);
+    // One request per connection ("Connection: close"): an idle keep-alive connection would hold a
+    // worker until its keep-alive timeout, and httplib 0.11 loses pipelined requests after the
+    // first one, so closing at once is the honest answer to a pipelining client.
+    server_.set_keep_alive_max_count(1);
+    const int idle = options_.idle_timeout_s > 0 ? options_.idle_timeout_s : 1;
+    server_.set_keep_alive_timeout(idle);
     // httplib's default also sets SO_REUSEPORT, which would let a second process bind the same
     // port and silently take half the scrapes and probes. SO_REUSEADDR alone still allows a quick
     // restart while old connections sit in TIME_WAIT.
-    server_.set_socket_options([](socket_t sock) {
+    server_.set_socket_options([this](socket_t sock) {
       int yes = 1;
       setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+      listen_fd_ = sock;
     });
-    server_.set_read_timeout(5, 0);
-    server_.set_write_timeout(5, 0);
+    server_.set_read_timeout(idle, 0);
+    server_.set_write_timeout(idle, 0);
+    server_.set_payload_max_length(64 << 10);  // GET only; nothing large is ever expected
 
     server_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(registry_.Serialize(), std::string(kTextContentType));
@@ -58,6 +63,10 @@ class MetricsHttpServer::Impl {
       return absl::UnavailableError(Cat("metrics HTTP server cannot bind ", options_.host,
                                                  ":", std::to_string(options_.port)));
     }
+    // httplib 0.11 listens with a backlog of 5: a burst of connections (a scrape, probes and a few
+    // idle clients at once) overflows it and the kernel drops SYNs, which clients only resend a
+    // second later. listen() again on the bound socket raises the backlog.
+    if (listen_fd_ >= 0) ::listen(listen_fd_, 1024);
     port_.store(bound);
     started_ = true;
     thread_ = std::thread([this] { server_.listen_after_bind(); });
@@ -89,6 +98,7 @@ class MetricsHttpServer::Impl {
   httplib::Server server_;
   std::thread thread_;
   std::atomic<int> port_{0};
+  socket_t listen_fd_ = -1;
   std::atomic<bool> started_{false};  // read by running() from any thread
 };
 
