@@ -952,5 +952,57 @@ TEST(Server, UnknownFieldsOnInfoRpcsAreInvalidArgument) {
   }
 }
 
+// True once /metrics shows nothing running or waiting and no KV block used (polled: the gauges
+// are set on the engine thread right after the state changes).
+bool GaugesAtZero(TestServer& ts, std::string* page) {
+  const absl::Time end = absl::Now() + absl::Seconds(3);
+  while (absl::Now() < end) {
+    *page = ScrapeMetrics(ts);
+    if (MetricValue(*page, "sbserve_num_requests_running") == 0 &&
+        MetricValue(*page, "sbserve_num_requests_waiting") == 0 &&
+        MetricValue(*page, "sbserve_kv_cache_used_blocks") == 0 &&
+        MetricValue(*page, "sbserve_kv_cache_usage_ratio") == 0) {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
+// When the last request ends outside a forward step (client cancel, Abort RPC, deadline), the
+// gauges return to zero without any further request (the KV-thrashing alert reads them).
+TEST(Server, GaugesReturnToZeroAfterTheLastRequestEndsByCancelAbortOrDeadline) {
+  TestServer ts;
+  std::string page;
+  for (const std::string how : {"cancel", "abort", "deadline"}) {
+    SCOPED_TRACE(how);
+    GenerateRequest req = TextReq("the gauges must follow " + how, 1900);
+    req.set_request_id("gauge-" + how);
+    grpc::ClientContext ctx;
+    if (how == "deadline") ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(400)));
+    auto reader = ts.stub().Generate(&ctx, req);
+    GenerateResponse msg;
+    ASSERT_TRUE(reader->Read(&msg));
+    // Running, with KV in use, as the gauges saw it after a step.
+    page = ScrapeMetrics(ts);
+    EXPECT_EQ(MetricValue(page, "sbserve_num_requests_running"), 1) << page;
+    EXPECT_GT(MetricValue(page, "sbserve_kv_cache_used_blocks"), 0);
+    if (how == "cancel") ctx.TryCancel();
+    if (how == "abort") {
+      grpc::ClientContext actx;
+      v1::AbortRequest areq;
+      areq.add_request_ids(req.request_id());
+      v1::AbortResponse aresp;
+      ASSERT_TRUE(ts.stub().Abort(&actx, areq, &aresp).ok());
+    }
+    while (reader->Read(&msg)) {
+    }
+    const grpc::Status st = reader->Finish();
+    EXPECT_EQ(st.error_code(), how == "deadline" ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED);
+    ASSERT_TRUE(ts.WaitIdle(absl::Seconds(5)));
+    EXPECT_TRUE(GaugesAtZero(ts, &page)) << page;
+  }
+}
+
 }  // namespace
 }  // namespace sbserve
