@@ -28,6 +28,10 @@ struct ServerOptions {
   std::string log_level = "info";
   bool log_requests = true;
   int max_message_bytes = 64 << 20;
+  // TLS on the gRPC and HTTP ports when both are set (PEM files); re-read on SIGHUP.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;  // set: mTLS, a client certificate signed by this CA is required
 };
 
 // Parses args (argv without the program name) over the environment. `help` is set when --help

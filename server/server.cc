@@ -20,6 +20,7 @@
 #include "server/metrics/serving_metrics.h"
 #include "server/metrics_observer.h"
 #include "server/service.h"
+#include "server/tls.h"
 #include "spdlog/spdlog.h"
 
 namespace sbserve {
@@ -35,6 +36,7 @@ class Server::Impl {
   void BeginDrain();
   bool WaitDrained(absl::Duration timeout);
   void Shutdown();
+  absl::Status ReloadTls();
   std::string Banner() const;
 
   int port_ = 0;
@@ -50,6 +52,7 @@ class Server::Impl {
   SbServeService service_;
   metrics::Registry registry_;
   std::unique_ptr<metrics::ServingMetrics> metrics_;
+  std::unique_ptr<TlsFiles> tls_;
   std::unique_ptr<metrics::MetricsHttpServer> http_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<Checkpoint> checkpoint_;
@@ -74,8 +77,15 @@ absl::Status Server::Impl::Start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), grpc::InsecureServerCredentials(),
-                           &port_);
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!options_.tls_cert.empty()) {
+    absl::StatusOr<std::unique_ptr<TlsFiles>> tls =
+        TlsFiles::Create(options_.tls_cert, options_.tls_key, options_.tls_client_ca);
+    if (!tls.ok()) return tls.status();
+    tls_ = *std::move(tls);
+    creds = tls_->GrpcCredentials();
+  }
+  builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), creds, &port_);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
   builder.RegisterService(&service_);
@@ -93,6 +103,7 @@ absl::Status Server::Impl::Start() {
     ho.port = options_.metrics_port;
     ho.live = [] { return true; };
     ho.ready = [this] { return ready_.load(); };
+    if (tls_ != nullptr) ho.tls_setup = [this](void* ctx) { return tls_->SetupSslCtx(ctx); };
     http_ = std::make_unique<metrics::MetricsHttpServer>(registry_, ho);
     if (absl::Status s = http_->Start(); !s.ok()) return s;
     metrics_port_ = http_->port();
@@ -181,6 +192,11 @@ void Server::Impl::Shutdown() {
   engine_.reset();
 }
 
+absl::Status Server::Impl::ReloadTls() {
+  if (tls_ == nullptr) return absl::FailedPreconditionError("TLS is off (no --tls-cert)");
+  return tls_->Reload();
+}
+
 std::string Server::Impl::Banner() const {
   const std::string addr = absl::StrCat(options_.host == "0.0.0.0" ? "localhost" : options_.host, ":", port_);
   std::string out = absl::StrCat("sbserve listening on ", options_.host, ":", port_, " (gRPC, sbserve.v1.SbServe)\n",
@@ -200,6 +216,7 @@ absl::Status Server::LoadModel() { return impl_->LoadModel(); }
 void Server::BeginDrain() { impl_->BeginDrain(); }
 bool Server::WaitDrained(absl::Duration timeout) { return impl_->WaitDrained(timeout); }
 void Server::Shutdown() { impl_->Shutdown(); }
+absl::Status Server::ReloadTls() { return impl_->ReloadTls(); }
 int Server::port() const { return impl_->port_; }
 int Server::metrics_port() const { return impl_->metrics_port_; }
 bool Server::ready() const { return impl_->ready_.load(); }

@@ -19,35 +19,43 @@ class MetricsHttpServer::Impl {
 
   absl::Status Start() {
     if (started_) return absl::FailedPreconditionError("metrics HTTP server already started");
+    if (options_.tls_setup) {
+      auto setup = options_.tls_setup;
+      server_ = std::make_unique<httplib::SSLServer>([setup](SSL_CTX& ctx) { return setup(&ctx); });
+    } else {
+      server_ = std::make_unique<httplib::Server>();
+    }
+    if (!server_->is_valid()) return absl::InvalidArgumentError("metrics HTTP server: TLS setup failed");
+    httplib::Server& srv = *server_;
     const int threads = options_.worker_threads > 0 ? options_.worker_threads : 1;
-    server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    srv.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     // One request per connection ("Connection: close"): an idle keep-alive connection would hold a
     // worker until its keep-alive timeout, and httplib 0.11 loses pipelined requests after the
     // first one, so closing at once is the honest answer to a pipelining client.
-    server_.set_keep_alive_max_count(1);
+    srv.set_keep_alive_max_count(1);
     const int idle = options_.idle_timeout_s > 0 ? options_.idle_timeout_s : 1;
-    server_.set_keep_alive_timeout(idle);
+    srv.set_keep_alive_timeout(idle);
     // httplib's default also sets SO_REUSEPORT, which would let a second process bind the same
     // port and silently take half the scrapes and probes. SO_REUSEADDR alone still allows a quick
     // restart while old connections sit in TIME_WAIT.
-    server_.set_socket_options([this](socket_t sock) {
+    srv.set_socket_options([this](socket_t sock) {
       int yes = 1;
       setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
       listen_fd_ = sock;
     });
-    server_.set_read_timeout(idle, 0);
-    server_.set_write_timeout(idle, 0);
-    server_.set_payload_max_length(64 << 10);  // GET only; nothing large is ever expected
+    srv.set_read_timeout(idle, 0);
+    srv.set_write_timeout(idle, 0);
+    srv.set_payload_max_length(64 << 10);  // GET only; nothing large is ever expected
 
-    server_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(registry_.Serialize(), std::string(kTextContentType));
     });
-    server_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    srv.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
       const bool live = !options_.live || options_.live();
       res.status = live ? 200 : 503;
       res.set_content(live ? "ok\n" : "not live\n", "text/plain; charset=utf-8");
     });
-    server_.Get("/ready", [this](const httplib::Request&, httplib::Response& res) {
+    srv.Get("/ready", [this](const httplib::Request&, httplib::Response& res) {
       const bool ready = !options_.ready || options_.ready();
       res.status = ready ? 200 : 503;
       res.set_content(ready ? "ready\n" : "not ready\n", "text/plain; charset=utf-8");
@@ -55,8 +63,8 @@ class MetricsHttpServer::Impl {
 
     int bound = -1;
     if (options_.port == 0) {
-      bound = server_.bind_to_any_port(options_.host);
-    } else if (server_.bind_to_port(options_.host, options_.port)) {
+      bound = srv.bind_to_any_port(options_.host);
+    } else if (srv.bind_to_port(options_.host, options_.port)) {
       bound = options_.port;
     }
     if (bound <= 0) {
@@ -69,11 +77,11 @@ class MetricsHttpServer::Impl {
     if (listen_fd_ >= 0) ::listen(listen_fd_, 1024);
     port_.store(bound);
     started_ = true;
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
     // httplib's stop() only acts once the listen loop has marked itself running; waiting for that
     // here makes a Stop() right after Start() reliable. The loop starts within microseconds.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (!server_.is_running()) {
+    while (!srv.is_running()) {
       if (std::chrono::steady_clock::now() > deadline) {
         return absl::InternalError("metrics HTTP server thread did not start");
       }
@@ -84,18 +92,18 @@ class MetricsHttpServer::Impl {
 
   void Stop() {
     if (!started_) return;
-    server_.stop();
+    server_->stop();
     if (thread_.joinable()) thread_.join();
     started_ = false;
   }
 
   int port() const { return port_.load(); }
-  bool running() const { return started_ && server_.is_running(); }
+  bool running() const { return started_ && server_->is_running(); }
 
  private:
   const Registry& registry_;
   const MetricsHttpServerOptions options_;
-  httplib::Server server_;
+  std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   std::atomic<int> port_{0};
   socket_t listen_fd_ = -1;

@@ -40,6 +40,9 @@ struct MetricsHttpServerOptions {
   // How long a connection may stay open without sending a request; also the per-read and
   // per-write timeout. A slow-loris client holds a worker for at most this long per byte.
   int idle_timeout_s = 1;
+  // Set: HTTPS. Called once with the OpenSSL SSL_CTX* (as void*) to install certificates and
+  // verification; false fails Start().
+  std::function<bool(void* ssl_ctx)> tls_setup;
 };
 
 class MetricsHttpServer {
