@@ -166,6 +166,15 @@ const std::vector<Flag>& Flags() {
        Str(&ServerOptions::tls_key)},
       {"tls-client-ca", "PEM CA bundle: require client certificates signed by it (mTLS) on both ports",
        [](const ServerOptions& o) { return o.tls_client_ca; }, Str(&ServerOptions::tls_client_ca)},
+      {"api-keys-file", "API keys, one per line: KEY or sha256:HEX, optional NAME and MAX_CONCURRENT; set: RPCs need 'authorization: Bearer KEY'",
+       [](const ServerOptions& o) { return o.api_keys_file; }, Str(&ServerOptions::api_keys_file)},
+      {"metrics-open", "with --api-keys-file: serve GET /metrics without a key (true | false); /health and /ready are always open",
+       [](const ServerOptions& o) { return o.metrics_open ? "true" : "false"; },
+       [](ServerOptions& o, const std::string& v) {
+         if (v != "true" && v != "false") return Bad("metrics-open", v, "true or false");
+         o.metrics_open = v == "true";
+         return absl::OkStatus();
+       }},
   };
   return *flags;
 }

@@ -32,6 +32,8 @@ struct ServerOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;  // set: mTLS, a client certificate signed by this CA is required
+  std::string api_keys_file;  // set: every sbserve.v1 RPC needs `authorization: Bearer KEY`
+  bool metrics_open = false;  // with API keys: GET /metrics without a key (probes are always open)
 };
 
 // Parses args (argv without the program name) over the environment. `help` is set when --help

@@ -21,6 +21,7 @@
 #include "server/metrics_observer.h"
 #include "server/service.h"
 #include "server/tls.h"
+#include "server/api_keys.h"
 #include "spdlog/spdlog.h"
 
 namespace sbserve {
@@ -53,6 +54,7 @@ class Server::Impl {
   metrics::Registry registry_;
   std::unique_ptr<metrics::ServingMetrics> metrics_;
   std::unique_ptr<TlsFiles> tls_;
+  std::unique_ptr<ApiKeys> api_keys_;
   std::unique_ptr<metrics::MetricsHttpServer> http_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<Checkpoint> checkpoint_;
@@ -73,6 +75,14 @@ absl::Status Server::Impl::Start() {
   if (!m.ok()) return m.status();
   metrics_ = std::make_unique<metrics::ServingMetrics>(*std::move(m));
   ctx_.metrics = metrics_.get();
+
+  if (!options_.api_keys_file.empty()) {
+    absl::StatusOr<std::unique_ptr<ApiKeys>> keys = ApiKeys::Load(options_.api_keys_file);
+    if (!keys.ok()) return keys.status();
+    api_keys_ = *std::move(keys);
+    ctx_.api_keys = api_keys_.get();
+    spdlog::info("API keys: {} loaded; sbserve.v1 RPCs need 'authorization: Bearer KEY'", api_keys_->size());
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -103,6 +113,9 @@ absl::Status Server::Impl::Start() {
     ho.port = options_.metrics_port;
     ho.live = [] { return true; };
     ho.ready = [this] { return ready_.load(); };
+    if (api_keys_ != nullptr && !options_.metrics_open) {
+      ho.authorize_metrics = [this](const std::string& auth) { return api_keys_->Authenticate(auth).ok(); };
+    }
     if (tls_ != nullptr) ho.tls_setup = [this](void* ctx) { return tls_->SetupSslCtx(ctx); };
     http_ = std::make_unique<metrics::MetricsHttpServer>(registry_, ho);
     if (absl::Status s = http_->Start(); !s.ok()) return s;

@@ -52,6 +52,27 @@ absl::Status Decode(const ServiceContext* ctx, const char* rpc, grpc::CallbackSe
   return s;
 }
 
+// The caller's API key (null when keys are off). UNAUTHENTICATED is logged here; the message
+// never repeats the presented key.
+absl::StatusOr<ApiKey*> Authorize(const ServiceContext* ctx, const char* rpc, grpc::CallbackServerContext* call) {
+  if (ctx->api_keys == nullptr) return nullptr;
+  absl::string_view value;
+  const auto& md = call->client_metadata();
+  if (auto it = md.find("authorization"); it != md.end()) value = absl::string_view(it->second.data(), it->second.size());
+  absl::StatusOr<ApiKey*> key = ctx->api_keys->Authenticate(value);
+  if (!key.ok()) {
+    spdlog::warn("request rpc={} peer={} status={} rejected error={}", rpc, call->peer(),
+                 static_cast<int>(key.status().code()), std::string(key.status().message()));
+  }
+  return key;
+}
+
+absl::Status AuthorizeThenDecode(const ServiceContext* ctx, const char* rpc, grpc::CallbackServerContext* call,
+                                 const grpc::ByteBuffer* bytes, google::protobuf::Message* out) {
+  if (absl::StatusOr<ApiKey*> key = Authorize(ctx, rpc, call); !key.ok()) return key.status();
+  return Decode(ctx, rpc, call, bytes, out);
+}
+
 // Prepares a request: the engine (UNAVAILABLE while draining or loading; `loading` tells the
 // two apart), a validated engine request with an id and the call's deadline.
 absl::StatusOr<GenerateRequest> Prepare(ServiceContext* ctx, grpc::CallbackServerContext* call,
@@ -75,12 +96,13 @@ absl::StatusOr<GenerateRequest> Prepare(ServiceContext* ctx, grpc::CallbackServe
 }
 
 void LogRequest(const ServiceContext* ctx, const std::string& rpc, const std::string& id, const std::string& peer,
-                const GenerateEvent& e, const grpc::Status& st) {
+                const ApiKey* key, const GenerateEvent& e, const grpc::Status& st) {
   if (!ctx->log_requests) return;
   spdlog::info(
-      "request rpc={} id={} peer={} status={} finish={} prompt_tokens={} completion_tokens={} queued_ms={:.2f} "
+      "request rpc={} id={} peer={}{}{} status={} finish={} prompt_tokens={} completion_tokens={} queued_ms={:.2f} "
       "ttft_ms={:.2f} last_token_ms={:.2f} preemptions={}{}{}",
-      rpc, id, peer, static_cast<int>(st.error_code()), FinishReasonName(e.finish_reason), e.prompt_tokens,
+      rpc, id, peer, key != nullptr ? " key=" : "", key != nullptr ? key->name : "", static_cast<int>(st.error_code()),
+      FinishReasonName(e.finish_reason), e.prompt_tokens,
       e.completion_tokens, absl::ToDoubleMilliseconds(e.timings.queued),
       absl::ToDoubleMilliseconds(e.timings.first_token), absl::ToDoubleMilliseconds(e.timings.last_token),
       e.timings.preemptions, st.ok() ? "" : " error=", st.error_message());
@@ -124,10 +146,21 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
  public:
   GenerateReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const grpc::ByteBuffer* bytes)
       : ctx_(ctx), peer_(call->peer()) {
+    absl::StatusOr<ApiKey*> key = Authorize(ctx, "Generate", call);
+    absl::Status early = key.status();
     v1::GenerateRequest request;
-    if (absl::Status s = Decode(ctx, "Generate", call, bytes, &request); !s.ok()) {
+    if (early.ok()) early = Decode(ctx, "Generate", call, bytes, &request);
+    if (early.ok()) {
+      early = ApiKeys::Acquire(*key);
+      if (early.ok()) {
+        key_ = *key;
+      } else {
+        LogRejected(ctx_, "Generate", peer_, early);
+      }
+    }
+    if (!early.ok()) {
       finish_called_ = true;
-      Finish(ToGrpcStatus(s));
+      Finish(ToGrpcStatus(early));
       return;
     }
     Engine* engine = nullptr;
@@ -142,6 +175,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       if (!st.ok()) owners_.Set(1);
     }
     if (!st.ok()) {
+      ApiKeys::Release(key_);
       CountReject(ctx_, st, loading);
       LogRejected(ctx_, "Generate", peer_, st);
       AddRetryAfter(call, st);
@@ -197,7 +231,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       a = NextLocked();
     }
     if (final) {
-      LogRequest(ctx_, "Generate", id_, peer_, e, final_status_);
+      ApiKeys::Release(key_);
+      LogRequest(ctx_, "Generate", id_, peer_, key_, e, final_status_);
     }
     Run(a);
     if (final && owners_.Release()) delete this;
@@ -229,6 +264,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   std::string peer_;  // the call's context is gone once OnDone ran; the engine may finish later
   Engine* engine_ = nullptr;
   std::string id_;
+  ApiKey* key_ = nullptr;  // held (one call in flight) from admission to the final event
   TwoOwners owners_;
 
   std::mutex mu_;
@@ -246,9 +282,20 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   CompleteReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const grpc::ByteBuffer* bytes,
                   grpc::ByteBuffer* response)
       : ctx_(ctx), peer_(call->peer()), out_(response) {
+    absl::StatusOr<ApiKey*> key = Authorize(ctx, "Complete", call);
+    absl::Status early = key.status();
     v1::GenerateRequest request;
-    if (absl::Status s = Decode(ctx, "Complete", call, bytes, &request); !s.ok()) {
-      Finish(ToGrpcStatus(s));
+    if (early.ok()) early = Decode(ctx, "Complete", call, bytes, &request);
+    if (early.ok()) {
+      early = ApiKeys::Acquire(*key);
+      if (early.ok()) {
+        key_ = *key;
+      } else {
+        LogRejected(ctx_, "Complete", peer_, early);
+      }
+    }
+    if (!early.ok()) {
+      Finish(ToGrpcStatus(early));
       return;
     }
     Engine* engine = nullptr;
@@ -264,6 +311,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
       if (!st.ok()) owners_.Set(1);
     }
     if (!st.ok()) {
+      ApiKeys::Release(key_);
       CountReject(ctx_, st, loading);
       LogRejected(ctx_, "Complete", peer_, st);
       AddRetryAfter(call, st);
@@ -284,7 +332,8 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     AppendEvent(e, response_);
     if (!e.finished) return;
     const grpc::Status st = FinalStatus(e);
-    LogRequest(ctx_, "Complete", id_, peer_, e, st);
+    ApiKeys::Release(key_);
+    LogRequest(ctx_, "Complete", id_, peer_, key_, e, st);
     if (st.ok()) ToByteBuffer(*response_, out_);
     Finish(st);
     if (owners_.Release()) delete this;
@@ -297,6 +346,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   v1::GenerateResponse* response_ = &response_storage_;
   Engine* engine_ = nullptr;
   std::string id_;
+  ApiKey* key_ = nullptr;
   TwoOwners owners_;
 };
 
@@ -330,7 +380,7 @@ grpc::ServerUnaryReactor* SbServeService::Abort(grpc::CallbackServerContext* con
                                                 grpc::ByteBuffer* out) {
   v1::AbortRequest req;
   v1::AbortResponse resp;
-  if (absl::Status s = Decode(ctx_, "Abort", context, bytes, &req); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "Abort", context, bytes, &req); !s.ok()) return Reply(context, ToGrpcStatus(s));
   return Reply(context, AbortTyped(context, &req, &resp), resp, out);
 }
 
@@ -338,7 +388,7 @@ grpc::ServerUnaryReactor* SbServeService::Tokenize(grpc::CallbackServerContext* 
                                                    grpc::ByteBuffer* out) {
   v1::TokenizeRequest req;
   v1::TokenizeResponse resp;
-  if (absl::Status s = Decode(ctx_, "Tokenize", context, bytes, &req); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "Tokenize", context, bytes, &req); !s.ok()) return Reply(context, ToGrpcStatus(s));
   return Reply(context, TokenizeTyped(context, &req, &resp), resp, out);
 }
 
@@ -346,7 +396,7 @@ grpc::ServerUnaryReactor* SbServeService::GetModelInfo(grpc::CallbackServerConte
                                                        const grpc::ByteBuffer* bytes, grpc::ByteBuffer* out) {
   v1::GetModelInfoRequest req;
   v1::ModelInfo resp;
-  if (absl::Status s = Decode(ctx_, "GetModelInfo", context, bytes, &req); !s.ok()) {
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "GetModelInfo", context, bytes, &req); !s.ok()) {
     return Reply(context, ToGrpcStatus(s));
   }
   return Reply(context, GetModelInfoTyped(context, &req, &resp), resp, out);
@@ -356,7 +406,7 @@ grpc::ServerUnaryReactor* SbServeService::GetServerInfo(grpc::CallbackServerCont
                                                         const grpc::ByteBuffer* bytes, grpc::ByteBuffer* out) {
   v1::GetServerInfoRequest req;
   v1::ServerInfo resp;
-  if (absl::Status s = Decode(ctx_, "GetServerInfo", context, bytes, &req); !s.ok()) {
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "GetServerInfo", context, bytes, &req); !s.ok()) {
     return Reply(context, ToGrpcStatus(s));
   }
   return Reply(context, GetServerInfoTyped(context, &req, &resp), resp, out);

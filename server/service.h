@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "sbserve/v1/sbserve.grpc.pb.h"
+#include "server/api_keys.h"
 #include "server/metrics/serving_metrics.h"
 
 namespace sbserve {
@@ -19,6 +20,7 @@ struct ServiceContext {
   std::atomic<Engine*> engine{nullptr};  // null while loading
   std::atomic<bool> draining{false};
   metrics::ServingMetrics* metrics = nullptr;  // may be null
+  const ApiKeys* api_keys = nullptr;           // null: no authentication
   bool log_requests = true;
   std::string model_dir;
   std::string weight_dtype;

@@ -47,7 +47,13 @@ class MetricsHttpServer::Impl {
     srv.set_write_timeout(idle, 0);
     srv.set_payload_max_length(64 << 10);  // GET only; nothing large is ever expected
 
-    srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    srv.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
+      if (options_.authorize_metrics && !options_.authorize_metrics(req.get_header_value("Authorization"))) {
+        res.status = 401;
+        res.set_header("WWW-Authenticate", "Bearer");
+        res.set_content("API key required (Authorization: Bearer KEY)\n", "text/plain; charset=utf-8");
+        return;
+      }
       res.set_content(registry_.Serialize(), std::string(kTextContentType));
     });
     srv.Get("/health", [this](const httplib::Request&, httplib::Response& res) {

@@ -43,6 +43,9 @@ struct MetricsHttpServerOptions {
   // Set: HTTPS. Called once with the OpenSSL SSL_CTX* (as void*) to install certificates and
   // verification; false fails Start().
   std::function<bool(void* ssl_ctx)> tls_setup;
+  // Set: GET /metrics needs an `Authorization` header this accepts (401 otherwise). /health and
+  // /ready stay open for probes.
+  std::function<bool(const std::string& authorization)> authorize_metrics;
 };
 
 class MetricsHttpServer {

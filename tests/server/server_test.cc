@@ -1004,5 +1004,99 @@ TEST(Server, GaugesReturnToZeroAfterTheLastRequestEndsByCancelAbortOrDeadline) {
   }
 }
 
+// API keys: UNAUTHENTICATED without a known Bearer key on every sbserve.v1 RPC, a key given by its
+// SHA-256 works, a per-key concurrency limit answers RESOURCE_EXHAUSTED naming the key, and
+// GET /metrics needs a key while /health stays open.
+TEST(Server, ApiKeysAuthenticateAndLimitPerKey) {
+  const std::string path = (std::filesystem::temp_directory_path() / absl::StrCat("sbserve-keys-", getpid())).string();
+  // sha256("sk-beta")
+  std::ofstream(path) << "# test keys\nsk-alpha alpha 1\n"
+                         "sha256:c29d79ad08b23ba5095b823d0b2e777320983be14c1150de96d07a86da5cd78c beta\n";
+  ServerOptions o = TestServer::Defaults();
+  o.api_keys_file = path;
+  TestServer ts(o);
+  std::filesystem::remove(path);
+  auto call_info = [&](const std::string& auth) {
+    grpc::ClientContext ctx;
+    if (!auth.empty()) ctx.AddMetadata("authorization", auth);
+    v1::ServerInfo info;
+    return ts.stub().GetServerInfo(&ctx, {}, &info).error_code();
+  };
+  EXPECT_EQ(call_info(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call_info("Bearer sk-wrong"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call_info("Basic sk-alpha"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call_info("Bearer sk-alpha"), grpc::StatusCode::OK);
+  {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    req.set_text("hi");
+    v1::TokenizeResponse resp;
+    EXPECT_EQ(ts.stub().Tokenize(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    GenerateResponse resp;
+    EXPECT_EQ(ts.stub().Complete(&ctx, TextReq("hi", 2), &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(ts.Generate(TextReq("hi", 2), absl::Seconds(30), &ctx).status.error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // The sha256: entry.
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer sk-beta");
+    GenerateResponse resp;
+    EXPECT_TRUE(ts.stub().Complete(&ctx, TextReq("hi", 2), &resp).ok());
+  }
+  // alpha may have one call in flight.
+  grpc::ClientContext hold_ctx;
+  hold_ctx.AddMetadata("authorization", "Bearer sk-alpha");
+  auto hold = ts.stub().Generate(&hold_ctx, TextReq("hold the only slot of alpha", 1800));
+  GenerateResponse msg;
+  ASSERT_TRUE(hold->Read(&msg));
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer sk-alpha");
+    GenerateResponse resp;
+    const grpc::Status st = ts.stub().Complete(&ctx, TextReq("hi", 2), &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(st.error_message().find("'alpha'"), std::string::npos) << st.error_message();
+    EXPECT_EQ(st.error_message().find("sk-alpha"), std::string::npos);
+  }
+  {
+    grpc::ClientContext ctx;  // another key is not limited by alpha's
+    ctx.AddMetadata("authorization", "Bearer sk-beta");
+    GenerateResponse resp;
+    EXPECT_TRUE(ts.stub().Complete(&ctx, TextReq("hi", 2), &resp).ok());
+  }
+  hold_ctx.TryCancel();
+  while (hold->Read(&msg)) {
+  }
+  EXPECT_EQ(hold->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // Released with the server's final event (a client cancel ends the call locally at once).
+  grpc::Status again;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer sk-alpha");
+    GenerateResponse resp;
+    again = ts.stub().Complete(&ctx, TextReq("hi", 2), &resp);
+    if (again.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(again.ok()) << again.error_message();
+  httplib::Client http("127.0.0.1", ts.server().metrics_port());
+  auto r = http.Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  r = http.Get("/metrics", {{"Authorization", "Bearer sk-beta"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = http.Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
 }  // namespace
 }  // namespace sbserve
