@@ -215,9 +215,12 @@ std::string Server::Impl::Banner() const {
   std::string out = absl::StrCat("sbserve listening on ", options_.host, ":", port_, " (gRPC, sbserve.v1.SbServe)\n",
                                  "  try: sbctl --addr ", addr, " generate \"Once upon a time\"\n",
                                  "       sbctl --addr ", addr, " health | info\n",
-                                 "       grpcurl -plaintext ", addr, " list   (server reflection is on)\n");
+                                 tls_ != nullptr ? absl::StrCat("       grpcurl -cacert CA.pem ", addr, " list   (TLS",
+                                                                tls_->mtls() ? ", mTLS" : "", "; server reflection is on)\n")
+                                                 : absl::StrCat("       grpcurl -plaintext ", addr,
+                                                                " list   (server reflection is on)\n"));
   if (metrics_port_ > 0) {
-    absl::StrAppend(&out, "  metrics: http://localhost:", metrics_port_, "/metrics  (probes: /health, /ready)\n");
+    absl::StrAppend(&out, tls_ != nullptr ? "  metrics: https://localhost:" : "  metrics: http://localhost:", metrics_port_, "/metrics  (probes: /health, /ready)\n");
   }
   return out;
 }
