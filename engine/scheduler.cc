@@ -456,7 +456,21 @@ void Scheduler::Emit(Seq* seq, bool final) {
 void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, absl::Time now) {
   const GenerateRequest& req = seq->req;
   if (seq->detok != nullptr) {  // after a stop-string match the matcher releases nothing more
-    seq->pending_text += seq->stop.Push(seq->detok->Flush(), false).text;
+    // The flush (e.g. U+FFFD for a trailing incomplete character) is stop-matched like any other
+    // delta; then whatever was held back as a possible stop prefix is released.
+    const bool can_stop = seq->num_output() >= req.min_tokens;
+    StopMatcher::Result r = seq->stop.Push(seq->detok->Flush(), can_stop);
+    seq->pending_text += r.text;
+    if (r.matched) {
+      if (req.include_stop_str_in_output) seq->pending_text += r.stop;
+      // A natural end becomes STOP; a cancel, deadline or error keeps its reason.
+      if (status.ok() && (reason == FinishReason::kLength || reason == FinishReason::kEos)) {
+        reason = FinishReason::kStop;
+        seq->stop_reason = r.stop;
+      }
+    } else {
+      seq->pending_text += seq->stop.Flush();
+    }
   }
 
   kv_->Free(seq->blocks);

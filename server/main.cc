@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   sbserve::Server server(*options);
@@ -57,7 +58,16 @@ int main(int argc, char** argv) {
   });
   std::thread signal_thread([&] {
     int sig = 0;
-    sigwait(&signals, &sig);
+    for (;;) {
+      sigwait(&signals, &sig);
+      if (sig != SIGHUP) break;
+      // SIGHUP: re-read the TLS files; live connections and streams are untouched.
+      if (absl::Status s = server.ReloadTls(); s.ok()) {
+        spdlog::info("received SIGHUP; TLS certificates reloaded");
+      } else {
+        spdlog::warn("received SIGHUP; TLS reload failed, keeping the previous certificates: {}", s.ToString());
+      }
+    }
     spdlog::info("received {}; draining (readiness NOT_SERVING, new requests UNAVAILABLE)",
                  sig == SIGTERM ? "SIGTERM" : "SIGINT");
     server.BeginDrain();

@@ -163,6 +163,21 @@ const std::vector<Flag>& Flags() {
          o.max_message_bytes = static_cast<int>(mb << 20);
          return absl::OkStatus();
        }},
+      {"tls-cert", "PEM certificate chain: TLS on the gRPC and HTTP ports (with --tls-key); re-read on SIGHUP",
+       [](const ServerOptions& o) { return o.tls_cert; }, Str(&ServerOptions::tls_cert)},
+      {"tls-key", "PEM private key of --tls-cert", [](const ServerOptions& o) { return o.tls_key; },
+       Str(&ServerOptions::tls_key)},
+      {"tls-client-ca", "PEM CA bundle: require client certificates signed by it (mTLS) on both ports",
+       [](const ServerOptions& o) { return o.tls_client_ca; }, Str(&ServerOptions::tls_client_ca)},
+      {"api-keys-file", "API keys, one per line: KEY or sha256:HEX, optional NAME and MAX_CONCURRENT; set: RPCs need 'authorization: Bearer KEY'",
+       [](const ServerOptions& o) { return o.api_keys_file; }, Str(&ServerOptions::api_keys_file)},
+      {"metrics-open", "with --api-keys-file: serve GET /metrics without a key (true | false); /health and /ready are always open",
+       [](const ServerOptions& o) { return o.metrics_open ? "true" : "false"; },
+       [](ServerOptions& o, const std::string& v) {
+         if (v != "true" && v != "false") return Bad("metrics-open", v, "true or false");
+         o.metrics_open = v == "true";
+         return absl::OkStatus();
+       }},
   };
   return *flags;
 }
@@ -221,6 +236,12 @@ absl::StatusOr<ServerOptions> ParseServerOptions(const std::vector<std::string>&
       value = args[++i];
     }
     if (absl::Status s = flag->set(o, value); !s.ok()) return s;
+  }
+  if (o.tls_cert.empty() != o.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!o.tls_client_ca.empty() && o.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
   }
   return o;
 }

@@ -33,6 +33,12 @@ struct ServerOptions {
   int max_message_bytes = 64 << 20;
   // Testing: wraps the backend the server builds (fault injection in tests); null in production.
   std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)> wrap_backend;
+  // TLS on the gRPC and HTTP ports when both are set (PEM files); re-read on SIGHUP.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;  // set: mTLS, a client certificate signed by this CA is required
+  std::string api_keys_file;  // set: every sbserve.v1 RPC needs `authorization: Bearer KEY`
+  bool metrics_open = false;  // with API keys: GET /metrics without a key (probes are always open)
 };
 
 // Parses args (argv without the program name) over the environment. `help` is set when --help

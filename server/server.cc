@@ -22,6 +22,8 @@
 #include "server/metrics/serving_metrics.h"
 #include "server/metrics_observer.h"
 #include "server/service.h"
+#include "server/tls.h"
+#include "server/api_keys.h"
 #include "spdlog/spdlog.h"
 
 #ifdef SBSERVE_HAVE_CUDA
@@ -41,6 +43,7 @@ class Server::Impl {
   void BeginDrain();
   bool WaitDrained(absl::Duration timeout);
   void Shutdown();
+  absl::Status ReloadTls();
   std::string Banner() const;
 
   int port_ = 0;
@@ -72,6 +75,8 @@ class Server::Impl {
   SbServeService service_;
   metrics::Registry registry_;
   std::unique_ptr<metrics::ServingMetrics> metrics_;
+  std::unique_ptr<TlsFiles> tls_;
+  std::unique_ptr<ApiKeys> api_keys_;
   std::unique_ptr<metrics::MetricsHttpServer> http_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<Checkpoint> checkpoint_;
@@ -116,11 +121,26 @@ absl::Status Server::Impl::Start() {
     spdlog::warn("no process metrics: {}", std::string(s.message()));
   }
 
+  if (!options_.api_keys_file.empty()) {
+    absl::StatusOr<std::unique_ptr<ApiKeys>> keys = ApiKeys::Load(options_.api_keys_file);
+    if (!keys.ok()) return keys.status();
+    api_keys_ = *std::move(keys);
+    ctx_.api_keys = api_keys_.get();
+    spdlog::info("API keys: {} loaded; sbserve.v1 RPCs need 'authorization: Bearer KEY'", api_keys_->size());
+  }
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), grpc::InsecureServerCredentials(),
-                           &port_);
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!options_.tls_cert.empty()) {
+    absl::StatusOr<std::unique_ptr<TlsFiles>> tls =
+        TlsFiles::Create(options_.tls_cert, options_.tls_key, options_.tls_client_ca);
+    if (!tls.ok()) return tls.status();
+    tls_ = *std::move(tls);
+    creds = tls_->GrpcCredentials();
+  }
+  builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), creds, &port_);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
   builder.RegisterService(&service_);
@@ -138,6 +158,10 @@ absl::Status Server::Impl::Start() {
     ho.port = options_.metrics_port;
     ho.live = [] { return true; };
     ho.ready = [this] { return ready_.load(); };
+    if (api_keys_ != nullptr && !options_.metrics_open) {
+      ho.authorize_metrics = [this](const std::string& auth) { return api_keys_->Authenticate(auth).ok(); };
+    }
+    if (tls_ != nullptr) ho.tls_setup = [this](void* ctx) { return tls_->SetupSslCtx(ctx); };
     http_ = std::make_unique<metrics::MetricsHttpServer>(registry_, ho);
     if (absl::Status s = http_->Start(); !s.ok()) return s;
     metrics_port_ = http_->port();
@@ -255,14 +279,22 @@ void Server::Impl::Shutdown() {
   engine_.reset();
 }
 
+absl::Status Server::Impl::ReloadTls() {
+  if (tls_ == nullptr) return absl::FailedPreconditionError("TLS is off (no --tls-cert)");
+  return tls_->Reload();
+}
+
 std::string Server::Impl::Banner() const {
   const std::string addr = absl::StrCat(options_.host == "0.0.0.0" ? "localhost" : options_.host, ":", port_);
   std::string out = absl::StrCat("sbserve listening on ", options_.host, ":", port_, " (gRPC, sbserve.v1.SbServe)\n",
                                  "  try: sbctl --addr ", addr, " generate \"Once upon a time\"\n",
                                  "       sbctl --addr ", addr, " health | info\n",
-                                 "       grpcurl -plaintext ", addr, " list   (server reflection is on)\n");
+                                 tls_ != nullptr ? absl::StrCat("       grpcurl -cacert CA.pem ", addr, " list   (TLS",
+                                                                tls_->mtls() ? ", mTLS" : "", "; server reflection is on)\n")
+                                                 : absl::StrCat("       grpcurl -plaintext ", addr,
+                                                                " list   (server reflection is on)\n"));
   if (metrics_port_ > 0) {
-    absl::StrAppend(&out, "  metrics: http://localhost:", metrics_port_, "/metrics  (probes: /health, /ready)\n");
+    absl::StrAppend(&out, tls_ != nullptr ? "  metrics: https://localhost:" : "  metrics: http://localhost:", metrics_port_, "/metrics  (probes: /health, /ready)\n");
   }
   return out;
 }
@@ -274,6 +306,7 @@ absl::Status Server::LoadModel() { return impl_->LoadModel(); }
 void Server::BeginDrain() { impl_->BeginDrain(); }
 bool Server::WaitDrained(absl::Duration timeout) { return impl_->WaitDrained(timeout); }
 void Server::Shutdown() { impl_->Shutdown(); }
+absl::Status Server::ReloadTls() { return impl_->ReloadTls(); }
 int Server::port() const { return impl_->port_; }
 int Server::metrics_port() const { return impl_->metrics_port_; }
 bool Server::ready() const { return impl_->ready_.load(); }

@@ -30,6 +30,10 @@ class Server {
   void BeginDrain();
   bool WaitDrained(absl::Duration timeout);  // true when nothing was left in flight
   void Shutdown();
+  // Re-reads --tls-cert/--tls-key/--tls-client-ca (SIGHUP). New handshakes on both ports use
+  // them within about a second; open connections and streams are untouched. On an error the
+  // previous material stays. FAILED_PRECONDITION when TLS is off.
+  absl::Status ReloadTls();
 
   int port() const;          // bound gRPC port
   int metrics_port() const;  // bound HTTP port; 0 when off

@@ -9,6 +9,7 @@
 #include "server/convert.h"
 #include "server/metrics_observer.h"
 #include "server/status.h"
+#include "server/wire_check.h"
 #include "spdlog/spdlog.h"
 
 namespace sbserve {
@@ -20,6 +21,56 @@ constexpr const char* kVersion = kSbserveVersion;
 void CountReject(const ServiceContext* ctx, const absl::Status& s, bool loading) {
   if (ctx->metrics == nullptr) return;
   ctx->metrics->RequestRejected(RejectReasonFor(s, loading)).Increment();
+}
+
+std::string Flatten(const grpc::ByteBuffer& bb) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!bb.Dump(&slices).ok()) return out;
+  out.reserve(bb.Length());
+  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+void ToByteBuffer(const google::protobuf::Message& m, grpc::ByteBuffer* out) {
+  const std::string bytes = m.SerializeAsString();
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer bb(&slice, 1);
+  out->Swap(&bb);
+}
+
+// Decodes a request with ParseStrict; a malformed one is logged and counted (reason `malformed`).
+absl::Status Decode(const ServiceContext* ctx, const char* rpc, grpc::CallbackServerContext* call,
+                    const grpc::ByteBuffer* bytes, google::protobuf::Message* out) {
+  absl::Status s = ParseStrict(Flatten(*bytes), out);
+  if (s.ok()) return s;
+  if (ctx->metrics != nullptr) ctx->metrics->RequestRejected(metrics::RejectReason::kMalformed).Increment();
+  // Logged whatever --log-requests says: a malformed message is a client bug worth seeing, and
+  // the message names the field and byte offset only, never the request's text.
+  spdlog::warn("request rpc={} peer={} status={} rejected error={}", rpc, call->peer(),
+               static_cast<int>(s.code()), std::string(s.message()));
+  return s;
+}
+
+// The caller's API key (null when keys are off). UNAUTHENTICATED is logged here; the message
+// never repeats the presented key.
+absl::StatusOr<ApiKey*> Authorize(const ServiceContext* ctx, const char* rpc, grpc::CallbackServerContext* call) {
+  if (ctx->api_keys == nullptr) return nullptr;
+  absl::string_view value;
+  const auto& md = call->client_metadata();
+  if (auto it = md.find("authorization"); it != md.end()) value = absl::string_view(it->second.data(), it->second.size());
+  absl::StatusOr<ApiKey*> key = ctx->api_keys->Authenticate(value);
+  if (!key.ok()) {
+    spdlog::warn("request rpc={} peer={} status={} rejected error={}", rpc, call->peer(),
+                 static_cast<int>(key.status().code()), std::string(key.status().message()));
+  }
+  return key;
+}
+
+absl::Status AuthorizeThenDecode(const ServiceContext* ctx, const char* rpc, grpc::CallbackServerContext* call,
+                                 const grpc::ByteBuffer* bytes, google::protobuf::Message* out) {
+  if (absl::StatusOr<ApiKey*> key = Authorize(ctx, rpc, call); !key.ok()) return key.status();
+  return Decode(ctx, rpc, call, bytes, out);
 }
 
 // Prepares a request: the engine (UNAVAILABLE while draining or loading; `loading` tells the
@@ -45,12 +96,13 @@ absl::StatusOr<GenerateRequest> Prepare(ServiceContext* ctx, grpc::CallbackServe
 }
 
 void LogRequest(const ServiceContext* ctx, const std::string& rpc, const std::string& id, const std::string& peer,
-                const GenerateEvent& e, const grpc::Status& st) {
+                const ApiKey* key, const GenerateEvent& e, const grpc::Status& st) {
   if (!ctx->log_requests) return;
   spdlog::info(
-      "request rpc={} id={} peer={} status={} finish={} prompt_tokens={} completion_tokens={} queued_ms={:.2f} "
+      "request rpc={} id={} peer={}{}{} status={} finish={} prompt_tokens={} completion_tokens={} queued_ms={:.2f} "
       "ttft_ms={:.2f} last_token_ms={:.2f} preemptions={}{}{}",
-      rpc, id, peer, static_cast<int>(st.error_code()), FinishReasonName(e.finish_reason), e.prompt_tokens,
+      rpc, id, peer, key != nullptr ? " key=" : "", key != nullptr ? key->name : "", static_cast<int>(st.error_code()),
+      FinishReasonName(e.finish_reason), e.prompt_tokens,
       e.completion_tokens, absl::ToDoubleMilliseconds(e.timings.queued),
       absl::ToDoubleMilliseconds(e.timings.first_token), absl::ToDoubleMilliseconds(e.timings.last_token),
       e.timings.preemptions, st.ok() ? "" : " error=", st.error_message());
@@ -90,13 +142,30 @@ class TwoOwners {
   int refs_ = 1;
 };
 
-class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  GenerateReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const v1::GenerateRequest* request)
+  GenerateReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const grpc::ByteBuffer* bytes)
       : ctx_(ctx), peer_(call->peer()) {
+    absl::StatusOr<ApiKey*> key = Authorize(ctx, "Generate", call);
+    absl::Status early = key.status();
+    v1::GenerateRequest request;
+    if (early.ok()) early = Decode(ctx, "Generate", call, bytes, &request);
+    if (early.ok()) {
+      early = ApiKeys::Acquire(*key);
+      if (early.ok()) {
+        key_ = *key;
+      } else {
+        LogRejected(ctx_, "Generate", peer_, early);
+      }
+    }
+    if (!early.ok()) {
+      finish_called_ = true;
+      Finish(ToGrpcStatus(early));
+      return;
+    }
     Engine* engine = nullptr;
     bool loading = false;
-    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine, &loading);
+    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, request, &engine, &loading);
     absl::Status st = req.status();
     if (req.ok()) {
       id_ = req->request_id;
@@ -106,6 +175,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       if (!st.ok()) owners_.Set(1);
     }
     if (!st.ok()) {
+      ApiKeys::Release(key_);
       CountReject(ctx_, st, loading);
       LogRejected(ctx_, "Generate", peer_, st);
       AddRetryAfter(call, st);
@@ -161,7 +231,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       a = NextLocked();
     }
     if (final) {
-      LogRequest(ctx_, "Generate", id_, peer_, e, final_status_);
+      ApiKeys::Release(key_);
+      LogRequest(ctx_, "Generate", id_, peer_, key_, e, final_status_);
     }
     Run(a);
     if (final && owners_.Release()) delete this;
@@ -171,7 +242,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   Action NextLocked() {
     if (writing_ || finish_called_) return Action::kNone;
     if (!pending_.empty()) {
-      current_ = std::move(pending_.front());
+      ToByteBuffer(pending_.front(), &current_);
       pending_.pop_front();
       writing_ = true;
       return Action::kWrite;
@@ -193,11 +264,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   std::string peer_;  // the call's context is gone once OnDone ran; the engine may finish later
   Engine* engine_ = nullptr;
   std::string id_;
+  ApiKey* key_ = nullptr;  // held (one call in flight) from admission to the final event
   TwoOwners owners_;
 
   std::mutex mu_;
   std::deque<v1::GenerateResponse> pending_;
-  v1::GenerateResponse current_;
+  grpc::ByteBuffer current_;  // the message being written
   bool writing_ = false;
   bool final_ = false;
   bool broken_ = false;
@@ -207,12 +279,28 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
 class CompleteReactor final : public grpc::ServerUnaryReactor {
  public:
-  CompleteReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const v1::GenerateRequest* request,
-                  v1::GenerateResponse* response)
-      : ctx_(ctx), peer_(call->peer()), response_(response) {
+  CompleteReactor(ServiceContext* ctx, grpc::CallbackServerContext* call, const grpc::ByteBuffer* bytes,
+                  grpc::ByteBuffer* response)
+      : ctx_(ctx), peer_(call->peer()), out_(response) {
+    absl::StatusOr<ApiKey*> key = Authorize(ctx, "Complete", call);
+    absl::Status early = key.status();
+    v1::GenerateRequest request;
+    if (early.ok()) early = Decode(ctx, "Complete", call, bytes, &request);
+    if (early.ok()) {
+      early = ApiKeys::Acquire(*key);
+      if (early.ok()) {
+        key_ = *key;
+      } else {
+        LogRejected(ctx_, "Complete", peer_, early);
+      }
+    }
+    if (!early.ok()) {
+      Finish(ToGrpcStatus(early));
+      return;
+    }
     Engine* engine = nullptr;
     bool loading = false;
-    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, *request, &engine, &loading);
+    absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, request, &engine, &loading);
     absl::Status st = req.status();
     if (req.ok()) {
       id_ = req->request_id;
@@ -223,6 +311,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
       if (!st.ok()) owners_.Set(1);
     }
     if (!st.ok()) {
+      ApiKeys::Release(key_);
       CountReject(ctx_, st, loading);
       LogRejected(ctx_, "Complete", peer_, st);
       AddRetryAfter(call, st);
@@ -243,16 +332,21 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     AppendEvent(e, response_);
     if (!e.finished) return;
     const grpc::Status st = FinalStatus(e);
-    LogRequest(ctx_, "Complete", id_, peer_, e, st);
+    ApiKeys::Release(key_);
+    LogRequest(ctx_, "Complete", id_, peer_, key_, e, st);
+    if (st.ok()) ToByteBuffer(*response_, out_);
     Finish(st);
     if (owners_.Release()) delete this;
   }
 
   ServiceContext* ctx_;
   std::string peer_;  // the call's context is gone once OnDone ran; the engine may finish later
-  v1::GenerateResponse* response_;
+  grpc::ByteBuffer* out_;
+  v1::GenerateResponse response_storage_;
+  v1::GenerateResponse* response_ = &response_storage_;
   Engine* engine_ = nullptr;
   std::string id_;
+  ApiKey* key_ = nullptr;
   TwoOwners owners_;
 };
 
@@ -262,54 +356,97 @@ grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* call, const grpc::S
   return r;
 }
 
+grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* call, const grpc::Status& st,
+                                const google::protobuf::Message& response, grpc::ByteBuffer* out) {
+  if (st.ok()) ToByteBuffer(response, out);
+  return Reply(call, st);
+}
+
 }  // namespace
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* SbServeService::Generate(grpc::CallbackServerContext* context,
-                                                                         const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SbServeService::Generate(grpc::CallbackServerContext* context,
+                                                                     const grpc::ByteBuffer* request) {
   return new GenerateReactor(ctx_, context, request);
 }
 
 grpc::ServerUnaryReactor* SbServeService::Complete(grpc::CallbackServerContext* context,
-                                                   const v1::GenerateRequest* request,
-                                                   v1::GenerateResponse* response) {
+                                                   const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
   return new CompleteReactor(ctx_, context, request, response);
 }
 
-grpc::ServerUnaryReactor* SbServeService::Abort(grpc::CallbackServerContext* context, const v1::AbortRequest* request,
-                                                v1::AbortResponse* response) {
+// The unary methods below decode into `request`, fill `response` and serialize it into the raw
+// output once the status is OK.
+grpc::ServerUnaryReactor* SbServeService::Abort(grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes,
+                                                grpc::ByteBuffer* out) {
+  v1::AbortRequest req;
+  v1::AbortResponse resp;
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "Abort", context, bytes, &req); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  return Reply(context, AbortTyped(context, &req, &resp), resp, out);
+}
+
+grpc::ServerUnaryReactor* SbServeService::Tokenize(grpc::CallbackServerContext* context, const grpc::ByteBuffer* bytes,
+                                                   grpc::ByteBuffer* out) {
+  v1::TokenizeRequest req;
+  v1::TokenizeResponse resp;
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "Tokenize", context, bytes, &req); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  return Reply(context, TokenizeTyped(context, &req, &resp), resp, out);
+}
+
+grpc::ServerUnaryReactor* SbServeService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* bytes, grpc::ByteBuffer* out) {
+  v1::GetModelInfoRequest req;
+  v1::ModelInfo resp;
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "GetModelInfo", context, bytes, &req); !s.ok()) {
+    return Reply(context, ToGrpcStatus(s));
+  }
+  return Reply(context, GetModelInfoTyped(context, &req, &resp), resp, out);
+}
+
+grpc::ServerUnaryReactor* SbServeService::GetServerInfo(grpc::CallbackServerContext* context,
+                                                        const grpc::ByteBuffer* bytes, grpc::ByteBuffer* out) {
+  v1::GetServerInfoRequest req;
+  v1::ServerInfo resp;
+  if (absl::Status s = AuthorizeThenDecode(ctx_, "GetServerInfo", context, bytes, &req); !s.ok()) {
+    return Reply(context, ToGrpcStatus(s));
+  }
+  return Reply(context, GetServerInfoTyped(context, &req, &resp), resp, out);
+}
+
+grpc::Status SbServeService::AbortTyped(grpc::CallbackServerContext*, const v1::AbortRequest* request,
+                                        v1::AbortResponse* response) {
   Engine* engine = ctx_->engine.load();
-  if (engine == nullptr) return Reply(context, ToGrpcStatus(absl::UnavailableError("the model is still loading")));
-  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  if (engine == nullptr) return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
+  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   std::vector<std::string> ids(request->request_ids().begin(), request->request_ids().end());
   for (const auto& id : engine->Abort(ids)) response->add_aborted(id);
   if (ctx_->metrics != nullptr) ctx_->metrics->request_aborts->Increment(response->aborted_size());
-  return Reply(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* SbServeService::Tokenize(grpc::CallbackServerContext* context,
-                                                   const v1::TokenizeRequest* request,
-                                                   v1::TokenizeResponse* response) {
+grpc::Status SbServeService::TokenizeTyped(grpc::CallbackServerContext*, const v1::TokenizeRequest* request,
+                                           v1::TokenizeResponse* response) {
   Engine* engine = ctx_->engine.load();
-  if (engine == nullptr) return Reply(context, ToGrpcStatus(absl::UnavailableError("the model is still loading")));
-  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return Reply(context, ToGrpcStatus(s));
+  if (engine == nullptr) return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
+  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   const TextCodec* codec = engine->codec();
   if (codec == nullptr) {
-    return Reply(context, ToGrpcStatus(absl::FailedPreconditionError("this model has no tokenizer")));
+    return ToGrpcStatus(absl::FailedPreconditionError("this model has no tokenizer"));
   }
   absl::StatusOr<std::vector<int32_t>> ids =
       codec->Encode(request->text(), request->has_add_special_tokens() ? request->add_special_tokens() : true);
-  if (!ids.ok()) return Reply(context, ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
+  if (!ids.ok()) return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message())));
   for (int32_t id : *ids) {
     response->add_ids(id);
     response->add_pieces(codec->Decode({id}, false));
   }
-  return Reply(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* SbServeService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                       const v1::GetModelInfoRequest*, v1::ModelInfo* response) {
+grpc::Status SbServeService::GetModelInfoTyped(grpc::CallbackServerContext*, const v1::GetModelInfoRequest* request,
+                                               v1::ModelInfo* response) {
+  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   Engine* engine = ctx_->engine.load();
-  if (engine == nullptr) return Reply(context, ToGrpcStatus(absl::UnavailableError("the model is still loading")));
+  if (engine == nullptr) return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
   const ModelConfig& c = engine->model_config();
   response->set_model(ctx_->model_dir);
   response->set_architecture("stickbreaking");
@@ -325,11 +462,12 @@ grpc::ServerUnaryReactor* SbServeService::GetModelInfo(grpc::CallbackServerConte
   for (int32_t e : engine->eos_ids()) response->add_eos_token_ids(e);
   response->set_kv_block_size(engine->options().kv_block_size);
   response->set_kv_bytes_per_token(engine->backend().KvBytesPerToken());
-  return Reply(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* SbServeService::GetServerInfo(grpc::CallbackServerContext* context,
-                                                        const v1::GetServerInfoRequest*, v1::ServerInfo* response) {
+grpc::Status SbServeService::GetServerInfoTyped(grpc::CallbackServerContext*,
+                                                const v1::GetServerInfoRequest* request, v1::ServerInfo* response) {
+  if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   response->set_version(kVersion);
   response->set_uptime_s(absl::ToDoubleSeconds(absl::Now() - ctx_->start_time));
   Engine* engine = ctx_->engine.load();
@@ -346,7 +484,7 @@ grpc::ServerUnaryReactor* SbServeService::GetServerInfo(grpc::CallbackServerCont
     response->set_requests_finished(s.requests_finished);
     response->set_preemptions(s.preemptions);
   }
-  return Reply(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
 }  // namespace sbserve

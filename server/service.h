@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "engine/engine.h"
 #include "sbserve/v1/sbserve.grpc.pb.h"
+#include "server/api_keys.h"
 #include "server/metrics/serving_metrics.h"
 
 namespace sbserve {
@@ -22,6 +23,7 @@ struct ServiceContext {
   std::atomic<Engine*> engine{nullptr};  // null while loading
   std::atomic<bool> draining{false};
   metrics::ServingMetrics* metrics = nullptr;  // may be null
+  const ApiKeys* api_keys = nullptr;           // null: no authentication
   bool log_requests = true;
   std::string model_dir;
   std::string weight_dtype;
@@ -29,24 +31,42 @@ struct ServiceContext {
   std::atomic<uint64_t> next_request_id{1};
 };
 
-class SbServeService final : public v1::SbServe::CallbackService {
+// Every method takes raw bytes (the generated WithRawCallbackMethod_* wrappers) and decodes them
+// with ParseStrict (server/wire_check.h): gRPC's own decoding answers undecodable messages with
+// UNIMPLEMENTED and no message, before any of our code runs. The wire API is unchanged.
+using SbServeRawBase = v1::SbServe::WithRawCallbackMethod_Generate<v1::SbServe::WithRawCallbackMethod_Complete<
+    v1::SbServe::WithRawCallbackMethod_Abort<v1::SbServe::WithRawCallbackMethod_Tokenize<
+        v1::SbServe::WithRawCallbackMethod_GetModelInfo<v1::SbServe::WithRawCallbackMethod_GetServerInfo<
+            v1::SbServe::Service>>>>>>;
+
+class SbServeService final : public SbServeRawBase {
  public:
   explicit SbServeService(ServiceContext* ctx) : ctx_(ctx) {}
 
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
-                                                          const v1::GenerateRequest* request) override;
-  grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
-                                     v1::GenerateResponse* response) override;
-  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context, const v1::AbortRequest* request,
-                                  v1::AbortResponse* response) override;
-  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context, const v1::TokenizeRequest* request,
-                                     v1::TokenizeResponse* response) override;
-  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* request,
-                                         v1::ModelInfo* response) override;
-  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
-                                          const v1::GetServerInfoRequest* request, v1::ServerInfo* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
 
  private:
+  // The typed bodies of the unary methods.
+  grpc::Status AbortTyped(grpc::CallbackServerContext* context, const v1::AbortRequest* request,
+                          v1::AbortResponse* response);
+  grpc::Status TokenizeTyped(grpc::CallbackServerContext* context, const v1::TokenizeRequest* request,
+                             v1::TokenizeResponse* response);
+  grpc::Status GetModelInfoTyped(grpc::CallbackServerContext* context, const v1::GetModelInfoRequest* request,
+                                 v1::ModelInfo* response);
+  grpc::Status GetServerInfoTyped(grpc::CallbackServerContext* context, const v1::GetServerInfoRequest* request,
+                                  v1::ServerInfo* response);
+
   ServiceContext* ctx_;
 };
 

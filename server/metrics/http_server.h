@@ -1,6 +1,13 @@
 // The operations HTTP endpoint: GET /metrics (Prometheus text format 0.0.4), GET /health
 // (liveness) and GET /ready (readiness), for scrapers and plain HTTP probes.
 //
+// Robust to idle, slow and pipelining clients within the library's limits: every response ends
+// its connection ("Connection: close"), so an idle keep-alive client holds no worker; a
+// connection that sends nothing is closed after idle_timeout_s; a pool of worker_threads keeps
+// probes answered while that many minus one connections are slow. httplib 0.11 reads ahead and
+// drops bytes past the first request, so of pipelined requests only the first is answered and the
+// connection is then closed at once (a compliant client retries the rest).
+//
 //   MetricsHttpServer http(registry, {.host = "0.0.0.0", .port = 8080,
 //                                     .live = [&] { return true; },
 //                                     .ready = [&] { return serving.load(); }});
@@ -26,7 +33,19 @@ struct MetricsHttpServerOptions {
   // An empty function counts as "true".
   std::function<bool()> live;   // GET /health: 200 "ok" when true, 503 otherwise
   std::function<bool()> ready;  // GET /ready: 200 "ready" when true, 503 otherwise
-  int worker_threads = 2;       // scrapes and probes are tiny; two threads are plenty
+  // httplib (0.11) serves each connection on one worker thread for the connection's whole life,
+  // so the pool must outnumber the idle and slow connections a probe may have to get past;
+  // the threads sleep in poll() and cost only their stacks.
+  int worker_threads = 128;
+  // How long a connection may stay open without sending a request; also the per-read and
+  // per-write timeout. A slow-loris client holds a worker for at most this long per byte.
+  int idle_timeout_s = 1;
+  // Set: HTTPS. Called once with the OpenSSL SSL_CTX* (as void*) to install certificates and
+  // verification; false fails Start().
+  std::function<bool(void* ssl_ctx)> tls_setup;
+  // Set: GET /metrics needs an `Authorization` header this accepts (401 otherwise). /health and
+  // /ready stay open for probes.
+  std::function<bool(const std::string& authorization)> authorize_metrics;
 };
 
 class MetricsHttpServer {

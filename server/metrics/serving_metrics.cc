@@ -10,7 +10,7 @@ constexpr std::array<std::string_view, kNumFinishReasons> kFinishReasonLabels = 
     "length", "stop", "eos", "cancelled", "deadline", "error"};
 constexpr std::array<std::string_view, kNumRejectReasons> kRejectReasonLabels = {
     "queue_full", "queue_tokens", "draining", "invalid_argument", "out_of_range", "loading",
-    "already_exists", "other"};
+    "already_exists", "malformed", "other"};
 constexpr std::array<std::string_view, kNumDeadlineStages> kDeadlineStageLabels = {"queued",
                                                                                     "running"};
 

@@ -39,9 +39,10 @@ enum class RejectReason : int {
   kOutOfRange,      // a value out of range, e.g. prompt + max_tokens beyond the context (OUT_OF_RANGE)
   kLoading,         // the model is still loading (UNAVAILABLE)
   kAlreadyExists,   // the request_id of a live request (ALREADY_EXISTS)
+  kMalformed,       // bytes that do not decode as the request message (INVALID_ARGUMENT), any RPC
   kOther,           // any other status code (none is expected)
 };
-inline constexpr size_t kNumRejectReasons = 8;
+inline constexpr size_t kNumRejectReasons = 9;
 std::string_view RejectReasonLabel(RejectReason reason);
 
 // Where a request was when its deadline passed; label `stage` of

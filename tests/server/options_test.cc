@@ -53,5 +53,17 @@ TEST(ServerOptions, ErrorsNameTheFlagOrVariable) {
   EXPECT_NE(ServerUsage().find("SBSERVE_MAX_QUEUED_TOKENS"), std::string::npos);
 }
 
+TEST(ServerOptions, TlsFlagsGoTogether) {
+  bool help = false;
+  EXPECT_FALSE(ParseServerOptions({"--tls-cert=/c.pem"}, &help).ok());
+  EXPECT_FALSE(ParseServerOptions({"--tls-key=/k.pem"}, &help).ok());
+  EXPECT_FALSE(ParseServerOptions({"--tls-client-ca=/ca.pem"}, &help).ok());
+  auto o = ParseServerOptions({"--tls-cert=/c.pem", "--tls-key=/k.pem", "--tls-client-ca=/ca.pem"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->tls_cert, "/c.pem");
+  EXPECT_EQ(o->tls_key, "/k.pem");
+  EXPECT_EQ(o->tls_client_ca, "/ca.pem");
+}
+
 }  // namespace
 }  // namespace sbserve

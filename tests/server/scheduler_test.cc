@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <utility>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -20,18 +21,24 @@
 namespace sbserve {
 namespace {
 
-// Every token decodes to "<id>," so text is predictable.
+// Every token decodes to "<id>," so text is predictable; the end-of-stream flush gives `flush`
+// (a detokenizer ending on an incomplete UTF-8 character flushes U+FFFD).
 class FakeStream : public TextStream {
  public:
+  explicit FakeStream(std::string flush = "") : flush_(std::move(flush)) {}
   std::string Add(int32_t id) override { return absl::StrCat(id, ","); }
-  std::string Flush() override { return ""; }
+  std::string Flush() override { return std::exchange(flush_, ""); }
+
+ private:
+  std::string flush_;
 };
 class FakeCodec : public TextCodec {
  public:
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
   std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
-  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<FakeStream>(); }
+  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<FakeStream>(flush); }
   std::vector<int32_t> eos_ids() const override { return {kFakeEos}; }
+  std::string flush;
 };
 
 struct Result {
@@ -268,6 +275,53 @@ TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
     EXPECT_EQ(res.final.finish_reason, FinishReason::kStop);
     EXPECT_EQ(res.final.stop_reason, stop);
     EXPECT_EQ(res.text, full.substr(0, at));
+  }
+}
+
+// The text flushed when a request ends (U+FFFD for a trailing incomplete UTF-8 character) is
+// stop-matched like any other: a stop string in it ends the request as STOP and never reaches
+// the client. Text held back as a possible stop prefix is still released when nothing matched.
+TEST(Scheduler, StopStringsCoverTheFinalFlush) {
+  const std::string fffd = "\xEF\xBF\xBD";
+  {
+    Harness h(256, 4, 64);
+    h.codec.flush = fffd;
+    GenerateRequest r = Req("x", 12, 6);
+    r.stop_strings = {fffd};
+    h.Add(r);
+    h.RunToCompletion();
+    const Result& res = h.results["x"];
+    EXPECT_EQ(res.text.find(fffd), std::string::npos) << res.text;
+    EXPECT_EQ(res.final.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(res.final.stop_reason, fffd);
+    EXPECT_EQ(res.ids.size(), 6u);
+  }
+  {
+    // include_stop_str_in_output keeps it, as for a match inside the stream.
+    Harness h(256, 4, 64);
+    h.codec.flush = fffd;
+    GenerateRequest r = Req("x", 12, 6);
+    r.stop_strings = {fffd};
+    r.include_stop_str_in_output = true;
+    h.Add(r);
+    h.RunToCompletion();
+    const Result& res = h.results["x"];
+    EXPECT_EQ(res.final.finish_reason, FinishReason::kStop);
+    ASSERT_GE(res.text.size(), fffd.size());
+    EXPECT_EQ(res.text.substr(res.text.size() - fffd.size()), fffd);
+  }
+  {
+    // A stop string that the flush only begins: everything is released, finish LENGTH.
+    Harness h(256, 4, 64);
+    h.codec.flush = "XY";
+    GenerateRequest r = Req("x", 12, 6);
+    r.stop_strings = {"XYZ"};
+    h.Add(r);
+    h.RunToCompletion();
+    const Result& res = h.results["x"];
+    EXPECT_EQ(res.final.finish_reason, FinishReason::kLength);
+    ASSERT_GE(res.text.size(), 2u);
+    EXPECT_EQ(res.text.substr(res.text.size() - 2), "XY");
   }
 }
 

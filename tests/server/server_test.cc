@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -916,6 +917,260 @@ TEST(Server, TextIsTheDetokenizationOfTheIds) {
   EXPECT_GT(seen["FINISH_REASON_STOP"] + seen["FINISH_REASON_STOP keep-special"], 0) << "no stop-token finish";
   EXPECT_GT(seen["FINISH_REASON_STOP (string)"] + seen["FINISH_REASON_STOP (string) keep-special"], 0);
   EXPECT_TRUE(ts.WaitIdle());
+}
+
+// Sends `bytes` as the request of `method` with a generic stub, as a unary call (a server-
+// streaming method answers a refused request with no message and its status).
+grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                      const std::string& bytes, grpc::ByteBuffer* response) {
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  auto call = generic.PrepareUnaryCall(&ctx, method, request, &cq);
+  call->StartCall();
+  grpc::Status st;
+  call->Finish(response, &st, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  EXPECT_TRUE(cq.Next(&tag, &ok));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return st;
+}
+
+// Undecodable request bytes are INVALID_ARGUMENT saying what is wrong (gRPC's own decoding would
+// answer UNIMPLEMENTED with an empty message), on every RPC, and counted as reason "malformed".
+TEST(Server, UndecodableMessagesAreInvalidArgumentAndCounted) {
+  TestServer ts;
+  struct Case {
+    std::string method;
+    std::string bytes;
+    std::string expect;  // in the message
+  };
+  std::mt19937 rng(11);
+  std::string random(64, '\0');
+  for (char& c : random) c = static_cast<char>(rng() & 0xff);
+  const std::string gen = "/sbserve.v1.SbServe/Generate";
+  const std::string comp = "/sbserve.v1.SbServe/Complete";
+  const std::string tok = "/sbserve.v1.SbServe/Tokenize";
+  const std::vector<Case> cases = {
+      {gen, std::string("\x12\x01\xff", 3), "text: not valid UTF-8"},
+      {comp, std::string("\x12\x01\xff", 3), "text: not valid UTF-8"},
+      {tok, std::string("\x0a\x01\xff", 3), "text: not valid UTF-8"},
+      // stopping { stop: "\xc0\x80" } (an overlong NUL) after a valid stop string
+      {gen, std::string("\x12\x01x\x2a\x07\x1a\x01" "a\x1a\x02\xc0\x80", 12), "stopping.stop[1]: not valid UTF-8"},
+      {gen, std::string("\x12\x05" "ab", 4), "runs past the end"},
+      {comp, std::string("\x12\x05" "ab", 4), "runs past the end"},
+      {tok, std::string("\x0a\x05" "ab", 4), "runs past the end"},
+      {gen, std::string("\x12\x02hi\x38", 5), "priority: truncated varint"},
+      {gen, std::string("\x10\x01", 2), "text: wire type 0"},
+      {comp, std::string("\x10\x01", 2), "text: wire type 0"},
+      {tok, std::string("\x08\x01", 2), "text: wire type 0"},
+      {gen, std::string("\x00\x01", 2), "field number 0"},
+      {comp, std::string("\x00\x01", 2), "field number 0"},
+      {tok, std::string("\x00\x01", 2), "field number 0"},
+      {tok, std::string("\x0b\x0c", 2), "wire type 3"},
+      {gen, random, "malformed request"},
+      {comp, random, "malformed request"},
+      {tok, random, "malformed request"},
+      {"/sbserve.v1.SbServe/Abort", std::string("\x0a\x01\xfe", 3), "request_ids[0]: not valid UTF-8"},
+      {"/sbserve.v1.SbServe/GetServerInfo", std::string("\x0a\x03", 2), "runs past the end"},
+      {"/sbserve.v1.SbServe/GetModelInfo", random, "malformed request"},
+  };
+  for (const Case& c : cases) {
+    grpc::ByteBuffer resp;
+    const grpc::Status st = RawUnary(ts.channel(), c.method, c.bytes, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.method << " " << c.expect << ": "
+                                                                    << st.error_message();
+    EXPECT_NE(st.error_message().find(c.expect), std::string::npos) << c.method << ": " << st.error_message();
+  }
+  const std::string page = ScrapeMetrics(ts);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"malformed\"}"),
+            static_cast<double>(cases.size()));
+
+  // The server still answers, and a well-formed request through the same raw path works.
+  v1::TokenizeRequest treq;
+  treq.set_text("hello");
+  grpc::ByteBuffer resp;
+  const grpc::Status st = RawUnary(ts.channel(), tok, treq.SerializeAsString(), &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(resp.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  v1::TokenizeResponse tresp;
+  ASSERT_TRUE(tresp.ParseFromString(bytes));
+  EXPECT_GT(tresp.ids_size(), 0);
+  EXPECT_TRUE(ts.Generate(TextReq("hi", 1)).status.ok());
+}
+
+// Unknown fields are refused on every RPC (the README's rule), GetModelInfo and GetServerInfo
+// included.
+TEST(Server, UnknownFieldsOnInfoRpcsAreInvalidArgument) {
+  TestServer ts;
+  for (const std::string m : {"/sbserve.v1.SbServe/GetModelInfo", "/sbserve.v1.SbServe/GetServerInfo"}) {
+    grpc::ByteBuffer resp;
+    const grpc::Status st = RawUnary(ts.channel(), m, std::string("\x08\x01", 2), &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << m << ": " << st.error_message();
+  }
+}
+
+// True once /metrics shows nothing running or waiting and no KV block used (polled: the gauges
+// are set on the engine thread right after the state changes).
+bool GaugesAtZero(TestServer& ts, std::string* page) {
+  const absl::Time end = absl::Now() + absl::Seconds(3);
+  while (absl::Now() < end) {
+    *page = ScrapeMetrics(ts);
+    if (MetricValue(*page, "sbserve_num_requests_running") == 0 &&
+        MetricValue(*page, "sbserve_num_requests_waiting") == 0 &&
+        MetricValue(*page, "sbserve_kv_cache_used_blocks") == 0 &&
+        MetricValue(*page, "sbserve_kv_cache_usage_ratio") == 0) {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
+// When the last request ends outside a forward step (client cancel, Abort RPC, deadline), the
+// gauges return to zero without any further request (the KV-thrashing alert reads them).
+TEST(Server, GaugesReturnToZeroAfterTheLastRequestEndsByCancelAbortOrDeadline) {
+  TestServer ts;
+  std::string page;
+  for (const std::string how : {"cancel", "abort", "deadline"}) {
+    SCOPED_TRACE(how);
+    GenerateRequest req = TextReq("the gauges must follow " + how, 1900);
+    req.set_request_id("gauge-" + how);
+    grpc::ClientContext ctx;
+    if (how == "deadline") ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(400)));
+    auto reader = ts.stub().Generate(&ctx, req);
+    GenerateResponse msg;
+    ASSERT_TRUE(reader->Read(&msg));
+    // Running, with KV in use, as the gauges show it once the step that streamed the first token
+    // has reported (the deadline may already have passed on a loaded machine, so that case is not
+    // checked here).
+    if (how != "deadline") {
+      bool seen = false;
+      for (absl::Time end = absl::Now() + absl::Seconds(5); absl::Now() < end && !seen;) {
+        page = ScrapeMetrics(ts);
+        seen = MetricValue(page, "sbserve_num_requests_running") == 1 &&
+               MetricValue(page, "sbserve_kv_cache_used_blocks") > 0;
+      }
+      EXPECT_TRUE(seen) << page;
+    }
+    if (how == "cancel") ctx.TryCancel();
+    if (how == "abort") {
+      grpc::ClientContext actx;
+      v1::AbortRequest areq;
+      areq.add_request_ids(req.request_id());
+      v1::AbortResponse aresp;
+      ASSERT_TRUE(ts.stub().Abort(&actx, areq, &aresp).ok());
+    }
+    while (reader->Read(&msg)) {
+    }
+    const grpc::Status st = reader->Finish();
+    EXPECT_EQ(st.error_code(), how == "deadline" ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED);
+    ASSERT_TRUE(ts.WaitIdle(absl::Seconds(5)));
+    EXPECT_TRUE(GaugesAtZero(ts, &page)) << page;
+  }
+}
+
+// API keys: UNAUTHENTICATED without a known Bearer key on every sbserve.v1 RPC, a key given by its
+// SHA-256 works, a per-key concurrency limit answers RESOURCE_EXHAUSTED naming the key, and
+// GET /metrics needs a key while /health stays open.
+TEST(Server, ApiKeysAuthenticateAndLimitPerKey) {
+  const std::string path = (std::filesystem::temp_directory_path() / absl::StrCat("sbserve-keys-", getpid())).string();
+  // sha256("sk-beta")
+  std::ofstream(path) << "# test keys\nsk-alpha alpha 1\n"
+                         "sha256:c29d79ad08b23ba5095b823d0b2e777320983be14c1150de96d07a86da5cd78c beta\n";
+  ServerOptions o = TestServer::Defaults();
+  o.api_keys_file = path;
+  TestServer ts(o);
+  std::filesystem::remove(path);
+  auto call_info = [&](const std::string& auth) {
+    grpc::ClientContext ctx;
+    if (!auth.empty()) ctx.AddMetadata("authorization", auth);
+    v1::ServerInfo info;
+    return ts.stub().GetServerInfo(&ctx, {}, &info).error_code();
+  };
+  EXPECT_EQ(call_info(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call_info("Bearer sk-wrong"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call_info("Basic sk-alpha"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(call_info("Bearer sk-alpha"), grpc::StatusCode::OK);
+  {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    req.set_text("hi");
+    v1::TokenizeResponse resp;
+    EXPECT_EQ(ts.stub().Tokenize(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    GenerateResponse resp;
+    EXPECT_EQ(ts.stub().Complete(&ctx, TextReq("hi", 2), &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    EXPECT_EQ(ts.Generate(TextReq("hi", 2), absl::Seconds(30), &ctx).status.error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // The sha256: entry.
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer sk-beta");
+    GenerateResponse resp;
+    EXPECT_TRUE(ts.stub().Complete(&ctx, TextReq("hi", 2), &resp).ok());
+  }
+  // alpha may have one call in flight.
+  grpc::ClientContext hold_ctx;
+  hold_ctx.AddMetadata("authorization", "Bearer sk-alpha");
+  auto hold = ts.stub().Generate(&hold_ctx, TextReq("hold the only slot of alpha", 1800));
+  GenerateResponse msg;
+  ASSERT_TRUE(hold->Read(&msg));
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer sk-alpha");
+    GenerateResponse resp;
+    const grpc::Status st = ts.stub().Complete(&ctx, TextReq("hi", 2), &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(st.error_message().find("'alpha'"), std::string::npos) << st.error_message();
+    EXPECT_EQ(st.error_message().find("sk-alpha"), std::string::npos);
+  }
+  {
+    grpc::ClientContext ctx;  // another key is not limited by alpha's
+    ctx.AddMetadata("authorization", "Bearer sk-beta");
+    GenerateResponse resp;
+    EXPECT_TRUE(ts.stub().Complete(&ctx, TextReq("hi", 2), &resp).ok());
+  }
+  hold_ctx.TryCancel();
+  while (hold->Read(&msg)) {
+  }
+  EXPECT_EQ(hold->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // Released with the server's final event (a client cancel ends the call locally at once).
+  grpc::Status again;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer sk-alpha");
+    GenerateResponse resp;
+    again = ts.stub().Complete(&ctx, TextReq("hi", 2), &resp);
+    if (again.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(again.ok()) << again.error_message();
+  httplib::Client http("127.0.0.1", ts.server().metrics_port());
+  auto r = http.Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  r = http.Get("/metrics", {{"Authorization", "Bearer sk-beta"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  r = http.Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
 }
 
 }  // namespace

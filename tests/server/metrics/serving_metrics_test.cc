@@ -66,7 +66,7 @@ TEST(ServingMetrics, LabelledChildrenExistFromTheStart) {
   }
   for (const char* reason :
        {"queue_full", "queue_tokens", "draining", "invalid_argument", "out_of_range", "loading",
-        "already_exists", "other"}) {
+        "already_exists", "malformed", "other"}) {
     EXPECT_NE(text.find(std::string("sbserve_request_rejected_total{reason=\"") + reason +
                         "\"} 0\n"),
               std::string::npos)
