@@ -200,7 +200,11 @@ absl::Status Engine::Impl::Submit(GenerateRequest req, EventSink sink) {
   }
   if (req.max_tokens == 0) {
     req.max_tokens = static_cast<int32_t>(std::min<int64_t>(options_.default_max_tokens, ctx - n));
-    req.min_tokens = std::min(req.min_tokens, req.max_tokens);
+    if (req.min_tokens > req.max_tokens) {  // README: min_tokens <= max_tokens, the effective one too
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stopping.min_tokens: ", req.min_tokens, " exceeds the effective max_tokens ", req.max_tokens,
+          " (max_tokens unset: the server default, capped by the context)"));
+    }
   } else if (n + req.max_tokens > ctx) {
     return absl::OutOfRangeError(absl::StrCat("stopping.max_tokens: prompt (", n, " tokens) + max_tokens (",
                                               req.max_tokens, ") exceeds the context length ", ctx));

@@ -90,5 +90,28 @@ TEST(FrontDoor, APromptAboveTheQueuedTokenLimitEntersAnEmptyQueue) {
   EXPECT_EQ(w.last.completion_tokens, 3);
 }
 
+// min_tokens above the effective max_tokens (unset max_tokens: the default, capped by the context)
+// is refused as the README says, not silently clamped; at exactly max_tokens it runs to the end.
+TEST(FrontDoor, MinTokensAboveTheEffectiveMaxTokensIsRefused) {
+  EngineOptions o;
+  o.kv_num_blocks = 512;
+  o.default_max_tokens = 20;
+  auto engine = Make(o);
+  GenerateRequest r = Req("x", 10, 0);
+  r.min_tokens = 21;
+  absl::Status st = engine->Submit(r, [](GenerateEvent) {});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("stopping.min_tokens"), std::string::npos) << st;
+  r = Req("y", 500, 0);  // the context (512) leaves 12 tokens: the effective max_tokens is 12
+  r.min_tokens = 13;
+  EXPECT_EQ(engine->Submit(r, [](GenerateEvent) {}).code(), absl::StatusCode::kInvalidArgument);
+  Waiter w;
+  r = Req("z", 10, 0);
+  r.min_tokens = 20;
+  ASSERT_TRUE(engine->Submit(r, w.Sink()).ok());
+  ASSERT_TRUE(w.Wait());
+  EXPECT_EQ(w.last.completion_tokens, 20);
+}
+
 }  // namespace
 }  // namespace sbserve
