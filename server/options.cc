@@ -71,6 +71,10 @@ const std::vector<Flag>& Flags() {
       {"metrics-port", "metrics HTTP port for /metrics, /health, /ready (0: any free port, -1: off)",
        [](const ServerOptions& o) { return absl::StrCat(o.metrics_port); },
        Int("metrics-port", &ServerOptions::metrics_port, -1, 65535)},
+      {"probe-port", "open operations port: /health, /ready and /metrics over plain HTTP with no API key, "
+                     "beside a TLS/mTLS or keyed metrics port (0: any free port, -1: off)",
+       [](const ServerOptions& o) { return absl::StrCat(o.probe_port); },
+       Int("probe-port", &ServerOptions::probe_port, -1, 65535)},
       {"backend", "auto | cpu | cuda (auto: CUDA when built with it and a device is present)",
        [](const ServerOptions& o) { return o.backend; },
        [](ServerOptions& o, const std::string& v) {

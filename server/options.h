@@ -22,6 +22,7 @@ struct ServerOptions {
   int port = 50051;               // 0: pick a free port
   std::string metrics_host = "0.0.0.0";
   int metrics_port = 8080;        // 0: pick a free port; -1: no HTTP endpoint
+  int probe_port = -1;            // open /health, /ready, /metrics: plain HTTP, no key; -1: off
   std::string backend = "auto";   // auto | cpu | cuda
   int device = 0;
   int cpu_threads = 0;

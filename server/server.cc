@@ -48,6 +48,7 @@ class Server::Impl {
 
   int port_ = 0;
   int metrics_port_ = 0;
+  int probe_port_ = 0;
   std::atomic<bool> ready_{false};
   std::function<void(const absl::Status&)> on_fatal_;  // set before LoadModel
 
@@ -78,6 +79,7 @@ class Server::Impl {
   std::unique_ptr<TlsFiles> tls_;
   std::unique_ptr<ApiKeys> api_keys_;
   std::unique_ptr<metrics::MetricsHttpServer> http_;
+  std::unique_ptr<metrics::MetricsHttpServer> probe_http_;  // --probe-port
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<Engine> engine_;
@@ -165,6 +167,18 @@ absl::Status Server::Impl::Start() {
     http_ = std::make_unique<metrics::MetricsHttpServer>(registry_, ho);
     if (absl::Status s = http_->Start(); !s.ok()) return s;
     metrics_port_ = http_->port();
+  }
+  // The open operations listener: plain HTTP, no API key, for probes (kubelet has no client
+  // certificate under mTLS) and for a scraper inside the pod network.
+  if (options_.probe_port >= 0) {
+    metrics::MetricsHttpServerOptions po;
+    po.host = options_.metrics_host;
+    po.port = options_.probe_port;
+    po.live = [] { return true; };
+    po.ready = [this] { return ready_.load(); };
+    probe_http_ = std::make_unique<metrics::MetricsHttpServer>(registry_, po);
+    if (absl::Status s = probe_http_->Start(); !s.ok()) return s;
+    probe_port_ = probe_http_->port();
   }
   return absl::OkStatus();
 }
@@ -274,6 +288,7 @@ void Server::Impl::Shutdown() {
   if (engine_ != nullptr) engine_->Shutdown();
   if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (http_ != nullptr) http_->Stop();
+  if (probe_http_ != nullptr) probe_http_->Stop();
   ctx_.engine.store(nullptr);
   grpc_.reset();
   engine_.reset();
@@ -309,6 +324,7 @@ void Server::Shutdown() { impl_->Shutdown(); }
 absl::Status Server::ReloadTls() { return impl_->ReloadTls(); }
 int Server::port() const { return impl_->port_; }
 int Server::metrics_port() const { return impl_->metrics_port_; }
+int Server::probe_port() const { return impl_->probe_port_; }
 bool Server::ready() const { return impl_->ready_.load(); }
 std::string Server::Banner() const { return impl_->Banner(); }
 void Server::SetFatalHandler(std::function<void(const absl::Status&)> handler) { impl_->on_fatal_ = std::move(handler); }

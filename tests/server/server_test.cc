@@ -1173,5 +1173,38 @@ TEST(Server, ApiKeysAuthenticateAndLimitPerKey) {
   EXPECT_EQ(r->status, 200);
 }
 
+// --probe-port: an open operations listener beside a keyed metrics port. Probes and /metrics answer
+// there over plain HTTP without a key, while the metrics port still asks for one.
+TEST(Server, ProbePortIsOpenBesideAKeyedMetricsPort) {
+  const std::string path = (std::filesystem::temp_directory_path() / absl::StrCat("sbserve-pkeys-", getpid())).string();
+  std::ofstream(path) << "sk-gamma gamma\n";
+  ServerOptions o = TestServer::Defaults();
+  o.api_keys_file = path;
+  o.probe_port = 0;
+  TestServer ts(o);
+  std::filesystem::remove(path);
+  ASSERT_GT(ts.server().probe_port(), 0);
+  ASSERT_NE(ts.server().probe_port(), ts.server().metrics_port());
+  httplib::Client keyed("127.0.0.1", ts.server().metrics_port());
+  auto r = keyed.Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  httplib::Client open("127.0.0.1", ts.server().probe_port());
+  for (const char* p : {"/health", "/ready"}) {
+    r = open.Get(p);
+    ASSERT_TRUE(r) << p;
+    EXPECT_EQ(r->status, 200) << p;
+  }
+  r = open.Get("/metrics");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_NE(r->body.find("sbserve_num_requests_running"), std::string::npos);
+  // Readiness is the same on both: draining turns the open port's /ready to 503 too.
+  ts.server().BeginDrain();
+  r = open.Get("/ready");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+}
+
 }  // namespace
 }  // namespace sbserve
