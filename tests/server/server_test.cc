@@ -408,7 +408,13 @@ TEST(Server, OverloadIsRefusedWithRetryInfoWhileAdmittedRequestsComplete) {
   EXPECT_GE(ok, 3);  // at least a full queue's worth was admitted and completed
   EXPECT_GT(exhausted, 0);
   EXPECT_TRUE(ts.WaitIdle());
-  const std::string page = ScrapeMetrics(ts);
+  // GetServerInfo sees a request end as it ends; the gauges follow with the step's report, which
+  // comes after the rest of that step's rows are sampled: wait for it (a loaded machine may lag).
+  std::string page = ScrapeMetrics(ts);
+  for (int i = 0; i < 400 && MetricValue(page, "sbserve_num_requests_running") != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+    page = ScrapeMetrics(ts);
+  }
   EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"queue_full\"}"), exhausted);
   EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"length\"}"), ok);
   EXPECT_EQ(MetricValue(page, "sbserve_generation_tokens_total"), 60.0 * ok);
