@@ -414,10 +414,12 @@ void Scheduler::OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now
   if (!req.ignore_eos &&
       std::find(options_.eos_ids.begin(), options_.eos_ids.end(), token) != options_.eos_ids.end()) {
     reason = FinishReason::kEos;
-    if (seq->detok != nullptr) seq->pending_text += seq->stop.Push(seq->detok->Add(token), false).text;
   } else if (std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), token) != req.stop_token_ids.end()) {
     reason = FinishReason::kStop;
     seq->stop_reason = absl::StrCat(token);
+  }
+  if (reason != FinishReason::kNone) {
+    // The ending token's text, unmatched: stop strings do not apply to it.
     if (seq->detok != nullptr) seq->pending_text += seq->stop.Push(seq->detok->Add(token), false).text;
   } else if (seq->detok != nullptr) {
     StopMatcher::Result r = seq->stop.Push(seq->detok->Add(token), can_stop);
