@@ -17,6 +17,7 @@
 #include "httplib.h"
 #include "sbserve/v1/sbserve.grpc.pb.h"
 #include "server/server.h"
+#include "tests/server/live_server.h"
 
 namespace sbserve {
 namespace {
@@ -49,13 +50,7 @@ class FaultyBackend final : public Backend {
 
 struct Harness {
   explicit Harness(int max_failures, bool fatal) : failures(std::make_shared<std::atomic<int>>(0)) {
-    ServerOptions o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_host = "127.0.0.1";
-    o.metrics_port = 0;
-    o.cpu_threads = 2;
-    o.log_requests = false;
+    ServerOptions o = testing::LoopbackServerOptions();
     o.engine.kv_cache_bytes = int64_t{32} << 20;
     o.engine.max_consecutive_step_failures = max_failures;
     auto plan = failures;

@@ -24,6 +24,7 @@
 #include "httplib.h"
 #include "sbserve/v1/sbserve.grpc.pb.h"
 #include "server/server.h"
+#include "tests/server/live_server.h"
 
 namespace sbserve {
 namespace {
@@ -45,14 +46,7 @@ v1::GenerateRequest Req(const std::string& text, int max_tokens, uint64_t seed) 
   return r;
 }
 
-double Metric(const std::string& page, const std::string& series) {
-  size_t at = 0;
-  while ((at = page.find(series + " ", at)) != std::string::npos) {
-    if (at == 0 || page[at - 1] == '\n') return std::stod(page.substr(at + series.size() + 1));
-    at += series.size();
-  }
-  return -1;
-}
+using testing::MetricValue;
 
 enum Kind { kNormal, kCancel, kDeadline, kAbort, kDuplicate, kInvalid, kMalformed, kNumKinds };
 const char* const kKindNames[] = {"normal", "cancel", "deadline", "abort", "duplicate", "invalid", "malformed"};
@@ -179,13 +173,7 @@ struct Chaos {
 TEST(Chaos, SeededMixEndsWithDocumentedStatusesAndLeavesNothingBehind) {
   const int ops = EnvInt("SBSERVE_CHAOS_OPS", 240);
   const int threads = EnvInt("SBSERVE_CHAOS_THREADS", 24);
-  ServerOptions o;
-  o.host = "127.0.0.1";
-  o.port = 0;
-  o.metrics_host = "127.0.0.1";
-  o.metrics_port = 0;
-  o.cpu_threads = 2;
-  o.log_requests = false;
+  ServerOptions o = testing::LoopbackServerOptions();
   o.engine.kv_cache_bytes = int64_t{16} << 20;  // small: preemption happens too
   Server server(o);
   ASSERT_TRUE(server.Start().ok());
@@ -226,9 +214,9 @@ TEST(Chaos, SeededMixEndsWithDocumentedStatusesAndLeavesNothingBehind) {
     auto res = http.Get("/metrics");
     page = res ? res->body : "";
     idle = info.running() == 0 && info.waiting() == 0 && info.kv_blocks_used() == 0 &&
-           info.queued_prompt_tokens() == 0 && Metric(page, "sbserve_num_requests_running") == 0 &&
-           Metric(page, "sbserve_num_requests_waiting") == 0 && Metric(page, "sbserve_kv_cache_used_blocks") == 0 &&
-           Metric(page, "sbserve_num_queued_prompt_tokens") == 0;
+           info.queued_prompt_tokens() == 0 && MetricValue(page, "sbserve_num_requests_running") == 0 &&
+           MetricValue(page, "sbserve_num_requests_waiting") == 0 && MetricValue(page, "sbserve_kv_cache_used_blocks") == 0 &&
+           MetricValue(page, "sbserve_num_queued_prompt_tokens") == 0;
     if (!idle) absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_TRUE(idle) << page;

@@ -26,6 +26,7 @@
 #include "server/metrics_observer.h"
 #include "server/server.h"
 #include "tests/server/fake_backend.h"
+#include "tests/server/live_server.h"
 
 namespace sbserve {
 namespace {
@@ -59,15 +60,7 @@ class LiveServer {
   }
 
   static ServerOptions Defaults() {
-    ServerOptions o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_host = "127.0.0.1";
-    o.metrics_port = 0;
-    o.cpu_threads = 2;
-    o.log_requests = false;
-    o.engine.kv_cache_bytes = int64_t{64} << 20;
-    return o;
+    return testing::LoopbackServerOptions();
   }
 
   Server& server() { return server_; }

@@ -27,6 +27,7 @@
 #include "sbserve/v1/sbserve.grpc.pb.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "server/server.h"
+#include "tests/server/live_server.h"
 
 namespace sbserve {
 namespace {
@@ -57,15 +58,7 @@ class TestServer {
   }
 
   static ServerOptions Defaults() {
-    ServerOptions o;
-    o.host = "127.0.0.1";
-    o.port = 0;
-    o.metrics_host = "127.0.0.1";
-    o.metrics_port = 0;
-    o.cpu_threads = 2;
-    o.log_requests = false;
-    o.engine.kv_cache_bytes = int64_t{64} << 20;
-    return o;
+    return testing::LoopbackServerOptions();
   }
 
   Server& server() { return server_; }
@@ -138,15 +131,7 @@ GenerateRequest TextReq(const std::string& text, int max_tokens, float temperatu
   return r;
 }
 
-// Value of one sample line ("name{labels} value") of a Prometheus text page; -1 when absent.
-double MetricValue(const std::string& page, const std::string& series) {
-  size_t at = 0;
-  while ((at = page.find(series + " ", at)) != std::string::npos) {
-    if (at == 0 || page[at - 1] == '\n') return std::stod(page.substr(at + series.size() + 1));
-    at += series.size();
-  }
-  return -1;
-}
+using testing::MetricValue;
 
 std::string ScrapeMetrics(TestServer& ts) {
   httplib::Client http("127.0.0.1", ts.server().metrics_port());

@@ -18,6 +18,7 @@
 #include "httplib.h"
 #include "sbserve/v1/sbserve.grpc.pb.h"
 #include "server/server.h"
+#include "tests/server/live_server.h"
 
 namespace sbserve {
 namespace {
@@ -68,14 +69,7 @@ class Pki {
 };
 
 ServerOptions TlsOptions(const Pki& pki, const std::string& leaf, const std::string& client_ca = "") {
-  ServerOptions o;
-  o.host = "127.0.0.1";
-  o.port = 0;
-  o.metrics_host = "127.0.0.1";
-  o.metrics_port = 0;
-  o.cpu_threads = 2;
-  o.log_requests = false;
-  o.engine.kv_cache_bytes = int64_t{64} << 20;
+  ServerOptions o = testing::LoopbackServerOptions();
   o.tls_cert = pki.Path(leaf + ".pem");
   o.tls_key = pki.Path(leaf + ".key");
   if (!client_ca.empty()) o.tls_client_ca = pki.Path(client_ca + ".pem");
