@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -35,29 +36,63 @@ struct Pair {
   std::unique_ptr<Backend> cpu, gpu;
 };
 
-Pair Load(const std::string& variant, int64_t kv_heads, const std::string& name) {
+// A checkpoint pair (fp32 CPU reference, CUDA) for any writer options.
+Pair LoadWith(const CreateOptions& o, const std::string& name, int gpu_blocks = 256,
+              const CudaBackendOptions& gpu_options = {}) {
   const std::string dir = (fs::temp_directory_path() / ("sbserve_cuda_" + name + std::to_string(::getpid()))).string();
   fs::remove_all(dir);
-  CreateOptions o;
-  o.preset = "small";
-  o.variant = variant;
-  o.kv_heads = kv_heads;
-  o.dtype = "bf16";
-  o.seed = 17;
-  o.tokenizer = false;
   EXPECT_TRUE(WriteRandomCheckpoint(dir, o).ok());
   Pair p;
   auto ckpt = Checkpoint::Open(dir);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   p.ckpt = std::move(*ckpt);
   auto cpu = CreateCpuBackend(*p.ckpt, {});
-  auto gpu = CreateCudaBackend(*p.ckpt, {});
+  auto gpu = CreateCudaBackend(*p.ckpt, gpu_options);
   EXPECT_TRUE(gpu.ok()) << gpu.status();
   p.cpu = std::move(*cpu);
   p.gpu = std::move(*gpu);
   EXPECT_TRUE(p.cpu->InitKvCache({256, 16}).ok());
-  EXPECT_TRUE(p.gpu->InitKvCache({256, 16}).ok());
+  absl::Status st = p.gpu->InitKvCache({gpu_blocks, 16});
+  EXPECT_TRUE(st.ok()) << st;
   return p;
+}
+
+CreateOptions Opts(const std::string& preset, const std::string& variant, const std::string& dtype = "bf16") {
+  CreateOptions o;
+  o.preset = preset;
+  o.variant = variant;
+  o.dtype = dtype;
+  o.seed = 23;
+  o.tokenizer = false;
+  return o;
+}
+
+// The `small` preset in bf16 with a remainder variant and kv heads (0: MHA).
+Pair Load(const std::string& variant, int64_t kv_heads, const std::string& name) {
+  CreateOptions o = Opts("small", variant);
+  o.kv_heads = kv_heads;
+  o.seed = 17;
+  return LoadWith(o, name);
+}
+
+// Runs `steps` (packed against the CPU's 256-block allocator) on both backends and compares the
+// logits of every step; `to_gpu` maps the batch for the GPU (e.g. other block ids).
+void RunSteps(Pair& p, std::vector<std::vector<testing::ChunkSpec>>& steps, KvBlockAllocator& alloc,
+              const char* label, const std::function<Batch(const Batch&)>& to_gpu = nullptr) {
+  const int64_t V = p.ckpt->config().vocab_size;
+  for (size_t s = 0; s < steps.size(); ++s) {
+    Batch b = testing::PackBatch(steps[s], alloc);
+    ASSERT_FALSE(b.tokens.empty());
+    std::vector<float> want(b.logit_rows.size() * V), got(b.logit_rows.size() * V, NAN);
+    ASSERT_TRUE(p.cpu->Forward(b, want).ok());
+    absl::Status st = p.gpu->Forward(to_gpu ? to_gpu(b) : b, got);
+    ASSERT_TRUE(st.ok()) << st;
+    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "step " << s;
+    const double err = testing::RelL2(got.data(), want.data(), want.size());
+    EXPECT_LE(err, 2e-2) << label << " " << s;
+    std::printf("%s %zu: logits rel L2 vs CPU fp32 %.2e\n", label, s, err);
+    std::fflush(stdout);
+  }
 }
 
 // Runs the same sequence of steps on both backends, comparing logits of every step.
@@ -80,19 +115,7 @@ void CompareSteps(Pair& p, uint64_t seed) {
   for (int s = 0; s < 8; ++s) {
     steps.push_back({{ids(1), 71 + s, &ta, false}, {ids(1), 73 + s, &tb, false}, {ids(1), 5 + s, &tc, false}});
   }
-  for (size_t s = 0; s < steps.size(); ++s) {
-    Batch b = testing::PackBatch(steps[s], alloc);
-    ASSERT_FALSE(b.tokens.empty());
-    std::vector<float> want(b.logit_rows.size() * V), got(b.logit_rows.size() * V, NAN);
-    ASSERT_TRUE(p.cpu->Forward(b, want).ok());
-    absl::Status st = p.gpu->Forward(b, got);
-    ASSERT_TRUE(st.ok()) << st;
-    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "step " << s;
-    const double err = testing::RelL2(got.data(), want.data(), want.size());
-    EXPECT_LE(err, 2e-2) << "step " << s;
-    std::printf("step %zu: logits rel L2 vs CPU fp32 %.2e\n", s, err);
-    std::fflush(stdout);
-  }
+  RunSteps(p, steps, alloc, "step");
 }
 
 TEST(CudaBackend, MatchesCpuReferenceAllVariants) {
@@ -172,37 +195,6 @@ TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
 namespace sbserve {
 namespace {
 
-// A checkpoint pair (fp32 CPU reference, CUDA) for any writer options.
-Pair LoadWith(const CreateOptions& o, const std::string& name, int gpu_blocks = 256,
-              const CudaBackendOptions& gpu_options = {}) {
-  const std::string dir = (fs::temp_directory_path() / ("sbserve_cuda_" + name + std::to_string(::getpid()))).string();
-  fs::remove_all(dir);
-  EXPECT_TRUE(WriteRandomCheckpoint(dir, o).ok());
-  Pair p;
-  auto ckpt = Checkpoint::Open(dir);
-  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
-  p.ckpt = std::move(*ckpt);
-  auto cpu = CreateCpuBackend(*p.ckpt, {});
-  auto gpu = CreateCudaBackend(*p.ckpt, gpu_options);
-  EXPECT_TRUE(gpu.ok()) << gpu.status();
-  p.cpu = std::move(*cpu);
-  p.gpu = std::move(*gpu);
-  EXPECT_TRUE(p.cpu->InitKvCache({256, 16}).ok());
-  absl::Status st = p.gpu->InitKvCache({gpu_blocks, 16});
-  EXPECT_TRUE(st.ok()) << st;
-  return p;
-}
-
-CreateOptions Opts(const std::string& preset, const std::string& variant, const std::string& dtype = "bf16") {
-  CreateOptions o;
-  o.preset = preset;
-  o.variant = variant;
-  o.dtype = dtype;
-  o.seed = 23;
-  o.tokenizer = false;
-  return o;
-}
-
 // The GPU's block ids for a batch packed against the CPU's 256-block allocator: id b -> top - b,
 // so the GPU sequences live in the highest blocks of its cache.
 Batch MirrorBlocks(Batch b, int gpu_blocks) {
@@ -229,18 +221,10 @@ void CompareLongSteps(Pair& p, uint64_t seed, int gpu_blocks = 256, bool mirror 
   for (int s = 0; s < 4; ++s) {
     steps.push_back({{ids(1), 300 + s, &ta, false}, {ids(1), 700 + s, &tb, false}, {ids(1), 1000 + s, &tc, false}});
   }
-  for (size_t s = 0; s < steps.size(); ++s) {
-    Batch b = testing::PackBatch(steps[s], alloc);
-    ASSERT_FALSE(b.tokens.empty());
-    std::vector<float> want(b.logit_rows.size() * V), got(b.logit_rows.size() * V, NAN);
-    ASSERT_TRUE(p.cpu->Forward(b, want).ok());
-    absl::Status st = p.gpu->Forward(mirror ? MirrorBlocks(b, gpu_blocks) : b, got);
-    ASSERT_TRUE(st.ok()) << st;
-    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "step " << s;
-    const double err = testing::RelL2(got.data(), want.data(), want.size());
-    EXPECT_LE(err, 2e-2) << "step " << s;
-    std::printf("long step %zu: logits rel L2 vs CPU fp32 %.2e\n", s, err);
-    std::fflush(stdout);
+  if (mirror) {
+    RunSteps(p, steps, alloc, "long step", [&](const Batch& b) { return MirrorBlocks(b, gpu_blocks); });
+  } else {
+    RunSteps(p, steps, alloc, "long step");
   }
 }
 
