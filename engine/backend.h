@@ -23,6 +23,15 @@ struct KvCacheShape {
   int block_size = 16;  // tokens per block
 };
 
+// Memory as a backend sees it: the device's (CUDA) or the host's (CPU) total and free bytes, and
+// what this backend holds in weights and KV cache.
+struct MemoryInfo {
+  int64_t total_bytes = 0;
+  int64_t free_bytes = 0;  // device-wide free (CUDA: cudaMemGetInfo; CPU: MemAvailable)
+  int64_t weights_bytes = 0;
+  int64_t kv_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -41,6 +50,11 @@ class Backend {
   // sequence's blocks, then writes float32 logits of batch.logit_rows, row by row, into
   // `logits` ([logit_rows.size(), vocab]).
   virtual absl::Status Forward(const Batch& batch, std::span<float> logits) = 0;
+
+  // For KV sizing (engine/capacity.h). UNIMPLEMENTED by default (test fakes).
+  virtual absl::StatusOr<MemoryInfo> Memory() const {
+    return absl::UnimplementedError("backend reports no memory information");
+  }
 };
 
 // A backend error after which the device cannot be trusted any more (a sticky CUDA error: illegal

@@ -1,9 +1,12 @@
 // The fp32 CPU reference backend: weights converted to float32 at load, paged fp32 KV cache.
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/cpu_ops.h"
@@ -86,6 +89,32 @@ class CpuBackend final : public Backend {
   KvCacheShape kv_cache_shape() const override { return shape_; }
 
   absl::Status Forward(const Batch& batch, std::span<float> logits) override;
+
+  // Host RAM from /proc/meminfo (MemTotal, MemAvailable), and the fp32 weights and cache held.
+  absl::StatusOr<MemoryInfo> Memory() const override {
+    MemoryInfo m;
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    int64_t kb = 0;
+    std::string unit;
+    while (in >> key >> kb) {
+      std::getline(in, unit);
+      if (key == "MemTotal:") m.total_bytes = kb << 10;
+      if (key == "MemAvailable:") m.free_bytes = kb << 10;
+    }
+    if (m.total_bytes <= 0 || m.free_bytes <= 0) return absl::UnavailableError("no MemTotal/MemAvailable in /proc/meminfo");
+    auto bytes = [](const std::vector<float>& v) { return static_cast<int64_t>(v.size() * sizeof(float)); };
+    m.weights_bytes = bytes(wte_) + bytes(lm_head_) + bytes(lnf_w_) + bytes(lnf_b_);
+    for (const LayerWeights& w : layers_) {
+      for (const std::vector<float>* v : {&w.ln1_w, &w.ln1_b, &w.attn_w, &w.attn_b, &w.proj_w, &w.proj_b, &w.head_bias,
+                                          &w.ln2_w, &w.ln2_b, &w.fc_w, &w.fc_b, &w.fc_proj_w, &w.fc_proj_b}) {
+        m.weights_bytes += bytes(*v);
+      }
+    }
+    for (const auto& v : k_cache_) m.kv_bytes += bytes(v);
+    for (const auto& v : v_cache_) m.kv_bytes += bytes(v);
+    return m;
+  }
 
  private:
 

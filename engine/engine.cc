@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/capacity.h"
 #include "engine/kv_cache.h"
 #include "engine/scheduler.h"
 
@@ -57,6 +58,8 @@ class Engine::Impl {
   void Shutdown();
 
   const EngineOptions& options() const { return options_; }
+  const CapacityPlan& capacity() const { return capacity_; }
+  void set_capacity(CapacityPlan plan) { capacity_ = std::move(plan); }
   const Backend& backend() const { return *backend_; }
   const TextCodec* codec() const { return codec_.get(); }
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
@@ -101,6 +104,7 @@ class Engine::Impl {
   void RefreshStats();                      // engine thread
 
   const EngineOptions options_;
+  CapacityPlan capacity_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<TextCodec> codec_;
   KvBlockAllocator kv_;
@@ -365,32 +369,23 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithCodec(const EngineOpti
                                                                 std::unique_ptr<Backend> backend,
                                                                 std::unique_ptr<TextCodec> codec) {
   if (backend == nullptr) return absl::InvalidArgumentError("engine: no backend");
-  if (options.max_batch_tokens < 1) return absl::InvalidArgumentError("max_batch_tokens: must be >= 1");
+  if (options.max_batch_tokens < 0) return absl::InvalidArgumentError("max_batch_tokens: must be >= 1 (0: auto)");
   if (options.max_num_seqs < 1) return absl::InvalidArgumentError("max_num_seqs: must be >= 1");
   if (options.max_consecutive_step_failures < 1) {
     return absl::InvalidArgumentError("max_consecutive_step_failures: must be >= 1");
   }
   if (options.kv_block_size < 1) return absl::InvalidArgumentError("kv_block_size: must be >= 1");
   if (options.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens: must be >= 1");
-  int num_blocks = options.kv_num_blocks;
-  if (num_blocks <= 0) {
-    const int64_t per_block = backend->KvBytesPerToken() * options.kv_block_size;
-    if (per_block <= 0) return absl::InternalError("engine: backend reports no KV bytes per token");
-    num_blocks = static_cast<int>(std::min<int64_t>(options.kv_cache_bytes / per_block, 1 << 24));
-    // Sized by bytes, the cache always holds at least one request of the full context length.
-    const int64_t ctx = backend->config().n_positions;
-    num_blocks = std::max<int>(num_blocks, static_cast<int>((ctx + options.kv_block_size - 1) / options.kv_block_size));
-  }
-  if (num_blocks < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("kv_cache_bytes: ", options.kv_cache_bytes,
-                                                   " bytes hold not even one block of ", options.kv_block_size,
-                                                   " tokens"));
-  }
-  KvCacheShape shape;
-  shape.num_blocks = num_blocks;
-  shape.block_size = options.kv_block_size;
-  if (absl::Status s = backend->InitKvCache(shape); !s.ok()) return s;
-  auto impl = std::make_unique<Impl>(options, std::move(backend), std::move(codec), num_blocks);
+  absl::StatusOr<CapacityPlan> plan = PlanCapacity(options, *backend);
+  if (!plan.ok()) return plan.status();
+  EngineOptions resolved = options;
+  resolved.max_batch_tokens = plan->max_batch_tokens;
+  resolved.max_queued_tokens = plan->max_queued_tokens;
+  resolved.max_queued_requests = plan->max_queued_requests;
+  resolved.kv_num_blocks = plan->num_blocks;
+  resolved.kv_cache_bytes = static_cast<int64_t>(plan->num_blocks) * options.kv_block_size * backend->KvBytesPerToken();
+  auto impl = std::make_unique<Impl>(resolved, std::move(backend), std::move(codec), plan->num_blocks);
+  impl->set_capacity(*std::move(plan));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -405,6 +400,7 @@ const ModelConfig& Engine::model_config() const { return impl_->backend().config
 const Backend& Engine::backend() const { return impl_->backend(); }
 const TextCodec* Engine::codec() const { return impl_->codec(); }
 const EngineOptions& Engine::options() const { return impl_->options(); }
+const CapacityPlan& Engine::capacity() const { return impl_->capacity(); }
 std::vector<int32_t> Engine::eos_ids() const { return impl_->eos_ids(); }
 void Engine::SetObserver(std::shared_ptr<EngineObserver> observer) { impl_->SetObserver(std::move(observer)); }
 bool Engine::Drain(absl::Duration timeout) { return impl_->Drain(timeout); }

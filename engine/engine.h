@@ -11,21 +11,24 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/backend.h"
+#include "engine/capacity.h"
 #include "engine/request.h"
 
 namespace sbserve {
 
 class Tokenizer;
 
+// 0 means "auto" where noted: engine/capacity.h resolves it from the backend at Create.
 struct EngineOptions {
-  int max_batch_tokens = 512;         // tokens per step (decode tokens + prefill chunks)
+  int max_batch_tokens = 0;           // tokens per step (decode tokens + prefill chunks); 0: 2048 on CUDA, 512 else
   int max_num_seqs = 128;             // sequences per step
-  int max_queued_requests = 256;      // admission: waiting requests
-  int64_t max_queued_tokens = 65536;  // admission: prompt tokens of waiting requests
+  int max_queued_requests = 0;        // admission: waiting requests; 0: from max_num_seqs
+  int64_t max_queued_tokens = 0;      // admission: prompt tokens of waiting requests; 0: from capacity
   int default_max_tokens = 256;
   int kv_block_size = 16;
-  int kv_num_blocks = 0;              // 0: from kv_cache_bytes
-  int64_t kv_cache_bytes = int64_t{256} << 20;
+  int kv_num_blocks = 0;              // exact block count; 0: from kv_cache_bytes
+  int64_t kv_cache_bytes = 0;         // 0: from gpu_memory_utilization (CUDA) or available RAM (CPU)
+  double gpu_memory_utilization = 0.90;  // share of device memory the process may use, in (0, 1]
   int max_logprobs = 20;
   int sampling_threads = 0;           // threads drawing tokens from logit rows (0: all cores, 1: inline)
   absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
@@ -140,7 +143,10 @@ class Engine {
   const ModelConfig& model_config() const;
   const Backend& backend() const;
   const TextCodec* codec() const;  // null without a tokenizer
+  // The options as resolved at Create: every "auto" (0) replaced by its value.
   const EngineOptions& options() const;
+  // How the KV cache, step size and admission limits were sized (engine/capacity.h).
+  const CapacityPlan& capacity() const;
   std::vector<int32_t> eos_ids() const;
 
   void SetObserver(std::shared_ptr<EngineObserver> observer);  // before the first Submit

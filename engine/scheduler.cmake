@@ -2,6 +2,7 @@
 # engine/CMakeLists.txt after sb_engine is defined.
 add_library(sb_scheduler STATIC
   ${CMAKE_CURRENT_LIST_DIR}/engine.cc
+  ${CMAKE_CURRENT_LIST_DIR}/capacity.cc
   ${CMAKE_CURRENT_LIST_DIR}/scheduler.cc
   ${CMAKE_CURRENT_LIST_DIR}/stop_matcher.cc)
 target_link_libraries(sb_scheduler PUBLIC sb_engine absl::status absl::statusor absl::strings absl::time

@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 
 namespace sbserve {
@@ -86,17 +87,18 @@ const std::vector<Flag>& Flags() {
        Int("device", &ServerOptions::device, 0, 1024)},
       {"cpu-threads", "CPU backend threads (0: all cores)", [](const ServerOptions& o) { return absl::StrCat(o.cpu_threads); },
        Int("cpu-threads", &ServerOptions::cpu_threads, 0, 4096)},
-      {"max-batch-tokens", "tokens per engine step (decode tokens + prefill chunks)",
+      {"max-batch-tokens", "tokens per engine step (decode tokens + prefill chunks); 0: auto (2048 on CUDA, 512 on the CPU)",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.max_batch_tokens); },
-       EngineInt("max-batch-tokens", &EngineOptions::max_batch_tokens, 1, 1 << 20)},
+       EngineInt("max-batch-tokens", &EngineOptions::max_batch_tokens, 0, 1 << 20)},
       {"max-num-seqs", "sequences per engine step", [](const ServerOptions& o) { return absl::StrCat(o.engine.max_num_seqs); },
        EngineInt("max-num-seqs", &EngineOptions::max_num_seqs, 1, 1 << 16)},
-      {"max-queued-requests", "admission: waiting requests before RESOURCE_EXHAUSTED",
+      {"max-queued-requests", "admission: waiting requests before RESOURCE_EXHAUSTED; 0: auto (max(256, 4 x --max-num-seqs))",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.max_queued_requests); },
-       EngineInt("max-queued-requests", &EngineOptions::max_queued_requests, 1, 1 << 24)},
-      {"max-queued-tokens", "admission: waiting prompt tokens before RESOURCE_EXHAUSTED",
+       EngineInt("max-queued-requests", &EngineOptions::max_queued_requests, 0, 1 << 24)},
+      {"max-queued-tokens", "admission: waiting prompt tokens before RESOURCE_EXHAUSTED; 0: auto (what the engine "
+                            "prefills in 10 s at its rate measured at start-up, at least the KV token capacity)",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.max_queued_tokens); },
-       EngineInt("max-queued-tokens", &EngineOptions::max_queued_tokens, 1, int64_t{1} << 40)},
+       EngineInt("max-queued-tokens", &EngineOptions::max_queued_tokens, 0, int64_t{1} << 40)},
       {"default-max-tokens", "max_tokens when a request leaves it unset (capped by the context)",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.default_max_tokens); },
        EngineInt("default-max-tokens", &EngineOptions::default_max_tokens, 1, 1 << 24)},
@@ -105,15 +107,25 @@ const std::vector<Flag>& Flags() {
        EngineInt("max-step-failures", &EngineOptions::max_consecutive_step_failures, 1, 1 << 20)},
       {"kv-block-size", "tokens per KV cache block", [](const ServerOptions& o) { return absl::StrCat(o.engine.kv_block_size); },
        EngineInt("kv-block-size", &EngineOptions::kv_block_size, 1, 4096)},
-      {"kv-cache-mb", "KV cache size in MiB (used when --kv-blocks is 0)",
+      {"kv-cache-mb", "KV cache size in MiB, at least one full context (used when --kv-blocks is 0); 0: auto "
+                      "(CUDA: from --gpu-memory-utilization; CPU: 1/16 of available RAM, at most 1 GiB)",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.kv_cache_bytes >> 20); },
        [](ServerOptions& o, const std::string& v) {
          int64_t mb = 0;
-         if (!absl::SimpleAtoi(v, &mb) || mb < 1 || mb > (int64_t{1} << 24)) return Bad("kv-cache-mb", v, "a size in MiB >= 1");
+         if (!absl::SimpleAtoi(v, &mb) || mb < 0 || mb > (int64_t{1} << 24)) return Bad("kv-cache-mb", v, "a size in MiB (0: auto)");
          o.engine.kv_cache_bytes = mb << 20;
          return absl::OkStatus();
        }},
-      {"kv-blocks", "KV cache blocks (0: from --kv-cache-mb)", [](const ServerOptions& o) { return absl::StrCat(o.engine.kv_num_blocks); },
+      {"gpu-memory-utilization", "share of the device's memory sbserve may use (weights, activations, KV cache), in (0, 1]; "
+                                 "the KV cache gets what is left of it after a warm-up step at the largest batch",
+       [](const ServerOptions& o) { return absl::StrFormat("%.2f", o.engine.gpu_memory_utilization); },
+       [](ServerOptions& o, const std::string& v) {
+         double x = 0;
+         if (!absl::SimpleAtod(v, &x) || !(x > 0.0 && x <= 1.0)) return Bad("gpu-memory-utilization", v, "a fraction in (0, 1]");
+         o.engine.gpu_memory_utilization = x;
+         return absl::OkStatus();
+       }},
+      {"kv-blocks", "KV cache blocks, exactly (may be less than one context: longer requests are refused); 0: from --kv-cache-mb", [](const ServerOptions& o) { return absl::StrCat(o.engine.kv_num_blocks); },
        EngineInt("kv-blocks", &EngineOptions::kv_num_blocks, 0, 1 << 24)},
       {"sampling-threads", "threads that draw tokens from the logit rows of a step (0: all cores, 1: the engine thread)",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.sampling_threads); },

@@ -260,6 +260,7 @@ absl::Status Server::Impl::LoadModel() {
                engine_->model_config().vocab_size, engine_->model_config().n_positions,
                RemainderName(engine_->model_config().remainder), engine_->backend().name(), st.kv_blocks_total,
                st.kv_block_size);
+  spdlog::info("{}", engine_->capacity().summary);
   if (!ctx_.draining.load() && !backend_failed_.load()) SetReady(true);
   return absl::OkStatus();
 }

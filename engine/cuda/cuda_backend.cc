@@ -131,6 +131,18 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Forward(const Batch& batch, std::span<float> logits) override;
+
+  absl::StatusOr<MemoryInfo> Memory() const override {
+    SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    size_t free = 0, total = 0;
+    SB_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free, &total));
+    MemoryInfo m;
+    m.total_bytes = static_cast<int64_t>(total);
+    m.free_bytes = static_cast<int64_t>(free);
+    m.weights_bytes = weights_bytes_;
+    m.kv_bytes = kv_ ? static_cast<int64_t>(kv_->bytes()) : 0;
+    return m;
+  }
   absl::Status ForwardOnDevice(const Batch& batch, std::span<float> logits);
 
  private:
@@ -158,7 +170,8 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   int num_sms_ = 0;
-  int decode_keys_per_split_ = 0;  // CudaBackendOptions::decode_keys_per_split
+  int decode_keys_per_split_ = 0;
+  int64_t weights_bytes_ = 0;  // uploaded weight tensors  // CudaBackendOptions::decode_keys_per_split
   int device_ = 0;                 // CudaBackendOptions::device
   DeviceBuffer wte_, lm_head_, lnf_w_, lnf_b_;
   std::vector<std::unique_ptr<LayerWeights>> layers_;
@@ -189,6 +202,7 @@ class CudaBackend final : public Backend {
 absl::Status CudaBackend::Upload(const Checkpoint& ckpt, const std::string& name, bool to_bf16, DeviceBuffer& dst) {
   const TensorInfo& t = ckpt.Get(name);
   const int64_t n = t.numel();
+  weights_bytes_ += n * (to_bf16 ? 2 : 4);
   if (to_bf16 && t.dtype == DType::kBF16) {
     SB_RETURN_IF_ERROR(dst.Reserve(static_cast<size_t>(n) * 2));
     SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst.get(), t.data, static_cast<size_t>(n) * 2, cudaMemcpyHostToDevice));

@@ -123,5 +123,63 @@ TEST(CudaEngine, PreemptedRequestsFinishWithTheSameGreedyTokens) {
   EXPECT_EQ(differing, 0);
 }
 
+// Auto sizing on the device (engine/capacity.h): after Create, the process's share of the device
+// stays within --gpu-memory-utilization (plus the slack of one KV block and allocation rounding),
+// the cache holds more than a context, the warm-up measured a prefill rate, and a second engine
+// on the same device at a lower utilization gets a smaller cache, not an out-of-memory error.
+TEST(CudaEngine, AutoKvCacheFillsTheDeviceUpToTheUtilization) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  const std::string dir = (fs::temp_directory_path() / ("sbserve_cuda_cap" + std::to_string(::getpid()))).string();
+  fs::remove_all(dir);
+  CreateOptions co;
+  co.preset = "small-3b";
+  co.variant = "R1";
+  co.dtype = "bf16";
+  co.seed = 5;
+  co.tokenizer = false;
+  ASSERT_TRUE(WriteRandomCheckpoint(dir, co).ok());
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  size_t free0 = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
+  const double util = 0.5;
+  auto backend = CreateCudaBackend(**ckpt, {});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EngineOptions o;
+  o.gpu_memory_utilization = util;
+  auto engine = Engine::CreateWithCodec(o, *std::move(backend), nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const CapacityPlan& plan = (*engine)->capacity();
+  std::printf("%s\n", plan.summary.c_str());
+  size_t free1 = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free1, &total), cudaSuccess);
+  const double used = static_cast<double>(total - free1);
+  const int64_t per_block = (*engine)->backend().KvBytesPerToken() * 16;
+  EXPECT_LE(used, util * total + per_block + (64 << 20)) << plan.summary;
+  EXPECT_GE(used, util * total - 2.0 * per_block - (256 << 20)) << plan.summary;  // it did use the budget
+  EXPECT_GT(int64_t{plan.num_blocks} * 16, (*engine)->model_config().n_positions);
+  EXPECT_GT(plan.prefill_tokens_per_s, 0);
+  EXPECT_GT(plan.activation_bytes, 0);
+  EXPECT_EQ((*engine)->options().max_batch_tokens, 2048);
+  EXPECT_GE((*engine)->options().max_queued_tokens, int64_t{plan.num_blocks} * 16);
+
+  // Another engine on the same device at 0.7: it sees the first one's memory as in use.
+  auto backend2 = CreateCudaBackend(**ckpt, {});
+  ASSERT_TRUE(backend2.ok()) << backend2.status();
+  EngineOptions o2;
+  o2.gpu_memory_utilization = 0.7;
+  auto engine2 = Engine::CreateWithCodec(o2, *std::move(backend2), nullptr);
+  ASSERT_TRUE(engine2.ok()) << engine2.status();
+  std::printf("%s\n", (*engine2)->capacity().summary.c_str());
+  EXPECT_LT((*engine2)->capacity().num_blocks, plan.num_blocks);
+  // And one at 0.5 does not fit at all: refused with the numbers, not an out-of-memory crash.
+  auto backend3 = CreateCudaBackend(**ckpt, {});
+  ASSERT_TRUE(backend3.ok()) << backend3.status();
+  auto engine3 = Engine::CreateWithCodec(o, *std::move(backend3), nullptr);
+  ASSERT_FALSE(engine3.ok());
+  EXPECT_NE(engine3.status().message().find("--gpu-memory-utilization"), std::string::npos) << engine3.status();
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace sbserve

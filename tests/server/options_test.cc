@@ -41,7 +41,17 @@ TEST(ServerOptions, ErrorsNameTheFlagOrVariable) {
   EXPECT_NE(o.status().message().find("no-such-flag"), std::string::npos);
   o = ParseServerOptions({"--backend", "tpu"}, &help);
   ASSERT_FALSE(o.ok());
-  o = ParseServerOptions({"--max-queued-requests", "0"}, &help);
+  o = ParseServerOptions({"--max-queued-requests", "-1"}, &help);
+  ASSERT_FALSE(o.ok());
+  for (const char* bad : {"0", "1.5", "-0.2", "nan", "x"}) {
+    o = ParseServerOptions({"--gpu-memory-utilization", bad}, &help);
+    ASSERT_FALSE(o.ok()) << bad;
+    EXPECT_NE(o.status().message().find("--gpu-memory-utilization"), std::string::npos);
+  }
+  o = ParseServerOptions({"--gpu-memory-utilization", "1"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->engine.gpu_memory_utilization, 1.0);
+  o = ParseServerOptions({"--kv-cache-mb", "-1"}, &help);
   ASSERT_FALSE(o.ok());
   setenv("SBSERVE_DRAIN_TIMEOUT", "soon", 1);
   o = ParseServerOptions({}, &help);
