@@ -148,8 +148,10 @@ class CudaBackend final : public Backend {
  private:
   absl::Status Upload(const Checkpoint& ckpt, const std::string& name, bool to_bf16, DeviceBuffer& dst);
   // y[n, out] = alpha · x[n, in] · W[out, in]ᵀ; x, W bf16; y bf16 or fp32.
+  // y = alpha · x · Wᵀ + beta · y (beta = 1 with alpha = m_residual adds a projection straight into
+  // the fp32 residual stream: the GEMM's epilogue does the residual add).
   absl::Status Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
-                    float alpha = 1.f);
+                    float alpha = 1.f, float beta = 0.f);
   // What the device work of one step depends on besides the metadata buffer.
   struct StepShape {
     int B = 0, N = 0, R = 0;
@@ -281,9 +283,8 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
 }
 
 absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y,
-                               bool y_f32, float alpha) {
+                               bool y_f32, float alpha, float beta) {
   if (n == 0) return absl::OkStatus();
-  const float beta = 0.f;
   // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = W · xᵀ.
   SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
                                          static_cast<int>(in), &alpha, w, CUDA_R_16BF, static_cast<int>(in), x,
@@ -410,18 +411,26 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
                                             static_cast<int>(Hkv), static_cast<int>(H / Hkv),
                                             static_cast<int>(d), q_.get(), k_.get(), v_.get(), stream_)));
     SB_RETURN_IF_ERROR(Attention(sh, static_cast<int>(l), w));
-    SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
-    SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
-                                         w.has_bias ? w.proj_b.get<float>() : nullptr, N, D, r, stream_));
+    // h += r · (o · W_projᵀ + b): without a bias the GEMM accumulates into h itself.
+    if (w.has_bias) {
+      SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
+      SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(), w.proj_b.get<float>(), N, D, r, stream_));
+    } else {
+      SB_RETURN_IF_ERROR(Trace(stream_, "proj+residual", Gemm(o_.get(), N, D, w.proj_w.get(), D, h_.get(), true, r, 1.f)));
+    }
     SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln2_w.get<float>(),
                                   w.has_ln_b ? w.ln2_b.get<float>() : nullptr, eps, x_.get(), stream_));
     SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.fc_w.get(), fc_out, fc_.get(), false));
     SB_RETURN_IF_ERROR(Trace(stream_, "mlp_act",
                              cuda::Activation(act, c.glu, fc_.get(), w.has_bias ? w.fc_b.get<float>() : nullptr,
                                               N, I, act_.get(), stream_)));
-    SB_RETURN_IF_ERROR(Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, y_.get(), true));
-    SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(),
-                                         w.has_bias ? w.fc_proj_b.get<float>() : nullptr, N, D, r, stream_));
+    if (w.has_bias) {
+      SB_RETURN_IF_ERROR(Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, y_.get(), true));
+      SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(), w.fc_proj_b.get<float>(), N, D, r, stream_));
+    } else {
+      SB_RETURN_IF_ERROR(Trace(stream_, "fc_proj+residual",
+                               Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, h_.get(), true, r, 1.f)));
+    }
   }
   if (R > 0) {
     SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), meta + meta_off_.rows, R, D, lnf_w_.get<float>(),
