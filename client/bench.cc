@@ -259,6 +259,7 @@ class Workload {
 };
 
 struct Sample {
+  int64_t index = 0;  // the workload's request number
   grpc::StatusCode code = grpc::OK;
   std::string error;
   double start_s = 0;  // first attempt, from the start of the run
@@ -400,6 +401,7 @@ class Runner {
     in_flight_.fetch_add(1);
 
     Sample s;
+    s.index = i;
     const auto start = Clock::now();
     s.start_s = Sec(start - t0_);
     thread_local std::mt19937_64 jitter_rng(std::random_device{}());
@@ -670,6 +672,24 @@ std::string Plot(const nlohmann::json& j, const std::vector<Sample>& samples) {
                            {"Output throughput", "s since start", "tokens/s", {throughput}}});
 }
 
+// The requests sent, in the --input format, so a run can be repeated exactly.
+std::string SavedInput(const Workload& work, std::vector<int64_t> indices) {
+  std::sort(indices.begin(), indices.end());
+  std::string out;
+  for (int64_t i : indices) {
+    const WorkItem item = work.Get(i);
+    nlohmann::json j;
+    if (item.ids.empty()) {
+      j["prompt"] = item.text;
+    } else {
+      j["prompt_ids"] = item.ids;
+    }
+    j["max_tokens"] = item.max_tokens;
+    absl::StrAppend(&out, j.dump(), "\n");
+  }
+  return out;
+}
+
 bool WriteFile(const std::string& path, const std::string& contents) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << contents;
@@ -710,6 +730,11 @@ int RunBench(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& 
     if (!o.json_file.empty()) written = WriteFile(o.json_file, j.dump(2) + "\n") && written;
   }
   if (!o.plot_file.empty()) written = WriteFile(o.plot_file, Plot(j, samples)) && written;
+  if (!o.save_input_file.empty()) {
+    std::vector<int64_t> sent;
+    for (const Sample& s : samples) sent.push_back(s.index);
+    written = WriteFile(o.save_input_file, SavedInput(*work, sent)) && written;
+  }
   if (!written) return 2;
   return j["failed"].get<int64_t>() == 0 ? 0 : 1;
 }

@@ -54,6 +54,7 @@ struct BenchOptions {
 
   std::string json_file;  // "-" = the JSON summary alone on stdout, "" = none
   std::string plot_file;  // SVG of latency CDFs and output tokens/s over time, "" = none
+  std::string save_input_file;  // the requests sent, as JSONL for input_jsonl, "" = none
   bool progress = false;  // a live progress line on stderr
 };
 

@@ -67,7 +67,8 @@ commands:
     retries:  RESOURCE_EXHAUSTED is retried after the server's retry-after plus jitter:
               --max-retries 20 --max-retry-time 120s
     report:   --slo-ttft MS --slo-itl MS (goodput) --json [FILE] (no FILE: JSON alone on stdout)
-              --plot FILE.svg --no-progress
+              --plot FILE.svg --save-input FILE.jsonl (the requests sent, for --input)
+              --no-progress (the progress line shows only on a terminal anyway)
 
 --addr defaults to $SBSERVE_ADDR or localhost:50051; --timeout (e.g. 30s) sets the call deadline.
 )";
@@ -381,11 +382,12 @@ int Bench(const std::shared_ptr<grpc::Channel>& channel, const Args& a) {
   if (o.slo_ttft_ms < 0 || o.slo_itl_ms < 0) Die("--slo-ttft and --slo-itl are milliseconds >= 0");
   if (a.Has("json")) o.json_file = a.Get("json");
   if (a.Has("plot")) o.plot_file = a.Get("plot");
+  if (a.Has("save-input")) o.save_input_file = a.Get("save-input");
   o.progress = a.Has("progress") || (!a.Has("no-progress") && o.json_file != "-" && isatty(STDERR_FILENO) == 1);
   static const char* kKnown[] = {"requests", "num-requests", "duration", "request-rate", "concurrency", "input",
                                  "prompt-tokens", "prompt-words", "max-tokens", "shared-prefixes", "prefix-tokens",
                                  "temperature", "seed", "max-retries", "max-retry-time", "slo-ttft", "slo-itl", "json",
-                                 "plot", "progress", "no-progress"};
+                                 "plot", "save-input", "progress", "no-progress"};
   for (const auto& [k, v] : a.flags) {
     if (std::find(std::begin(kKnown), std::end(kKnown), k) == std::end(kKnown)) Die(absl::StrCat("bench: unknown option --", k));
   }
