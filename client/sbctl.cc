@@ -68,7 +68,7 @@ commands:
               --max-retries 20 --max-retry-time 120s
     report:   --slo-ttft MS --slo-itl MS (goodput) --json [FILE] (no FILE: JSON alone on stdout)
               --plot FILE.svg --save-input FILE.jsonl (the requests sent, for --input)
-              --no-progress (the progress line shows only on a terminal anyway)
+              --progress / --no-progress (default: a progress line while stderr is a terminal)
 
 --addr defaults to $SBSERVE_ADDR or localhost:50051; --timeout (e.g. 30s) sets the call deadline.
 )";
@@ -383,7 +383,7 @@ int Bench(const std::shared_ptr<grpc::Channel>& channel, const Args& a) {
   if (a.Has("json")) o.json_file = a.Get("json");
   if (a.Has("plot")) o.plot_file = a.Get("plot");
   if (a.Has("save-input")) o.save_input_file = a.Get("save-input");
-  o.progress = a.Has("progress") || (!a.Has("no-progress") && o.json_file != "-" && isatty(STDERR_FILENO) == 1);
+  o.progress = a.Has("progress") || (!a.Has("no-progress") && isatty(STDERR_FILENO) == 1);
   static const char* kKnown[] = {"requests", "num-requests", "duration", "request-rate", "concurrency", "input",
                                  "prompt-tokens", "prompt-words", "max-tokens", "shared-prefixes", "prefix-tokens",
                                  "temperature", "seed", "max-retries", "max-retry-time", "slo-ttft", "slo-itl", "json",
