@@ -319,6 +319,7 @@ class Runner {
 
   std::vector<Sample>& samples() { return samples_; }
   double wall_s() const { return wall_s_; }
+  int max_in_flight() const { return max_in_flight_.load(); }
 
  private:
   bool DurationOver() const { return o_.duration_s > 0 && Sec(Clock::now() - t0_) >= o_.duration_s; }
@@ -398,7 +399,9 @@ class Runner {
     req.mutable_sampling()->set_seed(o_.seed + static_cast<uint64_t>(i));
     req.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(item.max_tokens));
     req.mutable_stopping()->set_ignore_eos(true);
-    in_flight_.fetch_add(1);
+    const int now_in_flight = in_flight_.fetch_add(1) + 1;
+    for (int seen = max_in_flight_.load(); now_in_flight > seen && !max_in_flight_.compare_exchange_weak(seen, now_in_flight);) {
+    }
 
     Sample s;
     s.index = i;
@@ -500,6 +503,7 @@ class Runner {
   std::atomic<int64_t> retries_{0};
   std::atomic<int64_t> tokens_{0};
   std::atomic<int> in_flight_{0};
+  std::atomic<int> max_in_flight_{0};
 
   std::mutex samples_mu_;
   std::vector<Sample> samples_;
@@ -516,7 +520,7 @@ double TimelineBin(double wall_s) {
 }
 
 nlohmann::json Summarize(const BenchOptions& o, const std::string& workload, std::vector<Sample>& samples,
-                         double wall_s) {
+                         double wall_s, int max_in_flight) {
   std::sort(samples.begin(), samples.end(), [](const Sample& a, const Sample& b) { return a.start_s < b.start_s; });
   std::vector<double> ttft, itl, e2e, tpot, prompt, output;
   int64_t ok = 0, retried = 0, retries = 0, good = 0, prompt_total = 0, output_total = 0;
@@ -577,6 +581,7 @@ nlohmann::json Summarize(const BenchOptions& o, const std::string& workload, std
   j["retries"] = retries;
   j["retry_wait_s"] = retry_wait_ms / 1e3;
   j["wall_s"] = wall_s;
+  j["max_in_flight"] = max_in_flight;
   j["prompt_tokens"] = prompt_total;
   j["output_tokens"] = output_total;
   j["prompt_tokens_per_request"] = Distribution(prompt);
@@ -721,7 +726,7 @@ int RunBench(const std::shared_ptr<grpc::Channel>& channel, const BenchOptions& 
   Runner runner(channel, o, *work);
   runner.Run();
   std::vector<Sample>& samples = runner.samples();
-  const nlohmann::json j = Summarize(o, work->Describe(), samples, runner.wall_s());
+  const nlohmann::json j = Summarize(o, work->Describe(), samples, runner.wall_s(), runner.max_in_flight());
   bool written = true;
   if (o.json_file == "-") {
     std::printf("%s\n", j.dump().c_str());

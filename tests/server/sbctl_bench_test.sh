@@ -46,7 +46,7 @@ check() {
 import json, sys
 j = json.load(open(sys.argv[1]))
 for k in ["mode", "request_rate", "concurrency", "workload", "requests", "succeeded", "failed", "failed_by_status",
-          "retried_requests", "retries", "retry_wait_s", "wall_s", "prompt_tokens", "output_tokens",
+          "retried_requests", "retries", "retry_wait_s", "wall_s", "max_in_flight", "prompt_tokens", "output_tokens",
           "prompt_tokens_per_request", "output_tokens_per_request", "requests_per_s", "output_tokens_per_s",
           "total_tokens_per_s", "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "goodput", "timeline"]:
     assert k in j, ("missing key", k, j)
@@ -114,6 +114,10 @@ ids = [i for l in lines for i in l["prompt_ids"]]
 assert 256 <= min(ids) and max(ids) < 2048 - 256, (min(ids), max(ids))
 assert len(set(map(tuple, (l["prompt_ids"] for l in lines)))) == 10, "prompts repeat"
 PY
+
+# An open loop capped by --concurrency never has more requests in flight.
+bench --requests 8 --request-rate inf --concurrency 2 --prompt-tokens 8 --max-tokens 3 --json "$work/cap.json" >/dev/null
+check "$work/cap.json" 'assert j["succeeded"] == 8 and 1 <= j["max_in_flight"] <= 2 and j["concurrency"] == 2, j'
 
 # The same seed gives the same workload; replaying the saved file sends the same tokens.
 bench --requests 10 --request-rate inf --prompt-tokens 10:20 --max-tokens 3:6 --seed 7 --save-input "$work/again.jsonl" >/dev/null
