@@ -142,8 +142,9 @@ assert j['prompt_tokens'] == 5 + 7 + $hello, j
 "
 echo '{"prompt_ids": [1, "x"]}' >"$work/bad.jsonl"
 rc=0; bench --input "$work/bad.jsonl" 2>"$work/bad.err" >/dev/null || rc=$?
-[ "$rc" == 2 ] && grep -q "bad.jsonl:1: \"prompt_ids\" holds a value that is not a token id" "$work/bad.err" \
-  || fail "bad JSONL: rc $rc, $(cat "$work/bad.err")"
+if [ "$rc" != 2 ] || ! grep -q "bad.jsonl:1: \"prompt_ids\" holds a value that is not a token id" "$work/bad.err"; then
+  fail "bad JSONL: rc $rc, $(cat "$work/bad.err")"
+fi
 
 # Shared prefixes: 8 prompts of 40 + 6 ids, two distinct prefixes used in turn, unique suffixes.
 bench --requests 8 --concurrency 4 --shared-prefixes 2 --prefix-tokens 40 --prompt-tokens 6 --max-tokens 2 \
@@ -209,7 +210,7 @@ expect_error() {
   shift
   local rc=0
   "$sbctl" --addr "$main" bench "$@" >/dev/null 2>"$work/err.txt" || rc=$?
-  [ "$rc" == 2 ] && grep -q -- "$want" "$work/err.txt" || fail "bench $*: rc $rc, $(cat "$work/err.txt")"
+  if [ "$rc" != 2 ] || ! grep -q -- "$want" "$work/err.txt"; then fail "bench $*: rc $rc, $(cat "$work/err.txt")"; fi
 }
 expect_error "exceeds the model's context of 2048" --requests 1 --prompt-tokens 2040 --max-tokens 16
 expect_error "needs token-id prompts" --requests 1 --shared-prefixes 2 --prefix-tokens 8
