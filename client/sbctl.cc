@@ -6,16 +6,22 @@
 //     info
 //     tokenize "text" [--no-special]
 //     abort ID...
-//     bench [--requests N] [--concurrency C] [--max-tokens N] [--prompt-words N] [--temperature T] [--json]
+//     bench [--concurrency C | --request-rate R] [--requests N] [--duration D] [--prompt-tokens N|LO:HI]
+//           [--max-tokens N|LO:HI] [--input FILE.jsonl] [--shared-prefixes N --prefix-tokens P]
+//           [--slo-ttft MS] [--slo-itl MS] [--json [FILE]] [--plot FILE.svg] ...
 // The address also comes from SBSERVE_ADDR (default localhost:50051).
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -49,7 +55,20 @@ commands:
   info                     model and server information (JSON)
   tokenize TEXT [--no-special]
   abort ID...
-  bench [--requests 200] [--concurrency 32] [--max-tokens 64] [--prompt-words 32] [--temperature 0] [--json]
+  bench                    load test: streaming Generate requests, client-side latency and throughput
+    load:     --concurrency C (closed loop, default 32) | --request-rate R|inf (Poisson arrivals;
+              --concurrency then caps requests in flight); --requests N (alias --num-requests;
+              default 200) and/or --duration 60s
+    prompts:  --prompt-tokens N|LO:HI (random token ids, exact length) | --prompt-words N (text,
+              default 32) | --input FILE.jsonl (lines of {"prompt": "..."} or {"prompt_ids": [...]},
+              optional "max_tokens"); --shared-prefixes N --prefix-tokens P (each prompt = one of N
+              prefixes of P ids + its own --prompt-tokens suffix)
+    output:   --max-tokens N|LO:HI (default 64; ignore_eos) --temperature T (default 0) --seed S
+    retries:  RESOURCE_EXHAUSTED is retried after the server's retry-after plus jitter:
+              --max-retries 20 --max-retry-time 120s
+    report:   --slo-ttft MS --slo-itl MS (goodput) --json [FILE] (no FILE: JSON alone on stdout)
+              --plot FILE.svg --save-input FILE.jsonl (the requests sent, for --input)
+              --progress / --no-progress (default: a progress line while stderr is a terminal)
 
 --addr defaults to $SBSERVE_ADDR or localhost:50051; --timeout (e.g. 30s) sets the call deadline.
 )";
@@ -90,8 +109,14 @@ struct Args {
   }
 };
 
-Args ParseArgs(const std::vector<std::string>& in, const std::vector<std::string>& booleans) {
+// `optional` flags take the next argument as their value unless it is missing or another flag
+// (then their value is `optional_default`).
+Args ParseArgs(const std::vector<std::string>& in, const std::vector<std::string>& booleans,
+               const std::vector<std::string>& optional = {}, const std::string& optional_default = "") {
   Args a;
+  auto listed = [](const std::vector<std::string>& list, const std::string& name) {
+    return std::find(list.begin(), list.end(), name) != list.end();
+  };
   for (size_t i = 0; i < in.size(); ++i) {
     const std::string& s = in[i];
     if (s.rfind("--", 0) != 0 || s.size() == 2) {
@@ -101,8 +126,10 @@ Args ParseArgs(const std::vector<std::string>& in, const std::vector<std::string
     std::string name = s.substr(2);
     if (size_t eq = name.find('='); eq != std::string::npos) {
       a.flags.emplace(name.substr(0, eq), name.substr(eq + 1));
-    } else if (std::find(booleans.begin(), booleans.end(), name) != booleans.end()) {
+    } else if (listed(booleans, name)) {
       a.flags.emplace(name, "true");
+    } else if (listed(optional, name) && (i + 1 >= in.size() || in[i + 1].rfind("--", 0) == 0)) {
+      a.flags.emplace(name, optional_default);
     } else {
       if (i + 1 >= in.size()) Die(absl::StrCat("--", name, " needs a value"));
       a.flags.emplace(name, in[++i]);
@@ -279,6 +306,94 @@ int Abort(SbServe::Stub& stub, const Args& a, absl::Duration timeout) {
   return 0;
 }
 
+// N, or LO:HI for a length drawn uniformly from [LO, HI].
+sbserve::client::LengthRange Range(const Args& a, const std::string& k, int min) {
+  const std::string s = a.Get(k);
+  sbserve::client::LengthRange r;
+  const size_t colon = s.find(':');
+  bool ok = colon == std::string::npos
+                ? absl::SimpleAtoi(s, &r.lo)
+                : absl::SimpleAtoi(s.substr(0, colon), &r.lo) && absl::SimpleAtoi(s.substr(colon + 1), &r.hi);
+  if (colon == std::string::npos) r.hi = r.lo;
+  if (!ok || r.lo < min || r.hi < r.lo) {
+    Die(absl::StrCat("--", k, ": '", s, "' is not N or LO:HI with ", min, " <= LO <= HI"));
+  }
+  return r;
+}
+
+int Bench(const std::shared_ptr<grpc::Channel>& channel, const Args& a) {
+  sbserve::client::BenchOptions o;
+  if (!a.positional.empty()) Die(absl::StrCat("bench: unexpected argument '", a.positional[0], "'"));
+  const bool open_loop = a.Has("request-rate");
+  for (const char* k : {"requests", "num-requests"}) {
+    if (a.Has(k)) o.requests = Num<int64_t>(a, k);
+  }
+  if ((a.Has("requests") || a.Has("num-requests")) && o.requests < 1) Die("bench: --requests must be >= 1");
+  if (a.Has("duration")) {
+    absl::Duration d;
+    if (!absl::ParseDuration(a.Get("duration"), &d)) {
+      double s;
+      if (!absl::SimpleAtod(a.Get("duration"), &s)) Die("--duration: not a duration like 60s or a number of seconds");
+      d = absl::Seconds(s);
+    }
+    o.duration_s = absl::ToDoubleSeconds(d);
+    if (!(o.duration_s > 0)) Die("--duration must be > 0");
+  }
+  if (open_loop) {
+    const std::string r = a.Get("request-rate");
+    if (r == "inf") {
+      o.request_rate = std::numeric_limits<double>::infinity();
+    } else {
+      o.request_rate = Num<double>(a, "request-rate");
+      if (!(o.request_rate > 0) || std::isinf(o.request_rate)) Die("--request-rate must be > 0 (or inf)");
+    }
+    o.concurrency = a.Has("concurrency") ? Num<int>(a, "concurrency") : 0;
+  } else if (a.Has("concurrency")) {
+    o.concurrency = Num<int>(a, "concurrency");
+  }
+  if (a.Has("concurrency") && o.concurrency < 1) Die("--concurrency must be >= 1");
+  if (a.Has("input")) o.input_jsonl = a.Get("input");
+  if (a.Has("prompt-tokens")) o.prompt_tokens = Range(a, "prompt-tokens", 1);
+  if (a.Has("prompt-words")) o.prompt_words = Num<int>(a, "prompt-words");
+  if (o.prompt_words < 0) Die("--prompt-words must be >= 0");
+  if (a.Has("max-tokens")) o.max_tokens = Range(a, "max-tokens", 1);
+  if (a.Has("shared-prefixes") != a.Has("prefix-tokens")) Die("bench: --shared-prefixes and --prefix-tokens go together");
+  if (a.Has("shared-prefixes")) {
+    o.shared_prefixes = Num<int>(a, "shared-prefixes");
+    o.prefix_tokens = Num<int>(a, "prefix-tokens");
+    if (o.shared_prefixes < 1 || o.prefix_tokens < 1) Die("bench: --shared-prefixes and --prefix-tokens must be >= 1");
+  }
+  if (!o.input_jsonl.empty() && (a.Has("prompt-tokens") || a.Has("prompt-words") || a.Has("shared-prefixes"))) {
+    Die("bench: --input sets the prompts; drop --prompt-tokens, --prompt-words and --shared-prefixes");
+  }
+  if (a.Has("temperature")) o.temperature = Num<float>(a, "temperature");
+  if (a.Has("seed")) o.seed = Num<uint64_t>(a, "seed");
+  if (a.Has("max-retries")) o.max_retries = Num<int>(a, "max-retries");
+  if (o.max_retries < 0) Die("--max-retries must be >= 0");
+  if (a.Has("max-retry-time")) {
+    absl::Duration d;
+    if (!absl::ParseDuration(a.Get("max-retry-time"), &d) || d < absl::ZeroDuration()) {
+      Die("--max-retry-time: not a duration like 120s");
+    }
+    o.max_retry_s = absl::ToDoubleSeconds(d);
+  }
+  if (a.Has("slo-ttft")) o.slo_ttft_ms = Num<double>(a, "slo-ttft");
+  if (a.Has("slo-itl")) o.slo_itl_ms = Num<double>(a, "slo-itl");
+  if (o.slo_ttft_ms < 0 || o.slo_itl_ms < 0) Die("--slo-ttft and --slo-itl are milliseconds >= 0");
+  if (a.Has("json")) o.json_file = a.Get("json");
+  if (a.Has("plot")) o.plot_file = a.Get("plot");
+  if (a.Has("save-input")) o.save_input_file = a.Get("save-input");
+  o.progress = a.Has("progress") || (!a.Has("no-progress") && isatty(STDERR_FILENO) == 1);
+  static const char* kKnown[] = {"requests", "num-requests", "duration", "request-rate", "concurrency", "input",
+                                 "prompt-tokens", "prompt-words", "max-tokens", "shared-prefixes", "prefix-tokens",
+                                 "temperature", "seed", "max-retries", "max-retry-time", "slo-ttft", "slo-itl", "json",
+                                 "plot", "save-input", "progress", "no-progress"};
+  for (const auto& [k, v] : a.flags) {
+    if (std::find(std::begin(kKnown), std::end(kKnown), k) == std::end(kKnown)) Die(absl::StrCat("bench: unknown option --", k));
+  }
+  return sbserve::client::RunBench(channel, o);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -309,7 +424,9 @@ int main(int argc, char** argv) {
   if (i >= args.size()) Die(kUsage);
   const std::string cmd = args[i];
   const std::vector<std::string> rest(args.begin() + static_cast<long>(i) + 1, args.end());
-  const Args a = ParseArgs(rest, {"json", "unary", "ignore-eos", "include-stop-str", "keep-special", "no-special", "no-add-special"});
+  const Args a = cmd == "bench" ? ParseArgs(rest, {"no-progress", "progress"}, {"json"}, "-")
+                                : ParseArgs(rest, {"json", "unary", "ignore-eos", "include-stop-str", "keep-special",
+                                                   "no-special", "no-add-special"});
 
   grpc::ChannelArguments ca;
   ca.SetMaxReceiveMessageSize(64 << 20);
@@ -320,16 +437,6 @@ int main(int argc, char** argv) {
   if (cmd == "info") return Info(*stub, timeout);
   if (cmd == "tokenize") return Tokenize(*stub, a, timeout);
   if (cmd == "abort") return Abort(*stub, a, timeout);
-  if (cmd == "bench") {
-    sbserve::client::BenchOptions o;
-    if (a.Has("requests")) o.requests = Num<int>(a, "requests");
-    if (a.Has("concurrency")) o.concurrency = Num<int>(a, "concurrency");
-    if (a.Has("max-tokens")) o.max_tokens = Num<int>(a, "max-tokens");
-    if (a.Has("prompt-words")) o.prompt_words = Num<int>(a, "prompt-words");
-    if (a.Has("temperature")) o.temperature = Num<float>(a, "temperature");
-    o.json = a.Has("json");
-    if (o.requests < 1 || o.concurrency < 1 || o.max_tokens < 1) Die("bench: counts must be >= 1");
-    return sbserve::client::RunBench(channel, o);
-  }
+  if (cmd == "bench") return Bench(channel, a);
   Die(absl::StrCat("unknown command '", cmd, "'\n", kUsage));
 }

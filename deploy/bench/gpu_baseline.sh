@@ -3,8 +3,9 @@
 #   1. sb_attn_bench (all rows) and, right after it, the softmax / authors'-Triton yardstick
 #      (kernels/bench/sb_attn_yardstick.py; --sbref DIR when $SBREF holds stickbreaking_attention/);
 #   2. sbmodel bench on the 3B preset at B = 1, 16, 64 (prompt 512, 64 decode steps);
-#   3. sbserve on that checkpoint under sbctl bench at concurrency 1 and 64 (~512-token prompts,
-#      128 output tokens, greedy, ignore_eos), then /metrics and a SIGTERM drain.
+#   3. sbserve on that checkpoint under sbctl bench at concurrency 1 and 64 (512-token token-id
+#      prompts, 128 output tokens, greedy, ignore_eos), then /metrics and a SIGTERM drain.
+#      The full serving grid is deploy/bench/grid.sh.
 # Expects the CUDA build's sb_attn_bench, sbmodel, sbserve and sbctl with their libraries in
 # $PWD/.gpu/{bin,lib} (../shared/gpu/pack.sh .gpu ...), and $OUT as the folder for logs.
 # usage: deploy/bench/gpu_baseline.sh [attn] [model] [serve]   (default: all three)
@@ -14,8 +15,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
 B=$PWD/.gpu/bin
 parts=${*:-attn model serve}
-# 230 words of the bench prompt are ~514 tokens with the demo tokenizer the 3B preset carries.
-PROMPT_WORDS=${PROMPT_WORDS:-230}
+PROMPT_TOKENS=${PROMPT_TOKENS:-512}
 SERVE_FLAGS=${SERVE_FLAGS:---kv-cache-mb 40000 --max-batch-tokens 2048 --max-queued-tokens 10000000}
 
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
@@ -41,11 +41,8 @@ if [[ $parts == *serve* ]]; then
   echo "== sbserve $SERVE_FLAGS"
   for c in 1 64; do
     n=$(( c == 1 ? 16 : 256 ))
-    before=$(curl -s localhost:8080/metrics | awk '/^sbserve_prompt_tokens_total/ {print $2}')
     echo "== c=$c requests=$n"
-    $B/sbctl bench --requests $n --concurrency $c --max-tokens 128 --prompt-words $PROMPT_WORDS
-    after=$(curl -s localhost:8080/metrics | awk '/^sbserve_prompt_tokens_total/ {print $2}')
-    echo "mean prompt tokens: $(awk -v a="${before:-0}" -v b="${after:-0}" -v n=$n 'BEGIN {printf "%.0f", (b - a) / n}')"
+    $B/sbctl bench --requests $n --concurrency $c --max-tokens 128 --prompt-tokens $PROMPT_TOKENS --no-progress
   done
   curl -s localhost:8080/metrics > "$OUT/metrics.txt"
   grep -E "^sbserve_engine_step_time_seconds_(sum|count)|^sbserve_generation_tokens_total|^sbserve_num_preemptions" "$OUT/metrics.txt"
