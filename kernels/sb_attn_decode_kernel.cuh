@@ -111,12 +111,13 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
 
   const int qrow = p.q_rows != nullptr ? p.q_rows[b] : b;
   const __nv_bfloat16* q_g = static_cast<const __nv_bfloat16*>(p.q);
+  const int64_t q_stride = p.q_row_stride != 0 ? p.q_row_stride : static_cast<int64_t>(H) * kHeadDim;
   const float scale_log2 = p.scale * kLog2e;
   float qf[kG][kDpl];
 #pragma unroll
   for (int gi = 0; gi < kG; ++gi) {
-    const uint4* src = reinterpret_cast<const uint4*>(q_g + (static_cast<int64_t>(qrow) * H + h0 + gi) * kHeadDim +
-                                                      part * kDpl);
+    const uint4* src = reinterpret_cast<const uint4*>(q_g + static_cast<int64_t>(qrow) * q_stride +
+                                                      static_cast<int64_t>(h0 + gi) * kHeadDim + part * kDpl);
 #pragma unroll
     for (int v = 0; v < kVec; ++v) {
       Bf16x8ToFloat(src[v], &qf[gi][8 * v]);

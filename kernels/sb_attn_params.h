@@ -67,8 +67,9 @@ struct SbKvCache {
 // Appends the K/V of every packed batch token to its sequence's cache slot (position
 // T - q_len + t). Run it before the attention kernels of the same step.
 struct SbKvAppendParams {
-  const void* k = nullptr;               // [total_q, Hkv, d] bf16, rows contiguous (stride Hkv * d)
-  const void* v = nullptr;               // [total_q, Hkv, d] bf16
+  const void* k = nullptr;               // [total_q, Hkv, d] bf16, row t at k + t * kv_row_stride
+  const void* v = nullptr;               // [total_q, Hkv, d] bf16, row t at v + t * kv_row_stride
+  int64_t kv_row_stride = 0;             // elements between token rows of k and v; 0: Hkv * d (a multiple of 8)
   const int32_t* cu_seqlens_q = nullptr; // [B+1]
   const int32_t* context_lens = nullptr; // [B]
   SbKvCache cache;
@@ -81,7 +82,8 @@ struct SbKvAppendParams {
 // Varlen prefill (any q_len >= 1, chunked prefill with a cached prefix included). Keys, the
 // chunk's own included, are read from the cache, so append the chunk first.
 struct SbAttnPrefillParams {
-  const void* q = nullptr;               // [total_q, H, d] bf16, contiguous
+  const void* q = nullptr;               // [total_q, H, d] bf16, row t at q + t * q_row_stride
+  int64_t q_row_stride = 0;              // elements between query rows; 0: H * d (a multiple of 8)
   const int32_t* cu_seqlens_q = nullptr; // [B+1] device
   const int32_t* context_lens = nullptr; // [B] device
   SbKvCache cache;
@@ -107,6 +109,7 @@ struct SbAttnPrefillParams {
 // (R1 reads its value from the cache).
 struct SbAttnDecodeParams {
   const void* q = nullptr;               // [*, H, d] bf16; sequence b's query is row q_rows[b] (or b)
+  int64_t q_row_stride = 0;              // elements between query rows; 0: H * d (a multiple of 8)
   const int32_t* q_rows = nullptr;       // [B] row of each sequence in q / o / rem; null: row b
   const int32_t* context_lens = nullptr; // [B] device, T >= 1
   SbKvCache cache;

@@ -51,10 +51,12 @@ struct SbPrefillKernelParams {
   float scale;
   SbRemainder remainder;
   float early_exit_log_threshold;
+  int q_row_stride;  // elements; 0: H * d (the host checks it fits an int)
 
   static SbPrefillKernelParams From(const SbAttnPrefillParams& p) {
     return {p.q,         p.cu_seqlens_q, p.context_lens, p.cache,     p.head_bias, p.o, p.rem, p.early_exit_stats,
-            p.num_heads, p.num_kv_heads, p.scale,        p.remainder, p.early_exit_log_threshold};
+            p.num_heads, p.num_kv_heads, p.scale,        p.remainder, p.early_exit_log_threshold,
+            static_cast<int>(p.q_row_stride)};
   }
 };
 static_assert(sizeof(SbPrefillKernelParams) <= 128);
@@ -179,6 +181,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const int tq = lane % 4;
 
   const __nv_bfloat16* q_g = static_cast<const __nv_bfloat16*>(p.q);
+  const int64_t q_stride = p.q_row_stride != 0 ? p.q_row_stride : static_cast<int64_t>(H) * kD;
   const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
   const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
@@ -190,7 +193,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     const int c = i % Tr::kChunks;
     const bool ok = row < rows_valid;
     const __nv_bfloat16* src =
-        q_g + (static_cast<int64_t>(q_start + m0 + (ok ? row : 0)) * H + h) * kD + c * 8;
+        q_g + static_cast<int64_t>(q_start + m0 + (ok ? row : 0)) * q_stride + static_cast<int64_t>(h) * kD + c * 8;
     CpAsync16(SmemAddr(q_smem + row * Tr::kRowBytes + ((c ^ (row & 7)) << 4)), src, ok ? 16 : 0);
   }
 

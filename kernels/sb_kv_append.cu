@@ -1,6 +1,6 @@
 // Appends the K/V rows of a packed batch to the paged cache: token t of sequence b goes to
 // position T - q_len + t. One CTA per token; a token's [Hkv, d] rows are contiguous in both the
-// packed input and the cache slot, so it is one 16-byte-wide copy.
+// packed input (rows kv_row_stride apart) and the cache slot, so it is one 16-byte-wide copy.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -11,7 +11,8 @@ namespace sbserve::kernels {
 namespace {
 
 __global__ void __launch_bounds__(128)
-    sb_kv_append_bf16_kernel(const SbKvAppendParams p, const int log2_bs, const int vec_per_token) {
+    sb_kv_append_bf16_kernel(const SbKvAppendParams p, const int log2_bs, const int vec_per_token,
+                             const int64_t src_vec_stride) {
   const int token = blockIdx.x;
   // Sequence of the token: last b with cu_seqlens_q[b] <= token.
   int lo = 0;
@@ -28,8 +29,8 @@ __global__ void __launch_bounds__(128)
   const int64_t slot =
       static_cast<int64_t>(p.cache.block_tables[static_cast<int64_t>(b) * p.cache.max_blocks + (pos >> log2_bs)]) *
           (bs_mask + 1) + (pos & bs_mask);
-  const uint4* k_src = static_cast<const uint4*>(p.k) + static_cast<int64_t>(token) * vec_per_token;
-  const uint4* v_src = static_cast<const uint4*>(p.v) + static_cast<int64_t>(token) * vec_per_token;
+  const uint4* k_src = static_cast<const uint4*>(p.k) + static_cast<int64_t>(token) * src_vec_stride;
+  const uint4* v_src = static_cast<const uint4*>(p.v) + static_cast<int64_t>(token) * src_vec_stride;
   uint4* k_dst = static_cast<uint4*>(p.cache.k) + slot * vec_per_token;
   uint4* v_dst = static_cast<uint4*>(p.cache.v) + slot * vec_per_token;
   for (int i = threadIdx.x; i < vec_per_token; i += blockDim.x) {
@@ -54,7 +55,10 @@ absl::Status SbKvAppend(const SbKvAppendParams& p, CUstream_st* stream) {
   int log2_bs = 0;
   while ((1 << log2_bs) < bs) ++log2_bs;
   const int vec_per_token = p.num_kv_heads * p.head_dim / 8;
-  sb_kv_append_bf16_kernel<<<p.total_q, 128, 0, stream>>>(p, log2_bs, vec_per_token);
+  if (p.kv_row_stride != 0 && (p.kv_row_stride % 8 != 0 || p.kv_row_stride < p.num_kv_heads * p.head_dim))
+    return absl::InvalidArgumentError("kv append: kv_row_stride must be 0 or a multiple of 8 of at least Hkv * d");
+  const int64_t src_vec_stride = p.kv_row_stride != 0 ? p.kv_row_stride / 8 : vec_per_token;
+  sb_kv_append_bf16_kernel<<<p.total_q, 128, 0, stream>>>(p, log2_bs, vec_per_token, src_vec_stride);
   SB_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }

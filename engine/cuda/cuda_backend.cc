@@ -173,7 +173,11 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   int num_sms_ = 0;
   int decode_keys_per_split_ = 0;
-  int64_t weights_bytes_ = 0;  // uploaded weight tensors  // CudaBackendOptions::decode_keys_per_split
+  int64_t weights_bytes_ = 0;  // uploaded weight tensors
+  // c_attn rows regrouped as [q | k | v] (RegroupQkvRows): q, k and v are read in place from the
+  // GEMM output. Off with a qkv bias, which the split kernel adds.
+  bool fused_qkv_ = false;
+  absl::Status RegroupQkvRows(DeviceBuffer& attn_w);  // CudaBackendOptions::decode_keys_per_split
   int device_ = 0;                 // CudaBackendOptions::device
   DeviceBuffer wte_, lm_head_, lnf_w_, lnf_b_;
   std::vector<std::unique_ptr<LayerWeights>> layers_;
@@ -224,6 +228,29 @@ absl::Status CudaBackend::Upload(const Checkpoint& ckpt, const std::string& name
   return absl::OkStatus();
 }
 
+// The checkpoint's c_attn rows are grouped per KV head: [q of its G query heads, k, v] for each
+// of the Hkv heads. Reordered to [q of all H heads, k of all Hkv heads, v of all Hkv heads], the
+// GEMM's output row of a token holds q, k and v as three contiguous spans, which the attention and
+// KV-append kernels read in place (row stride qkv_dim): no split kernel, no copies.
+absl::Status CudaBackend::RegroupQkvRows(DeviceBuffer& attn_w) {
+  const ModelConfig& c = config_;
+  const int64_t d = c.head_dim, Hkv = c.n_kv_head, G = c.n_head / c.n_kv_head, row = c.n_embd * 2;
+  DeviceBuffer grouped;
+  SB_RETURN_IF_ERROR(grouped.Reserve(static_cast<size_t>(c.qkv_dim() * row)));
+  char* src = attn_w.get<char>();
+  char* dst = grouped.get<char>();
+  for (int64_t g = 0; g < Hkv; ++g) {
+    const int64_t base = g * (G + 2) * d;  // source row of group g
+    SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst + g * G * d * row, src + base * row, G * d * row, cudaMemcpyDeviceToDevice));
+    SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst + (c.n_head + g) * d * row, src + (base + G * d) * row, d * row,
+                                       cudaMemcpyDeviceToDevice));
+    SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst + (c.n_head + Hkv + g) * d * row, src + (base + (G + 1) * d) * row, d * row,
+                                       cudaMemcpyDeviceToDevice));
+  }
+  SB_CUDA_RETURN_IF_ERROR(cudaMemcpy(src, dst, static_cast<size_t>(c.qkv_dim() * row), cudaMemcpyDeviceToDevice));
+  return absl::OkStatus();
+}
+
 absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions& options) {
   const ModelConfig& c = config_;
   if (c.head_dim != 64 && c.head_dim != 128) {
@@ -245,6 +272,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   SB_RETURN_IF_ERROR(blas_workspace_.Reserve(size_t{32} << 20));
   SB_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(blas_, blas_workspace_.get(), size_t{32} << 20));
   if (const char* g = std::getenv("SBSERVE_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") use_graphs_ = false;
+  fused_qkv_ = !c.add_qkv_bias;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
   if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.ln_f.weight", false, lnf_w_));
@@ -253,6 +281,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
     auto w = std::make_unique<LayerWeights>();
     const std::string p = absl::StrCat("transformer.h.", l, ".");
     SB_RETURN_IF_ERROR(Upload(ckpt, p + "attn.c_attn.weight", true, w->attn_w));
+    if (fused_qkv_) SB_RETURN_IF_ERROR(RegroupQkvRows(w->attn_w));
     SB_RETURN_IF_ERROR(Upload(ckpt, p + "attn.c_proj.weight", true, w->proj_w));
     SB_RETURN_IF_ERROR(Upload(ckpt, p + "mlp.c_fc.weight", true, w->fc_w));
     SB_RETURN_IF_ERROR(Upload(ckpt, p + "mlp.c_proj.weight", true, w->fc_proj_w));
@@ -306,9 +335,19 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
   cache.block_size = shape_.block_size;
   cache.max_blocks = sh.mb;
 
+  // q, k, v: in place in the c_attn output (fused_qkv_, rows qkv_dim apart) or split copies.
+  const int64_t hd = c.n_head * c.head_dim;
+  const int64_t q_stride = fused_qkv_ ? c.qkv_dim() : hd;
+  const char* q_base = fused_qkv_ ? qkv_.get<char>() : q_.get<char>();
   kernels::SbKvAppendParams ap;
-  ap.k = k_.get();
-  ap.v = v_.get();
+  if (fused_qkv_) {
+    ap.k = qkv_.get<char>() + hd * 2;
+    ap.v = qkv_.get<char>() + (hd + c.n_kv_head * c.head_dim) * 2;
+    ap.kv_row_stride = c.qkv_dim();
+  } else {
+    ap.k = k_.get();
+    ap.v = v_.get();
+  }
   ap.cu_seqlens_q = meta + meta_off_.cu;
   ap.context_lens = meta + meta_off_.ctx;
   ap.cache = cache;
@@ -326,7 +365,8 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
   // the varlen prefill kernel (the packer puts decode steps first).
   if (sh.nd > 0) {
     kernels::SbAttnDecodeParams dp;
-    dp.q = q_.get();
+    dp.q = q_base;
+    dp.q_row_stride = q_stride;
     dp.context_lens = meta + meta_off_.ctx;
     dp.cache = cache;
     dp.head_bias = head_bias;
@@ -347,9 +387,9 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
     SB_RETURN_IF_ERROR(Trace(stream_, "attn_decode", kernels::SbAttnDecode(dp, stream_)));
   }
   if (sh.nd < sh.B) {
-    const int64_t hd = c.n_head * c.head_dim;
     kernels::SbAttnPrefillParams pp;
-    pp.q = static_cast<const char*>(q_.get()) + static_cast<int64_t>(sh.prefill_row0) * hd * 2;
+    pp.q = q_base + static_cast<int64_t>(sh.prefill_row0) * q_stride * 2;
+    pp.q_row_stride = q_stride;
     pp.cu_seqlens_q = meta + meta_off_.cu_prefill;
     pp.context_lens = meta + meta_off_.ctx + sh.nd;
     pp.cache = cache;
@@ -378,9 +418,11 @@ absl::Status CudaBackend::ReserveStep(int64_t N, int64_t R, bool* moved) {
   SB_RETURN_IF_ERROR(h_.Reserve(N * D * 4, moved));
   SB_RETURN_IF_ERROR(x_.Reserve(N * D * 2, moved));
   SB_RETURN_IF_ERROR(qkv_.Reserve(N * c.qkv_dim() * 2, moved));
-  SB_RETURN_IF_ERROR(q_.Reserve(N * H * d * 2, moved));
-  SB_RETURN_IF_ERROR(k_.Reserve(N * Hkv * d * 2, moved));
-  SB_RETURN_IF_ERROR(v_.Reserve(N * Hkv * d * 2, moved));
+  if (!fused_qkv_) {
+    SB_RETURN_IF_ERROR(q_.Reserve(N * H * d * 2, moved));
+    SB_RETURN_IF_ERROR(k_.Reserve(N * Hkv * d * 2, moved));
+    SB_RETURN_IF_ERROR(v_.Reserve(N * Hkv * d * 2, moved));
+  }
   SB_RETURN_IF_ERROR(o_.Reserve(N * H * d * 2, moved));
   SB_RETURN_IF_ERROR(y_.Reserve(N * D * 4, moved));
   SB_RETURN_IF_ERROR(fc_.Reserve(N * fc_out * 2, moved));
@@ -406,7 +448,7 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
                              cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
                                         w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_)));
     SB_RETURN_IF_ERROR(Trace(stream_, "c_attn", Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false)));
-    SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv",
+    if (!fused_qkv_) SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv",
                              cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
                                             static_cast<int>(Hkv), static_cast<int>(H / Hkv),
                                             static_cast<int>(d), q_.get(), k_.get(), v_.get(), stream_)));

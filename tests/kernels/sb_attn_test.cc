@@ -105,7 +105,10 @@ struct EarlyExit {
 
 // Uploads, appends the chunk's K/V, runs the kernel twice with poisoned outputs and checks the
 // cache and the bitwise repeatability; returns the first run's outputs.
-void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, const EarlyExit& ee = {}) {
+// fused_rows: q, k and v of each token sit in one padded row [q | k | v | pad] (the layout of the
+// CUDA backend's c_attn output), read in place through q_row_stride / kv_row_stride.
+void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, const EarlyExit& ee = {},
+                 bool fused_rows = false) {
   const int d = pb.spec.head_dim, H = pb.spec.num_heads, Hkv = pb.spec.num_kv_heads;
   DeviceProblem dp;
   dp.q = DeviceBuffer<uint16_t>(pb.q.size());
@@ -138,9 +141,25 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
   cache.block_size = pb.spec.block_size;
   cache.max_blocks = pb.max_blocks;
 
+  const int64_t fused_row = static_cast<int64_t>(H + 2 * Hkv) * d + 24;  // padding: strides are not H * d
+  DeviceBuffer<uint16_t> fused;
+  if (fused_rows) {
+    std::vector<uint16_t> h(static_cast<size_t>(pb.total_q * fused_row), 0xffff);  // NaN padding
+    for (int t = 0; t < pb.total_q; ++t) {
+      std::copy_n(&pb.q[static_cast<size_t>(t) * H * d], H * d, &h[t * fused_row]);
+      std::copy_n(&pb.k_new[static_cast<size_t>(t) * Hkv * d], Hkv * d, &h[t * fused_row + H * d]);
+      std::copy_n(&pb.v_new[static_cast<size_t>(t) * Hkv * d], Hkv * d, &h[t * fused_row + (H + Hkv) * d]);
+    }
+    fused = DeviceBuffer<uint16_t>(h.size());
+    CUDA_OK(fused.Upload(h));
+    CUDA_OK(dp.k_new.Poison());  // the contiguous copies must not be read
+    CUDA_OK(dp.v_new.Poison());
+    CUDA_OK(dp.q.Poison());
+  }
   SbKvAppendParams ap;
-  ap.k = dp.k_new.get();
-  ap.v = dp.v_new.get();
+  ap.k = fused_rows ? fused.get() + H * d : dp.k_new.get();
+  ap.v = fused_rows ? fused.get() + (H + Hkv) * d : dp.v_new.get();
+  ap.kv_row_stride = fused_rows ? fused_row : 0;
   ap.cu_seqlens_q = dp.cu.get();
   ap.context_lens = dp.ctx.get();
   ap.cache = cache;
@@ -180,7 +199,8 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
     CUDA_OK(dp.rem.Poison());
     if (path == Path::kPrefill) {
       SbAttnPrefillParams p;
-      p.q = dp.q.get();
+      p.q = fused_rows ? fused.get() : dp.q.get();
+      p.q_row_stride = fused_rows ? fused_row : 0;
       p.cu_seqlens_q = dp.cu.get();
       p.context_lens = dp.ctx.get();
       p.cache = cache;
@@ -200,7 +220,8 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
       st = SbAttnPrefill(p, nullptr);
     } else {
       SbAttnDecodeParams p;
-      p.q = dp.q.get();
+      p.q = fused_rows ? fused.get() : dp.q.get();
+      p.q_row_stride = fused_rows ? fused_row : 0;
       p.q_rows = q_rows.empty() ? nullptr : dp.q_rows.get();
       p.context_lens = dp.ctx.get();
       p.cache = cache;
@@ -462,6 +483,25 @@ ProblemSpec Spec(const Shape& s, std::vector<int> q_lens, std::vector<int> prefi
   spec.prefix_lens = std::move(prefix);
   spec.seed = seed;
   return spec;
+}
+
+// q, k and v read in place from fused rows give bitwise the outputs of contiguous copies, and the
+// cache holds the same K/V (RunOnDevice checks it), for prefill with prefixes and decode.
+TEST(SbAttnFusedRows, PrefillAndDecodeMatchContiguousInputsBitwise) {
+  REQUIRE_GPU();
+  for (const Shape& s : kShapes) {
+    for (Path path : {Path::kPrefill, Path::kDecode}) {
+      const ProblemSpec spec = path == Path::kPrefill ? Spec(s, {1, 37, 130}, {0, 16, 70}, 3) : Spec(s, {1, 1, 1}, {5, 64, 300}, 4);
+      SCOPED_TRACE(Name(path == Path::kPrefill ? "prefill" : "decode", s));
+      const Problem pb = MakeProblem(spec);
+      Outputs plain, in_place;
+      ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, false, &plain));
+      ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, false, &in_place, {}, /*fused_rows=*/true));
+      ASSERT_EQ(plain.o, in_place.o);
+      ASSERT_EQ(0, std::memcmp(plain.rem.data(), in_place.rem.data(), plain.rem.size() * 4));
+      ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, in_place, "fused rows"));
+    }
+  }
 }
 
 TEST(SbAttnPrefill, SmallCase) {
