@@ -92,7 +92,7 @@ int KvBlockAllocator::AcquirePrefix(std::span<const int32_t> tokens, int64_t max
   const int64_t limit = std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size()));
   while (static_cast<int64_t>(chain.blocks + 1) * block_size_ <= limit) {
     std::span<const int32_t> blk = tokens.subspan(static_cast<size_t>(chain.blocks) * block_size_, block_size_);
-    const uint64_t h = ChainHash(chain.hash, blk);
+    const uint64_t h = hash_(chain.hash, blk);
     const int32_t id = Find(h, blk, chain);
     if (id < 0) break;
     Block& b = blocks_[static_cast<size_t>(id)];
@@ -119,7 +119,7 @@ void KvBlockAllocator::Publish(std::span<const int32_t> tokens, const std::vecto
       }
     }
     std::span<const int32_t> blk = tokens.subspan(static_cast<size_t>(chain.blocks) * block_size_, block_size_);
-    const uint64_t h = ChainHash(chain.hash, blk);
+    const uint64_t h = hash_(chain.hash, blk);
     int32_t id = Find(h, blk, chain);
     if (id < 0) {
       id = table[static_cast<size_t>(chain.blocks)];

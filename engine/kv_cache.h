@@ -67,6 +67,9 @@ class KvBlockAllocator {
 
   // The chained hash of a full block of `tokens` after the blocks hashing to `parent`.
   static uint64_t ChainHash(uint64_t parent, std::span<const int32_t> tokens);
+  using HashFn = uint64_t (*)(uint64_t parent, std::span<const int32_t> tokens);
+  // Tests replace the hash with a colliding one to show that collisions never give a wrong hit.
+  void set_hash_for_testing(HashFn fn) { hash_ = fn; }
 
   // Appends to the empty `table` the published blocks holding the longest run of full blocks of
   // `tokens` that fits in `max_tokens` tokens, takes a reference to each, sets `chain` to match,
@@ -102,6 +105,7 @@ class KvBlockAllocator {
   std::vector<int32_t> free_;  // LIFO stack of never-used or unpublished free block ids
   std::list<int32_t> lru_;     // unheld published blocks, least recently used first
   std::unordered_map<uint64_t, int32_t> by_hash_;
+  HashFn hash_ = &ChainHash;
 };
 
 }  // namespace sbserve
