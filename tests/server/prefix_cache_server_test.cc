@@ -197,6 +197,9 @@ TEST(PrefixCacheServer, ConcurrentSharersMatchTheirUncachedOutputs) {
     want[i] = ts.Generate(skip);
     ASSERT_TRUE(want[i].status.ok()) << want[i].status.error_message();
   }
+  // One cached run publishes the shared blocks, so that every concurrent request below shares them.
+  ExpectIdentical(ts.Generate(reqs[0]), want[0]);
+  const uint64_t hits_before = ts.IdleInfo().prefix_cache_hits();
   std::vector<std::thread> threads;
   for (int i = 0; i < kN; ++i) threads.emplace_back([&, i] { got[i] = ts.Generate(reqs[i]); });
   for (auto& t : threads) t.join();
@@ -205,6 +208,7 @@ TEST(PrefixCacheServer, ConcurrentSharersMatchTheirUncachedOutputs) {
     ExpectIdentical(got[i], want[i]);
   }
   const v1::ServerInfo info = ts.IdleInfo();
+  EXPECT_GE(info.prefix_cache_hits() - hits_before, 32u * kN);  // the 2 full blocks of the 40 shared tokens
   EXPECT_EQ(info.kv_blocks_used(), 0);
   EXPECT_EQ(info.running(), 0);
 }
