@@ -200,12 +200,20 @@ TEST(CudaEngine, LogitsAfterACachedPrefixMatchTheFullPrompt) {
   EXPECT_LE(err, 2e-2);  // the GPU tolerance of tests/engine/cuda_backend_test.cc
   EXPECT_EQ(ArgMax(got), ArgMax(want));
 
-  // The same 4-token chunk over a wrong prefix (block 6 in place of block 5) is far off: the
-  // comparison above can fail.
-  cached.block_tables = {0, 1, 2, 3, 4, 6, 11};
+  // The same 4-token chunk after the prefix of another prompt (fully written blocks 20-25) is
+  // further off: the comparison above can tell a wrong prefix.
+  Batch other = full;
+  for (int p = 0; p < 100; ++p) other.tokens[p] = 1 + static_cast<int32_t>(rng() % 2000);
+  other.block_tables = {20, 21, 22, 23, 24, 25, 26};
+  std::vector<float> unused(static_cast<size_t>(V));
+  ASSERT_TRUE((*backend)->Forward(other, unused).ok());
+  cached.block_tables = {20, 21, 22, 23, 24, 25, 11};
   std::vector<float> wrong(static_cast<size_t>(V), NAN);
   ASSERT_TRUE((*backend)->Forward(cached, wrong).ok());
-  EXPECT_GT(RelL2(wrong, want), 2e-2);
+  const double wrong_err = RelL2(wrong, want);
+  std::printf("another prompt's prefix: rel L2 %.2e\n", wrong_err);
+  EXPECT_GT(wrong_err, 4 * err);
+  EXPECT_GT(wrong_err, 1e-3);
 }
 
 // The engine with prefix caching: the same greedy request computed in full (cache_prefix off),
