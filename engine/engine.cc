@@ -41,11 +41,13 @@ class Engine::Impl {
     so.context_len = cfg.n_positions;
     so.eos_ids = eos_ids_;
     so.sampling_threads = options.sampling_threads;
+    so.enable_prefix_caching = options.enable_prefix_caching;
     scheduler_ = std::make_unique<Scheduler>(
         so, backend_.get(), &kv_, codec_.get(), &observer_proxy_, [this](const std::string& id) { OnFinished(id); },
         [this] { RefreshStats(); });
     stats_.kv_blocks_total = kv_.num_blocks();
     stats_.kv_block_size = kv_.block_size();
+    stats_.prefix_caching = options.enable_prefix_caching;
     thread_ = std::thread([this] { Loop(); });
   }
 
@@ -270,7 +272,10 @@ void Engine::Impl::RefreshStats() {
   stats_.kv_blocks_used = kv_.num_used();
   stats_.kv_blocks_total = kv_.num_blocks();
   stats_.kv_block_size = kv_.block_size();
+  stats_.kv_blocks_cached_free = kv_.num_cached_free();
   stats_.preemptions = scheduler_->preemptions();
+  stats_.prefix_cache_queries = scheduler_->prefix_cache_queries();
+  stats_.prefix_cache_hits = scheduler_->prefix_cache_hits();
 }
 
 void Engine::Impl::OnFinished(const std::string& id) {
@@ -280,6 +285,7 @@ void Engine::Impl::OnFinished(const std::string& id) {
   // The request's blocks are already free: a client that reads Stats after its final event
   // sees them returned.
   stats_.kv_blocks_used = kv_.num_used();
+  stats_.kv_blocks_cached_free = kv_.num_cached_free();
   stats_.running = scheduler_->num_running();
   if (live_.empty()) idle_cv_.notify_all();
 }
@@ -308,6 +314,7 @@ void Engine::Impl::Loop() {
       stats_.running = stats_.waiting = 0;
       stats_.queued_prompt_tokens = 0;
       stats_.kv_blocks_used = kv_.num_used();
+      stats_.kv_blocks_cached_free = kv_.num_cached_free();
       return;
     }
     int ran_tokens = 0;

@@ -31,6 +31,9 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.90;  // share of device memory the process may use, in (0, 1]
   int max_logprobs = 20;
   int sampling_threads = 0;           // threads drawing tokens from logit rows (0: all cores, 1: inline)
+  // Automatic prefix caching: full KV blocks are shared between requests with equal prefixes
+  // (engine/kv_cache.h). A request opts out with GenerateRequest::cache_prefix = false.
+  bool enable_prefix_caching = true;
   absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
   // After this many consecutive failed steps the engine reports its backend unhealthy (sticky;
   // the server then turns not ready). A fatal backend error (IsFatalBackendError) does so at once.
@@ -44,6 +47,10 @@ struct EngineStats {
   int kv_blocks_used = 0;
   int kv_blocks_total = 0;
   int kv_block_size = 0;
+  int kv_blocks_cached_free = 0;      // blocks no request holds whose content stays cached
+  bool prefix_caching = false;        // EngineOptions::enable_prefix_caching
+  uint64_t prefix_cache_queries = 0;  // tokens looked up in the prefix cache, all time
+  uint64_t prefix_cache_hits = 0;     // of those, tokens found cached (not computed)
   uint64_t requests_finished = 0;
   uint64_t preemptions = 0;
   bool draining = false;
@@ -72,10 +79,16 @@ struct StepReport {
   int64_t queued_prompt_tokens = 0;
   int kv_blocks_used = 0;
   int kv_blocks_total = 0;
+  int kv_blocks_cached_free = 0;
   int preempted = 0;
-  // Prompt tokens whose K/V this step computed for the first time (chunks of prompts; a prompt
-  // recomputed after a preemption is not counted again). The step's backend call succeeded.
+  // Prompt tokens this step covered for the first time, computed or found in the prefix cache
+  // (chunks of prompts; a prompt recomputed after a preemption is not counted again). The step's
+  // backend call succeeded.
   int new_prompt_tokens = 0;
+  // Prefix cache lookups of the sequences this step started (or restarted after a preemption):
+  // the tokens looked up and, of those, the tokens found cached.
+  int prefix_cache_queries = 0;
+  int prefix_cache_hits = 0;
 };
 
 // The scheduler's queue and KV state, reported when requests end outside a step (a cancel, an
@@ -86,6 +99,7 @@ struct QueueState {
   int64_t queued_prompt_tokens = 0;
   int kv_blocks_used = 0;
   int kv_blocks_total = 0;
+  int kv_blocks_cached_free = 0;
 };
 
 struct FinishReport {

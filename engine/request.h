@@ -38,6 +38,7 @@ struct GenerateRequest {
   bool include_stop_str_in_output = false;
   int32_t logprobs = -1;             // -1: none; n >= 0: sampled token's logprob plus the top n
   int32_t priority = 0;              // lower runs first
+  bool cache_prefix = true;          // false: neither reuses nor publishes prefix-cached KV blocks
   absl::Time deadline = absl::InfiniteFuture();
 };
 

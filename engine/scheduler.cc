@@ -14,7 +14,7 @@
 namespace sbserve {
 
 struct Scheduler::Seq {
-  Seq(GenerateRequest r, EventSink s, absl::Time t, uint64_t n)
+  Seq(GenerateRequest r, EventSink s, absl::Time t, uint64_t n, bool caching)
       : req(std::move(r)),
         sink(std::move(s)),
         arrival(t),
@@ -23,6 +23,7 @@ struct Scheduler::Seq {
         stop(req.stop_strings) {
     tokens = req.prompt_ids;
     prompt_len = static_cast<int32_t>(tokens.size());
+    cache_prefix = caching && req.cache_prefix;
   }
 
   GenerateRequest req;
@@ -38,6 +39,8 @@ struct Scheduler::Seq {
   int32_t num_computed = 0;     // tokens whose K/V are in the cache
   int32_t prompt_prefilled = 0; // prompt tokens ever computed (kept across preemptions)
   std::vector<int32_t> blocks;
+  bool cache_prefix = false;    // reuses and publishes prefix-cached blocks
+  PrefixChain chain;            // its blocks known to the prefix cache
   bool running = false;
   bool preempted_this_step = false;
 
@@ -91,7 +94,8 @@ int64_t Scheduler::waiting_tokens() const {
 }
 
 void Scheduler::Add(GenerateRequest request, EventSink sink, absl::Time arrival) {
-  auto seq = std::make_unique<Seq>(std::move(request), std::move(sink), arrival, next_seq_no_++);
+  auto seq = std::make_unique<Seq>(std::move(request), std::move(sink), arrival, next_seq_no_++,
+                                   options_.enable_prefix_caching);
   if (codec_ != nullptr) seq->detok = codec_->NewStream(seq->req.skip_special_tokens);
   Seq* raw = seq.get();
   seqs_[raw->req.request_id] = std::move(seq);
@@ -128,6 +132,7 @@ void Scheduler::ReportState() {
   s.queued_prompt_tokens = waiting_tokens();
   s.kv_blocks_used = kv_->num_used();
   s.kv_blocks_total = kv_->num_blocks();
+  s.kv_blocks_cached_free = kv_->num_cached_free();
   observer_->OnState(s);
 }
 
@@ -173,6 +178,7 @@ void Scheduler::FinishAll(FinishReason reason, const absl::Status& status) {
 void Scheduler::Preempt(Seq* seq) {
   kv_->Free(seq->blocks);
   seq->num_computed = 0;
+  seq->chain = PrefixChain{};
   seq->preemptions++;
   seq->preempted_this_step = true;
   preemptions_++;
@@ -228,8 +234,24 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
   while (!waiting_.empty() && !full()) {
     Seq* seq = waiting_.front();
     if (seq->preempted_this_step) break;
+    // A waiting sequence holds no blocks (new, or preempted). Its cached prefix leaves at least the
+    // last token to compute: its logits are needed, and a chunk is never empty.
+    int hit = 0;
+    if (seq->cache_prefix) {
+      hit = kv_->AcquirePrefix(seq->tokens, static_cast<int64_t>(seq->tokens.size()) - 1, seq->blocks, seq->chain);
+      seq->num_computed = hit;
+    }
     const int chunk = std::min(seq->need(), budget);
-    if (!Reserve(seq, chunk)) break;
+    if (!Reserve(seq, chunk)) {
+      kv_->Free(seq->blocks);  // the cached blocks stay cached for the next attempt
+      seq->num_computed = 0;
+      seq->chain = PrefixChain{};
+      break;
+    }
+    if (seq->cache_prefix) {
+      step_prefix_queries_ += static_cast<int>(seq->tokens.size());
+      step_prefix_hits_ += hit;
+    }
     waiting_.pop_front();
     InsertRunning(seq);
     slots.push_back({seq, chunk});
@@ -252,6 +274,7 @@ absl::Status Scheduler::Step(absl::Time now) {
 
   std::vector<Slot> slots;
   int preempted = 0;
+  step_prefix_queries_ = step_prefix_hits_ = 0;
   for (Seq* s : running_) s->preempted_this_step = false;
   for (Seq* s : waiting_) s->preempted_this_step = false;
   Pack(slots, preempted);
@@ -323,6 +346,8 @@ absl::Status Scheduler::Step(absl::Time now) {
       s.seq->prompt_prefilled = prompt_end;
     }
     s.seq->num_computed = end;
+    // Blocks this step completed now hold K/V for good: others may share them from now on.
+    if (s.seq->cache_prefix) kv_->Publish(s.seq->tokens, s.seq->blocks, end / kv_->block_size(), s.seq->chain);
     if (s.seq->num_computed == static_cast<int>(s.seq->tokens.size())) {
       Pick p;
       p.seq = s.seq;
@@ -340,6 +365,9 @@ absl::Status Scheduler::Step(absl::Time now) {
                 }
               });
   for (Pick& p : picks) OnToken(p.seq, p.token, std::move(p.lp), t1);
+  // Counted with the step that used them (as the StepReport does), not for a failed one.
+  prefix_queries_ += static_cast<uint64_t>(step_prefix_queries_);
+  prefix_hits_ += static_cast<uint64_t>(step_prefix_hits_);
 
   if (observer_ != nullptr) {
     StepReport rep;
@@ -352,8 +380,11 @@ absl::Status Scheduler::Step(absl::Time now) {
     rep.queued_prompt_tokens = waiting_tokens();
     rep.kv_blocks_used = kv_->num_used();
     rep.kv_blocks_total = kv_->num_blocks();
+    rep.kv_blocks_cached_free = kv_->num_cached_free();
     rep.preempted = preempted;
     rep.new_prompt_tokens = new_prompt_tokens;
+    rep.prefix_cache_queries = step_prefix_queries_;
+    rep.prefix_cache_hits = step_prefix_hits_;
     observer_->OnStep(rep);
   }
   return absl::OkStatus();

@@ -7,7 +7,11 @@
 //      when the KV pool runs dry the youngest running sequence is preempted (its blocks freed,
 //      to be recomputed later from its prompt and output so far);
 //   2. the next prefill chunk of running sequences whose prompt is only partly cached;
-//   3. the first chunk of waiting sequences by (priority, arrival) while blocks last.
+//   3. the first chunk of waiting sequences by (priority, arrival) while blocks last. With prefix
+//      caching a sequence first takes the cached full blocks of its tokens (at most all but the
+//      last token, whose logits must be computed) and starts computing after them; a sequence
+//      restarting after a preemption looks up its prompt and output so far the same way.
+// After a successful step each caching sequence publishes its newly completed full blocks.
 // Decode goes first so a long prompt never stalls running streams (chunked prefill).
 #pragma once
 
@@ -35,6 +39,7 @@ struct SchedulerOptions {
   int64_t context_len = 4096;
   std::vector<int32_t> eos_ids;
   int sampling_threads = 0;  // threads drawing tokens from logit rows; 0: all cores, 1: inline
+  bool enable_prefix_caching = true;
 };
 
 class ThreadPool;
@@ -82,6 +87,9 @@ class Scheduler {
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   int64_t waiting_tokens() const;
   uint64_t preemptions() const { return preemptions_; }
+  // Prefix cache lookups, all time: tokens looked up, and tokens found cached.
+  uint64_t prefix_cache_queries() const { return prefix_queries_; }
+  uint64_t prefix_cache_hits() const { return prefix_hits_; }
   // The batch of the latest step that ran the backend (tests inspect it).
   const Batch& last_batch() const { return batch_; }
   int last_step_tokens() const { return static_cast<int>(batch_.tokens.size()); }
@@ -121,6 +129,10 @@ class Scheduler {
   std::deque<Seq*> waiting_;   // ascending (priority, arrival)
   uint64_t next_seq_no_ = 0;
   uint64_t preemptions_ = 0;
+  uint64_t prefix_queries_ = 0;
+  uint64_t prefix_hits_ = 0;
+  int step_prefix_queries_ = 0;  // this step's share of the two above
+  int step_prefix_hits_ = 0;
   Batch batch_;
   std::vector<float> logits_;
   std::unique_ptr<ThreadPool> sample_pool_;  // null: sample on the engine thread

@@ -99,6 +99,7 @@ absl::StatusOr<GenerateRequest> RequestFromProto(const v1::GenerateRequest& p) {
   r.priority = p.priority();
   r.skip_special_tokens = p.has_skip_special_tokens() ? p.skip_special_tokens() : true;
   r.add_special_tokens = p.has_add_special_tokens() ? p.add_special_tokens() : true;
+  r.cache_prefix = !(p.has_skip_prefix_cache() && p.skip_prefix_cache());
   return r;
 }
 

@@ -44,6 +44,9 @@ void MetricsObserver::OnStep(const StepReport& r) {
   m_->engine_step_sequences->Observe(r.num_seqs);
   if (r.preempted > 0) m_->num_preemptions->Increment(r.preempted);
   if (r.new_prompt_tokens > 0) m_->prompt_tokens->Increment(r.new_prompt_tokens);
+  m_->kv_cache_cached_free_blocks->Set(r.kv_blocks_cached_free);
+  if (r.prefix_cache_queries > 0) m_->prefix_cache_queries->Increment(r.prefix_cache_queries);
+  if (r.prefix_cache_hits > 0) m_->prefix_cache_hits->Increment(r.prefix_cache_hits);
 }
 
 void MetricsObserver::OnState(const QueueState& s) {
@@ -51,6 +54,7 @@ void MetricsObserver::OnState(const QueueState& s) {
   m_->num_requests_waiting->Set(s.waiting);
   m_->num_queued_prompt_tokens->Set(static_cast<double>(s.queued_prompt_tokens));
   m_->SetKvCache(s.kv_blocks_used, s.kv_blocks_total);
+  m_->kv_cache_cached_free_blocks->Set(s.kv_blocks_cached_free);
 }
 
 void MetricsObserver::OnToken(absl::Duration since_previous) {

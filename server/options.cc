@@ -130,6 +130,19 @@ const std::vector<Flag>& Flags() {
       {"sampling-threads", "threads that draw tokens from the logit rows of a step (0: all cores, 1: the engine thread)",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.sampling_threads); },
        EngineInt("sampling-threads", &EngineOptions::sampling_threads, 0, 1024)},
+      {"enable-prefix-caching",
+       "automatic prefix caching: requests with equal leading full KV blocks share them (true | false)",
+       [](const ServerOptions& o) { return o.engine.enable_prefix_caching ? "true" : "false"; },
+       [](ServerOptions& o, const std::string& v) {
+         if (v == "true" || v == "1") {
+           o.engine.enable_prefix_caching = true;
+         } else if (v == "false" || v == "0") {
+           o.engine.enable_prefix_caching = false;
+         } else {
+           return Bad("enable-prefix-caching", v, "true or false");
+         }
+         return absl::OkStatus();
+       }},
       {"max-logprobs", "largest logprobs (top-n) a request may ask for",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.max_logprobs); },
        EngineInt("max-logprobs", &EngineOptions::max_logprobs, 0, 1024)},

@@ -483,6 +483,10 @@ grpc::Status SbServeService::GetServerInfoTyped(grpc::CallbackServerContext*,
     response->set_kv_block_size(s.kv_block_size);
     response->set_requests_finished(s.requests_finished);
     response->set_preemptions(s.preemptions);
+    response->set_prefix_caching(s.prefix_caching);
+    response->set_prefix_cache_queries(s.prefix_cache_queries);
+    response->set_prefix_cache_hits(s.prefix_cache_hits);
+    response->set_kv_blocks_cached_free(s.kv_blocks_cached_free);
   }
   return grpc::Status::OK;
 }

@@ -122,8 +122,16 @@ absl::StatusOr<ServingMetrics> ServingMetrics::Create(Registry& registry) {
   m.kv_cache_used_blocks = b.MakeGauge("sbserve_kv_cache_used_blocks", "KV cache blocks in use.");
   m.kv_cache_capacity_blocks =
       b.MakeGauge("sbserve_kv_cache_capacity_blocks", "KV cache blocks allocated at start-up.");
+  m.kv_cache_cached_free_blocks = b.MakeGauge(
+      "sbserve_kv_cache_cached_free_blocks",
+      "KV cache blocks no request holds whose content stays prefix-cached (evicted when needed).");
 
-  m.prompt_tokens = b.MakeCounter("sbserve_prompt_tokens", "Prompt tokens prefilled.");
+  m.prompt_tokens = b.MakeCounter("sbserve_prompt_tokens",
+                                  "Prompt tokens prefilled, computed or found in the prefix cache.");
+  m.prefix_cache_queries = b.MakeCounter(
+      "sbserve_prefix_cache_queries", "Tokens looked up in the prefix cache when sequences start or restart.");
+  m.prefix_cache_hits = b.MakeCounter("sbserve_prefix_cache_hits",
+                                      "Tokens looked up in the prefix cache and found there.");
   m.generation_tokens = b.MakeCounter("sbserve_generation_tokens", "Tokens generated.");
   b.LabeledCounters("sbserve_request_success",
                     "Admitted requests that finished, by finish reason.", "finished_reason",

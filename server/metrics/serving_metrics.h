@@ -70,6 +70,7 @@ struct ServingMetrics {
   Gauge* kv_cache_usage_ratio = nullptr;   // used / total KV blocks, 0..1
   Gauge* kv_cache_used_blocks = nullptr;
   Gauge* kv_cache_capacity_blocks = nullptr;
+  Gauge* kv_cache_cached_free_blocks = nullptr;  // unheld blocks whose content stays prefix-cached
 
   // Token and request counters.
   Counter* prompt_tokens = nullptr;        // prefilled prompt tokens (recomputation not counted)
@@ -79,6 +80,8 @@ struct ServingMetrics {
   Counter* request_aborts = nullptr;       // requests named by an Abort RPC
   std::array<Counter*, kNumDeadlineStages> request_deadline_exceeded{};  // by DeadlineStage
   Counter* num_preemptions = nullptr;      // sequences preempted for lack of KV blocks
+  Counter* prefix_cache_queries = nullptr; // tokens looked up in the prefix cache
+  Counter* prefix_cache_hits = nullptr;    // of those, tokens found cached
   Counter* engine_step_failures = nullptr; // engine steps whose backend call failed
   Gauge* backend_healthy = nullptr;        // 1, or 0 once the backend is reported unhealthy
 

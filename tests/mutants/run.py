@@ -36,7 +36,7 @@ REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 AREA_TESTS = {
     "sampler": r"^Sampler",
     "scheduler": r"^(Scheduler|Engine\.)",
-    "kv": r"^(KvBlock|Scheduler)",
+    "kv": r"^(KvBlock|Scheduler|PrefixCache)",
     "stop": r"^(StopMatcher|Scheduler\.Stop)",
     "tokenizer": r"^(AddedTokens|BpeModel|Cli|Config|Decoders|DemoTokenizer|Encode|IncrementalDecoder|Load|"
                  r"Normalizers|PostProcessor|PreTokenizers|Threads|Tokenizer|Utf8|tokenizer_fuzz_replay)",

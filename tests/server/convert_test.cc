@@ -37,6 +37,7 @@ v1::GenerateRequest FullRequest() {
   p.set_priority(-3);
   p.set_skip_special_tokens(false);
   p.set_add_special_tokens(false);
+  p.set_skip_prefix_cache(true);
   return p;
 }
 
@@ -65,6 +66,7 @@ TEST(Convert, EveryRequestFieldReachesTheEngine) {
   EXPECT_EQ(r->priority, -3);
   EXPECT_FALSE(r->skip_special_tokens);
   EXPECT_FALSE(r->add_special_tokens);
+  EXPECT_FALSE(r->cache_prefix);  // skip_prefix_cache
 }
 
 TEST(Convert, UnsetFieldsTakeTheDocumentedDefaults) {
@@ -88,6 +90,12 @@ TEST(Convert, UnsetFieldsTakeTheDocumentedDefaults) {
   EXPECT_FALSE(r->ignore_eos);
   EXPECT_TRUE(r->skip_special_tokens);
   EXPECT_TRUE(r->add_special_tokens);
+  EXPECT_TRUE(r->cache_prefix);
+  p.set_skip_prefix_cache(false);
+  r = RequestFromProto(p);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->cache_prefix);
+  p.clear_skip_prefix_cache();
   // logprobs = 0 is "the sampled token's logprob, no alternatives", not "none".
   p.set_logprobs(0);
   r = RequestFromProto(p);

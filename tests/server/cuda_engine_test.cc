@@ -1,11 +1,14 @@
 // The engine and scheduler over the CUDA backend: a KV cache too small for the offered load forces
 // preemption (blocks freed, the sequence recomputed later); every request must still finish with
-// the tokens it gets when the cache is large enough for all of them. Skips without a device.
+// the tokens it gets when the cache is large enough for all of them. And automatic prefix
+// caching: a prompt whose leading blocks come from the cache gives the logits and tokens of the
+// prompt computed in full, within the GPU tolerance. Skips without a device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <condition_variable>
 #include <filesystem>
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <random>
@@ -179,6 +182,160 @@ TEST(CudaEngine, AutoKvCacheFillsTheDeviceUpToTheUtilization) {
   ASSERT_FALSE(engine3.ok());
   EXPECT_NE(engine3.status().message().find("--gpu-memory-utilization"), std::string::npos) << engine3.status();
   fs::remove_all(dir);
+}
+
+// The 3B-shaped random checkpoint of these tests, written once per process.
+const Checkpoint& SmallCheckpoint() {
+  static const Checkpoint* ckpt = [] {
+    const std::string dir =
+        (fs::temp_directory_path() / ("sbserve_cuda_prefix" + std::to_string(::getpid()))).string();
+    fs::remove_all(dir);
+    CreateOptions co;
+    co.preset = "small-3b";
+    co.variant = "R1";
+    co.dtype = "bf16";
+    co.seed = 31;
+    co.tokenizer = false;
+    EXPECT_TRUE(WriteRandomCheckpoint(dir, co).ok());
+    auto c = Checkpoint::Open(dir);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->release() : nullptr;
+  }();
+  return *ckpt;
+}
+
+double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+    den += static_cast<double>(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+size_t ArgMax(const std::vector<float>& v) {
+  return static_cast<size_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+// The backend as the prefix cache drives it: the last-token logits of a 100-token prompt computed
+// in one chunk, against a chunk of its last 4 tokens whose block table starts with the 6 blocks
+// (96 tokens) the first pass wrote, as a cache hit hands them over, and ends in a fresh block.
+TEST(CudaEngine, LogitsAfterACachedPrefixMatchTheFullPrompt) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  const Checkpoint& ckpt = SmallCheckpoint();
+  auto backend = CreateCudaBackend(ckpt, {});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  ASSERT_TRUE((*backend)->InitKvCache({64, 16}).ok());
+  const int64_t V = ckpt.config().vocab_size;
+  std::mt19937_64 rng(5);
+  std::vector<int32_t> prompt;
+  for (int t = 0; t < 100; ++t) prompt.push_back(1 + static_cast<int32_t>(rng() % 2000));
+
+  Batch full;
+  full.tokens = prompt;
+  for (int p = 0; p < 100; ++p) full.positions.push_back(p);
+  full.cu_seqlens_q = {0, 100};
+  full.context_lens = {100};
+  full.max_blocks_per_seq = 7;
+  full.block_tables = {0, 1, 2, 3, 4, 5, 6};
+  full.logit_rows = {99};
+  std::vector<float> want(static_cast<size_t>(V));
+  ASSERT_TRUE((*backend)->Forward(full, want).ok());
+
+  Batch cached;
+  cached.tokens.assign(prompt.begin() + 96, prompt.end());
+  cached.positions = {96, 97, 98, 99};
+  cached.cu_seqlens_q = {0, 4};
+  cached.context_lens = {100};
+  cached.max_blocks_per_seq = 7;
+  cached.block_tables = {0, 1, 2, 3, 4, 5, 10};  // blocks 0-5 shared, block 10 its own
+  cached.logit_rows = {3};
+  std::vector<float> got(static_cast<size_t>(V), NAN);
+  ASSERT_TRUE((*backend)->Forward(cached, got).ok());
+  for (float x : got) ASSERT_TRUE(std::isfinite(x));
+  const double err = RelL2(got, want);
+  std::printf("cached-prefix logits rel L2 vs full prompt: %.2e\n", err);
+  EXPECT_LE(err, 2e-2);  // the GPU tolerance of tests/engine/cuda_backend_test.cc
+  EXPECT_EQ(ArgMax(got), ArgMax(want));
+
+  // The same 4-token chunk after the prefix of another prompt (fully written blocks 20-25) is
+  // further off: the comparison above can tell a wrong prefix.
+  Batch other = full;
+  for (int p = 0; p < 100; ++p) other.tokens[p] = 1 + static_cast<int32_t>(rng() % 2000);
+  other.block_tables = {20, 21, 22, 23, 24, 25, 26};
+  std::vector<float> unused(static_cast<size_t>(V));
+  ASSERT_TRUE((*backend)->Forward(other, unused).ok());
+  cached.block_tables = {20, 21, 22, 23, 24, 25, 11};
+  std::vector<float> wrong(static_cast<size_t>(V), NAN);
+  ASSERT_TRUE((*backend)->Forward(cached, wrong).ok());
+  const double wrong_err = RelL2(wrong, want);
+  std::printf("another prompt's prefix: rel L2 %.2e\n", wrong_err);
+  EXPECT_GT(wrong_err, 4 * err);
+  EXPECT_GT(wrong_err, 1e-3);
+}
+
+// The engine with prefix caching: the same greedy request computed in full (cache_prefix off),
+// then twice with the cache (the second run finds all but its last block cached) gives the same
+// tokens and, within the GPU tolerance, the same logprobs.
+TEST(CudaEngine, ACachedPrefixGivesTheSameGreedyTokens) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  const Checkpoint& ckpt = SmallCheckpoint();
+  auto backend = CreateCudaBackend(ckpt, {});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EngineOptions o;
+  o.kv_num_blocks = 256;
+  o.kv_block_size = 16;
+  o.max_batch_tokens = 256;
+  o.sampling_threads = 1;
+  auto engine = Engine::CreateWithCodec(o, *std::move(backend), nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::mt19937_64 rng(8);
+  std::vector<int32_t> prompt;
+  for (int t = 0; t < 100; ++t) prompt.push_back(1 + static_cast<int32_t>(rng() % 2000));
+
+  auto run = [&](const std::string& id, bool cache) {
+    GenerateRequest r;
+    r.request_id = id;
+    r.prompt_ids = prompt;
+    r.max_tokens = 40;
+    r.sampling.temperature = 0;
+    r.ignore_eos = true;
+    r.logprobs = 0;
+    r.cache_prefix = cache;
+    std::mutex mu;
+    std::condition_variable cv;
+    Result res;
+    std::vector<StepLogprobs> lps;
+    EXPECT_TRUE((*engine)->Submit(std::move(r), [&](GenerateEvent e) {
+      std::lock_guard<std::mutex> lock(mu);
+      res.ids.insert(res.ids.end(), e.token_ids.begin(), e.token_ids.end());
+      lps.insert(lps.end(), e.logprobs.begin(), e.logprobs.end());
+      if (e.finished) {
+        res.final = std::move(e);
+        res.done = true;
+        cv.notify_all();
+      }
+    }).ok());
+    std::unique_lock<std::mutex> lock(mu);
+    EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return res.done; }));
+    return std::make_pair(res, lps);
+  };
+  const auto [full, full_lp] = run("full", false);
+  const auto [first, first_lp] = run("first", true);
+  const uint64_t hits_before = (*engine)->Stats().prefix_cache_hits;
+  const auto [again, again_lp] = run("again", true);
+  EXPECT_EQ((*engine)->Stats().prefix_cache_hits - hits_before, 96u);
+  ASSERT_EQ(full.ids.size(), 40u);
+  EXPECT_EQ(first.ids, full.ids);
+  EXPECT_EQ(again.ids, full.ids);
+  ASSERT_EQ(again_lp.size(), full_lp.size());
+  double worst = 0;
+  for (size_t i = 0; i < full_lp.size(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::fabs(again_lp[i].logprob - full_lp[i].logprob)));
+  }
+  std::printf("cached-prefix greedy run: max |logprob difference| %.3e\n", worst);
+  EXPECT_LE(worst, 5e-2);
+  EXPECT_EQ((*engine)->Stats().kv_blocks_used, 0);
 }
 
 }  // namespace

@@ -43,6 +43,10 @@ class Collector {
     std::lock_guard<std::mutex> lock(mu_);
     return ids_.size();
   }
+  std::vector<int32_t> ids() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ids_;
+  }
 
  private:
   std::mutex mu_;
@@ -215,6 +219,69 @@ TEST(Engine, ManySubmittersAndAbortersAtOnce) {
   for (int i = 0; i < 1000 && engine->Stats().kv_blocks_used > 0; ++i) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_EQ(engine->Stats().kv_blocks_used, 0);
   EXPECT_EQ(engine->Stats().requests_finished, static_cast<uint64_t>(kThreads * kPerThread));
+}
+
+// Prefix caching through the engine's thread: requests submitted from several threads share a
+// prompt prefix; every request gets the tokens it gets alone with caching off, the StepReports
+// add up to the hit and query counts of Stats, and no block stays held.
+TEST(Engine, PrefixCachingAcrossThreadsCountsAndKeepsOutputs) {
+  struct Counting : EngineObserver {
+    void OnStep(const StepReport& r) override {
+      queries += static_cast<uint64_t>(r.prefix_cache_queries);
+      hits += static_cast<uint64_t>(r.prefix_cache_hits);
+    }
+    std::atomic<uint64_t> queries{0}, hits{0};
+  };
+  auto request = [](int i) {
+    GenerateRequest r = Req(absl::StrCat("p", i), 40 + i % 3, 6);
+    r.prompt_ids.push_back(1 + i % 5);  // a private tail after the shared 40+ tokens
+    return r;
+  };
+  constexpr int kN = 12;
+  std::vector<std::vector<int32_t>> want(kN);
+  {
+    EngineOptions off;
+    off.enable_prefix_caching = false;
+    auto engine = MakeEngine(off);
+    for (int i = 0; i < kN; ++i) {
+      Collector c;
+      ASSERT_TRUE(engine->Submit(request(i), c.Sink()).ok());
+      ASSERT_TRUE(c.Wait());
+      want[i] = c.ids();
+    }
+    EXPECT_EQ(engine->Stats().prefix_cache_queries, 0u);
+    EXPECT_FALSE(engine->Stats().prefix_caching);
+  }
+  EngineOptions o;
+  o.kv_block_size = 8;
+  auto engine = MakeEngine(o);
+  auto observer = std::make_shared<Counting>();
+  engine->SetObserver(observer);
+  std::vector<Collector> got(kN);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = t; i < kN; i += 3) {
+        EXPECT_TRUE(engine->Submit(request(i), got[i].Sink()).ok());
+        EXPECT_TRUE(got[i].Wait());
+        (void)engine->Stats();  // read while the engine thread runs other requests
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int i = 0; i < kN; ++i) EXPECT_EQ(got[i].ids(), want[i]) << i;
+  EngineStats s = engine->Stats();
+  for (int i = 0; i < 1000 && (s.kv_blocks_used > 0 || observer->queries.load() != s.prefix_cache_queries); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+    s = engine->Stats();
+  }
+  EXPECT_TRUE(s.prefix_caching);
+  EXPECT_EQ(s.kv_blocks_used, 0);
+  EXPECT_GT(s.kv_blocks_cached_free, 0);
+  EXPECT_GT(s.prefix_cache_hits, 0u);
+  EXPECT_EQ(s.prefix_cache_hits % 8, 0u);
+  EXPECT_EQ(observer->queries.load(), s.prefix_cache_queries);
+  EXPECT_EQ(observer->hits.load(), s.prefix_cache_hits);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/backend.h"
+#include "engine/kv_cache.h"
 
 namespace sbserve {
 
@@ -56,6 +57,9 @@ class FakeBackend : public Backend {
         if (pos != prefix + (t - begin)) return absl::InternalError("bad position");
         const int blk = table[pos / bs];
         if (blk < 0) return absl::InternalError("missing block");
+        if (kv_guard != nullptr && (kv_guard->ref_count(blk) != 1 || kv_guard->is_published(blk))) {
+          return absl::InternalError("KV write into a block that is shared, published or not held");
+        }
         cache_[static_cast<size_t>(blk) * bs + pos % bs] = b.tokens[t];
       }
       if (row < b.logit_rows.size() && b.logit_rows[row] == end - 1) {
@@ -84,6 +88,9 @@ class FakeBackend : public Backend {
   int eos_at_context = -1;
   bool fail_next = false;
   absl::Duration step_delay = absl::ZeroDuration();  // makes steps take wall time (engine tests)
+  // When set, every KV write must land in a block held by exactly one sequence and not published
+  // in the prefix cache; any other write fails the step (a shared block is never written).
+  const KvBlockAllocator* kv_guard = nullptr;
 
  private:
   ModelConfig cfg_;

@@ -71,5 +71,25 @@ TEST(MetricsObserver, KvUsageRatioIsTheUsedFraction) {
   EXPECT_EQ(f.m.kv_cache_capacity_blocks->Value(), 40.0);
 }
 
+TEST(MetricsObserver, PrefixCacheCountersAddUpAndTheCachedFreeGaugeFollowsTheState) {
+  Fixture f;
+  MetricsObserver obs(&f.m);
+  StepReport s;
+  s.prefix_cache_queries = 100;
+  s.prefix_cache_hits = 64;
+  s.kv_blocks_cached_free = 7;
+  obs.OnStep(s);
+  s.prefix_cache_queries = 20;
+  s.prefix_cache_hits = 0;
+  obs.OnStep(s);
+  EXPECT_EQ(f.m.prefix_cache_queries->Value(), 120.0);
+  EXPECT_EQ(f.m.prefix_cache_hits->Value(), 64.0);
+  EXPECT_EQ(f.m.kv_cache_cached_free_blocks->Value(), 7.0);
+  QueueState q;
+  q.kv_blocks_cached_free = 9;  // a cancelled request's blocks stayed cached
+  obs.OnState(q);
+  EXPECT_EQ(f.m.kv_cache_cached_free_blocks->Value(), 9.0);
+}
+
 }  // namespace
 }  // namespace sbserve

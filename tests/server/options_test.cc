@@ -63,6 +63,28 @@ TEST(ServerOptions, ErrorsNameTheFlagOrVariable) {
   EXPECT_NE(ServerUsage().find("SBSERVE_MAX_QUEUED_TOKENS"), std::string::npos);
 }
 
+TEST(ServerOptions, PrefixCachingIsOnByDefaultAndTakesTrueOrFalse) {
+  bool help = false;
+  unsetenv("SBSERVE_ENABLE_PREFIX_CACHING");
+  auto o = ParseServerOptions({}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->engine.enable_prefix_caching);
+  o = ParseServerOptions({"--enable-prefix-caching=false"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->engine.enable_prefix_caching);
+  o = ParseServerOptions({"--enable-prefix-caching", "0", "--enable-prefix-caching", "1"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->engine.enable_prefix_caching);
+  setenv("SBSERVE_ENABLE_PREFIX_CACHING", "false", 1);
+  o = ParseServerOptions({}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->engine.enable_prefix_caching);
+  unsetenv("SBSERVE_ENABLE_PREFIX_CACHING");
+  o = ParseServerOptions({"--enable-prefix-caching=off"}, &help);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("--enable-prefix-caching"), std::string::npos);
+}
+
 TEST(ServerOptions, TlsFlagsGoTogether) {
   bool help = false;
   EXPECT_FALSE(ParseServerOptions({"--tls-cert=/c.pem"}, &help).ok());

@@ -39,10 +39,11 @@ TEST(ServingMetrics, RegistersTheDesignSet) {
            "sbserve_request_prompt_tokens", "sbserve_request_generation_tokens",
            "sbserve_engine_step_time_seconds", "sbserve_engine_step_tokens",
            "sbserve_engine_step_sequences", "sbserve_engine_step_failures_total",
-           "sbserve_backend_healthy"}) {
+           "sbserve_backend_healthy", "sbserve_prefix_cache_queries_total",
+           "sbserve_prefix_cache_hits_total", "sbserve_kv_cache_cached_free_blocks"}) {
     EXPECT_TRUE(families.contains(name)) << name;
   }
-  EXPECT_EQ(families.size(), 27u);
+  EXPECT_EQ(families.size(), 30u);
 
   // Every child pointer is set, so the hot path never checks for null.
   for (Counter* c : m->request_success) EXPECT_NE(c, nullptr);
