@@ -34,11 +34,64 @@ metrics::RejectReason RejectReasonFor(const absl::Status& s, bool loading) {
   }
 }
 
+EngineTotals::EngineTotals(const metrics::ServingMetrics* m, int engines)
+    : m_(m), states_(engines), healthy_(engines, true) {}
+
+void EngineTotals::SetState(int engine, const metrics::EngineSeries& series, const QueueState& s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  series.num_requests_running->Set(s.running);
+  series.num_requests_waiting->Set(s.waiting);
+  series.num_queued_prompt_tokens->Set(static_cast<double>(s.queued_prompt_tokens));
+  series.SetKvCache(s.kv_blocks_used, s.kv_blocks_total);
+  states_[engine] = s;
+  QueueState t;
+  for (const QueueState& e : states_) {
+    t.running += e.running;
+    t.waiting += e.waiting;
+    t.queued_prompt_tokens += e.queued_prompt_tokens;
+    t.kv_blocks_used += e.kv_blocks_used;
+    t.kv_blocks_total += e.kv_blocks_total;
+  }
+  m_->num_requests_running->Set(t.running);
+  m_->num_requests_waiting->Set(t.waiting);
+  m_->num_queued_prompt_tokens->Set(static_cast<double>(t.queued_prompt_tokens));
+  m_->SetKvCache(t.kv_blocks_used, t.kv_blocks_total);
+}
+
+void EngineTotals::SetUnhealthy(int engine, const metrics::EngineSeries& series, bool fatal) {
+  std::lock_guard<std::mutex> lock(mu_);
+  series.backend_healthy->Set(0);
+  healthy_[engine] = false;
+  fatal_ = fatal_ || fatal;
+  bool any = false;
+  for (bool h : healthy_) any = any || h;
+  m_->backend_healthy->Set(any && !fatal_ ? 1 : 0);
+}
+
+void MetricsObserver::SetState(const QueueState& s) {
+  if (totals_ != nullptr) {
+    totals_->SetState(engine_, series_, s);
+    return;
+  }
+  m_->num_requests_running->Set(s.running);
+  m_->num_requests_waiting->Set(s.waiting);
+  m_->num_queued_prompt_tokens->Set(static_cast<double>(s.queued_prompt_tokens));
+  m_->SetKvCache(s.kv_blocks_used, s.kv_blocks_total);
+}
+
 void MetricsObserver::OnStep(const StepReport& r) {
-  m_->num_requests_running->Set(r.running);
-  m_->num_requests_waiting->Set(r.waiting);
-  m_->num_queued_prompt_tokens->Set(static_cast<double>(r.queued_prompt_tokens));
-  m_->SetKvCache(r.kv_blocks_used, r.kv_blocks_total);
+  QueueState s;
+  s.running = r.running;
+  s.waiting = r.waiting;
+  s.queued_prompt_tokens = r.queued_prompt_tokens;
+  s.kv_blocks_used = r.kv_blocks_used;
+  s.kv_blocks_total = r.kv_blocks_total;
+  SetState(s);
+  if (totals_ != nullptr) {
+    series_.steps->Increment();
+    series_.step_seconds->Increment(absl::ToDoubleSeconds(r.step_time));
+    if (r.new_prompt_tokens > 0) series_.prompt_tokens->Increment(r.new_prompt_tokens);
+  }
   m_->engine_step_time->Observe(absl::ToDoubleSeconds(r.step_time));
   m_->engine_step_tokens->Observe(r.prefill_tokens + r.decode_tokens);
   m_->engine_step_sequences->Observe(r.num_seqs);
@@ -46,16 +99,12 @@ void MetricsObserver::OnStep(const StepReport& r) {
   if (r.new_prompt_tokens > 0) m_->prompt_tokens->Increment(r.new_prompt_tokens);
 }
 
-void MetricsObserver::OnState(const QueueState& s) {
-  m_->num_requests_running->Set(s.running);
-  m_->num_requests_waiting->Set(s.waiting);
-  m_->num_queued_prompt_tokens->Set(static_cast<double>(s.queued_prompt_tokens));
-  m_->SetKvCache(s.kv_blocks_used, s.kv_blocks_total);
-}
+void MetricsObserver::OnState(const QueueState& s) { SetState(s); }
 
 void MetricsObserver::OnToken(absl::Duration since_previous) {
   m_->inter_token_latency->Observe(absl::ToDoubleSeconds(since_previous));
   m_->generation_tokens->Increment();
+  if (totals_ != nullptr) series_.generation_tokens->Increment();
 }
 
 void MetricsObserver::OnFinish(const FinishReport& r) {
@@ -66,6 +115,10 @@ void MetricsObserver::OnFinish(const FinishReport& r) {
   }
   // The first token of each request has no inter-token gap; OnToken counted the others.
   if (r.completion_tokens > 0) m_->generation_tokens->Increment();
+  if (totals_ != nullptr) {
+    if (r.completion_tokens > 0) series_.generation_tokens->Increment();
+    series_.requests_finished->Increment();
+  }
   m_->request_prompt_tokens->Observe(r.prompt_tokens);
   m_->request_generation_tokens->Observe(r.completion_tokens);
   m_->e2e_request_latency->Observe(absl::ToDoubleSeconds(r.e2e));
@@ -82,6 +135,11 @@ void MetricsObserver::OnFinish(const FinishReport& r) {
 
 void MetricsObserver::OnStepFailure(const StepFailure& f) {
   m_->engine_step_failures->Increment();
+  if (totals_ != nullptr) {
+    series_.failed_steps->Increment();
+    if (f.unhealthy) totals_->SetUnhealthy(engine_, series_, f.fatal);
+    return;
+  }
   if (f.unhealthy) m_->backend_healthy->Set(0);
 }
 

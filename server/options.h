@@ -25,6 +25,10 @@ struct ServerOptions {
   int probe_port = -1;            // open /health, /ready, /metrics: plain HTTP, no key; -1: off
   std::string backend = "auto";   // auto | cpu | cuda
   int device = 0;
+  // Data-parallel serving: "" (one engine on --device), "all" or "0,1,..." (one engine per CUDA
+  // device), "cpu:N" (N engines on the CPU backend). See ParseDevices.
+  std::string devices;
+  double affinity_slack = 0.05;  // EnginePoolOptions::affinity_slack
   int cpu_threads = 0;
   EngineOptions engine;
   absl::Duration drain_timeout = absl::Seconds(30);
@@ -41,6 +45,15 @@ struct ServerOptions {
   std::string api_keys_file;  // set: every sbserve.v1 RPC needs `authorization: Bearer KEY`
   bool metrics_open = false;  // with API keys: GET /metrics without a key (probes are always open)
 };
+
+// --devices, parsed: `all` (every CUDA device), the listed CUDA ordinals, or `cpu_engines` engines
+// on the CPU backend; nothing set for "" (one engine, --device).
+struct DeviceList {
+  bool all = false;
+  std::vector<int> cuda;
+  int cpu_engines = 0;
+};
+absl::StatusOr<DeviceList> ParseDevices(const std::string& value);
 
 // Parses args (argv without the program name) over the environment. `help` is set when --help
 // was given; the returned options are then the defaults.
