@@ -254,14 +254,21 @@ void Server::Impl::RegisterDeviceMetrics(const std::string& model_dir) {
   }
   std::string cuda = "none";
   metrics::NvmlMetricsOptions nvml;
-  // The first engine's GPU (with --devices, NVML gauges cover that one device).
-  int device = options_.device;
-  if (absl::StatusOr<std::vector<int>> d = EngineDevices(); d.ok() && !d->empty() && (*d)[0] >= 0) device = (*d)[0];
-  nvml.index = static_cast<unsigned int>(device < 0 ? 0 : device);
+  // Every engine's GPU, by PCI bus id (CUDA ordinals and NVML indices differ under
+  // CUDA_VISIBLE_DEVICES); by index when a bus id is unknown.
+  std::vector<int> devices = {options_.device};
+  if (absl::StatusOr<std::vector<int>> d = EngineDevices(); d.ok() && !d->empty() && (*d)[0] >= 0) devices = *d;
+  nvml.index = static_cast<unsigned int>(devices[0] < 0 ? 0 : devices[0]);
 #ifdef SBSERVE_HAVE_CUDA
   cuda = absl::StrCat(CUDART_VERSION / 1000, ".", (CUDART_VERSION % 1000) / 10);
-  char bus_id[32] = {};
-  if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device) == cudaSuccess) nvml.pci_bus_id = bus_id;
+  for (int device : devices) {
+    char bus_id[32] = {};
+    if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device) != cudaSuccess) {
+      nvml.pci_bus_ids.clear();
+      break;
+    }
+    nvml.pci_bus_ids.push_back(bus_id);
+  }
 #endif
   if (absl::Status s = metrics::RegisterBuildInfo(registry_, {kSbserveVersion, backend, cuda, model}); !s.ok()) {
     spdlog::warn("no build info metric: {}", std::string(s.message()));
