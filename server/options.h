@@ -36,7 +36,8 @@ struct ServerOptions {
   std::string log_level = "info";
   bool log_requests = true;
   int max_message_bytes = 64 << 20;
-  // Testing: wraps the backend the server builds (fault injection in tests); null in production.
+  // Testing: wraps each backend the server builds, one per engine in engine order (fault
+  // injection in tests); null in production.
   std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)> wrap_backend;
   // TLS on the gRPC and HTTP ports when both are set (PEM files); re-read on SIGHUP.
   std::string tls_cert;

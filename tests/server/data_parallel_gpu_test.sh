@@ -69,6 +69,10 @@ for name in sbserve_generation_tokens_total sbserve_prompt_tokens_total sbserve_
     "$total" "$e0" "$e1" || fail "$name: total $total != $e0 + $e1 (or an engine at 0)"
 done
 
+# NVML gauges for both serving GPUs.
+gpus=$(grep -c '^sbserve_gpu_memory_used_bytes{gpu=' "$work/metrics.txt")
+[ "$gpus" -eq 2 ] || fail "sbserve_gpu_memory_used_bytes has $gpus series, expected one per GPU (2)"
+
 # Both GPUs hold memory of this one process.
 buses=$(nvidia-smi --query-compute-apps=pid,gpu_bus_id --format=csv,noheader | awk -F', ' -v p="$two_pid" '$1 == p {print $2}' | sort -u | wc -l)
 [ "$buses" -eq 2 ] || fail "sbserve --devices 0,1 holds memory on $buses GPU(s), expected 2"
