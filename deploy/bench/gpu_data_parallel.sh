@@ -21,7 +21,7 @@ if [ "${n:-0}" -lt 2 ]; then echo "needs two GPUs (found ${n:-0})"; exit 1; fi
 run() {  # label devices-flag...
   local label=$1; shift
   setsid $B/sbserve --model /tmp/m3b --port 50051 --metrics-port 8080 --kv-cache-mb "$KV_MB" \
-    --max-batch-tokens 2048 --max-num-seqs 256 --max-queued-requests 1024 --log-requests=false "$@" \
+    --max-batch-tokens 2048 --max-num-seqs 256 --max-queued-requests 1024 --max-queued-tokens 1048576 --log-requests=false "$@" \
     > "$OUT/dp_${label}_server.log" 2>&1 &
   local pid=$!
   for _ in $(seq 180); do $B/sbctl health >/dev/null 2>&1 && break; sleep 1; done
