@@ -652,7 +652,7 @@ def run(args, dashboard, rules, work, procs):
         for rule in group["rules"]:
             seen[rule["name"]] = rule
     quiet = {"SbserveDown", "SbserveRequestErrors", "SbserveAdmissionRejecting", "SbserveKvCacheThrashing",
-             "SbserveDeadlineDrops"}
+             "SbserveDeadlineDrops", "SbserveEngineUnhealthy"}
     n_alerts = 0
     for group in rules["groups"]:
         for rule in group["rules"]:
