@@ -1,9 +1,12 @@
 #include "server/options.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -85,6 +88,23 @@ const std::vector<Flag>& Flags() {
        }},
       {"device", "CUDA device ordinal", [](const ServerOptions& o) { return absl::StrCat(o.device); },
        Int("device", &ServerOptions::device, 0, 1024)},
+      {"devices", "data-parallel serving, one engine per device behind this server: 'all' or '0,1,...' "
+                  "(CUDA ordinals), or 'cpu:N' (N engines on the CPU backend); empty: one engine on --device",
+       [](const ServerOptions& o) { return o.devices; },
+       [](ServerOptions& o, const std::string& v) {
+         if (absl::StatusOr<DeviceList> d = ParseDevices(v); !d.ok()) return d.status();
+         o.devices = v;
+         return absl::OkStatus();
+       }},
+      {"affinity-slack", "with --devices: how much more loaded (a fraction of KV capacity) the engine that last "
+                         "took a prompt's first block may be and still get the next one (negative: off)",
+       [](const ServerOptions& o) { return absl::StrCat(o.affinity_slack); },
+       [](ServerOptions& o, const std::string& v) {
+         double x = 0;
+         if (!absl::SimpleAtod(v, &x) || !(x <= 1e6)) return Bad("affinity-slack", v, "a number");
+         o.affinity_slack = x;
+         return absl::OkStatus();
+       }},
       {"cpu-threads", "CPU backend threads (0: all cores)", [](const ServerOptions& o) { return absl::StrCat(o.cpu_threads); },
        Int("cpu-threads", &ServerOptions::cpu_threads, 0, 4096)},
       {"max-batch-tokens", "tokens per engine step (decode tokens + prefill chunks); 0: auto (2048 on CUDA, 512 on the CPU)",
@@ -216,6 +236,35 @@ std::string EnvName(const char* flag) {
 }
 
 }  // namespace
+
+absl::StatusOr<DeviceList> ParseDevices(const std::string& value) {
+  DeviceList d;
+  const std::string v(absl::StripAsciiWhitespace(value));
+  if (v.empty()) return d;
+  if (v == "all") {
+    d.all = true;
+    return d;
+  }
+  if (absl::StartsWith(v, "cpu:")) {
+    int n = 0;
+    if (!absl::SimpleAtoi(v.substr(4), &n) || n < 1 || n > 64) {
+      return Bad("devices", value, "cpu:N with N in [1, 64]");
+    }
+    d.cpu_engines = n;
+    return d;
+  }
+  for (absl::string_view part : absl::StrSplit(v, ',')) {
+    int x = 0;
+    if (!absl::SimpleAtoi(part, &x) || x < 0 || x > 1024) {
+      return Bad("devices", value, "'all', 'cpu:N' or a list of CUDA ordinals such as 0,1");
+    }
+    if (std::find(d.cuda.begin(), d.cuda.end(), x) != d.cuda.end()) {
+      return Bad("devices", value, "a list without repeats");
+    }
+    d.cuda.push_back(x);
+  }
+  return d;
+}
 
 std::string ServerUsage() {
   ServerOptions defaults;

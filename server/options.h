@@ -25,6 +25,10 @@ struct ServerOptions {
   int probe_port = -1;            // open /health, /ready, /metrics: plain HTTP, no key; -1: off
   std::string backend = "auto";   // auto | cpu | cuda
   int device = 0;
+  // Data-parallel serving: "" (one engine on --device), "all" or "0,1,..." (one engine per CUDA
+  // device), "cpu:N" (N engines on the CPU backend). See ParseDevices.
+  std::string devices;
+  double affinity_slack = 0.05;  // EnginePoolOptions::affinity_slack
   int cpu_threads = 0;
   EngineOptions engine;
   absl::Duration drain_timeout = absl::Seconds(30);
@@ -32,7 +36,8 @@ struct ServerOptions {
   std::string log_level = "info";
   bool log_requests = true;
   int max_message_bytes = 64 << 20;
-  // Testing: wraps the backend the server builds (fault injection in tests); null in production.
+  // Testing: wraps each backend the server builds, one per engine in engine order (fault
+  // injection in tests); null in production.
   std::function<std::unique_ptr<Backend>(std::unique_ptr<Backend>)> wrap_backend;
   // TLS on the gRPC and HTTP ports when both are set (PEM files); re-read on SIGHUP.
   std::string tls_cert;
@@ -41,6 +46,15 @@ struct ServerOptions {
   std::string api_keys_file;  // set: every sbserve.v1 RPC needs `authorization: Bearer KEY`
   bool metrics_open = false;  // with API keys: GET /metrics without a key (probes are always open)
 };
+
+// --devices, parsed: `all` (every CUDA device), the listed CUDA ordinals, or `cpu_engines` engines
+// on the CPU backend; nothing set for "" (one engine, --device).
+struct DeviceList {
+  bool all = false;
+  std::vector<int> cuda;
+  int cpu_engines = 0;
+};
+absl::StatusOr<DeviceList> ParseDevices(const std::string& value);
 
 // Parses args (argv without the program name) over the environment. `help` is set when --help
 // was given; the returned options are then the defaults.

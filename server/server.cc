@@ -9,12 +9,14 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/dtype.h"
 #include "engine/engine.h"
 #include "engine/model_writer.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "server/engine_pool.h"
 #include "server/metrics/http_server.h"
 #include "server/metrics/nvml_metrics.h"
 #include "server/metrics/process_metrics.h"
@@ -52,11 +54,22 @@ class Server::Impl {
   std::atomic<bool> ready_{false};
   std::function<void(const absl::Status&)> on_fatal_;  // set before LoadModel
 
-  // The backend failed a step (engine thread). Unhealthy: readiness off for good, liveness stays
-  // (an orchestrator restarts the process); fatal: drain, then the fatal handler.
-  void OnStepFailure(const StepFailure& f) {
-    spdlog::error("engine step failed ({} in a row): {}", f.consecutive, f.status.ToString());
-    if (!f.unhealthy || backend_failed_.exchange(true)) return;
+  // Engine `engine`'s backend failed a step (engine thread). Unhealthy: the pool stops routing to
+  // that engine; with none left, readiness is off for good while liveness stays (an orchestrator
+  // restarts the process). Fatal (a sticky device error on any engine): readiness off, drain,
+  // then the fatal handler, which exits non-zero: the device cannot be trusted and a restart is
+  // the one way to get it back.
+  void OnStepFailure(int engine, const StepFailure& f) {
+    const std::string& device = pool_->device(engine);
+    spdlog::error("engine step failed on {} ({} in a row): {}", device, f.consecutive, f.status.ToString());
+    if (!f.unhealthy || engine_out_[engine].exchange(true)) return;
+    const int left = pool_->TakeOut(engine);
+    if (pool_->size() > 1) {
+      spdlog::error("engine {} on {} unhealthy{}: no longer routed to; {} of {} engines serve", engine, device,
+                    f.fatal ? " (fatal device error)" : "", left, pool_->size());
+    }
+    if (!f.fatal && left > 0) return;
+    if (backend_failed_.exchange(true)) return;
     spdlog::error("backend unhealthy{}: readiness NOT_SERVING until the process is restarted",
                   f.fatal ? " (fatal device error)" : "");
     SetReady(false);
@@ -67,7 +80,11 @@ class Server::Impl {
   }
 
  private:
-  absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const Checkpoint& ckpt);
+  // The backend of one engine: CUDA device `device`, or the CPU backend when `device` < 0.
+  absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const Checkpoint& ckpt, int device);
+  // The engines' devices from --devices/--device/--backend: CUDA ordinals, or -1 per CPU engine
+  // (an empty list: one engine, --backend auto picks).
+  absl::StatusOr<std::vector<int>> EngineDevices() const;
   void SetReady(bool ready);
   void RegisterDeviceMetrics(const std::string& model_dir);
 
@@ -76,13 +93,15 @@ class Server::Impl {
   SbServeService service_;
   metrics::Registry registry_;
   std::unique_ptr<metrics::ServingMetrics> metrics_;
+  std::unique_ptr<metrics::EngineMetrics> engine_metrics_;
   std::unique_ptr<TlsFiles> tls_;
   std::unique_ptr<ApiKeys> api_keys_;
   std::unique_ptr<metrics::MetricsHttpServer> http_;
   std::unique_ptr<metrics::MetricsHttpServer> probe_http_;  // --probe-port
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<Checkpoint> checkpoint_;
-  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<EnginePool> pool_;
+  std::unique_ptr<std::atomic<bool>[]> engine_out_;  // per engine: taken out of routing
   std::mutex shutdown_mu_;
   bool shut_down_ = false;
   std::atomic<bool> backend_failed_{false};
@@ -118,6 +137,9 @@ absl::Status Server::Impl::Start() {
   absl::StatusOr<metrics::ServingMetrics> m = metrics::ServingMetrics::Create(registry_);
   if (!m.ok()) return m.status();
   metrics_ = std::make_unique<metrics::ServingMetrics>(*std::move(m));
+  absl::StatusOr<metrics::EngineMetrics> em = metrics::EngineMetrics::Create(registry_);
+  if (!em.ok()) return em.status();
+  engine_metrics_ = std::make_unique<metrics::EngineMetrics>(*std::move(em));
   ctx_.metrics = metrics_.get();
   if (absl::Status s = metrics::RegisterProcessMetrics(registry_); !s.ok()) {
     spdlog::warn("no process metrics: {}", std::string(s.message()));
@@ -183,13 +205,38 @@ absl::Status Server::Impl::Start() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> Server::Impl::MakeBackend(const Checkpoint& ckpt) {
-  if (options_.backend != "cpu") {
+absl::StatusOr<std::vector<int>> Server::Impl::EngineDevices() const {
+  absl::StatusOr<DeviceList> list = ParseDevices(options_.devices);
+  if (!list.ok()) return list.status();
+  if (list->cpu_engines > 0) {
+    if (options_.backend == "cuda") return absl::InvalidArgumentError("--devices cpu:N contradicts --backend cuda");
+    return std::vector<int>(list->cpu_engines, -1);
+  }
+  if (!list->all && list->cuda.empty()) return std::vector<int>{};
+  if (options_.backend == "cpu") {
+    return absl::InvalidArgumentError("--devices lists CUDA devices but --backend is cpu (for CPU engines: --devices cpu:N)");
+  }
+  if (!list->all) return list->cuda;
+  int count = 0;
+#ifdef SBSERVE_HAVE_CUDA
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+#endif
+  if (count < 1) return absl::FailedPreconditionError("--devices all: no CUDA device found");
+  std::vector<int> all(count);
+  for (int i = 0; i < count; ++i) all[i] = i;
+  return all;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> Server::Impl::MakeBackend(const Checkpoint& ckpt, int device) {
+  if (options_.backend != "cpu" && device >= 0) {
     CudaBackendOptions co;
-    co.device = options_.device;
+    co.device = device;
     absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(ckpt, co);
     if (cuda.ok()) return cuda;
-    if (options_.backend == "cuda") return cuda.status();
+    // --devices asks for these GPUs: no silent fallback to the CPU.
+    if (options_.backend == "cuda" || !options_.devices.empty()) {
+      return absl::Status(cuda.status().code(), absl::StrCat("CUDA device ", device, ": ", cuda.status().message()));
+    }
     spdlog::info("CUDA backend unavailable ({}); using the CPU backend", std::string(cuda.status().message()));
   }
   CpuBackendOptions cpu;
@@ -199,7 +246,7 @@ absl::StatusOr<std::unique_ptr<Backend>> Server::Impl::MakeBackend(const Checkpo
 
 // sbserve_build_info, and on the CUDA backend the serving device's NVML gauges.
 void Server::Impl::RegisterDeviceMetrics(const std::string& model_dir) {
-  const std::string backend = engine_->backend().name();
+  const std::string backend = pool_->backend().name();
   std::string model = model_dir;
   while (model.size() > 1 && model.back() == '/') model.pop_back();
   if (const size_t slash = model.rfind('/'); slash != std::string::npos && slash + 1 < model.size()) {
@@ -207,11 +254,21 @@ void Server::Impl::RegisterDeviceMetrics(const std::string& model_dir) {
   }
   std::string cuda = "none";
   metrics::NvmlMetricsOptions nvml;
-  nvml.index = static_cast<unsigned int>(options_.device < 0 ? 0 : options_.device);
+  // Every engine's GPU, by PCI bus id (CUDA ordinals and NVML indices differ under
+  // CUDA_VISIBLE_DEVICES); by index when a bus id is unknown.
+  std::vector<int> devices = {options_.device};
+  if (absl::StatusOr<std::vector<int>> d = EngineDevices(); d.ok() && !d->empty() && (*d)[0] >= 0) devices = *d;
+  nvml.index = static_cast<unsigned int>(devices[0] < 0 ? 0 : devices[0]);
 #ifdef SBSERVE_HAVE_CUDA
   cuda = absl::StrCat(CUDART_VERSION / 1000, ".", (CUDART_VERSION % 1000) / 10);
-  char bus_id[32] = {};
-  if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), options_.device) == cudaSuccess) nvml.pci_bus_id = bus_id;
+  for (int device : devices) {
+    char bus_id[32] = {};
+    if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device) != cudaSuccess) {
+      nvml.pci_bus_ids.clear();
+      break;
+    }
+    nvml.pci_bus_ids.push_back(bus_id);
+  }
 #endif
   if (absl::Status s = metrics::RegisterBuildInfo(registry_, {kSbserveVersion, backend, cuda, model}); !s.ok()) {
     spdlog::warn("no build info metric: {}", std::string(s.message()));
@@ -235,32 +292,70 @@ absl::Status Server::Impl::LoadModel() {
   absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
   if (!ckpt.ok()) return ckpt.status();
   checkpoint_ = *std::move(ckpt);
-  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(*checkpoint_);
-  if (!backend.ok()) return backend.status();
-  if (options_.wrap_backend) backend = options_.wrap_backend(*std::move(backend));
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(dir); tok.ok()) {
-    tokenizer = *std::move(tok);
-  } else {
-    spdlog::warn("no usable tokenizer in {} ({}); only token-id input is served", dir, std::string(tok.status().message()));
+  absl::StatusOr<std::vector<int>> devices = EngineDevices();
+  if (!devices.ok()) return devices.status();
+  const bool one_auto = devices->empty();  // one engine; --backend and --device pick
+  if (one_auto) devices->push_back(options_.device);
+  // One engine per device, each with its own backend, tokenizer and engine thread.
+  std::vector<std::unique_ptr<Engine>> engines;
+  std::vector<std::string> labels;
+  for (size_t i = 0; i < devices->size(); ++i) {
+    const int device = (*devices)[i];
+    absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(*checkpoint_, device);
+    if (!backend.ok()) return backend.status();
+    if (options_.wrap_backend) backend = options_.wrap_backend(*std::move(backend));
+    std::unique_ptr<Tokenizer> tokenizer;
+    if (absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(dir); tok.ok()) {
+      tokenizer = *std::move(tok);
+    } else if (i == 0) {
+      spdlog::warn("no usable tokenizer in {} ({}); only token-id input is served", dir,
+                   std::string(tok.status().message()));
+    }
+    const bool cuda = (*backend)->name() == "cuda";
+    labels.push_back(cuda ? absl::StrCat("cuda:", device) : absl::StrCat("cpu:", one_auto ? 0 : static_cast<int>(i)));
+    absl::StatusOr<std::unique_ptr<Engine>> engine =
+        Engine::Create(options_.engine, *std::move(backend), std::move(tokenizer));
+    if (!engine.ok()) {
+      if (devices->size() == 1) return engine.status();
+      return absl::Status(engine.status().code(), absl::StrCat(labels.back(), ": ", engine.status().message()));
+    }
+    engines.push_back(*std::move(engine));
   }
-  absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::Create(options_.engine, *std::move(backend), std::move(tokenizer));
-  if (!engine.ok()) return engine.status();
-  engine_ = *std::move(engine);
-  engine_->SetObserver(std::make_shared<ServerObserver>(std::make_shared<MetricsObserver>(metrics_.get()),
-                                                        [this](const StepFailure& f) { OnStepFailure(f); }));
+  EnginePoolOptions po;
+  po.affinity_slack = options_.affinity_slack;
+  absl::StatusOr<std::unique_ptr<EnginePool>> pool = EnginePool::Create(std::move(engines), labels, po);
+  if (!pool.ok()) return pool.status();
+  pool_ = *std::move(pool);
+  engine_out_.reset(new std::atomic<bool>[pool_->size()]);
+  auto totals = std::make_shared<EngineTotals>(metrics_.get(), pool_->size());
+  for (int i = 0; i < pool_->size(); ++i) {
+    engine_out_[i].store(false);
+    absl::StatusOr<metrics::EngineSeries> series = engine_metrics_->ForEngine(absl::StrCat(i), pool_->device(i));
+    if (!series.ok()) return series.status();
+    pool_->SetObserver(i, std::make_shared<ServerObserver>(
+                              std::make_shared<MetricsObserver>(metrics_.get(), *series, totals, i),
+                              [this, i](const StepFailure& f) { OnStepFailure(i, f); }));
+    // The capacity is known before the first step.
+    const EngineStats es = pool_->EngineStatsAt(i);
+    QueueState qs;
+    qs.kv_blocks_total = es.kv_blocks_total;
+    totals->SetState(i, *series, qs);
+  }
   RegisterDeviceMetrics(dir);
   ctx_.model_dir = dir;
   ctx_.weight_dtype = DTypeName(checkpoint_->weight_dtype());
-  ctx_.engine.store(engine_.get());
-  const EngineStats st = engine_->Stats();
-  spdlog::info("model ready: {} ({} layers, d={}, vocab {}, context {}, {}) on the {} backend; KV cache {} blocks x {}",
-               dir, engine_->model_config().n_layer, engine_->model_config().n_embd,
-               engine_->model_config().vocab_size, engine_->model_config().n_positions,
-               RemainderName(engine_->model_config().remainder), engine_->backend().name(), st.kv_blocks_total,
-               st.kv_block_size);
-  spdlog::info("{}", engine_->capacity().summary);
+  ctx_.engine.store(pool_.get());
+  const EngineStats st = pool_->EngineStatsAt(0);
+  spdlog::info("model ready: {} ({} layers, d={}, vocab {}, context {}, {}) on the {} backend; KV cache {} blocks x {}{}",
+               dir, pool_->model_config().n_layer, pool_->model_config().n_embd, pool_->model_config().vocab_size,
+               pool_->model_config().n_positions, RemainderName(pool_->model_config().remainder),
+               pool_->backend().name(), st.kv_blocks_total, st.kv_block_size,
+               pool_->size() > 1 ? absl::StrCat(" per engine; ", pool_->size(), " engines on ", absl::StrJoin(labels, ", "))
+                                 : std::string());
+  for (int i = 0; i < pool_->size(); ++i) {
+    spdlog::info("{}{}", pool_->size() > 1 ? absl::StrCat("engine ", i, " (", pool_->device(i), "): ") : std::string(),
+                 pool_->engine(i).capacity().summary);
+  }
   if (!ctx_.draining.load() && !backend_failed_.load()) SetReady(true);
   return absl::OkStatus();
 }
@@ -271,9 +366,9 @@ void Server::Impl::BeginDrain() {
 }
 
 bool Server::Impl::WaitDrained(absl::Duration timeout) {
-  Engine* engine = ctx_.engine.load();
-  if (engine == nullptr) return true;
-  return engine->Drain(timeout);
+  EnginePool* pool = ctx_.engine.load();
+  if (pool == nullptr) return true;
+  return pool->Drain(timeout);
 }
 
 void Server::Impl::Shutdown() {
@@ -286,13 +381,13 @@ void Server::Impl::Shutdown() {
   ready_.store(false);
   // Ending the engine first gives every open stream its final event, so the gRPC shutdown
   // below has only short writes to wait for.
-  if (engine_ != nullptr) engine_->Shutdown();
+  if (pool_ != nullptr) pool_->Shutdown();
   if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (http_ != nullptr) http_->Stop();
   if (probe_http_ != nullptr) probe_http_->Stop();
   ctx_.engine.store(nullptr);
   grpc_.reset();
-  engine_.reset();
+  pool_.reset();
 }
 
 absl::Status Server::Impl::ReloadTls() {

@@ -39,8 +39,9 @@ class Server {
   int metrics_port() const;  // bound HTTP port; 0 when off
   int probe_port() const;    // bound open (plain, no key) HTTP port; 0 when off
   bool ready() const;
-  // Called once, on the engine thread, when the backend reports a fatal device error; the server
-  // has then turned not ready and begun draining. The process should exit non-zero after the drain.
+  // Called once, on an engine thread, when any engine's backend reports a fatal device error; the
+  // server has then turned not ready and begun draining (every engine). The process should exit
+  // non-zero after the drain.
   void SetFatalHandler(std::function<void(const absl::Status&)> handler);
   // How to talk to this server (printed at start-up).
   std::string Banner() const;

@@ -76,7 +76,7 @@ absl::Status AuthorizeThenDecode(const ServiceContext* ctx, const char* rpc, grp
 // Prepares a request: the engine (UNAVAILABLE while draining or loading; `loading` tells the
 // two apart), a validated engine request with an id and the call's deadline.
 absl::StatusOr<GenerateRequest> Prepare(ServiceContext* ctx, grpc::CallbackServerContext* call,
-                                        const v1::GenerateRequest& proto, Engine** engine, bool* loading) {
+                                        const v1::GenerateRequest& proto, EnginePool** engine, bool* loading) {
   *loading = false;
   if (ctx->draining.load()) return absl::UnavailableError("the server is draining; retry on another replica");
   *engine = ctx->engine.load();
@@ -163,7 +163,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       Finish(ToGrpcStatus(early));
       return;
     }
-    Engine* engine = nullptr;
+    EnginePool* engine = nullptr;
     bool loading = false;
     absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, request, &engine, &loading);
     absl::Status st = req.status();
@@ -262,7 +262,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
 
   ServiceContext* ctx_;
   std::string peer_;  // the call's context is gone once OnDone ran; the engine may finish later
-  Engine* engine_ = nullptr;
+  EnginePool* engine_ = nullptr;
   std::string id_;
   ApiKey* key_ = nullptr;  // held (one call in flight) from admission to the final event
   TwoOwners owners_;
@@ -298,7 +298,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
       Finish(ToGrpcStatus(early));
       return;
     }
-    Engine* engine = nullptr;
+    EnginePool* engine = nullptr;
     bool loading = false;
     absl::StatusOr<GenerateRequest> req = Prepare(ctx, call, request, &engine, &loading);
     absl::Status st = req.status();
@@ -344,7 +344,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   grpc::ByteBuffer* out_;
   v1::GenerateResponse response_storage_;
   v1::GenerateResponse* response_ = &response_storage_;
-  Engine* engine_ = nullptr;
+  EnginePool* engine_ = nullptr;
   std::string id_;
   ApiKey* key_ = nullptr;
   TwoOwners owners_;
@@ -414,7 +414,7 @@ grpc::ServerUnaryReactor* SbServeService::GetServerInfo(grpc::CallbackServerCont
 
 grpc::Status SbServeService::AbortTyped(grpc::CallbackServerContext*, const v1::AbortRequest* request,
                                         v1::AbortResponse* response) {
-  Engine* engine = ctx_->engine.load();
+  EnginePool* engine = ctx_->engine.load();
   if (engine == nullptr) return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
   if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   std::vector<std::string> ids(request->request_ids().begin(), request->request_ids().end());
@@ -425,7 +425,7 @@ grpc::Status SbServeService::AbortTyped(grpc::CallbackServerContext*, const v1::
 
 grpc::Status SbServeService::TokenizeTyped(grpc::CallbackServerContext*, const v1::TokenizeRequest* request,
                                            v1::TokenizeResponse* response) {
-  Engine* engine = ctx_->engine.load();
+  EnginePool* engine = ctx_->engine.load();
   if (engine == nullptr) return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
   if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   const TextCodec* codec = engine->codec();
@@ -445,7 +445,7 @@ grpc::Status SbServeService::TokenizeTyped(grpc::CallbackServerContext*, const v
 grpc::Status SbServeService::GetModelInfoTyped(grpc::CallbackServerContext*, const v1::GetModelInfoRequest* request,
                                                v1::ModelInfo* response) {
   if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
-  Engine* engine = ctx_->engine.load();
+  EnginePool* engine = ctx_->engine.load();
   if (engine == nullptr) return ToGrpcStatus(absl::UnavailableError("the model is still loading"));
   const ModelConfig& c = engine->model_config();
   response->set_model(ctx_->model_dir);
@@ -470,11 +470,12 @@ grpc::Status SbServeService::GetServerInfoTyped(grpc::CallbackServerContext*,
   if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   response->set_version(kVersion);
   response->set_uptime_s(absl::ToDoubleSeconds(absl::Now() - ctx_->start_time));
-  Engine* engine = ctx_->engine.load();
+  EnginePool* engine = ctx_->engine.load();
   response->set_draining(ctx_->draining.load());
   response->set_ready(engine != nullptr && !ctx_->draining.load());
   if (engine != nullptr) {
-    const EngineStats s = engine->Stats();
+    std::vector<EngineStats> per_engine;
+    const EngineStats s = engine->Stats(&per_engine);
     response->set_running(s.running);
     response->set_waiting(s.waiting);
     response->set_queued_prompt_tokens(s.queued_prompt_tokens);
@@ -487,6 +488,25 @@ grpc::Status SbServeService::GetServerInfoTyped(grpc::CallbackServerContext*,
     response->set_prefix_cache_queries(s.prefix_cache_queries);
     response->set_prefix_cache_hits(s.prefix_cache_hits);
     response->set_kv_blocks_cached_free(s.kv_blocks_cached_free);
+    for (int i = 0; i < static_cast<int>(per_engine.size()); ++i) {
+      const EngineStats& es = per_engine[i];
+      v1::EngineInfo* e = response->add_engines();
+      e->set_index(i);
+      e->set_device(engine->device(i));
+      e->set_serving(engine->serving(i));
+      e->set_running(es.running);
+      e->set_waiting(es.waiting);
+      e->set_queued_prompt_tokens(es.queued_prompt_tokens);
+      e->set_kv_blocks_used(es.kv_blocks_used);
+      e->set_kv_blocks_total(es.kv_blocks_total);
+      e->set_kv_block_size(es.kv_block_size);
+      e->set_requests_finished(es.requests_finished);
+      e->set_preemptions(es.preemptions);
+      e->set_requests_routed(engine->routed(i));
+      e->set_kv_blocks_cached_free(es.kv_blocks_cached_free);
+      e->set_prefix_cache_queries(es.prefix_cache_queries);
+      e->set_prefix_cache_hits(es.prefix_cache_hits);
+    }
   }
   return grpc::Status::OK;
 }

@@ -9,6 +9,7 @@
 
 #include "absl/time/time.h"
 #include "engine/engine.h"
+#include "server/engine_pool.h"
 #include "sbserve/v1/sbserve.grpc.pb.h"
 #include "server/api_keys.h"
 #include "server/metrics/serving_metrics.h"
@@ -20,7 +21,7 @@ inline constexpr char kSbserveVersion[] = "0.1.0";
 
 // State the RPC handlers share with the server's lifecycle code.
 struct ServiceContext {
-  std::atomic<Engine*> engine{nullptr};  // null while loading
+  std::atomic<EnginePool*> engine{nullptr};  // null while loading; one or more engines
   std::atomic<bool> draining{false};
   metrics::ServingMetrics* metrics = nullptr;  // may be null
   const ApiKeys* api_keys = nullptr;           // null: no authentication

@@ -29,9 +29,9 @@ SBSERVE_CHAOS_OPS=80 SBSERVE_CHAOS_THREADS=12 SBSERVE_CACHE_DIR="$asan/test-cach
 # that are not ours (rebuilding gRPC with -fsanitize=thread would be needed).
 tsan=${build}-tsan
 cmake -S "$root" -B "$tsan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSBSERVE_TSAN=ON -DSBSERVE_CUDA=OFF >/dev/null
-cmake --build "$tsan" --target engine_test scheduler_test stop_matcher_test prefix_cache_test -j "$jobs"
-echo "== under ThreadSanitizer: engine_test, scheduler_test, stop_matcher_test, prefix_cache_test"
-for t in engine_test scheduler_test stop_matcher_test prefix_cache_test; do
+cmake --build "$tsan" --target engine_test scheduler_test stop_matcher_test prefix_cache_test engine_pool_test -j "$jobs"
+echo "== under ThreadSanitizer: engine_test, scheduler_test, stop_matcher_test, prefix_cache_test, engine_pool_test"
+for t in engine_test scheduler_test stop_matcher_test prefix_cache_test engine_pool_test; do
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "$tsan/tests/server/$t" --gtest_brief=1 || status=$?
 done
 

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace sbserve::metrics {
 namespace {
@@ -41,24 +42,29 @@ bool Resolve(void* lib, const char* name, F* out) {
 }
 
 struct NvmlCollector {
+  struct Device {
+    NvmlDevice handle = nullptr;
+    Gauge* memory_used = nullptr;
+    Gauge* memory_total = nullptr;
+    Gauge* utilization = nullptr;
+    Gauge* sm_clock = nullptr;
+  };
   NvmlApi api;
-  NvmlDevice device = nullptr;
-  Gauge* memory_used = nullptr;
-  Gauge* memory_total = nullptr;
-  Gauge* utilization = nullptr;
-  Gauge* sm_clock = nullptr;
+  std::vector<Device> devices;
 
   // NVML calls are thread-safe, and each gauge is set from one reading.
   void Collect() const {
-    NvmlMemory mem{};
-    if (api.memory_info(device, &mem) == kNvmlSuccess) {
-      memory_used->Set(static_cast<double>(mem.used));
-      memory_total->Set(static_cast<double>(mem.total));
+    for (const Device& d : devices) {
+      NvmlMemory mem{};
+      if (api.memory_info(d.handle, &mem) == kNvmlSuccess) {
+        d.memory_used->Set(static_cast<double>(mem.used));
+        d.memory_total->Set(static_cast<double>(mem.total));
+      }
+      NvmlUtilization util{};
+      if (api.utilization(d.handle, &util) == kNvmlSuccess) d.utilization->Set(util.gpu / 100.0);
+      unsigned int mhz = 0;
+      if (api.clock_info(d.handle, kNvmlClockSm, &mhz) == kNvmlSuccess) d.sm_clock->Set(mhz * 1e6);
     }
-    NvmlUtilization util{};
-    if (api.utilization(device, &util) == kNvmlSuccess) utilization->Set(util.gpu / 100.0);
-    unsigned int mhz = 0;
-    if (api.clock_info(device, kNvmlClockSm, &mhz) == kNvmlSuccess) sm_clock->Set(mhz * 1e6);
   }
 };
 
@@ -93,35 +99,49 @@ absl::Status RegisterNvmlMetrics(Registry& registry, const NvmlMetricsOptions& o
     dlclose(lib);
     return absl::UnavailableError("nvmlInit failed with code " + std::to_string(r));
   }
-  const NvmlReturn found = options.pci_bus_id.empty()
-                               ? api.by_index(options.index, &c->device)
-                               : api.by_pci_bus_id(options.pci_bus_id.c_str(), &c->device);
-  if (found != kNvmlSuccess) {
-    return absl::UnavailableError("NVML has no device " +
-                                  (options.pci_bus_id.empty() ? std::to_string(options.index)
-                                                              : options.pci_bus_id));
+  // Every device is found before anything is registered: a missing one registers nothing.
+  std::vector<std::string> wanted = options.pci_bus_ids;
+  if (wanted.empty() && !options.pci_bus_id.empty()) wanted.push_back(options.pci_bus_id);
+  std::vector<NvmlDevice> handles;
+  if (wanted.empty()) {
+    NvmlDevice d = nullptr;
+    if (api.by_index(options.index, &d) != kNvmlSuccess) {
+      return absl::UnavailableError("NVML has no device " + std::to_string(options.index));
+    }
+    handles.push_back(d);
   }
-  unsigned int index = options.index;
-  if (api.get_index(c->device, &index) != kNvmlSuccess) index = options.index;
-  const std::string gpu = std::to_string(index);
+  for (const std::string& bus : wanted) {
+    NvmlDevice d = nullptr;
+    if (api.by_pci_bus_id(bus.c_str(), &d) != kNvmlSuccess) return absl::UnavailableError("NVML has no device " + bus);
+    handles.push_back(d);
+  }
 
-  const struct {
-    const char* help;
-    Gauge** out;
-  } gauges[] = {
-      {"Device memory in use on the serving GPU, in bytes (all processes).", &c->memory_used},
-      {"Device memory of the serving GPU, in bytes.", &c->memory_total},
-      {"Share of the last sample period (1/6 s to 1 s, by product) in which a kernel ran on the "
-       "serving GPU, 0 to 1.",
-       &c->utilization},
-      {"SM clock of the serving GPU, in hertz.", &c->sm_clock},
+  const char* help[] = {
+      "Device memory in use on the serving GPU, in bytes (all processes).",
+      "Device memory of the serving GPU, in bytes.",
+      "Share of the last sample period (1/6 s to 1 s, by product) in which a kernel ran on the "
+      "serving GPU, 0 to 1.",
+      "SM clock of the serving GPU, in hertz.",
   };
+  std::vector<GaugeFamily*> families;
   for (size_t i = 0; i < NvmlMetricNames().size(); ++i) {
-    absl::StatusOr<GaugeFamily*> family = registry.AddGauge(NvmlMetricNames()[i], gauges[i].help, {"gpu"});
+    absl::StatusOr<GaugeFamily*> family = registry.AddGauge(NvmlMetricNames()[i], help[i], {"gpu"});
     if (!family.ok()) return family.status();
-    absl::StatusOr<Gauge*> g = (*family)->WithLabels({gpu});
-    if (!g.ok()) return g.status();
-    *gauges[i].out = *g;
+    families.push_back(*family);
+  }
+  for (NvmlDevice handle : handles) {
+    unsigned int index = options.index;
+    if (api.get_index(handle, &index) != kNvmlSuccess) index = options.index;
+    const std::string gpu = std::to_string(index);
+    NvmlCollector::Device d;
+    d.handle = handle;
+    Gauge** out[] = {&d.memory_used, &d.memory_total, &d.utilization, &d.sm_clock};
+    for (size_t i = 0; i < families.size(); ++i) {
+      absl::StatusOr<Gauge*> g = families[i]->WithLabels({gpu});
+      if (!g.ok()) return g.status();
+      *out[i] = *g;
+    }
+    c->devices.push_back(d);
   }
   c->Collect();
   registry.AddCollector([c] { c->Collect(); });

@@ -23,12 +23,15 @@ struct NvmlMetricsOptions {
   // given, since CUDA ordinals and NVML indices differ under CUDA_VISIBLE_DEVICES; else by index.
   std::string pci_bus_id;
   unsigned int index = 0;
+  // Several serving devices (data-parallel serving): each gets its own series; pci_bus_id and
+  // index are then ignored.
+  std::vector<std::string> pci_bus_ids;
 };
 
 // Loads NVML, finds the device and registers sbserve_gpu_memory_used_bytes,
 // sbserve_gpu_memory_total_bytes, sbserve_gpu_utilization_ratio and sbserve_gpu_sm_clock_hertz
 // with a collector that reads them on every scrape (a reading that fails keeps the last value).
-// UNAVAILABLE, with nothing registered, when the library, one of its functions or the device is
+// UNAVAILABLE, with nothing registered, when the library, one of its functions or a device is
 // missing or nvmlInit fails.
 absl::Status RegisterNvmlMetrics(Registry& registry, const NvmlMetricsOptions& options = {});
 

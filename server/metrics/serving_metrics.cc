@@ -187,4 +187,78 @@ absl::StatusOr<ServingMetrics> ServingMetrics::Create(Registry& registry) {
   return m;
 }
 
+void EngineSeries::SetKvCache(double blocks_used, double blocks_total) const {
+  kv_cache_used_blocks->Set(blocks_used);
+  kv_cache_capacity_blocks->Set(blocks_total);
+  kv_cache_usage_ratio->Set(blocks_total > 0 ? blocks_used / blocks_total : 0.0);
+}
+
+absl::StatusOr<EngineMetrics> EngineMetrics::Create(Registry& registry) {
+  const std::vector<std::string> labels = {"engine", "device"};
+  absl::Status status;
+  auto gauge = [&](std::string_view name, std::string_view help) -> GaugeFamily* {
+    if (!status.ok()) return nullptr;
+    absl::StatusOr<GaugeFamily*> f = registry.AddGauge(name, help, labels);
+    if (!f.ok()) status = f.status();
+    return f.ok() ? *f : nullptr;
+  };
+  auto counter = [&](std::string_view name, std::string_view help) -> CounterFamily* {
+    if (!status.ok()) return nullptr;
+    absl::StatusOr<CounterFamily*> f = registry.AddCounter(name, help, labels);
+    if (!f.ok()) status = f.status();
+    return f.ok() ? *f : nullptr;
+  };
+  EngineMetrics m;
+  m.num_requests_running = gauge("sbserve_engine_num_requests_running", "Per engine: requests in its running batch.");
+  m.num_requests_waiting = gauge("sbserve_engine_num_requests_waiting",
+                                 "Per engine: admitted requests waiting to be scheduled, including preempted ones.");
+  m.num_queued_prompt_tokens =
+      gauge("sbserve_engine_num_queued_prompt_tokens", "Per engine: prompt tokens of its waiting requests.");
+  m.kv_cache_usage_ratio = gauge("sbserve_engine_kv_cache_usage_ratio", "Per engine: fraction of its KV blocks in use.");
+  m.kv_cache_used_blocks = gauge("sbserve_engine_kv_cache_used_blocks", "Per engine: KV cache blocks in use.");
+  m.kv_cache_capacity_blocks =
+      gauge("sbserve_engine_kv_cache_capacity_blocks", "Per engine: KV cache blocks allocated at start-up.");
+  m.backend_healthy = gauge("sbserve_engine_backend_healthy",
+                            "Per engine: 1 while its backend serves; 0 once it is unhealthy (no longer routed to).");
+  m.steps = counter("sbserve_engine_steps", "Per engine: steps that ran a forward pass.");
+  m.step_seconds = counter("sbserve_engine_step_seconds", "Per engine: time spent in steps (busy time), seconds.");
+  m.failed_steps = counter("sbserve_engine_failed_steps", "Per engine: steps whose backend forward pass failed.");
+  m.prompt_tokens = counter("sbserve_engine_prompt_tokens", "Per engine: prompt tokens prefilled.");
+  m.generation_tokens = counter("sbserve_engine_generation_tokens", "Per engine: tokens generated.");
+  m.requests_finished = counter("sbserve_engine_requests_finished", "Per engine: admitted requests that ended.");
+  if (!status.ok()) return status;
+  return m;
+}
+
+absl::StatusOr<EngineSeries> EngineMetrics::ForEngine(const std::string& engine, const std::string& device) const {
+  const std::vector<std::string> values = {engine, device};
+  absl::Status status;
+  auto child = [&]<typename T>(Family<T>* family) -> T* {
+    if (!status.ok()) return nullptr;
+    absl::StatusOr<T*> c = family->WithLabels(values);
+    if (!c.ok()) {
+      status = c.status();
+      return nullptr;
+    }
+    return *c;
+  };
+  EngineSeries s;
+  s.num_requests_running = child(num_requests_running);
+  s.num_requests_waiting = child(num_requests_waiting);
+  s.num_queued_prompt_tokens = child(num_queued_prompt_tokens);
+  s.kv_cache_usage_ratio = child(kv_cache_usage_ratio);
+  s.kv_cache_used_blocks = child(kv_cache_used_blocks);
+  s.kv_cache_capacity_blocks = child(kv_cache_capacity_blocks);
+  s.backend_healthy = child(backend_healthy);
+  s.steps = child(steps);
+  s.step_seconds = child(step_seconds);
+  s.failed_steps = child(failed_steps);
+  s.prompt_tokens = child(prompt_tokens);
+  s.generation_tokens = child(generation_tokens);
+  s.requests_finished = child(requests_finished);
+  if (!status.ok()) return status;
+  s.backend_healthy->Set(1);
+  return s;
+}
+
 }  // namespace sbserve::metrics

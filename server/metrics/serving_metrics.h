@@ -112,4 +112,47 @@ struct ServingMetrics {
   void SetKvCache(double blocks_used, double blocks_total) const;
 };
 
+// One engine's series under data-parallel serving (--devices): the same gauges as the totals
+// above plus step and token counters, each with the labels `engine` (its index) and `device`
+// ("cuda:0", "cpu:1"). The unlabelled series above stay the totals over all engines.
+struct EngineSeries {
+  Gauge* num_requests_running = nullptr;
+  Gauge* num_requests_waiting = nullptr;
+  Gauge* num_queued_prompt_tokens = nullptr;
+  Gauge* kv_cache_usage_ratio = nullptr;
+  Gauge* kv_cache_used_blocks = nullptr;
+  Gauge* kv_cache_capacity_blocks = nullptr;
+  Gauge* backend_healthy = nullptr;        // 1, or 0 once this engine's backend is unhealthy
+  Counter* steps = nullptr;                // engine steps that ran a forward pass
+  Counter* step_seconds = nullptr;         // time in those steps (busy time)
+  Counter* failed_steps = nullptr;
+  Counter* prompt_tokens = nullptr;
+  Counter* generation_tokens = nullptr;
+  Counter* requests_finished = nullptr;    // admitted requests that ended, any reason
+
+  void SetKvCache(double blocks_used, double blocks_total) const;
+};
+
+struct EngineMetrics {
+  // Registers the per-engine families (no series until ForEngine). ALREADY_EXISTS if called
+  // twice on the same registry.
+  static absl::StatusOr<EngineMetrics> Create(Registry& registry);
+  // The series of one engine, created on first use.
+  absl::StatusOr<EngineSeries> ForEngine(const std::string& engine, const std::string& device) const;
+
+  GaugeFamily* num_requests_running = nullptr;
+  GaugeFamily* num_requests_waiting = nullptr;
+  GaugeFamily* num_queued_prompt_tokens = nullptr;
+  GaugeFamily* kv_cache_usage_ratio = nullptr;
+  GaugeFamily* kv_cache_used_blocks = nullptr;
+  GaugeFamily* kv_cache_capacity_blocks = nullptr;
+  GaugeFamily* backend_healthy = nullptr;
+  CounterFamily* steps = nullptr;
+  CounterFamily* step_seconds = nullptr;
+  CounterFamily* failed_steps = nullptr;
+  CounterFamily* prompt_tokens = nullptr;
+  CounterFamily* generation_tokens = nullptr;
+  CounterFamily* requests_finished = nullptr;
+};
+
 }  // namespace sbserve::metrics

@@ -175,6 +175,8 @@ TEST(Chaos, SeededMixEndsWithDocumentedStatusesAndLeavesNothingBehind) {
   const int threads = EnvInt("SBSERVE_CHAOS_THREADS", 24);
   ServerOptions o = testing::LoopbackServerOptions();
   o.engine.kv_cache_bytes = int64_t{16} << 20;  // small: preemption happens too
+  // SBSERVE_CHAOS_DEVICES=cpu:2: the same mix over two engines (ids, cancel and Abort across them).
+  if (const char* d = std::getenv("SBSERVE_CHAOS_DEVICES"); d != nullptr) o.devices = d;
   Server server(o);
   ASSERT_TRUE(server.Start().ok());
   ASSERT_TRUE(server.LoadModel().ok());

@@ -452,6 +452,23 @@ def expectations(load, ctx):
             fail("build info labels %s" % labels)
 
     expect["Build"] = build
+    # One engine here (no --devices): its series carry device="cpu:0" and equal the totals.
+    def tokens_by_engine(whole):
+        got = whole["{{device}}"]
+        if set(got) != {"cpu:0"}:
+            fail("generated tokens by engine: devices %s, expected cpu:0 alone" % sorted(got))
+            return
+        near(got["cpu:0"] * W, ctx["counter"]("sbserve_generation_tokens_total"),
+             "engine cpu:0 generated tokens vs the total counter")
+
+    expect["Generated tokens / s by engine"] = tokens_by_engine
+
+    def busy(whole):
+        got = whole["{{device}}"]
+        if set(got) != {"cpu:0"} or not 0 < got["cpu:0"] <= 1.05:
+            fail("engine busy fraction %s: expected cpu:0 in (0, 1]" % got)
+
+    expect["Engine busy fraction"] = busy
     # NVML gauges exist only on the CUDA backend: on this CPU run the panels must parse and be empty.
     for title in ("GPU memory", "GPU utilization", "GPU SM clock"):
         expect[title] = "empty"
@@ -652,7 +669,7 @@ def run(args, dashboard, rules, work, procs):
         for rule in group["rules"]:
             seen[rule["name"]] = rule
     quiet = {"SbserveDown", "SbserveRequestErrors", "SbserveAdmissionRejecting", "SbserveKvCacheThrashing",
-             "SbserveDeadlineDrops"}
+             "SbserveDeadlineDrops", "SbserveEngineUnhealthy"}
     n_alerts = 0
     for group in rules["groups"]:
         for rule in group["rules"]:

@@ -22,12 +22,16 @@ std::string RepoFile(const std::string& relative) {
 }
 
 // Every series name sbserve exposes (histograms with _bucket, _sum, _count): the serving set,
-// the process metrics, build info and, on the CUDA backend, the NVML gauges.
+// the per-engine series, the process metrics, build info and, on the CUDA backend, the NVML gauges.
 std::set<std::string> ExportedSeries() {
   Registry registry;
   EXPECT_TRUE(ServingMetrics::Create(registry).ok());
   EXPECT_TRUE(RegisterProcessMetrics(registry).ok());
   EXPECT_TRUE(RegisterBuildInfo(registry, {"0", "cpu", "none", "m"}).ok());
+  // The per-engine series (data-parallel serving), with one engine's children so that they show.
+  absl::StatusOr<EngineMetrics> engines = EngineMetrics::Create(registry);
+  EXPECT_TRUE(engines.ok());
+  if (engines.ok()) EXPECT_TRUE(engines->ForEngine("0", "cpu:0").ok());
   const std::string text = registry.Serialize();
   std::set<std::string> names;
   std::istringstream lines(text);

@@ -211,6 +211,23 @@ TEST(NvmlMetrics, FakeLibraryByBusIdAndByIndex) {
   EXPECT_EQ(registry.Serialize(), "");
 }
 
+// Data-parallel serving: one series per serving GPU; one unknown device registers nothing.
+TEST(NvmlMetrics, SeveralDevicesEachGetTheirSeries) {
+  Registry registry;
+  NvmlMetricsOptions o;
+  o.library = FAKE_NVML_LIBRARY;
+  o.pci_bus_ids = {"0000:3B:00.0", "0000:3C:00.0"};
+  ASSERT_TRUE(RegisterNvmlMetrics(registry, o).ok());
+  const std::string text = registry.Serialize();
+  EXPECT_DOUBLE_EQ(Sample(text, "sbserve_gpu_utilization_ratio{gpu=\"3\"}"), 0.87);
+  EXPECT_DOUBLE_EQ(Sample(text, "sbserve_gpu_utilization_ratio{gpu=\"4\"}"), 0.50);
+  EXPECT_DOUBLE_EQ(Sample(text, "sbserve_gpu_memory_total_bytes{gpu=\"4\"}"), 150.0 * (1ull << 30));
+  Registry missing;
+  o.pci_bus_ids = {"0000:3B:00.0", "0000:AA:00.0"};
+  EXPECT_EQ(RegisterNvmlMetrics(missing, o).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(missing.Serialize(), "");
+}
+
 // The driver's NVML when this host has one (skipped otherwise): device 0's readings are sane.
 TEST(NvmlMetrics, RealDriverWhenPresent) {
   Registry registry;

@@ -133,5 +133,26 @@ TEST(ServingMetrics, EveryFamilyIsDocumented) {
   }
 }
 
+TEST(ServingMetrics, PerEngineFamiliesAreLabelledAndDocumented) {
+  const std::string doc = testing::ReadFile(std::string(SBSERVE_SOURCE_DIR) + "/server/metrics/METRICS.md");
+  Registry registry;
+  ASSERT_TRUE(ServingMetrics::Create(registry).ok());
+  absl::StatusOr<EngineMetrics> m = EngineMetrics::Create(registry);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(EngineMetrics::Create(registry).status().code(), absl::StatusCode::kAlreadyExists);
+  absl::StatusOr<EngineSeries> e1 = m->ForEngine("1", "cuda:1");
+  ASSERT_TRUE(e1.ok()) << e1.status();
+  e1->steps->Increment(3);
+  const std::string page = registry.Serialize();
+  EXPECT_NE(page.find("sbserve_engine_steps_total{engine=\"1\",device=\"cuda:1\"} 3\n"), std::string::npos) << page;
+  EXPECT_NE(page.find("sbserve_engine_backend_healthy{engine=\"1\",device=\"cuda:1\"} 1\n"), std::string::npos);
+  int per_engine = 0;
+  for (const std::string& name : TypedFamilies(page)) {
+    if (name.rfind("sbserve_engine_", 0) == 0 && page.find(name + "{engine=") != std::string::npos) per_engine++;
+    EXPECT_NE(doc.find("`" + name + "`"), std::string::npos) << name << " not in METRICS.md";
+  }
+  EXPECT_EQ(per_engine, 13);
+}
+
 }  // namespace
 }  // namespace sbserve::metrics
