@@ -141,13 +141,21 @@ class Generation {
     engine_->Abort(ids, CancelSource::kClient);
   }
   // Waits for events; false when the client went away first (`fd`) or the server stops.
+  // The connection is looked at every kPollInterval, busy or idle: a stream's events come
+  // every step, and a client gone mid-stream must not wait for a write to fail.
   bool Wait(std::deque<ChoiceEvent>* out, int fd, const std::atomic<bool>& stopping) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_check_ >= kPollInterval) {
+      last_check_ = now;
+      if (stopping.load() || PeerGone(fd)) return false;
+    }
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       if (cv_.wait_for(lock, kPollInterval, [&] { return !events_.empty(); })) {
         out->swap(events_);
         return true;
       }
+      last_check_ = std::chrono::steady_clock::now();
       if (stopping.load() || PeerGone(fd)) return false;
     }
   }
@@ -160,6 +168,7 @@ class Generation {
   std::vector<std::string> ids_;  // guarded by mu_ once submitted
   int live_ = 0;
   std::deque<ChoiceEvent> events_;
+  std::chrono::steady_clock::time_point last_check_;  // the waiting worker's own
 };
 
 // What a choice has produced so far.
