@@ -151,6 +151,9 @@ TEST(HttpApi, SeedReproducesAndNChoicesAreIndexed) {
   json one = s.PostJson("/v1/completions", {{"prompt", "The"}, {"max_tokens", 12}, {"temperature", 1.0}, {"seed", 43}, {"ignore_eos", true}},
                         &status);
   EXPECT_EQ(one["choices"][0]["text"], a["choices"][1]["text"]);
+  // The prompt counts once in usage, however many choices it has.
+  EXPECT_EQ(a["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"]);
+  EXPECT_EQ(a["usage"]["total_tokens"], one["usage"]["prompt_tokens"].get<int>() + 36);
 }
 
 TEST(HttpApi, StopStringEndsWithStopAndIsNotReturned) {
@@ -530,7 +533,10 @@ TEST(HttpApi, AdmissionRefusalIs429WithRetryAfterAndLeavesNothing) {
   EXPECT_EQ(r->get_header_value("Retry-After"), "2");  // seconds, rounded up
   EXPECT_EQ(r->get_header_value("retry-after-ms"), "1500");
   EXPECT_EQ(ErrorOf(json::parse(r->body))["type"], "rate_limit_error");
-  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0)) << "the withdrawn choice is not left queued";
+  // The withdrawn choice is cancelled while the held stream still runs, not left queued behind it.
+  EXPECT_TRUE(s.WaitMetric("sbserve_request_success_total{finished_reason=\"cancelled\"}", 1));
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0));
+  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_num_requests_running"), 1) << "the held stream is still running";
   h.stop.store(true);
   h.thread.join();
   EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_running", 0));
