@@ -35,6 +35,9 @@ constexpr char kJson[] = "application/json";
 // deadline on this door). Past it the request ends with 504 (or an error event when streaming).
 constexpr char kTimeoutHeader[] = "X-Request-Timeout-Ms";
 constexpr auto kPollInterval = std::chrono::milliseconds(50);
+// The `endpoint` label values of sbserve_http_requests_total ("other" for the rest).
+constexpr const char* kEndpoints[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize",
+                                      "/detokenize",     "/health",              "/ready",     "/metrics"};
 
 // ---- the connection ---------------------------------------------------------------------------
 
@@ -293,6 +296,7 @@ absl::Status HttpApiServer::Impl::Start() {
         "sbserve_http_requests", "HTTP API requests answered, by endpoint and HTTP status code.", {"endpoint", "code"});
     if (!f.ok()) return f.status();
     http_requests_ = *f;
+    for (const char* e : kEndpoints) (void)http_requests_->WithLabels({e, "200"});  // exposed from the first scrape
   }
   if (options_.tls_setup) {
     auto setup = options_.tls_setup;
@@ -387,8 +391,6 @@ absl::Status HttpApiServer::Impl::Start() {
 
 void HttpApiServer::Impl::CountHttp(const httplib::Request& req, const httplib::Response& res) {
   if (http_requests_ == nullptr) return;
-  static const char* const kEndpoints[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize",
-                                           "/detokenize",     "/health",              "/ready",     "/metrics"};
   std::string endpoint = "other";
   for (const char* e : kEndpoints) {
     if (req.path == e) endpoint = e;
