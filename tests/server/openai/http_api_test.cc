@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -616,6 +617,102 @@ TEST(HttpApi, TokenIdPromptsAndDetokenize) {
   detok = s.PostJson("/detokenize", {{"tokens", {1, -4}}}, &status);
   EXPECT_EQ(status, 400);
   EXPECT_EQ(ErrorOf(detok)["param"], "tokens");
+}
+
+// Certificates made by the openssl command in a scratch directory: a CA, a server leaf for
+// localhost / 127.0.0.1 and a client leaf.
+class Certs {
+ public:
+  Certs() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "sbserve-http-tls-XXXXXX").string();
+    EXPECT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    Run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 "
+        "-subj /CN=ca");
+    for (const char* leaf : {"srv", "cli"}) {
+      const bool server = std::string(leaf) == "srv";
+      Run(absl::StrCat("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ", leaf, ".key -out ",
+                       leaf, ".csr -subj /CN=", server ? "localhost" : "client"));
+      Run(absl::StrCat("printf '", server ? "subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth"
+                                          : "extendedKeyUsage=clientAuth",
+                       "\\n' > ", leaf, ".ext"));
+      Run(absl::StrCat("openssl x509 -req -in ", leaf, ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -out ", leaf,
+                       ".pem -days 2 -extfile ", leaf, ".ext"));
+    }
+  }
+  ~Certs() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+
+ private:
+  void Run(const std::string& cmd) {
+    ASSERT_EQ(std::system(absl::StrCat("cd ", dir_, " && ", cmd, " >/dev/null 2>&1").c_str()), 0) << cmd;
+  }
+  std::string dir_;
+};
+
+TEST(HttpApi, MutualTlsLikeTheGrpcPortAndAbortOverTls) {
+  Certs certs;
+  ServerOptions o = HttpOptions();
+  o.tls_cert = certs.Path("srv.pem");
+  o.tls_key = certs.Path("srv.key");
+  o.tls_client_ca = certs.Path("ca.pem");
+  HttpServer s(o);
+  auto client = [&](bool with_cert) {
+    auto c = with_cert ? std::make_unique<httplib::SSLClient>("localhost", s.server().http_port(), certs.Path("cli.pem"),
+                                                              certs.Path("cli.key"))
+                       : std::make_unique<httplib::SSLClient>("localhost", s.server().http_port());
+    c->set_ca_cert_path(certs.Path("ca.pem").c_str());
+    c->enable_server_certificate_verification(true);
+    c->set_connection_timeout(5, 0);
+    c->set_read_timeout(30, 0);
+    return c;
+  };
+  const std::string body = json{{"prompt", "Once"}, {"max_tokens", 3}}.dump();
+  httplib::Result r = client(true)->Post("/v1/completions", body, "application/json");
+  ASSERT_TRUE(r) << "HTTPS with a client certificate";
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_FALSE(client(false)->Post("/v1/completions", body, "application/json")) << "no client certificate: no reply";
+  httplib::Client plain("127.0.0.1", s.server().http_port());
+  plain.set_read_timeout(5, 0);
+  EXPECT_FALSE(plain.Post("/v1/completions", body, "application/json")) << "plaintext: no reply";
+
+  // A streaming client that goes away over TLS is cancelled too.
+  std::atomic<int> chunks{0};
+  std::atomic<bool> stop{false};
+  std::thread t([&] {
+    auto c = client(true);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = json{{"prompt", "Once"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}}.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      chunks.fetch_add(1);
+      return !stop.load();
+    };
+    httplib::Response res;
+    httplib::Error err;
+    c->send(req, res, err);
+  });
+  for (int i = 0; i < 6000 && chunks.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  stop.store(true);
+  t.join();
+  ASSERT_GT(chunks.load(), 0);
+  // /metrics over the same mTLS port.
+  auto metrics = [&] {
+    httplib::Result m = client(true)->Get("/metrics");
+    return m ? m->body : std::string();
+  };
+  bool cancelled = false;
+  for (int i = 0; i < 2000 && !cancelled; ++i) {
+    cancelled = MetricValue(metrics(), "sbserve_request_success_total{finished_reason=\"cancelled\"}") == 1;
+    if (!cancelled) absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(MetricValue(metrics(), "sbserve_request_success_total{finished_reason=\"length\"}"), 1);
 }
 
 }  // namespace
