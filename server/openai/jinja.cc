@@ -102,6 +102,8 @@ std::string FromUtf16(std::u16string_view s) {
     if (c >= 0xD800 && c < 0xDC00 && i + 1 < s.size() && s[i + 1] >= 0xDC00 && s[i + 1] < 0xE000) {
       c = 0x10000 + ((c - 0xD800) << 10) + (s[i + 1] - 0xDC00);
       ++i;
+    } else if (c >= 0xD800 && c < 0xE000) {
+      c = 0xFFFD;  // a lone surrogate, as JavaScript's UTF-8 encoders write it
     }
     AppendUtf8(&out, c);
   }
