@@ -72,7 +72,7 @@ TEST(Jinja, UnsupportedConstructsFailAtParseWithNameAndLine) {
       {"{% if x %}\nopen", "unclosed 'if' opened at line 1"},
       {"{% for x in xs %}", "unclosed 'for'"},
       {"{{ x ", "unexpected end of input"},
-      {"{{ x + 1", "expected '}}'"},
+      {"{{ x + (y)", "expected '}}'"},
       {"{# never closed", "missing end of comment tag"},
       {"{{ 'x' ¤ }}", "unexpected character '¤'"},
       {"{{ 'bad \\q' }}", "unexpected escaped character 'q'"},
