@@ -1136,7 +1136,10 @@ class Parser {
     auto call = MakeNode(NodeKind::kCall, line);
     call->a = std::move(name);
     call->kids = ParseArgs(false);
-    return call;
+    // HF parses `| f(x).attr` and `| f(x)(y)` and fails only when such a filter runs; so do we.
+    auto expr = ParseMember(std::move(call));
+    if (Is(Tok::kOpenParen)) return ParseCall(std::move(expr));
+    return expr;
   }
   NodePtr ParseFilter() {
     auto operand = ParseUnarySign();
@@ -1379,7 +1382,10 @@ class Parser {
         }
       }
       const bool b_is_filter = n->kind == NodeKind::kFilter;
-      check(n->a.get(), n->kind == NodeKind::kFilterBlock);
+      // The filter name heads the chain of a filter in `| f(x).attr(y)`.
+      const bool a_heads_filter = n->kind == NodeKind::kFilterBlock ||
+                                  (filter_position && (n->kind == NodeKind::kCall || n->kind == NodeKind::kMember));
+      check(n->a.get(), a_heads_filter);
       check(n->b.get(), b_is_filter);
       check(n->c.get(), false);
       check(n->test_arg.get(), false);
@@ -2303,6 +2309,9 @@ class Interpreter {
 };
 
 Value Interpreter::ApplyFilter(const Value& operand, const Node* filter, const EnvPtr& env) {
+  if (filter->kind != NodeKind::kIdent && (filter->kind != NodeKind::kCall || filter->a->kind != NodeKind::kIdent)) {
+    FailAt(filter, "Unknown filter: an expression that is not a filter name or call");
+  }
   const bool has_args = filter->kind == NodeKind::kCall;
   const std::string& name = has_args ? filter->a->str : filter->str;
   auto fail_unknown = [&](const char* type) -> Value {

@@ -5,6 +5,7 @@
 // reference.mjs (see chat_template_reference.sh); its path comes in SBSERVE_CHAT_TEMPLATE_REFERENCE.
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 
@@ -104,6 +105,44 @@ TEST(ChatTemplateReference, EveryTemplateMatchesHuggingFaceJinja) {
   EXPECT_GT(raised, 0);
   std::printf("compared %d renderings of %zu templates (%d real); %d raised on both sides\n", compared,
               ref["templates"].size(), real, raised);
+}
+
+// Seeded random templates (fuzz_templates.mjs): where HF renders, the text must be identical; where
+// HF raises, we must refuse too (at load or render: a name HF only rejects when it is reached, we
+// may reject at load); where HF cannot parse, neither may we.
+TEST(ChatTemplateReference, RandomTemplatesMatchHuggingFaceJinja) {
+  const Json& ref = Reference();
+  if (ref.is_null()) GTEST_SKIP() << "SBSERVE_CHAT_TEMPLATE_REFERENCE not set (run through ctest)";
+  ASSERT_TRUE(ref.contains("fuzz"));
+  Json context = ref["fuzz_context"];
+  Json messages = context["messages"];
+  context.erase("messages");
+  int rendered = 0, failures = 0;
+  for (const Json& f : ref["fuzz"]) {
+    const std::string source = f["template"].get<std::string>();
+    auto tpl = ChatTemplate::FromSource(source, "<s>", "</s>");
+    std::string why;
+    if (f.contains("load_error")) {
+      if (tpl.ok()) why = "HF cannot parse it (" + f["load_error"].get<std::string>() + ") but we load it";
+    } else if (!tpl.ok()) {
+      if (!f.contains("error")) why = "HF renders it but we refuse to load it: " + std::string(tpl.status().message());
+    } else {
+      auto got = tpl->Apply(messages, false, context);
+      if (f.contains("error")) {
+        if (got.ok()) why = "HF raises \"" + f["error"].get<std::string>() + "\" but we render: " + *got;
+      } else if (!got.ok()) {
+        why = "HF renders it but we fail: " + std::string(got.status().message());
+      } else if (*got != f["text"].get<std::string>()) {
+        why = Diff(f["text"].get<std::string>(), *got);
+      } else {
+        ++rendered;
+      }
+    }
+    if (!why.empty() && ++failures <= 20) ADD_FAILURE() << "template " << Json(source).dump() << "\n" << why;
+  }
+  EXPECT_EQ(failures, 0);
+  EXPECT_GE(rendered, 1000) << "too few random templates render; the comparison lost its teeth";
+  std::printf("%d random templates render identically\n", rendered);
 }
 
 // The same real templates read through FromTokenizerConfig from the files the packages ship.
