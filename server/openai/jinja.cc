@@ -1491,7 +1491,11 @@ const char* TypeName(const Value& v) {
   return "?";
 }
 
-Value FromJson(const nlohmann::ordered_json& j) {
+// Request JSON nests as deep as a client likes; conversion, printing and destruction recurse.
+constexpr int kMaxJsonDepth = 256;
+
+Value FromJson(const nlohmann::ordered_json& j, int depth = 0) {
+  if (depth > kMaxJsonDepth) Fail(absl::StrCat("template variables nest deeper than ", kMaxJsonDepth, " levels"));
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null: return Value::Null();
     case nlohmann::ordered_json::value_t::boolean: return Value::Bool(j.get<bool>());
@@ -1505,12 +1509,12 @@ Value FromJson(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::string: return Value::Str(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       Array out;
-      for (const auto& e : j) out.push_back(FromJson(e));
+      for (const auto& e : j) out.push_back(FromJson(e, depth + 1));
       return Value::Arr(std::move(out));
     }
     case nlohmann::ordered_json::value_t::object: {
       auto o = std::make_shared<Object>();
-      for (auto it = j.begin(); it != j.end(); ++it) o->Set(it.key(), FromJson(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it) o->Set(it.key(), FromJson(it.value(), depth + 1));
       return Value::Obj(std::move(o));
     }
     default: return Value::Undefined();  // binary / discarded: not produced by JSON text
@@ -1538,6 +1542,7 @@ struct JsonOptions {
 };
 
 std::string ToJson(const Value& v, const JsonOptions& o, int depth, bool undefined_to_null) {
+  if (depth > 4 * kMaxJsonDepth) Fail("value nests too deeply to print");
   std::string item_sep = ", ", key_sep = ": ";
   if (o.separators) {
     item_sep = o.separators->first;

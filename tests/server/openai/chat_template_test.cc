@@ -146,6 +146,22 @@ TEST(Jinja, RunawayTemplatesFailInsteadOfHanging) {
   EXPECT_FALSE(jinja::Template::Parse(deep).ok());
 }
 
+// A request nesting content thousands of levels deep is refused, not a stack overflow.
+TEST(ChatTemplate, DeeplyNestedMessagesAreRefused) {
+  auto tpl = ChatTemplate::FromSource("{{ messages | tojson }}", "", "");
+  ASSERT_TRUE(tpl.ok());
+  const int depth = 5000;
+  const std::string text = std::string(depth, '[') + std::string(depth, ']');
+  auto deep = nlohmann::ordered_json::parse(text);
+  auto got = tpl->Apply(deep, false);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(got.status().message().find("nest deeper"), std::string::npos) << got.status().message();
+  auto shallow = tpl->Apply(nlohmann::ordered_json::parse("[[[1]]]"), false);
+  ASSERT_TRUE(shallow.ok()) << shallow.status();
+  EXPECT_EQ(*shallow, "[[[1]]]");
+}
+
 TEST(ChatTemplate, RendersMessagesWithSpecialTokens) {
   auto tpl = ChatTemplate::FromSource(
       "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
