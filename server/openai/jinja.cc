@@ -102,6 +102,8 @@ std::string FromUtf16(std::u16string_view s) {
     if (c >= 0xD800 && c < 0xDC00 && i + 1 < s.size() && s[i + 1] >= 0xDC00 && s[i + 1] < 0xE000) {
       c = 0x10000 + ((c - 0xD800) << 10) + (s[i + 1] - 0xDC00);
       ++i;
+    } else if (c >= 0xD800 && c < 0xE000) {
+      c = 0xFFFD;  // a lone surrogate, as JavaScript's UTF-8 encoders write it
     }
     AppendUtf8(&out, c);
   }
@@ -1134,7 +1136,10 @@ class Parser {
     auto call = MakeNode(NodeKind::kCall, line);
     call->a = std::move(name);
     call->kids = ParseArgs(false);
-    return call;
+    // HF parses `| f(x).attr` and `| f(x)(y)` and fails only when such a filter runs; so do we.
+    auto expr = ParseMember(std::move(call));
+    if (Is(Tok::kOpenParen)) return ParseCall(std::move(expr));
+    return expr;
   }
   NodePtr ParseFilter() {
     auto operand = ParseUnarySign();
@@ -1377,7 +1382,10 @@ class Parser {
         }
       }
       const bool b_is_filter = n->kind == NodeKind::kFilter;
-      check(n->a.get(), n->kind == NodeKind::kFilterBlock);
+      // The filter name heads the chain of a filter in `| f(x).attr(y)`.
+      const bool a_heads_filter = n->kind == NodeKind::kFilterBlock ||
+                                  (filter_position && (n->kind == NodeKind::kCall || n->kind == NodeKind::kMember));
+      check(n->a.get(), a_heads_filter);
       check(n->b.get(), b_is_filter);
       check(n->c.get(), false);
       check(n->test_arg.get(), false);
@@ -1483,7 +1491,11 @@ const char* TypeName(const Value& v) {
   return "?";
 }
 
-Value FromJson(const nlohmann::ordered_json& j) {
+// Request JSON nests as deep as a client likes; conversion, printing and destruction recurse.
+constexpr int kMaxJsonDepth = 256;
+
+Value FromJson(const nlohmann::ordered_json& j, int depth = 0) {
+  if (depth > kMaxJsonDepth) Fail(absl::StrCat("template variables nest deeper than ", kMaxJsonDepth, " levels"));
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null: return Value::Null();
     case nlohmann::ordered_json::value_t::boolean: return Value::Bool(j.get<bool>());
@@ -1497,12 +1509,12 @@ Value FromJson(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::string: return Value::Str(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       Array out;
-      for (const auto& e : j) out.push_back(FromJson(e));
+      for (const auto& e : j) out.push_back(FromJson(e, depth + 1));
       return Value::Arr(std::move(out));
     }
     case nlohmann::ordered_json::value_t::object: {
       auto o = std::make_shared<Object>();
-      for (auto it = j.begin(); it != j.end(); ++it) o->Set(it.key(), FromJson(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it) o->Set(it.key(), FromJson(it.value(), depth + 1));
       return Value::Obj(std::move(o));
     }
     default: return Value::Undefined();  // binary / discarded: not produced by JSON text
@@ -1530,6 +1542,7 @@ struct JsonOptions {
 };
 
 std::string ToJson(const Value& v, const JsonOptions& o, int depth, bool undefined_to_null) {
+  if (depth > 4 * kMaxJsonDepth) Fail("value nests too deeply to print");
   std::string item_sep = ", ", key_sep = ": ";
   if (o.separators) {
     item_sep = o.separators->first;
@@ -2301,6 +2314,9 @@ class Interpreter {
 };
 
 Value Interpreter::ApplyFilter(const Value& operand, const Node* filter, const EnvPtr& env) {
+  if (filter->kind != NodeKind::kIdent && (filter->kind != NodeKind::kCall || filter->a->kind != NodeKind::kIdent)) {
+    FailAt(filter, "Unknown filter: an expression that is not a filter name or call");
+  }
   const bool has_args = filter->kind == NodeKind::kCall;
   const std::string& name = has_args ? filter->a->str : filter->str;
   auto fail_unknown = [&](const char* type) -> Value {

@@ -6,6 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
+import { FUZZ_CONTEXT, fuzzTemplates } from "./fuzz_templates.mjs";
 
 const [npmDir, corpusFile, syntheticFile, outFile] = process.argv.slice(2);
 const require = createRequire(path.join(path.resolve(npmDir), "node_modules", "x.js"));
@@ -63,6 +64,23 @@ for (const t of templates) {
     }
   });
 }
-fs.writeFileSync(outFile, JSON.stringify({ cases: corpus, templates }, null, 1));
+// Random templates over one context; bos/eos/add_generation_prompt as ChatTemplate passes them.
+const fuzzContext = { messages: FUZZ_CONTEXT.messages, add_generation_prompt: false, bos_token: "<s>",
+                      eos_token: "</s>", ...FUZZ_CONTEXT };
+const fuzz = fuzzTemplates(20261130, 2000).map((template) => {
+  let tpl;
+  try {
+    tpl = new Template(template);
+  } catch (e) {
+    return { template, load_error: String(e.message) };
+  }
+  try {
+    return { template, text: tpl.render(fuzzContext) };
+  } catch (e) {
+    return { template, error: String(e.message) };
+  }
+});
+fs.writeFileSync(outFile, JSON.stringify({ cases: corpus, templates, fuzz_context: FUZZ_CONTEXT, fuzz }, null, 1));
 const rendered = templates.filter((t) => t.results).length;
-console.log(`reference: ${templates.length} templates (${rendered} loaded) x ${corpus.length} conversations -> ${outFile}`);
+console.log(`reference: ${templates.length} templates (${rendered} loaded) x ${corpus.length} conversations, ` +
+            `${fuzz.length} random templates (${fuzz.filter((f) => "text" in f).length} render) -> ${outFile}`);
