@@ -619,6 +619,75 @@ TEST(HttpApi, TokenIdPromptsAndDetokenize) {
   EXPECT_EQ(ErrorOf(detok)["param"], "tokens");
 }
 
+TEST(HttpApi, StreamPastItsDeadlineEndsWithAnErrorEventThenDone) {
+  HttpServer s;
+  httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}},
+                             {{"X-Request-Timeout-Ms", "300"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << "the status went out with the headers";
+  std::vector<std::string> data = SseData(r->body);
+  ASSERT_GE(data.size(), 2u);
+  EXPECT_EQ(data.back(), "[DONE]");
+  json last = json::parse(data[data.size() - 2]);
+  EXPECT_EQ(ErrorOf(last)["type"], "timeout_error") << last.dump();
+  for (size_t i = 0; i + 2 < data.size(); ++i) {
+    EXPECT_TRUE(json::parse(data[i])["choices"][0]["finish_reason"].is_null()) << "no finish before the error";
+  }
+  EXPECT_TRUE(s.WaitMetric("sbserve_request_success_total{finished_reason=\"deadline\"}", 1));
+}
+
+// Many clients at once, streaming and not, a third of them going away early: every request is
+// accounted for (finished or cancelled) and nothing is left running or holding KV.
+TEST(HttpApi, ConcurrentClientsSomeLeavingLeaveNothingBehind) {
+  ServerOptions o = HttpOptions();
+  o.http_threads = 32;
+  HttpServer s(o);
+  constexpr int kClients = 18;
+  std::atomic<int> completed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      const bool stream = i % 2 == 0;
+      const bool leave = i % 3 == 0;
+      httplib::Client c = s.Client();
+      httplib::Request req;
+      req.method = "POST";
+      req.path = "/v1/completions";
+      req.body = json{{"prompt", absl::StrCat("client ", i)},
+                      {"max_tokens", leave ? 1900 : 16},
+                      {"ignore_eos", true},
+                      {"stream", stream},
+                      {"n", i % 4 == 1 ? 2 : 1}}
+                     .dump();
+      req.set_header("Content-Type", "application/json");
+      if (leave) {
+        // Leave after the first bytes (streaming) or after a short wait (not streaming).
+        c.set_read_timeout(0, 300000);
+        req.content_receiver = [](const char*, size_t, uint64_t, uint64_t) { return false; };
+      }
+      httplib::Response res;
+      httplib::Error err;
+      const bool ok = c.send(req, res, err);
+      if (!leave && ok && res.status == 200) completed.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(completed.load(), kClients - kClients / 3);
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_running", 0));
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0));
+  EXPECT_TRUE(s.WaitMetric("sbserve_kv_cache_used_blocks", 0));
+  // Engine requests: one per choice; the leavers' were cancelled, none ran to 1900 tokens.
+  int choices = 0, leaver_choices = 0;
+  for (int i = 0; i < kClients; ++i) {
+    const int n = i % 4 == 1 ? 2 : 1;
+    choices += n;
+    if (i % 3 == 0) leaver_choices += n;
+  }
+  const std::string page = s.Metrics();
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"cancelled\"}"), leaver_choices);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"length\"}"), choices - leaver_choices);
+}
+
 // Certificates made by the openssl command in a scratch directory: a CA, a server leaf for
 // localhost / 127.0.0.1 and a client leaf.
 class Certs {
