@@ -495,8 +495,9 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
   if (!Authorize(req, res, &key) || !ParseBody(req, res, &body)) return;
   const absl::Time arrival = absl::Now();
 
-  auto reject = [&](const absl::Status& s, bool loading) {
-    CountReject(s, loading);
+  // `count`: a refusal the request metrics count (as gRPC does: not an API key's own limit).
+  auto reject = [&](const absl::Status& s, bool loading, bool count = true) {
+    if (count) CountReject(s, loading);
     if (ctx_->log_requests) {
       spdlog::info("request rpc=http:{} peer={} status={} rejected error={}", route, req.remote_addr,
                    ErrorFor(s).http_status, std::string(s.message()));
@@ -544,7 +545,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       requests.push_back(*std::move(r));
     }
   }
-  if (absl::Status s = ApiKeys::Acquire(key); !s.ok()) return reject(s, false);
+  if (absl::Status s = ApiKeys::Acquire(key); !s.ok()) return reject(s, false, /*count=*/false);
 
   auto gen = std::make_shared<Generation>(engine, key);
   for (size_t i = 0; i < requests.size(); ++i) {

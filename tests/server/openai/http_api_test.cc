@@ -464,10 +464,11 @@ struct HeldStream {
   std::atomic<int> chunks{0};
 };
 
-void Hold(HttpServer& s, HeldStream* h, const json& body) {
-  h->thread = std::thread([&s, h, body] {
+void Hold(HttpServer& s, HeldStream* h, const json& body, const httplib::Headers& headers = {}) {
+  h->thread = std::thread([&s, h, body, headers] {
     httplib::Client c = s.Client();
     httplib::Request req;
+    req.headers = headers;
     req.method = "POST";
     req.path = "/v1/completions";
     req.body = body.dump();
@@ -564,6 +565,35 @@ TEST(HttpApi, ApiKeysGuardTheApiButNotTheProbes) {
   EXPECT_EQ(s.Client().Get("/v1/models")->status, 401);
   EXPECT_EQ(s.Client().Get("/health")->status, 200);
   EXPECT_EQ(s.Client().Get("/metrics")->status, 401);
+}
+
+TEST(HttpApi, ApiKeyConcurrencyLimitCountsHttpRequests) {
+  const std::string path = ::testing::TempDir() + "/http_api_keys_limited.txt";
+  std::ofstream(path) << "sk-one one 1\n";
+  ServerOptions o = HttpOptions();
+  o.api_keys_file = path;
+  o.metrics_open = true;
+  HttpServer s(o);
+  const httplib::Headers auth = {{"Authorization", "Bearer sk-one"}};
+  HeldStream h;
+  Hold(s, &h, {{"prompt", "hold"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}}, auth);
+  httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}, auth);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429) << r->body;
+  EXPECT_NE(r->body.find("'one'"), std::string::npos) << "names the key: " << r->body;
+  EXPECT_FALSE(r->has_header("Retry-After")) << "a key's own limit has no engine retry delay";
+  // Not an admission refusal: the request metrics do not count it (as on gRPC).
+  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_request_rejected_total{reason=\"queue_full\"}"), 0);
+  h.stop.store(true);
+  h.thread.join();
+  // The held request's slot comes back once it is cancelled.
+  int status = 0;
+  for (int i = 0; i < 200; ++i) {
+    s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}, &status, auth);
+    if (status == 200) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(status, 200);
 }
 
 TEST(HttpApi, DeadlineHeaderEndsTheRequestWith504) {
