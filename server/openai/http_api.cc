@@ -110,9 +110,12 @@ class Generation {
  public:
   Generation(Engine* engine, ApiKey* key) : engine_(engine), key_(key) {}
 
+  // All n choices are expected before the first is submitted: an early choice may finish before
+  // a later one is submitted, and the key must be released once, after the last.
+  void Expect(int n) { live_ = n; }
   void AddChoice(std::string id) {
+    std::lock_guard<std::mutex> lock(mu_);
     ids_.push_back(std::move(id));
-    ++live_;
   }
   void Push(int index, GenerateEvent e) {
     bool release = false;
@@ -124,13 +127,14 @@ class Generation {
     if (release) ApiKeys::Release(key_);
     cv_.notify_all();
   }
-  // A Submit that failed: that choice never gets an event.
-  void DropChoice() {
+  // A Submit that failed: that choice and the ones after it never get an event.
+  void DropChoices(int count) {
     bool release = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       ids_.pop_back();
-      release = --live_ == 0;
+      live_ -= count;
+      release = live_ == 0;
     }
     if (release) ApiKeys::Release(key_);
   }
@@ -548,12 +552,13 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
   if (absl::Status s = ApiKeys::Acquire(key); !s.ok()) return reject(s, false, /*count=*/false);
 
   auto gen = std::make_shared<Generation>(engine, key);
+  gen->Expect(static_cast<int>(requests.size()));
   for (size_t i = 0; i < requests.size(); ++i) {
     gen->AddChoice(requests[i].request_id);
     absl::Status s = engine->Submit(std::move(requests[i]),
                                     [gen, i](GenerateEvent e) { gen->Push(static_cast<int>(i), std::move(e)); });
     if (!s.ok()) {
-      gen->DropChoice();
+      gen->DropChoices(static_cast<int>(requests.size() - i));
       gen->AbortAll();
       return reject(ToOpenAiNames(s, api), false);
     }

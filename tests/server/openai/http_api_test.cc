@@ -594,6 +594,16 @@ TEST(HttpApi, ApiKeyConcurrencyLimitCountsHttpRequests) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_EQ(status, 200);
+  // An n = 3 request holds the key once and gives it back once: afterwards the limit still holds.
+  s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"n", 3}}, &status, auth);
+  EXPECT_EQ(status, 200);
+  HeldStream again;
+  Hold(s, &again, {{"prompt", "hold"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}}, auth);
+  r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}, auth);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429) << "the limit of 1 still holds after an n = 3 request";
+  again.stop.store(true);
+  again.thread.join();
 }
 
 TEST(HttpApi, DeadlineHeaderEndsTheRequestWith504) {
