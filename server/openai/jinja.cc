@@ -1513,8 +1513,25 @@ Value FromJson(const nlohmann::ordered_json& j, int depth = 0) {
       return Value::Arr(std::move(out));
     }
     case nlohmann::ordered_json::value_t::object: {
+      // HF walks objects with Object.entries: array-index keys ("0", "17") first in numeric order,
+      // then the others in insertion order.
+      auto is_index = [](const std::string& k) {
+        if (k.empty() || k.size() > 10 || (k.size() > 1 && k[0] == '0')) return false;
+        for (char c : k) {
+          if (!IsDigit(c)) return false;
+        }
+        return std::stoull(k) < 4294967295ull;
+      };
+      std::vector<std::pair<unsigned long long, const std::string*>> index_keys;
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        if (is_index(it.key())) index_keys.emplace_back(std::stoull(it.key()), &it.key());
+      }
+      std::sort(index_keys.begin(), index_keys.end());
       auto o = std::make_shared<Object>();
-      for (auto it = j.begin(); it != j.end(); ++it) o->Set(it.key(), FromJson(it.value(), depth + 1));
+      for (const auto& [n, key] : index_keys) o->Set(*key, FromJson(j.at(*key), depth + 1));
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        if (!is_index(it.key())) o->Set(it.key(), FromJson(it.value(), depth + 1));
+      }
       return Value::Obj(std::move(o));
     }
     default: return Value::Undefined();  // binary / discarded: not produced by JSON text
@@ -1540,6 +1557,28 @@ struct JsonOptions {
   bool sort_keys = false;
   std::optional<std::pair<std::string, std::string>> separators;
 };
+
+// String.prototype.localeCompare (ICU root collation, as HF's sort_keys uses) for ASCII keys:
+// punctuation before digits before letters, letters case-blind, then lowercase before uppercase
+// at the first case difference. Other characters sort after, by code point.
+bool LocaleLess(const std::string& a, const std::string& b) {
+  auto primary = [](unsigned char c) -> std::pair<int, int> {
+    if (c >= 0x80) return {3, c};
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return {2, AsciiLower(static_cast<char>(c))};
+    if (IsDigit(static_cast<char>(c))) return {1, c};
+    return {0, c};
+  };
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i) {
+    const auto pa = primary(a[i]), pb = primary(b[i]);
+    if (pa != pb) return pa < pb;
+  }
+  if (a.size() != b.size()) return a.size() < b.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (a[i] != b[i]) return a[i] > b[i];  // same letter, different case: lowercase ('a' > 'A') first
+  }
+  return false;
+}
 
 std::string ToJson(const Value& v, const JsonOptions& o, int depth, bool undefined_to_null) {
   if (depth > 4 * kMaxJsonDepth) Fail("value nests too deeply to print");
@@ -1583,8 +1622,7 @@ std::string ToJson(const Value& v, const JsonOptions& o, int depth, bool undefin
       std::vector<const std::pair<std::string, Value>*> entries;
       for (const auto& e : v.obj->items) entries.push_back(&e);
       if (o.sort_keys) {
-        // localeCompare; byte order agrees for the ASCII keys JSON schemas use.
-        std::stable_sort(entries.begin(), entries.end(), [](auto* x, auto* y) { return x->first < y->first; });
+        std::stable_sort(entries.begin(), entries.end(), [](auto* x, auto* y) { return LocaleLess(x->first, y->first); });
       }
       for (const auto* e : entries) {
         std::string key = JsonQuote(e->first);
