@@ -227,6 +227,20 @@ const std::vector<Flag>& Flags() {
          o.metrics_open = v == "true";
          return absl::OkStatus();
        }},
+      {"http-host", "OpenAI-compatible HTTP API listen address", [](const ServerOptions& o) { return o.http_host; },
+       Str(&ServerOptions::http_host)},
+      {"http-port", "OpenAI-compatible HTTP API port: /v1/completions, /v1/chat/completions, /v1/models, /tokenize, "
+                    "/detokenize (0: any free port, -1: off)",
+       [](const ServerOptions& o) { return absl::StrCat(o.http_port); },
+       Int("http-port", &ServerOptions::http_port, -1, 65535)},
+      {"http-threads", "HTTP API connections served at once (one thread each; more wait)",
+       [](const ServerOptions& o) { return absl::StrCat(o.http_threads); },
+       Int("http-threads", &ServerOptions::http_threads, 2, 1 << 16)},
+      {"served-model-name", "the model id the HTTP API lists and accepts (empty: the checkpoint directory's name, "
+                            "'sbserve-demo' for the demo model)",
+       [](const ServerOptions& o) { return o.served_model_name; }, Str(&ServerOptions::served_model_name)},
+      {"chat-template", "Jinja chat template file for /v1/chat/completions (empty: tokenizer_config.json's chat_template)",
+       [](const ServerOptions& o) { return o.chat_template; }, Str(&ServerOptions::chat_template)},
   };
   return *flags;
 }

@@ -45,6 +45,12 @@ struct ServerOptions {
   std::string tls_client_ca;  // set: mTLS, a client certificate signed by this CA is required
   std::string api_keys_file;  // set: every sbserve.v1 RPC needs `authorization: Bearer KEY`
   bool metrics_open = false;  // with API keys: GET /metrics without a key (probes are always open)
+  // The OpenAI-compatible HTTP API (server/openai/): its own listener, off by default.
+  std::string http_host = "0.0.0.0";
+  int http_port = -1;               // 0: pick a free port; -1: off
+  int http_threads = 256;           // HTTP connections served at once
+  std::string served_model_name;    // model id on the HTTP API; empty: the checkpoint directory's name
+  std::string chat_template;        // Jinja file; empty: tokenizer_config.json's chat_template
 };
 
 // --devices, parsed: `all` (every CUDA device), the listed CUDA ordinals, or `cpu_engines` engines

@@ -5,6 +5,8 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <atomic>
+#include <fstream>
+#include <sstream>
 #include <mutex>
 #include <thread>
 
@@ -23,6 +25,8 @@
 #include "server/metrics/registry.h"
 #include "server/metrics/serving_metrics.h"
 #include "server/metrics_observer.h"
+#include "server/openai/chat_template.h"
+#include "server/openai/http_api.h"
 #include "server/service.h"
 #include "server/tls.h"
 #include "server/api_keys.h"
@@ -51,6 +55,7 @@ class Server::Impl {
   int port_ = 0;
   int metrics_port_ = 0;
   int probe_port_ = 0;
+  int http_port_ = 0;
   std::atomic<bool> ready_{false};
   std::function<void(const absl::Status&)> on_fatal_;  // set before LoadModel
 
@@ -87,6 +92,8 @@ class Server::Impl {
   absl::StatusOr<std::vector<int>> EngineDevices() const;
   void SetReady(bool ready);
   void RegisterDeviceMetrics(const std::string& model_dir);
+  absl::Status LoadChatTemplate(const std::string& model_dir);
+  std::string ServedModelName() const;
 
   ServerOptions options_;
   ServiceContext ctx_;
@@ -98,6 +105,7 @@ class Server::Impl {
   std::unique_ptr<ApiKeys> api_keys_;
   std::unique_ptr<metrics::MetricsHttpServer> http_;
   std::unique_ptr<metrics::MetricsHttpServer> probe_http_;  // --probe-port
+  std::unique_ptr<openai::HttpApiServer> http_api_;         // --http-port
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<EnginePool> pool_;
@@ -202,6 +210,83 @@ absl::Status Server::Impl::Start() {
     if (absl::Status s = probe_http_->Start(); !s.ok()) return s;
     probe_port_ = probe_http_->port();
   }
+  // The OpenAI-compatible HTTP API: a second front door to the same engine (ctx_), with the same
+  // API keys and TLS material.
+  if (options_.http_port >= 0) {
+    openai::HttpApiOptions ao;
+    ao.host = options_.http_host;
+    ao.port = options_.http_port;
+    ao.served_model_name = ServedModelName();
+    ao.worker_threads = options_.http_threads;
+    ao.max_body_bytes = static_cast<size_t>(options_.max_message_bytes);
+    ao.ready = [this] { return ready_.load(); };
+    ao.metrics_need_key = api_keys_ != nullptr && !options_.metrics_open;
+    if (tls_ != nullptr) ao.tls_setup = [this](void* ctx) { return tls_->SetupSslCtx(ctx); };
+    http_api_ = std::make_unique<openai::HttpApiServer>(&ctx_, &registry_, ao);
+    if (absl::Status s = http_api_->Start(); !s.ok()) return s;
+    http_port_ = http_api_->port();
+  }
+  return absl::OkStatus();
+}
+
+std::string Server::Impl::ServedModelName() const {
+  if (!options_.served_model_name.empty()) return options_.served_model_name;
+  if (options_.model.empty()) return "sbserve-demo";
+  std::string model = options_.model;
+  while (model.size() > 1 && model.back() == '/') model.pop_back();
+  if (const size_t slash = model.rfind('/'); slash != std::string::npos) model = model.substr(slash + 1);
+  return model;
+}
+
+namespace {
+
+// A special token of tokenizer_config.json: a string or an {"content": ...} object; "" if absent.
+std::string SpecialToken(const nlohmann::json& config, const char* name) {
+  auto it = config.find(name);
+  if (it == config.end()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) return (*it)["content"].get<std::string>();
+  return "";
+}
+
+}  // namespace
+
+// --chat-template FILE must parse (the load fails otherwise, naming the construct); without it the
+// checkpoint's own template is used when it has one. A checkpoint template outside the Jinja
+// subset is logged and chat requests are answered 400 with the reason; gRPC is unaffected.
+absl::Status Server::Impl::LoadChatTemplate(const std::string& dir) {
+  const std::string config_path = dir + "/tokenizer_config.json";
+  std::unique_ptr<ChatTemplate> chat;
+  std::string why;
+  if (!options_.chat_template.empty()) {
+    std::ifstream file(options_.chat_template, std::ios::binary);
+    if (!file) return absl::NotFoundError(absl::StrCat("--chat-template: cannot read ", options_.chat_template));
+    std::stringstream text;
+    text << file.rdbuf();
+    nlohmann::json config = nlohmann::json::object();
+    if (std::ifstream cf(config_path); cf) {
+      std::stringstream ct;
+      ct << cf.rdbuf();
+      config = nlohmann::json::parse(ct.str(), nullptr, false);
+      if (config.is_discarded()) config = nlohmann::json::object();
+    }
+    absl::StatusOr<ChatTemplate> t =
+        ChatTemplate::FromSource(text.str(), SpecialToken(config, "bos_token"), SpecialToken(config, "eos_token"));
+    if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("--chat-template ", options_.chat_template, ": ", t.status().message()));
+    chat = std::make_unique<ChatTemplate>(*std::move(t));
+    spdlog::info("chat template: {}", options_.chat_template);
+  } else if (absl::StatusOr<ChatTemplate> t = ChatTemplate::FromTokenizerConfig(config_path); t.ok()) {
+    chat = std::make_unique<ChatTemplate>(*std::move(t));
+    spdlog::info("chat template: {}'s chat_template", config_path);
+  } else if (absl::IsNotFound(t.status())) {
+    why = "its tokenizer_config.json has no chat_template";
+    spdlog::info("no chat template in {}; /v1/chat/completions answers 400 (--chat-template FILE gives one)", config_path);
+  } else {
+    why = absl::StrCat("its chat_template does not load: ", t.status().message());
+    spdlog::error("chat template of {} does not load ({}); /v1/chat/completions answers 400", config_path,
+                  std::string(t.status().message()));
+  }
+  http_api_->SetChatTemplate(std::move(chat), why);
   return absl::OkStatus();
 }
 
@@ -342,6 +427,9 @@ absl::Status Server::Impl::LoadModel() {
     totals->SetState(i, *series, qs);
   }
   RegisterDeviceMetrics(dir);
+  if (http_api_ != nullptr) {
+    if (absl::Status s = LoadChatTemplate(dir); !s.ok()) return s;
+  }
   ctx_.model_dir = dir;
   ctx_.weight_dtype = DTypeName(checkpoint_->weight_dtype());
   ctx_.engine.store(pool_.get());
@@ -385,6 +473,7 @@ void Server::Impl::Shutdown() {
   if (grpc_ != nullptr) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (http_ != nullptr) http_->Stop();
   if (probe_http_ != nullptr) probe_http_->Stop();
+  if (http_api_ != nullptr) http_api_->Stop();
   ctx_.engine.store(nullptr);
   grpc_.reset();
   pool_.reset();
@@ -407,6 +496,14 @@ std::string Server::Impl::Banner() const {
   if (metrics_port_ > 0) {
     absl::StrAppend(&out, tls_ != nullptr ? "  metrics: https://localhost:" : "  metrics: http://localhost:", metrics_port_, "/metrics  (probes: /health, /ready)\n");
   }
+  if (http_port_ > 0) {
+    const std::string scheme = tls_ != nullptr ? "https" : "http";
+    absl::StrAppend(&out, "  OpenAI API: ", scheme, "://localhost:", http_port_, "/v1  (model '", ServedModelName(),
+                    "'; /v1/completions, /v1/chat/completions, /v1/models)\n",
+                    "  try: curl ", scheme, "://localhost:", http_port_,
+                    "/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\": \"Once upon a time\", "
+                    "\"max_tokens\": 32}'\n");
+  }
   return out;
 }
 
@@ -421,6 +518,7 @@ absl::Status Server::ReloadTls() { return impl_->ReloadTls(); }
 int Server::port() const { return impl_->port_; }
 int Server::metrics_port() const { return impl_->metrics_port_; }
 int Server::probe_port() const { return impl_->probe_port_; }
+int Server::http_port() const { return impl_->http_port_; }
 bool Server::ready() const { return impl_->ready_.load(); }
 std::string Server::Banner() const { return impl_->Banner(); }
 void Server::SetFatalHandler(std::function<void(const absl::Status&)> handler) { impl_->on_fatal_ = std::move(handler); }

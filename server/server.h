@@ -38,6 +38,7 @@ class Server {
   int port() const;          // bound gRPC port
   int metrics_port() const;  // bound HTTP port; 0 when off
   int probe_port() const;    // bound open (plain, no key) HTTP port; 0 when off
+  int http_port() const;     // bound OpenAI HTTP API port; 0 when off
   bool ready() const;
   // Called once, on an engine thread, when any engine's backend reports a fatal device error; the
   // server has then turned not ready and begun draining (every engine). The process should exit

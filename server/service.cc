@@ -73,26 +73,14 @@ absl::Status AuthorizeThenDecode(const ServiceContext* ctx, const char* rpc, grp
   return Decode(ctx, rpc, call, bytes, out);
 }
 
-// Prepares a request: the engine (UNAVAILABLE while draining or loading; `loading` tells the
-// two apart), a validated engine request with an id and the call's deadline.
+// The gRPC call's deadline on top of PrepareRequest.
 absl::StatusOr<GenerateRequest> Prepare(ServiceContext* ctx, grpc::CallbackServerContext* call,
                                         const v1::GenerateRequest& proto, EnginePool** engine, bool* loading) {
-  *loading = false;
-  if (ctx->draining.load()) return absl::UnavailableError("the server is draining; retry on another replica");
-  *engine = ctx->engine.load();
-  if (*engine == nullptr) {
-    *loading = true;
-    return absl::UnavailableError("the model is still loading");
-  }
-  absl::StatusOr<GenerateRequest> req = RequestFromProto(proto);
-  if (!req.ok()) return req.status();
-  if (req->request_id.empty()) {
-    req->request_id = absl::StrFormat("sb-%x-%d", absl::ToUnixMicros(ctx->start_time) & 0xffffff,
-                                      ctx->next_request_id.fetch_add(1));
-  }
   const auto deadline = call->deadline();
-  if (deadline != std::chrono::system_clock::time_point::max()) req->deadline = absl::FromChrono(deadline);
-  return req;
+  return PrepareRequest(ctx, proto,
+                        deadline == std::chrono::system_clock::time_point::max() ? absl::InfiniteFuture()
+                                                                                 : absl::FromChrono(deadline),
+                        engine, loading);
 }
 
 void LogRequest(const ServiceContext* ctx, const std::string& rpc, const std::string& id, const std::string& peer,
@@ -363,6 +351,26 @@ grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* call, const grpc::S
 }
 
 }  // namespace
+
+std::string NewRequestId(ServiceContext* ctx) {
+  return absl::StrFormat("sb-%x-%d", absl::ToUnixMicros(ctx->start_time) & 0xffffff, ctx->next_request_id.fetch_add(1));
+}
+
+absl::StatusOr<GenerateRequest> PrepareRequest(ServiceContext* ctx, const v1::GenerateRequest& proto,
+                                               absl::Time deadline, EnginePool** engine, bool* loading) {
+  *loading = false;
+  if (ctx->draining.load()) return absl::UnavailableError("the server is draining; retry on another replica");
+  *engine = ctx->engine.load();
+  if (*engine == nullptr) {
+    *loading = true;
+    return absl::UnavailableError("the model is still loading");
+  }
+  absl::StatusOr<GenerateRequest> req = RequestFromProto(proto);
+  if (!req.ok()) return req.status();
+  if (req->request_id.empty()) req->request_id = NewRequestId(ctx);
+  req->deadline = deadline;
+  return req;
+}
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* SbServeService::Generate(grpc::CallbackServerContext* context,
                                                                      const grpc::ByteBuffer* request) {

@@ -32,6 +32,14 @@ struct ServiceContext {
   std::atomic<uint64_t> next_request_id{1};
 };
 
+// Both front doors (gRPC here, HTTP in server/openai/) prepare a request through this: the engine
+// (UNAVAILABLE while draining or loading; `loading` tells the two apart), then RequestFromProto's
+// validation, an id when the request has none, and `deadline`.
+absl::StatusOr<GenerateRequest> PrepareRequest(ServiceContext* ctx, const v1::GenerateRequest& proto,
+                                               absl::Time deadline, EnginePool** engine, bool* loading);
+// A fresh server-chosen request id ("sb-<start>-<n>").
+std::string NewRequestId(ServiceContext* ctx);
+
 // Every method takes raw bytes (the generated WithRawCallbackMethod_* wrappers) and decodes them
 // with ParseStrict (server/wire_check.h): gRPC's own decoding answers undecodable messages with
 // UNIMPLEMENTED and no message, before any of our code runs. The wire API is unchanged.

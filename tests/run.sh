@@ -18,6 +18,9 @@ echo "== under AddressSanitizer + UBSan: checkpoint_test, tokenizer_test, tokeni
 "$asan/tests/engine/checkpoint_test" --gtest_brief=1 || status=$?
 "$asan/tests/tokenizer/tokenizer_test" --gtest_brief=1 || status=$?
 "$asan/tests/tokenizer/tokenizer_fuzz_replay" "$root/tests/data/tokenizer/fuzz_corpus" --iterations=5000 || status=$?
+# Chat templates: the Jinja lexer, parser and evaluator over hostile templates and messages.
+cmake --build "$asan" --target chat_template_test -j "$jobs"
+"$asan/tests/server/openai/chat_template_test" --gtest_brief=1 || status=$?
 # The chaos mix (cancel, deadline, abort, duplicate, malformed at concurrency) in a short form.
 SBSERVE_CHAOS_OPS=80 SBSERVE_CHAOS_THREADS=12 SBSERVE_CACHE_DIR="$asan/test-cache" \
   "$asan/tests/server/chaos_test" --gtest_brief=1 || status=$?

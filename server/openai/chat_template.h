@@ -33,6 +33,11 @@ class ChatTemplate {
   // the template (raise_exception) or a runtime type error is INVALID_ARGUMENT with its message.
   absl::StatusOr<std::string> Apply(const nlohmann::json& messages, bool add_generation_prompt,
                                     const nlohmann::json& extra = nullptr) const;
+  // The same with key order kept: nlohmann::json sorts object keys, which shows wherever a
+  // template prints a message or tool with `tojson` or walks it with `items()`. Parse request
+  // bodies as ordered_json and call this to render as HuggingFace does.
+  absl::StatusOr<std::string> Apply(const nlohmann::ordered_json& messages, bool add_generation_prompt,
+                                    const nlohmann::ordered_json& extra = nullptr) const;
 
   const std::string& source() const;
 

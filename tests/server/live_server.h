@@ -16,6 +16,7 @@ inline ServerOptions LoopbackServerOptions() {
   o.port = 0;
   o.metrics_host = "127.0.0.1";
   o.metrics_port = 0;
+  o.http_host = "127.0.0.1";  // the OpenAI HTTP API stays off (-1) unless a test turns it on
   o.cpu_threads = 2;
   o.log_requests = false;
   o.engine.kv_cache_bytes = int64_t{64} << 20;

@@ -1,0 +1,828 @@
+// The OpenAI-compatible HTTP API on a real server on loopback (CPU backend, demo model), driven
+// by httplib's client: every endpoint, the SSE framing, the error statuses and their OpenAI error
+// objects, API keys, and a client that goes away mid-request.
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/server.h"
+#include "tests/server/live_server.h"
+
+namespace sbserve {
+namespace {
+
+using nlohmann::json;
+using testing::MetricValue;
+
+ServerOptions HttpOptions() {
+  ServerOptions o = testing::LoopbackServerOptions();
+  o.http_port = 0;
+  o.http_threads = 16;
+  return o;
+}
+
+class HttpServer {
+ public:
+  explicit HttpServer(ServerOptions o = HttpOptions(), bool load = true) : server_(std::move(o)) {
+    absl::Status s = server_.Start();
+    EXPECT_TRUE(s.ok()) << s;
+    if (load) {
+      s = server_.LoadModel();
+      EXPECT_TRUE(s.ok()) << s;
+    }
+  }
+  Server& server() { return server_; }
+
+  httplib::Client Client() {
+    httplib::Client c("127.0.0.1", server_.http_port());
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+  httplib::Result Post(const std::string& path, const json& body, const httplib::Headers& headers = {}) {
+    return Client().Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+  // POST, the JSON reply and its status.
+  json PostJson(const std::string& path, const json& body, int* status, const httplib::Headers& headers = {}) {
+    httplib::Result r = Post(path, body, headers);
+    EXPECT_TRUE(r) << "no reply from " << path;
+    if (!r) return json();
+    *status = r->status;
+    json out = json::parse(r->body, nullptr, false);
+    EXPECT_FALSE(out.is_discarded()) << r->body;
+    return out;
+  }
+  std::string Metrics() {
+    httplib::Result r = Client().Get("/metrics");
+    return r ? r->body : "";
+  }
+  // Waits until `series` reads `want` on /metrics (the gauges follow the engine's step reports).
+  bool WaitMetric(const std::string& series, double want) {
+    for (int i = 0; i < 2000; ++i) {
+      if (MetricValue(Metrics(), series) == want) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return false;
+  }
+
+ private:
+  Server server_;
+};
+
+// The SSE body split into its events' data; every event must be "data: ...\n\n".
+std::vector<std::string> SseData(const std::string& body) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < body.size()) {
+    const size_t end = body.find("\n\n", at);
+    EXPECT_NE(end, std::string::npos) << "unterminated event: " << body.substr(at);
+    if (end == std::string::npos) break;
+    const std::string event = body.substr(at, end - at);
+    EXPECT_EQ(event.rfind("data: ", 0), 0u) << event;
+    EXPECT_EQ(event.find('\n'), std::string::npos) << "one data line per event: " << event;
+    out.push_back(event.substr(6));
+    at = end + 2;
+  }
+  return out;
+}
+
+json ErrorOf(const json& reply) {
+  EXPECT_TRUE(reply.contains("error")) << reply.dump();
+  const json& e = reply["error"];
+  for (const char* k : {"message", "type", "param", "code"}) EXPECT_TRUE(e.contains(k)) << k << " in " << e.dump();
+  return e;
+}
+
+TEST(HttpApi, CompletionShapeUsageAndLength) {
+  HttpServer s;
+  int status = 0;
+  json r = s.PostJson("/v1/completions",
+                      {{"model", "sbserve-demo"}, {"prompt", "Once upon a time"}, {"max_tokens", 7}, {"ignore_eos", true}},
+                      &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  EXPECT_EQ(r["object"], "text_completion");
+  EXPECT_EQ(r["model"], "sbserve-demo");
+  EXPECT_EQ(r["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+  ASSERT_EQ(r["choices"].size(), 1u);
+  EXPECT_EQ(r["choices"][0]["index"], 0);
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "length");
+  EXPECT_FALSE(r["choices"][0]["text"].get<std::string>().empty());
+  EXPECT_TRUE(r["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(r["usage"]["completion_tokens"], 7);
+  // The prompt's token count as /tokenize counts it.
+  json tok = s.PostJson("/tokenize", {{"prompt", "Once upon a time"}}, &status);
+  ASSERT_EQ(status, 200);
+  EXPECT_EQ(r["usage"]["prompt_tokens"], tok["count"]);
+  EXPECT_EQ(r["usage"]["total_tokens"], tok["count"].get<int>() + 7);
+  // The engine's request metrics count the HTTP request; the front-door counter names it.
+  const std::string page = s.Metrics();
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"length\"}"), 1);
+  EXPECT_EQ(MetricValue(page, "sbserve_http_requests_total{endpoint=\"/v1/completions\",code=\"200\"}"), 1);
+}
+
+TEST(HttpApi, SeedReproducesAndNChoicesAreIndexed) {
+  HttpServer s;
+  const json req = {{"prompt", "The"}, {"max_tokens", 12}, {"temperature", 1.0}, {"seed", 42}, {"n", 3}, {"ignore_eos", true}};
+  int status = 0;
+  json a = s.PostJson("/v1/completions", req, &status);
+  ASSERT_EQ(status, 200) << a.dump();
+  json b = s.PostJson("/v1/completions", req, &status);
+  ASSERT_EQ(status, 200);
+  ASSERT_EQ(a["choices"].size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(a["choices"][i]["index"], i);
+    EXPECT_EQ(a["choices"][i]["text"], b["choices"][i]["text"]) << "same seed, same text";
+  }
+  // Choice j samples with seed + j: the choices differ from each other (12 tokens at T=1).
+  EXPECT_NE(a["choices"][0]["text"], a["choices"][1]["text"]);
+  EXPECT_EQ(a["usage"]["completion_tokens"], 36);
+  // Choice 1 is what a single request with seed 43 gives.
+  json one = s.PostJson("/v1/completions", {{"prompt", "The"}, {"max_tokens", 12}, {"temperature", 1.0}, {"seed", 43}, {"ignore_eos", true}},
+                        &status);
+  EXPECT_EQ(one["choices"][0]["text"], a["choices"][1]["text"]);
+  // The prompt counts once in usage, however many choices it has.
+  EXPECT_EQ(a["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"]);
+  EXPECT_EQ(a["usage"]["total_tokens"], one["usage"]["prompt_tokens"].get<int>() + 36);
+}
+
+TEST(HttpApi, StopStringEndsWithStopAndIsNotReturned) {
+  HttpServer s;
+  int status = 0;
+  json free = s.PostJson("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 24}, {"temperature", 0}, {"ignore_eos", true}},
+                         &status);
+  ASSERT_EQ(status, 200);
+  const std::string text = free["choices"][0]["text"];
+  ASSERT_GE(text.size(), 6u);
+  // A stop string taken from the greedy continuation itself.
+  const std::string stop = text.substr(3, 3);
+  json r = s.PostJson("/v1/completions",
+                      {{"prompt", "Once upon a time"}, {"max_tokens", 24}, {"temperature", 0}, {"stop", json::array({stop, "zzzzqq"})}},
+                      &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(r["choices"][0]["text"], text.substr(0, text.find(stop)));
+  // A single string works too.
+  r = s.PostJson("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 24}, {"temperature", 0}, {"stop", stop}}, &status);
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+}
+
+TEST(HttpApi, StreamingFramingMatchesTheNonStreamingText) {
+  HttpServer s;
+  json req = {{"prompt", "Once upon a time"}, {"max_tokens", 10}, {"seed", 7}, {"ignore_eos", true}};
+  int status = 0;
+  json whole = s.PostJson("/v1/completions", req, &status);
+  ASSERT_EQ(status, 200);
+  req["stream"] = true;
+  req["stream_options"] = {{"include_usage", true}};
+  httplib::Result r = s.Post("/v1/completions", req);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Type").rfind("text/event-stream", 0), 0u);
+  std::vector<std::string> data = SseData(r->body);
+  ASSERT_GE(data.size(), 3u);
+  EXPECT_EQ(data.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  std::string id;
+  for (size_t i = 0; i + 2 < data.size(); ++i) {
+    json c = json::parse(data[i]);
+    EXPECT_EQ(c["object"], "text_completion");
+    if (id.empty()) id = c["id"];
+    EXPECT_EQ(c["id"], id) << "one id for every chunk";
+    ASSERT_TRUE(c.contains("usage"));
+    EXPECT_TRUE(c["usage"].is_null()) << "usage only on the last chunk";
+    ASSERT_EQ(c["choices"].size(), 1u);
+    text += c["choices"][0]["text"].get<std::string>();
+    if (!c["choices"][0]["finish_reason"].is_null()) {
+      EXPECT_TRUE(finish.empty()) << "one finish per choice";
+      finish = c["choices"][0]["finish_reason"];
+    }
+  }
+  EXPECT_EQ(text, whole["choices"][0]["text"]);
+  EXPECT_EQ(finish, "length");
+  json usage = json::parse(data[data.size() - 2]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"], whole["usage"]);
+  // Without include_usage there is no usage field and no usage chunk.
+  req.erase("stream_options");
+  r = s.Post("/v1/completions", req);
+  ASSERT_TRUE(r);
+  data = SseData(r->body);
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    json c = json::parse(data[i]);
+    EXPECT_FALSE(c.contains("usage"));
+    EXPECT_EQ(c["choices"].size(), 1u);
+  }
+}
+
+TEST(HttpApi, CompletionLogprobsShape) {
+  HttpServer s;
+  int status = 0;
+  json r = s.PostJson("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 5}, {"logprobs", 3}, {"ignore_eos", true}},
+                      &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  const json& lp = r["choices"][0]["logprobs"];
+  for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
+    ASSERT_TRUE(lp[k].is_array()) << k;
+    EXPECT_EQ(lp[k].size(), 5u) << k;
+  }
+  std::string joined;
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(lp["text_offset"][i], joined.size());
+    joined += lp["tokens"][i].get<std::string>();
+    EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
+    // The top 3 plus the sampled token when it is not among them.
+    const json& top = lp["top_logprobs"][i];
+    EXPECT_GE(top.size(), 3u);
+    EXPECT_LE(top.size(), 4u);
+    ASSERT_TRUE(top.contains(lp["tokens"][i].get<std::string>()));
+    EXPECT_EQ(top[lp["tokens"][i].get<std::string>()], lp["token_logprobs"][i]);
+  }
+  EXPECT_EQ(joined, r["choices"][0]["text"]);
+}
+
+TEST(HttpApi, ChatWithoutTemplateIsA400NamingMessages) {
+  HttpServer s;  // the demo model's tokenizer_config.json has no chat_template
+  int status = 0;
+  json r = s.PostJson("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}}, &status);
+  EXPECT_EQ(status, 400);
+  json e = ErrorOf(r);
+  EXPECT_EQ(e["param"], "messages");
+  EXPECT_NE(e["message"].get<std::string>().find("--chat-template"), std::string::npos) << e.dump();
+  EXPECT_EQ(e["type"], "invalid_request_error");
+}
+
+ServerOptions ChatOptions() {
+  ServerOptions o = HttpOptions();
+  o.chat_template = SBSERVE_TEST_CHAT_TEMPLATE;
+  return o;
+}
+
+TEST(HttpApi, ChatRendersTheTemplateAndStreamsRoleFirst) {
+  HttpServer s(ChatOptions());
+  const json messages = {{{"role", "user"}, {"content", "Hello there  "}}};
+  int status = 0;
+  // The prompt the template renders, through /tokenize and /detokenize.
+  json tok = s.PostJson("/tokenize", {{"messages", messages}}, &status);
+  ASSERT_EQ(status, 200) << tok.dump();
+  json detok = s.PostJson("/detokenize", {{"tokens", tok["tokens"]}}, &status);
+  ASSERT_EQ(status, 200);
+  EXPECT_EQ(detok["prompt"],
+            "<|endoftext|><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHello "
+            "there<|im_end|>\n<|im_start|>assistant\n");
+
+  json r = s.PostJson("/v1/chat/completions", {{"messages", messages}, {"max_completion_tokens", 6}, {"ignore_eos", true}},
+                      &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  EXPECT_EQ(r["object"], "chat.completion");
+  EXPECT_EQ(r["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+  EXPECT_EQ(r["choices"][0]["message"]["role"], "assistant");
+  EXPECT_TRUE(r["choices"][0]["message"]["content"].is_string());
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(r["usage"]["completion_tokens"], 6);
+  EXPECT_EQ(r["usage"]["prompt_tokens"], tok["count"]);
+
+  httplib::Result st = s.Post("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 6}, {"stream", true}, {"ignore_eos", true}});
+  ASSERT_TRUE(st);
+  std::vector<std::string> data = SseData(st->body);
+  ASSERT_GE(data.size(), 3u);
+  EXPECT_EQ(data.back(), "[DONE]");
+  json first = json::parse(data[0]);
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  std::string content;
+  for (size_t i = 1; i + 1 < data.size(); ++i) {
+    json c = json::parse(data[i]);
+    EXPECT_FALSE(c["choices"][0]["delta"].contains("role")) << "role only in the first chunk";
+    if (c["choices"][0]["delta"].contains("content")) content += c["choices"][0]["delta"]["content"].get<std::string>();
+  }
+  EXPECT_EQ(json::parse(data[data.size() - 2])["choices"][0]["finish_reason"], "length");
+  EXPECT_FALSE(content.empty());
+
+  // The template's raise_exception is the client's 400.
+  r = s.PostJson("/v1/chat/completions",
+                 {{"messages", {{{"role", "user"}, {"content", "a"}}, {{"role", "user"}, {"content", "b"}}}}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_NE(ErrorOf(r)["message"].get<std::string>().find("alternate"), std::string::npos) << r.dump();
+}
+
+TEST(HttpApi, ChatLogprobsShape) {
+  HttpServer s(ChatOptions());
+  int status = 0;
+  json r = s.PostJson("/v1/chat/completions",
+                      {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 4}, {"logprobs", true},
+                       {"top_logprobs", 2}, {"ignore_eos", true}},
+                      &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  const json& content = r["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 4u);
+  for (const json& t : content) {
+    ASSERT_TRUE(t["token"].is_string());
+    EXPECT_LE(t["logprob"].get<double>(), 0.0);
+    const std::string tok = t["token"];
+    ASSERT_EQ(t["bytes"].size(), tok.size());
+    for (size_t i = 0; i < tok.size(); ++i) EXPECT_EQ(t["bytes"][i], static_cast<unsigned char>(tok[i]));
+    ASSERT_EQ(t["top_logprobs"].size(), 2u);
+    EXPECT_GE(t["top_logprobs"][0]["logprob"].get<double>(), t["top_logprobs"][1]["logprob"].get<double>());
+  }
+  // top_logprobs without logprobs is refused, naming the field.
+  r = s.PostJson("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"top_logprobs", 2}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(ErrorOf(r)["param"], "top_logprobs");
+}
+
+TEST(HttpApi, BadFieldsAre400sNamingTheField) {
+  HttpServer s;
+  struct Case {
+    json body;
+    std::string param;
+  };
+  const std::vector<Case> cases = {
+      {{{"prompt", "x"}, {"temperature", -1}}, "temperature"},   // RequestFromProto's rule
+      {{{"prompt", "x"}, {"temperature", "hot"}}, "temperature"},
+      {{{"prompt", "x"}, {"top_p", 0}}, "top_p"},
+      {{{"prompt", "x"}, {"max_tokens", 0}}, "max_tokens"},
+      {{{"prompt", "x"}, {"max_tokens", -3}}, "max_tokens"},
+      {{{"prompt", "x"}, {"max_tokens", 100000}}, "max_tokens"},  // beyond the context: the engine's rule
+      {{{"prompt", "x"}, {"stop", 5}}, "stop"},
+      {{{"prompt", "x"}, {"n", 0}}, "n"},
+      {{{"prompt", "x"}, {"logprobs", 500}}, "logprobs"},  // above --max-logprobs
+      {{{"prompt", "x"}, {"stop_token_ids", {999999}}}, "stop_token_ids"},
+      {{{"prompt", json::array({1, 999999})}}, "prompt"},
+      {{{"prompt", ""}}, "prompt"},
+      {{{"max_tokens", 3}}, "prompt"},
+      {{{"prompt", "x"}, {"logit_bias", {{"1", 5}}}}, "logit_bias"},
+  };
+  int status = 0;
+  for (const Case& c : cases) {
+    json r = s.PostJson("/v1/completions", c.body, &status);
+    EXPECT_EQ(status, 400) << c.body.dump() << " -> " << r.dump();
+    json e = ErrorOf(r);
+    EXPECT_EQ(e["param"], c.param) << c.body.dump() << " -> " << r.dump();
+    EXPECT_EQ(e["type"], "invalid_request_error");
+    EXPECT_EQ(e["message"].get<std::string>().rfind(c.param + ":", 0), 0u) << e.dump();
+  }
+  // Unknown fields are ignored; vLLM's top_k -1 means off.
+  json r = s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"frobnicate", true}, {"top_k", -1}}, &status);
+  EXPECT_EQ(status, 200) << r.dump();
+  // Nothing was admitted for the refused ones, and each was counted.
+  const std::string page = s.Metrics();
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"length\"}") +
+                MetricValue(page, "sbserve_request_success_total{finished_reason=\"stop\"}") +
+                MetricValue(page, "sbserve_request_success_total{finished_reason=\"eos\"}"),
+            1);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"invalid_argument\"}") +
+                MetricValue(page, "sbserve_request_rejected_total{reason=\"out_of_range\"}"),
+            static_cast<double>(cases.size()));
+}
+
+TEST(HttpApi, MalformedBodyUnknownModelRouteAndOversizeBody) {
+  ServerOptions o = HttpOptions();
+  o.max_message_bytes = 1 << 20;
+  HttpServer s(o);
+  httplib::Result r = s.Client().Post("/v1/completions", "{not json", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(ErrorOf(json::parse(r->body))["param"], "body");
+
+  int status = 0;
+  json m = s.PostJson("/v1/completions", {{"model", "gpt-4"}, {"prompt", "x"}}, &status);
+  EXPECT_EQ(status, 404);
+  EXPECT_EQ(ErrorOf(m)["code"], "model_not_found");
+
+  r = s.Client().Get("/v1/nothing-here");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(ErrorOf(json::parse(r->body))["type"], "not_found_error");
+
+  r = s.Client().Post("/v1/completions", json{{"prompt", std::string(2 << 20, 'a')}}.dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413);
+  EXPECT_EQ(ErrorOf(json::parse(r->body))["code"], "payload_too_large");
+
+  r = s.Client().Get("/v1/models");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  json models = json::parse(r->body);
+  EXPECT_EQ(models["object"], "list");
+  ASSERT_EQ(models["data"].size(), 1u);
+  EXPECT_EQ(models["data"][0]["id"], "sbserve-demo");
+  EXPECT_EQ(models["data"][0]["object"], "model");
+  EXPECT_EQ(models["data"][0]["max_model_len"], 2048);
+  EXPECT_EQ(s.Client().Get("/v1/models/sbserve-demo")->status, 200);
+  EXPECT_EQ(s.Client().Get("/v1/models/other")->status, 404);
+  EXPECT_EQ(s.Client().Get("/health")->status, 200);
+}
+
+TEST(HttpApi, ServedModelNameIsTheOneAccepted) {
+  ServerOptions o = HttpOptions();
+  o.served_model_name = "my-model";
+  HttpServer s(o);
+  int status = 0;
+  s.PostJson("/v1/completions", {{"model", "my-model"}, {"prompt", "x"}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 200);
+  s.PostJson("/v1/completions", {{"model", "sbserve-demo"}, {"prompt", "x"}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 404);
+}
+
+TEST(HttpApi, LoadingAndDrainingAre503) {
+  ServerOptions o = HttpOptions();
+  HttpServer s(o, /*load=*/false);
+  int status = 0;
+  json r = s.PostJson("/v1/completions", {{"prompt", "x"}}, &status);
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(ErrorOf(r)["type"], "service_unavailable");
+  EXPECT_EQ(s.Client().Get("/ready")->status, 503);
+  ASSERT_TRUE(s.server().LoadModel().ok());
+  s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 200);
+  s.server().BeginDrain();
+  r = s.PostJson("/v1/completions", {{"prompt", "x"}}, &status);
+  EXPECT_EQ(status, 503);
+  EXPECT_NE(ErrorOf(r)["message"].get<std::string>().find("draining"), std::string::npos);
+  const std::string page = s.Metrics();
+  EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"loading\"}"), 1);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"draining\"}"), 1);
+}
+
+// Streams a request in the background until `stop` is set; returns after the first chunk.
+struct HeldStream {
+  std::thread thread;
+  std::atomic<bool> stop{false};
+  std::atomic<int> chunks{0};
+};
+
+void Hold(HttpServer& s, HeldStream* h, const json& body, const httplib::Headers& headers = {}) {
+  h->thread = std::thread([&s, h, body, headers] {
+    httplib::Client c = s.Client();
+    httplib::Request req;
+    req.headers = headers;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [h](const char*, size_t, uint64_t, uint64_t) {
+      h->chunks.fetch_add(1);
+      return !h->stop.load();  // false: the client stops reading and closes the connection
+    };
+    httplib::Response res;
+    httplib::Error err;
+    c.send(req, res, err);
+  });
+  for (int i = 0; i < 6000 && h->chunks.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_GT(h->chunks.load(), 0) << "the held stream never started";
+}
+
+TEST(HttpApi, StreamingClientThatDisconnectsCancelsAndFreesKv) {
+  HttpServer s;
+  HeldStream h;
+  Hold(s, &h, {{"prompt", "Once upon a time"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}});
+  ASSERT_TRUE(s.WaitMetric("sbserve_num_requests_running", 1));
+  EXPECT_GT(MetricValue(s.Metrics(), "sbserve_kv_cache_used_blocks"), 0);
+  h.stop.store(true);
+  h.thread.join();
+  // Cancelled, not run to its 1900 tokens; its KV blocks are free again.
+  EXPECT_TRUE(s.WaitMetric("sbserve_request_success_total{finished_reason=\"cancelled\"}", 1));
+  EXPECT_TRUE(s.WaitMetric("sbserve_kv_cache_used_blocks", 0));
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_running", 0));
+  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_request_success_total{finished_reason=\"length\"}"), 0);
+}
+
+TEST(HttpApi, NonStreamingClientThatDisconnectsCancels) {
+  HttpServer s;
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(s.server().http_port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", 1900}, {"ignore_eos", true}}.dump();
+  const std::string req = absl::StrCat("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+                                       "Content-Length: ", body.size(), "\r\n\r\n", body);
+  ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  ASSERT_TRUE(s.WaitMetric("sbserve_num_requests_running", 1));
+  close(fd);
+  EXPECT_TRUE(s.WaitMetric("sbserve_request_success_total{finished_reason=\"cancelled\"}", 1));
+  EXPECT_TRUE(s.WaitMetric("sbserve_kv_cache_used_blocks", 0));
+}
+
+TEST(HttpApi, AdmissionRefusalIs429WithRetryAfterAndLeavesNothing) {
+  ServerOptions o = HttpOptions();
+  o.engine.max_num_seqs = 1;
+  o.engine.max_queued_requests = 1;
+  o.engine.retry_after = absl::Milliseconds(1500);
+  HttpServer s(o);
+  HeldStream h;
+  Hold(s, &h, {{"prompt", "hold"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}});
+  // n = 2: the first choice takes the one queue slot, the second is refused; the whole request is
+  // refused and its first choice withdrawn.
+  httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 4}, {"n", 2}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429);
+  EXPECT_EQ(r->get_header_value("Retry-After"), "2");  // seconds, rounded up
+  EXPECT_EQ(r->get_header_value("retry-after-ms"), "1500");
+  EXPECT_EQ(ErrorOf(json::parse(r->body))["type"], "rate_limit_error");
+  // The withdrawn choice is cancelled while the held stream still runs, not left queued behind it.
+  EXPECT_TRUE(s.WaitMetric("sbserve_request_success_total{finished_reason=\"cancelled\"}", 1));
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0));
+  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_num_requests_running"), 1) << "the held stream is still running";
+  h.stop.store(true);
+  h.thread.join();
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_running", 0));
+  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_request_rejected_total{reason=\"queue_full\"}"), 1);
+}
+
+TEST(HttpApi, ApiKeysGuardTheApiButNotTheProbes) {
+  const std::string path = ::testing::TempDir() + "/http_api_keys.txt";
+  std::ofstream(path) << "sk-test-1 tester\n";
+  ServerOptions o = HttpOptions();
+  o.api_keys_file = path;
+  HttpServer s(o);
+  const json body = {{"prompt", "x"}, {"max_tokens", 1}};
+  httplib::Result r = s.Post("/v1/completions", body);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(r->get_header_value("WWW-Authenticate"), "Bearer");
+  EXPECT_EQ(ErrorOf(json::parse(r->body))["type"], "authentication_error");
+  r = s.Post("/v1/completions", body, {{"Authorization", "Bearer sk-wrong"}});
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(r->body.find("sk-wrong"), std::string::npos) << "the presented key is never echoed";
+  r = s.Post("/v1/completions", body, {{"Authorization", "Bearer sk-test-1"}});
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(s.Client().Get("/v1/models")->status, 401);
+  EXPECT_EQ(s.Client().Get("/health")->status, 200);
+  EXPECT_EQ(s.Client().Get("/metrics")->status, 401);
+}
+
+TEST(HttpApi, ApiKeyConcurrencyLimitCountsHttpRequests) {
+  const std::string path = ::testing::TempDir() + "/http_api_keys_limited.txt";
+  std::ofstream(path) << "sk-one one 1\n";
+  ServerOptions o = HttpOptions();
+  o.api_keys_file = path;
+  o.metrics_open = true;
+  HttpServer s(o);
+  const httplib::Headers auth = {{"Authorization", "Bearer sk-one"}};
+  HeldStream h;
+  Hold(s, &h, {{"prompt", "hold"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}}, auth);
+  httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}, auth);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429) << r->body;
+  EXPECT_NE(r->body.find("'one'"), std::string::npos) << "names the key: " << r->body;
+  EXPECT_FALSE(r->has_header("Retry-After")) << "a key's own limit has no engine retry delay";
+  // Not an admission refusal: the request metrics do not count it (as on gRPC).
+  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_request_rejected_total{reason=\"queue_full\"}"), 0);
+  h.stop.store(true);
+  h.thread.join();
+  // The held request's slot comes back once it is cancelled.
+  int status = 0;
+  for (int i = 0; i < 200; ++i) {
+    s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}, &status, auth);
+    if (status == 200) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(status, 200);
+  // An n = 3 request holds the key once and gives it back once: afterwards the limit still holds.
+  s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"n", 3}}, &status, auth);
+  EXPECT_EQ(status, 200);
+  HeldStream again;
+  Hold(s, &again, {{"prompt", "hold"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}}, auth);
+  r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}, auth);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429) << "the limit of 1 still holds after an n = 3 request";
+  again.stop.store(true);
+  again.thread.join();
+}
+
+TEST(HttpApi, DeadlineHeaderEndsTheRequestWith504) {
+  HttpServer s;
+  int status = 0;
+  json r = s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1900}, {"ignore_eos", true}}, &status,
+                      {{"X-Request-Timeout-Ms", "200"}});
+  EXPECT_EQ(status, 504) << r.dump();
+  EXPECT_EQ(ErrorOf(r)["type"], "timeout_error");
+  r = s.PostJson("/v1/completions", {{"prompt", "x"}}, &status, {{"X-Request-Timeout-Ms", "soon"}});
+  EXPECT_EQ(status, 400);
+}
+
+TEST(HttpApi, StreamingNChoicesEachFinishOnce) {
+  HttpServer s;
+  httplib::Result r = s.Post("/v1/completions", {{"prompt", "Once"}, {"max_tokens", 5}, {"n", 2}, {"stream", true}, {"ignore_eos", true}});
+  ASSERT_TRUE(r);
+  std::vector<std::string> data = SseData(r->body);
+  ASSERT_FALSE(data.empty());
+  EXPECT_EQ(data.back(), "[DONE]");
+  int finishes[2] = {0, 0};
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    json c = json::parse(data[i]);
+    const int idx = c["choices"][0]["index"];
+    ASSERT_TRUE(idx == 0 || idx == 1);
+    if (!c["choices"][0]["finish_reason"].is_null()) finishes[idx]++;
+  }
+  EXPECT_EQ(finishes[0], 1);
+  EXPECT_EQ(finishes[1], 1);
+}
+
+TEST(HttpApi, TokenIdPromptsAndDetokenize) {
+  HttpServer s;
+  int status = 0;
+  json tok = s.PostJson("/tokenize", {{"prompt", "Once upon a time"}}, &status);
+  ASSERT_EQ(status, 200);
+  EXPECT_EQ(tok["count"], tok["tokens"].size());
+  json detok = s.PostJson("/detokenize", {{"tokens", tok["tokens"]}}, &status);
+  EXPECT_EQ(detok["prompt"], "Once upon a time");
+  // A token-id prompt generates what the text prompt does (greedy).
+  json a = s.PostJson("/v1/completions", {{"prompt", tok["tokens"]}, {"max_tokens", 6}, {"temperature", 0}}, &status);
+  ASSERT_EQ(status, 200) << a.dump();
+  json b = s.PostJson("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 6}, {"temperature", 0}}, &status);
+  EXPECT_EQ(a["choices"][0]["text"], b["choices"][0]["text"]);
+  EXPECT_EQ(a["usage"]["prompt_tokens"], tok["count"]);
+  // A list of prompts: choice index = prompt * n + j; echo puts the prompt first.
+  json multi = s.PostJson("/v1/completions", {{"prompt", {"Once", "upon"}}, {"max_tokens", 2}, {"echo", true}}, &status);
+  ASSERT_EQ(status, 200) << multi.dump();
+  ASSERT_EQ(multi["choices"].size(), 2u);
+  EXPECT_EQ(multi["choices"][1]["text"].get<std::string>().rfind("upon", 0), 0u);
+  detok = s.PostJson("/detokenize", {{"tokens", {1, -4}}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(ErrorOf(detok)["param"], "tokens");
+}
+
+TEST(HttpApi, StreamPastItsDeadlineEndsWithAnErrorEventThenDone) {
+  HttpServer s;
+  httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}},
+                             {{"X-Request-Timeout-Ms", "300"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << "the status went out with the headers";
+  std::vector<std::string> data = SseData(r->body);
+  ASSERT_GE(data.size(), 2u);
+  EXPECT_EQ(data.back(), "[DONE]");
+  json last = json::parse(data[data.size() - 2]);
+  EXPECT_EQ(ErrorOf(last)["type"], "timeout_error") << last.dump();
+  for (size_t i = 0; i + 2 < data.size(); ++i) {
+    EXPECT_TRUE(json::parse(data[i])["choices"][0]["finish_reason"].is_null()) << "no finish before the error";
+  }
+  EXPECT_TRUE(s.WaitMetric("sbserve_request_success_total{finished_reason=\"deadline\"}", 1));
+}
+
+// Many clients at once, streaming and not, a third of them going away early: every request is
+// accounted for (finished or cancelled) and nothing is left running or holding KV.
+TEST(HttpApi, ConcurrentClientsSomeLeavingLeaveNothingBehind) {
+  ServerOptions o = HttpOptions();
+  o.http_threads = 32;
+  HttpServer s(o);
+  constexpr int kClients = 18;
+  std::atomic<int> completed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      const bool stream = i % 2 == 0;
+      const bool leave = i % 3 == 0;
+      httplib::Client c = s.Client();
+      httplib::Request req;
+      req.method = "POST";
+      req.path = "/v1/completions";
+      req.body = json{{"prompt", absl::StrCat("client ", i)},
+                      {"max_tokens", leave ? 1900 : 16},
+                      {"ignore_eos", true},
+                      {"stream", stream},
+                      {"n", i % 4 == 1 ? 2 : 1}}
+                     .dump();
+      req.set_header("Content-Type", "application/json");
+      if (leave) {
+        // Leave after the first bytes (streaming) or after a short wait (not streaming).
+        c.set_read_timeout(0, 300000);
+        req.content_receiver = [](const char*, size_t, uint64_t, uint64_t) { return false; };
+      }
+      httplib::Response res;
+      httplib::Error err;
+      const bool ok = c.send(req, res, err);
+      if (!leave && ok && res.status == 200) completed.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(completed.load(), kClients - kClients / 3);
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_running", 0));
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0));
+  EXPECT_TRUE(s.WaitMetric("sbserve_kv_cache_used_blocks", 0));
+  // Engine requests: one per choice; the leavers' were cancelled, none ran to 1900 tokens.
+  int choices = 0, leaver_choices = 0;
+  for (int i = 0; i < kClients; ++i) {
+    const int n = i % 4 == 1 ? 2 : 1;
+    choices += n;
+    if (i % 3 == 0) leaver_choices += n;
+  }
+  const std::string page = s.Metrics();
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"cancelled\"}"), leaver_choices);
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"length\"}"), choices - leaver_choices);
+}
+
+// Certificates made by the openssl command in a scratch directory: a CA, a server leaf for
+// localhost / 127.0.0.1 and a client leaf.
+class Certs {
+ public:
+  Certs() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "sbserve-http-tls-XXXXXX").string();
+    EXPECT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    Run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 "
+        "-subj /CN=ca");
+    for (const char* leaf : {"srv", "cli"}) {
+      const bool server = std::string(leaf) == "srv";
+      Run(absl::StrCat("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ", leaf, ".key -out ",
+                       leaf, ".csr -subj /CN=", server ? "localhost" : "client"));
+      Run(absl::StrCat("printf '", server ? "subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth"
+                                          : "extendedKeyUsage=clientAuth",
+                       "\\n' > ", leaf, ".ext"));
+      Run(absl::StrCat("openssl x509 -req -in ", leaf, ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -out ", leaf,
+                       ".pem -days 2 -extfile ", leaf, ".ext"));
+    }
+  }
+  ~Certs() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+
+ private:
+  void Run(const std::string& cmd) {
+    ASSERT_EQ(std::system(absl::StrCat("cd ", dir_, " && ", cmd, " >/dev/null 2>&1").c_str()), 0) << cmd;
+  }
+  std::string dir_;
+};
+
+TEST(HttpApi, MutualTlsLikeTheGrpcPortAndAbortOverTls) {
+  Certs certs;
+  ServerOptions o = HttpOptions();
+  o.tls_cert = certs.Path("srv.pem");
+  o.tls_key = certs.Path("srv.key");
+  o.tls_client_ca = certs.Path("ca.pem");
+  HttpServer s(o);
+  auto client = [&](bool with_cert) {
+    auto c = with_cert ? std::make_unique<httplib::SSLClient>("localhost", s.server().http_port(), certs.Path("cli.pem"),
+                                                              certs.Path("cli.key"))
+                       : std::make_unique<httplib::SSLClient>("localhost", s.server().http_port());
+    c->set_ca_cert_path(certs.Path("ca.pem").c_str());
+    c->enable_server_certificate_verification(true);
+    c->set_connection_timeout(5, 0);
+    c->set_read_timeout(30, 0);
+    return c;
+  };
+  const std::string body = json{{"prompt", "Once"}, {"max_tokens", 3}}.dump();
+  httplib::Result r = client(true)->Post("/v1/completions", body, "application/json");
+  ASSERT_TRUE(r) << "HTTPS with a client certificate";
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_FALSE(client(false)->Post("/v1/completions", body, "application/json")) << "no client certificate: no reply";
+  httplib::Client plain("127.0.0.1", s.server().http_port());
+  plain.set_read_timeout(5, 0);
+  EXPECT_FALSE(plain.Post("/v1/completions", body, "application/json")) << "plaintext: no reply";
+
+  // A streaming client that goes away over TLS is cancelled too.
+  std::atomic<int> chunks{0};
+  std::atomic<bool> stop{false};
+  std::thread t([&] {
+    auto c = client(true);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = json{{"prompt", "Once"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}}.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      chunks.fetch_add(1);
+      return !stop.load();
+    };
+    httplib::Response res;
+    httplib::Error err;
+    c->send(req, res, err);
+  });
+  for (int i = 0; i < 6000 && chunks.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  stop.store(true);
+  t.join();
+  ASSERT_GT(chunks.load(), 0);
+  // /metrics over the same mTLS port.
+  auto metrics = [&] {
+    httplib::Result m = client(true)->Get("/metrics");
+    return m ? m->body : std::string();
+  };
+  bool cancelled = false;
+  for (int i = 0; i < 2000 && !cancelled; ++i) {
+    cancelled = MetricValue(metrics(), "sbserve_request_success_total{finished_reason=\"cancelled\"}") == 1;
+    if (!cancelled) absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(MetricValue(metrics(), "sbserve_request_success_total{finished_reason=\"length\"}"), 1);
+}
+
+}  // namespace
+}  // namespace sbserve
