@@ -3,6 +3,9 @@
 #include <signal.h>
 
 #include <condition_variable>
+#include <cstdlib>
+#include <memory>
+#include <span>
 #include <cstdio>
 #include <iostream>
 #include <mutex>
@@ -10,9 +13,41 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "engine/backend.h"
 #include "server/options.h"
 #include "server/server.h"
 #include "spdlog/spdlog.h"
+
+namespace {
+
+// Testing only (SBSERVE_TEST_FATAL_TOKEN=ID): a step whose batch holds token ID at position 1 of
+// a sequence fails with a fatal device error, as a sticky CUDA error would. It lets a test drive
+// the real binary through the fatal path (drain, exit 3) without breaking a GPU.
+class FatalTokenBackend final : public sbserve::Backend {
+ public:
+  FatalTokenBackend(std::unique_ptr<sbserve::Backend> inner, int32_t token) : inner_(std::move(inner)), token_(token) {}
+  std::string name() const override { return inner_->name(); }
+  const sbserve::ModelConfig& config() const override { return inner_->config(); }
+  int64_t KvBytesPerToken() const override { return inner_->KvBytesPerToken(); }
+  absl::Status InitKvCache(const sbserve::KvCacheShape& shape) override { return inner_->InitKvCache(shape); }
+  sbserve::KvCacheShape kv_cache_shape() const override { return inner_->kv_cache_shape(); }
+  absl::StatusOr<sbserve::MemoryInfo> Memory() const override { return inner_->Memory(); }
+  absl::Status Forward(const sbserve::Batch& batch, std::span<float> logits) override {
+    for (size_t t = 0; t < batch.tokens.size(); ++t) {
+      if (batch.tokens[t] == token_ && batch.positions[t] == 1) {
+        return sbserve::MarkFatalBackendError(absl::InternalError("injected fatal device error (SBSERVE_TEST_FATAL_TOKEN)"));
+      }
+    }
+    return inner_->Forward(batch, logits);
+  }
+
+ private:
+  std::unique_ptr<sbserve::Backend> inner_;
+  int32_t token_;
+};
+
+}  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -27,6 +62,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   spdlog::set_level(spdlog::level::from_str(options->log_level));
+  if (const char* v = std::getenv("SBSERVE_TEST_FATAL_TOKEN"); v != nullptr) {
+    int32_t token = 0;
+    if (absl::SimpleAtoi(v, &token)) {
+      spdlog::warn("SBSERVE_TEST_FATAL_TOKEN={}: a step with that token at position 1 fails as a fatal device error", token);
+      options->wrap_backend = [token](std::unique_ptr<sbserve::Backend> b) -> std::unique_ptr<sbserve::Backend> {
+        return std::make_unique<FatalTokenBackend>(std::move(b), token);
+      };
+    }
+  }
 
   // Signals go to one waiting thread, never to a thread inside gRPC or the engine.
   sigset_t signals;

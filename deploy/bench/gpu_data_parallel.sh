@@ -1,35 +1,33 @@
 #!/usr/bin/env bash
 # Data-parallel serving load run (issue 17): the same load on one GPU (--device 0) and on two
-# (--devices 0,1): sbctl bench at concurrency 64 and 128, ~512-token prompts, 128 output tokens.
+# (--devices 0,1): sbctl bench at concurrency 64 and 128, 512-token prompts, 128 output tokens, with
+# the server's default sizing flags (each engine sizes its own KV cache from its GPU).
 # Target: at c=128, two GPUs give >= 1.9x the one-GPU output tok/s with TTFT p50 no worse.
 #
 # Expects the CUDA build's sbserve, sbctl and sbmodel (with their libraries, as packed by the GPU
-# machine's pack.sh) in $PWD/.gpu-eng/{bin,lib}, and $OUT as the folder for logs and results.
+# machine's pack.sh) in $PWD/.gpu/{bin,lib}, and $OUT as the folder for logs and results.
 # Writes $OUT/dp_{1,2}gpu_c{64,128}.json (sbctl bench --json), their server logs and metrics, and
-# prints a summary table. PROMPT_WORDS (default 500) sets the prompt length; the mean prompt
-# length in tokens the server saw is printed with the table.
+# prints a summary table. PROMPT_TOKENS (default 512) sets the exact prompt length in token ids.
 set -u
 OUT=${OUT:-/tmp}
-export LD_LIBRARY_PATH=$PWD/.gpu-eng/lib:/usr/local/cuda/lib64
-B=$PWD/.gpu-eng/bin
-WORDS=${PROMPT_WORDS:-500}
-KV_MB=${KV_MB:-24000}
+export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
+B=$PWD/.gpu/bin
+TOKENS=${PROMPT_TOKENS:-512}
 n=$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | wc -l)
 if [ "${n:-0}" -lt 2 ]; then echo "needs two GPUs (found ${n:-0})"; exit 1; fi
 [ -d /tmp/m3b ] || $B/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b >/dev/null || exit 1
 
 run() {  # label devices-flag...
   local label=$1; shift
-  setsid $B/sbserve --model /tmp/m3b --port 50051 --metrics-port 8080 --kv-cache-mb "$KV_MB" \
-    --max-batch-tokens 2048 --max-num-seqs 256 --max-queued-requests 1024 --max-queued-tokens 1048576 --log-requests=false "$@" \
+  setsid $B/sbserve --model /tmp/m3b --port 50051 --metrics-port 8080 --log-requests=false "$@" \
     > "$OUT/dp_${label}_server.log" 2>&1 &
   local pid=$!
   for _ in $(seq 180); do $B/sbctl health >/dev/null 2>&1 && break; sleep 1; done
   $B/sbctl health >/dev/null 2>&1 || { echo "$label: server not ready"; tail -20 "$OUT/dp_${label}_server.log"; kill -TERM $pid; return 1; }
   # Warm-up: CUDA graphs and allocator pools on every engine.
-  $B/sbctl bench --requests 64 --concurrency 32 --max-tokens 16 --prompt-words "$WORDS" > /dev/null
+  $B/sbctl bench --requests 64 --concurrency 32 --max-tokens 16 --prompt-tokens "$TOKENS" > /dev/null
   for c in 64 128; do
-    $B/sbctl bench --requests $((c * 4)) --concurrency $c --max-tokens 128 --prompt-words "$WORDS" --json \
+    $B/sbctl bench --requests $((c * 4)) --concurrency $c --max-tokens 128 --prompt-tokens "$TOKENS" --json \
       > "$OUT/dp_${label}_c${c}.json"
     echo "== $label c=$c: $(cat "$OUT/dp_${label}_c${c}.json")"
   done

@@ -202,4 +202,43 @@ TEST(Sbserve, DrainTimeoutCancelsWhatIsLeftAndExitsZero) {
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
 }
 
+// A fatal device error in the real binary (injected: SBSERVE_TEST_FATAL_TOKEN, see server/main.cc):
+// the request in flight ends with an error, readiness turns NOT_SERVING, the server drains what is
+// left and the process exits 3, so that an orchestrator restarts it.
+TEST(Sbserve, FatalDeviceErrorDrainsAndExitsThree) {
+  setenv("SBSERVE_TEST_FATAL_TOKEN", "2047", 1);
+  Process p(BaseArgs());
+  unsetenv("SBSERVE_TEST_FATAL_TOKEN");
+  const int port = StartServer(p);
+  ASSERT_GT(port, 0);
+  ASSERT_NE(p.WaitFor("sbserve ready"), "");
+  auto ch = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(Health(ch, "sbserve.v1.SbServe"), HealthCheckResponse::SERVING);
+  auto stub = sbserve::v1::SbServe::NewStub(ch);
+  // A healthy request first: the injection fires only on its token.
+  {
+    grpc::ClientContext ctx;
+    sbserve::v1::GenerateRequest r = Req(3);
+    auto reader = stub->Generate(&ctx, r);
+    sbserve::v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  grpc::ClientContext ctx;
+  sbserve::v1::GenerateRequest r;
+  r.mutable_token_ids()->add_ids(5);
+  r.mutable_token_ids()->add_ids(2047);
+  r.mutable_token_ids()->add_ids(9);
+  r.mutable_stopping()->set_max_tokens(4);
+  auto reader = stub->Generate(&ctx, r);
+  sbserve::v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+  }
+  const grpc::Status st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INTERNAL) << st.error_message();
+  EXPECT_NE(st.error_message().find("injected fatal device error"), std::string::npos) << st.error_message();
+  EXPECT_EQ(p.Wait(60), 3);
+}
+
 }  // namespace

@@ -100,7 +100,7 @@ TEST(ChatTemplateReference, EveryTemplateMatchesHuggingFaceJinja) {
     }
   }
   // The exactness claim needs enough real templates and conversations where templates raise.
-  EXPECT_GE(real, 8);
+  EXPECT_GE(real, 10);
   EXPECT_GE(compared, 400);
   EXPECT_GT(raised, 0);
   std::printf("compared %d renderings of %zu templates (%d real); %d raised on both sides\n", compared,

