@@ -19,7 +19,7 @@
 set -u
 
 # The server flag that turns automatic prefix caching off (it is on by default).
-NO_PREFIX_CACHE_FLAG=${NO_PREFIX_CACHE_FLAG:---no-enable-prefix-caching}
+NO_PREFIX_CACHE_FLAG=${NO_PREFIX_CACHE_FLAG:---enable-prefix-caching=false}
 
 OUT=${OUT:-/tmp}
 BIN=${BIN:-$PWD/.gpu/bin}

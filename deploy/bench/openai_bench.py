@@ -114,8 +114,10 @@ async def main():
         nonlocal total_tokens
         while queue:
             i = queue.pop()
+            # skip_special_tokens off: every token has text, even on a random-weight model that
+            # generates special ids (whose text would otherwise be empty and untimed).
             body = {"prompt": prompts[i], "max_tokens": a.max_tokens, "temperature": 0, "ignore_eos": True,
-                    "stream": True, "stream_options": {"include_usage": True}}
+                    "skip_special_tokens": False, "stream": True, "stream_options": {"include_usage": True}}
             if a.model:
                 body["model"] = a.model
             try:
