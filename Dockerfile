@@ -98,8 +98,9 @@ VOLUME ["/var/cache/sbserve"]
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001
-# 50051: gRPC API (--port); 8080: /metrics, /health, /ready (--metrics-port).
-EXPOSE 50051 8080
+# 50051: gRPC API (--port); 8080: /metrics, /health, /ready (--metrics-port); 8000: the OpenAI
+# HTTP API (--http-port, off unless given).
+EXPOSE 50051 8080 8000
 # Exec form: sbserve is PID 1 and receives SIGTERM directly, so `docker stop` and Kubernetes
 # trigger the drain (readiness NOT_SERVING, in-flight requests finish up to --drain-timeout).
 ENTRYPOINT ["/usr/local/bin/sbserve"]
