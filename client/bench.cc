@@ -396,6 +396,7 @@ class Runner {
       req.mutable_token_ids()->mutable_ids()->Assign(item.ids.begin(), item.ids.end());
     }
     req.mutable_sampling()->set_temperature(o_.temperature);
+    if (o_.logprobs >= 0) req.set_logprobs(static_cast<uint32_t>(o_.logprobs));
     req.mutable_sampling()->set_seed(o_.seed + static_cast<uint64_t>(i));
     req.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(item.max_tokens));
     req.mutable_stopping()->set_ignore_eos(true);

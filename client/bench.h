@@ -42,6 +42,7 @@ struct BenchOptions {
   LengthRange max_tokens{64, 64};  // output lengths (ignore_eos, so exact unless the context ends first)
   float temperature = 0.0f;
   uint64_t seed = 0;
+  int logprobs = -1;  // >= 0: each request asks for its tokens' logprobs with this many alternatives
 
   // RESOURCE_EXHAUSTED: retried up to max_retries times while the request's total time stays
   // within max_retry_s.

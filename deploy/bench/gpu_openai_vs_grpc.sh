@@ -2,7 +2,8 @@
 # The two front doors of one server under the same load (issue: OpenAI HTTP API): sbserve on the
 # 3B checkpoint with --http-port, then at c = 1 and 64 (512-token id prompts, 128 output tokens,
 # greedy, ignore_eos) `sbctl bench` over gRPC and deploy/bench/openai_bench.py over HTTP/SSE
-# (/v1/completions, stream). Expects the CUDA build's sbserve, sbctl and sbmodel in
+# (/v1/completions, stream). Both ask for logprobs 0 (the sampled token's logprob): the HTTP client
+# counts tokens by their logprobs entries, and the server then does the same work for both doors. Expects the CUDA build's sbserve, sbctl and sbmodel in
 # $PWD/.gpu/{bin,lib} and $OUT for logs.
 set -u
 OUT=${OUT:-/tmp}
@@ -17,7 +18,7 @@ for c in 1 64; do
   n=$(( c == 1 ? 16 : 256 ))
   for door in grpc http grpc http; do
     if [ $door = grpc ]; then
-      echo "== gRPC c=$c $($B/sbctl bench --requests $n --concurrency $c --prompt-tokens 512 --max-tokens 128 --json \
+      echo "== gRPC c=$c $($B/sbctl bench --requests $n --concurrency $c --prompt-tokens 512 --max-tokens 128 --logprobs 0 --json \
         | python3 -c 'import json,sys; j=json.load(sys.stdin); print(json.dumps({k: j[k] for k in ("output_tokens_per_s","ttft_ms","itl_ms","failed")}))')"
     else
       echo "== HTTP c=$c $(python3 "$root/deploy/bench/openai_bench.py" --url http://127.0.0.1:8000 --concurrency $c \

@@ -9,8 +9,9 @@ percentiles and output tokens/s, for comparison with the gRPC door (`sbctl bench
       --prompt-tokens 512 --max-tokens 128 [--vocab-lo 100 --vocab-hi 1000] [--json out.json]
 
 Prompts are exact token-id lists (`prompt: [ids]`), so both doors see the same lengths. TTFT:
-request sent -> first chunk with text. ITL: gaps between text chunks, spread evenly over the tokens
-they carry (usage.completion_tokens from stream_options.include_usage). TPOT: per request,
+request sent -> first chunk with a token (counted by its `logprobs.tokens`, requested with logprobs 0,
+since a token's text can be held back until its UTF-8 sequence completes). ITL: gaps between those
+chunks, spread evenly over the tokens they carry (usage.completion_tokens from stream_options.include_usage). TPOT: per request,
 (last chunk - first chunk) / (tokens - 1).
 """
 import argparse
@@ -62,7 +63,11 @@ async def one(host, port, path, body):
                 if obj.get("usage"):
                     usage = obj["usage"]
                 for ch in obj.get("choices", []):
-                    if ch.get("text"):
+                    # Tokens by their logprobs entries: a chunk can carry tokens whose text is
+                    # still held back (an incomplete UTF-8 sequence), which text alone would hide.
+                    lp = ch.get("logprobs") or {}
+                    n = len(lp.get("tokens") or []) or (1 if ch.get("text") else 0)
+                    if n:
                         times.append(time.perf_counter())
 
     while True:
@@ -114,10 +119,9 @@ async def main():
         nonlocal total_tokens
         while queue:
             i = queue.pop()
-            # skip_special_tokens off: every token has text, even on a random-weight model that
-            # generates special ids (whose text would otherwise be empty and untimed).
             body = {"prompt": prompts[i], "max_tokens": a.max_tokens, "temperature": 0, "ignore_eos": True,
-                    "skip_special_tokens": False, "stream": True, "stream_options": {"include_usage": True}}
+                    "skip_special_tokens": False, "logprobs": 0, "stream": True,
+                    "stream_options": {"include_usage": True}}
             if a.model:
                 body["model"] = a.model
             try:
@@ -148,6 +152,7 @@ async def main():
         "itl_ms": {"p50": pct(itl, 50), "p90": pct(itl, 90), "p99": pct(itl, 99)},
         "tpot_ms": {"p50": pct(tpot, 50), "p99": pct(tpot, 99)},
         "first_error": failed[0] if failed else "",
+        "ttft_each_ms": [round(x, 3) for x in ttft],  # in completion order
     }
     print(json.dumps(res))
     if a.json:
