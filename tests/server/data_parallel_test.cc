@@ -343,6 +343,9 @@ class FailingBackend final : public Backend {
 ServerOptions SecondEngineFails(bool fatal) {
   ServerOptions o = Options("cpu:2");
   o.engine.max_consecutive_step_failures = 1;
+  // Explicit admission limits: with them (and the explicit KV size) no start-up warm-up step runs
+  // (engine/capacity.h), so the failing backend fails while serving, not at load.
+  o.engine.max_queued_tokens = 65536;
   auto built = std::make_shared<std::atomic<int>>(0);
   o.wrap_backend = [built, fatal](std::unique_ptr<Backend> b) -> std::unique_ptr<Backend> {
     if (built->fetch_add(1) != 1) return b;
