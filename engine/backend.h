@@ -12,7 +12,7 @@
 #include "absl/strings/cord.h"
 #include "absl/status/statusor.h"
 #include "engine/batch.h"
-#include "engine/config.h"
+#include "engine/model/config.h"
 
 namespace sbserve {
 

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/sampler.h"
 #include "engine/stop_matcher.h"
-#include "engine/thread_pool.h"
+#include "engine/cpu/thread_pool.h"
 
 namespace sbserve {
 

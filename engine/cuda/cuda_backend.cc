@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend.h"
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/cuda/cuda_ops.h"
 #include "kernels/cuda_check.h"
 #include "kernels/sb_attn.h"

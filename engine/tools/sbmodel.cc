@@ -20,10 +20,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/backend.h"
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/kv_cache.h"
-#include "engine/model_writer.h"
-#include "engine/npy.h"
+#include "engine/model/model_writer.h"
+#include "engine/model/npy.h"
 #include "engine/sampler.h"
 #ifdef SBSERVE_HAVE_TOKENIZER
 #include "engine/tokenizer/tokenizer.h"

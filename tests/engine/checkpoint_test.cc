@@ -7,9 +7,9 @@
 #include <random>
 #include <sstream>
 
-#include "engine/checkpoint.h"
-#include "engine/model_writer.h"
-#include "engine/safetensors.h"
+#include "engine/model/checkpoint.h"
+#include "engine/model/model_writer.h"
+#include "engine/model/safetensors.h"
 #include "nlohmann/json.hpp"
 
 namespace sbserve {

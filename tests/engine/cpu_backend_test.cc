@@ -9,10 +9,10 @@
 #include <sstream>
 
 #include "engine/backend.h"
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/kv_cache.h"
-#include "engine/model_writer.h"
-#include "engine/safetensors.h"
+#include "engine/model/model_writer.h"
+#include "engine/model/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/test_util.h"
 

@@ -14,9 +14,9 @@
 #include <thread>
 
 #include "engine/backend.h"
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/kv_cache.h"
-#include "engine/model_writer.h"
+#include "engine/model/model_writer.h"
 #include "tests/engine/test_util.h"
 
 namespace sbserve {

@@ -11,9 +11,9 @@
 #include <sstream>
 
 #include "engine/backend.h"
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/kv_cache.h"
-#include "engine/model_writer.h"
+#include "engine/model/model_writer.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "tests/engine/test_util.h"
 

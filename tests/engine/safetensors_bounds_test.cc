@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/safetensors.h"
+#include "engine/model/safetensors.h"
 #include "gtest/gtest.h"
 
 namespace sbserve {

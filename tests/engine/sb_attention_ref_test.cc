@@ -7,8 +7,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "engine/sb_attention_ref.h"
-#include "engine/thread_pool.h"
+#include "engine/cpu/sb_attention_ref.h"
+#include "engine/cpu/thread_pool.h"
 #include "tests/engine/test_util.h"
 
 namespace sbserve {

@@ -17,7 +17,7 @@
 #include "kernels/sb_attn.h"
 #include "tests/kernels/sb_attn_reference.h"
 #ifdef SB_HAVE_ENGINE_REF
-#include "engine/sb_attention_ref.h"
+#include "engine/cpu/sb_attention_ref.h"
 #endif
 
 namespace sbserve::kernels {

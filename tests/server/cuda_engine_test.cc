@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/engine.h"
-#include "engine/model_writer.h"
+#include "engine/model/model_writer.h"
 
 namespace sbserve {
 namespace {

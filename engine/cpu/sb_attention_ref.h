@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include "engine/config.h"
+#include "engine/model/config.h"
 
 namespace sbserve {
 

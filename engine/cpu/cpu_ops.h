@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/config.h"
+#include "engine/model/config.h"
 
 namespace sbserve {
 

@@ -1,9 +1,9 @@
-#include "engine/sb_attention_ref.h"
+#include "engine/cpu/sb_attention_ref.h"
 
 #include <cmath>
 #include <vector>
 
-#include "engine/thread_pool.h"
+#include "engine/cpu/thread_pool.h"
 
 namespace sbserve {
 namespace {

@@ -8,10 +8,10 @@
 #include "absl/strings/str_cat.h"
 
 #include "engine/backend.h"
-#include "engine/checkpoint.h"
-#include "engine/cpu_ops.h"
-#include "engine/sb_attention_ref.h"
-#include "engine/thread_pool.h"
+#include "engine/model/checkpoint.h"
+#include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/sb_attention_ref.h"
+#include "engine/cpu/thread_pool.h"
 
 namespace sbserve {
 namespace {

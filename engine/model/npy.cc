@@ -1,4 +1,4 @@
-#include "engine/npy.h"
+#include "engine/model/npy.h"
 
 #include <fstream>
 

@@ -1,10 +1,10 @@
-#include "engine/cpu_ops.h"
+#include "engine/cpu/cpu_ops.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
-#include "engine/thread_pool.h"
+#include "engine/cpu/thread_pool.h"
 
 namespace sbserve {
 namespace {

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/config.h"
-#include "engine/safetensors.h"
+#include "engine/model/config.h"
+#include "engine/model/safetensors.h"
 
 namespace sbserve {
 

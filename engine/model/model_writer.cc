@@ -1,4 +1,4 @@
-#include "engine/model_writer.h"
+#include "engine/model/model_writer.h"
 
 #include <unistd.h>
 
@@ -13,9 +13,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/demo_model/embedded.h"
-#include "engine/checkpoint.h"
-#include "engine/dtype.h"
-#include "engine/safetensors.h"
+#include "engine/model/checkpoint.h"
+#include "engine/model/dtype.h"
+#include "engine/model/safetensors.h"
 #include "nlohmann/json.hpp"
 #ifdef SBSERVE_HAVE_TOKENIZER
 #include "engine/tokenizer/tokenizer.h"
