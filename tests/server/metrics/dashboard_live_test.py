@@ -469,6 +469,29 @@ def expectations(load, ctx):
             fail("engine busy fraction %s: expected cpu:0 in (0, 1]" % got)
 
     expect["Engine busy fraction"] = busy
+    # Prefix cache: the short prompts of this load fill no block, so nothing is hit, but every
+    # scheduled prompt is looked up, and the blocks of finished requests stay cached (generated
+    # tokens fill them).
+    def prefix_rates(whole):
+        queried = whole["queried"][""] * W
+        hit = whole["hit"][""] * W
+        near(queried, ctx["counter"]("sbserve_prefix_cache_queries_total"), "prefix cache queried tokens vs the counter")
+        near(hit, ctx["counter"]("sbserve_prefix_cache_hits_total"), "prefix cache hit tokens vs the counter")
+        if queried < len(load.ttft):
+            fail("prefix cache queried tokens %.1f: fewer than one per completed request" % queried)
+        if hit > queried + 1e-6:
+            fail("prefix cache hits %.1f above queries %.1f" % (hit, queried))
+
+    expect["Prefix cache: looked-up and hit prompt tokens / s"] = prefix_rates
+
+    def cached_free(whole, ranged):
+        vals = finite(ranged["{{instance}}"])
+        if not vals or min(vals) < 0:
+            fail("cached free KV blocks: %s" % vals[:20])
+        if max(vals) <= 0:
+            fail("cached free KV blocks never above 0 after requests with full blocks finished")
+
+    expect["Cached free KV blocks"] = cached_free
     # NVML gauges exist only on the CUDA backend: on this CPU run the panels must parse and be empty.
     for title in ("GPU memory", "GPU utilization", "GPU SM clock"):
         expect[title] = "empty"
