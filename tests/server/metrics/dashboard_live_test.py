@@ -289,7 +289,11 @@ REQUEST_BUCKETS = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 
                    0.75, 1, 2.5, 5, 7.5, 10, 20, 30, 40, 60, 120, 300]
 
 
-def near(value, expected, what, rel=0.12, absolute=0.6):
+# rate(x[W]) * W over the whole load is Prometheus' extrapolated increase, not the counter: when the
+# load's first samples sit near the window's start it extrapolates past them. Seen up to 13% high
+# on a loaded 2-core machine (generated tokens 1556 against a counter of 1374), hence 20%: the
+# planted bugs these checks are for (a counter doubled, missed, or on the wrong series) are far off.
+def near(value, expected, what, rel=0.20, absolute=0.6):
     if not (abs(value - expected) <= rel * expected + absolute):
         fail("%s: %.3f, expected %.3f" % (what, value, expected))
 
