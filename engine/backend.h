@@ -57,6 +57,23 @@ class Backend {
   }
 };
 
+// Delegates every call to another backend; a wrapper (fault injection, instrumentation) derives
+// from it and overrides only what it changes.
+class ForwardingBackend : public Backend {
+ public:
+  explicit ForwardingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return inner_->name(); }
+  const ModelConfig& config() const override { return inner_->config(); }
+  int64_t KvBytesPerToken() const override { return inner_->KvBytesPerToken(); }
+  absl::Status InitKvCache(const KvCacheShape& shape) override { return inner_->InitKvCache(shape); }
+  KvCacheShape kv_cache_shape() const override { return inner_->kv_cache_shape(); }
+  absl::Status Forward(const Batch& batch, std::span<float> logits) override { return inner_->Forward(batch, logits); }
+  absl::StatusOr<MemoryInfo> Memory() const override { return inner_->Memory(); }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+};
+
 // A backend error after which the device cannot be trusted any more (a sticky CUDA error: illegal
 // address, ECC, launch failure): the status carries a payload under this URL. The engine stops
 // taking work and the server drains and exits non-zero, so that the process is restarted.

@@ -24,26 +24,20 @@ namespace {
 // Testing only (SBSERVE_TEST_FATAL_TOKEN=ID): a step whose batch holds token ID at position 1 of
 // a sequence fails with a fatal device error, as a sticky CUDA error would. It lets a test drive
 // the real binary through the fatal path (drain, exit 3) without breaking a GPU.
-class FatalTokenBackend final : public sbserve::Backend {
+class FatalTokenBackend final : public sbserve::ForwardingBackend {
  public:
-  FatalTokenBackend(std::unique_ptr<sbserve::Backend> inner, int32_t token) : inner_(std::move(inner)), token_(token) {}
-  std::string name() const override { return inner_->name(); }
-  const sbserve::ModelConfig& config() const override { return inner_->config(); }
-  int64_t KvBytesPerToken() const override { return inner_->KvBytesPerToken(); }
-  absl::Status InitKvCache(const sbserve::KvCacheShape& shape) override { return inner_->InitKvCache(shape); }
-  sbserve::KvCacheShape kv_cache_shape() const override { return inner_->kv_cache_shape(); }
-  absl::StatusOr<sbserve::MemoryInfo> Memory() const override { return inner_->Memory(); }
+  FatalTokenBackend(std::unique_ptr<sbserve::Backend> inner, int32_t token)
+      : ForwardingBackend(std::move(inner)), token_(token) {}
   absl::Status Forward(const sbserve::Batch& batch, std::span<float> logits) override {
     for (size_t t = 0; t < batch.tokens.size(); ++t) {
       if (batch.tokens[t] == token_ && batch.positions[t] == 1) {
         return sbserve::MarkFatalBackendError(absl::InternalError("injected fatal device error (SBSERVE_TEST_FATAL_TOKEN)"));
       }
     }
-    return inner_->Forward(batch, logits);
+    return ForwardingBackend::Forward(batch, logits);
   }
 
  private:
-  std::unique_ptr<sbserve::Backend> inner_;
   int32_t token_;
 };
 

@@ -23,15 +23,10 @@ namespace sbserve {
 namespace {
 
 // Delegates to the real backend; forward calls listed in `fail` (0-based) fail instead.
-class FaultyBackend final : public Backend {
+class FaultyBackend final : public ForwardingBackend {
  public:
   FaultyBackend(std::unique_ptr<Backend> inner, std::shared_ptr<std::atomic<int>> plan, bool fatal)
-      : inner_(std::move(inner)), plan_(std::move(plan)), fatal_(fatal) {}
-  std::string name() const override { return inner_->name(); }
-  const ModelConfig& config() const override { return inner_->config(); }
-  int64_t KvBytesPerToken() const override { return inner_->KvBytesPerToken(); }
-  absl::Status InitKvCache(const KvCacheShape& shape) override { return inner_->InitKvCache(shape); }
-  KvCacheShape kv_cache_shape() const override { return inner_->kv_cache_shape(); }
+      : ForwardingBackend(std::move(inner)), plan_(std::move(plan)), fatal_(fatal) {}
   absl::Status Forward(const Batch& batch, std::span<float> logits) override {
     // plan > 0: that many more forward calls fail; 0: succeed.
     if (plan_->load() > 0) {
@@ -39,11 +34,10 @@ class FaultyBackend final : public Backend {
       absl::Status st = absl::InternalError("injected: cublasGemmEx failed");
       return fatal_ ? MarkFatalBackendError(absl::InternalError("injected: an illegal memory access")) : st;
     }
-    return inner_->Forward(batch, logits);
+    return ForwardingBackend::Forward(batch, logits);
   }
 
  private:
-  std::unique_ptr<Backend> inner_;
   std::shared_ptr<std::atomic<int>> plan_;
   bool fatal_;
 };

@@ -321,21 +321,15 @@ TEST(DataParallel, DrainLetsBothEnginesFinish) {
 }
 
 // Delegates to the real backend; every forward call fails while `fail` is set.
-class FailingBackend final : public Backend {
+class FailingBackend final : public ForwardingBackend {
  public:
-  FailingBackend(std::unique_ptr<Backend> inner, bool fatal) : inner_(std::move(inner)), fatal_(fatal) {}
-  std::string name() const override { return inner_->name(); }
-  const ModelConfig& config() const override { return inner_->config(); }
-  int64_t KvBytesPerToken() const override { return inner_->KvBytesPerToken(); }
-  absl::Status InitKvCache(const KvCacheShape& shape) override { return inner_->InitKvCache(shape); }
-  KvCacheShape kv_cache_shape() const override { return inner_->kv_cache_shape(); }
+  FailingBackend(std::unique_ptr<Backend> inner, bool fatal) : ForwardingBackend(std::move(inner)), fatal_(fatal) {}
   absl::Status Forward(const Batch&, std::span<float>) override {
     absl::Status st = absl::InternalError("injected: cublasGemmEx failed");
     return fatal_ ? MarkFatalBackendError(absl::InternalError("injected: an illegal memory access")) : st;
   }
 
  private:
-  std::unique_ptr<Backend> inner_;
   bool fatal_;
 };
 
