@@ -32,6 +32,26 @@ bool HaveGpu() {
   return ok;
 }
 
+// The 3B-shaped random checkpoint of these tests, written once per process.
+const Checkpoint& SmallCheckpoint() {
+  static const Checkpoint* ckpt = [] {
+    const std::string dir =
+        (fs::temp_directory_path() / ("sbserve_cuda_engine" + std::to_string(::getpid()))).string();
+    fs::remove_all(dir);
+    CreateOptions co;
+    co.preset = "small-3b";
+    co.variant = "R1";
+    co.dtype = "bf16";
+    co.seed = 31;
+    co.tokenizer = false;
+    EXPECT_TRUE(WriteRandomCheckpoint(dir, co).ok());
+    auto c = Checkpoint::Open(dir);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->release() : nullptr;
+  }();
+  return *ckpt;
+}
+
 struct Result {
   std::vector<int32_t> ids;
   GenerateEvent final;
@@ -91,22 +111,12 @@ std::map<std::string, Result> RunAll(const Checkpoint& ckpt, int kv_blocks, int 
 
 TEST(CudaEngine, PreemptedRequestsFinishWithTheSameGreedyTokens) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
-  const std::string dir = (fs::temp_directory_path() / ("sbserve_cuda_engine" + std::to_string(::getpid()))).string();
-  fs::remove_all(dir);
-  CreateOptions co;
-  co.preset = "small-3b";
-  co.variant = "R1";
-  co.dtype = "bf16";
-  co.seed = 31;
-  co.tokenizer = false;
-  ASSERT_TRUE(WriteRandomCheckpoint(dir, co).ok());
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const Checkpoint& ckpt = SmallCheckpoint();
   const int n = 12;
   // Each request needs up to 69 + 80 = 149 tokens (10 blocks): 12 of them need ~110 blocks.
   uint64_t pre_big = 0, pre_small = 0;
-  auto roomy = RunAll(**ckpt, 512, n, &pre_big);
-  auto tight = RunAll(**ckpt, 24, n, &pre_small);
+  auto roomy = RunAll(ckpt, 512, n, &pre_big);
+  auto tight = RunAll(ckpt, 24, n, &pre_small);
   EXPECT_EQ(pre_big, 0u);
   EXPECT_GT(pre_small, 0u) << "the small cache did not force a preemption";
   std::printf("preemptions with 24 blocks: %llu\n", static_cast<unsigned long long>(pre_small));
@@ -132,21 +142,11 @@ TEST(CudaEngine, PreemptedRequestsFinishWithTheSameGreedyTokens) {
 // on the same device at a lower utilization gets a smaller cache, not an out-of-memory error.
 TEST(CudaEngine, AutoKvCacheFillsTheDeviceUpToTheUtilization) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
-  const std::string dir = (fs::temp_directory_path() / ("sbserve_cuda_cap" + std::to_string(::getpid()))).string();
-  fs::remove_all(dir);
-  CreateOptions co;
-  co.preset = "small-3b";
-  co.variant = "R1";
-  co.dtype = "bf16";
-  co.seed = 5;
-  co.tokenizer = false;
-  ASSERT_TRUE(WriteRandomCheckpoint(dir, co).ok());
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const Checkpoint& ckpt = SmallCheckpoint();
   size_t free0 = 0, total = 0;
   ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
   const double util = 0.5;
-  auto backend = CreateCudaBackend(**ckpt, {});
+  auto backend = CreateCudaBackend(ckpt, {});
   ASSERT_TRUE(backend.ok()) << backend.status();
   EngineOptions o;
   o.gpu_memory_utilization = util;
@@ -167,7 +167,7 @@ TEST(CudaEngine, AutoKvCacheFillsTheDeviceUpToTheUtilization) {
   EXPECT_GE((*engine)->options().max_queued_tokens, int64_t{plan.num_blocks} * 16);
 
   // Another engine on the same device at 0.7: it sees the first one's memory as in use.
-  auto backend2 = CreateCudaBackend(**ckpt, {});
+  auto backend2 = CreateCudaBackend(ckpt, {});
   ASSERT_TRUE(backend2.ok()) << backend2.status();
   EngineOptions o2;
   o2.gpu_memory_utilization = 0.7;
@@ -176,32 +176,11 @@ TEST(CudaEngine, AutoKvCacheFillsTheDeviceUpToTheUtilization) {
   std::printf("%s\n", (*engine2)->capacity().summary.c_str());
   EXPECT_LT((*engine2)->capacity().num_blocks, plan.num_blocks);
   // And one at 0.5 does not fit at all: refused with the numbers, not an out-of-memory crash.
-  auto backend3 = CreateCudaBackend(**ckpt, {});
+  auto backend3 = CreateCudaBackend(ckpt, {});
   ASSERT_TRUE(backend3.ok()) << backend3.status();
   auto engine3 = Engine::CreateWithCodec(o, *std::move(backend3), nullptr);
   ASSERT_FALSE(engine3.ok());
   EXPECT_NE(engine3.status().message().find("--gpu-memory-utilization"), std::string::npos) << engine3.status();
-  fs::remove_all(dir);
-}
-
-// The 3B-shaped random checkpoint of these tests, written once per process.
-const Checkpoint& SmallCheckpoint() {
-  static const Checkpoint* ckpt = [] {
-    const std::string dir =
-        (fs::temp_directory_path() / ("sbserve_cuda_prefix" + std::to_string(::getpid()))).string();
-    fs::remove_all(dir);
-    CreateOptions co;
-    co.preset = "small-3b";
-    co.variant = "R1";
-    co.dtype = "bf16";
-    co.seed = 31;
-    co.tokenizer = false;
-    EXPECT_TRUE(WriteRandomCheckpoint(dir, co).ok());
-    auto c = Checkpoint::Open(dir);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? c->release() : nullptr;
-  }();
-  return *ckpt;
 }
 
 double RelL2(const std::vector<float>& got, const std::vector<float>& want) {
