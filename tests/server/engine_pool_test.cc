@@ -11,42 +11,14 @@
 
 #include "gtest/gtest.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "tests/server/collector.h"
 #include "tests/server/fake_backend.h"
 
 namespace sbserve {
 namespace {
 
-class Collector {
- public:
-  EventSink Sink() {
-    return [this](GenerateEvent e) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (e.finished) {
-        final_ = std::move(e);
-        done_ = true;
-        cv_.notify_all();
-      }
-    };
-  }
-  bool Wait(absl::Duration timeout = absl::Seconds(20)) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return done_; });
-  }
-  bool done() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return done_;
-  }
-  GenerateEvent final() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return final_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  GenerateEvent final_;
-  bool done_ = false;
-};
+using testing::Collector;
+constexpr absl::Duration kWait = absl::Seconds(20);
 
 // `first` is the first token of the prompt: prompts with the same `first` share their first block.
 GenerateRequest Req(const std::string& id, int prompt_len, int max_tokens, int first = 1) {
@@ -139,7 +111,7 @@ TEST(EnginePool, IdleEnginesTakeTurns) {
       Collector c;
       // Each prompt starts differently: no affinity.
       ASSERT_TRUE(pool->Submit(Req("r" + std::to_string(round * 3 + i), 20, 4, round * 3 + i), c.Sink()).ok());
-      ASSERT_TRUE(c.Wait());
+      ASSERT_TRUE(c.Wait(kWait));
       ASSERT_EQ(c.final().finish_reason, FinishReason::kLength);
     }
   }
@@ -153,13 +125,13 @@ TEST(EnginePool, SamePrefixGoesWhereItWentUnlessThatEngineIsMuchBusier) {
     std::vector<uint64_t> before = Routed(*pool);
     ASSERT_TRUE(pool->Submit(Req("a", 40, 2, 11), a.Sink()).ok());
     const int first = RoutedTo(*pool, before);
-    ASSERT_TRUE(a.Wait());
+    ASSERT_TRUE(a.Wait(kWait));
     // Idle again: round-robin alone would pick the other engine.
     Collector b;
     before = Routed(*pool);
     ASSERT_TRUE(pool->Submit(Req("b", 40, 2, 11), b.Sink()).ok());
     EXPECT_EQ(RoutedTo(*pool, before), first);
-    ASSERT_TRUE(b.Wait());
+    ASSERT_TRUE(b.Wait(kWait));
     // Far busier (300 of 1024 tokens against 0, beyond the default slack of 0.05): least loaded wins.
     Collector load;
     ASSERT_TRUE(pool->engine(first).Submit(Req("load", 300, 200, 30), load.Sink()).ok());
@@ -167,9 +139,9 @@ TEST(EnginePool, SamePrefixGoesWhereItWentUnlessThatEngineIsMuchBusier) {
     before = Routed(*pool);
     ASSERT_TRUE(pool->Submit(Req("c", 40, 2, 11), c.Sink()).ok());
     EXPECT_EQ(RoutedTo(*pool, before), 1 - first);
-    ASSERT_TRUE(c.Wait());
+    ASSERT_TRUE(c.Wait(kWait));
     pool->engine(first).Abort({"load"});  // submitted to the engine directly, not through the pool
-    ASSERT_TRUE(load.Wait());
+    ASSERT_TRUE(load.Wait(kWait));
   }
   // With affinity off the same two requests alternate.
   EnginePoolOptions off;
@@ -178,7 +150,7 @@ TEST(EnginePool, SamePrefixGoesWhereItWentUnlessThatEngineIsMuchBusier) {
   for (int i = 0; i < 2; ++i) {
     Collector c;
     ASSERT_TRUE(plain->Submit(Req("p" + std::to_string(i), 40, 2, 11), c.Sink()).ok());
-    ASSERT_TRUE(c.Wait());
+    ASSERT_TRUE(c.Wait(kWait));
   }
   EXPECT_EQ(plain->routed(0), 1u);
   EXPECT_EQ(plain->routed(1), 1u);
@@ -198,17 +170,17 @@ TEST(EnginePool, AbortFindsTheRequestOnItsEngineAndIdsAreUniqueAcrossEngines) {
   Collector dup;
   EXPECT_EQ(pool->Submit(Req("b", 5, 5, 3), dup.Sink()).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(pool->Abort({"nope", "b"}), std::vector<std::string>{"b"});
-  ASSERT_TRUE(b.Wait());
+  ASSERT_TRUE(b.Wait(kWait));
   EXPECT_EQ(b.final().finish_reason, FinishReason::kCancelled);
   EXPECT_FALSE(a.done());
   EXPECT_EQ(pool->EngineStatsAt(ea).running + pool->EngineStatsAt(ea).waiting, 1);
   // Once b has ended its id is free again.
   Collector again;
   ASSERT_TRUE(pool->Submit(Req("b", 5, 2, 3), again.Sink()).ok());
-  ASSERT_TRUE(again.Wait());
+  ASSERT_TRUE(again.Wait(kWait));
   EXPECT_EQ(again.final().finish_reason, FinishReason::kLength);
   EXPECT_EQ(pool->Abort({"a"}), std::vector<std::string>{"a"});
-  ASSERT_TRUE(a.Wait());
+  ASSERT_TRUE(a.Wait(kWait));
   EXPECT_EQ(a.final().finish_reason, FinishReason::kCancelled);
 }
 
@@ -226,8 +198,8 @@ TEST(EnginePool, DrainWaitsForEveryEngine) {
   // between the two): the counts say whether both had ended; then wait for the events.
   EXPECT_EQ(pool->EngineStatsAt(0).requests_finished, 1u);
   EXPECT_EQ(pool->EngineStatsAt(1).requests_finished, 1u);
-  ASSERT_TRUE(shorter.Wait());
-  ASSERT_TRUE(longer.Wait());
+  ASSERT_TRUE(shorter.Wait(kWait));
+  ASSERT_TRUE(longer.Wait(kWait));
   EXPECT_EQ(longer.final().finish_reason, FinishReason::kLength);
   EXPECT_TRUE(pool->Stats().draining);
   Collector late;
@@ -242,7 +214,7 @@ TEST(EnginePool, AnEngineTakenOutGetsNoNewRequests) {
   for (int i = 0; i < 4; ++i) {
     Collector c;
     ASSERT_TRUE(pool->Submit(Req("t" + std::to_string(i), 10, 2, i), c.Sink()).ok());
-    ASSERT_TRUE(c.Wait());
+    ASSERT_TRUE(c.Wait(kWait));
   }
   EXPECT_EQ(pool->routed(0), 0u);
   EXPECT_EQ(pool->routed(1), 4u);
@@ -268,8 +240,8 @@ TEST(EnginePool, TotalsAreTheSumsOfTheEngines) {
   EXPECT_EQ(t.kv_block_size, 16);
   pool->engine(0).Abort({"a"});
   pool->engine(1).Abort({"b"});
-  ASSERT_TRUE(a.Wait());
-  ASSERT_TRUE(b.Wait());
+  ASSERT_TRUE(a.Wait(kWait));
+  ASSERT_TRUE(b.Wait(kWait));
   EXPECT_EQ(pool->Stats().requests_finished, 2u);
 }
 

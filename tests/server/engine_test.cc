@@ -12,49 +12,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/server/collector.h"
 #include "tests/server/fake_backend.h"
 
 namespace sbserve {
 namespace {
 
-// Collects a request's events; Wait() blocks until the final one.
-class Collector {
- public:
-  EventSink Sink() {
-    return [this](GenerateEvent e) {
-      std::lock_guard<std::mutex> lock(mu_);
-      ids_.insert(ids_.end(), e.token_ids.begin(), e.token_ids.end());
-      if (e.finished) {
-        final_ = std::move(e);
-        done_ = true;
-        cv_.notify_all();
-      }
-    };
-  }
-  bool Wait(absl::Duration timeout = absl::Seconds(10)) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return done_; });
-  }
-  GenerateEvent final() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return final_;
-  }
-  size_t num_ids() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return ids_.size();
-  }
-  std::vector<int32_t> ids() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return ids_;
-  }
+using testing::Collector;
 
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<int32_t> ids_;
-  GenerateEvent final_;
-  bool done_ = false;
-};
 
 GenerateRequest Req(const std::string& id, int prompt_len, int max_tokens) {
   GenerateRequest r;
