@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "engine/batch.h"
 #include "engine/model/config.h"
+#include "engine/sampling_batch.h"
 
 namespace sbserve {
 
@@ -51,6 +52,15 @@ class Backend {
   // `logits` ([logit_rows.size(), vocab]).
   virtual absl::Status Forward(const Batch& batch, std::span<float> logits) = 0;
 
+  // A backend that samples on its own device runs the model and draws the token of every logit row
+  // there (sampling.rows parallel to batch.logit_rows); only ids and logprobs come back. The CPU
+  // backend does not: the scheduler then samples on the host from Forward's logits.
+  virtual bool samples_on_device() const { return false; }
+  virtual absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) {
+    (void)batch, (void)sampling, (void)out;
+    return absl::UnimplementedError("this backend does not sample on its device");
+  }
+
   // For KV sizing (engine/capacity.h). UNIMPLEMENTED by default (test fakes).
   virtual absl::StatusOr<MemoryInfo> Memory() const {
     return absl::UnimplementedError("backend reports no memory information");
@@ -68,6 +78,10 @@ class ForwardingBackend : public Backend {
   absl::Status InitKvCache(const KvCacheShape& shape) override { return inner_->InitKvCache(shape); }
   KvCacheShape kv_cache_shape() const override { return inner_->kv_cache_shape(); }
   absl::Status Forward(const Batch& batch, std::span<float> logits) override { return inner_->Forward(batch, logits); }
+  bool samples_on_device() const override { return inner_->samples_on_device(); }
+  absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) override {
+    return inner_->ForwardSample(batch, sampling, out);
+  }
   absl::StatusOr<MemoryInfo> Memory() const override { return inner_->Memory(); }
 
  private:

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <random>
 
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
+#include "engine/sampling_math.h"
 
 namespace sbserve {
 
@@ -29,31 +31,34 @@ absl::Status SamplingParams::Validate() const {
 }
 
 SequenceSampler::SequenceSampler(const SamplingParams& params, std::span<const int32_t> prompt)
-    : params_(params), rng_(params.has_seed ? params.seed : std::random_device{}()) {
+    : params_(params), position_(static_cast<int64_t>(prompt.size())) {
+  if (params_.has_seed) {
+    seed_ = params_.seed;
+  } else {
+    std::random_device rd;
+    seed_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }
   if (params_.repetition_penalty != 1.0f) {
     for (int32_t t : prompt) prompt_seen_[t] = 1;
   }
 }
 
-void SequenceSampler::ApplyPenalties(std::span<float> logits) const {
+void ApplyAdjustments(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits) {
   const int64_t V = static_cast<int64_t>(logits.size());
-  if (params_.repetition_penalty != 1.0f) {
-    auto penalise = [&](int32_t t) {
-      if (t < 0 || t >= V) return;
-      float& l = logits[t];
-      l = l > 0.f ? l / params_.repetition_penalty : l * params_.repetition_penalty;
-    };
-    for (const auto& [t, unused] : prompt_seen_) penalise(t);
-    for (const auto& [t, unused] : output_counts_) {
-      if (!prompt_seen_.count(t)) penalise(t);
-    }
+  for (const LogitAdjust& a : adjust) {
+    if (a.token < 0 || a.token >= V) continue;
+    float& l = logits[a.token];
+    l = a.banned ? -std::numeric_limits<float>::infinity()
+                 : sampling::Penalize(l, a.seen != 0, a.output_count, row.repetition_penalty,
+                                      row.frequency_penalty, row.presence_penalty);
   }
-  if (params_.frequency_penalty != 0.f || params_.presence_penalty != 0.f) {
-    for (const auto& [t, n] : output_counts_) {
-      if (t < 0 || t >= V) continue;
-      logits[t] -= params_.frequency_penalty * static_cast<float>(n) + params_.presence_penalty;
-    }
-  }
+}
+
+void SequenceSampler::ApplyPenalties(std::span<float> logits) const {
+  RowSampling row;
+  std::vector<LogitAdjust> adjust;
+  Describe({}, -1, &row, &adjust);
+  ApplyAdjustments(row, adjust, logits);
 }
 
 void SequenceSampler::LogSoftmax(std::span<const float> logits, std::vector<float>& out) {
@@ -66,102 +71,131 @@ void SequenceSampler::LogSoftmax(std::span<const float> logits, std::vector<floa
   for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - lse;
 }
 
-int32_t SequenceSampler::Sample(std::span<float> logits) {
-  ApplyPenalties(logits);
+int32_t DrawToken(const RowSampling& row, std::span<const float> logits, SamplingScratch& scratch) {
   const int32_t V = static_cast<int32_t>(logits.size());
-  int32_t chosen = 0;
-  if (params_.temperature == 0.f) {
-    chosen = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  } else if (params_.top_k == 0 && params_.top_p >= 1.0f && params_.min_p <= 0.f) {
-    // No filter: draw straight from the softmax, no sort.
-    const float inv_t = 1.0f / params_.temperature;
-    const float mx = *std::max_element(logits.begin(), logits.end()) * inv_t;
-    double total = 0;
-    for (int32_t i = 0; i < V; ++i) total += std::exp(static_cast<double>(logits[i]) * inv_t - mx);
-    std::uniform_real_distribution<double> uniform(0.0, total);
-    const double u = uniform(rng_);
-    double cum = 0;
-    chosen = V - 1;
-    for (int32_t i = 0; i < V; ++i) {
-      cum += std::exp(static_cast<double>(logits[i]) * inv_t - mx);
-      if (u < cum) {
-        chosen = i;
-        break;
+  if (V == 0) return 0;
+  if (row.temperature == 0.f) {
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  std::vector<float>& z = scratch.z;
+  z.resize(static_cast<size_t>(V));
+  for (int32_t i = 0; i < V; ++i) z[i] = sampling::Tempered(logits[i], row.inv_temperature);
+  double best_key = -std::numeric_limits<double>::infinity();
+  int32_t best = -1;
+  auto consider = [&](int32_t i) {
+    const double key = static_cast<double>(z[i]) + sampling::Gumbel(row.seed, row.position, i);
+    if (best < 0 || key > best_key || (key == best_key && i < best)) {
+      best_key = key;
+      best = i;
+    }
+  };
+  if (!row.filtered()) {
+    for (int32_t i = 0; i < V; ++i) consider(i);
+    return best;
+  }
+  std::vector<int32_t>& idx = scratch.idx;
+  idx.resize(static_cast<size_t>(V));
+  std::iota(idx.begin(), idx.end(), 0);
+  auto ranks_before = [&](int32_t a, int32_t b) { return sampling::RanksBefore(z[a], a, z[b], b); };
+  int32_t keep = V;
+  // Top-k: the k best-ranked in front (unordered), then top-p and min-p over them.
+  if (row.top_k > 0 && row.top_k < V) {
+    std::nth_element(idx.begin(), idx.begin() + row.top_k, idx.end(), ranks_before);
+    keep = row.top_k;
+  }
+  const float z_max = *std::max_element(z.begin(), z.end());
+  std::vector<double>& w = scratch.w;  // by token id, set for the top-k survivors only
+  w.resize(static_cast<size_t>(V));
+  for (int32_t j = 0; j < keep; ++j) w[idx[j]] = sampling::Weight(z[idx[j]], z_max);
+  if (row.top_p < 1.0f) {
+    // The shortest best-ranked prefix with weight >= top_p of the top-k weight, by a
+    // weight-guided quickselect: O(V) expected instead of sorting the vocabulary (a flat 49k-token
+    // row is the worst case).
+    double kept_mass = 0;
+    for (int32_t j = 0; j < keep; ++j) kept_mass += w[idx[j]];
+    const double target = static_cast<double>(row.top_p) * kept_mass;
+    int32_t lo = 0, hi = keep;
+    double acc = 0;  // weight of [0, lo), all ranked before [lo, keep)
+    while (hi - lo > 64) {
+      const int32_t mid = lo + (hi - lo) / 2;
+      std::nth_element(idx.begin() + lo, idx.begin() + mid, idx.begin() + hi, ranks_before);
+      double m = 0;
+      for (int32_t j = lo; j < mid; ++j) m += w[idx[j]];
+      if (acc + m >= target) {
+        hi = mid;
+      } else {
+        acc += m;
+        lo = mid;
       }
     }
-  } else {
-    const float inv_t = 1.0f / params_.temperature;
-    // Probabilities over the whole vocabulary.
-    const float mx = *std::max_element(logits.begin(), logits.end()) * inv_t;
-    probs_.resize(static_cast<size_t>(V));
-    double total = 0;
-    for (int32_t i = 0; i < V; ++i) total += probs_[i] = std::exp(static_cast<double>(logits[i]) * inv_t - mx);
-    for (double& p : probs_) p /= total;
-    scratch_idx_.resize(static_cast<size_t>(V));
-    std::iota(scratch_idx_.begin(), scratch_idx_.end(), 0);
-    auto by_prob = [&](int32_t a, int32_t b) { return probs_[a] > probs_[b] || (probs_[a] == probs_[b] && a < b); };
-    const int32_t k_cap = params_.top_k > 0 ? std::min(params_.top_k, V) : V;
-    int32_t keep = V;
-    // Top-k: the k most probable in front (unordered), then top-p and min-p over them.
-    if (k_cap < V) {
-      std::nth_element(scratch_idx_.begin(), scratch_idx_.begin() + k_cap, scratch_idx_.end(), by_prob);
-      keep = k_cap;
+    std::sort(idx.begin() + lo, idx.begin() + hi, ranks_before);
+    int32_t n = lo;
+    while (n < hi && acc < target) acc += w[idx[n++]];
+    keep = std::max(1, n);
+  }
+  if (row.min_p > 0.f) {
+    // The top token's weight is exp(0) = 1, so the floor is min_p itself.
+    const double floor = static_cast<double>(row.min_p);
+    int32_t n = 0;
+    for (int32_t j = 0; j < keep; ++j) {
+      if (w[idx[j]] >= floor) idx[n++] = idx[j];
     }
-    if (params_.top_p < 1.0f) {
-      // The smallest most-probable set with mass >= top_p, by a mass-weighted quickselect: O(V)
-      // expected instead of sorting the vocabulary (a flat 49k-token row is the worst case).
-      // Over the top-k survivors renormalised, as HF and vLLM apply top-p after top-k.
-      double kept_mass = 1.0;
-      if (keep < V) {
-        kept_mass = 0;
-        for (int32_t i = 0; i < keep; ++i) kept_mass += probs_[scratch_idx_[i]];
-      }
-      const double target = params_.top_p * kept_mass;
-      int32_t lo = 0, hi = keep;
-      double acc = 0;  // mass of [0, lo), all more probable than [lo, keep)
-      while (hi - lo > 64) {
-        const int32_t mid = lo + (hi - lo) / 2;
-        std::nth_element(scratch_idx_.begin() + lo, scratch_idx_.begin() + mid, scratch_idx_.begin() + hi, by_prob);
-        double m = 0;
-        for (int32_t i = lo; i < mid; ++i) m += probs_[scratch_idx_[i]];
-        if (acc + m >= target) {
-          hi = mid;
-        } else {
-          acc += m;
-          lo = mid;
-        }
-      }
-      std::sort(scratch_idx_.begin() + lo, scratch_idx_.begin() + hi, by_prob);
-      int32_t n = lo;
-      while (n < hi && acc < target) acc += probs_[scratch_idx_[n++]];
-      keep = std::max(1, n);
-    }
-    if (params_.min_p > 0.f) {
-      double p_max = 0;
-      for (int32_t i = 0; i < keep; ++i) p_max = std::max(p_max, probs_[scratch_idx_[i]]);
-      const double floor = params_.min_p * p_max;
-      int32_t n = 0;
-      for (int32_t i = 0; i < keep; ++i) {
-        if (probs_[scratch_idx_[i]] >= floor) scratch_idx_[n++] = scratch_idx_[i];
-      }
-      keep = n;
-    }
-    double mass = 0;
-    for (int32_t i = 0; i < keep; ++i) mass += probs_[scratch_idx_[i]];
-    std::uniform_real_distribution<double> uniform(0.0, mass);
-    const double u = uniform(rng_);
-    double cum = 0;
-    chosen = scratch_idx_[keep - 1];
-    for (int32_t i = 0; i < keep; ++i) {
-      cum += probs_[scratch_idx_[i]];
-      if (u < cum) {
-        chosen = scratch_idx_[i];
-        break;
-      }
+    keep = n;
+  }
+  for (int32_t j = 0; j < keep; ++j) consider(idx[j]);
+  return best;
+}
+
+int32_t SequenceSampler::Sample(std::span<float> logits) {
+  RowSampling row;
+  std::vector<LogitAdjust> adjust;
+  Describe({}, -1, &row, &adjust);
+  ApplyAdjustments(row, adjust, logits);
+  const int32_t chosen = DrawToken(row, logits, scratch_);
+  Record(chosen);
+  return chosen;
+}
+
+void SequenceSampler::Record(int32_t token) {
+  ++output_counts_[token];
+  ++position_;
+}
+
+void SequenceSampler::Describe(std::span<const int32_t> banned, int32_t num_logprobs, RowSampling* row,
+                               std::vector<LogitAdjust>* adjust) const {
+  row->temperature = params_.temperature;
+  row->inv_temperature = params_.temperature > 0.f ? 1.0f / params_.temperature : 0.f;
+  row->top_k = params_.top_k;
+  row->top_p = params_.top_p;
+  row->min_p = params_.min_p;
+  row->repetition_penalty = params_.repetition_penalty;
+  row->presence_penalty = params_.presence_penalty;
+  row->frequency_penalty = params_.frequency_penalty;
+  row->seed = seed_;
+  row->position = position_;
+  row->num_logprobs = num_logprobs;
+  row->adjust_begin = static_cast<int32_t>(adjust->size());
+  // One entry per token that any adjustment touches; a token may be both penalised and banned.
+  std::unordered_map<int32_t, size_t> at;
+  auto entry = [&](int32_t t) -> LogitAdjust& {
+    auto [it, fresh] = at.emplace(t, adjust->size());
+    if (fresh) adjust->push_back(LogitAdjust{t, 0, 0, 0});
+    return (*adjust)[it->second];
+  };
+  const bool repetition = params_.repetition_penalty != 1.0f;
+  const bool counted = params_.frequency_penalty != 0.f || params_.presence_penalty != 0.f;
+  if (repetition) {
+    for (const auto& [t, unused] : prompt_seen_) entry(t).seen = 1;
+  }
+  if (repetition || counted) {
+    for (const auto& [t, n] : output_counts_) {
+      LogitAdjust& e = entry(t);
+      if (repetition) e.seen = 1;
+      if (counted) e.output_count = n;
     }
   }
-  ++output_counts_[chosen];
-  return chosen;
+  for (int32_t t : banned) entry(t).banned = 1;
+  row->adjust_end = static_cast<int32_t>(adjust->size());
 }
 
 }  // namespace sbserve

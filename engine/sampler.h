@@ -1,19 +1,24 @@
-// Token sampling with HF/vLLM semantics and a per-request RNG.
+// Token sampling with HF/vLLM semantics and a counter-based RNG (engine/sampling_math.h).
 //
 // Order of operations on one row of logits: repetition penalty (HF: divide positive logits,
 // multiply negative ones, for every token seen in prompt or output), frequency and presence
 // penalties (OpenAI: subtract freq * count + presence * [count > 0], output tokens only),
 // temperature (0 = greedy argmax), then the filters top-k, top-p (over the top-k renormalised),
 // min-p (relative to the most probable token), then a draw from what is left.
+//
+// The draw at position p of a request uses only (seed, p): the same seed gives the same token at
+// the same position from the same logits, whatever else is batched and after a preemption. This
+// CPU sampler is the reference of the device sampler (engine/cuda/device_sampler.h), which
+// implements the same steps with the same rounding.
 #pragma once
 
 #include <cstdint>
-#include <random>
 #include <span>
 #include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/sampling_batch.h"
 
 namespace sbserve {
 
@@ -31,15 +36,41 @@ struct SamplingParams {
   absl::Status Validate() const;  // names the bad field
 };
 
-// Per-request sampling state: RNG and token counts for the penalties.
+// Reusable buffers of a draw (one per thread).
+struct SamplingScratch {
+  std::vector<float> z;
+  std::vector<int32_t> idx;
+  std::vector<double> w;
+};
+
+// Draws one token from a row of already penalised logits under `row` (its temperature, filters,
+// seed and position; penalties and logprob fields are not read). Greedy rows take the first
+// maximum. Filtered rows keep the tokens ranked by (z desc, id asc) up to top_k, then the shortest
+// prefix whose weight reaches top_p of the top-k weight, then those with weight >= min_p of the
+// top one; the draw is the Gumbel-max over what is kept.
+int32_t DrawToken(const RowSampling& row, std::span<const float> logits, SamplingScratch& scratch);
+
+// Applies a row's penalties and bans (banned: -inf) to its logits in place.
+void ApplyAdjustments(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits);
+
+// Per-request sampling state: seed, next position and token counts for the penalties.
 class SequenceSampler {
  public:
   SequenceSampler(const SamplingParams& params, std::span<const int32_t> prompt);
 
   // Applies penalties to `logits` in place (exposed for tests).
   void ApplyPenalties(std::span<float> logits) const;
-  // Samples one token from a row of raw logits (modified in place) and records it as output.
+  // Samples one token from a row of raw logits (modified in place) at position(), and records it.
   int32_t Sample(std::span<float> logits);
+  // Records a token drawn elsewhere (the device sampler) from Describe()'s row.
+  void Record(int32_t token);
+  // The position the next draw fills: prompt length plus tokens drawn so far.
+  int64_t position() const { return position_; }
+  uint64_t seed() const { return seed_; }
+  // This sampler's next draw as a device sampler takes it: parameters, seed and position in `row`,
+  // and its penalised tokens plus `banned` appended to `adjust` (row's adjust range set).
+  void Describe(std::span<const int32_t> banned, int32_t num_logprobs, RowSampling* row,
+                std::vector<LogitAdjust>* adjust) const;
   // Log-softmax of a row. The scheduler applies it to the raw row before Sample, so reported
   // logprobs are under the model's raw distribution: before penalties, temperature and filters.
   static void LogSoftmax(std::span<const float> logits, std::vector<float>& out);
@@ -48,11 +79,11 @@ class SequenceSampler {
 
  private:
   SamplingParams params_;
-  std::mt19937_64 rng_;
+  uint64_t seed_ = 0;
+  int64_t position_ = 0;
   std::unordered_map<int32_t, int32_t> prompt_seen_;   // token -> 1 (repetition penalty)
   std::unordered_map<int32_t, int32_t> output_counts_; // token -> count
-  std::vector<int32_t> scratch_idx_;
-  std::vector<double> probs_;
+  SamplingScratch scratch_;
 };
 
 }  // namespace sbserve

@@ -322,8 +322,25 @@ absl::Status Scheduler::Step(absl::Time now) {
   }
 
   const int64_t vocab = backend_->config().vocab_size;
-  logits_.resize(b.logit_rows.size() * static_cast<size_t>(vocab));
-  absl::Status st = backend_->Forward(b, std::span<float>(logits_));
+  const bool on_device = backend_->samples_on_device();
+  absl::Status st;
+  if (on_device) {
+    // Each logit row's draw as the device takes it, in logit-row order (the slots that end their
+    // sequence's tokens, as below).
+    sampling_.rows.clear();
+    sampling_.adjust.clear();
+    std::vector<int32_t> banned;
+    for (const Slot& s : slots) {
+      if (s.seq->num_computed + s.chunk != static_cast<int>(s.seq->tokens.size())) continue;
+      BannedTokens(s.seq, &banned);
+      sampling_.rows.emplace_back();
+      s.seq->sampler.Describe(banned, s.seq->req.logprobs, &sampling_.rows.back(), &sampling_.adjust);
+    }
+    st = backend_->ForwardSample(b, sampling_, &sampled_);
+  } else {
+    logits_.resize(b.logit_rows.size() * static_cast<size_t>(vocab));
+    st = backend_->Forward(b, std::span<float>(logits_));
+  }
   const absl::Time t1 = absl::Now();
   if (!st.ok()) {
     const absl::Status err = absl::InternalError(absl::StrCat("backend forward failed: ", st.message()));
@@ -353,6 +370,24 @@ absl::Status Scheduler::Step(absl::Time now) {
       p.seq = s.seq;
       picks.push_back(std::move(p));
     }
+  }
+  if (on_device) {
+    for (size_t i = 0; i < picks.size(); ++i) {
+      Pick& p = picks[i];
+      p.token = sampled_.tokens[i];
+      p.seq->sampler.Record(p.token);
+      const int n = p.seq->req.logprobs;
+      if (n < 0) continue;
+      p.lp.token_id = p.token;
+      p.lp.logprob = sampled_.logprobs[i];
+      const int k = static_cast<int>(std::min<int64_t>(n, vocab));
+      for (int j = 0; j < k; ++j) {
+        const size_t at = i * static_cast<size_t>(sampled_.top_n) + j;
+        p.lp.top.push_back({sampled_.top_ids[at], sampled_.top_logprobs[at]});
+      }
+    }
+    for (Pick& p : picks) OnToken(p.seq, p.token, std::move(p.lp), t1);
+    picks.clear();
   }
   // Each sequence samples with its own RNG, so rows are independent and the draw does not depend
   // on how they are spread over threads. Sampling a 49k vocabulary costs 30 us (greedy) to
@@ -390,6 +425,15 @@ absl::Status Scheduler::Step(absl::Time now) {
   return absl::OkStatus();
 }
 
+void Scheduler::BannedTokens(const Seq* seq, std::vector<int32_t>* banned) const {
+  // Before min_tokens, nothing that would end the sequence may be drawn.
+  banned->clear();
+  const GenerateRequest& req = seq->req;
+  if (seq->num_output() >= req.min_tokens) return;
+  if (!req.ignore_eos) banned->insert(banned->end(), options_.eos_ids.begin(), options_.eos_ids.end());
+  banned->insert(banned->end(), req.stop_token_ids.begin(), req.stop_token_ids.end());
+}
+
 int32_t Scheduler::SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) const {
   const GenerateRequest& req = seq->req;
   std::vector<float> logprobs;
@@ -404,17 +448,11 @@ int32_t Scheduler::SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) c
     for (int i = 0; i < k; ++i) lp->top.push_back({idx[i], logprobs[idx[i]]});
   }
 
-  // Before min_tokens, nothing that would end the sequence may be drawn.
-  if (seq->num_output() < req.min_tokens) {
-    const float ninf = -std::numeric_limits<float>::infinity();
-    if (!req.ignore_eos) {
-      for (int32_t e : options_.eos_ids) {
-        if (e >= 0 && e < static_cast<int32_t>(row.size())) row[e] = ninf;
-      }
-    }
-    for (int32_t e : req.stop_token_ids) {
-      if (e >= 0 && e < static_cast<int32_t>(row.size())) row[e] = ninf;
-    }
+  std::vector<int32_t> banned;
+  BannedTokens(seq, &banned);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int32_t e : banned) {
+    if (e >= 0 && e < static_cast<int32_t>(row.size())) row[e] = ninf;
   }
   const int32_t token = seq->sampler.Sample(row);
   if (req.logprobs >= 0) {

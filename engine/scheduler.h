@@ -108,6 +108,8 @@ class Scheduler {
   // Draws the next token of `seq` from its logit row (modified in place); thread-safe across
   // different sequences.
   int32_t SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) const;
+  // Tokens `seq` may not draw next: eos and stop ids before min_tokens.
+  void BannedTokens(const Seq* seq, std::vector<int32_t>* banned) const;
   // Appends the drawn token, checks stop conditions and emits events (engine thread, in order).
   void OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now);
   void Complete(Seq* seq, FinishReason reason, absl::Status status, absl::Time now);
@@ -135,6 +137,8 @@ class Scheduler {
   int step_prefix_hits_ = 0;
   Batch batch_;
   std::vector<float> logits_;
+  SamplingBatch sampling_;  // backends that sample on their device
+  SampledRows sampled_;
   std::unique_ptr<ThreadPool> sample_pool_;  // null: sample on the engine thread
 };
 

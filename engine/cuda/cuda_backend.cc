@@ -14,11 +14,15 @@
 #include "engine/backend.h"
 #include "engine/model/checkpoint.h"
 #include "engine/cuda/cuda_ops.h"
+#include "engine/cuda/device_buffer.h"
+#include "engine/cuda/device_sampler.h"
 #include "kernels/cuda_check.h"
 #include "kernels/sb_attn.h"
 
 namespace sbserve {
 namespace {
+
+using cuda::DeviceBuffer;
 
 #define SB_CUBLAS_RETURN_IF_ERROR(stmt)                                                              \
   do {                                                                                               \
@@ -50,36 +54,6 @@ absl::Status Trace(cudaStream_t stream, const char* op, absl::Status st) {
   std::fprintf(stderr, " ok\n");
   return absl::OkStatus();
 }
-
-// Grow-only device allocation.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  absl::Status Reserve(size_t bytes, bool* moved = nullptr) {
-    if (bytes <= bytes_) return absl::OkStatus();
-    if (moved) *moved = true;
-    if (ptr_) cudaFree(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-    SB_CUDA_RETURN_IF_ERROR(cudaMalloc(&ptr_, std::max<size_t>(bytes, 256)));
-    bytes_ = std::max<size_t>(bytes, 256);
-    return absl::OkStatus();
-  }
-  size_t bytes() const { return bytes_; }
-  template <typename T = void>
-  T* get() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
 
 struct LayerWeights {
   DeviceBuffer attn_w, proj_w, fc_w, fc_proj_w;                             // bf16
@@ -131,6 +105,8 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status Forward(const Batch& batch, std::span<float> logits) override;
+  bool samples_on_device() const override { return device_sampling_; }
+  absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) override;
 
   absl::StatusOr<MemoryInfo> Memory() const override {
     SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -143,7 +119,11 @@ class CudaBackend final : public Backend {
     m.kv_bytes = kv_ ? static_cast<int64_t>(kv_->bytes()) : 0;
     return m;
   }
-  absl::Status ForwardOnDevice(const Batch& batch, std::span<float> logits);
+  // Runs a step; then copies the logits to `logits` (host), or with `sampling` draws on the device.
+  absl::Status ForwardOnDevice(const Batch& batch, std::span<float> logits, const SamplingBatch* sampling,
+                               SampledRows* sampled);
+  // Reports a failure, marked fatal when the device is in a sticky error state.
+  absl::Status CheckSticky(absl::Status st);
 
  private:
   absl::Status Upload(const Checkpoint& ckpt, const std::string& name, bool to_bf16, DeviceBuffer& dst);
@@ -192,6 +172,9 @@ class CudaBackend final : public Backend {
   size_t pinned_ints_ = 0;
   // Decode-only steps replay a captured graph per batch size: one launch instead of ~13 per layer.
   bool use_graphs_ = true;
+  // Logit rows are sampled on the device (SBSERVE_DEVICE_SAMPLING=0: copied to the host instead).
+  bool device_sampling_ = true;
+  cuda::DeviceSampler sampler_;
   int graph_mb_ = 0;  // block-table row length the graphs were captured with (the full context)
   std::map<int, cudaGraphExec_t> graphs_;
   DeviceBuffer blas_workspace_;
@@ -272,6 +255,9 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   SB_RETURN_IF_ERROR(blas_workspace_.Reserve(size_t{32} << 20));
   SB_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(blas_, blas_workspace_.get(), size_t{32} << 20));
   if (const char* g = std::getenv("SBSERVE_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") use_graphs_ = false;
+  if (const char* g = std::getenv("SBSERVE_DEVICE_SAMPLING"); g != nullptr && std::string(g) == "0") {
+    device_sampling_ = false;
+  }
   fused_qkv_ = !c.add_qkv_bias;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
   if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));
@@ -527,7 +513,18 @@ bool IsStickyCudaError(cudaError_t e) {
 }
 
 absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
-  absl::Status st = ForwardOnDevice(batch, logits);
+  return CheckSticky(ForwardOnDevice(batch, logits, nullptr, nullptr));
+}
+
+absl::Status CudaBackend::ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) {
+  if (sampling.rows.size() != batch.logit_rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling rows (", sampling.rows.size(), ") != logit rows (",
+                                                   batch.logit_rows.size(), ")"));
+  }
+  return CheckSticky(ForwardOnDevice(batch, {}, &sampling, out));
+}
+
+absl::Status CudaBackend::CheckSticky(absl::Status st) {
   if (st.ok()) return st;
   // A sticky error shows in every later call: synchronising reports it whatever failed first.
   const cudaError_t sticky = cudaDeviceSynchronize();
@@ -538,14 +535,16 @@ absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
   return st;
 }
 
-absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> logits) {
+absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> logits, const SamplingBatch* sampling,
+                                          SampledRows* sampled) {
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   const ModelConfig& c = config_;
   if (!kv_) return absl::FailedPreconditionError("KV cache not initialised");
   const int B = batch.num_seqs();
   const int N = batch.num_tokens();
   const int R = static_cast<int>(batch.logit_rows.size());
-  if (absl::Status st = ValidateBatch(batch, c.vocab_size, shape_.num_blocks, shape_.block_size, logits.size());
+  const size_t logits_size = sampling ? static_cast<size_t>(R) * c.vocab_size : logits.size();
+  if (absl::Status st = ValidateBatch(batch, c.vocab_size, shape_.num_blocks, shape_.block_size, logits_size);
       !st.ok()) {
     return st;
   }
@@ -626,6 +625,10 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
     SB_RETURN_IF_ERROR(RunDecodeGraph(sh));
   } else {
     SB_RETURN_IF_ERROR(Compute(sh));
+  }
+  if (sampling != nullptr) {
+    // Waits for the stream; only ids and logprobs come back.
+    return Trace(stream_, "sample", sampler_.Sample(logits_.get<float>(), c.vocab_size, *sampling, sampled, stream_));
   }
   if (R > 0) {
     SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), logits_.get(), static_cast<size_t>(R) * c.vocab_size * 4,

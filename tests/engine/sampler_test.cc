@@ -57,6 +57,59 @@ TEST(Sampler, SeededDeterminism) {
   EXPECT_NE(a, c);
 }
 
+// The draw is keyed by (seed, position) only: a sampler that drew other tokens from other logits
+// before gives the same token at the same position as a fresh one started there, and the draws of
+// different positions differ.
+TEST(Sampler, DrawDependsOnlyOnSeedAndPosition) {
+  SamplingParams p;
+  p.temperature = 1.3f;
+  p.top_k = 40;
+  p.seed = 99;
+  p.has_seed = true;
+  const std::vector<int32_t> prompt(10, 3);
+  SequenceSampler walked(p, prompt);
+  std::vector<int32_t> drawn;
+  for (int i = 0; i < 30; ++i) {
+    std::vector<float> l = Logits(500 + i);
+    drawn.push_back(walked.Sample(l));
+  }
+  EXPECT_EQ(walked.position(), 40);
+  // Position 10 + 30 from fresh samplers whose history is different tokens.
+  std::vector<float> probe = Logits(777);
+  std::vector<float> l1 = probe;
+  const int32_t a = walked.Sample(l1);
+  std::vector<int32_t> other_prompt(25, 8);
+  SequenceSampler fresh(p, other_prompt);
+  for (int i = 0; i < 15; ++i) fresh.Record(i);
+  ASSERT_EQ(fresh.position(), 40);
+  std::vector<float> l2 = probe;
+  EXPECT_EQ(fresh.Sample(l2), a);
+  // DrawToken with the same seed and position, directly.
+  RowSampling row;
+  std::vector<LogitAdjust> adjust;
+  SequenceSampler(p, std::vector<int32_t>(40, 1)).Describe({}, -1, &row, &adjust);
+  EXPECT_EQ(row.position, 40);
+  SamplingScratch scratch;
+  EXPECT_EQ(DrawToken(row, probe, scratch), a);
+  // Over positions the draws of one row vary (a sampler that ignores the position would repeat).
+  std::set<int32_t> seen;
+  for (int64_t pos = 0; pos < 200; ++pos) {
+    row.position = pos;
+    seen.insert(DrawToken(row, probe, scratch));
+  }
+  EXPECT_GT(seen.size(), 5u);
+  // Different seeds at the same position differ somewhere.
+  int differ = 0;
+  for (int64_t pos = 0; pos < 50; ++pos) {
+    row.position = pos;
+    row.seed = 99;
+    const int32_t x = DrawToken(row, probe, scratch);
+    row.seed = 100;
+    differ += DrawToken(row, probe, scratch) != x;
+  }
+  EXPECT_GT(differ, 5);
+}
+
 TEST(Sampler, TopKNeverLeavesTheTopK) {
   SamplingParams p;
   p.temperature = 2.0f;
