@@ -113,7 +113,16 @@ struct CudaBackendOptions {
   // Keys per split-K chunk of the decode attention kernel: 0 lets the kernel's rule choose from the
   // batch, context and occupancy; otherwise forced (a positive multiple of 64; tests and tuning).
   int decode_keys_per_split = 0;
+  // Batch-invariant mode: a row's logits do not depend on the other rows of its step, on where
+  // chunked prefill cut its prompt, or on a preemption that recomputes it. GEMMs always run on
+  // row blocks of kDeterministicGemmRows (padded; one cuBLAS shape, so one kernel and one reduction
+  // order per output element), every query token's attention runs through the decode kernel at a
+  // fixed split (kDeterministicKeysPerSplit unless decode_keys_per_split is set), and the other
+  // kernels are row-local. Slower; tests/bench/engine.md has the cost.
+  bool deterministic = false;
 };
+inline constexpr int kDeterministicGemmRows = 128;
+inline constexpr int kDeterministicKeysPerSplit = 256;
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Checkpoint& checkpoint,
                                                            const CudaBackendOptions& options = {});
 

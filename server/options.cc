@@ -20,6 +20,7 @@ struct Flag {
   const char* help;
   std::function<std::string(const ServerOptions&)> show;
   std::function<absl::Status(ServerOptions&, const std::string&)> set;
+  bool boolean = false;  // may stand alone: --flag means --flag=true
 };
 
 absl::Status Bad(const std::string& name, const std::string& value, const char* want) {
@@ -86,6 +87,21 @@ const std::vector<Flag>& Flags() {
          o.backend = v;
          return absl::OkStatus();
        }},
+      {"deterministic",
+       "batch-invariant CUDA engines: a request's tokens do not depend on what else is batched, on chunked "
+       "prefill or on preemption (slower; true | false; bare --deterministic means true)",
+       [](const ServerOptions& o) { return o.deterministic ? "true" : "false"; },
+       [](ServerOptions& o, const std::string& v) {
+         if (v == "true" || v == "1") {
+           o.deterministic = true;
+         } else if (v == "false" || v == "0") {
+           o.deterministic = false;
+         } else {
+           return Bad("deterministic", v, "true or false");
+         }
+         return absl::OkStatus();
+       },
+       true},
       {"device", "CUDA device ordinal", [](const ServerOptions& o) { return absl::StrCat(o.device); },
        Int("device", &ServerOptions::device, 0, 1024)},
       {"devices", "data-parallel serving, one engine per device behind this server: 'all' or '0,1,...' "
@@ -323,6 +339,10 @@ absl::StatusOr<ServerOptions> ParseServerOptions(const std::vector<std::string>&
       if (a == f.name) flag = &f;
     }
     if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", a, " (see --help)"));
+    if (!has_value && flag->boolean && (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)) {
+      value = "true";
+      has_value = true;
+    }
     if (!has_value) {
       if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat("--", a, " needs a value"));
       value = args[++i];

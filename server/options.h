@@ -30,6 +30,9 @@ struct ServerOptions {
   std::string devices;
   double affinity_slack = 0.05;  // EnginePoolOptions::affinity_slack
   int cpu_threads = 0;
+  // Batch-invariant CUDA engines (CudaBackendOptions::deterministic); a model's config.json can
+  // also ask for it ("deterministic": true). The CPU backend is batch-invariant already.
+  bool deterministic = false;
   EngineOptions engine;
   absl::Duration drain_timeout = absl::Seconds(30);
   absl::Duration load_delay = absl::ZeroDuration();  // testing: hold the loading state this long

@@ -316,6 +316,8 @@ absl::StatusOr<std::unique_ptr<Backend>> Server::Impl::MakeBackend(const Checkpo
   if (options_.backend != "cpu" && device >= 0) {
     CudaBackendOptions co;
     co.device = device;
+    co.deterministic = options_.deterministic || ckpt.config().deterministic;
+    if (co.deterministic) spdlog::info("CUDA device {}: batch-invariant (deterministic) mode", device);
     absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(ckpt, co);
     if (cuda.ok()) return cuda;
     // --devices asks for these GPUs: no silent fallback to the CPU.

@@ -140,6 +140,10 @@ class CudaBackend final : public Backend {
     int max_ctx_decode = 1;
     int max_q_prefill = 1;
     int prefill_row0 = 0;  // first query row of the prefill part
+    // Deterministic mode with prefill in the step: every query token is a decode row of its own
+    // (context position + 1, its sequence's block table row), max_ctx_tokens its largest context.
+    bool per_token_attention = false;
+    int max_ctx_tokens = 1;
   };
   absl::Status Attention(const StepShape& sh, int layer, const LayerWeights& w);
   // Enqueues the whole model for one step (metadata already in meta_), logits into logits_.
@@ -174,6 +178,7 @@ class CudaBackend final : public Backend {
   bool use_graphs_ = true;
   // Logit rows are sampled on the device (SBSERVE_DEVICE_SAMPLING=0: copied to the host instead).
   bool device_sampling_ = true;
+  bool deterministic_ = false;  // CudaBackendOptions::deterministic
   cuda::DeviceSampler sampler_;
   int graph_mb_ = 0;  // block-table row length the graphs were captured with (the full context)
   std::map<int, cudaGraphExec_t> graphs_;
@@ -184,7 +189,7 @@ class CudaBackend final : public Backend {
   }
   // Offsets (in int32) of the step's metadata in meta_.
   struct Meta {
-    size_t ids, cu, ctx, tables, rows, cu_prefill;
+    size_t ids, cu, ctx, tables, rows, cu_prefill, tok_ctx, tok_tables;
   } meta_off_{};
 };
 
@@ -245,6 +250,8 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
                                                    options.decode_keys_per_split));
   }
   decode_keys_per_split_ = options.decode_keys_per_split;
+  deterministic_ = options.deterministic;
+  if (deterministic_ && decode_keys_per_split_ == 0) decode_keys_per_split_ = kDeterministicKeysPerSplit;
   device_ = options.device;
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   SB_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -301,11 +308,23 @@ absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void*
                                bool y_f32, float alpha, float beta) {
   if (n == 0) return absl::OkStatus();
   // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = W · xᵀ.
-  SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
-                                         static_cast<int>(in), &alpha, w, CUDA_R_16BF, static_cast<int>(in), x,
-                                         CUDA_R_16BF, static_cast<int>(in), &beta, y,
-                                         y_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(out),
-                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  auto gemm = [&](const void* xs, int64_t rows, void* ys) -> absl::Status {
+    SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
+                                           static_cast<int>(rows), static_cast<int>(in), &alpha, w, CUDA_R_16BF,
+                                           static_cast<int>(in), xs, CUDA_R_16BF, static_cast<int>(in), &beta, ys,
+                                           y_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(out),
+                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return absl::OkStatus();
+  };
+  if (!deterministic_) return gemm(x, n, y);
+  // Batch-invariant: always the same shape (row blocks padded to kDeterministicGemmRows; the step
+  // buffers hold the padding), so cuBLAS runs the same kernel whatever the batch, and an output
+  // element's reduction does not depend on which rows share its block.
+  const int64_t y_row_bytes = out * (y_f32 ? 4 : 2);
+  for (int64_t r0 = 0; r0 < n; r0 += kDeterministicGemmRows) {
+    SB_RETURN_IF_ERROR(gemm(static_cast<const char*>(x) + r0 * in * 2, kDeterministicGemmRows,
+                            static_cast<char*>(y) + r0 * y_row_bytes));
+  }
   return absl::OkStatus();
 }
 
@@ -348,17 +367,20 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
                                                    : kernels::SbRemainder::kHeadBias;
   const float* head_bias = w.has_head_bias ? w.head_bias.get<float>() : nullptr;
   // Decode sequences (chunk of 1) that lead the batch go to the split-K decode kernel, the rest to
-  // the varlen prefill kernel (the packer puts decode steps first).
-  if (sh.nd > 0) {
+  // the varlen prefill kernel (the packer puts decode steps first). In deterministic mode a step
+  // with prefill sends every query token to the decode kernel as a row of its own, so that a
+  // token's attention is computed the same way whether it is decoded, prefilled or recomputed.
+  if (sh.nd > 0 || sh.per_token_attention) {
     kernels::SbAttnDecodeParams dp;
     dp.q = q_base;
     dp.q_row_stride = q_stride;
-    dp.context_lens = meta + meta_off_.ctx;
+    dp.context_lens = meta + (sh.per_token_attention ? meta_off_.tok_ctx : meta_off_.ctx);
     dp.cache = cache;
+    if (sh.per_token_attention) dp.cache.block_tables = meta + meta_off_.tok_tables;
     dp.head_bias = head_bias;
     dp.o = o_.get();
-    dp.batch = sh.nd;
-    dp.max_context = sh.max_ctx_decode;
+    dp.batch = sh.per_token_attention ? sh.N : sh.nd;
+    dp.max_context = sh.per_token_attention ? sh.max_ctx_tokens : sh.max_ctx_decode;
     dp.num_heads = static_cast<int>(c.n_head);
     dp.num_kv_heads = static_cast<int>(c.n_kv_head);
     dp.head_dim = static_cast<int>(c.head_dim);
@@ -372,7 +394,7 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
     dp.workspace = workspace_.get();
     SB_RETURN_IF_ERROR(Trace(stream_, "attn_decode", kernels::SbAttnDecode(dp, stream_)));
   }
-  if (sh.nd < sh.B) {
+  if (sh.nd < sh.B && !sh.per_token_attention) {
     kernels::SbAttnPrefillParams pp;
     pp.q = q_base + static_cast<int64_t>(sh.prefill_row0) * q_stride * 2;
     pp.q_row_stride = q_stride;
@@ -401,6 +423,10 @@ absl::Status CudaBackend::ReserveStep(int64_t N, int64_t R, bool* moved) {
   const int64_t fc_out = c.glu ? 2 * I : I;
   N = std::max<int64_t>(N, 1);
   R = std::max<int64_t>(R, 1);
+  if (deterministic_) {  // GEMMs read and write whole padded row blocks
+    N = (N + kDeterministicGemmRows - 1) / kDeterministicGemmRows * kDeterministicGemmRows;
+    R = (R + kDeterministicGemmRows - 1) / kDeterministicGemmRows * kDeterministicGemmRows;
+  }
   SB_RETURN_IF_ERROR(h_.Reserve(N * D * 4, moved));
   SB_RETURN_IF_ERROR(x_.Reserve(N * D * 2, moved));
   SB_RETURN_IF_ERROR(qkv_.Reserve(N * c.qkv_dim() * 2, moved));
@@ -578,7 +604,10 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   meta_off_.tables = meta_off_.ctx + B;
   meta_off_.rows = meta_off_.tables + static_cast<size_t>(B) * sh.mb;
   meta_off_.cu_prefill = meta_off_.rows + R;
-  const size_t total_ints = meta_off_.cu_prefill + (B - sh.nd) + 1;
+  sh.per_token_attention = deterministic_ && sh.nd < B;
+  meta_off_.tok_ctx = meta_off_.cu_prefill + (B - sh.nd) + 1;
+  meta_off_.tok_tables = meta_off_.tok_ctx + (sh.per_token_attention ? N : 0);
+  const size_t total_ints = meta_off_.tok_tables + (sh.per_token_attention ? static_cast<size_t>(N) * sh.mb : 0);
   if (total_ints > pinned_ints_) {
     if (pinned_) cudaFreeHost(pinned_);
     pinned_ = nullptr;
@@ -601,18 +630,30 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   for (int b = sh.nd; b <= B; ++b) {
     pinned_[meta_off_.cu_prefill + (b - sh.nd)] = batch.cu_seqlens_q[b] - batch.cu_seqlens_q[sh.nd];
   }
+  if (sh.per_token_attention) {
+    for (int b = 0; b < B; ++b) {
+      const int q0 = batch.cu_seqlens_q[b], q1 = batch.cu_seqlens_q[b + 1];
+      const int32_t* table = pinned_ + meta_off_.tables + static_cast<size_t>(b) * sh.mb;
+      for (int t = q0; t < q1; ++t) {
+        const int ctx = batch.context_lens[b] - (q1 - t) + 1;  // the token's position + 1
+        pinned_[meta_off_.tok_ctx + t] = ctx;
+        sh.max_ctx_tokens = std::max(sh.max_ctx_tokens, ctx);
+        std::copy(table, table + sh.mb, pinned_ + meta_off_.tok_tables + static_cast<size_t>(t) * sh.mb);
+      }
+    }
+  }
   // Buffers are sized before any capture; a buffer that moves invalidates every captured graph.
   bool moved = false;
   // Metadata grows geometrically so that replays of captured graphs rarely see it move.
   if (total_ints * 4 > meta_.bytes()) SB_RETURN_IF_ERROR(meta_.Reserve(std::max<size_t>(total_ints * 2, 4096) * 4, &moved));
   SB_RETURN_IF_ERROR(ReserveStep(N, R, &moved));
-  if (sh.nd > 0) {
+  if (sh.nd > 0 || sh.per_token_attention) {
     kernels::SbAttnDecodeParams probe;
-    probe.batch = sh.nd;
+    probe.batch = sh.per_token_attention ? N : sh.nd;
     probe.num_heads = static_cast<int>(c.n_head);
     probe.num_kv_heads = static_cast<int>(c.n_kv_head);
     probe.head_dim = static_cast<int>(c.head_dim);
-    probe.max_context = sh.max_ctx_decode;
+    probe.max_context = sh.per_token_attention ? sh.max_ctx_tokens : sh.max_ctx_decode;
     probe.num_sms = num_sms_;
     probe.keys_per_split = decode_keys_per_split_;
     const size_t ws = kernels::SbAttnDecodeWorkspaceBytes(probe);

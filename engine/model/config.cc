@@ -113,6 +113,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   SB_RETURN_IF_ERROR(GetDouble(j, origin, "attention_multiplier", &c.attention_multiplier));
   SB_RETURN_IF_ERROR(GetBool(j, origin, "tie_word_embeddings", &c.tie_word_embeddings));
   SB_RETURN_IF_ERROR(GetBool(j, origin, "sb_remainder", &c.sb_remainder));
+  SB_RETURN_IF_ERROR(GetBool(j, origin, "deterministic", &c.deterministic));
   SB_RETURN_IF_ERROR(GetTokenId(j, origin, "bos_token_id", &c.bos_token_id));
   SB_RETURN_IF_ERROR(GetTokenId(j, origin, "eos_token_id", &c.eos_token_id));
   SB_RETURN_IF_ERROR(GetTokenId(j, origin, "pad_token_id", &c.pad_token_id));

@@ -37,6 +37,9 @@ struct ModelConfig {
   double attention_multiplier = 0.0;  // the scale s; 1/sqrt(d) when absent
   bool tie_word_embeddings = true;
   bool sb_remainder = false;
+  // sbserve's own key: serve this model in batch-invariant mode (CudaBackendOptions::deterministic),
+  // as --deterministic does for every model.
+  bool deterministic = false;
   Remainder remainder = Remainder::kR0;  // resolved with the tensor list (R2 needs head_bias)
   int64_t bos_token_id = -1;
   int64_t eos_token_id = -1;

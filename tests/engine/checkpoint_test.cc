@@ -72,6 +72,27 @@ TEST_F(CheckpointTest, ValidCheckpointLoads) {
   EXPECT_GT((*c)->num_parameters(), 0);
 }
 
+// sbserve's own config key "deterministic": false when absent, read when set, a bool only.
+TEST_F(CheckpointTest, DeterministicKeyIsReadFromTheConfig) {
+  {
+    auto c = Checkpoint::Open(dir_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_FALSE((*c)->config().deterministic);
+  }
+  json cfg = json::parse(ReadAll(dir_ + "/config.json"));
+  cfg["deterministic"] = true;
+  WriteAll(dir_ + "/config.json", cfg.dump());
+  {
+    auto c = Checkpoint::Open(dir_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE((*c)->config().deterministic);
+  }
+  cfg["deterministic"] = "yes";
+  WriteAll(dir_ + "/config.json", cfg.dump());
+  const std::string err = OpenError();
+  EXPECT_NE(err.find("deterministic"), std::string::npos) << err;
+}
+
 TEST_F(CheckpointTest, TruncatedFile) {
   const std::string bytes = ReadAll(file_);
   WriteAll(file_, bytes.substr(0, bytes.size() - 100));

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -131,6 +132,94 @@ TEST(CudaBackend, MatchesCpuReferenceGqa) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
   Pair p = Load("R1", 2, "gqa");
   CompareSteps(p, 8);
+}
+
+// Batch-invariant mode against the CPU reference, on mixed prefill/decode steps, MHA and GQA.
+TEST(CudaBackend, DeterministicModeMatchesCpuReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  CudaBackendOptions go;
+  go.deterministic = true;
+  for (int64_t kv_heads : {0, 2}) {
+    CreateOptions o = Opts("small", "R1");
+    o.kv_heads = kv_heads;
+    Pair p = LoadWith(o, "det" + std::to_string(kv_heads), 256, go);
+    CompareSteps(p, 41 + kv_heads);
+  }
+}
+
+// One sequence's logits, every position of its prompt (all_logits) and of 6 decode steps, with its
+// prompt in chunks of `chunk` and `others` sequences in every step (their prefills of 10-40 tokens
+// first, then their decodes). Keyed by position.
+std::map<int, std::vector<float>> TargetLogits(Backend& gpu, const std::vector<int32_t>& prompt,
+                                               const std::vector<int32_t>& decode, int chunk, int others,
+                                               uint64_t seed) {
+  const int64_t V = gpu.config().vocab_size;
+  KvBlockAllocator alloc(512, 16);
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> table;
+  std::vector<std::vector<int32_t>> tables(others);
+  std::vector<int32_t> lens(others, 0);
+  std::map<int, std::vector<float>> out;
+  int pos = 0;
+  auto step = [&](const std::vector<int32_t>& mine) {
+    std::vector<testing::ChunkSpec> chunks;
+    for (int o = 0; o < others; ++o) {
+      const int n = lens[o] == 0 ? 10 + static_cast<int>(rng() % 31) : 1;
+      std::vector<int32_t> ids(n);
+      for (int32_t& t : ids) t = static_cast<int32_t>(rng() % V);
+      chunks.push_back({ids, lens[o], &tables[o], false});
+      lens[o] += n;
+    }
+    chunks.push_back({mine, pos, &table, true});
+    Batch b = testing::PackBatch(chunks, alloc);
+    ASSERT_FALSE(b.tokens.empty());
+    std::vector<float> logits(b.logit_rows.size() * V);
+    absl::Status st = gpu.Forward(b, logits);
+    ASSERT_TRUE(st.ok()) << st;
+    const size_t first = b.logit_rows.size() - mine.size();  // the target's rows come last
+    for (size_t t = 0; t < mine.size(); ++t) {
+      out[pos + static_cast<int>(t)].assign(logits.begin() + (first + t) * V, logits.begin() + (first + t + 1) * V);
+    }
+    pos += static_cast<int>(mine.size());
+  };
+  for (size_t at = 0; at < prompt.size(); at += chunk) {
+    step(std::vector<int32_t>(prompt.begin() + at, prompt.begin() + std::min(prompt.size(), at + chunk)));
+  }
+  for (int32_t t : decode) step({t});
+  return out;
+}
+
+// Batch-invariant mode: a sequence's logits are bitwise the same alone in one chunk, in chunks of 7
+// beside 9 other sequences, and in chunks of 16 beside 30 (decode-only steps then replay graphs of
+// other batch sizes). The default mode is run the same way and its largest difference printed.
+TEST(CudaBackend, DeterministicModeLogitsDoNotDependOnTheBatch) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  CudaBackendOptions go;
+  go.deterministic = true;
+  Pair det = LoadWith(Opts("small", "R1"), "detbatch", 512, go);
+  const int64_t V = det.ckpt->config().vocab_size;
+  std::mt19937_64 rng(5);
+  std::vector<int32_t> prompt(61), decode(6);
+  for (int32_t& t : prompt) t = static_cast<int32_t>(rng() % V);
+  for (int32_t& t : decode) t = static_cast<int32_t>(rng() % V);
+  const auto alone = TargetLogits(*det.gpu, prompt, decode, 61, 0, 1);
+  const auto chunked = TargetLogits(*det.gpu, prompt, decode, 7, 9, 2);
+  const auto crowded = TargetLogits(*det.gpu, prompt, decode, 16, 30, 3);
+  ASSERT_EQ(alone.size(), 67u);
+  for (const auto& [pos, want] : alone) {
+    SCOPED_TRACE(pos);
+    ASSERT_EQ(chunked.at(pos).size(), want.size());
+    EXPECT_EQ(std::memcmp(chunked.at(pos).data(), want.data(), want.size() * 4), 0) << "chunks of 7 beside 9";
+    EXPECT_EQ(std::memcmp(crowded.at(pos).data(), want.data(), want.size() * 4), 0) << "chunks of 16 beside 30";
+  }
+  Pair def = LoadWith(Opts("small", "R1"), "defbatch", 512);
+  const auto d_alone = TargetLogits(*def.gpu, prompt, decode, 61, 0, 1);
+  const auto d_chunked = TargetLogits(*def.gpu, prompt, decode, 7, 9, 2);
+  float worst = 0;
+  for (const auto& [pos, want] : d_alone) {
+    for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(d_chunked.at(pos)[i] - want[i]));
+  }
+  std::printf("default mode: largest logit difference alone vs chunks of 7 beside 9: %.3g\n", worst);
 }
 
 TEST(CudaBackend, RefusesUnsupportedHeadDim) {

@@ -85,6 +85,39 @@ TEST(ServerOptions, PrefixCachingIsOnByDefaultAndTakesTrueOrFalse) {
   EXPECT_NE(o.status().message().find("--enable-prefix-caching"), std::string::npos);
 }
 
+// --deterministic is off by default, stands alone as true, and takes true or false.
+TEST(ServerOptions, DeterministicIsOffByDefaultAndMayStandAlone) {
+  bool help = false;
+  unsetenv("SBSERVE_DETERMINISTIC");
+  auto o = ParseServerOptions({}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->deterministic);
+  o = ParseServerOptions({"--deterministic"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->deterministic);
+  o = ParseServerOptions({"--deterministic", "--port", "5000"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->deterministic);
+  EXPECT_EQ(o->port, 5000);
+  o = ParseServerOptions({"--deterministic", "false"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_FALSE(o->deterministic);
+  o = ParseServerOptions({"--deterministic=true"}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->deterministic);
+  setenv("SBSERVE_DETERMINISTIC", "1", 1);
+  o = ParseServerOptions({}, &help);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->deterministic);
+  unsetenv("SBSERVE_DETERMINISTIC");
+  o = ParseServerOptions({"--deterministic=yes"}, &help);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("--deterministic"), std::string::npos);
+  // Flags that are not boolean still need their value.
+  o = ParseServerOptions({"--port"}, &help);
+  EXPECT_FALSE(o.ok());
+}
+
 TEST(ServerOptions, TlsFlagsGoTogether) {
   bool help = false;
   EXPECT_FALSE(ParseServerOptions({"--tls-cert=/c.pem"}, &help).ok());
