@@ -116,13 +116,12 @@ struct CudaBackendOptions {
   // Batch-invariant mode: a row's logits do not depend on the other rows of its step, on where
   // chunked prefill cut its prompt, or on a preemption that recomputes it. GEMMs always run on
   // row blocks of kDeterministicGemmRows (padded; one cuBLAS shape, so one kernel and one reduction
-  // order per output element), every query token's attention runs through the decode kernel at a
-  // fixed split (kDeterministicKeysPerSplit unless decode_keys_per_split is set), and the other
-  // kernels are row-local. Slower; tests/bench/engine.md has the cost.
+  // order per output element), decodes go through the prefill attention kernel as chunks of one
+  // (key tiles at fixed positions, rows independent), and the other kernels are row-local.
+  // Slower; tests/bench/serving.md has the cost.
   bool deterministic = false;
 };
 inline constexpr int kDeterministicGemmRows = 128;
-inline constexpr int kDeterministicKeysPerSplit = 256;
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const Checkpoint& checkpoint,
                                                            const CudaBackendOptions& options = {});
 

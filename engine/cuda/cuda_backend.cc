@@ -140,10 +140,7 @@ class CudaBackend final : public Backend {
     int max_ctx_decode = 1;
     int max_q_prefill = 1;
     int prefill_row0 = 0;  // first query row of the prefill part
-    // Deterministic mode with prefill in the step: every query token is a decode row of its own
-    // (context position + 1, its sequence's block table row), max_ctx_tokens its largest context.
-    bool per_token_attention = false;
-    int max_ctx_tokens = 1;
+    int max_q_all = 1;     // max chunk length over all sequences (deterministic mode)
   };
   absl::Status Attention(const StepShape& sh, int layer, const LayerWeights& w);
   // Enqueues the whole model for one step (metadata already in meta_), logits into logits_.
@@ -189,7 +186,7 @@ class CudaBackend final : public Backend {
   }
   // Offsets (in int32) of the step's metadata in meta_.
   struct Meta {
-    size_t ids, cu, ctx, tables, rows, cu_prefill, tok_ctx, tok_tables;
+    size_t ids, cu, ctx, tables, rows, cu_prefill;
   } meta_off_{};
 };
 
@@ -251,7 +248,6 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   }
   decode_keys_per_split_ = options.decode_keys_per_split;
   deterministic_ = options.deterministic;
-  if (deterministic_ && decode_keys_per_split_ == 0) decode_keys_per_split_ = kDeterministicKeysPerSplit;
   device_ = options.device;
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   SB_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -367,20 +363,21 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
                                                    : kernels::SbRemainder::kHeadBias;
   const float* head_bias = w.has_head_bias ? w.head_bias.get<float>() : nullptr;
   // Decode sequences (chunk of 1) that lead the batch go to the split-K decode kernel, the rest to
-  // the varlen prefill kernel (the packer puts decode steps first). In deterministic mode a step
-  // with prefill sends every query token to the decode kernel as a row of its own, so that a
-  // token's attention is computed the same way whether it is decoded, prefilled or recomputed.
-  if (sh.nd > 0 || sh.per_token_attention) {
+  // the varlen prefill kernel (the packer puts decode steps first). In deterministic mode every
+  // sequence goes to the prefill kernel, decodes as chunks of one: it visits key tiles of 64 at
+  // fixed positions (0, 64, ...) and each query row on its own, so a token's attention is the same
+  // whether it is decoded, prefilled in any chunk, or recomputed after a preemption.
+  const int prefill_seq0 = deterministic_ ? 0 : sh.nd;
+  if (sh.nd > 0 && !deterministic_) {
     kernels::SbAttnDecodeParams dp;
     dp.q = q_base;
     dp.q_row_stride = q_stride;
-    dp.context_lens = meta + (sh.per_token_attention ? meta_off_.tok_ctx : meta_off_.ctx);
+    dp.context_lens = meta + meta_off_.ctx;
     dp.cache = cache;
-    if (sh.per_token_attention) dp.cache.block_tables = meta + meta_off_.tok_tables;
     dp.head_bias = head_bias;
     dp.o = o_.get();
-    dp.batch = sh.per_token_attention ? sh.N : sh.nd;
-    dp.max_context = sh.per_token_attention ? sh.max_ctx_tokens : sh.max_ctx_decode;
+    dp.batch = sh.nd;
+    dp.max_context = sh.max_ctx_decode;
     dp.num_heads = static_cast<int>(c.n_head);
     dp.num_kv_heads = static_cast<int>(c.n_kv_head);
     dp.head_dim = static_cast<int>(c.head_dim);
@@ -394,19 +391,20 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
     dp.workspace = workspace_.get();
     SB_RETURN_IF_ERROR(Trace(stream_, "attn_decode", kernels::SbAttnDecode(dp, stream_)));
   }
-  if (sh.nd < sh.B && !sh.per_token_attention) {
+  if (prefill_seq0 < sh.B) {
+    const int row0 = deterministic_ ? 0 : sh.prefill_row0;
     kernels::SbAttnPrefillParams pp;
-    pp.q = q_base + static_cast<int64_t>(sh.prefill_row0) * q_stride * 2;
+    pp.q = q_base + static_cast<int64_t>(row0) * q_stride * 2;
     pp.q_row_stride = q_stride;
-    pp.cu_seqlens_q = meta + meta_off_.cu_prefill;
-    pp.context_lens = meta + meta_off_.ctx + sh.nd;
+    pp.cu_seqlens_q = meta + (deterministic_ ? meta_off_.cu : meta_off_.cu_prefill);
+    pp.context_lens = meta + meta_off_.ctx + prefill_seq0;
     pp.cache = cache;
-    pp.cache.block_tables = meta + meta_off_.tables + static_cast<size_t>(sh.nd) * sh.mb;
+    pp.cache.block_tables = meta + meta_off_.tables + static_cast<size_t>(prefill_seq0) * sh.mb;
     pp.head_bias = head_bias;
-    pp.o = static_cast<char*>(o_.get()) + static_cast<int64_t>(sh.prefill_row0) * hd * 2;
-    pp.batch = sh.B - sh.nd;
-    pp.total_q = sh.N - sh.prefill_row0;
-    pp.max_seqlen_q = sh.max_q_prefill;
+    pp.o = static_cast<char*>(o_.get()) + static_cast<int64_t>(row0) * hd * 2;
+    pp.batch = sh.B - prefill_seq0;
+    pp.total_q = sh.N - row0;
+    pp.max_seqlen_q = deterministic_ ? sh.max_q_all : sh.max_q_prefill;
     pp.num_heads = static_cast<int>(c.n_head);
     pp.num_kv_heads = static_cast<int>(c.n_kv_head);
     pp.head_dim = static_cast<int>(c.head_dim);
@@ -589,6 +587,7 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   for (int b = sh.nd; b < B; ++b) {
     sh.max_q_prefill = std::max(sh.max_q_prefill, batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b]);
   }
+  sh.max_q_all = sh.max_q_prefill;
   // A decode-only step whose logits are every row, in order, replays a graph captured with block
   // tables padded to the full context and the decode split sized for it, so one graph per batch
   // size serves every context length.
@@ -604,10 +603,7 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   meta_off_.tables = meta_off_.ctx + B;
   meta_off_.rows = meta_off_.tables + static_cast<size_t>(B) * sh.mb;
   meta_off_.cu_prefill = meta_off_.rows + R;
-  sh.per_token_attention = deterministic_ && sh.nd < B;
-  meta_off_.tok_ctx = meta_off_.cu_prefill + (B - sh.nd) + 1;
-  meta_off_.tok_tables = meta_off_.tok_ctx + (sh.per_token_attention ? N : 0);
-  const size_t total_ints = meta_off_.tok_tables + (sh.per_token_attention ? static_cast<size_t>(N) * sh.mb : 0);
+  const size_t total_ints = meta_off_.cu_prefill + (B - sh.nd) + 1;
   if (total_ints > pinned_ints_) {
     if (pinned_) cudaFreeHost(pinned_);
     pinned_ = nullptr;
@@ -630,30 +626,18 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   for (int b = sh.nd; b <= B; ++b) {
     pinned_[meta_off_.cu_prefill + (b - sh.nd)] = batch.cu_seqlens_q[b] - batch.cu_seqlens_q[sh.nd];
   }
-  if (sh.per_token_attention) {
-    for (int b = 0; b < B; ++b) {
-      const int q0 = batch.cu_seqlens_q[b], q1 = batch.cu_seqlens_q[b + 1];
-      const int32_t* table = pinned_ + meta_off_.tables + static_cast<size_t>(b) * sh.mb;
-      for (int t = q0; t < q1; ++t) {
-        const int ctx = batch.context_lens[b] - (q1 - t) + 1;  // the token's position + 1
-        pinned_[meta_off_.tok_ctx + t] = ctx;
-        sh.max_ctx_tokens = std::max(sh.max_ctx_tokens, ctx);
-        std::copy(table, table + sh.mb, pinned_ + meta_off_.tok_tables + static_cast<size_t>(t) * sh.mb);
-      }
-    }
-  }
   // Buffers are sized before any capture; a buffer that moves invalidates every captured graph.
   bool moved = false;
   // Metadata grows geometrically so that replays of captured graphs rarely see it move.
   if (total_ints * 4 > meta_.bytes()) SB_RETURN_IF_ERROR(meta_.Reserve(std::max<size_t>(total_ints * 2, 4096) * 4, &moved));
   SB_RETURN_IF_ERROR(ReserveStep(N, R, &moved));
-  if (sh.nd > 0 || sh.per_token_attention) {
+  if (sh.nd > 0 && !deterministic_) {
     kernels::SbAttnDecodeParams probe;
-    probe.batch = sh.per_token_attention ? N : sh.nd;
+    probe.batch = sh.nd;
     probe.num_heads = static_cast<int>(c.n_head);
     probe.num_kv_heads = static_cast<int>(c.n_kv_head);
     probe.head_dim = static_cast<int>(c.head_dim);
-    probe.max_context = sh.per_token_attention ? sh.max_ctx_tokens : sh.max_ctx_decode;
+    probe.max_context = sh.max_ctx_decode;
     probe.num_sms = num_sms_;
     probe.keys_per_split = decode_keys_per_split_;
     const size_t ws = kernels::SbAttnDecodeWorkspaceBytes(probe);
