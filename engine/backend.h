@@ -56,6 +56,9 @@ class Backend {
   // there (sampling.rows parallel to batch.logit_rows); only ids and logprobs come back. The CPU
   // backend does not: the scheduler then samples on the host from Forward's logits.
   virtual bool samples_on_device() const { return false; }
+  // A row's logits do not depend on the other rows of its step, on chunked prefill boundaries or
+  // on a recompute (CudaBackendOptions::deterministic; the CPU backend always).
+  virtual bool batch_invariant() const { return false; }
   virtual absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) {
     (void)batch, (void)sampling, (void)out;
     return absl::UnimplementedError("this backend does not sample on its device");
@@ -79,6 +82,7 @@ class ForwardingBackend : public Backend {
   KvCacheShape kv_cache_shape() const override { return inner_->kv_cache_shape(); }
   absl::Status Forward(const Batch& batch, std::span<float> logits) override { return inner_->Forward(batch, logits); }
   bool samples_on_device() const override { return inner_->samples_on_device(); }
+  bool batch_invariant() const override { return inner_->batch_invariant(); }
   absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) override {
     return inner_->ForwardSample(batch, sampling, out);
   }

@@ -514,6 +514,8 @@ grpc::Status SbServeService::GetServerInfoTyped(grpc::CallbackServerContext*,
       e->set_kv_blocks_cached_free(es.kv_blocks_cached_free);
       e->set_prefix_cache_queries(es.prefix_cache_queries);
       e->set_prefix_cache_hits(es.prefix_cache_hits);
+      e->set_batch_invariant(engine->engine(i).backend().batch_invariant());
+      e->set_samples_on_device(engine->engine(i).backend().samples_on_device());
     }
   }
   return grpc::Status::OK;

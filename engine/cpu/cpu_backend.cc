@@ -68,6 +68,8 @@ class CpuBackend final : public Backend {
   }
 
   std::string name() const override { return "cpu"; }
+  // Every row is computed on its own in a fixed order (Server.SixtyFourConcurrentStreamsMatchRunningAlone).
+  bool batch_invariant() const override { return true; }
   const ModelConfig& config() const override { return config_; }
   int64_t KvBytesPerToken() const override { return config_.kv_values_per_token() * 4; }
 

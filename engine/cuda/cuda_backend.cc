@@ -106,6 +106,7 @@ class CudaBackend final : public Backend {
 
   absl::Status Forward(const Batch& batch, std::span<float> logits) override;
   bool samples_on_device() const override { return device_sampling_; }
+  bool batch_invariant() const override { return deterministic_; }
   absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) override;
 
   absl::StatusOr<MemoryInfo> Memory() const override {

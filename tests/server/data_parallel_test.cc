@@ -162,6 +162,8 @@ TEST(DataParallel, ConcurrentRequestsLandOnBothEnginesAndTotalsAreTheSums) {
   EXPECT_EQ(idle.engines(1).device(), "cpu:1");
   EXPECT_EQ(idle.engines(1).index(), 1);
   EXPECT_TRUE(idle.engines(0).serving() && idle.engines(1).serving());
+  EXPECT_TRUE(idle.engines(0).batch_invariant() && idle.engines(1).batch_invariant());  // CPU engines
+  EXPECT_FALSE(idle.engines(0).samples_on_device() || idle.engines(1).samples_on_device());
   EXPECT_EQ(idle.kv_blocks_total(), idle.engines(0).kv_blocks_total() + idle.engines(1).kv_blocks_total());
   EXPECT_GT(idle.engines(1).kv_blocks_total(), 0);
 
