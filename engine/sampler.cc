@@ -39,7 +39,7 @@ SequenceSampler::SequenceSampler(const SamplingParams& params, std::span<const i
     seed_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
   }
   if (params_.repetition_penalty != 1.0f) {
-    for (int32_t t : prompt) prompt_seen_[t] = 1;
+    for (int32_t t : prompt) Penalised(t).seen = 1;
   }
 }
 
@@ -156,8 +156,20 @@ int32_t SequenceSampler::Sample(std::span<float> logits) {
   return chosen;
 }
 
+LogitAdjust& SequenceSampler::Penalised(int32_t token) {
+  auto [it, fresh] = penalised_at_.emplace(token, static_cast<int32_t>(penalised_.size()));
+  if (fresh) penalised_.push_back(LogitAdjust{token, 0, 0, 0});
+  return penalised_[it->second];
+}
+
 void SequenceSampler::Record(int32_t token) {
-  ++output_counts_[token];
+  const bool repetition = params_.repetition_penalty != 1.0f;
+  const bool counted = params_.frequency_penalty != 0.f || params_.presence_penalty != 0.f;
+  if (repetition || counted) {
+    LogitAdjust& e = Penalised(token);
+    if (repetition) e.seen = 1;
+    if (counted) ++e.output_count;
+  }
   ++position_;
 }
 
@@ -175,26 +187,19 @@ void SequenceSampler::Describe(std::span<const int32_t> banned, int32_t num_logp
   row->position = position_;
   row->num_logprobs = num_logprobs;
   row->adjust_begin = static_cast<int32_t>(adjust->size());
-  // One entry per token that any adjustment touches; a token may be both penalised and banned.
-  std::unordered_map<int32_t, size_t> at;
-  auto entry = [&](int32_t t) -> LogitAdjust& {
-    auto [it, fresh] = at.emplace(t, adjust->size());
-    if (fresh) adjust->push_back(LogitAdjust{t, 0, 0, 0});
-    return (*adjust)[it->second];
-  };
-  const bool repetition = params_.repetition_penalty != 1.0f;
-  const bool counted = params_.frequency_penalty != 0.f || params_.presence_penalty != 0.f;
-  if (repetition) {
-    for (const auto& [t, unused] : prompt_seen_) entry(t).seen = 1;
-  }
-  if (repetition || counted) {
-    for (const auto& [t, n] : output_counts_) {
-      LogitAdjust& e = entry(t);
-      if (repetition) e.seen = 1;
-      if (counted) e.output_count = n;
+  // One entry per token: the penalised ones, then the banned ones not among them.
+  adjust->insert(adjust->end(), penalised_.begin(), penalised_.end());
+  for (int32_t t : banned) {
+    if (auto it = penalised_at_.find(t); it != penalised_at_.end()) {
+      (*adjust)[row->adjust_begin + it->second].banned = 1;
+      continue;
     }
+    bool listed = false;  // a token banned twice (an eos id that is also a stop id)
+    for (size_t e = row->adjust_begin + penalised_.size(); e < adjust->size() && !listed; ++e) {
+      listed = (*adjust)[e].token == t;
+    }
+    if (!listed) adjust->push_back(LogitAdjust{t, 0, 0, 1});
   }
-  for (int32_t t : banned) entry(t).banned = 1;
   row->adjust_end = static_cast<int32_t>(adjust->size());
 }
 

@@ -81,8 +81,11 @@ class SequenceSampler {
   SamplingParams params_;
   uint64_t seed_ = 0;
   int64_t position_ = 0;
-  std::unordered_map<int32_t, int32_t> prompt_seen_;   // token -> 1 (repetition penalty)
-  std::unordered_map<int32_t, int32_t> output_counts_; // token -> count
+  // The penalised tokens as Describe hands them out, kept up to date by the constructor and Record
+  // (a step copies them instead of rebuilding them from the prompt), and each token's index there.
+  std::vector<LogitAdjust> penalised_;
+  std::unordered_map<int32_t, int32_t> penalised_at_;
+  LogitAdjust& Penalised(int32_t token);
   SamplingScratch scratch_;
 };
 
