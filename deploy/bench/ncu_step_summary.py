@@ -12,6 +12,8 @@ from collections import OrderedDict
 
 
 def short(name):
+    name = name.replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
+    name = re.sub(r"^void ", "", name)
     name = re.sub(r"\(.*", "", name)          # arguments
     name = re.sub(r"<.*", "", name)           # template arguments
     name = name.split("::")[-1]
