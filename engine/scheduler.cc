@@ -372,6 +372,7 @@ absl::Status Scheduler::Step(absl::Time now) {
     }
   }
   if (on_device) {
+    // The device drew every row: sampled_ and picks both follow the slots' order.
     for (size_t i = 0; i < picks.size(); ++i) {
       Pick& p = picks[i];
       p.token = sampled_.tokens[i];
@@ -386,19 +387,19 @@ absl::Status Scheduler::Step(absl::Time now) {
         p.lp.top.push_back({sampled_.top_ids[at], sampled_.top_logprobs[at]});
       }
     }
-    for (Pick& p : picks) OnToken(p.seq, p.token, std::move(p.lp), t1);
-    picks.clear();
+  } else {
+    // Each draw depends only on its sequence's seed and position, so rows are independent and the
+    // draw does not depend on how they are spread over threads. Sampling a 49k vocabulary costs
+    // 30 us (greedy) to milliseconds (top-p) per row on the host, which at 64 rows would rival a
+    // GPU decode step.
+    ParallelFor(sample_pool_.get(), static_cast<int64_t>(picks.size()), kRowsPerSamplingTask,
+                [&](int64_t begin, int64_t end) {
+                  for (int64_t i = begin; i < end; ++i) {
+                    std::span<float> r(logits_.data() + i * vocab, static_cast<size_t>(vocab));
+                    picks[i].token = SampleRow(picks[i].seq, r, &picks[i].lp);
+                  }
+                });
   }
-  // Each sequence samples with its own RNG, so rows are independent and the draw does not depend
-  // on how they are spread over threads. Sampling a 49k vocabulary costs 30 us (greedy) to
-  // milliseconds (top-p) per row on the host, which at 64 rows would rival a GPU decode step.
-  ParallelFor(sample_pool_.get(), static_cast<int64_t>(picks.size()), kRowsPerSamplingTask,
-              [&](int64_t begin, int64_t end) {
-                for (int64_t i = begin; i < end; ++i) {
-                  std::span<float> r(logits_.data() + i * vocab, static_cast<size_t>(vocab));
-                  picks[i].token = SampleRow(picks[i].seq, r, &picks[i].lp);
-                }
-              });
   for (Pick& p : picks) OnToken(p.seq, p.token, std::move(p.lp), t1);
   // Counted with the step that used them (as the StepReport does), not for a failed one.
   prefix_queries_ += static_cast<uint64_t>(step_prefix_queries_);
