@@ -442,6 +442,13 @@ absl::Status CudaBackend::ReserveStep(int64_t N, int64_t R, bool* moved) {
   return absl::OkStatus();
 }
 
+// Tensor parallelism (not built yet) fits this step as it is. Over R ranks each rank holds H/R query
+// heads and Hkv/R kv heads (its rows of c_attn, regrouped [q | k | v] per rank as RegroupQkvRows
+// does now, its KV cache and kernel calls with per-rank head counts), I/R rows of c_fc (gate and up)
+// and the matching columns of both output projections. The two residual GEMMs already accumulate
+// into h: rank 0 keeps beta = 1 and the others use beta = 0, so that an in-place NCCL all-reduce
+// (sum) of h after each of them yields h + sum of the partial projections on every rank. Norms,
+// the embedding and the LM head stay replicated; sampling runs on rank 0.
 absl::Status CudaBackend::Compute(const StepShape& sh) {
   const ModelConfig& c = config_;
   const int64_t N = sh.N, R = sh.R, D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim;
