@@ -1,0 +1,235 @@
+// The scheduler's device-sampling path, on the CPU: a backend that says it samples on its device
+// (Backend::ForwardSample) and does so with the CPU sampler's own steps, as the CUDA sampler does on
+// the GPU. Requests of every kind (greedy, seeded, filtered, penalised, min_tokens with stop ids,
+// logprobs) must give exactly the tokens and logprobs of the host path. What this checks is the
+// scheduler's side: which rows it hands over, in which order, with which seed, position, penalties
+// and bans, and how it records the draws and assembles logprobs.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend.h"
+#include "engine/engine.h"
+#include "engine/model/checkpoint.h"
+#include "engine/model/model_writer.h"
+#include "engine/sampler.h"
+#include "gtest/gtest.h"
+
+namespace sbserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Draws each row as the device sampler does: logprobs of the raw row, then penalties and bans, then
+// DrawToken.
+class HostDrawsAsDevice : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  bool samples_on_device() const override { return true; }
+  absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) override {
+    calls++;
+    const int64_t V = config().vocab_size;
+    const size_t R = batch.logit_rows.size();
+    if (sampling.rows.size() != R) return absl::InvalidArgumentError("rows != logit rows");
+    std::vector<float> logits(R * V);
+    if (absl::Status st = Forward(batch, logits); !st.ok()) return st;
+    out->top_n = std::max(0, sampling.max_logprobs());
+    out->tokens.assign(R, 0);
+    out->logprobs.assign(R, 0.f);
+    out->top_ids.assign(R * out->top_n, -1);
+    out->top_logprobs.assign(R * out->top_n, 0.f);
+    SamplingScratch scratch;
+    for (size_t r = 0; r < R; ++r) {
+      const RowSampling& rs = sampling.rows[r];
+      std::span<float> row(logits.data() + r * V, V);
+      std::vector<float> lp;
+      SequenceSampler::LogSoftmax(row, lp);
+      if (rs.num_logprobs >= 0) {
+        std::vector<int32_t> idx(V);
+        std::iota(idx.begin(), idx.end(), 0);
+        const int k = static_cast<int>(std::min<int64_t>(rs.num_logprobs, V));
+        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                          [&](int32_t a, int32_t b) { return lp[a] != lp[b] ? lp[a] > lp[b] : a < b; });
+        for (int j = 0; j < k; ++j) {
+          out->top_ids[r * out->top_n + j] = idx[j];
+          out->top_logprobs[r * out->top_n + j] = lp[idx[j]];
+        }
+      }
+      ApplyAdjustments(rs, std::span<const LogitAdjust>(sampling.adjust.data() + rs.adjust_begin,
+                                                        rs.adjust_end - rs.adjust_begin),
+                       row);
+      out->tokens[r] = DrawToken(rs, row, scratch);
+      out->logprobs[r] = lp[out->tokens[r]];
+    }
+    return absl::OkStatus();
+  }
+  std::atomic<int> calls{0};
+};
+
+const Checkpoint& TinyCheckpoint() {
+  static const Checkpoint* ckpt = [] {
+    const std::string dir = (fs::temp_directory_path() / ("sbserve_devpath" + std::to_string(::getpid()))).string();
+    fs::remove_all(dir);
+    CreateOptions co;
+    co.preset = "tiny";
+    co.variant = "R1";
+    co.dtype = "f32";
+    co.seed = 3;
+    co.tokenizer = false;
+    EXPECT_TRUE(WriteRandomCheckpoint(dir, co).ok());
+    auto c = Checkpoint::Open(dir);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->release() : nullptr;
+  }();
+  return *ckpt;
+}
+
+struct Output {
+  std::vector<int32_t> ids;
+  std::vector<StepLogprobs> logprobs;
+  FinishReason reason = FinishReason::kNone;
+  bool done = false;
+};
+
+std::vector<GenerateRequest> Requests(int vocab) {
+  std::vector<GenerateRequest> reqs;
+  auto add = [&](const std::string& id, auto set) {
+    GenerateRequest r;
+    r.request_id = id;
+    for (int t = 0; t < 9 + static_cast<int>(reqs.size()) * 5; ++t) {
+      r.prompt_ids.push_back(1 + (t * 37 + static_cast<int>(reqs.size()) * 11) % (vocab - 1));
+    }
+    r.max_tokens = 24;
+    r.ignore_eos = true;
+    r.sampling.seed = 100 + reqs.size();
+    r.sampling.has_seed = true;
+    set(r);
+    reqs.push_back(std::move(r));
+  };
+  add("greedy", [](GenerateRequest& r) { r.sampling.temperature = 0; });
+  add("greedy-logprobs", [](GenerateRequest& r) { r.sampling.temperature = 0; r.logprobs = 3; });
+  add("tempered", [](GenerateRequest& r) { r.sampling.temperature = 1.3f; });
+  add("top-k", [](GenerateRequest& r) { r.sampling.temperature = 0.9f; r.sampling.top_k = 5; r.logprobs = 0; });
+  add("top-p", [](GenerateRequest& r) { r.sampling.temperature = 1.0f; r.sampling.top_p = 0.7f; });
+  add("min-p", [](GenerateRequest& r) { r.sampling.temperature = 1.5f; r.sampling.min_p = 0.1f; r.logprobs = 2; });
+  add("repetition", [](GenerateRequest& r) {
+    r.sampling.temperature = 0;
+    r.sampling.repetition_penalty = 1.8f;
+  });
+  add("frequency-presence", [](GenerateRequest& r) {
+    r.sampling.temperature = 0.8f;
+    r.sampling.frequency_penalty = 1.2f;
+    r.sampling.presence_penalty = 0.5f;
+    r.logprobs = 4;
+  });
+  // Bans: before min_tokens neither eos nor the stop ids may be drawn; after it they end the request.
+  add("min-tokens-stop-ids", [vocab](GenerateRequest& r) {
+    r.sampling.temperature = 2.0f;
+    r.ignore_eos = false;
+    r.min_tokens = 10;
+    for (int t = 1; t < vocab; t += 3) r.stop_token_ids.push_back(t);
+    r.logprobs = 1;
+  });
+  add("everything", [](GenerateRequest& r) {
+    r.sampling.temperature = 0.7f;
+    r.sampling.top_k = 40;
+    r.sampling.top_p = 0.9f;
+    r.sampling.min_p = 0.02f;
+    r.sampling.repetition_penalty = 1.3f;
+    r.sampling.frequency_penalty = 0.3f;
+    r.sampling.presence_penalty = 0.2f;
+    r.logprobs = 5;
+  });
+  return reqs;
+}
+
+// All requests at once through an engine over `backend`.
+std::map<std::string, Output> RunAll(std::unique_ptr<Backend> backend) {
+  EngineOptions o;
+  o.kv_num_blocks = 256;
+  o.max_queued_tokens = 1 << 20;
+  o.max_batch_tokens = 64;  // chunked prefill beside decodes
+  auto engine = Engine::CreateWithCodec(o, std::move(backend), nullptr);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::string, Output> out;
+  const std::vector<GenerateRequest> reqs = Requests(static_cast<int>(TinyCheckpoint().config().vocab_size));
+  for (const GenerateRequest& r : reqs) {
+    const std::string id = r.request_id;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      out[id];
+    }
+    absl::Status st = (*engine)->Submit(r, [&, id](GenerateEvent e) {
+      std::lock_guard<std::mutex> lock(mu);
+      Output& o = out[id];
+      o.ids.insert(o.ids.end(), e.token_ids.begin(), e.token_ids.end());
+      o.logprobs.insert(o.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+      if (e.finished) {
+        o.reason = e.finish_reason;
+        o.done = true;
+        cv.notify_all();
+      }
+    });
+    EXPECT_TRUE(st.ok()) << st;
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] {
+    for (auto& [id, o] : out) {
+      if (!o.done) return false;
+    }
+    return true;
+  }));
+  return out;
+}
+
+TEST(DeviceSamplingPath, GivesTheTokensAndLogprobsOfTheHostPath) {
+  const Checkpoint& ckpt = TinyCheckpoint();
+  auto host = CreateCpuBackend(ckpt, {});
+  ASSERT_TRUE(host.ok()) << host.status();
+  const auto want = RunAll(*std::move(host));
+  auto inner = CreateCpuBackend(ckpt, {});
+  ASSERT_TRUE(inner.ok()) << inner.status();
+  auto device = std::make_unique<HostDrawsAsDevice>(*std::move(inner));
+  HostDrawsAsDevice* seen = device.get();
+  const auto got = RunAll(std::move(device));
+  EXPECT_GT(seen->calls.load(), 24) << "the scheduler did not use ForwardSample";
+  int sampled_tokens = 0;
+  for (const auto& [id, w] : want) {
+    SCOPED_TRACE(id);
+    const Output& g = got.at(id);
+    ASSERT_TRUE(w.done && g.done);
+    EXPECT_FALSE(w.ids.empty());
+    EXPECT_EQ(g.ids, w.ids);
+    EXPECT_EQ(g.reason, w.reason);
+    ASSERT_EQ(g.logprobs.size(), w.logprobs.size());
+    for (size_t i = 0; i < w.logprobs.size(); ++i) {
+      EXPECT_EQ(g.logprobs[i].token_id, w.logprobs[i].token_id) << i;
+      EXPECT_EQ(g.logprobs[i].logprob, w.logprobs[i].logprob) << i;
+      ASSERT_EQ(g.logprobs[i].top.size(), w.logprobs[i].top.size()) << i;
+      for (size_t j = 0; j < w.logprobs[i].top.size(); ++j) {
+        EXPECT_EQ(g.logprobs[i].top[j].id, w.logprobs[i].top[j].id);
+        EXPECT_EQ(g.logprobs[i].top[j].logprob, w.logprobs[i].top[j].logprob);
+      }
+    }
+    sampled_tokens += static_cast<int>(w.ids.size());
+  }
+  // The cases really do what they say: min_tokens held off the stop ids, then one ended the request.
+  const Output& stop = want.at("min-tokens-stop-ids");
+  EXPECT_GE(stop.ids.size(), 10u);
+  EXPECT_EQ(stop.reason, FinishReason::kStop);
+  EXPECT_EQ(want.at("top-k").logprobs.size(), want.at("top-k").ids.size());
+  EXPECT_GT(sampled_tokens, 150);
+}
+
+}  // namespace
+}  // namespace sbserve
