@@ -71,6 +71,19 @@ void SequenceSampler::LogSoftmax(std::span<const float> logits, std::vector<floa
   for (size_t i = 0; i < logits.size(); ++i) out[i] = logits[i] - lse;
 }
 
+std::vector<std::pair<int32_t, float>> SequenceSampler::TopLogprobs(std::span<const float> logprobs, int n) {
+  const int k = std::max(0, std::min<int>(n, static_cast<int>(logprobs.size())));
+  std::vector<int32_t> idx(logprobs.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return logprobs[a] != logprobs[b] ? logprobs[a] > logprobs[b] : a < b;
+  });
+  std::vector<std::pair<int32_t, float>> top;
+  top.reserve(static_cast<size_t>(k));
+  for (int i = 0; i < k; ++i) top.emplace_back(idx[i], logprobs[idx[i]]);
+  return top;
+}
+
 int32_t DrawToken(const RowSampling& row, std::span<const float> logits, SamplingScratch& scratch) {
   const int32_t V = static_cast<int32_t>(logits.size());
   if (V == 0) return 0;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -74,6 +75,9 @@ class SequenceSampler {
   // Log-softmax of a row. The scheduler applies it to the raw row before Sample, so reported
   // logprobs are under the model's raw distribution: before penalties, temperature and filters.
   static void LogSoftmax(std::span<const float> logits, std::vector<float>& out);
+  // The min(n, size) most probable entries of a logprob row as (id, logprob): larger first, the lower
+  // id first among equals (the device sampler's ranking too).
+  static std::vector<std::pair<int32_t, float>> TopLogprobs(std::span<const float> logprobs, int n);
 
   const SamplingParams& params() const { return params_; }
 

@@ -440,13 +440,7 @@ int32_t Scheduler::SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) c
   std::vector<float> logprobs;
   if (req.logprobs >= 0) {
     SequenceSampler::LogSoftmax(row, logprobs);
-    const int k = std::min<int>(req.logprobs, static_cast<int>(logprobs.size()));
-    std::vector<int32_t> idx(logprobs.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
-      return logprobs[a] != logprobs[b] ? logprobs[a] > logprobs[b] : a < b;
-    });
-    for (int i = 0; i < k; ++i) lp->top.push_back({idx[i], logprobs[idx[i]]});
+    for (const auto& [id, value] : SequenceSampler::TopLogprobs(logprobs, req.logprobs)) lp->top.push_back({id, value});
   }
 
   std::vector<int32_t> banned;

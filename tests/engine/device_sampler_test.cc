@@ -46,14 +46,7 @@ CpuResult CpuSample(const RowCase& c, const SequenceSampler& s, std::vector<floa
   CpuResult r{};
   std::vector<float> lp;
   SequenceSampler::LogSoftmax(row, lp);
-  if (c.logprobs >= 0) {
-    std::vector<int32_t> idx(lp.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    const int k = std::min<int>(c.logprobs, static_cast<int>(lp.size()));
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                      [&](int32_t a, int32_t b) { return lp[a] != lp[b] ? lp[a] > lp[b] : a < b; });
-    for (int i = 0; i < k; ++i) r.top.push_back({idx[i], lp[idx[i]]});
-  }
+  if (c.logprobs >= 0) r.top = SequenceSampler::TopLogprobs(lp, c.logprobs);
   RowSampling rs;
   std::vector<LogitAdjust> adjust;
   s.Describe(c.banned, c.logprobs, &rs, &adjust);

@@ -53,14 +53,10 @@ class HostDrawsAsDevice : public ForwardingBackend {
       std::vector<float> lp;
       SequenceSampler::LogSoftmax(row, lp);
       if (rs.num_logprobs >= 0) {
-        std::vector<int32_t> idx(V);
-        std::iota(idx.begin(), idx.end(), 0);
-        const int k = static_cast<int>(std::min<int64_t>(rs.num_logprobs, V));
-        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                          [&](int32_t a, int32_t b) { return lp[a] != lp[b] ? lp[a] > lp[b] : a < b; });
-        for (int j = 0; j < k; ++j) {
-          out->top_ids[r * out->top_n + j] = idx[j];
-          out->top_logprobs[r * out->top_n + j] = lp[idx[j]];
+        const auto top = SequenceSampler::TopLogprobs(lp, rs.num_logprobs);
+        for (size_t j = 0; j < top.size(); ++j) {
+          out->top_ids[r * out->top_n + j] = top[j].first;
+          out->top_logprobs[r * out->top_n + j] = top[j].second;
         }
       }
       ApplyAdjustments(rs, std::span<const LogitAdjust>(sampling.adjust.data() + rs.adjust_begin,
