@@ -49,6 +49,26 @@ std::function<absl::Status(ServerOptions&, const std::string&)> EngineInt(const 
   };
 }
 
+// "true" / "1" or "false" / "0".
+absl::Status ParseBool(const char* name, const std::string& v, bool* out) {
+  if (v == "true" || v == "1") {
+    *out = true;
+  } else if (v == "false" || v == "0") {
+    *out = false;
+  } else {
+    return Bad(name, v, "true or false");
+  }
+  return absl::OkStatus();
+}
+
+std::function<absl::Status(ServerOptions&, const std::string&)> Bool(const char* name, bool ServerOptions::*f) {
+  return [=](ServerOptions& o, const std::string& v) { return ParseBool(name, v, &(o.*f)); };
+}
+
+std::function<absl::Status(ServerOptions&, const std::string&)> EngineBool(const char* name, bool EngineOptions::*f) {
+  return [=](ServerOptions& o, const std::string& v) { return ParseBool(name, v, &(o.engine.*f)); };
+}
+
 std::function<absl::Status(ServerOptions&, const std::string&)> Str(std::string ServerOptions::*f) {
   return [=](ServerOptions& o, const std::string& v) {
     o.*f = v;
@@ -91,17 +111,7 @@ const std::vector<Flag>& Flags() {
        "batch-invariant CUDA engines: a request's tokens do not depend on what else is batched, on chunked "
        "prefill or on preemption (slower; true | false; bare --deterministic means true)",
        [](const ServerOptions& o) { return o.deterministic ? "true" : "false"; },
-       [](ServerOptions& o, const std::string& v) {
-         if (v == "true" || v == "1") {
-           o.deterministic = true;
-         } else if (v == "false" || v == "0") {
-           o.deterministic = false;
-         } else {
-           return Bad("deterministic", v, "true or false");
-         }
-         return absl::OkStatus();
-       },
-       true},
+       Bool("deterministic", &ServerOptions::deterministic), true},
       {"device", "CUDA device ordinal", [](const ServerOptions& o) { return absl::StrCat(o.device); },
        Int("device", &ServerOptions::device, 0, 1024)},
       {"devices", "data-parallel serving, one engine per device behind this server: 'all' or '0,1,...' "
@@ -169,16 +179,7 @@ const std::vector<Flag>& Flags() {
       {"enable-prefix-caching",
        "automatic prefix caching: requests with equal leading full KV blocks share them (true | false)",
        [](const ServerOptions& o) { return o.engine.enable_prefix_caching ? "true" : "false"; },
-       [](ServerOptions& o, const std::string& v) {
-         if (v == "true" || v == "1") {
-           o.engine.enable_prefix_caching = true;
-         } else if (v == "false" || v == "0") {
-           o.engine.enable_prefix_caching = false;
-         } else {
-           return Bad("enable-prefix-caching", v, "true or false");
-         }
-         return absl::OkStatus();
-       }},
+       EngineBool("enable-prefix-caching", &EngineOptions::enable_prefix_caching)},
       {"max-logprobs", "largest logprobs (top-n) a request may ask for",
        [](const ServerOptions& o) { return absl::StrCat(o.engine.max_logprobs); },
        EngineInt("max-logprobs", &EngineOptions::max_logprobs, 0, 1024)},
@@ -210,16 +211,7 @@ const std::vector<Flag>& Flags() {
        Str(&ServerOptions::log_level)},
       {"log-requests", "one log line per completed or rejected request (true | false)",
        [](const ServerOptions& o) { return o.log_requests ? "true" : "false"; },
-       [](ServerOptions& o, const std::string& v) {
-         if (v == "true" || v == "1") {
-           o.log_requests = true;
-         } else if (v == "false" || v == "0") {
-           o.log_requests = false;
-         } else {
-           return Bad("log-requests", v, "true or false");
-         }
-         return absl::OkStatus();
-       }},
+       Bool("log-requests", &ServerOptions::log_requests)},
       {"max-message-mb", "largest gRPC message accepted, MiB",
        [](const ServerOptions& o) { return absl::StrCat(o.max_message_bytes >> 20); },
        [](ServerOptions& o, const std::string& v) {
