@@ -159,14 +159,27 @@ int32_t DrawToken(const RowSampling& row, std::span<const float> logits, Samplin
   return best;
 }
 
-int32_t SequenceSampler::Sample(std::span<float> logits) {
+RowDraw DrawRow(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits,
+                SamplingScratch& scratch) {
+  RowDraw d;
+  std::vector<float> logprobs;
+  if (row.num_logprobs >= 0) {
+    SequenceSampler::LogSoftmax(logits, logprobs);
+    d.top = SequenceSampler::TopLogprobs(logprobs, row.num_logprobs);
+  }
+  ApplyAdjustments(row, adjust, logits);
+  d.token = DrawToken(row, logits, scratch);
+  if (row.num_logprobs >= 0) d.logprob = logprobs[d.token];
+  return d;
+}
+
+RowDraw SequenceSampler::Draw(std::span<const int32_t> banned, int32_t num_logprobs, std::span<float> logits) {
   RowSampling row;
   std::vector<LogitAdjust> adjust;
-  Describe({}, -1, &row, &adjust);
-  ApplyAdjustments(row, adjust, logits);
-  const int32_t chosen = DrawToken(row, logits, scratch_);
-  Record(chosen);
-  return chosen;
+  Describe(banned, num_logprobs, &row, &adjust);
+  RowDraw d = DrawRow(row, adjust, logits, scratch_);
+  Record(d.token);
+  return d;
 }
 
 LogitAdjust& SequenceSampler::Penalised(int32_t token) {

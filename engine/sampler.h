@@ -54,6 +54,16 @@ int32_t DrawToken(const RowSampling& row, std::span<const float> logits, Samplin
 // Applies a row's penalties and bans (banned: -inf) to its logits in place.
 void ApplyAdjustments(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits);
 
+// One row drawn as the device sampler draws it: the raw row's logprobs (when row.num_logprobs >= 0:
+// the drawn token's and the top n), then the adjustments, then DrawToken. `logits` is modified.
+struct RowDraw {
+  int32_t token = 0;
+  float logprob = 0.f;                         // of the raw row; set when num_logprobs >= 0
+  std::vector<std::pair<int32_t, float>> top;  // SequenceSampler::TopLogprobs of the raw row
+};
+RowDraw DrawRow(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits,
+                SamplingScratch& scratch);
+
 // Per-request sampling state: seed, next position and token counts for the penalties.
 class SequenceSampler {
  public:
@@ -62,7 +72,9 @@ class SequenceSampler {
   // Applies penalties to `logits` in place (exposed for tests).
   void ApplyPenalties(std::span<float> logits) const;
   // Samples one token from a row of raw logits (modified in place) at position(), and records it.
-  int32_t Sample(std::span<float> logits);
+  int32_t Sample(std::span<float> logits) { return Draw({}, -1, logits).token; }
+  // The same with `banned` ids excluded and, for num_logprobs >= 0, the logprobs (DrawRow).
+  RowDraw Draw(std::span<const int32_t> banned, int32_t num_logprobs, std::span<float> logits);
   // Records a token drawn elsewhere (the device sampler) from Describe()'s row.
   void Record(int32_t token);
   // The position the next draw fills: prompt length plus tokens drawn so far.

@@ -437,24 +437,15 @@ void Scheduler::BannedTokens(const Seq* seq, std::vector<int32_t>* banned) const
 
 int32_t Scheduler::SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) const {
   const GenerateRequest& req = seq->req;
-  std::vector<float> logprobs;
-  if (req.logprobs >= 0) {
-    SequenceSampler::LogSoftmax(row, logprobs);
-    for (const auto& [id, value] : SequenceSampler::TopLogprobs(logprobs, req.logprobs)) lp->top.push_back({id, value});
-  }
-
   std::vector<int32_t> banned;
   BannedTokens(seq, &banned);
-  const float ninf = -std::numeric_limits<float>::infinity();
-  for (int32_t e : banned) {
-    if (e >= 0 && e < static_cast<int32_t>(row.size())) row[e] = ninf;
-  }
-  const int32_t token = seq->sampler.Sample(row);
+  const RowDraw d = seq->sampler.Draw(banned, req.logprobs, row);
   if (req.logprobs >= 0) {
-    lp->token_id = token;
-    lp->logprob = logprobs[token];
+    lp->token_id = d.token;
+    lp->logprob = d.logprob;
+    for (const auto& [id, value] : d.top) lp->top.push_back({id, value});
   }
-  return token;
+  return d.token;
 }
 
 void Scheduler::OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now) {

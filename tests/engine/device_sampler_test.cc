@@ -12,18 +12,14 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "tests/engine/gpu_test_util.h"
 #include "engine/cuda/device_sampler.h"
 #include "engine/sampler.h"
 
 namespace sbserve {
 namespace {
 
-bool HaveGpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
+using testing::HaveGpu;
 
 // One row's request: parameters, prompt, output so far, banned ids and logprobs.
 struct RowCase {
@@ -35,26 +31,13 @@ struct RowCase {
   std::string name;
 };
 
-struct CpuResult {
-  int32_t token;
-  float logprob;
-  std::vector<std::pair<int32_t, float>> top;
-};
-
-// What the scheduler does on the host: logprobs of the raw row, bans, penalties, the draw.
-CpuResult CpuSample(const RowCase& c, const SequenceSampler& s, std::vector<float> row) {
-  CpuResult r{};
-  std::vector<float> lp;
-  SequenceSampler::LogSoftmax(row, lp);
-  if (c.logprobs >= 0) r.top = SequenceSampler::TopLogprobs(lp, c.logprobs);
+// What the scheduler does on the host (DrawRow), from the sampler's description of its next draw.
+RowDraw CpuSample(const RowCase& c, const SequenceSampler& s, std::vector<float> row) {
   RowSampling rs;
   std::vector<LogitAdjust> adjust;
   s.Describe(c.banned, c.logprobs, &rs, &adjust);
-  ApplyAdjustments(rs, adjust, row);
   SamplingScratch scratch;
-  r.token = DrawToken(rs, row, scratch);
-  r.logprob = lp[r.token];
-  return r;
+  return DrawRow(rs, adjust, row, scratch);
 }
 
 std::vector<RowCase> Cases(int V) {
@@ -165,7 +148,7 @@ void CompareOnVocabulary(int V, int steps) {
   for (int step = 0; step < steps; ++step) {
     std::vector<float> logits;
     SamplingBatch batch;
-    std::vector<CpuResult> want;
+    std::vector<RowDraw> want;
     for (int r = 0; r < R; ++r) {
       const RowCase& c = cases[r % cases.size()];
       const std::vector<float> row = RowLogits(rng, V, r / static_cast<int>(cases.size()));
