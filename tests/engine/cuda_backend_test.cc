@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "tests/engine/gpu_test_util.h"
 #include "engine/backend.h"
 #include "engine/model/checkpoint.h"
 #include "engine/kv_cache.h"
@@ -25,12 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool HaveGpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
+using testing::HaveGpu;
 
 struct Pair {
   std::unique_ptr<Checkpoint> ckpt;

@@ -4,14 +4,32 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "engine/batch.h"
 #include "engine/kv_cache.h"
+#include "engine/model/checkpoint.h"
+#include "engine/model/model_writer.h"
 
 namespace sbserve::testing {
+
+// A random checkpoint of `options`, without a tokenizer, written to <temp>/sbserve_<name><pid> and
+// opened.
+inline absl::StatusOr<std::unique_ptr<Checkpoint>> OpenRandomCheckpoint(const std::string& name,
+                                                                        CreateOptions options) {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("sbserve_" + name + std::to_string(::getpid()))).string();
+  std::filesystem::remove_all(dir);
+  options.tokenizer = false;
+  if (absl::Status st = WriteRandomCheckpoint(dir, options); !st.ok()) return st;
+  return Checkpoint::Open(dir);
+}
 
 inline std::vector<float> RandomVector(std::mt19937_64& rng, size_t n, float scale = 1.0f) {
   std::normal_distribution<float> dist(0.f, scale);

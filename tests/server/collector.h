@@ -1,7 +1,8 @@
-// A request's event sink for engine tests: collects the token ids of every event and keeps the
-// final one; Wait() blocks until it arrives.
+// A request's event sink for engine tests: collects the token ids and logprobs of every event and
+// keeps the final one; Wait() blocks until it arrives.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -19,6 +20,7 @@ class Collector {
     return [this](GenerateEvent e) {
       std::lock_guard<std::mutex> lock(mu_);
       ids_.insert(ids_.end(), e.token_ids.begin(), e.token_ids.end());
+      logprobs_.insert(logprobs_.end(), e.logprobs.begin(), e.logprobs.end());
       if (e.finished) {
         final_ = std::move(e);
         done_ = true;
@@ -30,6 +32,7 @@ class Collector {
     std::unique_lock<std::mutex> lock(mu_);
     return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return done_; });
   }
+  bool WaitUntil(absl::Time deadline) { return Wait(std::max(deadline - absl::Now(), absl::ZeroDuration())); }
   bool done() {
     std::lock_guard<std::mutex> lock(mu_);
     return done_;
@@ -46,11 +49,16 @@ class Collector {
     std::lock_guard<std::mutex> lock(mu_);
     return ids_;
   }
+  std::vector<StepLogprobs> logprobs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return logprobs_;
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<int32_t> ids_;
+  std::vector<StepLogprobs> logprobs_;
   GenerateEvent final_;
   bool done_ = false;
 };

@@ -6,46 +6,35 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include <condition_variable>
-#include <filesystem>
 #include <cmath>
 #include <map>
-#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "tests/engine/gpu_test_util.h"
 #include "engine/backend.h"
 #include "engine/model/checkpoint.h"
 #include "engine/engine.h"
 #include "engine/model/model_writer.h"
+#include "tests/engine/test_util.h"
+#include "tests/server/collector.h"
 
 namespace sbserve {
 namespace {
 
-namespace fs = std::filesystem;
 
-bool HaveGpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
+using testing::HaveGpu;
 
 // The 3B-shaped random checkpoint of these tests, written once per process.
 const Checkpoint& SmallCheckpoint() {
   static const Checkpoint* ckpt = [] {
-    const std::string dir =
-        (fs::temp_directory_path() / ("sbserve_cuda_engine" + std::to_string(::getpid()))).string();
-    fs::remove_all(dir);
     CreateOptions co;
     co.preset = "small-3b";
     co.variant = "R1";
     co.dtype = "bf16";
     co.seed = 31;
-    co.tokenizer = false;
-    EXPECT_TRUE(WriteRandomCheckpoint(dir, co).ok());
-    auto c = Checkpoint::Open(dir);
+    auto c = testing::OpenRandomCheckpoint("cuda_engine", co);
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? c->release() : nullptr;
   }();
@@ -60,7 +49,24 @@ struct Result {
 
 // Runs `n` greedy requests concurrently through a CUDA engine with `kv_blocks` blocks; returns
 // each request's tokens and the engine's preemption count.
+// Waits until every collector's request has finished, at most `timeout` in all.
+std::map<std::string, Result> WaitAll(std::map<std::string, testing::Collector>& events, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::map<std::string, Result> results;
+  bool all = true;
+  for (auto& [id, c] : events) {
+    Result& r = results[id];
+    r.done = c.WaitUntil(deadline);
+    all = all && r.done;
+    r.ids = c.ids();
+    r.final = c.final();
+  }
+  EXPECT_TRUE(all) << "requests did not finish";
+  return results;
+}
+
 std::map<std::string, Result> RunAll(const Checkpoint& ckpt, int kv_blocks, int n, uint64_t* preemptions) {
+  std::map<std::string, testing::Collector> events;  // outlives the engine
   auto backend = CreateCudaBackend(ckpt, {});
   EXPECT_TRUE(backend.ok()) << backend.status();
   EngineOptions o;
@@ -70,9 +76,6 @@ std::map<std::string, Result> RunAll(const Checkpoint& ckpt, int kv_blocks, int 
   o.sampling_threads = 1;
   auto engine = Engine::CreateWithCodec(o, *std::move(backend), nullptr);
   EXPECT_TRUE(engine.ok()) << engine.status();
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<std::string, Result> results;
   std::mt19937_64 rng(99);
   for (int i = 0; i < n; ++i) {
     GenerateRequest r;
@@ -82,29 +85,11 @@ std::map<std::string, Result> RunAll(const Checkpoint& ckpt, int kv_blocks, int 
     r.max_tokens = 80;
     r.sampling.temperature = 0;
     r.ignore_eos = true;
-    const std::string id = r.request_id;
-    results[id];
-    absl::Status st = (*engine)->Submit(std::move(r), [&, id](GenerateEvent e) {
-      std::lock_guard<std::mutex> lock(mu);
-      Result& res = results[id];
-      res.ids.insert(res.ids.end(), e.token_ids.begin(), e.token_ids.end());
-      if (e.finished) {
-        res.final = std::move(e);
-        res.done = true;
-        cv.notify_all();
-      }
-    });
+    testing::Collector& c = events[r.request_id];
+    absl::Status st = (*engine)->Submit(std::move(r), c.Sink());
     EXPECT_TRUE(st.ok()) << st;
   }
-  std::unique_lock<std::mutex> lock(mu);
-  const bool all = cv.wait_for(lock, std::chrono::seconds(120), [&] {
-    for (auto& [id, r] : results) {
-      if (!r.done) return false;
-    }
-    return true;
-  });
-  EXPECT_TRUE(all) << "requests did not finish";
-  lock.unlock();
+  std::map<std::string, Result> results = WaitAll(events, absl::Seconds(120));
   *preemptions = (*engine)->Stats().preemptions;
   return results;
 }
@@ -281,23 +266,14 @@ TEST(CudaEngine, ACachedPrefixGivesTheSameGreedyTokens) {
     r.ignore_eos = true;
     r.logprobs = 0;
     r.cache_prefix = cache;
-    std::mutex mu;
-    std::condition_variable cv;
+    testing::Collector c;
+    EXPECT_TRUE((*engine)->Submit(std::move(r), c.Sink()).ok());
     Result res;
-    std::vector<StepLogprobs> lps;
-    EXPECT_TRUE((*engine)->Submit(std::move(r), [&](GenerateEvent e) {
-      std::lock_guard<std::mutex> lock(mu);
-      res.ids.insert(res.ids.end(), e.token_ids.begin(), e.token_ids.end());
-      lps.insert(lps.end(), e.logprobs.begin(), e.logprobs.end());
-      if (e.finished) {
-        res.final = std::move(e);
-        res.done = true;
-        cv.notify_all();
-      }
-    }).ok());
-    std::unique_lock<std::mutex> lock(mu);
-    EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return res.done; }));
-    return std::make_pair(res, lps);
+    res.done = c.Wait(absl::Seconds(60));
+    EXPECT_TRUE(res.done);
+    res.ids = c.ids();
+    res.final = c.final();
+    return std::make_pair(res, c.logprobs());
   };
   const auto [full, full_lp] = run("full", false);
   const auto [first, first_lp] = run("first", true);
@@ -334,6 +310,7 @@ struct ProbeRun {
 };
 
 ProbeRun RunProbes(const Checkpoint& ckpt, bool deterministic, int kv_blocks, int max_batch_tokens, int others) {
+  std::map<std::string, testing::Collector> events;  // outlives the engine
   CudaBackendOptions bo;
   bo.deterministic = deterministic;
   auto backend = CreateCudaBackend(ckpt, bo);
@@ -346,9 +323,6 @@ ProbeRun RunProbes(const Checkpoint& ckpt, bool deterministic, int kv_blocks, in
   o.enable_prefix_caching = false;
   auto engine = Engine::CreateWithCodec(o, *std::move(backend), nullptr);
   EXPECT_TRUE(engine.ok()) << engine.status();
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<std::string, Result> results;
   std::mt19937_64 rng(7);
   auto submit = [&](const std::string& id, std::vector<int32_t> prompt, float temperature, uint64_t seed) {
     GenerateRequest r;
@@ -360,20 +334,7 @@ ProbeRun RunProbes(const Checkpoint& ckpt, bool deterministic, int kv_blocks, in
     r.sampling.seed = seed;
     r.sampling.has_seed = true;
     r.ignore_eos = true;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      results[id];
-    }
-    absl::Status st = (*engine)->Submit(std::move(r), [&, id](GenerateEvent e) {
-      std::lock_guard<std::mutex> lock(mu);
-      Result& res = results[id];
-      res.ids.insert(res.ids.end(), e.token_ids.begin(), e.token_ids.end());
-      if (e.finished) {
-        res.final = std::move(e);
-        res.done = true;
-        cv.notify_all();
-      }
-    });
+    absl::Status st = (*engine)->Submit(std::move(r), events[id].Sink());
     EXPECT_TRUE(st.ok()) << st;
   };
   auto prompt = [&](int len, uint64_t salt) {
@@ -387,21 +348,13 @@ ProbeRun RunProbes(const Checkpoint& ckpt, bool deterministic, int kv_blocks, in
   submit("greedy", prompt(75, 1), 0.f, 0);
   submit("seeded", prompt(53, 2), 0.9f, 1234);
   for (int i = others / 2; i < others; ++i) submit("o" + std::to_string(i), prompt(20 + rng() % 90, 100 + i), 0.8f, i);
-  std::unique_lock<std::mutex> lock(mu);
-  const bool all = cv.wait_for(lock, std::chrono::seconds(180), [&] {
-    for (auto& [id, r] : results) {
-      if (!r.done) return false;
-    }
-    return true;
-  });
-  EXPECT_TRUE(all) << "requests did not finish";
+  std::map<std::string, Result> results = WaitAll(events, absl::Seconds(180));
   ProbeRun run;
   for (const char* id : {"greedy", "seeded"}) {
     EXPECT_TRUE(results[id].final.status.ok()) << results[id].final.status;
     EXPECT_EQ(results[id].ids.size(), 64u) << id;
     run.ids[id] = results[id].ids;
   }
-  lock.unlock();
   run.preemptions = (*engine)->Stats().preemptions;
   return run;
 }

@@ -6,11 +6,8 @@
 // and bans, and how it records the draws and assembles logprobs.
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <filesystem>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -22,14 +19,15 @@
 #include "engine/model/model_writer.h"
 #include "engine/sampler.h"
 #include "gtest/gtest.h"
+#include "tests/engine/test_util.h"
+#include "tests/server/collector.h"
 
 namespace sbserve {
 namespace {
 
-namespace fs = std::filesystem;
 
-// Draws each row as the device sampler does: logprobs of the raw row, then penalties and bans, then
-// DrawToken.
+// Draws each row as the device sampler does (DrawRow: logprobs of the raw row, then penalties and
+// bans, then DrawToken).
 class HostDrawsAsDevice : public ForwardingBackend {
  public:
   using ForwardingBackend::ForwardingBackend;
@@ -49,21 +47,16 @@ class HostDrawsAsDevice : public ForwardingBackend {
     SamplingScratch scratch;
     for (size_t r = 0; r < R; ++r) {
       const RowSampling& rs = sampling.rows[r];
-      std::span<float> row(logits.data() + r * V, V);
-      std::vector<float> lp;
-      SequenceSampler::LogSoftmax(row, lp);
-      if (rs.num_logprobs >= 0) {
-        const auto top = SequenceSampler::TopLogprobs(lp, rs.num_logprobs);
-        for (size_t j = 0; j < top.size(); ++j) {
-          out->top_ids[r * out->top_n + j] = top[j].first;
-          out->top_logprobs[r * out->top_n + j] = top[j].second;
-        }
+      const RowDraw d = DrawRow(rs,
+                                std::span<const LogitAdjust>(sampling.adjust.data() + rs.adjust_begin,
+                                                             rs.adjust_end - rs.adjust_begin),
+                                std::span<float>(logits.data() + r * V, V), scratch);
+      out->tokens[r] = d.token;
+      out->logprobs[r] = d.logprob;
+      for (size_t j = 0; j < d.top.size(); ++j) {
+        out->top_ids[r * out->top_n + j] = d.top[j].first;
+        out->top_logprobs[r * out->top_n + j] = d.top[j].second;
       }
-      ApplyAdjustments(rs, std::span<const LogitAdjust>(sampling.adjust.data() + rs.adjust_begin,
-                                                        rs.adjust_end - rs.adjust_begin),
-                       row);
-      out->tokens[r] = DrawToken(rs, row, scratch);
-      out->logprobs[r] = lp[out->tokens[r]];
     }
     return absl::OkStatus();
   }
@@ -72,16 +65,12 @@ class HostDrawsAsDevice : public ForwardingBackend {
 
 const Checkpoint& TinyCheckpoint() {
   static const Checkpoint* ckpt = [] {
-    const std::string dir = (fs::temp_directory_path() / ("sbserve_devpath" + std::to_string(::getpid()))).string();
-    fs::remove_all(dir);
     CreateOptions co;
     co.preset = "tiny";
     co.variant = "R1";
     co.dtype = "f32";
     co.seed = 3;
-    co.tokenizer = false;
-    EXPECT_TRUE(WriteRandomCheckpoint(dir, co).ok());
-    auto c = Checkpoint::Open(dir);
+    auto c = testing::OpenRandomCheckpoint("devpath", co);
     EXPECT_TRUE(c.ok()) << c.status();
     return c.ok() ? c->release() : nullptr;
   }();
@@ -149,42 +138,27 @@ std::vector<GenerateRequest> Requests(int vocab) {
 
 // All requests at once through an engine over `backend`.
 std::map<std::string, Output> RunAll(std::unique_ptr<Backend> backend) {
+  std::map<std::string, testing::Collector> events;  // outlives the engine
   EngineOptions o;
   o.kv_num_blocks = 256;
   o.max_queued_tokens = 1 << 20;
   o.max_batch_tokens = 64;  // chunked prefill beside decodes
   auto engine = Engine::CreateWithCodec(o, std::move(backend), nullptr);
   EXPECT_TRUE(engine.ok()) << engine.status();
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<std::string, Output> out;
-  const std::vector<GenerateRequest> reqs = Requests(static_cast<int>(TinyCheckpoint().config().vocab_size));
-  for (const GenerateRequest& r : reqs) {
-    const std::string id = r.request_id;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      out[id];
-    }
-    absl::Status st = (*engine)->Submit(r, [&, id](GenerateEvent e) {
-      std::lock_guard<std::mutex> lock(mu);
-      Output& o = out[id];
-      o.ids.insert(o.ids.end(), e.token_ids.begin(), e.token_ids.end());
-      o.logprobs.insert(o.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
-      if (e.finished) {
-        o.reason = e.finish_reason;
-        o.done = true;
-        cv.notify_all();
-      }
-    });
+  for (const GenerateRequest& r : Requests(static_cast<int>(TinyCheckpoint().config().vocab_size))) {
+    absl::Status st = (*engine)->Submit(r, events[r.request_id].Sink());
     EXPECT_TRUE(st.ok()) << st;
   }
-  std::unique_lock<std::mutex> lock(mu);
-  EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] {
-    for (auto& [id, o] : out) {
-      if (!o.done) return false;
-    }
-    return true;
-  }));
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  std::map<std::string, Output> out;
+  for (auto& [id, c] : events) {
+    Output& o = out[id];
+    o.done = c.WaitUntil(deadline);
+    EXPECT_TRUE(o.done) << id << " did not finish";
+    o.ids = c.ids();
+    o.logprobs = c.logprobs();
+    o.reason = c.final().finish_reason;
+  }
   return out;
 }
 
