@@ -141,7 +141,6 @@ class CudaBackend final : public Backend {
     int max_ctx_decode = 1;
     int max_q_prefill = 1;
     int prefill_row0 = 0;  // first query row of the prefill part
-    int max_q_all = 1;     // max chunk length over all sequences (deterministic mode)
   };
   absl::Status Attention(const StepShape& sh, int layer, const LayerWeights& w);
   // Enqueues the whole model for one step (metadata already in meta_), logits into logits_.
@@ -405,7 +404,7 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
     pp.o = static_cast<char*>(o_.get()) + static_cast<int64_t>(row0) * hd * 2;
     pp.batch = sh.B - prefill_seq0;
     pp.total_q = sh.N - row0;
-    pp.max_seqlen_q = deterministic_ ? sh.max_q_all : sh.max_q_prefill;
+    pp.max_seqlen_q = sh.max_q_prefill;  // decodes, included in deterministic mode, are chunks of 1
     pp.num_heads = static_cast<int>(c.n_head);
     pp.num_kv_heads = static_cast<int>(c.n_kv_head);
     pp.head_dim = static_cast<int>(c.head_dim);
@@ -595,7 +594,6 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   for (int b = sh.nd; b < B; ++b) {
     sh.max_q_prefill = std::max(sh.max_q_prefill, batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b]);
   }
-  sh.max_q_all = sh.max_q_prefill;
   // A decode-only step whose logits are every row, in order, replays a graph captured with block
   // tables padded to the full context and the decode split sized for it, so one graph per batch
   // size serves every context length.
