@@ -16,6 +16,7 @@
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_sampler.h"
+#include "engine/cuda/small_gemm.h"
 #include "kernels/cuda_check.h"
 #include "kernels/sb_attn.h"
 
@@ -176,6 +177,9 @@ class CudaBackend final : public Backend {
   // Logit rows are sampled on the device (SBSERVE_DEVICE_SAMPLING=0: copied to the host instead).
   bool device_sampling_ = true;
   bool deterministic_ = false;  // CudaBackendOptions::deterministic
+  // GEMMs of at most this many rows run on the small-batch kernels (small_gemm.h) instead of cuBLAS,
+  // outside deterministic mode; SBSERVE_SMALL_GEMM_ROWS overrides it (0: always cuBLAS).
+  int small_gemm_rows_ = cuda::kSmallGemmMaxRows;
   cuda::DeviceSampler sampler_;
   int graph_mb_ = 0;  // block-table row length the graphs were captured with (the full context)
   std::map<int, cudaGraphExec_t> graphs_;
@@ -261,6 +265,9 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (const char* g = std::getenv("SBSERVE_DEVICE_SAMPLING"); g != nullptr && std::string(g) == "0") {
     device_sampling_ = false;
   }
+  if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_ROWS"); g != nullptr && *g != '\0') {
+    small_gemm_rows_ = std::atoi(g);
+  }
   fused_qkv_ = !c.add_qkv_bias;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
   if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));
@@ -303,6 +310,9 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
 absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y,
                                bool y_f32, float alpha, float beta) {
   if (n == 0) return absl::OkStatus();
+  if (!deterministic_ && cuda::SmallGemmFits(n, in, x, w, small_gemm_rows_)) {
+    return cuda::SmallGemm(x, n, in, w, out, y, y_f32, alpha, beta, stream_);
+  }
   // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = W · xᵀ.
   auto gemm = [&](const void* xs, int64_t rows, void* ys) -> absl::Status {
     SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
@@ -479,10 +489,16 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
     }
     SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln2_w.get<float>(),
                                   w.has_ln_b ? w.ln2_b.get<float>() : nullptr, eps, x_.get(), stream_));
-    SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.fc_w.get(), fc_out, fc_.get(), false));
-    SB_RETURN_IF_ERROR(Trace(stream_, "mlp_act",
-                             cuda::Activation(act, c.glu, fc_.get(), w.has_bias ? w.fc_b.get<float>() : nullptr,
-                                              N, I, act_.get(), stream_)));
+    if (c.glu && !w.has_bias && !deterministic_ && cuda::SmallGemmFits(N, D, x_.get(), w.fc_w.get(), small_gemm_rows_)) {
+      // A few rows: c_fc and the GLU activation in one kernel (no fc_ round trip).
+      SB_RETURN_IF_ERROR(Trace(stream_, "c_fc+act",
+                               cuda::SmallGemmGlu(act, x_.get(), N, D, w.fc_w.get(), I, act_.get(), stream_)));
+    } else {
+      SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.fc_w.get(), fc_out, fc_.get(), false));
+      SB_RETURN_IF_ERROR(Trace(stream_, "mlp_act",
+                               cuda::Activation(act, c.glu, fc_.get(), w.has_bias ? w.fc_b.get<float>() : nullptr,
+                                                N, I, act_.get(), stream_)));
+    }
     if (w.has_bias) {
       SB_RETURN_IF_ERROR(Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, y_.get(), true));
       SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(), w.fc_proj_b.get<float>(), N, D, r, stream_));

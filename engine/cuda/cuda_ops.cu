@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "engine/cuda/activation.cuh"
 #include "engine/cuda/cuda_ops.h"
 #include "kernels/cuda_check.h"
 
@@ -149,15 +150,6 @@ __global__ void ResidualKernel(float* h, const float* y, const float* bias, int6
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
   h[i] += r * (y[i] + (bias ? bias[i % dim] : 0.f));
-}
-
-__device__ inline float Act(int act, float x) {
-  switch (act) {
-    case 0: return x / (1.f + __expf(-x));
-    case 1: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
-    case 2: return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    default: return x > 0.f ? x : 0.f;
-  }
 }
 
 __global__ void ActivationKernel(int act, bool glu, const __nv_bfloat16* fc, const float* bias, int64_t n,

@@ -1,0 +1,199 @@
+// small_gemm_bench: the small-batch GEMM kernels (engine/cuda/small_gemm.h) against cuBLAS as the
+// CUDA backend calls it, on the 3B model's GEMM shapes at n = 1..16 rows. Weights are random bf16
+// and rotated through copies that together exceed L2; each time is the median over 7 runs of 20
+// back-to-back calls. Prints the time, the weight bytes over it, that as a share of the copy
+// bandwidth measured in the same run, and the largest difference from cuBLAS's output.
+//
+// usage: small_gemm_bench [--rows 1,2,4,8,16]
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/cuda_ops.h"
+#include "engine/cuda/small_gemm.h"
+
+namespace {
+
+#define CHECK_CUDA(x)                                                                          \
+  do {                                                                                         \
+    cudaError_t e_ = (x);                                                                      \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                            \
+    }                                                                                          \
+  } while (0)
+#define CHECK_OK(x)                                                              \
+  do {                                                                           \
+    absl::Status s_ = (x);                                                       \
+    if (!s_.ok()) {                                                              \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      std::exit(1);                                                              \
+    }                                                                            \
+  } while (0)
+
+__global__ void FillBf16(__nv_bfloat16* p, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed ^ static_cast<uint32_t>(i >> 32) * 40503u;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13, h *= 3266489917u, h ^= h >> 16;
+    p[i] = __float2bfloat16((static_cast<float>(h & 0xffffff) / 16777216.f * 2.f - 1.f) * scale);
+  }
+}
+
+struct Shape {
+  const char* name;
+  int64_t out, in;
+  bool y_f32;
+  float alpha, beta;
+  bool glu;  // out is the GLU's inner size; W has 2·out rows
+};
+
+template <typename F>
+double MedianUs(cudaStream_t s, int copies, F&& call) {
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) call(i % copies);
+  std::vector<double> us;
+  for (int rep = 0; rep < 7; ++rep) {
+    constexpr int kCalls = 20;
+    CHECK_CUDA(cudaEventRecord(a, s));
+    for (int i = 0; i < kCalls; ++i) call((rep * kCalls + i) % copies);
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    us.push_back(ms * 1000.0 / kCalls);
+  }
+  std::sort(us.begin(), us.end());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return us[us.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> rows = {1, 2, 4, 8, 16};
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--rows") == 0) {
+      rows.clear();
+      for (char* t = std::strtok(argv[++i], ","); t != nullptr; t = std::strtok(nullptr, ",")) rows.push_back(std::atoi(t));
+    }
+  }
+  cudaStream_t s;
+  CHECK_CUDA(cudaStreamCreate(&s));
+  cublasHandle_t blas;
+  cublasCreate(&blas);
+  cublasSetStream(blas, s);
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+
+  // Copy bandwidth in this run (read + write counted), the yardstick of the percentages.
+  const size_t copy_bytes = size_t{1} << 30;
+  void *src, *dst;
+  CHECK_CUDA(cudaMalloc(&src, copy_bytes));
+  CHECK_CUDA(cudaMalloc(&dst, copy_bytes));
+  CHECK_CUDA(cudaMemset(src, 1, copy_bytes));
+  const double copy_us =
+      MedianUs(s, 1, [&](int) { CHECK_CUDA(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, s)); });
+  const double copy_gbs = 2.0 * copy_bytes / copy_us / 1e3;
+  cudaFree(src);
+  cudaFree(dst);
+  std::printf("device %s, copy %.0f GB/s (read + write)\n", prop.name, copy_gbs);
+  std::printf("%-14s %4s %10s %10s %8s %8s %10s %10s\n", "shape", "n", "cublas_us", "small_us", "cublas%", "small%",
+              "speedup", "max_rel_d");
+
+  // The 3B preset: D 2304, 36 heads of 64 (qkv 6912), inner 9216 (GLU), vocab 49152.
+  const Shape shapes[] = {
+      {"c_attn", 6912, 2304, false, 1.f, 0.f, false},   {"c_proj+res", 2304, 2304, true, 0.22f, 1.f, false},
+      {"c_fc+glu", 9216, 2304, false, 1.f, 0.f, true},   {"fc_proj+res", 2304, 9216, true, 0.22f, 1.f, false},
+      {"lm_head", 49152, 2304, true, 0.125f, 0.f, false},
+  };
+  const int max_n = *std::max_element(rows.begin(), rows.end());
+  for (const Shape& sh : shapes) {
+    const int64_t w_rows = sh.glu ? 2 * sh.out : sh.out;
+    const size_t w_bytes = static_cast<size_t>(w_rows * sh.in) * 2;
+    const int copies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / w_bytes + 1));
+    __nv_bfloat16 *w, *x, *fc;
+    void *y_ref, *y;
+    CHECK_CUDA(cudaMalloc(&w, w_bytes * copies));
+    CHECK_CUDA(cudaMalloc(&x, static_cast<size_t>(max_n * sh.in) * 2));
+    CHECK_CUDA(cudaMalloc(&fc, static_cast<size_t>(max_n * w_rows) * 2));
+    const size_t y_bytes = static_cast<size_t>(max_n * sh.out) * 4;
+    CHECK_CUDA(cudaMalloc(&y_ref, y_bytes));
+    CHECK_CUDA(cudaMalloc(&y, y_bytes));
+    FillBf16<<<1024, 256, 0, s>>>(w, w_rows * sh.in * copies, 7, 0.05f);
+    FillBf16<<<1024, 256, 0, s>>>(x, max_n * sh.in, 11, 1.f);
+    const int64_t w_elems = w_rows * sh.in;
+    for (int n : rows) {
+      auto cublas = [&](int k) {
+        const __nv_bfloat16* wk = w + k * w_elems;
+        void* out = sh.glu ? static_cast<void*>(fc) : y_ref;
+        const int m = static_cast<int>(w_rows);
+        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, static_cast<int>(sh.in), &sh.alpha, wk, CUDA_R_16BF,
+                     static_cast<int>(sh.in), x, CUDA_R_16BF, static_cast<int>(sh.in), &sh.beta, out,
+                     sh.y_f32 ? CUDA_R_32F : CUDA_R_16BF, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (sh.glu) CHECK_OK(sbserve::cuda::Activation(0, true, fc, nullptr, n, sh.out, y_ref, s));
+      };
+      auto small = [&](int k) {
+        const __nv_bfloat16* wk = w + k * w_elems;
+        if (sh.glu) {
+          CHECK_OK(sbserve::cuda::SmallGemmGlu(0, x, n, sh.in, wk, sh.out, y, s));
+        } else {
+          CHECK_OK(sbserve::cuda::SmallGemm(x, n, sh.in, wk, sh.out, y, sh.y_f32, sh.alpha, sh.beta, s));
+        }
+      };
+      const double cu = MedianUs(s, copies, cublas);
+      const bool fits = sbserve::cuda::SmallGemmFits(n, sh.in, x, w);
+      double sm = 0, diff = 0;
+      if (fits) {
+        sm = MedianUs(s, copies, small);
+        // One call of each on copy 0 from zeroed outputs (beta = 1 accumulates into them).
+        CHECK_CUDA(cudaMemsetAsync(y_ref, 0, y_bytes, s));
+        CHECK_CUDA(cudaMemsetAsync(y, 0, y_bytes, s));
+        cublas(0);
+        small(0);
+        const size_t count = static_cast<size_t>(n * sh.out);
+        const bool f32 = sh.y_f32 && !sh.glu;
+        std::vector<float> a(count), b(count);
+        if (f32) {
+          CHECK_CUDA(cudaMemcpy(a.data(), y_ref, count * 4, cudaMemcpyDeviceToHost));
+          CHECK_CUDA(cudaMemcpy(b.data(), y, count * 4, cudaMemcpyDeviceToHost));
+        } else {
+          std::vector<__nv_bfloat16> ha(count), hb(count);
+          CHECK_CUDA(cudaMemcpy(ha.data(), y_ref, count * 2, cudaMemcpyDeviceToHost));
+          CHECK_CUDA(cudaMemcpy(hb.data(), y, count * 2, cudaMemcpyDeviceToHost));
+          for (size_t i = 0; i < count; ++i) a[i] = __bfloat162float(ha[i]), b[i] = __bfloat162float(hb[i]);
+        }
+        double scale = 0;
+        for (size_t i = 0; i < count; ++i) scale = std::max(scale, std::fabs(static_cast<double>(a[i])));
+        for (size_t i = 0; i < count; ++i) diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+        diff /= std::max(scale, 1e-30);
+      }
+      const double gbs = w_bytes / 1e3;  // per µs -> GB/s
+      if (fits) {
+        std::printf("%-14s %4d %10.2f %10.2f %7.1f%% %7.1f%% %9.2fx %10.2e\n", sh.name, n, cu, sm,
+                    100.0 * gbs / cu / copy_gbs, 100.0 * gbs / sm / copy_gbs, cu / sm, diff);
+      } else {
+        std::printf("%-14s %4d %10.2f %10s %7.1f%% %8s %10s %10s\n", sh.name, n, cu, "-", 100.0 * gbs / cu / copy_gbs,
+                    "-", "-", "-");
+      }
+    }
+    cudaFree(w);
+    cudaFree(x);
+    cudaFree(fc);
+    cudaFree(y_ref);
+    cudaFree(y);
+  }
+  cublasDestroy(blas);
+  return 0;
+}
