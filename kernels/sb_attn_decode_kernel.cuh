@@ -247,6 +247,9 @@ __global__ void __launch_bounds__(kHeadDim * kCombineGroups)
                                        const int num_splits, const float* __restrict__ o_part,
                                        const float* __restrict__ p_part) {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split grid's partials are complete
+  // A programmatic dependent launch after it (the small-batch output projection) may start its
+  // weight prefetch.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int h = blockIdx.x % p.num_heads;
   const int b = blockIdx.x / p.num_heads;
   const int di = threadIdx.x % kHeadDim;

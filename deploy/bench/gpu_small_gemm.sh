@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# The small-batch GEMM kernels (engine/cuda/small_gemm.h): small_gemm_bench against cuBLAS on the 3B
-# shapes, then `sbmodel bench` of the 3B checkpoint with them (default) and without them
-# (SBSERVE_SMALL_GEMM_ROWS=0: cuBLAS for every GEMM), same binary, alternating, at small batches.
+# The small-batch GEMM kernels (engine/cuda/small_gemm.h): small_gemm_bench (every launch variant
+# against cuBLAS on the 3B shapes), then `sbmodel bench` of the 3B checkpoint without them
+# (SBSERVE_SMALL_GEMM_ROWS=0: cuBLAS for every GEMM) and with them, same binary, alternating: at
+# B = 1 with every variant (SBSERVE_SMALL_GEMM_VARIANT) and with plain launches instead of programmatic
+# dependent ones (SBSERVE_SMALL_GEMM_PDL=0), at B = 2 and 4 with the default.
 set -u
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
 B=$PWD/.gpu/bin
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 $B/small_gemm_bench
 [ -f /tmp/m3b/config.json ] || $B/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b >/dev/null || exit 1
+run() {  # batch rows variant [pdl]
+  echo "round $round B=$1 small_gemm_rows=$2 variant=$3 pdl=${4:-1}: $(SBSERVE_SMALL_GEMM_ROWS=$2 SBSERVE_SMALL_GEMM_VARIANT=$3 \
+    SBSERVE_SMALL_GEMM_PDL=${4:-1} $B/sbmodel bench --model /tmp/m3b --batch $1 --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
+}
 for round in ${ROUNDS:-1 2}; do
-  for b in ${BATCHES:-1 2 4 8}; do
-    for rows in 0 8; do
-      echo "round $round B=$b small_gemm_rows=$rows: $(SBSERVE_SMALL_GEMM_ROWS=$rows $B/sbmodel bench --model /tmp/m3b --batch $b --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
-    done
-  done
+  run 1 0 0
+  for v in ${VARIANTS:-0 1 2 3 4 5}; do run 1 4 "$v"; done
+  run 1 4 0 0
+  for b in 2 4; do run $b 0 0; run $b 4 0; done
 done

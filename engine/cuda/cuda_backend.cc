@@ -268,6 +268,9 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_ROWS"); g != nullptr && *g != '\0') {
     small_gemm_rows_ = std::atoi(g);
   }
+  if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_VARIANT"); g != nullptr && *g != '\0') {
+    cuda::SetSmallGemmVariant(std::atoi(g));  // tuning runs (small_gemm.h)
+  }
   fused_qkv_ = !c.add_qkv_bias;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
   if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));

@@ -26,6 +26,8 @@ __global__ void EmbedKernel(const int32_t* ids, const __nv_bfloat16* wte, int64_
 // One block per row; fp32 statistics with a block reduction.
 __global__ void NormKernel(bool rms, const float* x, const int32_t* rows, int64_t dim, const float* w,
                            const float* b, float eps, __nv_bfloat16* y) {
+  // A programmatic dependent launch after it (the small-batch GEMMs) may start its weight prefetch.
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? static_cast<int64_t>(rows[r]) : r) * dim;
   __shared__ float red[32];
@@ -70,6 +72,7 @@ template <int kItems>
 __global__ void __launch_bounds__(kNormThreads) NormRegKernel(bool rms, const float* x, const int32_t* rows,
                                                               int64_t dim, const float* w, const float* b, float eps,
                                                               __nv_bfloat16* y) {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");  // as in NormKernel
   const int64_t r = blockIdx.x;
   const float4* xr = reinterpret_cast<const float4*>(x + (rows ? static_cast<int64_t>(rows[r]) : r) * dim);
   const int n4 = static_cast<int>(dim / 4);

@@ -1,15 +1,17 @@
-// Small-batch GEMMs (small_gemm.h). Each warp owns R rows of W (R up rows and R gate rows with the
-// GLU epilogue) and walks them in 16-byte chunks: lane j reads chunks j, j + 32, ..., U chunks of
-// every row in flight per iteration, and multiplies each chunk with the same chunk of the N rows of
-// x (from L1: every warp reads all of x). A warp reduction ends each dot product.
+// Small-batch GEMMs (small_gemm.h). A block owns R rows of W (R up rows and R gate rows with the GLU
+// epilogue) and walks them in 16-byte chunks spread over its warps and lanes, U chunks of every row
+// in flight per thread, multiplying each chunk with the same chunk of the N rows of x (from L1).
+// Warp shuffles and then shared memory end each dot product.
 //
-// Per weight byte the kernel does N/2 FMAs and reads N/R bytes of x from L1; at N <= 8 and R >= N/2
-// that leaves the load pipe and the FMA units far from their limits, so the bound is the weights'
-// bytes over the copy bandwidth.
+// Per weight byte the kernel does N/2 FMAs and reads N/R bytes of x from L1; at N <= 4 that leaves
+// the load pipe and the FMA units far from their limits, so the bound is the weights' bytes over the
+// copy bandwidth, reached when enough loads are in flight.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "engine/cuda/activation.cuh"
 #include "engine/cuda/small_gemm.h"
@@ -17,8 +19,6 @@
 
 namespace sbserve::cuda {
 namespace {
-
-constexpr int kWarps = 4;  // per block
 
 // A weight chunk: read once, so it bypasses L1.
 __device__ __forceinline__ uint4 LoadWeights(const uint4* p) {
@@ -45,6 +45,8 @@ __device__ __forceinline__ float Dot8(uint4 w, const float (&x)[8], float acc) {
   return acc;
 }
 
+constexpr int64_t kPrefetchBytes = 16384;  // per weight row, before griddepcontrol.wait
+
 struct Args {
   const uint4* x;    // [N, in8] chunks
   const uint4* w;    // [rows, in8] chunks
@@ -57,13 +59,14 @@ struct Args {
   int act;
 };
 
-// N rows of x, R outputs per warp, U chunks per row in flight; kGlu: R up rows and R gate rows.
-template <int N, int R, int U, bool kGlu>
-__global__ void __launch_bounds__(kWarps * 32) SmallGemmKernel(Args a) {
-  constexpr int W = kGlu ? 2 * R : R;  // weight rows per warp
-  const int lane = threadIdx.x & 31;
-  const int64_t o0 = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * R;
-  if (o0 >= a.out) return;
+// A block of WARPS warps owns R outputs (R up rows and R gate rows with kGlu) and splits their
+// inner dimension: warp w, lane j reads chunks (w·32 + j) + k·32·WARPS, U of them per row in flight.
+// Partial sums meet in shared memory.
+template <int N, int R, int U, int WARPS, bool kGlu>
+__global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
+  constexpr int W = kGlu ? 2 * R : R;  // weight rows per block
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * R;
   const uint4* wr[W];
 #pragma unroll
   for (int j = 0; j < R; ++j) {
@@ -71,18 +74,28 @@ __global__ void __launch_bounds__(kWarps * 32) SmallGemmKernel(Args a) {
     wr[j] = a.w + o * a.in8;
     if constexpr (kGlu) wr[R + j] = a.w + (a.gate_row + o) * a.in8;
   }
+  // Launched as a programmatic dependent (kUsePdl), the block may start while the kernel before it
+  // still runs: the weights are nobody's output, so their first bytes are fetched into L2 now, and
+  // x and y are touched only after griddepcontrol.wait (a no-op in a plain launch).
+  if (threadIdx.x < W) {
+    const int64_t bytes = a.in8 * 16 < kPrefetchBytes ? a.in8 * 16 : kPrefetchBytes;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(wr[threadIdx.x]), "r"(static_cast<unsigned>(bytes))
+                 : "memory");
+  }
+  asm volatile("griddepcontrol.wait;" ::: "memory");
   float acc[W][N];
 #pragma unroll
   for (int j = 0; j < W; ++j)
 #pragma unroll
     for (int t = 0; t < N; ++t) acc[j][t] = 0.f;
 
-  for (int64_t c0 = lane; c0 < a.in8; c0 += 32 * U) {
+  constexpr int kStride = 32 * WARPS;
+  for (int64_t c0 = warp * 32 + lane; c0 < a.in8; c0 += kStride * U) {
     uint4 wv[U][W];
     uint4 xv[U][N];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t c = c0 + u * 32;
+      const int64_t c = c0 + u * kStride;
       const bool ok = c < a.in8;
 #pragma unroll
       for (int j = 0; j < W; ++j) wv[u][j] = ok ? LoadWeights(wr[j] + c) : make_uint4(0, 0, 0, 0);
@@ -100,6 +113,8 @@ __global__ void __launch_bounds__(kWarps * 32) SmallGemmKernel(Args a) {
       }
     }
   }
+  // The next kernel (its own weight prefetch, if it is one of these) may be scheduled as blocks end.
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #pragma unroll
   for (int j = 0; j < W; ++j)
 #pragma unroll
@@ -109,7 +124,27 @@ __global__ void __launch_bounds__(kWarps * 32) SmallGemmKernel(Args a) {
       for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
       acc[j][t] = v;
     }
-  // Every lane holds every sum; output (j, t) is written by lane (j·N + t) mod 32.
+  if constexpr (WARPS > 1) {
+    __shared__ float part[WARPS][W][N];
+    if (lane == 0) {
+#pragma unroll
+      for (int j = 0; j < W; ++j)
+#pragma unroll
+        for (int t = 0; t < N; ++t) part[warp][j][t] = acc[j][t];
+    }
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int j = 0; j < W; ++j)
+#pragma unroll
+      for (int t = 0; t < N; ++t) {
+        float v = part[0][j][t];
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k) v += part[k][j][t];
+        acc[j][t] = v;
+      }
+  }
+  // Warp 0 holds every sum in every lane; output (j, t) is written by lane (j·N + t) mod 32.
 #pragma unroll
   for (int j = 0; j < R; ++j) {
 #pragma unroll
@@ -131,34 +166,60 @@ __global__ void __launch_bounds__(kWarps * 32) SmallGemmKernel(Args a) {
   }
 }
 
+// Programmatic dependent launches (SBSERVE_SMALL_GEMM_PDL=0: plain launches, for A/B runs).
+bool UsePdl() {
+  static const bool on = [] {
+    const char* e = std::getenv("SBSERVE_SMALL_GEMM_PDL");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
+
+template <int N, int R, int U, int WARPS, bool kGlu>
+cudaError_t Launch(const Args& a, CUstream_st* stream) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>((a.out + R - 1) / R));
+  cfg.blockDim = dim3(WARPS * 32);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = UsePdl() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, SmallGemmKernel<N, R, U, WARPS, kGlu>, a);
+}
+
+// The shapes a launch may take (small_gemm_bench compares them; SetSmallGemmVariant picks one).
+int g_variant = 0;
+
 template <int N, bool kGlu>
-void Launch(const Args& a, CUstream_st* stream) {
-  // More rows per warp as N grows keeps the L1 reads of x per weight byte (N / R) bounded; fewer
-  // chunks in flight per row keep the registers (W·U + N·U chunks) in budget.
-  constexpr int R = kGlu ? (N <= 4 ? 1 : 2) : (N <= 4 ? 2 : 4);
-  constexpr int U = N <= 4 ? 4 : 2;
-  const int64_t warps = (a.out + R - 1) / R;
-  const unsigned blocks = static_cast<unsigned>((warps + kWarps - 1) / kWarps);
-  SmallGemmKernel<N, R, U, kGlu><<<blocks, kWarps * 32, 0, stream>>>(a);
+cudaError_t LaunchVariant(const Args& a, CUstream_st* stream) {
+  // R outputs (2R rows with GLU) per block; N/R bytes of x per weight byte come from L1.
+  switch (g_variant) {
+    case 1: return Launch<N, 2, 4, 1, kGlu>(a, stream);  // one warp per block, rows side by side
+    case 2: return Launch<N, 1, 4, 4, kGlu>(a, stream);
+    case 3: return Launch<N, 2, 2, 4, kGlu>(a, stream);
+    case 4: return Launch<N, 1, 2, 8, kGlu>(a, stream);
+    case 5: return Launch<N, 4, 2, 4, kGlu>(a, stream);
+    default: return Launch<N, 2, 4, 4, kGlu>(a, stream);
+  }
 }
 
 template <bool kGlu>
-void Dispatch(int64_t n, const Args& a, CUstream_st* stream) {
+cudaError_t Dispatch(int64_t n, const Args& a, CUstream_st* stream) {
   switch (n) {
-    case 1: Launch<1, kGlu>(a, stream); break;
-    case 2: Launch<2, kGlu>(a, stream); break;
-    case 3: Launch<3, kGlu>(a, stream); break;
-    case 4: Launch<4, kGlu>(a, stream); break;
-    case 5: Launch<5, kGlu>(a, stream); break;
-    case 6: Launch<6, kGlu>(a, stream); break;
-    case 7: Launch<7, kGlu>(a, stream); break;
-    default: Launch<8, kGlu>(a, stream); break;
+    case 1: return LaunchVariant<1, kGlu>(a, stream);
+    case 2: return LaunchVariant<2, kGlu>(a, stream);
+    case 3: return LaunchVariant<3, kGlu>(a, stream);
+    default: return LaunchVariant<4, kGlu>(a, stream);
   }
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
+
+void SetSmallGemmVariant(int variant) { g_variant = variant; }
 
 bool SmallGemmFits(int64_t n, int64_t in, const void* x, const void* w, int max_rows) {
   return n >= 1 && n <= max_rows && n <= kSmallGemmMaxRows && in > 0 && in % 8 == 0 && Aligned16(x) &&
@@ -171,8 +232,7 @@ absl::Status SmallGemm(const void* x, int64_t n, int64_t in, const void* w, int6
   if (!y_f32 && beta != 0.f) return absl::InvalidArgumentError("SmallGemm: beta needs an fp32 output");
   if (out <= 0) return absl::OkStatus();
   Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, out, 0, y, y_f32, alpha, beta, 0};
-  Dispatch<false>(n, a, stream);
-  SB_CUDA_CHECK_LAUNCH();
+  SB_CUDA_RETURN_IF_ERROR(Dispatch<false>(n, a, stream));
   return absl::OkStatus();
 }
 
@@ -181,8 +241,7 @@ absl::Status SmallGemmGlu(int act, const void* x, int64_t n, int64_t in, const v
   if (!SmallGemmFits(n, in, x, w)) return absl::InvalidArgumentError("SmallGemmGlu: shape or alignment not supported");
   if (inner <= 0) return absl::OkStatus();
   Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, inner, inner, out, false, 1.f, 0.f, act};
-  Dispatch<true>(n, a, stream);
-  SB_CUDA_CHECK_LAUNCH();
+  SB_CUDA_RETURN_IF_ERROR(Dispatch<true>(n, a, stream));
   return absl::OkStatus();
 }
 

@@ -1,7 +1,7 @@
 // GEMMs of a few rows: the decode steps of a small batch, where y[n, out] = x[n, in] · W[out, in]ᵀ
-// is a matrix-vector product that must stream W at copy bandwidth. cuBLAS reaches about 64% of it
-// there (tests/bench/engine.md); these kernels read each weight once, 16 bytes per load, with the
-// few rows of x from L1, and reduce in fp32 on CUDA cores.
+// is a matrix-vector product that must stream W at copy bandwidth. These kernels read each weight
+// once, 16 bytes per load, with the few rows of x from L1, and reduce in fp32 on CUDA cores.
+// small_gemm_bench compares them with cuBLAS (tests/bench/engine.md).
 #pragma once
 
 #include <cstdint>
@@ -12,7 +12,7 @@ struct CUstream_st;
 
 namespace sbserve::cuda {
 
-inline constexpr int kSmallGemmMaxRows = 8;
+inline constexpr int kSmallGemmMaxRows = 4;
 
 // Whether SmallGemm and SmallGemmGlu take a call: 1 <= n <= min(max_rows, kSmallGemmMaxRows),
 // in % 8 == 0, and x and W 16-byte aligned.
@@ -29,5 +29,11 @@ absl::Status SmallGemm(const void* x, int64_t n, int64_t in, const void* w, int6
 // 1 gelu (erf), 2 gelu tanh, 3 relu.
 absl::Status SmallGemmGlu(int act, const void* x, int64_t n, int64_t in, const void* w, int64_t inner, void* out,
                           CUstream_st* stream);
+
+// Tuning: the launch shapes the kernels may take (rows per block, chunks in flight, warps per
+// block), numbered 0 (the default) to kSmallGemmVariants - 1. small_gemm_bench times each; tests
+// check each. Not thread-safe: set before any call.
+inline constexpr int kSmallGemmVariants = 6;
+void SetSmallGemmVariant(int variant);
 
 }  // namespace sbserve::cuda

@@ -1,10 +1,10 @@
-// small_gemm_bench: the small-batch GEMM kernels (engine/cuda/small_gemm.h) against cuBLAS as the
-// CUDA backend calls it, on the 3B model's GEMM shapes at n = 1..16 rows. Weights are random bf16
+// small_gemm_bench: the small-batch GEMM kernels (engine/cuda/small_gemm.h), each launch variant,
+// against cuBLAS as the CUDA backend calls it, on the 3B model's GEMM shapes at n = 1..16 rows. Weights are random bf16
 // and rotated through copies that together exceed L2; each time is the median over 7 runs of 20
 // back-to-back calls. Prints the time, the weight bytes over it, that as a share of the copy
 // bandwidth measured in the same run, and the largest difference from cuBLAS's output.
 //
-// usage: small_gemm_bench [--rows 1,2,4,8,16]
+// usage: small_gemm_bench [--rows 1,2,3,4,8,16]
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -82,7 +82,7 @@ double MedianUs(cudaStream_t s, int copies, F&& call) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> rows = {1, 2, 4, 8, 16};
+  std::vector<int> rows = {1, 2, 3, 4, 8, 16};
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--rows") == 0) {
       rows.clear();
@@ -109,8 +109,9 @@ int main(int argc, char** argv) {
   cudaFree(src);
   cudaFree(dst);
   std::printf("device %s, copy %.0f GB/s (read + write)\n", prop.name, copy_gbs);
-  std::printf("%-14s %4s %10s %10s %8s %8s %10s %10s\n", "shape", "n", "cublas_us", "small_us", "cublas%", "small%",
-              "speedup", "max_rel_d");
+  std::printf("%-12s %3s %16s", "shape", "n", "cublas us (%)");
+  for (int v = 0; v < sbserve::cuda::kSmallGemmVariants; ++v) std::printf("   v%d us (%%)      ", v);
+  std::printf(" max_rel_d\n");
 
   // The 3B preset: D 2304, 36 heads of 64 (qkv 6912), inner 9216 (GLU), vocab 49152.
   const Shape shapes[] = {
@@ -152,11 +153,18 @@ int main(int argc, char** argv) {
           CHECK_OK(sbserve::cuda::SmallGemm(x, n, sh.in, wk, sh.out, y, sh.y_f32, sh.alpha, sh.beta, s));
         }
       };
+      const double gbs = w_bytes / 1e3;  // per µs -> GB/s
       const double cu = MedianUs(s, copies, cublas);
-      const bool fits = sbserve::cuda::SmallGemmFits(n, sh.in, x, w);
-      double sm = 0, diff = 0;
-      if (fits) {
-        sm = MedianUs(s, copies, small);
+      std::printf("%-12s %3d %8.2f (%4.1f%%)", sh.name, n, cu, 100.0 * gbs / cu / copy_gbs);
+      if (!sbserve::cuda::SmallGemmFits(n, sh.in, x, w)) {
+        std::printf("\n");
+        continue;
+      }
+      double diff = 0;
+      for (int v = 0; v < sbserve::cuda::kSmallGemmVariants; ++v) {
+        sbserve::cuda::SetSmallGemmVariant(v);
+        const double sm = MedianUs(s, copies, small);
+        std::printf("  %7.2f (%5.1f%%)", sm, 100.0 * gbs / sm / copy_gbs);
         // One call of each on copy 0 from zeroed outputs (beta = 1 accumulates into them).
         CHECK_CUDA(cudaMemsetAsync(y_ref, 0, y_bytes, s));
         CHECK_CUDA(cudaMemsetAsync(y, 0, y_bytes, s));
@@ -174,19 +182,13 @@ int main(int argc, char** argv) {
           CHECK_CUDA(cudaMemcpy(hb.data(), y, count * 2, cudaMemcpyDeviceToHost));
           for (size_t i = 0; i < count; ++i) a[i] = __bfloat162float(ha[i]), b[i] = __bfloat162float(hb[i]);
         }
-        double scale = 0;
+        double scale = 0, d = 0;
         for (size_t i = 0; i < count; ++i) scale = std::max(scale, std::fabs(static_cast<double>(a[i])));
-        for (size_t i = 0; i < count; ++i) diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
-        diff /= std::max(scale, 1e-30);
+        for (size_t i = 0; i < count; ++i) d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
+        diff = std::max(diff, d / std::max(scale, 1e-30));
       }
-      const double gbs = w_bytes / 1e3;  // per µs -> GB/s
-      if (fits) {
-        std::printf("%-14s %4d %10.2f %10.2f %7.1f%% %7.1f%% %9.2fx %10.2e\n", sh.name, n, cu, sm,
-                    100.0 * gbs / cu / copy_gbs, 100.0 * gbs / sm / copy_gbs, cu / sm, diff);
-      } else {
-        std::printf("%-14s %4d %10.2f %10s %7.1f%% %8s %10s %10s\n", sh.name, n, cu, "-", 100.0 * gbs / cu / copy_gbs,
-                    "-", "-", "-");
-      }
+      sbserve::cuda::SetSmallGemmVariant(0);
+      std::printf(" %9.2e\n", diff);
     }
     cudaFree(w);
     cudaFree(x);

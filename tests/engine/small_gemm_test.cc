@@ -79,9 +79,11 @@ TEST(SmallGemm, MatchesFloat64ForEveryRowCountAndEpilogue) {
   // in: one chunk, a partial warp pass (264 = 33 chunks), the model's 2304 and 9216; out: 1, an odd
   // count (not a multiple of the rows per warp or of the warps per block), 256.
   const Case cases[] = {{8, 1}, {264, 37}, {2304, 3}, {2304, 256}, {9216, 37}};
+  for (int variant = 0; variant < cuda::kSmallGemmVariants; ++variant)
   for (const Case& c : cases) {
     for (int n = 1; n <= cuda::kSmallGemmMaxRows; ++n) {
-      SCOPED_TRACE(absl::StrCat("in=", c.in, " out=", c.out, " n=", n));
+      SCOPED_TRACE(absl::StrCat("variant=", variant, " in=", c.in, " out=", c.out, " n=", n));
+      cuda::SetSmallGemmVariant(variant);
       const auto x = RandomBf16(n * c.in, 1.f, rng);
       const auto w = RandomBf16(c.out * c.in, 0.05f, rng);
       std::vector<double> ref, mag;
@@ -122,16 +124,19 @@ TEST(SmallGemm, MatchesFloat64ForEveryRowCountAndEpilogue) {
       }
     }
   }
+  cuda::SetSmallGemmVariant(0);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 TEST(SmallGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(5);
+  for (int variant = 0; variant < cuda::kSmallGemmVariants; ++variant)
   for (int64_t inner : {int64_t{1}, int64_t{19}, int64_t{256}}) {
-    for (int n : {1, 2, 3, 5, 8}) {
+    for (int n = 1; n <= cuda::kSmallGemmMaxRows; ++n) {
       for (int act = 0; act < 4; ++act) {
-        SCOPED_TRACE(absl::StrCat("inner=", inner, " n=", n, " act=", act));
+        SCOPED_TRACE(absl::StrCat("variant=", variant, " inner=", inner, " n=", n, " act=", act));
+        cuda::SetSmallGemmVariant(variant);
         const int64_t in = 2304;
         const auto x = RandomBf16(n * in, 1.f, rng);
         const auto w = RandomBf16(2 * inner * in, 0.05f, rng);
@@ -158,6 +163,7 @@ TEST(SmallGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
       }
     }
   }
+  cuda::SetSmallGemmVariant(0);
 }
 
 TEST(SmallGemm, RefusesWhatItCannotTake) {
