@@ -41,6 +41,7 @@ constexpr char kUsage[] = R"(usage:
                  [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
                  [--frequency-penalty F] [--seed S] [--backend auto|cpu|cuda] [--ignore-eos]
   sbmodel bench --model DIR [--batch B] [--prompt-len L] [--gen N] [--backend auto|cpu|cuda] [--threads T]
+                [--sample device|host]
   sbmodel tokenize --tokenizer DIR_OR_FILE --text TEXT
   sbmodel detokenize --tokenizer DIR_OR_FILE --ids 1,2,3
   sbmodel train-tokenizer --corpus FILE --vocab N DIR   # byte-level BPE, no reserved ids
@@ -395,20 +396,30 @@ int Bench(const Args& a) {
     return b;
   };
   std::vector<float> logits(static_cast<size_t>(batch) * V);
+  // Each step ends as it does in the server: a greedy draw on the device when the backend samples
+  // there (only ids come back), else the logits copied to the host (--sample host forces that).
+  const bool on_device = be.samples_on_device() && a.Get("--sample", "device") != "host";
+  SamplingBatch greedy;
+  greedy.rows.resize(static_cast<size_t>(batch));
+  SampledRows sampled;
+  auto step = [&](const Batch& b) {
+    return on_device ? be.ForwardSample(b, greedy, &sampled) : be.Forward(b, logits);
+  };
   using Clock = std::chrono::steady_clock;
   // Warm-up: one prefill and one decode step of the same shapes (allocations, library handles,
   // module loading), then the measured runs overwrite the same cache slots.
-  if (absl::Status st = be.Forward(make_batch(prompt_len, prompt_len), logits); !st.ok()) return Fail(st);
-  if (absl::Status st = be.Forward(make_batch(1, prompt_len + 1), logits); !st.ok()) return Fail(st);
+  if (absl::Status st = step(make_batch(prompt_len, prompt_len)); !st.ok()) return Fail(st);
+  if (absl::Status st = step(make_batch(1, prompt_len + 1)); !st.ok()) return Fail(st);
   auto t0 = Clock::now();
-  if (absl::Status st = be.Forward(make_batch(prompt_len, prompt_len), logits); !st.ok()) return Fail(st);
+  if (absl::Status st = step(make_batch(prompt_len, prompt_len)); !st.ok()) return Fail(st);
   const double prefill_s = std::chrono::duration<double>(Clock::now() - t0).count();
   auto t1 = Clock::now();
   for (int i = 1; i <= gen; ++i) {
-    if (absl::Status st = be.Forward(make_batch(1, prompt_len + i), logits); !st.ok()) return Fail(st);
+    if (absl::Status st = step(make_batch(1, prompt_len + i)); !st.ok()) return Fail(st);
   }
   const double decode_s = std::chrono::duration<double>(Clock::now() - t1).count();
-  std::printf("backend %s  batch %d  prompt %d  gen %d\n", be.name().c_str(), batch, prompt_len, gen);
+  std::printf("backend %s  batch %d  prompt %d  gen %d  sampling %s\n", be.name().c_str(), batch, prompt_len, gen,
+              on_device ? "device (greedy)" : "host (logits copied)");
   std::printf("prefill: %.1f ms, %.1f tokens/s\n", prefill_s * 1e3, batch * prompt_len / prefill_s);
   std::printf("decode:  %.2f ms/step, %.1f tokens/s\n", decode_s * 1e3 / gen, batch * gen / decode_s);
   return 0;
