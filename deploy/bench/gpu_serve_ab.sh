@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One server build under two environments, A then B (e.g. A='SBSERVE_SMALL_GEMM_ROWS=0' B=''):
 # sbctl bench at c=1 (16 requests) and c=64 (256), 512-token prompts, 128 output tokens, greedy,
-# then the engine's step-time sum and count from /metrics. 3B checkpoint, default flags.
+# each followed by the engine's cumulative step-time sum and count from /metrics. 3B checkpoint, default flags.
 # Expects the CUDA build's sbserve, sbctl and sbmodel in $PWD/.gpu/{bin,lib} and $OUT for logs.
 set -u
 OUT=${OUT:-/tmp}
@@ -20,7 +20,8 @@ for side in A B; do
     n=$(( c == 1 ? 16 : 256 ))
     echo "-- c=$c requests=$n"
     $B/sbctl bench --prompt-tokens 512 --max-tokens 128 --requests $n --concurrency $c --no-progress 2>&1 | grep -vE '^\s*$' | tail -12
+    # Cumulative over the server's life (warm-up included): take differences between levels.
+    curl -s localhost:8080/metrics | grep -E "^sbserve_engine_step_time_seconds_(sum|count)" | tr '\n' ' '; echo
   done
-  curl -s localhost:8080/metrics | grep -E "^sbserve_engine_step_time_seconds_(sum|count)"
   pkill -TERM sbserve; for i in $(seq 30); do pgrep sbserve >/dev/null || break; sleep 1; done
 done
