@@ -54,8 +54,10 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
                                      const int num_splits, float* __restrict__ o_part, float* __restrict__ p_part,
                                      unsigned* __restrict__ flags) {
   using namespace device;
-  // Let the combine grid (a programmatic dependent launch) be scheduled as CTAs retire; it waits
-  // for this grid's completion before reading the partials.
+  // Launched as a programmatic dependent (kernels/pdl.h): the cache and q come from the kernels
+  // before. Then let the combine grid (a programmatic dependent launch) be scheduled as CTAs
+  // retire; it waits for this grid's completion before reading the partials.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   constexpr int kDpl = 8;                        // elements per lane
   constexpr int kVec = 1;                        // uint4 per lane per row

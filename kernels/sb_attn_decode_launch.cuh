@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/cuda_check.h"
+#include "kernels/pdl.h"
 #include "kernels/sb_attn_decode_kernel.cuh"
 #include "kernels/sb_attn_launch.h"
 #include "kernels/sb_attn_params.h"
@@ -26,9 +27,8 @@ absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const 
     SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flags, 0, parts * sizeof(unsigned), stream));
     grid = dim3(hgs, p.batch, split.num_splits);  // newest chunks first
   }
-  sb_attn_decode_split_bf16_kernel<kHeadDim, kG><<<grid, kDecodeThreads, 0, stream>>>(
-      p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part, flags);
-  SB_CUDA_CHECK_LAUNCH();
+  SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_attn_decode_split_bf16_kernel<kHeadDim, kG>, grid, dim3(kDecodeThreads), 0,
+                                    stream, p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part, flags));
   // The combine is a programmatic dependent launch: its CTAs are scheduled while the last split
   // CTAs run and wait in griddepcontrol.wait for the split grid's results, which hides the launch
   // gap between the two kernels.

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda_check.h"
+#include "kernels/pdl.h"
 #include "kernels/sb_attn.h"
 
 namespace sbserve::kernels {
@@ -13,6 +14,8 @@ namespace {
 __global__ void __launch_bounds__(128)
     sb_kv_append_bf16_kernel(const SbKvAppendParams p, const int log2_bs, const int vec_per_token,
                              const int64_t src_vec_stride) {
+  PdlWait();  // launched as a programmatic dependent: k and v come from the kernel before
+  PdlLaunchDependents();  // the decode attention after it may be scheduled (it waits for this grid)
   const int token = blockIdx.x;
   // Sequence of the token: last b with cu_seqlens_q[b] <= token.
   int lo = 0;
@@ -58,8 +61,8 @@ absl::Status SbKvAppend(const SbKvAppendParams& p, CUstream_st* stream) {
   if (p.kv_row_stride != 0 && (p.kv_row_stride % 8 != 0 || p.kv_row_stride < p.num_kv_heads * p.head_dim))
     return absl::InvalidArgumentError("kv append: kv_row_stride must be 0 or a multiple of 8 of at least Hkv * d");
   const int64_t src_vec_stride = p.kv_row_stride != 0 ? p.kv_row_stride / 8 : vec_per_token;
-  sb_kv_append_bf16_kernel<<<p.total_q, 128, 0, stream>>>(p, log2_bs, vec_per_token, src_vec_stride);
-  SB_CUDA_CHECK_LAUNCH();
+  SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_kv_append_bf16_kernel, dim3(p.total_q), dim3(128), 0, stream, p, log2_bs,
+                                    vec_per_token, src_vec_stride));
   return absl::OkStatus();
 }
 

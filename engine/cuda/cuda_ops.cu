@@ -8,6 +8,7 @@
 #include "engine/cuda/activation.cuh"
 #include "engine/cuda/cuda_ops.h"
 #include "kernels/cuda_check.h"
+#include "kernels/pdl.h"
 
 namespace sbserve::cuda {
 namespace {
@@ -18,6 +19,7 @@ inline int Blocks(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThr
 
 __global__ void EmbedKernel(const int32_t* ids, const __nv_bfloat16* wte, int64_t n, int64_t dim, float m_emb,
                             float* h) {
+  kernels::PdlWait();  // h is read by the kernel before (the previous step's last one)
   const int64_t t = blockIdx.x;
   const __nv_bfloat16* row = wte + static_cast<int64_t>(ids[t]) * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) h[t * dim + i] = __bfloat162float(row[i]) * m_emb;
@@ -26,8 +28,9 @@ __global__ void EmbedKernel(const int32_t* ids, const __nv_bfloat16* wte, int64_
 // One block per row; fp32 statistics with a block reduction.
 __global__ void NormKernel(bool rms, const float* x, const int32_t* rows, int64_t dim, const float* w,
                            const float* b, float eps, __nv_bfloat16* y) {
-  // A programmatic dependent launch after it (the small-batch GEMMs) may start its weight prefetch.
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  // Launched as a programmatic dependent; the small-batch GEMM after it may start its weight prefetch.
+  kernels::PdlWait();
+  kernels::PdlLaunchDependents();
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? static_cast<int64_t>(rows[r]) : r) * dim;
   __shared__ float red[32];
@@ -72,7 +75,8 @@ template <int kItems>
 __global__ void __launch_bounds__(kNormThreads) NormRegKernel(bool rms, const float* x, const int32_t* rows,
                                                               int64_t dim, const float* w, const float* b, float eps,
                                                               __nv_bfloat16* y) {
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");  // as in NormKernel
+  kernels::PdlWait();  // as in NormKernel
+  kernels::PdlLaunchDependents();
   const int64_t r = blockIdx.x;
   const float4* xr = reinterpret_cast<const float4*>(x + (rows ? static_cast<int64_t>(rows[r]) : r) * dim);
   const int n4 = static_cast<int>(dim / 4);
@@ -207,9 +211,8 @@ __global__ void F32ToBf16Kernel(const float* src, int64_t n, __nv_bfloat16* dst)
 absl::Status Embed(const int32_t* ids, const void* wte, int64_t n, int64_t dim, float m_emb, float* h,
                    CUstream_st* stream) {
   if (n == 0) return absl::OkStatus();
-  EmbedKernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(ids, static_cast<const __nv_bfloat16*>(wte), n,
-                                                                 dim, m_emb, h);
-  SB_CUDA_CHECK_LAUNCH();
+  SB_CUDA_RETURN_IF_ERROR(kernels::LaunchPdl(EmbedKernel, dim3(static_cast<unsigned>(n)), dim3(kThreads), 0, stream, ids,
+                                             static_cast<const __nv_bfloat16*>(wte), n, dim, m_emb, h));
   return absl::OkStatus();
 }
 
@@ -228,21 +231,22 @@ absl::Status Norm(bool rms, const float* x, const int32_t* rows, int64_t n, int6
                        reinterpret_cast<uintptr_t>(y) % 8 == 0;
   auto* out = static_cast<__nv_bfloat16*>(y);
   const unsigned grid = static_cast<unsigned>(n);
+  cudaError_t err = cudaSuccess;
   if (!v1 && aligned && items >= 1 && items <= 8) {
     switch (items) {
-      case 1: NormRegKernel<1><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
-      case 2: NormRegKernel<2><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
-      case 3: NormRegKernel<3><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
-      case 4: NormRegKernel<4><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
-      case 5: NormRegKernel<5><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
-      case 6: NormRegKernel<6><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
-      case 7: NormRegKernel<7><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
-      default: NormRegKernel<8><<<grid, kNormThreads, 0, stream>>>(rms, x, rows, dim, w, b, eps, out); break;
+      case 1: err = kernels::LaunchPdl(NormRegKernel<1>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
+      case 2: err = kernels::LaunchPdl(NormRegKernel<2>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
+      case 3: err = kernels::LaunchPdl(NormRegKernel<3>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
+      case 4: err = kernels::LaunchPdl(NormRegKernel<4>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
+      case 5: err = kernels::LaunchPdl(NormRegKernel<5>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
+      case 6: err = kernels::LaunchPdl(NormRegKernel<6>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
+      case 7: err = kernels::LaunchPdl(NormRegKernel<7>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
+      default: err = kernels::LaunchPdl(NormRegKernel<8>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
     }
   } else {
-    NormKernel<<<grid, 512, 0, stream>>>(rms, x, rows, dim, w, b, eps, out);
+    err = kernels::LaunchPdl(NormKernel, dim3(grid), dim3(512), 0, stream, rms, x, rows, dim, w, b, eps, out);
   }
-  SB_CUDA_CHECK_LAUNCH();
+  SB_CUDA_RETURN_IF_ERROR(err);
   return absl::OkStatus();
 }
 

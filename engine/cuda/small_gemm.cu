@@ -10,12 +10,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "engine/cuda/activation.cuh"
 #include "engine/cuda/small_gemm.h"
 #include "kernels/cuda_check.h"
+#include "kernels/pdl.h"
 
 namespace sbserve::cuda {
 namespace {
@@ -74,7 +73,7 @@ __global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
     wr[j] = a.w + o * a.in8;
     if constexpr (kGlu) wr[R + j] = a.w + (a.gate_row + o) * a.in8;
   }
-  // Launched as a programmatic dependent (kUsePdl), the block may start while the kernel before it
+  // Launched as a programmatic dependent (kernels/pdl.h), the block may start while the kernel before it
   // still runs: the weights are nobody's output, so their first bytes are fetched into L2 now, and
   // x and y are touched only after griddepcontrol.wait (a no-op in a plain launch).
   if (threadIdx.x < W) {
@@ -82,7 +81,7 @@ __global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(wr[threadIdx.x]), "r"(static_cast<unsigned>(bytes))
                  : "memory");
   }
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  kernels::PdlWait();
   float acc[W][N];
 #pragma unroll
   for (int j = 0; j < W; ++j)
@@ -114,7 +113,7 @@ __global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
     }
   }
   // The next kernel (its own weight prefetch, if it is one of these) may be scheduled as blocks end.
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  kernels::PdlLaunchDependents();
 #pragma unroll
   for (int j = 0; j < W; ++j)
 #pragma unroll
@@ -166,27 +165,10 @@ __global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
   }
 }
 
-// Programmatic dependent launches (SBSERVE_SMALL_GEMM_PDL=0: plain launches, for A/B runs).
-bool UsePdl() {
-  static const bool on = [] {
-    const char* e = std::getenv("SBSERVE_SMALL_GEMM_PDL");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  return on;
-}
-
 template <int N, int R, int U, int WARPS, bool kGlu>
 cudaError_t Launch(const Args& a, CUstream_st* stream) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((a.out + R - 1) / R));
-  cfg.blockDim = dim3(WARPS * 32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = UsePdl() ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, SmallGemmKernel<N, R, U, WARPS, kGlu>, a);
+  return kernels::LaunchPdl(SmallGemmKernel<N, R, U, WARPS, kGlu>, dim3(static_cast<unsigned>((a.out + R - 1) / R)),
+                            dim3(WARPS * 32), 0, stream, a);
 }
 
 // The shapes a launch may take (small_gemm_bench compares them; SetSmallGemmVariant picks one).
