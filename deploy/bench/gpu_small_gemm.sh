@@ -3,7 +3,7 @@
 # against cuBLAS on the 3B shapes), then `sbmodel bench` of the 3B checkpoint without them
 # (SBSERVE_SMALL_GEMM_ROWS=0: cuBLAS for every GEMM) and with them, same binary, alternating: at
 # B = 1 with every variant (SBSERVE_SMALL_GEMM_VARIANT) and with plain launches instead of programmatic
-# dependent ones (SBSERVE_SMALL_GEMM_PDL=0), at B = 2 and 4 with the default.
+# dependent ones (SBSERVE_PDL=0), at B = 2 and 4 with the default.
 set -u
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
 B=$PWD/.gpu/bin
@@ -12,7 +12,7 @@ $B/small_gemm_bench
 [ -f /tmp/m3b/config.json ] || $B/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b >/dev/null || exit 1
 run() {  # batch rows variant [pdl]
   echo "round $round B=$1 small_gemm_rows=$2 variant=$3 pdl=${4:-1}: $(SBSERVE_SMALL_GEMM_ROWS=$2 SBSERVE_SMALL_GEMM_VARIANT=$3 \
-    SBSERVE_SMALL_GEMM_PDL=${4:-1} $B/sbmodel bench --model /tmp/m3b --batch $1 --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
+    SBSERVE_PDL=${4:-1} $B/sbmodel bench --model /tmp/m3b --batch $1 --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
 }
 for round in ${ROUNDS:-1 2}; do
   run 1 0 0
