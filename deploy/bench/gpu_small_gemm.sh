@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The small-batch GEMM kernels (engine/cuda/small_gemm.h): small_gemm_bench (every launch variant
 # against cuBLAS on the 3B shapes), then `sbmodel bench` of the 3B checkpoint without them
-# (SBSERVE_SMALL_GEMM_ROWS=0: cuBLAS for every GEMM) and with them, same binary, alternating: at
-# B = 1 with every variant (SBSERVE_SMALL_GEMM_VARIANT) and with plain launches instead of programmatic
-# dependent ones (SBSERVE_PDL=0), at B = 2 and 4 with the default.
+# (SBSERVE_SMALL_GEMM_ROWS=0: cuBLAS for every GEMM) and with them, each with plain launches
+# (SBSERVE_PDL=0) or programmatic dependent ones, same binary, alternating: at B = 1 every
+# combination and every variant (SBSERVE_SMALL_GEMM_VARIANT); at B = 2, 4, 16 and 64 the old path
+# (cuBLAS, plain) against the new defaults.
 set -u
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
 B=$PWD/.gpu/bin
@@ -15,8 +16,9 @@ run() {  # batch rows variant [pdl]
     SBSERVE_PDL=${4:-1} $B/sbmodel bench --model /tmp/m3b --batch $1 --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
 }
 for round in ${ROUNDS:-1 2}; do
-  run 1 0 0
-  for v in ${VARIANTS:-0 1 2 3 4 5}; do run 1 4 "$v"; done
+  run 1 0 0 0
+  run 1 0 0 1
   run 1 4 0 0
-  for b in 2 4; do run $b 0 0; run $b 4 0; done
+  for v in ${VARIANTS:-0 1 2 3 4 5}; do run 1 4 "$v" 1; done
+  for b in 2 4 16 64; do run $b 0 0 0; run $b 4 0 1; done
 done
