@@ -299,11 +299,12 @@ TEST(DataParallel, AbortReachesARequestOnEngineOne) {
 TEST(DataParallel, DrainLetsBothEnginesFinish) {
   Live live(Options("cpu:2"));
   // One request per engine; the second runs longer, so a drain that waited for engine 0 alone
-  // would return while it still streams.
+  // would return while it still streams. The first is long enough to be seen running (polled every
+  // 5 ms) on a fast machine: 8 tokens of the demo model could come and go between two polls.
   std::vector<std::thread> clients;
   std::vector<grpc::Status> status(2);
   std::vector<std::vector<int32_t>> ids(2);
-  const int lengths[2] = {8, 120};
+  const int lengths[2] = {200, 800};
   for (int i = 0; i < 2; ++i) {
     clients.emplace_back([&, i] { status[i] = live.Complete(Greedy(absl::StrCat("drain ", i), lengths[i]), &ids[i]); });
     ASSERT_TRUE(Eventually([&] { return live.Info().engines(i).running() + live.Info().engines(i).waiting() == 1; }));
