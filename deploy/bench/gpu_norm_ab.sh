@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The register-resident norm kernel (SBSERVE_NORM_KERNEL=v2) against the three-pass one (v1), same binary,
+# The register-resident norm kernel (SBSERVE_NORM_KERNEL=v2, the default) against the three-pass one (v1), same binary,
 # alternating, on `sbmodel bench` of the 3B checkpoint (512-token prompts, 64 decode steps).
 set -u
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64

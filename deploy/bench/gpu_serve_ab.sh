@@ -6,20 +6,20 @@
 set -u
 OUT=${OUT:-/tmp}
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
-B=$PWD/.gpu/bin
+BIN=$PWD/.gpu/bin  # not B: B names the second environment
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
-[ -f /tmp/m3b/config.json ] || $B/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b >/dev/null || exit 1
+[ -f /tmp/m3b/config.json ] || $BIN/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b >/dev/null || exit 1
 for side in A B; do
   envs=${!side-}
   echo "== $side: env '$envs' sbserve ${SERVE_FLAGS:-}"
   # shellcheck disable=SC2086
-  env $envs setsid $B/sbserve --model /tmp/m3b --port 50051 --metrics-port 8080 --log-requests=false ${SERVE_FLAGS:-} \
+  env $envs setsid $BIN/sbserve --model /tmp/m3b --port 50051 --metrics-port 8080 --log-requests=false ${SERVE_FLAGS:-} \
     > "$OUT/server_$side.log" 2>&1 &
-  for i in $(seq 180); do $B/sbctl health >/dev/null 2>&1 && break; sleep 1; done
+  for i in $(seq 180); do $BIN/sbctl health >/dev/null 2>&1 && break; sleep 1; done
   for c in 1 64; do
     n=$(( c == 1 ? 16 : 256 ))
     echo "-- c=$c requests=$n"
-    $B/sbctl bench --prompt-tokens 512 --max-tokens 128 --requests $n --concurrency $c --no-progress 2>&1 | grep -vE '^\s*$' | tail -12
+    $BIN/sbctl bench --prompt-tokens 512 --max-tokens 128 --requests $n --concurrency $c --no-progress 2>&1 | grep -vE '^\s*$' | tail -12
     # Cumulative over the server's life (warm-up included): take differences between levels.
     curl -s localhost:8080/metrics | grep -E "^sbserve_engine_step_time_seconds_(sum|count)" | tr '\n' ' '; echo
   done

@@ -18,7 +18,7 @@ run() {  # batch rows variant [pdl]
 for round in ${ROUNDS:-1 2}; do
   run 1 0 0 0
   run 1 0 0 1
-  run 1 4 0 0
-  for v in ${VARIANTS:-0 1 2 3 4 5}; do run 1 4 "$v" 1; done
-  for b in 2 4 16 64; do run $b 0 0 0; run $b 4 0 1; done
+  run 1 3 0 0
+  for v in ${VARIANTS:-0 1 2 3 4 5}; do run 1 3 "$v" 1; done
+  for b in 2 4 16 64; do run $b 0 0 0; run $b 3 0 1; done
 done

@@ -179,7 +179,7 @@ class CudaBackend final : public Backend {
   bool deterministic_ = false;  // CudaBackendOptions::deterministic
   // GEMMs of at most this many rows run on the small-batch kernels (small_gemm.h) instead of cuBLAS,
   // outside deterministic mode; SBSERVE_SMALL_GEMM_ROWS overrides it (0: always cuBLAS).
-  int small_gemm_rows_ = cuda::kSmallGemmMaxRows;
+  int small_gemm_rows_ = cuda::kSmallGemmDefaultRows;
   cuda::DeviceSampler sampler_;
   int graph_mb_ = 0;  // block-table row length the graphs were captured with (the full context)
   std::map<int, cudaGraphExec_t> graphs_;

@@ -176,14 +176,16 @@ int g_variant = 0;
 
 template <int N, bool kGlu>
 cudaError_t LaunchVariant(const Args& a, CUstream_st* stream) {
-  // R outputs (2R rows with GLU) per block; N/R bytes of x per weight byte come from L1.
+  // <N, R, U, WARPS>: R outputs (2R rows with GLU) per block of WARPS warps, U chunks per row in
+  // flight per thread; N/R bytes of x per weight byte come from L1. The default (0) was the fastest
+  // in sum over the 3B model's GEMMs at n = 1 to 3 (small_gemm_bench, tests/bench/engine.md).
   switch (g_variant) {
-    case 1: return Launch<N, 2, 4, 1, kGlu>(a, stream);  // one warp per block, rows side by side
+    case 1: return Launch<N, 2, 4, 1, kGlu>(a, stream);  // one warp per block
     case 2: return Launch<N, 1, 4, 4, kGlu>(a, stream);
-    case 3: return Launch<N, 2, 2, 4, kGlu>(a, stream);
+    case 3: return Launch<N, 2, 4, 4, kGlu>(a, stream);
     case 4: return Launch<N, 1, 2, 8, kGlu>(a, stream);
     case 5: return Launch<N, 4, 2, 4, kGlu>(a, stream);
-    default: return Launch<N, 2, 4, 4, kGlu>(a, stream);
+    default: return Launch<N, 2, 2, 4, kGlu>(a, stream);
   }
 }
 

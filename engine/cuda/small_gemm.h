@@ -13,6 +13,9 @@ struct CUstream_st;
 namespace sbserve::cuda {
 
 inline constexpr int kSmallGemmMaxRows = 4;
+// Up to this many rows the CUDA backend uses these kernels rather than cuBLAS (at 4 rows cuBLAS is
+// faster on the 3B shapes; small_gemm_bench).
+inline constexpr int kSmallGemmDefaultRows = 3;
 
 // Whether SmallGemm and SmallGemmGlu take a call: 1 <= n <= min(max_rows, kSmallGemmMaxRows),
 // in % 8 == 0, and x and W 16-byte aligned.
