@@ -260,6 +260,12 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
 }
 
 absl::Status Scheduler::Step(absl::Time now) {
+  // Requests ending in this step are announced when it returns, after its StepReport.
+  in_step_ = true;
+  struct Deliver {
+    Scheduler* s;
+    ~Deliver() { s->DeliverFinals(); }
+  } deliver{this};
   // Deadlines, queued or running.
   std::vector<Seq*> expired;
   for (auto& [id, seq] : seqs_) {
@@ -572,10 +578,24 @@ void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, abs
   }
 
   EventSink sink = std::move(seq->sink);
-  const std::string id = req.request_id;
+  std::string id = req.request_id;
   seqs_.erase(id);  // destroys seq
+  if (in_step_) {
+    finals_.push_back({std::move(id), std::move(sink), std::move(ev)});
+    return;
+  }
   if (on_finished_) on_finished_(id);
   sink(std::move(ev));
+}
+
+void Scheduler::DeliverFinals() {
+  in_step_ = false;
+  std::vector<Final> finals = std::move(finals_);
+  finals_.clear();
+  for (Final& f : finals) {
+    if (on_finished_) on_finished_(f.id);
+    f.sink(std::move(f.event));
+  }
 }
 
 }  // namespace sbserve

@@ -113,6 +113,9 @@ class Scheduler {
   // Appends the drawn token, checks stop conditions and emits events (engine thread, in order).
   void OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now);
   void Complete(Seq* seq, FinishReason reason, absl::Status status, absl::Time now);
+  // Inside Step, requests that end there are announced (on_finished, final event) only after the
+  // step's report, so that whoever sees a request end also sees the step that ended it counted.
+  void DeliverFinals();
   void ReportState();  // EngineObserver::OnState, after requests ended outside a step
   void Emit(Seq* seq, bool final);
   void InsertRunning(Seq* seq);
@@ -137,6 +140,13 @@ class Scheduler {
   int step_prefix_hits_ = 0;
   Batch batch_;
   std::vector<float> logits_;
+  struct Final {
+    std::string id;
+    EventSink sink;
+    GenerateEvent event;
+  };
+  bool in_step_ = false;
+  std::vector<Final> finals_;  // ended during the current step, not yet announced
   SamplingBatch sampling_;  // backends that sample on their device
   SampledRows sampled_;
   std::unique_ptr<ThreadPool> sample_pool_;  // null: sample on the engine thread

@@ -13,9 +13,9 @@ struct CUstream_st;
 namespace sbserve::cuda {
 
 inline constexpr int kSmallGemmMaxRows = 4;
-// Up to this many rows the CUDA backend uses these kernels rather than cuBLAS (at 4 rows cuBLAS is
-// faster on the 3B shapes; small_gemm_bench).
-inline constexpr int kSmallGemmDefaultRows = 3;
+// Up to this many rows the CUDA backend uses these kernels rather than cuBLAS: faster at 1 and 2
+// rows on the 3B model's decode step, slower at 3 (end to end) and 4 (tests/bench/engine.md).
+inline constexpr int kSmallGemmDefaultRows = 2;
 
 // Whether SmallGemm and SmallGemmGlu take a call: 1 <= n <= min(max_rows, kSmallGemmMaxRows),
 // in % 8 == 0, and x and W 16-byte aligned.

@@ -168,5 +168,38 @@ TEST(SchedulerMore, QueueTimeEndsAtTheFirstScheduling) {
   EXPECT_EQ(rig.out["x"].final.timings.queued, absl::Seconds(1));
 }
 
+// Whoever learns that a request ended (on_finished, its final event) already sees the step that
+// ended it in the step reports: a client that scrapes the metrics right after its last token must
+// find that step counted.
+TEST(SchedulerMore, ARequestEndsAfterTheReportOfItsLastStep) {
+  Rig rig(64, 4, 64);
+  std::map<std::string, size_t> steps_seen_at_final, steps_seen_at_finished;
+  size_t steps_run = 0;
+  std::map<std::string, size_t> last_step;
+  rig.sched = std::make_unique<Scheduler>(
+      SchedulerOptions{.max_batch_tokens = 64, .context_len = 512, .eos_ids = {kFakeEos}, .sampling_threads = 1},
+      &rig.backend, &rig.kv, &rig.codec, &rig.reports,
+      [&](const std::string& id) { steps_seen_at_finished[id] = rig.reports.steps.size(); });
+  for (auto [id, n] : {std::pair<const char*, int>{"short", 2}, {"long", 6}}) {
+    const std::string name = id;
+    rig.sched->Add(Greedy(name, 5, n), [&, name](GenerateEvent e) {
+      if (e.finished) steps_seen_at_final[name] = rig.reports.steps.size();
+    }, absl::Now());
+  }
+  while (rig.sched->HasWork()) {
+    ASSERT_TRUE(rig.sched->Step(absl::Now()).ok());
+    ++steps_run;
+    for (const char* id : {"short", "long"}) {
+      if (steps_seen_at_final.count(id) && !last_step.count(id)) last_step[id] = steps_run;
+    }
+  }
+  ASSERT_EQ(last_step.size(), 2u);
+  for (const char* id : {"short", "long"}) {
+    EXPECT_EQ(steps_seen_at_final[id], last_step[id]) << id << ": final event before its step's report";
+    EXPECT_EQ(steps_seen_at_finished[id], last_step[id]) << id << ": on_finished before its step's report";
+  }
+  EXPECT_LT(last_step["short"], last_step["long"]);
+}
+
 }  // namespace
 }  // namespace sbserve
