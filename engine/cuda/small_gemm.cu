@@ -73,9 +73,9 @@ __global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
     wr[j] = a.w + o * a.in8;
     if constexpr (kGlu) wr[R + j] = a.w + (a.gate_row + o) * a.in8;
   }
-  // Launched as a programmatic dependent (kernels/pdl.h), the block may start while the kernel before it
-  // still runs: the weights are nobody's output, so their first bytes are fetched into L2 now, and
-  // x and y are touched only after griddepcontrol.wait (a no-op in a plain launch).
+  // Launched as a programmatic dependent (kernels/pdl.h), the block may start while the kernel
+  // before it still runs: the weights are nobody's output, so their first bytes are fetched into L2
+  // now, and x and y are touched only after griddepcontrol.wait (a no-op in a plain launch).
   if (threadIdx.x < W) {
     const int64_t bytes = a.in8 * 16 < kPrefetchBytes ? a.in8 * 16 : kPrefetchBytes;
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(wr[threadIdx.x]), "r"(static_cast<unsigned>(bytes))
