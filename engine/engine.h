@@ -129,6 +129,9 @@ class EngineObserver {
 // suggested retry delay in milliseconds, in decimal.
 inline constexpr char kRetryAfterPayloadUrl[] = "type.sbserve/retry-after-ms";
 
+// The engine's TextCodec over a project tokenizer (engine/request_tokenizer.cc).
+std::unique_ptr<TextCodec> NewTokenizerCodec(std::unique_ptr<Tokenizer> tokenizer);
+
 class Engine {
  public:
   // `tokenizer` may be null: then only token-id input works and no text is produced.

@@ -1,4 +1,5 @@
-// The engine's TextCodec over the project tokenizer, and the Engine::Create overload taking one.
+// The engine's TextCodec over the project tokenizer (NewTokenizerCodec), and the Engine::Create
+// overload taking a tokenizer.
 #include <utility>
 
 #include "engine/engine.h"
@@ -38,11 +39,15 @@ class TokenizerCodec : public TextCodec {
 
 }  // namespace
 
+std::unique_ptr<TextCodec> NewTokenizerCodec(std::unique_ptr<Tokenizer> tokenizer) {
+  return std::make_unique<TokenizerCodec>(std::move(tokenizer));
+}
+
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
                                                        std::unique_ptr<Backend> backend,
                                                        std::unique_ptr<Tokenizer> tokenizer) {
   std::unique_ptr<TextCodec> codec;
-  if (tokenizer != nullptr) codec = std::make_unique<TokenizerCodec>(std::move(tokenizer));
+  if (tokenizer != nullptr) codec = NewTokenizerCodec(std::move(tokenizer));
   return CreateWithCodec(options, std::move(backend), std::move(codec));
 }
 

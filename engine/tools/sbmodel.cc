@@ -365,6 +365,10 @@ int Bench(const Args& a) {
                           ParseNumber(a, "--gen", &gen)}) {
     if (!st.ok()) return Fail(st);
   }
+  const std::string sample = a.Get("--sample", "device");
+  if (sample != "device" && sample != "host") {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--sample: device or host, not \"", sample, "\"")));
+  }
   auto backend = MakeBackend(**ckpt, a);
   if (!backend.ok()) return Fail(backend.status());
   Backend& be = **backend;
@@ -398,7 +402,7 @@ int Bench(const Args& a) {
   std::vector<float> logits(static_cast<size_t>(batch) * V);
   // Each step ends as it does in the server: a greedy draw on the device when the backend samples
   // there (only ids come back), else the logits copied to the host (--sample host forces that).
-  const bool on_device = be.samples_on_device() && a.Get("--sample", "device") != "host";
+  const bool on_device = be.samples_on_device() && sample == "device";
   SamplingBatch greedy;
   greedy.rows.resize(static_cast<size_t>(batch));
   SampledRows sampled;

@@ -25,6 +25,17 @@ s2=$("$sbmodel" generate --model "$dir/m" --ids 1,2,3 --max-tokens 8 --temperatu
 size=$(stat -c %s "$dir/l.npy")
 [ "$size" -eq $((128 + 3 * 512 * 4)) ] || fail "logits file has $size bytes"
 
+# bench: the CPU backend samples on the host whatever --sample says; a bad --sample is refused.
+out=$("$sbmodel" bench --model "$dir/m" --batch 2 --prompt-len 16 --gen 4 --backend cpu)
+echo "$out"
+grep -q "^backend cpu  batch 2  prompt 16  gen 4  sampling host (logits copied)$" <<<"$out" || fail "bench header: $out"
+grep -qE "^prefill: [0-9.]+ ms, [0-9.]+ tokens/s$" <<<"$out" || fail "bench prefill line: $out"
+grep -qE "^decode:  [0-9.]+ ms/step, [0-9.]+ tokens/s$" <<<"$out" || fail "bench decode line: $out"
+if "$sbmodel" bench --model "$dir/m" --batch 1 --prompt-len 4 --gen 1 --backend cpu --sample gpu 2>"$dir/err"; then
+  fail "bench accepted --sample gpu"
+fi
+grep -q "device or host" "$dir/err" || fail "unclear error: $(cat "$dir/err")"
+
 if "$sbmodel" inspect "$dir/nonexistent" 2>"$dir/err"; then fail "inspect of a missing dir succeeded"; fi
 grep -q "not a checkpoint directory" "$dir/err" || fail "unclear error: $(cat "$dir/err")"
 if "$sbmodel" generate --model "$dir/m" --ids 1 --max-tokens 5000 2>"$dir/err"; then fail "over-long generation accepted"; fi

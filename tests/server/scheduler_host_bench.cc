@@ -12,6 +12,7 @@
 #include <string>
 
 #include "engine/backend.h"
+#include "engine/engine.h"
 #include "engine/kv_cache.h"
 #include "engine/scheduler.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -50,30 +51,6 @@ class InstantDeviceBackend : public Backend {
   KvCacheShape shape_;
 };
 
-class Stream : public TextStream {
- public:
-  Stream(const Tokenizer& t, bool skip) : dec_(t, skip) {}
-  std::string Add(int32_t id) override { return dec_.Add(id); }
-  std::string Flush() override { return dec_.Flush(); }
-
- private:
-  IncrementalDecoder dec_;
-};
-
-class Codec : public TextCodec {
- public:
-  explicit Codec(const Tokenizer& t) : tok_(t) {}
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add) const override {
-    return tok_.Encode(text, add);
-  }
-  std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
-  std::unique_ptr<TextStream> NewStream(bool skip) const override { return std::make_unique<Stream>(tok_, skip); }
-  std::vector<int32_t> eos_ids() const override { return {}; }
-
- private:
-  const Tokenizer& tok_;
-};
-
 int Run(const std::string& tokenizer_path) {
   auto tok = Tokenizer::Load(tokenizer_path);
   if (!tok.ok()) {
@@ -81,7 +58,7 @@ int Run(const std::string& tokenizer_path) {
     return 1;
   }
   const int vocab = static_cast<int>((*tok)->vocab_size());
-  Codec codec(**tok);
+  const std::unique_ptr<TextCodec> codec = NewTokenizerCodec(*std::move(tok));
   std::printf("vocab %d (%s)\n", vocab, tokenizer_path.c_str());
   for (bool detok : {false, true}) {
     for (int streams : {1, 64}) {
@@ -91,7 +68,7 @@ int Run(const std::string& tokenizer_path) {
       o.max_batch_tokens = 2048;
       o.max_num_seqs = 256;
       o.sampling_threads = 1;
-      Scheduler s(o, &backend, &kv, detok ? &codec : nullptr, nullptr, nullptr);
+      Scheduler s(o, &backend, &kv, detok ? codec.get() : nullptr, nullptr, nullptr);
       int64_t events = 0;
       for (int r = 0; r < streams; ++r) {
         GenerateRequest q;
