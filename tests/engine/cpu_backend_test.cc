@@ -33,11 +33,7 @@ struct Model {
 };
 
 Model Load(const CreateOptions& o, const std::string& name) {
-  const std::string dir = TempDir(name);
-  CreateOptions opts = o;
-  opts.tokenizer = false;
-  EXPECT_TRUE(WriteRandomCheckpoint(dir, opts).ok());
-  auto ckpt = Checkpoint::Open(dir);
+  auto ckpt = testing::OpenRandomCheckpoint("cpu_" + name, o);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   auto backend = CreateCpuBackend(**ckpt, {.num_threads = 2});
   EXPECT_TRUE(backend.ok());
