@@ -134,6 +134,10 @@ class CudaBackend final : public Backend {
   // the fp32 residual stream: the GEMM's epilogue does the residual add).
   absl::Status Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
                     float alpha = 1.f, float beta = 0.f);
+  // Whether a GEMM of n rows runs on the small-batch kernels (small_gemm.h) rather than cuBLAS.
+  bool SmallGemmFor(int64_t n, int64_t in, const void* x, const void* w) const {
+    return !deterministic_ && cuda::SmallGemmFits(n, in, x, w, small_gemm_rows_);
+  }
   // What the device work of one step depends on besides the metadata buffer.
   struct StepShape {
     int B = 0, N = 0, R = 0;
@@ -313,7 +317,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
 absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y,
                                bool y_f32, float alpha, float beta) {
   if (n == 0) return absl::OkStatus();
-  if (!deterministic_ && cuda::SmallGemmFits(n, in, x, w, small_gemm_rows_)) {
+  if (SmallGemmFor(n, in, x, w)) {
     return cuda::SmallGemm(x, n, in, w, out, y, y_f32, alpha, beta, stream_);
   }
   // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = W · xᵀ.
@@ -492,7 +496,7 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
     }
     SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln2_w.get<float>(),
                                   w.has_ln_b ? w.ln2_b.get<float>() : nullptr, eps, x_.get(), stream_));
-    if (c.glu && !w.has_bias && !deterministic_ && cuda::SmallGemmFits(N, D, x_.get(), w.fc_w.get(), small_gemm_rows_)) {
+    if (c.glu && !w.has_bias && SmallGemmFor(N, D, x_.get(), w.fc_w.get())) {
       // A few rows: c_fc and the GLU activation in one kernel (no fc_ round trip).
       SB_RETURN_IF_ERROR(Trace(stream_, "c_fc+act",
                                cuda::SmallGemmGlu(act, x_.get(), N, D, w.fc_w.get(), I, act_.get(), stream_)));

@@ -233,16 +233,12 @@ absl::Status Norm(bool rms, const float* x, const int32_t* rows, int64_t n, int6
   const unsigned grid = static_cast<unsigned>(n);
   cudaError_t err = cudaSuccess;
   if (!v1 && aligned && items >= 1 && items <= 8) {
-    switch (items) {
-      case 1: err = kernels::LaunchPdl(NormRegKernel<1>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-      case 2: err = kernels::LaunchPdl(NormRegKernel<2>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-      case 3: err = kernels::LaunchPdl(NormRegKernel<3>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-      case 4: err = kernels::LaunchPdl(NormRegKernel<4>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-      case 5: err = kernels::LaunchPdl(NormRegKernel<5>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-      case 6: err = kernels::LaunchPdl(NormRegKernel<6>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-      case 7: err = kernels::LaunchPdl(NormRegKernel<7>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-      default: err = kernels::LaunchPdl(NormRegKernel<8>, dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b, eps, out); break;
-    }
+    using Kernel = void (*)(bool, const float*, const int32_t*, int64_t, const float*, const float*, float,
+                            __nv_bfloat16*);
+    static constexpr Kernel kByItems[] = {NormRegKernel<1>, NormRegKernel<2>, NormRegKernel<3>, NormRegKernel<4>,
+                                          NormRegKernel<5>, NormRegKernel<6>, NormRegKernel<7>, NormRegKernel<8>};
+    err = kernels::LaunchPdl(kByItems[items - 1], dim3(grid), dim3(kNormThreads), 0, stream, rms, x, rows, dim, w, b,
+                             eps, out);
   } else {
     err = kernels::LaunchPdl(NormKernel, dim3(grid), dim3(512), 0, stream, rms, x, rows, dim, w, b, eps, out);
   }

@@ -50,8 +50,7 @@ struct Args {
   const uint4* x;    // [N, in8] chunks
   const uint4* w;    // [rows, in8] chunks
   int64_t in8;       // chunks per row
-  int64_t out;       // outputs per row of y
-  int64_t gate_row;  // GLU: first gate row of W (= out)
+  int64_t out;       // outputs per row of y (GLU: W's gate rows start at row `out`)
   void* y;
   bool y_f32;
   float alpha, beta;
@@ -71,7 +70,7 @@ __global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
   for (int j = 0; j < R; ++j) {
     const int64_t o = o0 + j < a.out ? o0 + j : a.out - 1;  // past the end: a valid row, not written
     wr[j] = a.w + o * a.in8;
-    if constexpr (kGlu) wr[R + j] = a.w + (a.gate_row + o) * a.in8;
+    if constexpr (kGlu) wr[R + j] = a.w + (a.out + o) * a.in8;
   }
   // Launched as a programmatic dependent (kernels/pdl.h), the block may start while the kernel
   // before it still runs: the weights are nobody's output, so their first bytes are fetched into L2
@@ -215,7 +214,7 @@ absl::Status SmallGemm(const void* x, int64_t n, int64_t in, const void* w, int6
   if (!SmallGemmFits(n, in, x, w)) return absl::InvalidArgumentError("SmallGemm: shape or alignment not supported");
   if (!y_f32 && beta != 0.f) return absl::InvalidArgumentError("SmallGemm: beta needs an fp32 output");
   if (out <= 0) return absl::OkStatus();
-  Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, out, 0, y, y_f32, alpha, beta, 0};
+  Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, out, y, y_f32, alpha, beta, 0};
   SB_CUDA_RETURN_IF_ERROR(Dispatch<false>(n, a, stream));
   return absl::OkStatus();
 }
@@ -224,7 +223,7 @@ absl::Status SmallGemmGlu(int act, const void* x, int64_t n, int64_t in, const v
                           CUstream_st* stream) {
   if (!SmallGemmFits(n, in, x, w)) return absl::InvalidArgumentError("SmallGemmGlu: shape or alignment not supported");
   if (inner <= 0) return absl::OkStatus();
-  Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, inner, inner, out, false, 1.f, 0.f, act};
+  Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, inner, out, false, 1.f, 0.f, act};
   SB_CUDA_RETURN_IF_ERROR(Dispatch<true>(n, a, stream));
   return absl::OkStatus();
 }
