@@ -4,8 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -29,6 +33,24 @@ inline absl::StatusOr<std::unique_ptr<Checkpoint>> OpenRandomCheckpoint(const st
   options.tokenizer = false;
   if (absl::Status st = WriteRandomCheckpoint(dir, options); !st.ok()) return st;
   return Checkpoint::Open(dir);
+}
+
+// OpenRandomCheckpoint once per process and `name`, kept open for the tests that share it. A
+// checkpoint that cannot be written or opened ends the process with the reason.
+inline const Checkpoint& SharedRandomCheckpoint(const std::string& name, const CreateOptions& options) {
+  static std::mutex mu;
+  static auto* opened = new std::map<std::string, std::unique_ptr<Checkpoint>>();
+  std::lock_guard<std::mutex> lock(mu);
+  std::unique_ptr<Checkpoint>& slot = (*opened)[name];
+  if (slot == nullptr) {
+    auto c = OpenRandomCheckpoint(name, options);
+    if (!c.ok()) {
+      std::fprintf(stderr, "random checkpoint %s: %s\n", name.c_str(), c.status().ToString().c_str());
+      std::abort();
+    }
+    slot = *std::move(c);
+  }
+  return *slot;
 }
 
 inline std::vector<float> RandomVector(std::mt19937_64& rng, size_t n, float scale = 1.0f) {

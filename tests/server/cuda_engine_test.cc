@@ -28,17 +28,12 @@ using testing::HaveGpu;
 
 // The 3B-shaped random checkpoint of these tests, written once per process.
 const Checkpoint& SmallCheckpoint() {
-  static const Checkpoint* ckpt = [] {
-    CreateOptions co;
-    co.preset = "small-3b";
-    co.variant = "R1";
-    co.dtype = "bf16";
-    co.seed = 31;
-    auto c = testing::OpenRandomCheckpoint("cuda_engine", co);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? c->release() : nullptr;
-  }();
-  return *ckpt;
+  CreateOptions co;
+  co.preset = "small-3b";
+  co.variant = "R1";
+  co.dtype = "bf16";
+  co.seed = 31;
+  return testing::SharedRandomCheckpoint("cuda_engine", co);
 }
 
 struct Result {

@@ -64,17 +64,12 @@ class HostDrawsAsDevice : public ForwardingBackend {
 };
 
 const Checkpoint& TinyCheckpoint() {
-  static const Checkpoint* ckpt = [] {
-    CreateOptions co;
-    co.preset = "tiny";
-    co.variant = "R1";
-    co.dtype = "f32";
-    co.seed = 3;
-    auto c = testing::OpenRandomCheckpoint("devpath", co);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? c->release() : nullptr;
-  }();
-  return *ckpt;
+  CreateOptions co;
+  co.preset = "tiny";
+  co.variant = "R1";
+  co.dtype = "f32";
+  co.seed = 3;
+  return testing::SharedRandomCheckpoint("devpath", co);
 }
 
 struct Output {
