@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_check.h"
@@ -46,23 +48,35 @@ int DecodeHeadsPerCta(int group) {
   return 1;
 }
 
-int DecodeCtasPerSm(int head_dim, int heads_per_cta) {
+int DecodeCtasPerSm(int head_dim, int heads_per_cta, bool tc) {
   switch (heads_per_cta * 1000 + head_dim) {
-    case 1064: return SbAttnDecodeCtasPerSm<64, 1>();
-    case 2064: return SbAttnDecodeCtasPerSm<64, 2>();
-    case 4064: return SbAttnDecodeCtasPerSm<64, 4>();
-    case 6064: return SbAttnDecodeCtasPerSm<64, 6>();
-    case 8064: return SbAttnDecodeCtasPerSm<64, 8>();
-    case 1128: return SbAttnDecodeCtasPerSm<128, 1>();
-    case 2128: return SbAttnDecodeCtasPerSm<128, 2>();
-    case 4128: return SbAttnDecodeCtasPerSm<128, 4>();
-    case 6128: return SbAttnDecodeCtasPerSm<128, 6>();
-    case 8128: return SbAttnDecodeCtasPerSm<128, 8>();
+    case 1064: return SbAttnDecodeCtasPerSm<64, 1>(tc);
+    case 2064: return SbAttnDecodeCtasPerSm<64, 2>(tc);
+    case 4064: return SbAttnDecodeCtasPerSm<64, 4>(tc);
+    case 6064: return SbAttnDecodeCtasPerSm<64, 6>(tc);
+    case 8064: return SbAttnDecodeCtasPerSm<64, 8>(tc);
+    case 1128: return SbAttnDecodeCtasPerSm<128, 1>(tc);
+    case 2128: return SbAttnDecodeCtasPerSm<128, 2>(tc);
+    case 4128: return SbAttnDecodeCtasPerSm<128, 4>(tc);
+    case 6128: return SbAttnDecodeCtasPerSm<128, 6>(tc);
+    case 8128: return SbAttnDecodeCtasPerSm<128, 8>(tc);
     default: return 0;
   }
 }
 
-SbDecodeSplit ChooseDecodeSplit(const SbAttnDecodeParams& p, int num_sms) {
+// SBSERVE_DECODE_KERNEL=cuda-core or tensor-core overrides the default split kernel (A/B runs).
+SbDecodeKernel DecodeKernelFromEnv() {
+  static const SbDecodeKernel k = [] {
+    const char* e = std::getenv("SBSERVE_DECODE_KERNEL");
+    if (e == nullptr) return SbDecodeKernel::kAuto;
+    if (std::strcmp(e, "cuda-core") == 0) return SbDecodeKernel::kCudaCore;
+    if (std::strcmp(e, "tensor-core") == 0) return SbDecodeKernel::kTensorCore;
+    return SbDecodeKernel::kAuto;
+  }();
+  return k;
+}
+
+SbDecodeSplit ChooseDecodeSplit(const SbAttnDecodeParams& p, int num_sms, bool tc) {
   const int max_keys = std::max(1, p.max_context - 1);
   int kps = p.keys_per_split;
   if (kps <= 0) {
@@ -78,7 +92,7 @@ SbDecodeSplit ChooseDecodeSplit(const SbAttnDecodeParams& p, int num_sms) {
     // CTAs instead.
     const int heads_per_cta = DecodeHeadsPerCta(p.num_heads / p.num_kv_heads);
     const int64_t ctas_per_split = static_cast<int64_t>(p.batch) * (p.num_heads / heads_per_cta);
-    const int64_t resident = static_cast<int64_t>(DecodeCtasPerSm(p.head_dim, heads_per_cta)) * num_sms;
+    const int64_t resident = static_cast<int64_t>(DecodeCtasPerSm(p.head_dim, heads_per_cta, tc)) * num_sms;
     const int64_t splits = (max_keys + kps - 1) / kps;
     const int64_t one_wave = resident / ctas_per_split;  // splits per (sequence, head group)
     if (one_wave >= 2 && ctas_per_split * splits > resident)
@@ -121,9 +135,16 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
                            [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, stream); });
 }
 
+bool SbAttnDecodeUsesTensorCores(const SbAttnDecodeParams& p) {
+  SbDecodeKernel k = p.kernel;
+  if (k == SbDecodeKernel::kAuto) k = DecodeKernelFromEnv();
+  if (k == SbDecodeKernel::kAuto) k = SbDecodeKernel::kTensorCore;
+  return k == SbDecodeKernel::kTensorCore;
+}
+
 size_t SbAttnDecodeWorkspaceBytes(const SbAttnDecodeParams& p) {
   if (p.batch <= 0 || p.num_heads <= 0) return 0;
-  const SbDecodeSplit split = ChooseDecodeSplit(p, NumSms(p.num_sms));
+  const SbDecodeSplit split = ChooseDecodeSplit(p, NumSms(p.num_sms), SbAttnDecodeUsesTensorCores(p));
   // o and P partials, plus one published-flag per partial with the early exit.
   const int per_part = p.head_dim + 1 + (p.early_exit_log_threshold > 0.f ? 1 : 0);
   return static_cast<size_t>(p.batch) * p.num_heads * split.num_splits * per_part * sizeof(float);
@@ -146,13 +167,14 @@ absl::Status SbAttnDecode(const SbAttnDecodeParams& p, CUstream_st* stream) {
   if (p.keys_per_split < 0 || p.keys_per_split % 64 != 0)
     return absl::InvalidArgumentError("stick-breaking decode: keys_per_split must be 0 or a positive multiple of 64");
   const int log2_bs = Log2IfPow2(p.cache.block_size);
-  const SbDecodeSplit split = ChooseDecodeSplit(p, NumSms(p.num_sms));
+  const bool tc = SbAttnDecodeUsesTensorCores(p);
+  const SbDecodeSplit split = ChooseDecodeSplit(p, NumSms(p.num_sms), tc);
   if (p.early_exit_log_threshold > 0.f && split.num_splits > 65535)
     return absl::InvalidArgumentError("stick-breaking decode: early exit supports at most 65535 key chunks");
   const int group = p.num_heads / p.num_kv_heads;
   return SB_HEADDIM_SWITCH(p.head_dim, kHeadDim, [&] {
     return SB_DECODE_GROUP_SWITCH(group, kG, [&] {
-      return LaunchSbAttnDecode<kHeadDim, kG>(p, log2_bs, split, stream);
+      return LaunchSbAttnDecode<kHeadDim, kG>(p, log2_bs, split, tc, stream);
     });
   });
 }

@@ -17,8 +17,12 @@ absl::Status SbKvAppend(const SbKvAppendParams& params, CUstream_st* stream);
 
 absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* stream);
 
+// Whether SbAttnDecode runs the tensor-core split kernel for these parameters (params.kernel, else
+// SBSERVE_DECODE_KERNEL=cuda-core|tensor-core in the environment, else the default).
+bool SbAttnDecodeUsesTensorCores(const SbAttnDecodeParams& params);
+
 // Bytes of scratch SbAttnDecode needs for these shapes (depends on batch, heads, head_dim,
-// max_context, num_sms, keys_per_split and whether the early exit is on).
+// max_context, num_sms, keys_per_split, the split kernel and whether the early exit is on).
 size_t SbAttnDecodeWorkspaceBytes(const SbAttnDecodeParams& params);
 absl::Status SbAttnDecode(const SbAttnDecodeParams& params, CUstream_st* stream);
 

@@ -44,6 +44,62 @@ struct SbDecodeTuning {
 
 constexpr int kCombineGroups = 4;                  // split ranges folded in parallel per (b, h)
 
+// Early exit: whether the combine will cut at or above this chunk for each of the CTA's kG heads
+// (h0 ..), judged from the chunks newer than it that have published their P. Called by every
+// thread of the CTA (it synchronises); counts the CTA in p.early_exit_stats.
+template <int kG>
+__device__ bool DecodeChunkIsCut(const SbAttnDecodeParams& p, const unsigned* flag_row, const float* p_part, int b,
+                                 int h0, int split, int n_split_b, int num_splits) {
+  using namespace device;
+  const int tid = threadIdx.x;
+  bool cut = true;
+  if (tid < kG) {
+    const float exit_carry = __expf(-p.early_exit_log_threshold);
+    const float* p_row = p_part + (static_cast<int64_t>(b) * p.num_heads + h0 + tid) * num_splits;
+    float prod = 1.f;
+    for (int s = n_split_b - 1; s > split; --s) {
+      if (prod < exit_carry || LoadAcquireGpu(flag_row + s) == 0u) break;
+      prod *= LoadRelaxedGpu(p_row + s);
+    }
+    cut = prod < exit_carry;
+  }
+  const bool skip = __syncthreads_and(cut);
+  if (p.early_exit_stats != nullptr && tid == 0) {
+    if (skip) atomicAdd(p.early_exit_stats, 1ull);
+    atomicAdd(p.early_exit_stats + 1, 1ull);
+  }
+  return skip;
+}
+
+// Folds the 4 warps' partials of a chunk (o_s [4][kG][kHeadDim], p_s [4][kG], warp 0 the oldest
+// keys; written and synchronised by the caller) into the chunk's partial of each head, and
+// publishes the chunk's flag when flag_row is set (early exit).
+template <int kHeadDim, int kG>
+__device__ void DecodeWriteChunk(const float* o_s, const float* p_s, int b, int H, int h0, int split, int num_splits,
+                                 float* __restrict__ o_part, float* __restrict__ p_part, unsigned* flag_row) {
+  using namespace device;
+  const int tid = threadIdx.x;
+  for (int e = tid; e < kG * kHeadDim; e += kDecodeThreads) {
+    const int gi = e / kHeadDim;
+    const int di = e % kHeadDim;
+    float o = 0.f;
+    float carry = 1.f;
+#pragma unroll
+    for (int w = 3; w >= 0; --w) {
+      o = fmaf(o_s[(w * kG + gi) * kHeadDim + di], carry, o);
+      carry *= p_s[w * kG + gi];
+    }
+    const int64_t idx = (static_cast<int64_t>(b) * H + h0 + gi) * num_splits + split;
+    o_part[idx * kHeadDim + di] = o;
+    if (di == 0) p_part[idx] = carry;
+  }
+  if (flag_row != nullptr) {
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) StoreReleaseGpu(flag_row + split, 1u);
+  }
+}
+
 // Partials: o_part [B, H, num_splits, d] fp32, p_part [B, H, num_splits] fp32; flags
 // [B, H / kG, num_splits] (early exit only, zeroed before the launch; null otherwise).
 // Grid: (num_splits, H / kG, B), or with the early exit (H / kG, B, num_splits) with the chunk
@@ -83,26 +139,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
 
   const int tid = threadIdx.x;
   unsigned* const flag_row = early_exit ? flags + (static_cast<int64_t>(b) * (H / kG) + hg) * num_splits : nullptr;
-  if (early_exit) {
-    // Skip the chunk when, for each of the CTA's heads, the combine will cut at or above it.
-    bool cut = true;
-    if (tid < kG) {
-      const float exit_carry = __expf(-p.early_exit_log_threshold);
-      const float* p_row = p_part + (static_cast<int64_t>(b) * H + h0 + tid) * num_splits;
-      float prod = 1.f;
-      for (int s = n_split_b - 1; s > split; --s) {
-        if (prod < exit_carry || LoadAcquireGpu(flag_row + s) == 0u) break;
-        prod *= LoadRelaxedGpu(p_row + s);
-      }
-      cut = prod < exit_carry;
-    }
-    const bool skip = __syncthreads_and(cut);
-    if (p.early_exit_stats != nullptr && tid == 0) {
-      if (skip) atomicAdd(p.early_exit_stats, 1ull);
-      atomicAdd(p.early_exit_stats + 1, 1ull);
-    }
-    if (skip) return;
-  }
+  if (early_exit && DecodeChunkIsCut<kG>(p, flag_row, p_part, b, h0, split, n_split_b, num_splits)) return;
   const int warp = tid / 32;
   const int lane = tid % 32;
   const int part = lane % kLanesPerKey;
@@ -219,25 +256,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
     }
   }
   __syncthreads();
-  for (int e = tid; e < kG * kHeadDim; e += kDecodeThreads) {
-    const int gi = e / kHeadDim;
-    const int di = e % kHeadDim;
-    float o = 0.f;
-    float carry = 1.f;
-#pragma unroll
-    for (int w = 3; w >= 0; --w) {
-      o = fmaf(o_s[w][gi][di], carry, o);
-      carry *= p_s[w][gi];
-    }
-    const int64_t idx = (static_cast<int64_t>(b) * H + h0 + gi) * num_splits + split;
-    o_part[idx * kHeadDim + di] = o;
-    if (di == 0) p_part[idx] = carry;
-  }
-  if (early_exit) {
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) StoreReleaseGpu(flag_row + split, 1u);
-  }
+  DecodeWriteChunk<kHeadDim, kG>(&o_s[0][0][0], &p_s[0][0], b, H, h0, split, num_splits, o_part, p_part, flag_row);
 }
 
 // Combine kernel: one CTA of kCombineGroups * kHeadDim threads per (sequence, query head). Each

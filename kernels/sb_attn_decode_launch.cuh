@@ -8,14 +8,24 @@
 #include "kernels/cuda_check.h"
 #include "kernels/pdl.h"
 #include "kernels/sb_attn_decode_kernel.cuh"
+#include "kernels/sb_attn_decode_mma_kernel.cuh"
 #include "kernels/sb_attn_launch.h"
 #include "kernels/sb_attn_params.h"
 
 namespace sbserve::kernels {
 
+// The MMA split kernel's dynamic shared memory is above the 48 KB default: raise its limit once.
+template <int kHeadDim, int kG>
+cudaError_t SbDecodeMmaAllowSmem() {
+  static const cudaError_t e =
+      cudaFuncSetAttribute(sb_attn_decode_split_mma_kernel<kHeadDim, kG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           SbDecodeMmaTraits<kHeadDim, kG>::kSmemBytes);
+  return e;
+}
+
 template <int kHeadDim, int kG>
 absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const SbDecodeSplit& split,
-                                cudaStream_t stream) {
+                                bool tensor_core, cudaStream_t stream) {
   const int64_t parts = static_cast<int64_t>(p.batch) * p.num_heads * split.num_splits;
   float* o_part = static_cast<float*>(p.workspace);
   float* p_part = o_part + parts * kHeadDim;
@@ -27,8 +37,16 @@ absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const 
     SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flags, 0, parts * sizeof(unsigned), stream));
     grid = dim3(hgs, p.batch, split.num_splits);  // newest chunks first
   }
-  SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_attn_decode_split_bf16_kernel<kHeadDim, kG>, grid, dim3(kDecodeThreads), 0,
-                                    stream, p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part, flags));
+  if (tensor_core) {
+    SB_CUDA_RETURN_IF_ERROR((SbDecodeMmaAllowSmem<kHeadDim, kG>()));
+    SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_attn_decode_split_mma_kernel<kHeadDim, kG>, grid, dim3(kDecodeThreads),
+                                      SbDecodeMmaTraits<kHeadDim, kG>::kSmemBytes, stream, p, log2_bs,
+                                      split.keys_per_split, split.num_splits, o_part, p_part, flags));
+  } else {
+    SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_attn_decode_split_bf16_kernel<kHeadDim, kG>, grid, dim3(kDecodeThreads), 0,
+                                      stream, p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part,
+                                      flags));
+  }
   // The combine is a programmatic dependent launch: its CTAs are scheduled while the last split
   // CTAs run and wait in griddepcontrol.wait for the split grid's results, which hides the launch
   // gap between the two kernels.
@@ -50,15 +68,24 @@ absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const 
 
 // Split-kernel CTAs resident per SM (queried once per process; the kernel's resources are fixed).
 template <int kHeadDim, int kG>
-int SbAttnDecodeCtasPerSm() {
-  static const int n = [] {
+int SbAttnDecodeCtasPerSm(bool tensor_core) {
+  static const int cuda_core = [] {
     int blocks = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sb_attn_decode_split_bf16_kernel<kHeadDim, kG>,
                                                       kDecodeThreads, 0) != cudaSuccess)
       return 0;
     return blocks;
   }();
-  return n;
+  static const int mma = [] {
+    int blocks = 0;
+    if (SbDecodeMmaAllowSmem<kHeadDim, kG>() != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, sb_attn_decode_split_mma_kernel<kHeadDim, kG>,
+                                                      kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG>::kSmemBytes) !=
+            cudaSuccess)
+      return 0;
+    return blocks;
+  }();
+  return tensor_core ? mma : cuda_core;
 }
 
 }  // namespace sbserve::kernels

@@ -18,12 +18,13 @@ struct SbDecodeSplit {
 template <int kHeadDim>
 absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream);
 
+// tensor_core: the MMA split kernel (sb_attn_decode_mma_kernel.cuh), else the CUDA-core one.
 template <int kHeadDim, int kG>
 absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const SbDecodeSplit& split,
-                                cudaStream_t stream);
+                                bool tensor_core, cudaStream_t stream);
 
 // Decode split-kernel CTAs that fit on one SM at once (0 if the query failed).
 template <int kHeadDim, int kG>
-int SbAttnDecodeCtasPerSm();
+int SbAttnDecodeCtasPerSm(bool tensor_core);
 
 }  // namespace sbserve::kernels

@@ -104,6 +104,13 @@ struct SbAttnPrefillParams {
   unsigned long long* early_exit_stats = nullptr;
 };
 
+// Which decode split kernel runs (sb_attn_decode_kernel.cuh, sb_attn_decode_mma_kernel.cuh).
+enum class SbDecodeKernel : int {
+  kAuto = 0,        // the default for the shape (SbAttnDecodeKernelFor)
+  kCudaCore = 1,    // per-lane dot products and sums; one kernel pass per group of query heads
+  kTensorCore = 2,  // MMAs over the query heads of a KV head, K/V staged through shared memory
+};
+
 // Paged decode: one query per sequence at position T - 1, over keys 0 .. T - 2, split over key
 // chunks (flash-decoding style) and then combined. The query's own K/V must be appended first
 // (R1 reads its value from the cache).
@@ -130,6 +137,7 @@ struct SbAttnDecodeParams {
   // with keys.
   unsigned long long* early_exit_stats = nullptr;
   int keys_per_split = 0;                // 0: chosen here; else forced (a multiple of 64; tuning)
+  SbDecodeKernel kernel = SbDecodeKernel::kAuto;  // tuning and tests; kAuto in the engine
 };
 
 }  // namespace sbserve::kernels

@@ -252,7 +252,8 @@ double CopyGBs(const Options& opt) {
   return gbs;
 }
 
-void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H, int Hkv, int d, int kps = 0) {
+void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H, int Hkv, int d, int kps = 0,
+                 SbDecodeKernel kernel = SbDecodeKernel::kAuto) {
   const Problem pb = MakeProblem(H, Hkv, d, opt.block_size, std::vector<int>(batch, 1), std::vector<int>(batch, ctx), 7);
   const size_t kv_bytes = static_cast<size_t>(batch) * (ctx - 1) * Hkv * d * 2 * 2;  // K and V read
   const int nsets = SetsFor(kv_bytes);
@@ -270,6 +271,7 @@ void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H,
   base.early_exit_log_threshold = opt.early_exit;
   base.early_exit_stats = g_stats;
   base.keys_per_split = kps;
+  base.kernel = kernel;
   base.o = o;
   base.rem = rem;
   void* ws = DeviceAlloc(std::max<size_t>(SbAttnDecodeWorkspaceBytes(base), 16));
@@ -287,9 +289,9 @@ void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H,
   char split_note[32] = "auto";
   if (kps > 0) std::snprintf(split_note, sizeof(split_note), "%d", kps);
   std::printf(
-      "decode   %3d x %-3d  Hkv=%-3d B=%-3d ctx=%-6d bs=%-3d keys/split %-5s %8.3f ms  %6.0f GB/s K/V  = %3.0f%% of "
+      "decode %s %3d x %-3d  Hkv=%-3d B=%-3d ctx=%-6d bs=%-3d keys/split %-5s %8.3f ms  %6.0f GB/s K/V  = %3.0f%% of "
       "copy%s%s\n",
-      H, d, Hkv, batch, ctx, opt.block_size, split_note, ms, gbs, 100.0 * gbs / copy_gbs, DataNote(opt).c_str(),
+      SbAttnDecodeUsesTensorCores(base) ? "tc" : "cc", H, d, Hkv, batch, ctx, opt.block_size, split_note, ms, gbs, 100.0 * gbs / copy_gbs, DataNote(opt).c_str(),
       ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
@@ -341,12 +343,14 @@ int main(int argc, char** argv) {
   }
   if (opt.only.empty() || opt.only == "decode") {
     const double copy = CopyGBs(opt);
-    BenchDecode(opt, copy, 64, 4096, 36, 36, 64);
-    BenchDecode(opt, copy, 1, 32768, 36, 36, 64);
-    BenchDecode(opt, copy, 64, 4096, 32, 8, 128);
-    BenchDecode(opt, copy, 1, 32768, 32, 8, 128);
-    BenchDecode(opt, copy, 8, 8192, 36, 36, 64);
-    BenchDecode(opt, copy, 8, 8192, 32, 8, 128);
+    // Each row with both split kernels, CUDA-core (cc) then tensor-core (tc).
+    struct Row {
+      int batch, ctx, H, Hkv, d;
+    };
+    for (const Row& r : {Row{64, 4096, 36, 36, 64}, Row{1, 32768, 36, 36, 64}, Row{64, 4096, 32, 8, 128},
+                         Row{1, 32768, 32, 8, 128}, Row{8, 8192, 36, 36, 64}, Row{8, 8192, 32, 8, 128}})
+      for (SbDecodeKernel k : {SbDecodeKernel::kCudaCore, SbDecodeKernel::kTensorCore})
+        BenchDecode(opt, copy, r.batch, r.ctx, r.H, r.Hkv, r.d, 0, k);
     if (opt.sweep_splits) {
       for (int kps : {576, 768, 1024, 1344, 2048}) BenchDecode(opt, copy, 1, 32768, 36, 36, 64, kps);
       for (int kps : {128, 256, 384, 512, 704, 1024, 1408}) BenchDecode(opt, copy, 1, 32768, 32, 8, 128, kps);

@@ -96,6 +96,20 @@ struct Outputs {
 
 enum class Path { kPrefill, kDecode };
 
+// Decode split kernel and forced keys per split (0: the default) of RunOnDevice's decode runs.
+SbDecodeKernel g_decode_kernel = SbDecodeKernel::kAuto;
+int g_decode_keys_per_split = 0;
+
+// Both decode split kernels; decode cases run with each on the same problem (making a large
+// problem costs more than running it).
+constexpr SbDecodeKernel kDecodeKernels[] = {SbDecodeKernel::kCudaCore, SbDecodeKernel::kTensorCore};
+const char* KernelName(SbDecodeKernel k) { return k == SbDecodeKernel::kCudaCore ? "cc" : "tc"; }
+
+struct ScopedDecodeKernel {
+  explicit ScopedDecodeKernel(SbDecodeKernel k) { g_decode_kernel = k; }
+  ~ScopedDecodeKernel() { g_decode_kernel = SbDecodeKernel::kAuto; }
+};
+
 // Early-exit threshold tau (0: off) and, when stats is set, the kernels' counters of skipped and
 // total key tiles (prefill) or chunk CTAs (decode), summed over both runs.
 struct EarlyExit {
@@ -237,6 +251,8 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
       p.remainder = pb.spec.remainder;
       p.early_exit_log_threshold = ee.tau;
       p.early_exit_stats = ee.stats != nullptr ? stats.get() : nullptr;
+      p.kernel = g_decode_kernel;
+      p.keys_per_split = g_decode_keys_per_split;
       const size_t ws = SbAttnDecodeWorkspaceBytes(p);
       if (dp.workspace.size() < ws) dp.workspace = DeviceBuffer<unsigned char>(ws);
       CUDA_OK(dp.workspace.Poison());
@@ -454,12 +470,24 @@ void CheckAgainstFp32(const Problem& pb, const Outputs& out, const char* what) {
 void CheckAgainstFp32(const Problem&, const Outputs&, const char*) {}
 #endif
 
+// Decode runs once with each split kernel.
 void RunAndCheck(const ProblemSpec& spec, Path path, const char* what, bool reverse_rows = false) {
   const Problem pb = MakeProblem(spec);
-  Outputs out;
-  ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, reverse_rows, &out));
-  ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, what));
-  CheckAgainstFp32(pb, out, what);
+  if (path == Path::kPrefill) {
+    Outputs out;
+    ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, reverse_rows, &out));
+    ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, what));
+    CheckAgainstFp32(pb, out, what);
+    return;
+  }
+  for (SbDecodeKernel k : kDecodeKernels) {
+    const std::string name = std::string(what) + " [" + KernelName(k) + "]";
+    ScopedDecodeKernel scoped(k);
+    Outputs out;
+    ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, reverse_rows, &out));
+    ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, name.c_str()));
+    CheckAgainstFp32(pb, out, name.c_str());
+  }
 }
 
 struct Shape {
@@ -605,6 +633,24 @@ TEST(SbAttnDecode, RemainderVariants) {
   }
 }
 
+// Group sizes 8 and 16 (two CTAs of 8 heads per KV head) and 2; block size 1 with a forced
+// 2048-key chunk (the tensor-core kernel then reads the block table from global memory instead of
+// shared memory) and with the smallest chunk (64 keys: one 16-key tile per warp).
+TEST(SbAttnDecode, GroupsBlockSizesAndForcedChunks) {
+  REQUIRE_GPU();
+  const std::vector<int> ctx = {1, 17, 300, 2049, 5000};
+  std::vector<int> prefix;
+  for (int c : ctx) prefix.push_back(c - 1);
+  for (const Shape& s : {Shape{128, 16, 2, 16}, Shape{64, 16, 1, 32}, Shape{128, 4, 2, 16}})
+    RunAndCheck(Spec(s, std::vector<int>(ctx.size(), 1), prefix), Path::kDecode, Name("decode groups", s).c_str());
+  for (int kps : {2048, 64}) {
+    g_decode_keys_per_split = kps;
+    RunAndCheck(Spec({128, 8, 2, 1}, std::vector<int>(ctx.size(), 1), prefix), Path::kDecode,
+                kps == 2048 ? "decode bs1 chunk 2048" : "decode bs1 chunk 64");
+    g_decode_keys_per_split = 0;
+  }
+}
+
 // ---- early exit (sb_attn_params.h): the same kernel with and without it, and float64 ----
 
 // Checks the proven bound between the early-exit outputs `ee` and the full outputs `full` of the
@@ -664,8 +710,7 @@ struct EarlyExitCase {
   bool expect_trigger;  // the data make every tile cross tau (prefill only: decode depends on timing)
 };
 
-void RunEarlyExitCase(const EarlyExitCase& c, const char* what) {
-  const Problem pb = MakeProblem(c.spec);
+void RunEarlyExitOn(const Problem& pb, const EarlyExitCase& c, const char* what) {
   const bool reverse = c.path == Path::kDecode;
   Outputs full, ee;
   ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, c.path, reverse, &full));
@@ -685,6 +730,20 @@ void RunEarlyExitCase(const EarlyExitCase& c, const char* what) {
   ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, c.path, reverse, &never, EarlyExit{100.f, nullptr}));
   EXPECT_EQ(0, std::memcmp(never.o.data(), full.o.data(), full.o.size() * 2)) << what << ": tau 100 changed o";
   EXPECT_EQ(0, std::memcmp(never.rem.data(), full.rem.data(), full.rem.size() * 4)) << what << ": tau 100 changed rem";
+}
+
+// Decode runs once with each split kernel.
+void RunEarlyExitCase(const EarlyExitCase& c, const char* what) {
+  const Problem pb = MakeProblem(c.spec);
+  if (c.path == Path::kPrefill) {
+    RunEarlyExitOn(pb, c, what);
+    return;
+  }
+  for (SbDecodeKernel k : kDecodeKernels) {
+    const std::string name = std::string(what) + " [" + KernelName(k) + "]";
+    ScopedDecodeKernel scoped(k);
+    ASSERT_NO_FATAL_FAILURE(RunEarlyExitOn(pb, c, name.c_str()));
+  }
 }
 
 TEST(SbAttnEarlyExit, SmallCase) {
