@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -808,6 +809,27 @@ TEST(SbAttnEarlyExit, RejectsBadThreshold) {
   EXPECT_EQ(SbAttnPrefill(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
   p.early_exit_log_threshold = NAN;
   EXPECT_EQ(SbAttnPrefill(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The split kernel a decode call runs: tensor cores when query heads share a KV head, unless the
+// caller names one (SBSERVE_DECODE_KERNEL, when set, decides kAuto: skip then).
+TEST(SbAttnApi, DecodeKernelChoice) {
+  if (std::getenv("SBSERVE_DECODE_KERNEL") != nullptr) GTEST_SKIP() << "SBSERVE_DECODE_KERNEL is set";
+  SbAttnDecodeParams p;
+  p.num_heads = 36;
+  p.num_kv_heads = 36;
+  EXPECT_FALSE(SbAttnDecodeUsesTensorCores(p));
+  p.kernel = SbDecodeKernel::kTensorCore;
+  EXPECT_TRUE(SbAttnDecodeUsesTensorCores(p));
+  p.num_heads = 32;
+  p.num_kv_heads = 8;
+  p.kernel = SbDecodeKernel::kAuto;
+  EXPECT_TRUE(SbAttnDecodeUsesTensorCores(p));
+  p.kernel = SbDecodeKernel::kCudaCore;
+  EXPECT_FALSE(SbAttnDecodeUsesTensorCores(p));
+  p.num_kv_heads = 1;
+  p.kernel = SbDecodeKernel::kAuto;
+  EXPECT_TRUE(SbAttnDecodeUsesTensorCores(p));
 }
 
 TEST(SbAttnApi, RejectsUnsupportedShapes) {
