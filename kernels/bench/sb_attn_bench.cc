@@ -54,6 +54,8 @@ struct Options {
   float scale_mult = 1.f;
   float shift = 0.f;
   bool sweep_splits = false;
+  int decode_row = -1;                 // --decode-row I: only that row of the decode table
+  std::string decode_kernel = "both";  // --decode-kernel cc|tc|both
 };
 
 // Counters of the early exit [skipped, total], zeroed per problem.
@@ -314,10 +316,15 @@ int main(int argc, char** argv) {
     else if (a == "--scale-mult" && i + 1 < argc) opt.scale_mult = std::atof(argv[++i]);
     else if (a == "--shift" && i + 1 < argc) opt.shift = std::atof(argv[++i]);
     else if (a == "--sweep-splits") opt.sweep_splits = true;
+    else if (a == "--decode-row" && i + 1 < argc) opt.decode_row = std::atoi(argv[++i]);
+    else if (a == "--decode-kernel" && i + 1 < argc && (std::string(argv[i + 1]) == "cc" ||
+                                                        std::string(argv[i + 1]) == "tc" ||
+                                                        std::string(argv[i + 1]) == "both"))
+      opt.decode_kernel = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode] [--early-exit TAU] "
-                   "[--scale-mult M] [--shift S] [--sweep-splits]\n",
+                   "[--scale-mult M] [--shift S] [--sweep-splits] [--decode-row 0..5] [--decode-kernel cc|tc|both]\n",
                    argv[0]);
       return 2;
     }
@@ -347,10 +354,16 @@ int main(int argc, char** argv) {
     struct Row {
       int batch, ctx, H, Hkv, d;
     };
-    for (const Row& r : {Row{64, 4096, 36, 36, 64}, Row{1, 32768, 36, 36, 64}, Row{64, 4096, 32, 8, 128},
-                         Row{1, 32768, 32, 8, 128}, Row{8, 8192, 36, 36, 64}, Row{8, 8192, 32, 8, 128}})
-      for (SbDecodeKernel k : {SbDecodeKernel::kCudaCore, SbDecodeKernel::kTensorCore})
+    const Row rows[] = {{64, 4096, 36, 36, 64}, {1, 32768, 36, 36, 64}, {64, 4096, 32, 8, 128},
+                        {1, 32768, 32, 8, 128}, {8, 8192, 36, 36, 64},  {8, 8192, 32, 8, 128}};
+    for (int i = 0; i < 6; ++i) {
+      if (opt.decode_row >= 0 && opt.decode_row != i) continue;
+      const Row& r = rows[i];
+      for (SbDecodeKernel k : {SbDecodeKernel::kCudaCore, SbDecodeKernel::kTensorCore}) {
+        if (opt.decode_kernel != "both" && opt.decode_kernel != (k == SbDecodeKernel::kCudaCore ? "cc" : "tc")) continue;
         BenchDecode(opt, copy, r.batch, r.ctx, r.H, r.Hkv, r.d, 0, k);
+      }
+    }
     if (opt.sweep_splits) {
       for (int kps : {576, 768, 1024, 1344, 2048}) BenchDecode(opt, copy, 1, 32768, 36, 36, 64, kps);
       for (int kps : {128, 256, 384, 512, 704, 1024, 1408}) BenchDecode(opt, copy, 1, 32768, 32, 8, 128, kps);
