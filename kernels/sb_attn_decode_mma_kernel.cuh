@@ -226,15 +226,8 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG
       w[j] = t * r * lane_r;
       lane_r *= r;
     }
-    // Suffix product over the quad (tq = 3 holds the newest keys).
-    float incl = lane_r;
-    float sh = __shfl_down_sync(0xffffffffu, incl, 1, 4);
-    if (tq < 3) incl *= sh;
-    sh = __shfl_down_sync(0xffffffffu, incl, 2, 4);
-    if (tq < 2) incl *= sh;
-    float excl = __shfl_down_sync(0xffffffffu, incl, 1, 4);
-    if (tq == 3) excl = 1.f;
-    const float tile_r = __shfl_sync(0xffffffffu, incl, 0, 4);
+    float excl, tile_r;  // products over the newer lanes of the quad, and over the whole tile
+    QuadSuffixProducts(lane_r, tq, &excl, &tile_r);
     const float scale_w = carry * excl;
     carry *= tile_r;
     uint32_t ph[2], pl[2];  // A operand, row g: keys 4tq, 4tq+1 (a0) and 4tq+2, 4tq+3 (a2)

@@ -67,6 +67,19 @@ __device__ __forceinline__ void MmaBf16Rows8(float (&d)[2], uint32_t a0, uint32_
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(d[0]), "f"(d[1]), "f"(0.f));
 }
 
+// Suffix products over the 4 lanes of a quad (lane tq = lane % 4, higher tq = newer keys) of each
+// lane's product r: *excl = product over the lanes after this one, *all = product over the quad.
+__device__ __forceinline__ void QuadSuffixProducts(float r, int tq, float* excl, float* all) {
+  float incl = r;
+  float sh = __shfl_down_sync(0xffffffffu, incl, 1, 4);
+  if (tq < 3) incl *= sh;
+  sh = __shfl_down_sync(0xffffffffu, incl, 2, 4);
+  if (tq < 2) incl *= sh;
+  float e = __shfl_down_sync(0xffffffffu, incl, 1, 4);
+  *excl = tq == 3 ? 1.f : e;
+  *all = __shfl_sync(0xffffffffu, incl, 0, 4);
+}
+
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);

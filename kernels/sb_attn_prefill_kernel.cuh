@@ -116,15 +116,9 @@ __device__ __forceinline__ void SbWeights(const float (&s)[kMT][kNT][4], uint32_
         chunk_r[c] = Rcp(prod);
       }
       const float lane_r = (chunk_r[0] * chunk_r[1]) * (chunk_r[2] * chunk_r[3]);
-      // Inclusive suffix product over the 4 lanes of the row (lane tq holds keys 16tq..16tq+15).
-      float incl = lane_r;
-      float sh = __shfl_down_sync(0xffffffffu, incl, 1, 4);
-      if (tq < 3) incl *= sh;
-      sh = __shfl_down_sync(0xffffffffu, incl, 2, 4);
-      if (tq < 2) incl *= sh;
-      float excl = __shfl_down_sync(0xffffffffu, incl, 1, 4);
-      if (tq == 3) excl = 1.f;
-      const float tile_r = __shfl_sync(0xffffffffu, incl, 0, 4);
+      // Suffix products over the 4 lanes of the row (lane tq holds keys 16tq..16tq+15).
+      float excl, tile_r;
+      QuadSuffixProducts(lane_r, tq, &excl, &tile_r);
       float gc = carry[mt][hf] * excl;  // prod over keys newer than this lane's keys
 #pragma unroll
       for (int c = 3; c >= 0; --c) {
