@@ -54,12 +54,12 @@ struct SbDecodeMmaTraits {
   // global memory.
   static constexpr int kTableCap = 1026;
   static constexpr int kSmemBytes = kRingBytes + kTableCap * 4;
-  // No register cap: left to itself the compiler takes ~130 registers at d = 128, which with two
-  // ring stages allows 3 CTAs per SM; a cap of 3 CTAs (170 registers) made it spill.
+  // CTAs per SM that the shared memory allows (228 KB per SM, 1 KB reserved per CTA); registers
+  // are capped to match.
 #ifdef SB_DECODE_MMA_MIN_BLOCKS
   static constexpr int kMinBlocks = SB_DECODE_MMA_MIN_BLOCKS;
 #else
-  static constexpr int kMinBlocks = 0;
+  static constexpr int kMinBlocks = 228 * 1024 / (kSmemBytes + 1024) < 4 ? 228 * 1024 / (kSmemBytes + 1024) : 4;
 #endif
   static_assert(kWarps * kG * (kHeadDim + 1) * 4 <= kRingBytes, "the fold buffer reuses the ring");
   static_assert(kStages >= 2);
@@ -241,8 +241,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG
       pl[n] = PackBf16(w0 - hf.x, w1 - hf.y);
     }
 
-    // Unrolled by 2 only: a full unroll hoists all the V fragments (~210 registers, 2 CTAs per SM).
-#pragma unroll 2
+#pragma unroll
     for (int nd = 0; nd < kND; nd += 2) {
       uint32_t b0, b1, b2, b3;
       LdMatrixX4Trans(
