@@ -139,8 +139,8 @@ bool SbAttnDecodeUsesTensorCores(const SbAttnDecodeParams& p) {
   SbDecodeKernel k = p.kernel;
   if (k == SbDecodeKernel::kAuto) k = DecodeKernelFromEnv();
   // Default: tensor cores when query heads share a KV head (GQA, MQA), where they read each K/V
-  // row once for the whole group instead of once per group of lanes (tests/bench/kernels.md:
-  // 32 x 128 on 8 KV heads 88 -> 94% of copy at B = 64, 71 -> 80% at B = 1 x 32768, H100). With
+  // row once for the whole group instead of once per group of lanes (tests/bench/kernels.md,
+  // H200: 32 x 128 on 8 KV heads 70 -> 91% of copy at B = 64, 54 -> 76% at B = 1 x 32768). With
   // one query head per KV head both kernels measured within 2% of each other; the CUDA-core one
   // stays.
   if (k == SbDecodeKernel::kAuto)
