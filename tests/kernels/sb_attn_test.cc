@@ -832,6 +832,41 @@ TEST(SbAttnApi, DecodeKernelChoice) {
   EXPECT_TRUE(SbAttnDecodeUsesTensorCores(p));
 }
 
+// The test problems: the same spec gives the same values (the cached prefixes are drawn in
+// parallel, per sequence and 256 positions), the prefix keys and values are N(shift, 1) and
+// N(0, 1), and cache slots that no sequence owns hold NaN.
+TEST(SbAttnProblem, DeterministicNormalAndPoisoned) {
+  ProblemSpec spec = Spec({64, 4, 2, 16}, {1, 3, 1}, {700, 20, 1500}, 9);
+  spec.shift = 0.5f;
+  const Problem a = MakeProblem(spec);
+  const Problem b = MakeProblem(spec);
+  ASSERT_EQ(a.k_cache, b.k_cache);
+  ASSERT_EQ(a.v_cache, b.v_cache);
+  ASSERT_EQ(a.q, b.q);
+  const int row = spec.num_kv_heads * spec.head_dim;
+  double sk = 0, skk = 0, sv = 0, svv = 0;
+  size_t n = 0;
+  for (int s = 0; s < a.batch; ++s)
+    for (int pos = 0; pos < spec.prefix_lens[s]; ++pos)
+      for (int i = 0; i < row; ++i) {
+        const double k = Bf16ToFloat(a.k_cache[a.SlotOf(s, pos) * row + i]);
+        const double v = Bf16ToFloat(a.v_cache[a.SlotOf(s, pos) * row + i]);
+        sk += k, skk += k * k, sv += v, svv += v * v, ++n;
+      }
+  const double mk = sk / n, mv = sv / n;
+  EXPECT_NEAR(mk, 0.5, 0.01);
+  EXPECT_NEAR(skk / n - mk * mk, 1.0, 0.02);
+  EXPECT_NEAR(mv, 0.0, 0.01);
+  EXPECT_NEAR(svv / n - mv * mv, 1.0, 0.02);
+  // Units of 256 positions are independent draws, not copies of one another.
+  EXPECT_NE(0, std::memcmp(&a.k_cache[a.SlotOf(0, 0) * row], &a.k_cache[a.SlotOf(0, 256) * row], row * 2));
+  EXPECT_NE(0, std::memcmp(&a.k_cache[a.SlotOf(0, 0) * row], &a.k_cache[a.SlotOf(2, 0) * row], row * 2));
+  size_t owned = 0, nan = 0;
+  for (size_t i = 0; i < a.k_cache.size(); ++i) nan += std::isnan(Bf16ToFloat(a.k_cache[i])) ? 1 : 0;
+  for (int s = 0; s < a.batch; ++s) owned += static_cast<size_t>(spec.prefix_lens[s]) * row;
+  EXPECT_EQ(nan, a.k_cache.size() - owned);
+}
+
 TEST(SbAttnApi, RejectsUnsupportedShapes) {
   SbAttnPrefillParams p;
   int dummy = 0;
