@@ -4,7 +4,8 @@
 # while the tests run (waited for by its PID: a `pgrep -f` pattern would also match this command).
 # Expects the CUDA build's test binaries, sbmodel, small_gemm_bench, sbserve and sbctl in
 # $PWD/.gpu/{bin,lib} (../shared/gpu/pack.sh .gpu build/tests/engine/cuda_backend_test ...), $OUT.
-# usage: deploy/bench/gpu_check.sh [tests] [model] [serve]   (default: tests model)
+# usage: deploy/bench/gpu_check.sh [tests] [kernels] [model] [serve]   (default: tests model)
+#   kernels: sb_attn_bench (if packed), prefill and decode tables (decode rows with both split kernels)
 set -u
 OUT=${OUT:-/tmp}
 export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
@@ -23,6 +24,10 @@ if [[ $parts == *tests* ]]; then
     timeout 400 "$BIN/$t" > "$OUT/$t.log" 2>&1
     echo "$t rc=$? ($(( $(date +%s) - start )) s): $(grep -E '^\[  (PASSED|FAILED)|FAILED  \]' "$OUT/$t.log" | head -6 | tr '\n' ' ')"
   done
+fi
+if [[ $parts == *kernels* ]]; then
+  if [ -x "$BIN/sb_attn_bench" ]; then "$BIN/sb_attn_bench" > "$OUT/sb_attn_bench.log" 2>&1; grep -E 'copy|prefill|decode' "$OUT/sb_attn_bench.log"
+  else echo "sb_attn_bench: not packed"; fi
 fi
 [ -n "$creator" ] && { wait "$creator" || { echo "checkpoint creation failed"; cat "$OUT/create.log"; exit 1; }; }
 if [[ $parts == *model* ]]; then
