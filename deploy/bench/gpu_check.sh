@@ -14,7 +14,7 @@ parts=${*:-tests model}
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 creator=
 if [ ! -f /tmp/m3b/config.json ]; then
-  $BIN/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b > "$OUT/create.log" 2>&1 &
+  "$BIN"/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b > "$OUT/create.log" 2>&1 &
   creator=$!
 fi
 if [[ $parts == *tests* ]]; then
@@ -33,7 +33,7 @@ fi
 if [[ $parts == *model* ]]; then
   [ -x "$BIN/small_gemm_bench" ] && "$BIN/small_gemm_bench" --rows 1,2,4,16
   for b in 1 2 16 64; do
-    echo "B=$b: $($BIN/sbmodel bench --model /tmp/m3b --batch $b --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
+    echo "B=$b: $("$BIN"/sbmodel bench --model /tmp/m3b --batch $b --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
   done
 fi
 if [[ $parts == *serve* ]]; then
