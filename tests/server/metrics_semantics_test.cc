@@ -119,6 +119,16 @@ class LiveServer {
     return false;
   }
 
+  // Waits until no request waits in the queue (the server has let go of the ones that ended).
+  bool WaitNoneWaiting(absl::Duration timeout = absl::Seconds(20)) {
+    const absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      if (Info().waiting() == 0) return true;
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    return false;
+  }
+
   std::string Scrape() {
     httplib::Client http("127.0.0.1", server_.metrics_port());
     auto res = http.Get("/metrics");
@@ -198,6 +208,7 @@ TEST(PromptTokens, RequestsEndedBeforeSchedulingAddNothing) {
     ASSERT_TRUE(ts.WaitWaiting(1));
     q.ctx.TryCancel();
     EXPECT_EQ(q.Drain().error_code(), grpc::StatusCode::CANCELLED);
+    ASSERT_TRUE(ts.WaitNoneWaiting());
   }
   {  // aborted while queued
     OpenStream q(ts, TextReq("queued and then aborted by an Abort call", 5, "queued-abort"));
@@ -206,11 +217,15 @@ TEST(PromptTokens, RequestsEndedBeforeSchedulingAddNothing) {
     EXPECT_EQ(q.Drain().error_code(), grpc::StatusCode::CANCELLED);
     EXPECT_EQ(q.last.finish_reason(), v1::FINISH_REASON_CANCELLED);
     EXPECT_GT(q.last.usage().prompt_tokens(), 5u);
+    ASSERT_TRUE(ts.WaitNoneWaiting());
   }
   // out of time while queued
   Outcome late = ts.Generate(TextReq("queued until its deadline passes", 5), absl::Milliseconds(300));
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_TRUE(late.ids.empty());
+  // The client's deadline fires on its own clock; the slot is freed only once the server has also
+  // dropped the request from the queue, or a loaded machine could schedule it in between.
+  ASSERT_TRUE(ts.WaitNoneWaiting());
 
   EXPECT_EQ(ts.Abort({"hold"}), std::vector<std::string>{"hold"});
   EXPECT_EQ(hold.Drain().error_code(), grpc::StatusCode::CANCELLED);
