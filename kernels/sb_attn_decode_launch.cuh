@@ -50,19 +50,10 @@ absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const 
   // The combine is a programmatic dependent launch: its CTAs are scheduled while the last split
   // CTAs run and wait in griddepcontrol.wait for the split grid's results, which hides the launch
   // gap between the two kernels.
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(p.batch * p.num_heads);
-  cfg.blockDim = dim3(kHeadDim * kCombineGroups);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  SB_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, sb_attn_decode_combine_bf16_kernel<kHeadDim>, p, log2_bs,
-                                             split.keys_per_split, split.num_splits,
-                                             static_cast<const float*>(o_part), static_cast<const float*>(p_part)));
+  SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_attn_decode_combine_bf16_kernel<kHeadDim>, dim3(p.batch * p.num_heads),
+                                    dim3(kHeadDim * kCombineGroups), 0, stream, p, log2_bs, split.keys_per_split,
+                                    split.num_splits, static_cast<const float*>(o_part),
+                                    static_cast<const float*>(p_part)));
   return absl::OkStatus();
 }
 
