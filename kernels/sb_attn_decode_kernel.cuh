@@ -23,6 +23,7 @@
 
 #include <cstdint>
 
+#include "kernels/pdl.h"
 #include "kernels/sb_attn_device.cuh"
 #include "kernels/sb_attn_params.h"
 
@@ -44,21 +45,52 @@ struct SbDecodeTuning {
 
 constexpr int kCombineGroups = 4;                  // split ranges folded in parallel per (b, h)
 
+// The (sequence, KV head, group of kG query heads, key chunk) of this CTA under the split grid:
+// (num_splits, H / kG, B), or with the early exit (H / kG, B, num_splits) with the chunk counted
+// from the newest. `valid` is false for a chunk past the sequence's keys.
+struct DecodeChunk {
+  int b, hk, h0, split, n_split_b, k_begin, k_end;
+  unsigned* flag_row;  // this (sequence, head group)'s published-chunk flags; null without the early exit
+  bool valid;
+};
+
+template <int kG>
+__device__ __forceinline__ DecodeChunk DecodeChunkOfCta(const SbAttnDecodeParams& p, int keys_per_split,
+                                                        int num_splits, unsigned* flags) {
+  DecodeChunk c;
+  const bool early_exit = flags != nullptr;
+  const int hg = early_exit ? blockIdx.x : blockIdx.y;  // (kv head, group of kG query heads)
+  c.b = early_exit ? blockIdx.y : blockIdx.z;
+  const int G = p.num_heads / p.num_kv_heads;
+  const int groups = G / kG;
+  c.hk = hg / groups;
+  c.h0 = c.hk * G + (hg % groups) * kG;
+  const int n_keys = p.context_lens[c.b] - 1;  // keys 0 .. T - 2
+  c.n_split_b = max(1, (n_keys + keys_per_split - 1) / keys_per_split);
+  c.split = early_exit ? c.n_split_b - 1 - static_cast<int>(blockIdx.z) : static_cast<int>(blockIdx.x);
+  c.valid = c.split >= 0 && c.split < c.n_split_b;
+  c.k_begin = c.split * keys_per_split;
+  c.k_end = min(n_keys, c.k_begin + keys_per_split);
+  c.flag_row =
+      early_exit ? flags + (static_cast<int64_t>(c.b) * (p.num_heads / kG) + hg) * num_splits : nullptr;
+  return c;
+}
+
 // Early exit: whether the combine will cut at or above this chunk for each of the CTA's kG heads
 // (h0 ..), judged from the chunks newer than it that have published their P. Called by every
 // thread of the CTA (it synchronises); counts the CTA in p.early_exit_stats.
 template <int kG>
-__device__ bool DecodeChunkIsCut(const SbAttnDecodeParams& p, const unsigned* flag_row, const float* p_part, int b,
-                                 int h0, int split, int n_split_b, int num_splits) {
+__device__ bool DecodeChunkIsCut(const SbAttnDecodeParams& p, const DecodeChunk& ch, const float* p_part,
+                                 int num_splits) {
   using namespace device;
   const int tid = threadIdx.x;
   bool cut = true;
   if (tid < kG) {
     const float exit_carry = __expf(-p.early_exit_log_threshold);
-    const float* p_row = p_part + (static_cast<int64_t>(b) * p.num_heads + h0 + tid) * num_splits;
+    const float* p_row = p_part + (static_cast<int64_t>(ch.b) * p.num_heads + ch.h0 + tid) * num_splits;
     float prod = 1.f;
-    for (int s = n_split_b - 1; s > split; --s) {
-      if (prod < exit_carry || LoadAcquireGpu(flag_row + s) == 0u) break;
+    for (int s = ch.n_split_b - 1; s > ch.split; --s) {
+      if (prod < exit_carry || LoadAcquireGpu(ch.flag_row + s) == 0u) break;
       prod *= LoadRelaxedGpu(p_row + s);
     }
     cut = prod < exit_carry;
@@ -73,10 +105,10 @@ __device__ bool DecodeChunkIsCut(const SbAttnDecodeParams& p, const unsigned* fl
 
 // Folds the 4 warps' partials of a chunk (o_s [4][kG][kHeadDim], p_s [4][kG], warp 0 the oldest
 // keys; written and synchronised by the caller) into the chunk's partial of each head, and
-// publishes the chunk's flag when flag_row is set (early exit).
+// publishes the chunk's flag when ch.flag_row is set (early exit).
 template <int kHeadDim, int kG>
-__device__ void DecodeWriteChunk(const float* o_s, const float* p_s, int b, int H, int h0, int split, int num_splits,
-                                 float* __restrict__ o_part, float* __restrict__ p_part, unsigned* flag_row) {
+__device__ void DecodeWriteChunk(const float* o_s, const float* p_s, const DecodeChunk& ch, int H, int num_splits,
+                                 float* __restrict__ o_part, float* __restrict__ p_part) {
   using namespace device;
   const int tid = threadIdx.x;
   for (int e = tid; e < kG * kHeadDim; e += kDecodeThreads) {
@@ -89,14 +121,14 @@ __device__ void DecodeWriteChunk(const float* o_s, const float* p_s, int b, int 
       o = fmaf(o_s[(w * kG + gi) * kHeadDim + di], carry, o);
       carry *= p_s[w * kG + gi];
     }
-    const int64_t idx = (static_cast<int64_t>(b) * H + h0 + gi) * num_splits + split;
+    const int64_t idx = (static_cast<int64_t>(ch.b) * H + ch.h0 + gi) * num_splits + ch.split;
     o_part[idx * kHeadDim + di] = o;
     if (di == 0) p_part[idx] = carry;
   }
-  if (flag_row != nullptr) {
+  if (ch.flag_row != nullptr) {
     __threadfence();
     __syncthreads();
-    if (tid == 0) StoreReleaseGpu(flag_row + split, 1u);
+    if (tid == 0) StoreReleaseGpu(ch.flag_row + ch.split, 1u);
   }
 }
 
@@ -113,33 +145,20 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
   // Launched as a programmatic dependent (kernels/pdl.h): the cache and q come from the kernels
   // before. Then let the combine grid (a programmatic dependent launch) be scheduled as CTAs
   // retire; it waits for this grid's completion before reading the partials.
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  PdlWait();
+  PdlLaunchDependents();
   constexpr int kDpl = 8;                        // elements per lane
   constexpr int kVec = 1;                        // uint4 per lane per row
   constexpr int kLanesPerKey = kHeadDim / kDpl;  // 8 or 16
   constexpr int kSlotsPerWarp = 32 / kLanesPerKey;
   constexpr int kSlots = kSlotsPerWarp * (kDecodeThreads / 32);
-  const bool early_exit = flags != nullptr;
-  const int hg = early_exit ? blockIdx.x : blockIdx.y;  // (kv head, group of kG query heads)
-  const int b = early_exit ? blockIdx.y : blockIdx.z;
-  const int G = p.num_heads / p.num_kv_heads;
-  const int groups = G / kG;
-  const int hk = hg / groups;
-  const int h0 = hk * G + (hg % groups) * kG;
+  const DecodeChunk ch = DecodeChunkOfCta<kG>(p, keys_per_split, num_splits, flags);
+  if (!ch.valid) return;
+  if (ch.flag_row != nullptr && DecodeChunkIsCut<kG>(p, ch, p_part, num_splits)) return;
+  const int b = ch.b, hk = ch.hk, h0 = ch.h0, k_begin = ch.k_begin, k_end = ch.k_end;
   const int H = p.num_heads;
   const int Hkv = p.num_kv_heads;
-
-  const int n_keys = p.context_lens[b] - 1;  // keys 0 .. T - 2
-  const int n_split_b = max(1, (n_keys + keys_per_split - 1) / keys_per_split);
-  const int split = early_exit ? n_split_b - 1 - static_cast<int>(blockIdx.z) : static_cast<int>(blockIdx.x);
-  if (split < 0 || split >= n_split_b) return;
-  const int k_begin = split * keys_per_split;
-  const int k_end = min(n_keys, k_begin + keys_per_split);
-
   const int tid = threadIdx.x;
-  unsigned* const flag_row = early_exit ? flags + (static_cast<int64_t>(b) * (H / kG) + hg) * num_splits : nullptr;
-  if (early_exit && DecodeChunkIsCut<kG>(p, flag_row, p_part, b, h0, split, n_split_b, num_splits)) return;
   const int warp = tid / 32;
   const int lane = tid % 32;
   const int part = lane % kLanesPerKey;
@@ -256,7 +275,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
     }
   }
   __syncthreads();
-  DecodeWriteChunk<kHeadDim, kG>(&o_s[0][0][0], &p_s[0][0], b, H, h0, split, num_splits, o_part, p_part, flag_row);
+  DecodeWriteChunk<kHeadDim, kG>(&o_s[0][0][0], &p_s[0][0], ch, H, num_splits, o_part, p_part);
 }
 
 // Combine kernel: one CTA of kCombineGroups * kHeadDim threads per (sequence, query head). Each
@@ -267,10 +286,10 @@ __global__ void __launch_bounds__(kHeadDim * kCombineGroups)
     sb_attn_decode_combine_bf16_kernel(const SbAttnDecodeParams p, const int log2_bs, const int keys_per_split,
                                        const int num_splits, const float* __restrict__ o_part,
                                        const float* __restrict__ p_part) {
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split grid's partials are complete
+  PdlWait();  // the split grid's partials are complete
   // A programmatic dependent launch after it (the small-batch output projection) may start its
   // weight prefetch.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  PdlLaunchDependents();
   const int h = blockIdx.x % p.num_heads;
   const int b = blockIdx.x / p.num_heads;
   const int di = threadIdx.x % kHeadDim;

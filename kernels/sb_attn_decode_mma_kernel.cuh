@@ -78,27 +78,15 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG
   using Tr = SbDecodeMmaTraits<kHeadDim, kG>;
   constexpr int kKC = kHeadDim / 16;  // k16 steps of q . k
   constexpr int kND = kHeadDim / 8;   // n8 tiles of o
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  PdlWait();
+  PdlLaunchDependents();
 
-  const bool early_exit = flags != nullptr;
-  const int hg = early_exit ? blockIdx.x : blockIdx.y;
-  const int b = early_exit ? blockIdx.y : blockIdx.z;
+  const DecodeChunk ch = DecodeChunkOfCta<kG>(p, keys_per_split, num_splits, flags);
+  if (!ch.valid) return;
+  if (ch.flag_row != nullptr && DecodeChunkIsCut<kG>(p, ch, p_part, num_splits)) return;
+  const int b = ch.b, hk = ch.hk, h0 = ch.h0, k_begin = ch.k_begin, k_end = ch.k_end;
   const int H = p.num_heads;
   const int Hkv = p.num_kv_heads;
-  const int G = H / Hkv;
-  const int groups = G / kG;
-  const int hk = hg / groups;
-  const int h0 = hk * G + (hg % groups) * kG;
-
-  const int n_keys = p.context_lens[b] - 1;
-  const int n_split_b = max(1, (n_keys + keys_per_split - 1) / keys_per_split);
-  const int split = early_exit ? n_split_b - 1 - static_cast<int>(blockIdx.z) : static_cast<int>(blockIdx.x);
-  if (split < 0 || split >= n_split_b) return;
-  const int k_begin = split * keys_per_split;
-  const int k_end = min(n_keys, k_begin + keys_per_split);
-  unsigned* const flag_row = early_exit ? flags + (static_cast<int64_t>(b) * (H / kG) + hg) * num_splits : nullptr;
-  if (early_exit && DecodeChunkIsCut<kG>(p, flag_row, p_part, b, h0, split, n_split_b, num_splits)) return;
 
   extern __shared__ __align__(128) unsigned char smem[];
   int32_t* const table_s = reinterpret_cast<int32_t*>(smem + Tr::kRingBytes);
@@ -270,7 +258,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG
     if (tq == 0) p_s[warp * kG + g] = carry;
   }
   __syncthreads();
-  DecodeWriteChunk<kHeadDim, kG>(o_s, p_s, b, H, h0, split, num_splits, o_part, p_part, flag_row);
+  DecodeWriteChunk<kHeadDim, kG>(o_s, p_s, ch, H, num_splits, o_part, p_part);
 }
 
 }  // namespace sbserve::kernels

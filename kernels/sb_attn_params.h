@@ -106,7 +106,7 @@ struct SbAttnPrefillParams {
 
 // Which decode split kernel runs (sb_attn_decode_kernel.cuh, sb_attn_decode_mma_kernel.cuh).
 enum class SbDecodeKernel : int {
-  kAuto = 0,        // the default for the shape (SbAttnDecodeKernelFor)
+  kAuto = 0,        // the default for the shape (SbAttnDecodeUsesTensorCores)
   kCudaCore = 1,    // per-lane dot products and sums; one kernel pass per group of query heads
   kTensorCore = 2,  // MMAs over the query heads of a KV head, K/V staged through shared memory
 };
