@@ -24,6 +24,16 @@ float Bf16ToFloat(uint16_t h) {
   return f;
 }
 
+void ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
+  const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 32);
+  std::vector<std::thread> pool;
+  for (size_t t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      for (size_t i = t; i < n; i += threads) fn(i);
+    });
+  for (auto& th : pool) th.join();
+}
+
 int64_t Problem::SlotOf(int b, int pos) const {
   const int bs = spec.block_size;
   return static_cast<int64_t>(block_tables[static_cast<size_t>(b) * max_blocks + pos / bs]) * bs + pos % bs;
@@ -85,27 +95,20 @@ Problem MakeProblem(const ProblemSpec& spec) {
     const int prefix = pb.context_lens[b] - spec.q_lens[b];
     for (int p0 = 0; p0 < prefix; p0 += kUnit) units.push_back({b, p0, std::min(prefix, p0 + kUnit)});
   }
-  const int nthreads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 32u));
-  std::vector<std::thread> pool;
-  for (int ti = 0; ti < nthreads; ++ti) {
-    pool.emplace_back([&, ti] {
-      for (size_t u = ti; u < units.size(); u += nthreads) {
-        const Unit& un = units[u];
-        std::seed_seq seq{static_cast<uint32_t>(spec.seed), static_cast<uint32_t>(spec.seed >> 32),
-                          static_cast<uint32_t>(un.b), static_cast<uint32_t>(un.pos0)};
-        std::mt19937_64 urng(seq);
-        std::normal_distribution<float> unit_normal(0.f, 1.f);
-        for (int pos = un.pos0; pos < un.pos1; ++pos) {
-          const int64_t slot = pb.SlotOf(un.b, pos);
-          for (int i = 0; i < Hkv * d; ++i) {
-            pb.k_cache[slot * Hkv * d + i] = FloatToBf16(unit_normal(urng) + spec.shift);
-            pb.v_cache[slot * Hkv * d + i] = FloatToBf16(unit_normal(urng));
-          }
-        }
+  ParallelFor(units.size(), [&](size_t u) {
+    const Unit& un = units[u];
+    std::seed_seq seq{static_cast<uint32_t>(spec.seed), static_cast<uint32_t>(spec.seed >> 32),
+                      static_cast<uint32_t>(un.b), static_cast<uint32_t>(un.pos0)};
+    std::mt19937_64 urng(seq);
+    std::normal_distribution<float> unit_normal(0.f, 1.f);
+    for (int pos = un.pos0; pos < un.pos1; ++pos) {
+      const int64_t slot = pb.SlotOf(un.b, pos);
+      for (int i = 0; i < Hkv * d; ++i) {
+        pb.k_cache[slot * Hkv * d + i] = FloatToBf16(unit_normal(urng) + spec.shift);
+        pb.v_cache[slot * Hkv * d + i] = FloatToBf16(unit_normal(urng));
       }
-    });
-  }
-  for (auto& t : pool) t.join();
+    }
+  });
   pb.k_full = pb.k_cache;
   pb.v_full = pb.v_cache;
   for (int b = 0; b < pb.batch; ++b) {

@@ -2,7 +2,9 @@
 // the host-side test problem (random bf16 inputs in a shuffled paged cache).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -52,6 +54,10 @@ struct Problem {
 };
 
 Problem MakeProblem(const ProblemSpec& spec);
+
+// Calls fn(i) for i in [0, n) on up to 32 threads (thread t takes i = t, t + threads, ...). fn must
+// not depend on which thread runs it.
+void ParallelFor(size_t n, const std::function<void(size_t)>& fn);
 
 // Float64 reference for query row `row` (packed index) and head h: o[d] and rem.
 void ReferenceRow(const Problem& pb, int b, int row, int h, double* o, double* rem);

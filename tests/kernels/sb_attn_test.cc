@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -110,6 +109,22 @@ struct ScopedDecodeKernel {
   explicit ScopedDecodeKernel(SbDecodeKernel k) { g_decode_kernel = k; }
   ~ScopedDecodeKernel() { g_decode_kernel = SbDecodeKernel::kAuto; }
 };
+
+// Runs fn(name) once for prefill, and once per decode split kernel for decode (with the kernel's
+// tag appended to `what`).
+template <typename Fn>
+void ForEachKernelOf(Path path, const char* what, Fn fn) {
+  if (path == Path::kPrefill) {
+    fn(what);
+    return;
+  }
+  for (SbDecodeKernel k : kDecodeKernels) {
+    const std::string name = std::string(what) + " [" + KernelName(k) + "]";
+    ScopedDecodeKernel scoped(k);
+    fn(name.c_str());
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
 
 // Early-exit threshold tau (0: off) and, when stats is set, the kernels' counters of skipped and
 // total key tiles (prefill) or chunk CTAs (decode), summed over both runs.
@@ -326,31 +341,24 @@ void CheckAgainstFloat64(const Problem& pb, const Outputs& out, const char* what
   }
   // Per-job squared sums, reduced per sequence afterwards.
   std::vector<double> e_o(jobs.size()), r_o(jobs.size()), e_r(jobs.size()), r_r(jobs.size());
-  const int nthreads = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> pool;
-  for (int ti = 0; ti < nthreads; ++ti) {
-    pool.emplace_back([&, ti] {
-      std::vector<double> o(d);
-      for (size_t j = ti; j < jobs.size(); j += nthreads) {
-        double eo = 0, ro = 0, er = 0, rr = 0;
-        for (int h = 0; h < H; ++h) {
-          double rem;
-          testing::ReferenceRow(pb, jobs[j].b, jobs[j].row, h, o.data(), &rem);
-          const size_t base = (static_cast<size_t>(jobs[j].row) * H + h) * d;
-          for (int c = 0; c < d; ++c) {
-            const double diff = Bf16ToFloat(out.o[base + c]) - o[c];
-            eo += diff * diff;
-            ro += o[c] * o[c];
-          }
-          const double dr = out.rem[static_cast<size_t>(jobs[j].row) * H + h] - rem;
-          er += dr * dr;
-          rr += rem * rem;
-        }
-        e_o[j] = eo, r_o[j] = ro, e_r[j] = er, r_r[j] = rr;
+  testing::ParallelFor(jobs.size(), [&](size_t j) {
+    std::vector<double> o(d);
+    double eo = 0, ro = 0, er = 0, rr = 0;
+    for (int h = 0; h < H; ++h) {
+      double rem;
+      testing::ReferenceRow(pb, jobs[j].b, jobs[j].row, h, o.data(), &rem);
+      const size_t base = (static_cast<size_t>(jobs[j].row) * H + h) * d;
+      for (int c = 0; c < d; ++c) {
+        const double diff = Bf16ToFloat(out.o[base + c]) - o[c];
+        eo += diff * diff;
+        ro += o[c] * o[c];
       }
-    });
-  }
-  for (auto& t : pool) t.join();
+      const double dr = out.rem[static_cast<size_t>(jobs[j].row) * H + h] - rem;
+      er += dr * dr;
+      rr += rem * rem;
+    }
+    e_o[j] = eo, r_o[j] = ro, e_r[j] = er, r_r[j] = rr;
+  });
   std::vector<double> so(pb.batch), sro(pb.batch), sr(pb.batch), srr(pb.batch);
   for (size_t j = 0; j < jobs.size(); ++j) {
     so[jobs[j].b] += e_o[j], sro[jobs[j].b] += r_o[j], sr[jobs[j].b] += e_r[j], srr[jobs[j].b] += r_r[j];
@@ -474,21 +482,12 @@ void CheckAgainstFp32(const Problem&, const Outputs&, const char*) {}
 // Decode runs once with each split kernel.
 void RunAndCheck(const ProblemSpec& spec, Path path, const char* what, bool reverse_rows = false) {
   const Problem pb = MakeProblem(spec);
-  if (path == Path::kPrefill) {
+  ForEachKernelOf(path, what, [&](const char* name) {
     Outputs out;
     ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, reverse_rows, &out));
-    ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, what));
-    CheckAgainstFp32(pb, out, what);
-    return;
-  }
-  for (SbDecodeKernel k : kDecodeKernels) {
-    const std::string name = std::string(what) + " [" + KernelName(k) + "]";
-    ScopedDecodeKernel scoped(k);
-    Outputs out;
-    ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, reverse_rows, &out));
-    ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, name.c_str()));
-    CheckAgainstFp32(pb, out, name.c_str());
-  }
+    ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, name));
+    CheckAgainstFp32(pb, out, name);
+  });
 }
 
 struct Shape {
@@ -736,15 +735,7 @@ void RunEarlyExitOn(const Problem& pb, const EarlyExitCase& c, const char* what)
 // Decode runs once with each split kernel.
 void RunEarlyExitCase(const EarlyExitCase& c, const char* what) {
   const Problem pb = MakeProblem(c.spec);
-  if (c.path == Path::kPrefill) {
-    RunEarlyExitOn(pb, c, what);
-    return;
-  }
-  for (SbDecodeKernel k : kDecodeKernels) {
-    const std::string name = std::string(what) + " [" + KernelName(k) + "]";
-    ScopedDecodeKernel scoped(k);
-    ASSERT_NO_FATAL_FAILURE(RunEarlyExitOn(pb, c, name.c_str()));
-  }
+  ForEachKernelOf(c.path, what, [&](const char* name) { RunEarlyExitOn(pb, c, name); });
 }
 
 TEST(SbAttnEarlyExit, SmallCase) {
