@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <string>
@@ -293,8 +294,8 @@ void BenchDecode(const Options& opt, double copy_gbs, int batch, int ctx, int H,
   std::printf(
       "decode %s %3d x %-3d  Hkv=%-3d B=%-3d ctx=%-6d bs=%-3d keys/split %-5s %8.3f ms  %6.0f GB/s K/V  = %3.0f%% of "
       "copy%s%s\n",
-      SbAttnDecodeUsesTensorCores(base) ? "tc" : "cc", H, d, Hkv, batch, ctx, opt.block_size, split_note, ms, gbs, 100.0 * gbs / copy_gbs, DataNote(opt).c_str(),
-      ExitNote(opt).c_str());
+      SbAttnDecodeUsesTensorCores(base) ? "tc" : "cc", H, d, Hkv, batch, ctx, opt.block_size, split_note, ms, gbs,
+      100.0 * gbs / copy_gbs, DataNote(opt).c_str(), ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
   BENCH_CHECK(cudaFree(ws));
@@ -356,7 +357,7 @@ int main(int argc, char** argv) {
     };
     const Row rows[] = {{64, 4096, 36, 36, 64}, {1, 32768, 36, 36, 64}, {64, 4096, 32, 8, 128},
                         {1, 32768, 32, 8, 128}, {8, 8192, 36, 36, 64},  {8, 8192, 32, 8, 128}};
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < static_cast<int>(std::size(rows)); ++i) {
       if (opt.decode_row >= 0 && opt.decode_row != i) continue;
       const Row& r = rows[i];
       for (SbDecodeKernel k : {SbDecodeKernel::kCudaCore, SbDecodeKernel::kTensorCore}) {
