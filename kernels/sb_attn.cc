@@ -64,6 +64,37 @@ int DecodeCtasPerSm(int head_dim, int heads_per_cta, bool tc) {
   }
 }
 
+// SBSERVE_PREFILL_KERNEL=mma or wgmma overrides the default prefill kernel (A/B runs); wgmma
+// still needs a device and build that can run it.
+SbPrefillKernel PrefillKernelFromEnv() {
+  static const SbPrefillKernel k = [] {
+    const char* e = std::getenv("SBSERVE_PREFILL_KERNEL");
+    if (e == nullptr) return SbPrefillKernel::kAuto;
+    if (std::strcmp(e, "mma") == 0) return SbPrefillKernel::kMma;
+    if (std::strcmp(e, "wgmma") == 0) return SbPrefillKernel::kWgmma;
+    return SbPrefillKernel::kAuto;
+  }();
+  return k;
+}
+
+// Whether the kernels were compiled for sm_90a (the only target with wgmma).
+constexpr bool WgmmaBuilt() {
+#ifdef SBSERVE_KERNELS_SM90A
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Whether the current device has compute capability 9.0 (sm_90a code runs only there).
+bool DeviceIsSm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+}
+
 // SBSERVE_DECODE_KERNEL=cuda-core or tensor-core overrides the default split kernel (A/B runs).
 SbDecodeKernel DecodeKernelFromEnv() {
   static const SbDecodeKernel k = [] {
@@ -131,8 +162,21 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
   if (!(p.early_exit_log_threshold >= 0.f) || p.early_exit_log_threshold > 1e30f)
     return absl::InvalidArgumentError("stick-breaking prefill: early_exit_log_threshold must be finite and >= 0");
   const int log2_bs = Log2IfPow2(p.cache.block_size);
+  const bool wgmma = SbAttnPrefillUsesWgmma(p);
   return SB_HEADDIM_SWITCH(p.head_dim, kHeadDim,
-                           [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, stream); });
+                           [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, wgmma, stream); });
+}
+
+bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& p) {
+  SbPrefillKernel k = p.kernel;
+  if (k == SbPrefillKernel::kAuto) k = PrefillKernelFromEnv();
+#ifdef SB_PREFILL_SM90_D128
+  const bool dim_ok = p.head_dim == 64 || p.head_dim == 128;
+#else
+  const bool dim_ok = p.head_dim == 64;
+#endif
+  const bool can = dim_ok && WgmmaBuilt() && DeviceIsSm90();
+  return can && k == SbPrefillKernel::kWgmma;  // not yet the default: first GPU run pending
 }
 
 bool SbAttnDecodeUsesTensorCores(const SbAttnDecodeParams& p) {

@@ -79,6 +79,13 @@ struct SbKvAppendParams {
   int head_dim = 0;                      // d
 };
 
+// Which prefill kernel runs (sb_attn_prefill_kernel.cuh, sb_attn_prefill_sm90_kernel.cuh).
+enum class SbPrefillKernel : int {
+  kAuto = 0,   // the default for the device and shape (SbAttnPrefillUsesWgmma)
+  kMma = 1,    // mma.sync m16n8k16 (sm_80 and later; every head dim)
+  kWgmma = 2,  // Hopper warpgroup MMAs (sm_90a build on an sm_90 device, head_dim 64)
+};
+
 // Varlen prefill (any q_len >= 1, chunked prefill with a cached prefix included). Keys, the
 // chunk's own included, are read from the cache, so append the chunk first.
 struct SbAttnPrefillParams {
@@ -102,6 +109,7 @@ struct SbAttnPrefillParams {
   // Optional counters [2] (null: none): += key tiles of 64 skipped by the early exit, += key
   // tiles the CTAs would visit without it.
   unsigned long long* early_exit_stats = nullptr;
+  SbPrefillKernel kernel = SbPrefillKernel::kAuto;  // tuning and tests; kAuto in the engine
 };
 
 // Which decode split kernel runs (sb_attn_decode_kernel.cuh, sb_attn_decode_mma_kernel.cuh).

@@ -137,6 +137,59 @@ __device__ __forceinline__ void SbWeights(const float (&s)[kMT][kNT][4], uint32_
   }
 }
 
+// Epilogue of a prefill CTA: adds the remainder term rem * (own value | head bias) to each row's
+// weighted sum and stores o (bf16) and rem. acc_o and carry hold this warp's kMT m16 tiles in the
+// m16n8k16 accumulator layout (rows warp_row0 + 16 mt + g and + 8); q_row0 = the CTA's first query
+// row, pos0 = its position.
+template <int kD, int kMT>
+__device__ __forceinline__ void SbPrefillStoreRows(const SbPrefillKernelParams& p, const float (&acc_o)[kMT][kD / 8][4],
+                                                   const float (&carry)[kMT][2], int warp_row0, int g, int tq,
+                                                   int rows_valid, int64_t q_row0, int pos0, int h, int hk,
+                                                   const int32_t* block_table, int log2_bs) {
+  using namespace device;
+  constexpr int kND = kD / 8;
+  const int H = p.num_heads;
+  const int Hkv = p.num_kv_heads;
+  const int bs_mask = (1 << log2_bs) - 1;
+  const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
+  __nv_bfloat16* o_g = static_cast<__nv_bfloat16*>(p.o);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = warp_row0 + 16 * mt + g + 8 * hf;
+      if (row >= rows_valid) continue;
+      const int64_t qrow = q_row0 + row;
+      const float rem = carry[mt][hf];
+      const __nv_bfloat16* extra = nullptr;
+      const float* bias = nullptr;
+      if (p.remainder == SbRemainder::kOwnValue) {
+        const int pos = pos0 + row;
+        const int64_t slot = static_cast<int64_t>(block_table[pos >> log2_bs]) * (bs_mask + 1) + (pos & bs_mask);
+        extra = v_cache + (slot * Hkv + hk) * kD;
+      } else if (p.remainder == SbRemainder::kHeadBias) {
+        bias = p.head_bias + static_cast<int64_t>(h) * kD;
+      }
+      __nv_bfloat16* dst = o_g + (qrow * H + h) * kD;
+#pragma unroll
+      for (int nd = 0; nd < kND; ++nd) {
+        const int col = 8 * nd + 2 * tq;
+        float o0 = acc_o[mt][nd][2 * hf];
+        float o1 = acc_o[mt][nd][2 * hf + 1];
+        if (extra != nullptr) {
+          const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(extra + col));
+          o0 = fmaf(rem, v.x, o0);
+          o1 = fmaf(rem, v.y, o1);
+        } else if (bias != nullptr) {
+          o0 = fmaf(rem, bias[col], o0);
+          o1 = fmaf(rem, bias[col + 1], o1);
+        }
+        *reinterpret_cast<uint32_t*>(dst + col) = PackBf16(o0, o1);
+      }
+      if (p.rem != nullptr && tq == 0) p.rem[qrow * H + h] = rem;
+    }
+}
+
 // kEarlyExit: compiled separately so that the default path keeps its registers and code.
 template <typename Tr, bool kEarlyExit>
 __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
@@ -350,42 +403,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   }
 
   // ---- epilogue: remainder term, o and rem ----
-  __nv_bfloat16* o_g = static_cast<__nv_bfloat16*>(p.o);
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int row = warp_row0 + 16 * mt + g + 8 * hf;
-      if (row >= rows_valid) continue;
-      const int64_t qrow = q_start + m0 + row;
-      const float rem = carry[mt][hf];
-      const __nv_bfloat16* extra = nullptr;
-      const float* bias = nullptr;
-      if (p.remainder == SbRemainder::kOwnValue) {
-        const int pos = pos0 + row;
-        const int64_t slot = static_cast<int64_t>(block_table[pos >> log2_bs]) * (bs_mask + 1) + (pos & bs_mask);
-        extra = v_cache + (slot * Hkv + hk) * kD;
-      } else if (p.remainder == SbRemainder::kHeadBias) {
-        bias = p.head_bias + static_cast<int64_t>(h) * kD;
-      }
-      __nv_bfloat16* dst = o_g + (qrow * H + h) * kD;
-#pragma unroll
-      for (int nd = 0; nd < kND; ++nd) {
-        const int col = 8 * nd + 2 * tq;
-        float o0 = acc_o[mt][nd][2 * hf];
-        float o1 = acc_o[mt][nd][2 * hf + 1];
-        if (extra != nullptr) {
-          const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(extra + col));
-          o0 = fmaf(rem, v.x, o0);
-          o1 = fmaf(rem, v.y, o1);
-        } else if (bias != nullptr) {
-          o0 = fmaf(rem, bias[col], o0);
-          o1 = fmaf(rem, bias[col + 1], o1);
-        }
-        *reinterpret_cast<uint32_t*>(dst + col) = PackBf16(o0, o1);
-      }
-      if (p.rem != nullptr && tq == 0) p.rem[qrow * H + h] = rem;
-    }
+  SbPrefillStoreRows<kD, kMT>(p, acc_o, carry, warp_row0, g, tq, rows_valid, q_start + m0, pos0, h, hk, block_table,
+                              log2_bs);
 }
 
 }  // namespace sbserve::kernels

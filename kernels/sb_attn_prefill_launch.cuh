@@ -9,6 +9,7 @@
 #include "kernels/sb_attn_launch.h"
 #include "kernels/sb_attn_params.h"
 #include "kernels/sb_attn_prefill_kernel.cuh"
+#include "kernels/sb_attn_prefill_sm90_kernel.cuh"
 
 namespace sbserve::kernels {
 
@@ -29,17 +30,59 @@ struct SbPrefillConfig<128> {
   using Traits = SbPrefillTraits<128, 8, 1, 2, false>;
 };
 
+// The Hopper kernel (d = 64): one warpgroup of 64 rows per CTA and 4 stages of (K, V) tiles, so
+// that 3 CTAs (73 KB of shared memory each) share an SM. SB_PREFILL_SM90_WG / _STAGES / _MIN_BLOCKS
+// build variants for measurements.
+#ifndef SB_PREFILL_SM90_WG
+#define SB_PREFILL_SM90_WG 1
+#endif
+#ifndef SB_PREFILL_SM90_STAGES
+#define SB_PREFILL_SM90_STAGES 4
+#endif
+#ifndef SB_PREFILL_SM90_MIN_BLOCKS
+#define SB_PREFILL_SM90_MIN_BLOCKS 3
+#endif
 template <int kHeadDim>
-absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
-  using Tr = typename SbPrefillConfig<kHeadDim>::Traits;
-  auto kernel = p.early_exit_log_threshold > 0.f ? sb_attn_prefill_bf16_kernel<Tr, true>
-                                                 : sb_attn_prefill_bf16_kernel<Tr, false>;
+struct SbPrefillSm90Config {
+  using Traits = SbPrefillSm90Traits<64, SB_PREFILL_SM90_WG, SB_PREFILL_SM90_STAGES, SB_PREFILL_SM90_MIN_BLOCKS>;
+};
+// d = 128 (SB_PREFILL_SM90_D128 builds it; not launched by default): two warpgroups share each
+// (K, V) tile, 4 stages of 32 KB, one CTA per SM.
+template <>
+struct SbPrefillSm90Config<128> {
+  using Traits = SbPrefillSm90Traits<128, 2, 4, 1>;
+};
+
+template <typename Tr, typename Kernel>
+absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
   SB_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const dim3 grid(p.num_heads, p.batch, (p.max_seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM);
   kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(SbPrefillKernelParams::From(p), log2_bs);
   SB_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
+}
+
+template <int kHeadDim>
+absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, bool wgmma, cudaStream_t stream) {
+  const bool early_exit = p.early_exit_log_threshold > 0.f;
+#ifdef SB_PREFILL_SM90_D128
+  constexpr bool kHasWgmma = true;
+#else
+  constexpr bool kHasWgmma = kHeadDim == 64;
+#endif
+  if constexpr (kHasWgmma) {
+    if (wgmma) {
+      using Tr = typename SbPrefillSm90Config<kHeadDim>::Traits;
+      return LaunchPrefillKernel<Tr>(
+          early_exit ? sb_attn_prefill_sm90_kernel<Tr, true> : sb_attn_prefill_sm90_kernel<Tr, false>, p, log2_bs,
+          stream);
+    }
+  }
+  if (wgmma) return absl::InternalError("stick-breaking prefill: no wgmma kernel for this head_dim");
+  using Tr = typename SbPrefillConfig<kHeadDim>::Traits;
+  return LaunchPrefillKernel<Tr>(
+      early_exit ? sb_attn_prefill_bf16_kernel<Tr, true> : sb_attn_prefill_bf16_kernel<Tr, false>, p, log2_bs, stream);
 }
 
 }  // namespace sbserve::kernels

@@ -57,6 +57,7 @@ struct Options {
   bool sweep_splits = false;
   int decode_row = -1;                 // --decode-row I: only that row of the decode table
   std::string decode_kernel = "both";  // --decode-kernel cc|tc|both
+  std::string prefill_kernel = "both";  // --prefill-kernel mma|wgmma|both (wgmma: d = 64 on sm_90a)
 };
 
 // Counters of the early exit [skipped, total], zeroed per problem.
@@ -203,7 +204,8 @@ SbKvCache CacheOf(const Problem& p, const PagedSet& s) {
   return c;
 }
 
-void BenchPrefill(const Options& opt, const char* label, int H, int d, const std::vector<int>& lens) {
+void BenchPrefill(const Options& opt, const char* label, int H, int d, const std::vector<int>& lens,
+                  SbPrefillKernel kernel) {
   const Problem pb = MakeProblem(H, H, d, opt.block_size, lens, lens, 42);
   const size_t set_bytes = static_cast<size_t>(pb.total_q) * H * d * 2 * 3;
   const int nsets = SetsFor(set_bytes);
@@ -230,12 +232,17 @@ void BenchPrefill(const Options& opt, const char* label, int H, int d, const std
     p.scale = opt.scale_mult / std::sqrt(static_cast<float>(d));
     p.early_exit_log_threshold = opt.early_exit;
     p.early_exit_stats = g_stats;
+    p.kernel = kernel;
     BENCH_OK(SbAttnPrefill(p, nullptr));
   });
   double sum_l2 = 0;
   for (int l : lens) sum_l2 += static_cast<double>(l) * l;
   const double tflops = 4.0 * H * d * sum_l2 / 2 / (ms * 1e-3) / 1e12;
-  std::printf("prefill  %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s%s%s\n", H, d, label, opt.block_size, ms, tflops,
+  SbAttnPrefillParams which;
+  which.head_dim = d;
+  which.kernel = kernel;
+  std::printf("prefill %-5s %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s%s%s\n",
+              SbAttnPrefillUsesWgmma(which) ? "wgmma" : "mma", H, d, label, opt.block_size, ms, tflops,
               DataNote(opt).c_str(), ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
@@ -322,10 +329,15 @@ int main(int argc, char** argv) {
                                                         std::string(argv[i + 1]) == "tc" ||
                                                         std::string(argv[i + 1]) == "both"))
       opt.decode_kernel = argv[++i];
+    else if (a == "--prefill-kernel" && i + 1 < argc && (std::string(argv[i + 1]) == "mma" ||
+                                                         std::string(argv[i + 1]) == "wgmma" ||
+                                                         std::string(argv[i + 1]) == "both"))
+      opt.prefill_kernel = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode] [--early-exit TAU] "
-                   "[--scale-mult M] [--shift S] [--sweep-splits] [--decode-row 0..5] [--decode-kernel cc|tc|both]\n",
+                   "[--scale-mult M] [--shift S] [--sweep-splits] [--decode-row 0..5] [--decode-kernel cc|tc|both] "
+                   "[--prefill-kernel mma|wgmma|both]\n",
                    argv[0]);
       return 2;
     }
@@ -338,16 +350,27 @@ int main(int argc, char** argv) {
   // Mixed lengths between 64 and 5000 summing to 16384 (the same list as sb_attn_yardstick.py).
   const std::vector<int> mixed = {5000, 64, 3000, 1200, 4000, 700, 2000, 420};
   if (opt.only.empty() || opt.only == "prefill") {
-    BenchPrefill(opt, "8 x 2048", 36, 64, std::vector<int>(8, 2048));
-    BenchPrefill(opt, "4 x 4096", 36, 64, std::vector<int>(4, 4096));
-    BenchPrefill(opt, "1 x 16384", 36, 64, {16384});
-    BenchPrefill(opt, "32 x 512", 36, 64, std::vector<int>(32, 512));
-    BenchPrefill(opt, "mixed 64..5000", 36, 64, mixed);
-    BenchPrefill(opt, "8 x 2048", 32, 128, std::vector<int>(8, 2048));
-    BenchPrefill(opt, "4 x 4096", 32, 128, std::vector<int>(4, 4096));
-    BenchPrefill(opt, "1 x 16384", 32, 128, {16384});
-    BenchPrefill(opt, "32 x 512", 32, 128, std::vector<int>(32, 512));
-    BenchPrefill(opt, "mixed 64..5000", 32, 128, mixed);
+    // Each row with the mma kernel and, where it runs (d = 64 on sm_90a), the wgmma kernel.
+    struct Row {
+      const char* label;
+      int H, d;
+      std::vector<int> lens;
+    };
+    const Row rows[] = {{"8 x 2048", 36, 64, std::vector<int>(8, 2048)},   {"4 x 4096", 36, 64, std::vector<int>(4, 4096)},
+                        {"1 x 16384", 36, 64, {16384}},                     {"32 x 512", 36, 64, std::vector<int>(32, 512)},
+                        {"mixed 64..5000", 36, 64, mixed},                  {"8 x 2048", 32, 128, std::vector<int>(8, 2048)},
+                        {"4 x 4096", 32, 128, std::vector<int>(4, 4096)},  {"1 x 16384", 32, 128, {16384}},
+                        {"32 x 512", 32, 128, std::vector<int>(32, 512)}, {"mixed 64..5000", 32, 128, mixed}};
+    for (const Row& r : rows)
+      for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma}) {
+        const char* tag = k == SbPrefillKernel::kMma ? "mma" : "wgmma";
+        if (opt.prefill_kernel != "both" && opt.prefill_kernel != tag) continue;
+        SbAttnPrefillParams which;
+        which.head_dim = r.d;
+        which.kernel = k;
+        if (k == SbPrefillKernel::kWgmma && !SbAttnPrefillUsesWgmma(which)) continue;
+        BenchPrefill(opt, r.label, r.H, r.d, r.lens, k);
+      }
   }
   if (opt.only.empty() || opt.only == "decode") {
     const double copy = CopyGBs(opt);

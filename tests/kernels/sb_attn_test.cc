@@ -110,12 +110,34 @@ struct ScopedDecodeKernel {
   ~ScopedDecodeKernel() { g_decode_kernel = SbDecodeKernel::kAuto; }
 };
 
-// Runs fn(name) once for prefill, and once per decode split kernel for decode (with the kernel's
-// tag appended to `what`).
+// Prefill kernel of RunOnDevice's prefill runs: the mma.sync kernel, and the Hopper wgmma kernel
+// where the device and build run it (head_dim 64 on sm_90a).
+SbPrefillKernel g_prefill_kernel = SbPrefillKernel::kAuto;
+
+bool WgmmaPrefillRuns(int head_dim) {
+  SbAttnPrefillParams p;
+  p.head_dim = head_dim;
+  p.kernel = SbPrefillKernel::kWgmma;
+  return SbAttnPrefillUsesWgmma(p);
+}
+
+struct ScopedPrefillKernel {
+  explicit ScopedPrefillKernel(SbPrefillKernel k) { g_prefill_kernel = k; }
+  ~ScopedPrefillKernel() { g_prefill_kernel = SbPrefillKernel::kAuto; }
+};
+
+// Runs fn(name) once per kernel of the path that can run pb (with the kernel's tag appended to
+// `what`): both decode split kernels, and each prefill kernel the device has.
 template <typename Fn>
-void ForEachKernelOf(Path path, const char* what, Fn fn) {
+void ForEachKernelOf(const Problem& pb, Path path, const char* what, Fn fn) {
   if (path == Path::kPrefill) {
-    fn(what);
+    for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma}) {
+      if (k == SbPrefillKernel::kWgmma && !WgmmaPrefillRuns(pb.spec.head_dim)) continue;
+      const std::string name = std::string(what) + (k == SbPrefillKernel::kMma ? " [mma]" : " [wgmma]");
+      ScopedPrefillKernel scoped(k);
+      fn(name.c_str());
+      if (::testing::Test::HasFatalFailure()) return;
+    }
     return;
   }
   for (SbDecodeKernel k : kDecodeKernels) {
@@ -247,6 +269,7 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
       p.remainder = pb.spec.remainder;
       p.early_exit_log_threshold = ee.tau;
       p.early_exit_stats = ee.stats != nullptr ? stats.get() : nullptr;
+      p.kernel = g_prefill_kernel;
       st = SbAttnPrefill(p, nullptr);
     } else {
       SbAttnDecodeParams p;
@@ -482,7 +505,7 @@ void CheckAgainstFp32(const Problem&, const Outputs&, const char*) {}
 // Decode runs once with each split kernel.
 void RunAndCheck(const ProblemSpec& spec, Path path, const char* what, bool reverse_rows = false) {
   const Problem pb = MakeProblem(spec);
-  ForEachKernelOf(path, what, [&](const char* name) {
+  ForEachKernelOf(pb, path, what, [&](const char* name) {
     Outputs out;
     ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, path, reverse_rows, &out));
     ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, out, name));
@@ -735,7 +758,7 @@ void RunEarlyExitOn(const Problem& pb, const EarlyExitCase& c, const char* what)
 // Decode runs once with each split kernel.
 void RunEarlyExitCase(const EarlyExitCase& c, const char* what) {
   const Problem pb = MakeProblem(c.spec);
-  ForEachKernelOf(c.path, what, [&](const char* name) { RunEarlyExitOn(pb, c, name); });
+  ForEachKernelOf(pb, c.path, what, [&](const char* name) { RunEarlyExitOn(pb, c, name); });
 }
 
 TEST(SbAttnEarlyExit, SmallCase) {
@@ -821,6 +844,24 @@ TEST(SbAttnApi, DecodeKernelChoice) {
   p.num_kv_heads = 1;
   p.kernel = SbDecodeKernel::kAuto;
   EXPECT_TRUE(SbAttnDecodeUsesTensorCores(p));
+}
+
+// The wgmma prefill runs only for head_dim 64, and only where the device and build have it; the
+// mma kernel is always there, and SBSERVE_PREFILL_KERNEL=mma keeps the default on it.
+TEST(SbAttnApi, PrefillKernelChoice) {
+  if (std::getenv("SBSERVE_PREFILL_KERNEL") != nullptr) GTEST_SKIP() << "SBSERVE_PREFILL_KERNEL is set";
+  SbAttnPrefillParams p;
+  p.head_dim = 64;
+  p.kernel = SbPrefillKernel::kMma;
+  EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
+  p.kernel = SbPrefillKernel::kAuto;
+  const bool by_default = SbAttnPrefillUsesWgmma(p);
+  EXPECT_FALSE(by_default);
+  p.head_dim = 128;
+  EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
+  p.kernel = SbPrefillKernel::kWgmma;
+  EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
+  std::printf("wgmma prefill on this device and build: %s\n", by_default ? "yes" : "no");
 }
 
 // The test problems: the same spec gives the same values (the cached prefixes are drawn in

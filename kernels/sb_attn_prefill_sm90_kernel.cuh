@@ -1,0 +1,270 @@
+// Varlen stick-breaking attention prefill for Hopper (sm_90a): the recurrence and the key
+// permutation of sb_attn_prefill_kernel.cuh, with warpgroup MMAs (wgmma) that run asynchronously
+// beside the weight step.
+//
+// One warpgroup (4 warps) owns 64 query rows; a CTA holds kWarpGroups of them, which share the K/V
+// tiles. Per 64-key tile:
+//   S = Q K^T   wgmma m64n64k16, Q and K from shared memory;
+//   weights     SbWeights on the S accumulators (which have the m16n8k16 layout per warp);
+//   O += P V    wgmma m64n64k16 with P from registers and V from shared memory.
+// The MMAs are issued one tile ahead: while the warps compute the weights of tile i on the
+// special-function and FMA pipes, the tensor cores run P V of tile i - 1 and S of tile i + 1
+// (two S buffers and two P buffers, the loop unrolled by two so that both stay in registers).
+//
+// Key permutation in shared memory. S column 8n + 2t + e (lane t = lane % 4) must hold key
+// 16t + 2n + e of the tile, so that each lane holds 16 consecutive keys; with wgmma the B operand
+// is read from shared memory by row, so the loader writes key k of a tile to row SbKeyRow(k) of
+// both the K and the V tile. P's k index is the S column, so P V reads V in the same row order.
+//
+// Pipeline: every thread loads with cp.async (one commit group per tile, kStages stages); the
+// barrier at the top of iteration i publishes tile i + 1 and frees the stage of tile i - 2, whose
+// P V every thread waited for at the end of iteration i - 1.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/sb_attn_device.cuh"
+#include "kernels/sb_attn_params.h"
+#include "kernels/sb_attn_prefill_kernel.cuh"
+#include "kernels/wgmma.cuh"
+
+namespace sbserve::kernels {
+
+template <int kHeadDim_, int kWarpGroups_, int kStages_, int kMinBlocks_>
+struct SbPrefillSm90Traits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kWarpGroups = kWarpGroups_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kMinBlocks = kMinBlocks_;
+  static constexpr int kNThreads = 128 * kWarpGroups;
+  static constexpr int kBlockM = 64 * kWarpGroups;
+  static constexpr int kBlockN = 64;
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  // Rows are stored as kHeadDim / 64 column blocks of 128-byte swizzled rows: block cb of a tile
+  // of R rows starts at cb * R * 128.
+  static constexpr int kColBlocks = kHeadDim / 64;
+  static constexpr int kTileBytes = kBlockN * kHeadDim * 2;
+  static constexpr int kQTileBytes = 64 * kHeadDim * 2;  // one warpgroup's rows
+  static constexpr int kQBytes = kWarpGroups * kQTileBytes;
+  // + 1024: the dynamic shared memory is aligned up to the 1024 bytes of a swizzle atom.
+  static constexpr int kSmemBytes = 1024 + kQBytes + kStages * 2 * kTileBytes;
+  static_assert(kHeadDim == 64 || kHeadDim == 128);
+  static_assert(kStages >= 4, "tile i + 1 is waited for while tiles i - 1 and i are still read");
+  static_assert((kBlockN * kChunks) % kNThreads == 0);
+};
+
+// Byte offset of 16-byte chunk c of row r in a tile of `rows` rows stored as 128-byte column blocks.
+__device__ __forceinline__ int SbTileOffset(int r, int c, int rows) {
+  return (c >> 3) * rows * 128 + device::Sw128Offset(r, c & 7);
+}
+
+// Shared-memory row of key k (0..63) of a tile: the S column 8n + 2t + e that must hold it, for
+// k = 16t + 2n + e (see above).
+__host__ __device__ constexpr int SbKeyRow(int k) { return 8 * ((k >> 1) & 7) + 2 * (k >> 4) + (k & 1); }
+constexpr bool SbKeyRowIsThePermutation() {
+  for (int c = 0; c < 64; ++c) {
+    const int t = (c >> 1) & 3, n = c >> 3, e = c & 1;
+    if (SbKeyRow(16 * t + 2 * n + e) != c) return false;
+  }
+  return true;
+}
+static_assert(SbKeyRowIsThePermutation());
+
+template <typename Tr, bool kEarlyExit>
+__global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
+    sb_attn_prefill_sm90_kernel(const SbPrefillKernelParams p, const int log2_bs) {
+#if SB_HAS_WGMMA
+  using namespace device;
+  constexpr int kD = Tr::kHeadDim;
+  constexpr int kNT = Tr::kBlockN / 8;  // n8 tiles of S
+  constexpr int kKC = kD / 16;          // k16 steps of Q K^T
+  constexpr int kND = kD / 8;           // n8 tiles of O
+  constexpr int kStages = Tr::kStages;
+
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem =
+      smem_raw + ((1024 - (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) & 1023)) & 1023);
+  unsigned char* q_smem = smem;                 // one 64-row tile per warpgroup
+  unsigned char* kv_smem = smem + Tr::kQBytes;  // stage s: K at 2s, V at 2s+1
+
+  const int h = blockIdx.x;
+  const int b = blockIdx.y;
+  const int m_block = gridDim.z - 1 - blockIdx.z;  // heaviest tiles of each sequence first
+  const int q_start = p.cu_seqlens_q[b];
+  const int q_len = p.cu_seqlens_q[b + 1] - q_start;
+  const int m0 = m_block * Tr::kBlockM;
+  if (m0 >= q_len) return;
+  const int ctx = p.context_lens[b];
+  const int pos0 = ctx - q_len + m0;
+  const int rows_valid = min(Tr::kBlockM, q_len - m0);
+  const int pos_last = pos0 + rows_valid - 1;
+  const int n_tiles = (pos_last + Tr::kBlockN - 1) / Tr::kBlockN;  // keys 0 .. pos_last - 1
+  const int hk = h / (p.num_heads / p.num_kv_heads);
+  const int Hkv = p.num_kv_heads;
+
+  const int tid = threadIdx.x;
+  const int wg = tid / 128;
+  const int warp_row0 = 64 * wg + 16 * ((tid / 32) % 4);
+  const int lane = tid % 32;
+  const int g = lane / 4;
+  const int tq = lane % 4;
+
+  const __nv_bfloat16* q_g = static_cast<const __nv_bfloat16*>(p.q);
+  const int64_t q_stride =
+      p.q_row_stride != 0 ? p.q_row_stride : static_cast<int64_t>(p.num_heads) * kD;
+  const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
+  const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
+  const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
+  const int bs_mask = (1 << log2_bs) - 1;
+
+  // ---- Q tile -> shared memory (rows beyond the chunk are zero) ----
+  for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
+    const int row = i / Tr::kChunks;
+    const int c = i % Tr::kChunks;
+    const bool ok = row < rows_valid;
+    const __nv_bfloat16* src =
+        q_g + static_cast<int64_t>(q_start + m0 + (ok ? row : 0)) * q_stride + static_cast<int64_t>(h) * kD + c * 8;
+    CpAsync16(SmemAddr(q_smem + (row / 64) * Tr::kQTileBytes + SbTileOffset(row % 64, c, 64)), src, ok ? 16 : 0);
+  }
+
+  // Key tile n (keys 64n ..) -> stage; key k of the tile goes to row SbKeyRow(k).
+  auto load_kv = [&](int n, int stage) {
+    unsigned char* k_dst = kv_smem + (2 * stage) * Tr::kTileBytes;
+    unsigned char* v_dst = kv_smem + (2 * stage + 1) * Tr::kTileBytes;
+#pragma unroll
+    for (int i = 0; i < Tr::kBlockN * Tr::kChunks / Tr::kNThreads; ++i) {
+      const int idx = tid + i * Tr::kNThreads;
+      const int row = idx / Tr::kChunks;
+      const int c = idx % Tr::kChunks;
+      const int key = n * Tr::kBlockN + row;
+      const bool ok = key < ctx;
+      int64_t off = 0;
+      if (ok) {
+        const int64_t slot = static_cast<int64_t>(block_table[key >> log2_bs]) * (bs_mask + 1) + (key & bs_mask);
+        off = (slot * Hkv + hk) * kD + c * 8;
+      }
+      const int soff = SbTileOffset(SbKeyRow(row), c, Tr::kBlockN);
+      CpAsync16(SmemAddr(k_dst + soff), k_cache + off, ok ? 16 : 0);
+      CpAsync16(SmemAddr(v_dst + soff), v_cache + off, ok ? 16 : 0);
+    }
+  };
+  // Visit order: iteration i reads key tile n_tiles - 1 - i from stage i % kStages. Commit group j
+  // holds tile j (group 0 also Q); groups 0 .. kStages - 3 are issued here, group j + kStages - 2 at
+  // iteration j.
+  if (n_tiles > 0) load_kv(n_tiles - 1, 0);
+  CpAsyncCommit();
+#pragma unroll
+  for (int j = 1; j <= kStages - 3; ++j) {
+    if (j < n_tiles) load_kv(n_tiles - 1 - j, j);
+    CpAsyncCommit();
+  }
+
+  const uint32_t q_addr = SmemAddr(q_smem + wg * Tr::kQTileBytes);
+  const uint32_t kv_addr = SmemAddr(kv_smem);
+  auto issue_s = [&](float (&acc)[kNT][4], int stage) {
+    const uint32_t k_addr = kv_addr + (2 * stage) * Tr::kTileBytes;
+    WgmmaFence();
+#pragma unroll
+    for (int kc = 0; kc < kKC; ++kc) {  // d = 16 kc ..: column block kc / 4, 32 bytes per k16 step
+      const uint32_t q_col = (kc / 4) * 64 * 128 + 32 * (kc % 4);
+      const uint32_t k_col = (kc / 4) * Tr::kBlockN * 128 + 32 * (kc % 4);
+      WgmmaM64N64K16(acc, SmemDescSw128(q_addr + q_col, 16, 1024), SmemDescSw128(k_addr + k_col, 16, 1024), kc > 0);
+    }
+    WgmmaCommit();
+  };
+  float acc_o[Tr::kColBlocks][8][4];  // d = 64 cb + ..: one m64n64 accumulator per column block
+  auto issue_pv = [&](uint32_t (&pf)[1][kNT / 2][4], int stage) {
+    const uint32_t v_addr = kv_addr + (2 * stage + 1) * Tr::kTileBytes;
+    FenceRegs(pf[0]);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kNT / 2; ++kk)  // keys (rows) 16 kk .. 16 kk + 15: two 8-row atoms
+#pragma unroll
+      for (int cb = 0; cb < Tr::kColBlocks; ++cb)
+        WgmmaM64N64K16RegA(acc_o[cb], pf[0][kk],
+                           SmemDescSw128(v_addr + cb * Tr::kBlockN * 128 + 16 * kk * 128, 1024, 1024));
+    WgmmaCommit();
+  };
+
+#pragma unroll
+  for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
+#pragma unroll
+    for (int nd = 0; nd < 8; ++nd)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[cb][nd][e] = 0.f;
+    FenceRegs(acc_o[cb]);
+  }
+  float carry[1][2] = {{1.f, 1.f}};  // prod of 1/(1+t) over the keys visited so far, rows g and g+8
+  float s_acc[2][1][kNT][4];
+  uint32_t p_frag[2][1][kNT / 2][4];
+  const float scale_log2 = p.scale * kLog2e;
+  const float exit_carry = kEarlyExit ? __expf(-p.early_exit_log_threshold) : 0.f;
+
+  CpAsyncWait<kStages - 3>();  // Q and tile 0
+  FenceProxyAsyncShared();
+  __syncthreads();
+  if (n_tiles > 0) {
+    issue_s(s_acc[0][0], 0);
+    WgmmaWait<0>();
+    FenceRegs(s_acc[0][0]);
+  }
+
+  // One iteration on tile i, whose S sits in buffer kB; returns false when the CTA exits early.
+  int tiles_done = n_tiles;
+  auto step = [&](auto buf, int i) -> bool {
+    constexpr int kB = decltype(buf)::value;
+    CpAsyncWait<kStages - 4>();  // tile i + 1
+    FenceProxyAsyncShared();
+    if constexpr (kEarlyExit) {
+      bool below = true;
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) below = below && (warp_row0 + g + 8 * hf >= rows_valid || carry[0][hf] < exit_carry);
+      if (__syncthreads_and(i > 0 && below)) {
+        tiles_done = i;
+        return false;
+      }
+    } else {
+      __syncthreads();
+    }
+    const int j = i + kStages - 2;
+    if (j < n_tiles) load_kv(n_tiles - 1 - j, j % kStages);
+    CpAsyncCommit();
+    if (i + 1 < n_tiles) issue_s(s_acc[kB ^ 1][0], (i + 1) % kStages);
+
+    const int n = n_tiles - 1 - i;
+    const int key0 = n * Tr::kBlockN + 16 * tq;  // this lane's first key
+    if (n * Tr::kBlockN + Tr::kBlockN - 1 >= pos0)
+      SbWeights<1, kNT, true>(s_acc[kB], p_frag[kB], carry, scale_log2, key0, pos0 + warp_row0 + g, tq);
+    else
+      SbWeights<1, kNT, false>(s_acc[kB], p_frag[kB], carry, scale_log2, key0, pos0 + warp_row0 + g, tq);
+    issue_pv(p_frag[kB], i % kStages);
+    WgmmaWait<1>();  // S of tile i + 1 and P V of tile i - 1 are done
+    FenceRegs(s_acc[kB ^ 1][0]);
+    return true;
+  };
+  for (int i = 0; i < n_tiles; i += 2) {
+    if (!step(std::integral_constant<int, 0>{}, i)) break;
+    if (i + 1 < n_tiles && !step(std::integral_constant<int, 1>{}, i + 1)) break;
+  }
+  WgmmaWait<0>();
+#pragma unroll
+  for (int cb = 0; cb < Tr::kColBlocks; ++cb) FenceRegs(acc_o[cb]);
+  CpAsyncWait<0>();
+  if (kEarlyExit && tiles_done < n_tiles) carry[0][0] = carry[0][1] = 0.f;
+  if (kEarlyExit && p.early_exit_stats != nullptr && tid == 0) {
+    atomicAdd(p.early_exit_stats, static_cast<unsigned long long>(n_tiles - tiles_done));
+    atomicAdd(p.early_exit_stats + 1, static_cast<unsigned long long>(n_tiles));
+  }
+
+  // The column blocks side by side are the m16n8k16 layout of all kD / 8 n8 tiles of O.
+  SbPrefillStoreRows<kD, 1>(p, reinterpret_cast<const float(&)[1][kND][4]>(acc_o), carry, warp_row0, g, tq, rows_valid,
+                            q_start + m0, pos0, h, hk, block_table, log2_bs);
+#else
+  __trap();
+#endif
+}
+
+}  // namespace sbserve::kernels
