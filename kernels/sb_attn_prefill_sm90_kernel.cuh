@@ -61,6 +61,15 @@ __device__ __forceinline__ int SbTileOffset(int r, int c, int rows) {
   return (c >> 3) * rows * 128 + device::Sw128Offset(r, c & 7);
 }
 
+// wgmma descriptors of the tiles above. K-major (Q, K): k16 step kc (d = 16 kc ..) of a tile of
+// `rows` rows. MN-major (V): keys 16 kk .. 16 kk + 15 (two 8-row atoms) of column block cb.
+__device__ __forceinline__ uint64_t SbKMajorDesc(uint32_t tile, int kc, int rows) {
+  return device::SmemDescSw128(tile + (kc / 4) * rows * 128 + 32 * (kc % 4), 16, 1024);
+}
+__device__ __forceinline__ uint64_t SbVDesc(uint32_t tile, int kk, int cb, int rows) {
+  return device::SmemDescSw128(tile + cb * rows * 128 + 16 * kk * 128, 1024, 1024);
+}
+
 // Shared-memory row of key k (0..63) of a tile: the S column 8n + 2t + e that must hold it, for
 // k = 16t + 2n + e (see above).
 __host__ __device__ constexpr int SbKeyRow(int k) { return 8 * ((k >> 1) & 7) + 2 * (k >> 4) + (k & 1); }
@@ -168,11 +177,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     const uint32_t k_addr = kv_addr + (2 * stage) * Tr::kTileBytes;
     WgmmaFence();
 #pragma unroll
-    for (int kc = 0; kc < kKC; ++kc) {  // d = 16 kc ..: column block kc / 4, 32 bytes per k16 step
-      const uint32_t q_col = (kc / 4) * 64 * 128 + 32 * (kc % 4);
-      const uint32_t k_col = (kc / 4) * Tr::kBlockN * 128 + 32 * (kc % 4);
-      WgmmaM64N64K16(acc, SmemDescSw128(q_addr + q_col, 16, 1024), SmemDescSw128(k_addr + k_col, 16, 1024), kc > 0);
-    }
+    for (int kc = 0; kc < kKC; ++kc)
+      WgmmaM64N64K16(acc, SbKMajorDesc(q_addr, kc, 64), SbKMajorDesc(k_addr, kc, Tr::kBlockN), kc > 0);
     WgmmaCommit();
   };
   float acc_o[Tr::kColBlocks][8][4];  // d = 64 cb + ..: one m64n64 accumulator per column block
@@ -184,8 +190,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     for (int kk = 0; kk < kNT / 2; ++kk)  // keys (rows) 16 kk .. 16 kk + 15: two 8-row atoms
 #pragma unroll
       for (int cb = 0; cb < Tr::kColBlocks; ++cb)
-        WgmmaM64N64K16RegA(acc_o[cb], pf[0][kk],
-                           SmemDescSw128(v_addr + cb * Tr::kBlockN * 128 + 16 * kk * 128, 1024, 1024));
+        WgmmaM64N64K16RegA(acc_o[cb], pf[0][kk], SbVDesc(v_addr, kk, cb, Tr::kBlockN));
     WgmmaCommit();
   };
 
