@@ -137,6 +137,38 @@ __device__ __forceinline__ void SbWeights(const float (&s)[kMT][kNT][4], uint32_
   }
 }
 
+// The rows and keys of a prefill CTA. Grid: (query head, sequence, row block), row blocks
+// visited from the last (heaviest) one.
+struct SbPrefillCta {
+  int h, b, q_start, m0, ctx, pos0, rows_valid, n_tiles, hk;
+};
+// This CTA's rows (kBlockM per CTA, key tiles of kBlockN); false when its row block lies beyond
+// its sequence. pos0: position of the first row; n_tiles covers keys 0 .. last position - 1.
+template <int kBlockM, int kBlockN>
+__device__ __forceinline__ bool SbPrefillCtaOf(const SbPrefillKernelParams& p, SbPrefillCta* c) {
+  c->h = blockIdx.x;
+  c->b = blockIdx.y;
+  const int m_block = gridDim.z - 1 - blockIdx.z;
+  c->q_start = p.cu_seqlens_q[c->b];
+  const int q_len = p.cu_seqlens_q[c->b + 1] - c->q_start;
+  c->m0 = m_block * kBlockM;
+  if (c->m0 >= q_len) return false;
+  c->ctx = p.context_lens[c->b];
+  c->pos0 = c->ctx - q_len + c->m0;
+  c->rows_valid = min(kBlockM, q_len - c->m0);
+  c->n_tiles = (c->pos0 + c->rows_valid - 1 + kBlockN - 1) / kBlockN;
+  c->hk = c->h / (p.num_heads / p.num_kv_heads);
+  return true;
+}
+
+// Element offset in the paged cache of 16-byte chunk c of the row of key `key`, KV head hk.
+template <int kD>
+__device__ __forceinline__ int64_t SbKvOffset(const int32_t* block_table, int key, int log2_bs, int num_kv_heads,
+                                              int hk, int c) {
+  const int64_t slot = static_cast<int64_t>(block_table[key >> log2_bs]) * (1 << log2_bs) + (key & ((1 << log2_bs) - 1));
+  return (slot * num_kv_heads + hk) * kD + c * 8;
+}
+
 // Epilogue of a prefill CTA: adds the remainder term rem * (own value | head bias) to each row's
 // weighted sum and stores o (bf16) and rem. acc_o and carry hold this warp's kMT m16 tiles in the
 // m16n8k16 accumulator layout (rows warp_row0 + 16 mt + g and + 8); q_row0 = the CTA's first query
@@ -150,7 +182,6 @@ __device__ __forceinline__ void SbPrefillStoreRows(const SbPrefillKernelParams& 
   constexpr int kND = kD / 8;
   const int H = p.num_heads;
   const int Hkv = p.num_kv_heads;
-  const int bs_mask = (1 << log2_bs) - 1;
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
   __nv_bfloat16* o_g = static_cast<__nv_bfloat16*>(p.o);
 #pragma unroll
@@ -164,9 +195,7 @@ __device__ __forceinline__ void SbPrefillStoreRows(const SbPrefillKernelParams& 
       const __nv_bfloat16* extra = nullptr;
       const float* bias = nullptr;
       if (p.remainder == SbRemainder::kOwnValue) {
-        const int pos = pos0 + row;
-        const int64_t slot = static_cast<int64_t>(block_table[pos >> log2_bs]) * (bs_mask + 1) + (pos & bs_mask);
-        extra = v_cache + (slot * Hkv + hk) * kD;
+        extra = v_cache + SbKvOffset<kD>(block_table, pos0 + row, log2_bs, Hkv, hk, 0);
       } else if (p.remainder == SbRemainder::kHeadBias) {
         bias = p.head_bias + static_cast<int64_t>(h) * kD;
       }
@@ -205,19 +234,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   unsigned char* q_smem = smem;
   unsigned char* kv_smem = smem + Tr::kQBytes;  // stage s: K at 2s, V at 2s+1
 
-  const int h = blockIdx.x;
-  const int b = blockIdx.y;
-  const int m_block = gridDim.z - 1 - blockIdx.z;  // heaviest tiles of each sequence first
-  const int q_start = p.cu_seqlens_q[b];
-  const int q_len = p.cu_seqlens_q[b + 1] - q_start;
-  const int m0 = m_block * Tr::kBlockM;
-  if (m0 >= q_len) return;
-  const int ctx = p.context_lens[b];
-  const int pos0 = ctx - q_len + m0;  // position of the tile's first row
-  const int rows_valid = min(Tr::kBlockM, q_len - m0);
-  const int pos_last = pos0 + rows_valid - 1;
-  const int n_tiles = (pos_last + Tr::kBlockN - 1) / Tr::kBlockN;  // keys 0 .. pos_last - 1
-  const int hk = h / (p.num_heads / p.num_kv_heads);
+  SbPrefillCta cta;
+  if (!SbPrefillCtaOf<Tr::kBlockM, Tr::kBlockN>(p, &cta)) return;
+  const int h = cta.h, b = cta.b, q_start = cta.q_start, m0 = cta.m0, ctx = cta.ctx, pos0 = cta.pos0,
+            rows_valid = cta.rows_valid, n_tiles = cta.n_tiles, hk = cta.hk;
   const int H = p.num_heads;
   const int Hkv = p.num_kv_heads;
 
@@ -232,7 +252,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
   const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
-  const int bs_mask = (1 << log2_bs) - 1;
 
   // ---- Q tile -> shared memory (rows beyond the chunk are zero) ----
   for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
@@ -254,11 +273,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       const int c = idx % Tr::kChunks;
       const int key = n * Tr::kBlockN + row;
       const bool ok = key < ctx;
-      int64_t off = 0;
-      if (ok) {
-        const int64_t slot = static_cast<int64_t>(block_table[key >> log2_bs]) * (bs_mask + 1) + (key & bs_mask);
-        off = (slot * Hkv + hk) * kD + c * 8;
-      }
+      const int64_t off = ok ? SbKvOffset<kD>(block_table, key, log2_bs, Hkv, hk, c) : 0;
       const int soff = row * Tr::kRowBytes + ((c ^ KvSwizzle(row)) << 4);
       CpAsync16(SmemAddr(k_dst + soff), k_cache + off, ok ? 16 : 0);
       CpAsync16(SmemAddr(v_dst + soff), v_cache + off, ok ? 16 : 0);

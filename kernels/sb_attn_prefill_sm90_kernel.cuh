@@ -99,19 +99,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   unsigned char* q_smem = smem;                 // one 64-row tile per warpgroup
   unsigned char* kv_smem = smem + Tr::kQBytes;  // stage s: K at 2s, V at 2s+1
 
-  const int h = blockIdx.x;
-  const int b = blockIdx.y;
-  const int m_block = gridDim.z - 1 - blockIdx.z;  // heaviest tiles of each sequence first
-  const int q_start = p.cu_seqlens_q[b];
-  const int q_len = p.cu_seqlens_q[b + 1] - q_start;
-  const int m0 = m_block * Tr::kBlockM;
-  if (m0 >= q_len) return;
-  const int ctx = p.context_lens[b];
-  const int pos0 = ctx - q_len + m0;
-  const int rows_valid = min(Tr::kBlockM, q_len - m0);
-  const int pos_last = pos0 + rows_valid - 1;
-  const int n_tiles = (pos_last + Tr::kBlockN - 1) / Tr::kBlockN;  // keys 0 .. pos_last - 1
-  const int hk = h / (p.num_heads / p.num_kv_heads);
+  SbPrefillCta cta;
+  if (!SbPrefillCtaOf<Tr::kBlockM, Tr::kBlockN>(p, &cta)) return;
+  const int h = cta.h, b = cta.b, q_start = cta.q_start, m0 = cta.m0, ctx = cta.ctx, pos0 = cta.pos0,
+            rows_valid = cta.rows_valid, n_tiles = cta.n_tiles, hk = cta.hk;
   const int Hkv = p.num_kv_heads;
 
   const int tid = threadIdx.x;
@@ -127,7 +118,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
   const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
-  const int bs_mask = (1 << log2_bs) - 1;
 
   // ---- Q tile -> shared memory (rows beyond the chunk are zero) ----
   for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
@@ -150,11 +140,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       const int c = idx % Tr::kChunks;
       const int key = n * Tr::kBlockN + row;
       const bool ok = key < ctx;
-      int64_t off = 0;
-      if (ok) {
-        const int64_t slot = static_cast<int64_t>(block_table[key >> log2_bs]) * (bs_mask + 1) + (key & bs_mask);
-        off = (slot * Hkv + hk) * kD + c * 8;
-      }
+      const int64_t off = ok ? SbKvOffset<kD>(block_table, key, log2_bs, Hkv, hk, c) : 0;
       const int soff = SbTileOffset(SbKeyRow(row), c, Tr::kBlockN);
       CpAsync16(SmemAddr(k_dst + soff), k_cache + off, ok ? 16 : 0);
       CpAsync16(SmemAddr(v_dst + soff), v_cache + off, ok ? 16 : 0);
