@@ -17,9 +17,9 @@ absl::Status SbKvAppend(const SbKvAppendParams& params, CUstream_st* stream);
 
 absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* stream);
 
-// Whether SbAttnPrefill runs the Hopper wgmma kernel for these parameters: params.kernel, else
-// SBSERVE_PREFILL_KERNEL=mma|wgmma, else wgmma where it can run (an sm_90a build on a device of
-// compute capability 9.0, head_dim 64).
+// Whether SbAttnPrefill runs the Hopper wgmma kernel for these parameters: when params.kernel
+// (else SBSERVE_PREFILL_KERNEL=mma|wgmma) asks for it and it can run (an sm_90a build on a device
+// of compute capability 9.0, head_dim 64). The mma kernel is the default.
 bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& params);
 
 // Whether SbAttnDecode runs the tensor-core split kernel for these parameters (params.kernel, else
