@@ -170,12 +170,7 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
 bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& p) {
   SbPrefillKernel k = p.kernel;
   if (k == SbPrefillKernel::kAuto) k = PrefillKernelFromEnv();
-#ifdef SB_PREFILL_SM90_D128
-  const bool dim_ok = p.head_dim == 64 || p.head_dim == 128;
-#else
-  const bool dim_ok = p.head_dim == 64;
-#endif
-  const bool can = dim_ok && WgmmaBuilt() && DeviceIsSm90();
+  const bool can = p.head_dim == 64 && WgmmaBuilt() && DeviceIsSm90();
   // Opt-in: on the H200 it measured at parity with the mma kernel, 0-14% slower by row
   // (tests/bench/kernels.md), so the mma kernel stays the default.
   return can && k == SbPrefillKernel::kWgmma;

@@ -42,16 +42,8 @@ struct SbPrefillConfig<128> {
 #ifndef SB_PREFILL_SM90_MIN_BLOCKS
 #define SB_PREFILL_SM90_MIN_BLOCKS 3
 #endif
-template <int kHeadDim>
-struct SbPrefillSm90Config {
-  using Traits = SbPrefillSm90Traits<64, SB_PREFILL_SM90_WG, SB_PREFILL_SM90_STAGES, SB_PREFILL_SM90_MIN_BLOCKS>;
-};
-// d = 128 (SB_PREFILL_SM90_D128 builds it; not launched by default): two warpgroups share each
-// (K, V) tile, 4 stages of 32 KB, one CTA per SM.
-template <>
-struct SbPrefillSm90Config<128> {
-  using Traits = SbPrefillSm90Traits<128, 2, 4, 1>;
-};
+using SbPrefillSm90Config =
+    SbPrefillSm90Traits<64, SB_PREFILL_SM90_WG, SB_PREFILL_SM90_STAGES, SB_PREFILL_SM90_MIN_BLOCKS>;
 
 template <typename Tr, typename Kernel>
 absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
@@ -66,14 +58,9 @@ absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, in
 template <int kHeadDim>
 absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, bool wgmma, cudaStream_t stream) {
   const bool early_exit = p.early_exit_log_threshold > 0.f;
-#ifdef SB_PREFILL_SM90_D128
-  constexpr bool kHasWgmma = true;
-#else
-  constexpr bool kHasWgmma = kHeadDim == 64;
-#endif
-  if constexpr (kHasWgmma) {
+  if constexpr (kHeadDim == 64) {
     if (wgmma) {
-      using Tr = typename SbPrefillSm90Config<kHeadDim>::Traits;
+      using Tr = SbPrefillSm90Config;
       return LaunchPrefillKernel<Tr>(
           early_exit ? sb_attn_prefill_sm90_kernel<Tr, true> : sb_attn_prefill_sm90_kernel<Tr, false>, p, log2_bs,
           stream);

@@ -51,6 +51,8 @@ struct SbPrefillSm90Traits {
   static constexpr int kQBytes = kWarpGroups * kQTileBytes;
   // + 1024: the dynamic shared memory is aligned up to the 1024 bytes of a swizzle atom.
   static constexpr int kSmemBytes = 1024 + kQBytes + kStages * 2 * kTileBytes;
+  // d = 128 (two column blocks) compiles and its tile layouts pass SbAttnWgmmaTile.Dim128, but the
+  // kernel is launched only at d = 64: at d = 128 four stages of (K, V) leave one CTA per SM.
   static_assert(kHeadDim == 64 || kHeadDim == 128);
   static_assert(kStages >= 4, "tile i + 1 is waited for while tiles i - 1 and i are still read");
   static_assert((kBlockN * kChunks) % kNThreads == 0);
