@@ -161,6 +161,17 @@ __device__ __forceinline__ bool SbPrefillCtaOf(const SbPrefillKernelParams& p, S
   return true;
 }
 
+// 16-byte chunk c of query row `row` of the CTA (rows past the chunk read row 0: their copies are
+// zero-filled).
+template <int kD>
+__device__ __forceinline__ const __nv_bfloat16* SbQChunk(const SbPrefillKernelParams& p, const SbPrefillCta& cta,
+                                                         int row, int c) {
+  const int64_t q_stride = p.q_row_stride != 0 ? p.q_row_stride : static_cast<int64_t>(p.num_heads) * kD;
+  const int r = row < cta.rows_valid ? row : 0;
+  return static_cast<const __nv_bfloat16*>(p.q) + static_cast<int64_t>(cta.q_start + cta.m0 + r) * q_stride +
+         static_cast<int64_t>(cta.h) * kD + c * 8;
+}
+
 // Element offset in the paged cache of 16-byte chunk c of the row of key `key`, KV head hk.
 template <int kD>
 __device__ __forceinline__ int64_t SbKvOffset(const int32_t* block_table, int key, int log2_bs, int num_kv_heads,
@@ -247,8 +258,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const int g = lane / 4;
   const int tq = lane % 4;
 
-  const __nv_bfloat16* q_g = static_cast<const __nv_bfloat16*>(p.q);
-  const int64_t q_stride = p.q_row_stride != 0 ? p.q_row_stride : static_cast<int64_t>(H) * kD;
   const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
   const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
@@ -257,10 +266,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
     const int row = i / Tr::kChunks;
     const int c = i % Tr::kChunks;
-    const bool ok = row < rows_valid;
-    const __nv_bfloat16* src =
-        q_g + static_cast<int64_t>(q_start + m0 + (ok ? row : 0)) * q_stride + static_cast<int64_t>(h) * kD + c * 8;
-    CpAsync16(SmemAddr(q_smem + row * Tr::kRowBytes + ((c ^ (row & 7)) << 4)), src, ok ? 16 : 0);
+    CpAsync16(SmemAddr(q_smem + row * Tr::kRowBytes + ((c ^ (row & 7)) << 4)), SbQChunk<kD>(p, cta, row, c),
+              row < rows_valid ? 16 : 0);
   }
 
   auto load_kv = [&](int n, int stage) {

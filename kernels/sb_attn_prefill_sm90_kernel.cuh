@@ -114,9 +114,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const int g = lane / 4;
   const int tq = lane % 4;
 
-  const __nv_bfloat16* q_g = static_cast<const __nv_bfloat16*>(p.q);
-  const int64_t q_stride =
-      p.q_row_stride != 0 ? p.q_row_stride : static_cast<int64_t>(p.num_heads) * kD;
   const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
   const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
@@ -125,10 +122,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
     const int row = i / Tr::kChunks;
     const int c = i % Tr::kChunks;
-    const bool ok = row < rows_valid;
-    const __nv_bfloat16* src =
-        q_g + static_cast<int64_t>(q_start + m0 + (ok ? row : 0)) * q_stride + static_cast<int64_t>(h) * kD + c * 8;
-    CpAsync16(SmemAddr(q_smem + (row / 64) * Tr::kQTileBytes + SbTileOffset(row % 64, c, 64)), src, ok ? 16 : 0);
+    CpAsync16(SmemAddr(q_smem + (row / 64) * Tr::kQTileBytes + SbTileOffset(row % 64, c, 64)),
+              SbQChunk<kD>(p, cta, row, c), row < rows_valid ? 16 : 0);
   }
 
   // Key tile n (keys 64n ..) -> stage; key k of the tile goes to row SbKeyRow(k).
