@@ -249,7 +249,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   if (!SbPrefillCtaOf<Tr::kBlockM, Tr::kBlockN>(p, &cta)) return;
   const int h = cta.h, b = cta.b, q_start = cta.q_start, m0 = cta.m0, ctx = cta.ctx, pos0 = cta.pos0,
             rows_valid = cta.rows_valid, n_tiles = cta.n_tiles, hk = cta.hk;
-  const int H = p.num_heads;
   const int Hkv = p.num_kv_heads;
 
   const int tid = threadIdx.x;
