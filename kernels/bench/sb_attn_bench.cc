@@ -11,7 +11,8 @@
 // forced keys_per_split.
 //
 // usage: sb_attn_bench [--reps N] [--block-size BS] [--only prefill|decode] [--early-exit TAU]
-//                      [--scale-mult M] [--shift S] [--sweep-splits]
+//                      [--scale-mult M] [--shift S] [--sweep-splits] [--decode-row I] [--decode-kernel cc|tc|both]
+//                      [--prefill-row I] [--prefill-kernel mma|wgmma|both]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -58,6 +59,7 @@ struct Options {
   int decode_row = -1;                 // --decode-row I: only that row of the decode table
   std::string decode_kernel = "both";  // --decode-kernel cc|tc|both
   std::string prefill_kernel = "both";  // --prefill-kernel mma|wgmma|both (wgmma: d = 64 on sm_90a)
+  int prefill_row = -1;                 // --prefill-row I: only that row of the prefill table
 };
 
 // Counters of the early exit [skipped, total], zeroed per problem.
@@ -329,6 +331,7 @@ int main(int argc, char** argv) {
                                                         std::string(argv[i + 1]) == "tc" ||
                                                         std::string(argv[i + 1]) == "both"))
       opt.decode_kernel = argv[++i];
+    else if (a == "--prefill-row" && i + 1 < argc) opt.prefill_row = std::atoi(argv[++i]);
     else if (a == "--prefill-kernel" && i + 1 < argc && (std::string(argv[i + 1]) == "mma" ||
                                                          std::string(argv[i + 1]) == "wgmma" ||
                                                          std::string(argv[i + 1]) == "both"))
@@ -337,7 +340,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode] [--early-exit TAU] "
                    "[--scale-mult M] [--shift S] [--sweep-splits] [--decode-row 0..5] [--decode-kernel cc|tc|both] "
-                   "[--prefill-kernel mma|wgmma|both]\n",
+                   "[--prefill-row 0..9] [--prefill-kernel mma|wgmma|both]\n",
                    argv[0]);
       return 2;
     }
@@ -361,7 +364,9 @@ int main(int argc, char** argv) {
                         {"mixed 64..5000", 36, 64, mixed},                  {"8 x 2048", 32, 128, std::vector<int>(8, 2048)},
                         {"4 x 4096", 32, 128, std::vector<int>(4, 4096)},  {"1 x 16384", 32, 128, {16384}},
                         {"32 x 512", 32, 128, std::vector<int>(32, 512)}, {"mixed 64..5000", 32, 128, mixed}};
-    for (const Row& r : rows)
+    for (int i = 0; i < static_cast<int>(std::size(rows)); ++i) {
+      if (opt.prefill_row >= 0 && opt.prefill_row != i) continue;
+      const Row& r = rows[i];
       for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma}) {
         const char* tag = k == SbPrefillKernel::kMma ? "mma" : "wgmma";
         if (opt.prefill_kernel != "both" && opt.prefill_kernel != tag) continue;
@@ -371,6 +376,7 @@ int main(int argc, char** argv) {
         if (k == SbPrefillKernel::kWgmma && !SbAttnPrefillUsesWgmma(which)) continue;
         BenchPrefill(opt, r.label, r.H, r.d, r.lens, k);
       }
+    }
   }
   if (opt.only.empty() || opt.only == "decode") {
     const double copy = CopyGBs(opt);
