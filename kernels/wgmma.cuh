@@ -53,7 +53,11 @@ __device__ __forceinline__ void WgmmaWait() { __trap(); }
 // Shared memory written through the generic proxy (st.shared, cp.async) is made visible to the
 // tensor cores' async proxy: each writing thread fences before the barrier that publishes it.
 __device__ __forceinline__ void FenceProxyAsyncShared() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#else
+  __trap();  // no async proxy before sm_90; the wgmma kernels never run there
+#endif
 }
 
 // Pins registers at this point of the instruction stream: code that reads wgmma accumulators
