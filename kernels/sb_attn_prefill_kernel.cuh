@@ -182,16 +182,16 @@ __device__ __forceinline__ int64_t SbKvOffset(const int32_t* block_table, int ke
 
 // Epilogue of a prefill CTA: adds the remainder term rem * (own value | head bias) to each row's
 // weighted sum and stores o (bf16) and rem. acc_o and carry hold this warp's kMT m16 tiles in the
-// m16n8k16 accumulator layout (rows warp_row0 + 16 mt + g and + 8); q_row0 = the CTA's first query
-// row, pos0 = its position.
+// m16n8k16 accumulator layout (CTA rows warp_row0 + 16 mt + g and + 8).
 template <int kD, int kMT>
-__device__ __forceinline__ void SbPrefillStoreRows(const SbPrefillKernelParams& p, const float (&acc_o)[kMT][kD / 8][4],
-                                                   const float (&carry)[kMT][2], int warp_row0, int g, int tq,
-                                                   int rows_valid, int64_t q_row0, int pos0, int h, int hk,
-                                                   const int32_t* block_table, int log2_bs) {
+__device__ __forceinline__ void SbPrefillStoreRows(const SbPrefillKernelParams& p, const SbPrefillCta& cta,
+                                                   const float (&acc_o)[kMT][kD / 8][4], const float (&carry)[kMT][2],
+                                                   int warp_row0, int g, int tq, const int32_t* block_table,
+                                                   int log2_bs) {
   using namespace device;
   constexpr int kND = kD / 8;
   const int H = p.num_heads;
+  const int h = cta.h;
   const int Hkv = p.num_kv_heads;
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
   __nv_bfloat16* o_g = static_cast<__nv_bfloat16*>(p.o);
@@ -200,13 +200,13 @@ __device__ __forceinline__ void SbPrefillStoreRows(const SbPrefillKernelParams& 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int row = warp_row0 + 16 * mt + g + 8 * hf;
-      if (row >= rows_valid) continue;
-      const int64_t qrow = q_row0 + row;
+      if (row >= cta.rows_valid) continue;
+      const int64_t qrow = cta.q_start + cta.m0 + row;
       const float rem = carry[mt][hf];
       const __nv_bfloat16* extra = nullptr;
       const float* bias = nullptr;
       if (p.remainder == SbRemainder::kOwnValue) {
-        extra = v_cache + SbKvOffset<kD>(block_table, pos0 + row, log2_bs, Hkv, hk, 0);
+        extra = v_cache + SbKvOffset<kD>(block_table, cta.pos0 + row, log2_bs, Hkv, cta.hk, 0);
       } else if (p.remainder == SbRemainder::kHeadBias) {
         bias = p.head_bias + static_cast<int64_t>(h) * kD;
       }
@@ -247,8 +247,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 
   SbPrefillCta cta;
   if (!SbPrefillCtaOf<Tr::kBlockM, Tr::kBlockN>(p, &cta)) return;
-  const int h = cta.h, b = cta.b, q_start = cta.q_start, m0 = cta.m0, ctx = cta.ctx, pos0 = cta.pos0,
-            rows_valid = cta.rows_valid, n_tiles = cta.n_tiles, hk = cta.hk;
+  const int ctx = cta.ctx, pos0 = cta.pos0, rows_valid = cta.rows_valid, n_tiles = cta.n_tiles, hk = cta.hk;
   const int Hkv = p.num_kv_heads;
 
   const int tid = threadIdx.x;
@@ -259,7 +258,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 
   const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
-  const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
+  const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(cta.b) * p.cache.max_blocks;
 
   // ---- Q tile -> shared memory (rows beyond the chunk are zero) ----
   for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
@@ -424,8 +423,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   }
 
   // ---- epilogue: remainder term, o and rem ----
-  SbPrefillStoreRows<kD, kMT>(p, acc_o, carry, warp_row0, g, tq, rows_valid, q_start + m0, pos0, h, hk, block_table,
-                              log2_bs);
+  SbPrefillStoreRows<kD, kMT>(p, cta, acc_o, carry, warp_row0, g, tq, block_table, log2_bs);
 }
 
 }  // namespace sbserve::kernels

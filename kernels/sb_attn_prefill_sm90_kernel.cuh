@@ -75,11 +75,11 @@ __device__ __forceinline__ uint64_t SbVDesc(uint32_t tile, int kk, int cb, int r
 // Shared-memory row of key k (0..63) of a tile: the S column 8n + 2t + e that must hold it, for
 // k = 16t + 2n + e (see above).
 __host__ __device__ constexpr int SbKeyRow(int k) { return 8 * ((k >> 1) & 7) + 2 * (k >> 4) + (k & 1); }
+// Its inverse: the key held by row (S column) c = 8n + 2t + e.
+__host__ __device__ constexpr int SbKeyOfRow(int c) { return 16 * ((c >> 1) & 3) + 2 * (c >> 3) + (c & 1); }
 constexpr bool SbKeyRowIsThePermutation() {
-  for (int c = 0; c < 64; ++c) {
-    const int t = (c >> 1) & 3, n = c >> 3, e = c & 1;
-    if (SbKeyRow(16 * t + 2 * n + e) != c) return false;
-  }
+  for (int c = 0; c < 64; ++c)
+    if (SbKeyRow(SbKeyOfRow(c)) != c) return false;
   return true;
 }
 static_assert(SbKeyRowIsThePermutation());
@@ -103,8 +103,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 
   SbPrefillCta cta;
   if (!SbPrefillCtaOf<Tr::kBlockM, Tr::kBlockN>(p, &cta)) return;
-  const int h = cta.h, b = cta.b, q_start = cta.q_start, m0 = cta.m0, ctx = cta.ctx, pos0 = cta.pos0,
-            rows_valid = cta.rows_valid, n_tiles = cta.n_tiles, hk = cta.hk;
+  const int ctx = cta.ctx, pos0 = cta.pos0, rows_valid = cta.rows_valid, n_tiles = cta.n_tiles, hk = cta.hk;
   const int Hkv = p.num_kv_heads;
 
   const int tid = threadIdx.x;
@@ -116,7 +115,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 
   const __nv_bfloat16* k_cache = static_cast<const __nv_bfloat16*>(p.cache.k);
   const __nv_bfloat16* v_cache = static_cast<const __nv_bfloat16*>(p.cache.v);
-  const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
+  const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(cta.b) * p.cache.max_blocks;
 
   // ---- Q tile -> shared memory (rows beyond the chunk are zero) ----
   for (int i = tid; i < Tr::kBlockM * Tr::kChunks; i += Tr::kNThreads) {
@@ -248,8 +247,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   }
 
   // The column blocks side by side are the m16n8k16 layout of all kD / 8 n8 tiles of O.
-  SbPrefillStoreRows<kD, 1>(p, reinterpret_cast<const float(&)[1][kND][4]>(acc_o), carry, warp_row0, g, tq, rows_valid,
-                            q_start + m0, pos0, h, hk, block_table, log2_bs);
+  SbPrefillStoreRows<kD, 1>(p, cta, reinterpret_cast<const float(&)[1][kND][4]>(acc_o), carry, warp_row0, g, tq,
+                            block_table, log2_bs);
 #else
   __trap();
 #endif
