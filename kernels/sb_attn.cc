@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_check.h"
@@ -64,16 +66,22 @@ int DecodeCtasPerSm(int head_dim, int heads_per_cta, bool tc) {
   }
 }
 
+// The choice named by environment variable `var` among `choices` (name, value); kAuto when it is
+// unset or names none of them.
+template <typename Kernel>
+Kernel KernelFromEnv(const char* var, std::initializer_list<std::pair<const char*, Kernel>> choices) {
+  const char* e = std::getenv(var);
+  if (e != nullptr)
+    for (const auto& [name, value] : choices)
+      if (std::strcmp(e, name) == 0) return value;
+  return Kernel::kAuto;
+}
+
 // SBSERVE_PREFILL_KERNEL=mma or wgmma overrides the default prefill kernel (A/B runs); wgmma
 // still needs a device and build that can run it.
 SbPrefillKernel PrefillKernelFromEnv() {
-  static const SbPrefillKernel k = [] {
-    const char* e = std::getenv("SBSERVE_PREFILL_KERNEL");
-    if (e == nullptr) return SbPrefillKernel::kAuto;
-    if (std::strcmp(e, "mma") == 0) return SbPrefillKernel::kMma;
-    if (std::strcmp(e, "wgmma") == 0) return SbPrefillKernel::kWgmma;
-    return SbPrefillKernel::kAuto;
-  }();
+  static const SbPrefillKernel k = KernelFromEnv<SbPrefillKernel>(
+      "SBSERVE_PREFILL_KERNEL", {{"mma", SbPrefillKernel::kMma}, {"wgmma", SbPrefillKernel::kWgmma}});
   return k;
 }
 
@@ -97,13 +105,8 @@ bool DeviceIsSm90() {
 
 // SBSERVE_DECODE_KERNEL=cuda-core or tensor-core overrides the default split kernel (A/B runs).
 SbDecodeKernel DecodeKernelFromEnv() {
-  static const SbDecodeKernel k = [] {
-    const char* e = std::getenv("SBSERVE_DECODE_KERNEL");
-    if (e == nullptr) return SbDecodeKernel::kAuto;
-    if (std::strcmp(e, "cuda-core") == 0) return SbDecodeKernel::kCudaCore;
-    if (std::strcmp(e, "tensor-core") == 0) return SbDecodeKernel::kTensorCore;
-    return SbDecodeKernel::kAuto;
-  }();
+  static const SbDecodeKernel k = KernelFromEnv<SbDecodeKernel>(
+      "SBSERVE_DECODE_KERNEL", {{"cuda-core", SbDecodeKernel::kCudaCore}, {"tensor-core", SbDecodeKernel::kTensorCore}});
   return k;
 }
 
@@ -167,13 +170,15 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
                            [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, wgmma, stream); });
 }
 
+bool SbAttnPrefillHasWgmma(int head_dim) { return head_dim == 64 && WgmmaBuilt() && DeviceIsSm90(); }
+
 bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& p) {
   SbPrefillKernel k = p.kernel;
   if (k == SbPrefillKernel::kAuto) k = PrefillKernelFromEnv();
-  const bool can = p.head_dim == 64 && WgmmaBuilt() && DeviceIsSm90();
   // Opt-in: on the H200 it measured at parity with the mma kernel, 0-14% slower by row
-  // (tests/bench/kernels.md), so the mma kernel stays the default.
-  return can && k == SbPrefillKernel::kWgmma;
+  // (tests/bench/kernels.md), so the mma kernel stays the default (and the default path asks the
+  // device nothing).
+  return k == SbPrefillKernel::kWgmma && SbAttnPrefillHasWgmma(p.head_dim);
 }
 
 bool SbAttnDecodeUsesTensorCores(const SbAttnDecodeParams& p) {

@@ -21,6 +21,8 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* strea
 // (else SBSERVE_PREFILL_KERNEL=mma|wgmma) asks for it and it can run (an sm_90a build on a device
 // of compute capability 9.0, head_dim 64). The mma kernel is the default.
 bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& params);
+// Whether the wgmma prefill can run here for this head_dim (what SbPrefillKernel::kWgmma needs).
+bool SbAttnPrefillHasWgmma(int head_dim);
 
 // Whether SbAttnDecode runs the tensor-core split kernel for these parameters (params.kernel, else
 // SBSERVE_DECODE_KERNEL=cuda-core|tensor-core in the environment, else the default).

@@ -240,11 +240,8 @@ void BenchPrefill(const Options& opt, const char* label, int H, int d, const std
   double sum_l2 = 0;
   for (int l : lens) sum_l2 += static_cast<double>(l) * l;
   const double tflops = 4.0 * H * d * sum_l2 / 2 / (ms * 1e-3) / 1e12;
-  SbAttnPrefillParams which;
-  which.head_dim = d;
-  which.kernel = kernel;
   std::printf("prefill %-5s %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s%s%s\n",
-              SbAttnPrefillUsesWgmma(which) ? "wgmma" : "mma", H, d, label, opt.block_size, ms, tflops,
+              kernel == SbPrefillKernel::kWgmma ? "wgmma" : "mma", H, d, label, opt.block_size, ms, tflops,
               DataNote(opt).c_str(), ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
@@ -370,10 +367,7 @@ int main(int argc, char** argv) {
       for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma}) {
         const char* tag = k == SbPrefillKernel::kMma ? "mma" : "wgmma";
         if (opt.prefill_kernel != "both" && opt.prefill_kernel != tag) continue;
-        SbAttnPrefillParams which;
-        which.head_dim = r.d;
-        which.kernel = k;
-        if (k == SbPrefillKernel::kWgmma && !SbAttnPrefillUsesWgmma(which)) continue;
+        if (k == SbPrefillKernel::kWgmma && !SbAttnPrefillHasWgmma(r.d)) continue;
         BenchPrefill(opt, r.label, r.H, r.d, r.lens, k);
       }
     }

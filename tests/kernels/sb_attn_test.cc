@@ -105,26 +105,17 @@ int g_decode_keys_per_split = 0;
 constexpr SbDecodeKernel kDecodeKernels[] = {SbDecodeKernel::kCudaCore, SbDecodeKernel::kTensorCore};
 const char* KernelName(SbDecodeKernel k) { return k == SbDecodeKernel::kCudaCore ? "cc" : "tc"; }
 
-struct ScopedDecodeKernel {
-  explicit ScopedDecodeKernel(SbDecodeKernel k) { g_decode_kernel = k; }
-  ~ScopedDecodeKernel() { g_decode_kernel = SbDecodeKernel::kAuto; }
+// Sets a kernel choice for one scope, then puts back kAuto.
+template <typename Kernel>
+struct ScopedKernel {
+  ScopedKernel(Kernel* slot, Kernel k) : slot_(slot) { *slot_ = k; }
+  ~ScopedKernel() { *slot_ = Kernel::kAuto; }
+  Kernel* slot_;
 };
 
 // Prefill kernel of RunOnDevice's prefill runs: the mma.sync kernel, and the Hopper wgmma kernel
 // where the device and build run it (head_dim 64 on sm_90a).
 SbPrefillKernel g_prefill_kernel = SbPrefillKernel::kAuto;
-
-bool WgmmaPrefillRuns(int head_dim) {
-  SbAttnPrefillParams p;
-  p.head_dim = head_dim;
-  p.kernel = SbPrefillKernel::kWgmma;
-  return SbAttnPrefillUsesWgmma(p);
-}
-
-struct ScopedPrefillKernel {
-  explicit ScopedPrefillKernel(SbPrefillKernel k) { g_prefill_kernel = k; }
-  ~ScopedPrefillKernel() { g_prefill_kernel = SbPrefillKernel::kAuto; }
-};
 
 // Runs fn(name) once per kernel of the path that can run pb (with the kernel's tag appended to
 // `what`): both decode split kernels, and each prefill kernel the device has.
@@ -132,9 +123,9 @@ template <typename Fn>
 void ForEachKernelOf(const Problem& pb, Path path, const char* what, Fn fn) {
   if (path == Path::kPrefill) {
     for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma}) {
-      if (k == SbPrefillKernel::kWgmma && !WgmmaPrefillRuns(pb.spec.head_dim)) continue;
+      if (k == SbPrefillKernel::kWgmma && !SbAttnPrefillHasWgmma(pb.spec.head_dim)) continue;
       const std::string name = std::string(what) + (k == SbPrefillKernel::kMma ? " [mma]" : " [wgmma]");
-      ScopedPrefillKernel scoped(k);
+      ScopedKernel scoped(&g_prefill_kernel, k);
       fn(name.c_str());
       if (::testing::Test::HasFatalFailure()) return;
     }
@@ -142,7 +133,7 @@ void ForEachKernelOf(const Problem& pb, Path path, const char* what, Fn fn) {
   }
   for (SbDecodeKernel k : kDecodeKernels) {
     const std::string name = std::string(what) + " [" + KernelName(k) + "]";
-    ScopedDecodeKernel scoped(k);
+    ScopedKernel scoped(&g_decode_kernel, k);
     fn(name.c_str());
     if (::testing::Test::HasFatalFailure()) return;
   }
@@ -855,13 +846,13 @@ TEST(SbAttnApi, PrefillKernelChoice) {
   p.kernel = SbPrefillKernel::kMma;
   EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
   p.kernel = SbPrefillKernel::kAuto;
-  const bool by_default = SbAttnPrefillUsesWgmma(p);
-  EXPECT_FALSE(by_default);
-  p.head_dim = 128;
   EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
   p.kernel = SbPrefillKernel::kWgmma;
+  EXPECT_EQ(SbAttnPrefillUsesWgmma(p), SbAttnPrefillHasWgmma(64));
+  p.head_dim = 128;
+  EXPECT_FALSE(SbAttnPrefillHasWgmma(128));
   EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
-  std::printf("wgmma prefill on this device and build: %s\n", by_default ? "yes" : "no");
+  std::printf("wgmma prefill on this device and build: %s\n", SbAttnPrefillHasWgmma(64) ? "yes" : "no");
 }
 
 // The test problems: the same spec gives the same values (the cached prefixes are drawn in

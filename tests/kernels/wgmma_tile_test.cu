@@ -19,9 +19,6 @@
 namespace sbserve::kernels {
 namespace {
 
-// Key (column of the logical S) held by S column c of the MMA layout: the inverse of SbKeyRow.
-__host__ __device__ constexpr int KeyOfColumn(int c) { return 16 * ((c >> 1) & 3) + 2 * (c >> 3) + (c & 1); }
-
 template <int kD>
 __global__ void WgmmaTileKernel(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* p,
                                 const __nv_bfloat16* v, float* s_out, float* o_out) {
@@ -54,7 +51,7 @@ __global__ void WgmmaTileKernel(const __nv_bfloat16* q, const __nv_bfloat16* k, 
   for (int j = 0; j < 8; ++j)
     for (int e = 0; e < 4; ++e) {
       const int row = 16 * warp + g + 8 * (e / 2);
-      s_out[row * 64 + KeyOfColumn(8 * j + 2 * tq + (e % 2))] = s[j][e];
+      s_out[row * 64 + SbKeyOfRow(8 * j + 2 * tq + (e % 2))] = s[j][e];
     }
 
   // P's k index is the S column: A fragment register r of k16 step kk holds row g + 8 (r % 2),
@@ -65,8 +62,8 @@ __global__ void WgmmaTileKernel(const __nv_bfloat16* q, const __nv_bfloat16* k, 
       const int row = 16 * warp + g + 8 * (r % 2);
       const int c = 16 * kk + 8 * (r / 2) + 2 * tq;
       __nv_bfloat162 pair;
-      pair.x = p[row * 64 + KeyOfColumn(c)];
-      pair.y = p[row * 64 + KeyOfColumn(c + 1)];
+      pair.x = p[row * 64 + SbKeyOfRow(c)];
+      pair.y = p[row * 64 + SbKeyOfRow(c + 1)];
       a[kk][r] = *reinterpret_cast<uint32_t*>(&pair);
     }
   float o[kD / 64][8][4];
@@ -92,13 +89,6 @@ __global__ void WgmmaTileKernel(const __nv_bfloat16* q, const __nv_bfloat16* k, 
   }
 }
 
-bool WgmmaAvailable() {
-  SbAttnPrefillParams p;
-  p.head_dim = 64;
-  p.kernel = SbPrefillKernel::kWgmma;
-  return SbAttnPrefillUsesWgmma(p);
-}
-
 float Bf16ToFloat(uint16_t b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
   float f;
@@ -119,7 +109,7 @@ std::vector<uint16_t> RandomBf16(size_t n, uint32_t seed) {
 
 template <int kD>
 void RunTile() {
-  if (!WgmmaAvailable()) GTEST_SKIP() << "no sm_90 device or no sm_90a build: the wgmma prefill does not run here";
+  if (!SbAttnPrefillHasWgmma(64)) GTEST_SKIP() << "no sm_90 device or no sm_90a build: the wgmma prefill does not run here";
   const auto q = RandomBf16(64 * kD, 1), k = RandomBf16(64 * kD, 2), p = RandomBf16(64 * 64, 3),
              v = RandomBf16(64 * kD, 4);
   void *dq, *dk, *dp, *dv;
