@@ -84,6 +84,13 @@ constexpr bool SbKeyRowIsThePermutation() {
 }
 static_assert(SbKeyRowIsThePermutation());
 
+// SB_PREFILL_SM90_ABLATE (measurement builds only; results are wrong): 1 replaces the weight step
+// by a plain bf16 conversion, 2 computes S of the first tile only and no P V, 3 loads only the first key tile.
+// Each leaves one stage out so that its share of the time can be measured.
+#ifndef SB_PREFILL_SM90_ABLATE
+#define SB_PREFILL_SM90_ABLATE 0
+#endif
+
 template <typename Tr, bool kEarlyExit>
 __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     sb_attn_prefill_sm90_kernel(const SbPrefillKernelParams p, const int log2_bs) {
@@ -127,6 +134,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 
   // Key tile n (keys 64n ..) -> stage; key k of the tile goes to row SbKeyRow(k).
   auto load_kv = [&](int n, int stage) {
+#if SB_PREFILL_SM90_ABLATE == 3
+    if (n != n_tiles - 1) return;  // measurement variant: only the first tile is loaded
+#endif
     unsigned char* k_dst = kv_smem + (2 * stage) * Tr::kTileBytes;
     unsigned char* v_dst = kv_smem + (2 * stage + 1) * Tr::kTileBytes;
 #pragma unroll
@@ -167,6 +177,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   auto issue_pv = [&](uint32_t (&pf)[1][kNT / 2][4], int stage) {
     const uint32_t v_addr = kv_addr + (2 * stage + 1) * Tr::kTileBytes;
     FenceRegs(pf[0]);
+#if SB_PREFILL_SM90_ABLATE == 2
+    return;
+#endif
     WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < kNT / 2; ++kk)  // keys (rows) 16 kk .. 16 kk + 15: two 8-row atoms
@@ -193,6 +206,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   CpAsyncWait<kStages - 3>();  // Q and tile 0
   FenceProxyAsyncShared();
   __syncthreads();
+#if SB_PREFILL_SM90_ABLATE == 2
+  for (int nt = 0; nt < kNT; ++nt)
+    for (int e = 0; e < 4; ++e) s_acc[1][0][nt][e] = 0.f;  // never computed in this variant
+#endif
   if (n_tiles > 0) {
     issue_s(s_acc[0][0], 0);
     WgmmaWait<0>();
@@ -219,10 +236,20 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     const int j = i + kStages - 2;
     if (j < n_tiles) load_kv(n_tiles - 1 - j, j % kStages);
     CpAsyncCommit();
-    if (i + 1 < n_tiles) issue_s(s_acc[kB ^ 1][0], (i + 1) % kStages);
+    if (i + 1 < n_tiles && SB_PREFILL_SM90_ABLATE != 2) issue_s(s_acc[kB ^ 1][0], (i + 1) % kStages);
 
     const int n = n_tiles - 1 - i;
     const int key0 = n * Tr::kBlockN + 16 * tq;  // this lane's first key
+#if SB_PREFILL_SM90_ABLATE == 1
+    // Measurement variant: P = bf16(S) instead of the weight step (wrong results).
+#pragma unroll
+    for (int kk = 0; kk < kNT / 2; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        p_frag[kB][0][kk][e] = PackBf16(s_acc[kB][0][2 * kk + (e >> 1)][2 * (e & 1)] * scale_log2,
+                                        s_acc[kB][0][2 * kk + (e >> 1)][2 * (e & 1) + 1]);
+    if (false)
+#endif
     if (n * Tr::kBlockN + Tr::kBlockN - 1 >= pos0)
       SbWeights<1, kNT, true>(s_acc[kB], p_frag[kB], carry, scale_log2, key0, pos0 + warp_row0 + g, tq);
     else

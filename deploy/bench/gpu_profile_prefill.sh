@@ -14,8 +14,13 @@ ROW=${ROW:-1}
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 for k in mma wgmma; do
   timeout 240 "$NCU" --clock-control none --kernel-name regex:sb_attn_prefill --launch-skip 5 --launch-count 1 \
-    --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section Occupancy \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+    --section ComputeWorkloadAnalysis --section Occupancy --section InstructionStats --section SourceCounters \
     $B/sb_attn_bench --only prefill --prefill-row "$ROW" --prefill-kernel "$k" > "$OUT/ncu_prefill_$k.txt" 2>&1
   echo "$k: rc $?"
-  grep -E "Stall|Issue Slots|Issued Warp|Eligible|Active Warps|Pipe|Achieved Occupancy" "$OUT/ncu_prefill_$k.txt" | head -40
+  grep -E "Stall|Issue Slots|Issued Warp|Eligible|Active Warps|Pipe|Achieved Occupancy|Throughput|Hit Rate|Duration|Busy" "$OUT/ncu_prefill_$k.txt" | head -60
 done
+# The SASS of both kernels (d = 64 instantiations), to read the weight step's instruction mix.
+CUOBJ=$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)
+"$CUOBJ" -sass "$B/sb_attn_bench" 2>/dev/null | awk '/Function : .*sb_attn_prefill/{p=1} /Function : /&&!/sb_attn_prefill/{p=0} p' > "$OUT/sass_prefill.txt"
+echo "sass: $(wc -l < "$OUT/sass_prefill.txt") lines"
