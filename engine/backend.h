@@ -64,6 +64,27 @@ class Backend {
     return absl::UnimplementedError("this backend does not sample on its device");
   }
 
+  // Overlapped steps. A backend that overlaps steps runs them on its device in the order they are
+  // launched: LaunchStep enqueues a step (as ForwardSample, but without waiting for it) and returns,
+  // CollectStep waits for the oldest launched step and returns its draws. At most two steps are
+  // launched and not collected. `feed` names the batch tokens that are draws of the step launched
+  // just before this one, which the host does not know yet: batch.tokens[f.token_index] is replaced
+  // on the device by that step's draw of logit row f.from_row. The scheduler runs the same protocol
+  // on any other backend, one step at a time (Scheduler, overlap_steps).
+  struct TokenFeed {
+    int32_t token_index = 0;
+    int32_t from_row = 0;
+  };
+  virtual bool overlaps_steps() const { return false; }
+  virtual absl::Status LaunchStep(const Batch& batch, const SamplingBatch& sampling, std::span<const TokenFeed> feed) {
+    (void)batch, (void)sampling, (void)feed;
+    return absl::UnimplementedError("this backend does not overlap steps");
+  }
+  virtual absl::Status CollectStep(SampledRows* out) {
+    (void)out;
+    return absl::UnimplementedError("this backend does not overlap steps");
+  }
+
   // For KV sizing (engine/capacity.h). UNIMPLEMENTED by default (test fakes).
   virtual absl::StatusOr<MemoryInfo> Memory() const {
     return absl::UnimplementedError("backend reports no memory information");
@@ -86,6 +107,11 @@ class ForwardingBackend : public Backend {
   absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) override {
     return inner_->ForwardSample(batch, sampling, out);
   }
+  bool overlaps_steps() const override { return inner_->overlaps_steps(); }
+  absl::Status LaunchStep(const Batch& batch, const SamplingBatch& sampling, std::span<const TokenFeed> feed) override {
+    return inner_->LaunchStep(batch, sampling, feed);
+  }
+  absl::Status CollectStep(SampledRows* out) override { return inner_->CollectStep(out); }
   absl::StatusOr<MemoryInfo> Memory() const override { return inner_->Memory(); }
 
  private:

@@ -43,6 +43,10 @@ struct Scheduler::Seq {
   PrefixChain chain;            // its blocks known to the prefix cache
   bool running = false;
   bool preempted_this_step = false;
+  // Logit rows of this sequence in launched, uncollected steps (0 or 1 when a step is packed) and
+  // the latest one's index: its token is not in `tokens` yet.
+  int32_t pending = 0;
+  int32_t pending_row = -1;
 
   absl::Time first_scheduled = absl::InfinitePast();
   absl::Time first_token = absl::InfinitePast();
@@ -56,7 +60,32 @@ struct Scheduler::Seq {
   std::vector<StepLogprobs> pending_logprobs;
 
   int32_t num_output() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
-  int32_t need() const { return static_cast<int32_t>(tokens.size()) - num_computed; }
+  // Tokens (known or pending) whose K/V are not in the cache.
+  int32_t need() const { return static_cast<int32_t>(tokens.size()) + pending - num_computed; }
+  // Whether the pending token's draw must end the sequence by length (then it is not packed ahead).
+  bool pending_ends(int64_t context_len) const {
+    return pending > 0 && (num_output() + pending >= req.max_tokens ||
+                           static_cast<int64_t>(tokens.size()) + pending >= context_len);
+  }
+  // Whether its next draw depends on the identity of earlier drawn tokens (penalties).
+  bool draw_needs_history() const {
+    const SamplingParams& p = req.sampling;
+    return p.repetition_penalty != 1.0f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
+  }
+};
+
+// A launched step: what its collection needs of each slot, and its report's counts.
+struct Scheduler::Launched {
+  struct SlotRec {
+    std::string id;
+    uint64_t seq_no = 0;
+    int32_t end = 0;          // tokens of the sequence computed once this step has run
+    int32_t preemptions = 0;  // the sequence's count at launch: a later preemption freed its blocks
+    int32_t row = -1;         // its logit row, or -1
+  };
+  std::vector<SlotRec> slots;
+  absl::Time packed;
+  StepReport report;  // counts of the step; the queue state is filled in when it is collected
 };
 
 const char* FinishReasonName(FinishReason r) {
@@ -85,7 +114,10 @@ Scheduler::Scheduler(const SchedulerOptions& options, Backend* backend, KvBlockA
   if (options_.sampling_threads != 1) sample_pool_ = std::make_unique<ThreadPool>(options_.sampling_threads);
 }
 
-Scheduler::~Scheduler() = default;
+Scheduler::~Scheduler() {
+  // A step still on the device finishes before its buffers (the backend's) can go.
+  if (inflight_ != nullptr) CollectFromBackend(&sampled_).IgnoreError();
+}
 
 int64_t Scheduler::waiting_tokens() const {
   int64_t n = 0;
@@ -214,6 +246,7 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t i = 0; i < running_.size() && !full(); ++i) {
       Seq* seq = running_[i];
+      if (seq->pending_ends(options_.context_len)) continue;  // it ends when its step is collected
       const bool decode = seq->need() == 1;
       if (decode != (pass == 0)) continue;
       const int chunk = std::min(seq->need(), budget);
@@ -233,7 +266,8 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
   // 3: waiting sequences, while blocks last; never preempt for them.
   while (!waiting_.empty() && !full()) {
     Seq* seq = waiting_.front();
-    if (seq->preempted_this_step) break;
+    // Preempted in this step, possibly with a draw still pending: it restarts from a later step.
+    if (seq->preempted_this_step || seq->pending > 0) break;
     // A waiting sequence holds no blocks (new, or preempted). Its cached prefix leaves at least the
     // last token to compute: its logits are needed, and a chunk is never empty.
     int hit = 0;
@@ -259,6 +293,39 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
   }
 }
 
+namespace {
+
+// Draws every row of `sampling` from host logits ([rows, vocab], modified in place) as a device
+// sampler would (DrawRow), rows spread over `pool`. Each draw depends only on its row's seed and
+// position, so the result does not depend on how rows are spread over threads.
+void DrawRowsOnHost(const SamplingBatch& sampling, std::span<float> logits, int64_t vocab, ThreadPool* pool,
+                    int64_t rows_per_task, SampledRows* out) {
+  const size_t R = sampling.rows.size();
+  out->top_n = std::max(0, sampling.max_logprobs());
+  out->tokens.assign(R, 0);
+  out->logprobs.assign(R, 0.f);
+  out->top_ids.assign(R * out->top_n, -1);
+  out->top_logprobs.assign(R * out->top_n, 0.f);
+  ParallelFor(pool, static_cast<int64_t>(R), rows_per_task, [&](int64_t begin, int64_t end) {
+    SamplingScratch scratch;
+    for (int64_t r = begin; r < end; ++r) {
+      const RowSampling& row = sampling.rows[r];
+      const RowDraw d = DrawRow(row,
+                                std::span<const LogitAdjust>(sampling.adjust.data() + row.adjust_begin,
+                                                             static_cast<size_t>(row.adjust_end - row.adjust_begin)),
+                                logits.subspan(static_cast<size_t>(r) * vocab, static_cast<size_t>(vocab)), scratch);
+      out->tokens[r] = d.token;
+      out->logprobs[r] = d.logprob;
+      for (size_t j = 0; j < d.top.size(); ++j) {
+        out->top_ids[r * out->top_n + j] = d.top[j].first;
+        out->top_logprobs[r * out->top_n + j] = d.top[j].second;
+      }
+    }
+  });
+}
+
+}  // namespace
+
 absl::Status Scheduler::Step(absl::Time now) {
   // Requests ending in this step are announced when it returns, after its StepReport.
   in_step_ = true;
@@ -266,6 +333,7 @@ absl::Status Scheduler::Step(absl::Time now) {
     Scheduler* s;
     ~Deliver() { s->DeliverFinals(); }
   } deliver{this};
+  last_step_tokens_ = 0;
   // Deadlines, queued or running.
   std::vector<Seq*> expired;
   for (auto& [id, seq] : seqs_) {
@@ -278,6 +346,15 @@ absl::Status Scheduler::Step(absl::Time now) {
              now);
   }
 
+  absl::Status result;
+  bool collected = false;
+  auto collect = [&](std::unique_ptr<Launched> step, std::unique_ptr<Launched>* next) {
+    absl::Status st = Collect(std::move(step), next);
+    collected = true;
+    if (result.ok()) result = std::move(st);
+  };
+  if (inflight_ != nullptr && MustCollectBeforePacking()) collect(std::move(inflight_), nullptr);
+
   std::vector<Slot> slots;
   int preempted = 0;
   step_prefix_queries_ = step_prefix_hits_ = 0;
@@ -285,13 +362,44 @@ absl::Status Scheduler::Step(absl::Time now) {
   for (Seq* s : waiting_) s->preempted_this_step = false;
   Pack(slots, preempted);
   if (on_packed_) on_packed_();
-  if (slots.empty()) {
-    if (!expired.empty()) ReportState();  // no StepReport follows
-    return absl::OkStatus();
-  }
   // A sequence preempted after it was packed cannot happen (victims are never in `slots`), but
   // a packed sequence's order in `running_` is irrelevant: the batch follows `slots`.
+  std::unique_ptr<Launched> launched;
+  if (!slots.empty()) {
+    launched = BuildStep(slots, now, preempted);
+    if (absl::Status st = LaunchOnBackend(); !st.ok()) {
+      const absl::Time t1 = absl::Now();
+      const absl::Status err = absl::InternalError(absl::StrCat("backend forward failed: ", st.message()));
+      for (const Slot& s : slots) Complete(s.seq, FinishReason::kError, err, t1);
+      launched.reset();
+      if (result.ok()) result = st;
+    } else {
+      last_step_tokens_ = batch_.num_tokens();
+      // What the launched step changes, as far as packing the next one is concerned.
+      for (size_t i = 0; i < slots.size(); ++i) {
+        Seq* seq = slots[i].seq;
+        const Launched::SlotRec& r = launched->slots[i];
+        seq->num_computed = r.end;
+        seq->prompt_prefilled = std::max(seq->prompt_prefilled, std::min(r.end, seq->prompt_len));
+        if (r.row >= 0) {
+          seq->pending++;
+          seq->pending_row = r.row;
+        }
+      }
+    }
+  }
+  // The previous step (overlapped: it ran while this one was packed), then, without overlap, this one.
+  if (inflight_ != nullptr) collect(std::move(inflight_), &launched);
+  inflight_ = std::move(launched);
+  if (inflight_ != nullptr && !options_.overlap_steps) collect(std::move(inflight_), nullptr);
+  if (!collected && !expired.empty()) ReportState();  // no StepReport follows
+  return result;
+}
 
+std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot>& slots, absl::Time now,
+                                                          int preempted) {
+  auto step = std::make_unique<Launched>();
+  step->packed = now;
   Batch& b = batch_;
   b.tokens.clear();
   b.positions.clear();
@@ -300,8 +408,13 @@ absl::Status Scheduler::Step(absl::Time now) {
   b.block_tables.clear();
   b.logit_rows.clear();
   b.max_blocks_per_seq = 0;
+  feed_.clear();
+  sampling_.rows.clear();
+  sampling_.adjust.clear();
+  std::vector<int32_t> banned;
   int prefill_tokens = 0;
   int decode_tokens = 0;
+  int new_prompt_tokens = 0;
   for (const Slot& s : slots) {
     b.max_blocks_per_seq = std::max(b.max_blocks_per_seq, static_cast<int32_t>(s.seq->blocks.size()));
   }
@@ -310,49 +423,120 @@ absl::Status Scheduler::Step(absl::Time now) {
     Seq* seq = slots[i].seq;
     const int start = seq->num_computed;
     const int end = start + slots[i].chunk;
+    const int known = static_cast<int>(seq->tokens.size());
     for (int p = start; p < end; ++p) {
-      b.tokens.push_back(seq->tokens[p]);
+      // A position past the known tokens is the pending draw of the step in flight.
+      if (p >= known) feed_.push_back({static_cast<int32_t>(b.tokens.size()), seq->pending_row});
+      b.tokens.push_back(p < known ? seq->tokens[p] : 0);
       b.positions.push_back(p);
     }
     b.cu_seqlens_q.push_back(static_cast<int32_t>(b.tokens.size()));
     b.context_lens.push_back(end);
     std::copy(seq->blocks.begin(), seq->blocks.end(),
               b.block_tables.begin() + static_cast<int64_t>(i) * b.max_blocks_per_seq);
-    if (end == static_cast<int>(seq->tokens.size())) b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
-    if (slots[i].chunk == 1 && seq->num_output() > 0) {
+    Launched::SlotRec rec;
+    rec.id = seq->req.request_id;
+    rec.seq_no = seq->seq_no;
+    rec.end = end;
+    rec.preemptions = seq->preemptions;
+    if (end == known + seq->pending) {
+      rec.row = static_cast<int32_t>(b.logit_rows.size());
+      b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
+      // The row's draw as the backend takes it; a pending token is the draw before this one.
+      BannedTokens(seq, &banned);
+      sampling_.rows.emplace_back();
+      seq->sampler.Describe(banned, seq->req.logprobs, &sampling_.rows.back(), &sampling_.adjust);
+      sampling_.rows.back().position += seq->pending;
+    }
+    step->slots.push_back(std::move(rec));
+    if (slots[i].chunk == 1 && seq->num_output() + seq->pending > 0) {
       decode_tokens++;
     } else {
       prefill_tokens += slots[i].chunk;
     }
+    new_prompt_tokens += std::max(0, std::min(end, seq->prompt_len) - seq->prompt_prefilled);
     if (seq->first_scheduled == absl::InfinitePast()) seq->first_scheduled = now;
   }
+  StepReport& rep = step->report;
+  rep.num_seqs = static_cast<int>(slots.size());
+  rep.prefill_tokens = prefill_tokens;
+  rep.decode_tokens = decode_tokens;
+  rep.preempted = preempted;
+  rep.new_prompt_tokens = new_prompt_tokens;
+  rep.prefix_cache_queries = step_prefix_queries_;
+  rep.prefix_cache_hits = step_prefix_hits_;
+  return step;
+}
 
-  const int64_t vocab = backend_->config().vocab_size;
-  const bool on_device = backend_->samples_on_device();
-  absl::Status st;
-  if (on_device) {
-    // Each logit row's draw as the device takes it, in logit-row order (the slots that end their
-    // sequence's tokens, as below).
-    sampling_.rows.clear();
-    sampling_.adjust.clear();
-    std::vector<int32_t> banned;
-    for (const Slot& s : slots) {
-      if (s.seq->num_computed + s.chunk != static_cast<int>(s.seq->tokens.size())) continue;
-      BannedTokens(s.seq, &banned);
-      sampling_.rows.emplace_back();
-      s.seq->sampler.Describe(banned, s.seq->req.logprobs, &sampling_.rows.back(), &sampling_.adjust);
+absl::Status Scheduler::LaunchOnBackend() {
+  if (backend_->overlaps_steps()) return backend_->LaunchStep(batch_, sampling_, feed_);
+  RanStep ran;
+  if (!feed_.empty()) {
+    if (ran_.empty() || !ran_.back().status.ok()) {
+      ran.status = absl::FailedPreconditionError("the step this one continues failed");
+    } else {
+      for (const Backend::TokenFeed& f : feed_) batch_.tokens[f.token_index] = ran_.back().out.tokens[f.from_row];
     }
-    st = backend_->ForwardSample(b, sampling_, &sampled_);
-  } else {
-    logits_.resize(b.logit_rows.size() * static_cast<size_t>(vocab));
-    st = backend_->Forward(b, std::span<float>(logits_));
   }
+  if (ran.status.ok() && backend_->samples_on_device()) {
+    ran.status = backend_->ForwardSample(batch_, sampling_, &ran.out);
+  } else if (ran.status.ok()) {
+    const int64_t vocab = backend_->config().vocab_size;
+    logits_.resize(batch_.logit_rows.size() * static_cast<size_t>(vocab));
+    ran.status = backend_->Forward(batch_, std::span<float>(logits_));
+    // Sampling a 49k vocabulary costs 30 us (greedy) to milliseconds (top-p) per row on the host,
+    // which at 64 rows would rival a GPU decode step: rows are drawn in parallel.
+    if (ran.status.ok()) {
+      DrawRowsOnHost(sampling_, std::span<float>(logits_), vocab, sample_pool_.get(), kRowsPerSamplingTask, &ran.out);
+    }
+  }
+  ran_.push_back(std::move(ran));
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::CollectFromBackend(SampledRows* out) {
+  if (backend_->overlaps_steps()) return backend_->CollectStep(out);
+  if (ran_.empty()) return absl::InternalError("no launched step to collect");
+  RanStep ran = std::move(ran_.front());
+  ran_.pop_front();
+  *out = std::move(ran.out);
+  return ran.status;
+}
+
+Scheduler::Seq* Scheduler::Find(const std::string& id, uint64_t seq_no) const {
+  auto it = seqs_.find(id);
+  return it != seqs_.end() && it->second->seq_no == seq_no ? it->second.get() : nullptr;
+}
+
+bool Scheduler::MustCollectBeforePacking() const {
+  if (!options_.overlap_steps) return true;
+  return std::any_of(running_.begin(), running_.end(),
+                     [](const Seq* s) { return s->pending > 0 && s->draw_needs_history(); });
+}
+
+absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, std::unique_ptr<Launched>* next) {
+  const absl::Status st = CollectFromBackend(&sampled_);
   const absl::Time t1 = absl::Now();
   if (!st.ok()) {
     const absl::Status err = absl::InternalError(absl::StrCat("backend forward failed: ", st.message()));
-    for (const Slot& s : slots) Complete(s.seq, FinishReason::kError, err, t1);
+    auto fail = [&](const Launched& l) {
+      for (const Launched::SlotRec& r : l.slots) {
+        if (Seq* seq = Find(r.id, r.seq_no)) Complete(seq, FinishReason::kError, err, t1);
+      }
+    };
+    fail(*step);
+    if (next != nullptr && *next != nullptr) {
+      // It ran on this step's draws: its results are void too.
+      SampledRows ignored;
+      CollectFromBackend(&ignored).IgnoreError();
+      fail(**next);
+      next->reset();
+    }
     return st;
   }
+  // Counted with the step that used them (as the StepReport does), not for a failed one.
+  prefix_queries_ += static_cast<uint64_t>(step->report.prefix_cache_queries);
+  prefix_hits_ += static_cast<uint64_t>(step->report.prefix_cache_hits);
 
   struct Pick {
     Seq* seq = nullptr;
@@ -360,73 +544,43 @@ absl::Status Scheduler::Step(absl::Time now) {
     StepLogprobs lp;
   };
   std::vector<Pick> picks;
-  int new_prompt_tokens = 0;
-  for (const Slot& s : slots) {
-    const int32_t end = s.seq->num_computed + s.chunk;
-    const int32_t prompt_end = std::min(end, s.seq->prompt_len);
-    if (prompt_end > s.seq->prompt_prefilled) {
-      new_prompt_tokens += prompt_end - s.seq->prompt_prefilled;
-      s.seq->prompt_prefilled = prompt_end;
-    }
-    s.seq->num_computed = end;
+  const int64_t vocab = backend_->config().vocab_size;
+  for (const Launched::SlotRec& r : step->slots) {
+    Seq* seq = Find(r.id, r.seq_no);
+    if (seq == nullptr) continue;  // ended since: a speculative row's draw is dropped
     // Blocks this step completed now hold K/V for good: others may share them from now on.
-    if (s.seq->cache_prefix) kv_->Publish(s.seq->tokens, s.seq->blocks, end / kv_->block_size(), s.seq->chain);
-    if (s.seq->num_computed == static_cast<int>(s.seq->tokens.size())) {
-      Pick p;
-      p.seq = s.seq;
-      picks.push_back(std::move(p));
+    if (seq->cache_prefix && seq->preemptions == r.preemptions) {
+      kv_->Publish(seq->tokens, seq->blocks, r.end / kv_->block_size(), seq->chain);
     }
-  }
-  if (on_device) {
-    // The device drew every row: sampled_ and picks both follow the slots' order.
-    for (size_t i = 0; i < picks.size(); ++i) {
-      Pick& p = picks[i];
-      p.token = sampled_.tokens[i];
-      p.seq->sampler.Record(p.token);
-      const int n = p.seq->req.logprobs;
-      if (n < 0) continue;
+    if (r.row < 0) continue;
+    seq->pending--;
+    Pick p;
+    p.seq = seq;
+    p.token = sampled_.tokens[r.row];
+    seq->sampler.Record(p.token);
+    const int n = seq->req.logprobs;
+    if (n >= 0) {
       p.lp.token_id = p.token;
-      p.lp.logprob = sampled_.logprobs[i];
+      p.lp.logprob = sampled_.logprobs[r.row];
       const int k = static_cast<int>(std::min<int64_t>(n, vocab));
       for (int j = 0; j < k; ++j) {
-        const size_t at = i * static_cast<size_t>(sampled_.top_n) + j;
+        const size_t at = static_cast<size_t>(r.row) * sampled_.top_n + j;
         p.lp.top.push_back({sampled_.top_ids[at], sampled_.top_logprobs[at]});
       }
     }
-  } else {
-    // Each draw depends only on its sequence's seed and position, so rows are independent and the
-    // draw does not depend on how they are spread over threads. Sampling a 49k vocabulary costs
-    // 30 us (greedy) to milliseconds (top-p) per row on the host, which at 64 rows would rival a
-    // GPU decode step.
-    ParallelFor(sample_pool_.get(), static_cast<int64_t>(picks.size()), kRowsPerSamplingTask,
-                [&](int64_t begin, int64_t end) {
-                  for (int64_t i = begin; i < end; ++i) {
-                    std::span<float> r(logits_.data() + i * vocab, static_cast<size_t>(vocab));
-                    picks[i].token = SampleRow(picks[i].seq, r, &picks[i].lp);
-                  }
-                });
+    picks.push_back(std::move(p));
   }
   for (Pick& p : picks) OnToken(p.seq, p.token, std::move(p.lp), t1);
-  // Counted with the step that used them (as the StepReport does), not for a failed one.
-  prefix_queries_ += static_cast<uint64_t>(step_prefix_queries_);
-  prefix_hits_ += static_cast<uint64_t>(step_prefix_hits_);
 
   if (observer_ != nullptr) {
-    StepReport rep;
-    rep.num_seqs = static_cast<int>(slots.size());
-    rep.prefill_tokens = prefill_tokens;
-    rep.decode_tokens = decode_tokens;
-    rep.step_time = absl::Now() - now;  // pack + forward + sample
+    StepReport rep = step->report;
+    rep.step_time = absl::Now() - step->packed;  // pack + forward + sample (overlapped: + the step before)
     rep.running = num_running();
     rep.waiting = num_waiting();
     rep.queued_prompt_tokens = waiting_tokens();
     rep.kv_blocks_used = kv_->num_used();
     rep.kv_blocks_total = kv_->num_blocks();
     rep.kv_blocks_cached_free = kv_->num_cached_free();
-    rep.preempted = preempted;
-    rep.new_prompt_tokens = new_prompt_tokens;
-    rep.prefix_cache_queries = step_prefix_queries_;
-    rep.prefix_cache_hits = step_prefix_hits_;
     observer_->OnStep(rep);
   }
   return absl::OkStatus();
@@ -436,22 +590,9 @@ void Scheduler::BannedTokens(const Seq* seq, std::vector<int32_t>* banned) const
   // Before min_tokens, nothing that would end the sequence may be drawn.
   banned->clear();
   const GenerateRequest& req = seq->req;
-  if (seq->num_output() >= req.min_tokens) return;
+  if (seq->num_output() + seq->pending >= req.min_tokens) return;
   if (!req.ignore_eos) banned->insert(banned->end(), options_.eos_ids.begin(), options_.eos_ids.end());
   banned->insert(banned->end(), req.stop_token_ids.begin(), req.stop_token_ids.end());
-}
-
-int32_t Scheduler::SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) const {
-  const GenerateRequest& req = seq->req;
-  std::vector<int32_t> banned;
-  BannedTokens(seq, &banned);
-  const RowDraw d = seq->sampler.Draw(banned, req.logprobs, row);
-  if (req.logprobs >= 0) {
-    lp->token_id = d.token;
-    lp->logprob = d.logprob;
-    for (const auto& [id, value] : d.top) lp->top.push_back({id, value});
-  }
-  return d.token;
 }
 
 void Scheduler::OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now) {

@@ -13,6 +13,21 @@
 //      restarting after a preemption looks up its prompt and output so far the same way.
 // After a successful step each caching sequence publishes its newly completed full blocks.
 // Decode goes first so a long prompt never stalls running streams (chunked prefill).
+//
+// Overlapped steps (SchedulerOptions::overlap_steps): Step packs and launches step N + 1 before it
+// collects step N, so that the host's work (streaming N's tokens, stop checks, packing) runs while
+// the device computes. A sequence whose token from step N is still unknown is packed as a decode
+// of that token, which the backend feeds from N's draws on its device (Backend::TokenFeed). What
+// clients see does not change:
+//   - N's tokens are processed (stop conditions, streaming) before N + 1's;
+//   - a sequence that ends with N's token (eos, stop id, stop string, cancel, deadline) had its
+//     speculative row in N + 1 computed, and that row's token is dropped: it is never streamed;
+//   - a sequence whose next token must end it by length (max_tokens, context) is not packed;
+//   - one whose next draw depends on the token before it (repetition, presence and frequency
+//     penalties) is not packed ahead: such steps collect N first, then pack;
+//   - prefix-cache blocks are published when the step that completed them is collected.
+// A backend that does not overlap steps (Backend::overlaps_steps) runs each launch at once; the
+// protocol, and so its tests, are the same.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +55,7 @@ struct SchedulerOptions {
   std::vector<int32_t> eos_ids;
   int sampling_threads = 0;  // threads drawing tokens from logit rows; 0: all cores, 1: inline
   bool enable_prefix_caching = true;
+  bool overlap_steps = false;  // see above
 };
 
 class ThreadPool;
@@ -77,7 +93,7 @@ class Scheduler {
   // is `timeout`.
   static absl::Duration DeadlineAmbiguity(absl::Duration timeout);
 
-  bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+  bool HasWork() const { return !running_.empty() || !waiting_.empty() || inflight_ != nullptr; }
 
   // Expires deadlines, packs, runs the backend and samples. Returns the backend's error, if
   // any, after failing the requests of that batch; the scheduler stays usable.
@@ -90,9 +106,10 @@ class Scheduler {
   // Prefix cache lookups, all time: tokens looked up, and tokens found cached.
   uint64_t prefix_cache_queries() const { return prefix_queries_; }
   uint64_t prefix_cache_hits() const { return prefix_hits_; }
-  // The batch of the latest step that ran the backend (tests inspect it).
+  // The batch of the latest step launched on the backend (tests inspect it), and its tokens when
+  // the latest Step launched one (0 otherwise).
   const Batch& last_batch() const { return batch_; }
-  int last_step_tokens() const { return static_cast<int>(batch_.tokens.size()); }
+  int last_step_tokens() const { return last_step_tokens_; }
 
  private:
   struct Seq;
@@ -102,12 +119,24 @@ class Scheduler {
     int chunk;
   };
 
+  struct Launched;  // a step launched on the backend and not collected yet
+
   void Preempt(Seq* seq);
+  // Builds batch_, sampling_ and feed_ from the packed slots; the step's record.
+  std::unique_ptr<Launched> BuildStep(const std::vector<Slot>& slots, absl::Time now, int preempted);
+  // The backend's LaunchStep / CollectStep, or, for a backend that does not overlap steps, the
+  // step run at once (ForwardSample, or Forward and the draws on the host) and its result queued.
+  absl::Status LaunchOnBackend();
+  absl::Status CollectFromBackend(SampledRows* out);
+  // Collects `step`: its tokens are processed and its report sent; on a backend error its requests
+  // (and those of `next`, launched on its draws, which is then collected too) fail.
+  absl::Status Collect(std::unique_ptr<Launched> step, std::unique_ptr<Launched>* next);
+  // The live sequence a launched step's slot belongs to, or null when it has ended since.
+  Seq* Find(const std::string& id, uint64_t seq_no) const;
+  // Whether the in-flight step holds a row whose draw the next step's sampling needs on the host.
+  bool MustCollectBeforePacking() const;
   bool Reserve(Seq* seq, int chunk);
   void Pack(std::vector<Slot>& slots, int& preempted);
-  // Draws the next token of `seq` from its logit row (modified in place); thread-safe across
-  // different sequences.
-  int32_t SampleRow(Seq* seq, std::span<float> row, StepLogprobs* lp) const;
   // Tokens `seq` may not draw next: eos and stop ids before min_tokens.
   void BannedTokens(const Seq* seq, std::vector<int32_t>* banned) const;
   // Appends the drawn token, checks stop conditions and emits events (engine thread, in order).
@@ -147,9 +176,18 @@ class Scheduler {
   };
   bool in_step_ = false;
   std::vector<Final> finals_;  // ended during the current step, not yet announced
-  SamplingBatch sampling_;  // backends that sample on their device
+  SamplingBatch sampling_;
+  std::vector<Backend::TokenFeed> feed_;
   SampledRows sampled_;
   std::unique_ptr<ThreadPool> sample_pool_;  // null: sample on the engine thread
+  std::unique_ptr<Launched> inflight_;       // launched by an earlier Step, not collected
+  int last_step_tokens_ = 0;
+  // Steps run at once for a backend that does not overlap steps, waiting to be collected.
+  struct RanStep {
+    absl::Status status;
+    SampledRows out;
+  };
+  std::deque<RanStep> ran_;
 };
 
 }  // namespace sbserve
