@@ -42,6 +42,7 @@ class Engine::Impl {
     so.eos_ids = eos_ids_;
     so.sampling_threads = options.sampling_threads;
     so.enable_prefix_caching = options.enable_prefix_caching;
+    so.overlap_steps = options.overlap_steps;
     scheduler_ = std::make_unique<Scheduler>(
         so, backend_.get(), &kv_, codec_.get(), &observer_proxy_, [this](const std::string& id) { OnFinished(id); },
         [this] { RefreshStats(); });
@@ -306,24 +307,9 @@ void Engine::Impl::Loop() {
       aborts.swap(aborts_);
       stop = stop_;
     }
-    for (auto& in : incoming) scheduler_->Add(std::move(in.req), std::move(in.sink), in.arrival);
-    for (const PendingAbort& a : aborts) scheduler_->Cancel(a.id, a.at, a.source);
-    if (stop) {
-      scheduler_->FinishAll(FinishReason::kCancelled, absl::UnavailableError("the server is shutting down"));
-      std::lock_guard<std::mutex> lock(mu_);
-      stats_.running = stats_.waiting = 0;
-      stats_.queued_prompt_tokens = 0;
-      stats_.kv_blocks_used = kv_.num_used();
-      stats_.kv_blocks_cached_free = kv_.num_cached_free();
-      return;
-    }
-    int ran_tokens = 0;
-    if (scheduler_->HasWork()) {
-      const absl::Time before = absl::Now();
-      // A backend failure has already failed that batch's requests; keep serving the rest, and
-      // count it: K in a row (or one fatal error) mark the backend unhealthy.
-      const absl::Status st = scheduler_->Step(before);
-      ran_tokens = scheduler_->last_step_tokens();
+    // A backend failure has already failed that batch's requests; keep serving the rest, and
+    // count it: K in a row (or one fatal error) mark the backend unhealthy.
+    auto account = [&](const absl::Status& st) {
       if (!st.ok()) {
         StepFailure f;
         f.status = st;
@@ -337,10 +323,29 @@ void Engine::Impl::Loop() {
           f.unhealthy = !stats_.backend_healthy;
         }
         observer_proxy_.OnStepFailure(f);
-      } else if (ran_tokens > 0) {
+      } else if (scheduler_->steps_collected() > 0) {
         std::lock_guard<std::mutex> lock(mu_);
         stats_.consecutive_step_failures = 0;
       }
+    };
+    for (auto& in : incoming) scheduler_->Add(std::move(in.req), std::move(in.sink), in.arrival);
+    // A step still in flight delivers its tokens before cancels and a shutdown are applied.
+    if (!aborts.empty() || stop) account(scheduler_->Settle());
+    for (const PendingAbort& a : aborts) scheduler_->Cancel(a.id, a.at, a.source);
+    if (stop) {
+      scheduler_->FinishAll(FinishReason::kCancelled, absl::UnavailableError("the server is shutting down"));
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.running = stats_.waiting = 0;
+      stats_.queued_prompt_tokens = 0;
+      stats_.kv_blocks_used = kv_.num_used();
+      stats_.kv_blocks_cached_free = kv_.num_cached_free();
+      return;
+    }
+    int ran_tokens = 0;
+    if (scheduler_->HasWork()) {
+      const absl::Time before = absl::Now();
+      account(scheduler_->Step(before));
+      ran_tokens = scheduler_->last_step_tokens() + scheduler_->steps_collected();
     }
     RefreshStats();
     if (ran_tokens == 0 && scheduler_->HasWork()) {

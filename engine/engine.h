@@ -34,6 +34,9 @@ struct EngineOptions {
   // Automatic prefix caching: full KV blocks are shared between requests with equal prefixes
   // (engine/kv_cache.h). A request opts out with GenerateRequest::cache_prefix = false.
   bool enable_prefix_caching = true;
+  // Overlapped steps (engine/scheduler.h): the next step is packed and launched while the device
+  // runs the current one. Streams are the same either way.
+  bool overlap_steps = true;
   absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
   // After this many consecutive failed steps the engine reports its backend unhealthy (sticky;
   // the server then turns not ready). A fatal backend error (IsFatalBackendError) does so at once.

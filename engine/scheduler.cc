@@ -334,10 +334,28 @@ absl::Status Scheduler::Step(absl::Time now) {
     ~Deliver() { s->DeliverFinals(); }
   } deliver{this};
   last_step_tokens_ = 0;
-  // Deadlines, queued or running.
+  steps_collected_ = 0;
+  absl::Status result;
+  bool collected = false;
+  auto collect = [&](std::unique_ptr<Launched> step) {
+    absl::Status st = Collect(std::move(step));
+    collected = true;
+    if (st.ok()) steps_collected_++;
+    if (result.ok()) result = std::move(st);
+  };
+  // Deadlines, queued or running. A step in flight delivers its tokens first, as it would have
+  // before the deadline was looked at without overlap.
   std::vector<Seq*> expired;
-  for (auto& [id, seq] : seqs_) {
-    if (now >= seq->req.deadline) expired.push_back(seq.get());
+  auto find_expired = [&] {
+    expired.clear();
+    for (auto& [id, seq] : seqs_) {
+      if (now >= seq->req.deadline) expired.push_back(seq.get());
+    }
+  };
+  find_expired();
+  if (!expired.empty() && inflight_ != nullptr) {
+    collect(std::move(inflight_));
+    find_expired();
   }
   for (Seq* seq : expired) {
     Complete(seq, FinishReason::kDeadline,
@@ -346,14 +364,7 @@ absl::Status Scheduler::Step(absl::Time now) {
              now);
   }
 
-  absl::Status result;
-  bool collected = false;
-  auto collect = [&](std::unique_ptr<Launched> step, std::unique_ptr<Launched>* next) {
-    absl::Status st = Collect(std::move(step), next);
-    collected = true;
-    if (result.ok()) result = std::move(st);
-  };
-  if (inflight_ != nullptr && MustCollectBeforePacking()) collect(std::move(inflight_), nullptr);
+  if (inflight_ != nullptr && MustCollectBeforePacking()) collect(std::move(inflight_));
 
   std::vector<Slot> slots;
   int preempted = 0;
@@ -389,11 +400,23 @@ absl::Status Scheduler::Step(absl::Time now) {
     }
   }
   // The previous step (overlapped: it ran while this one was packed), then, without overlap, this one.
-  if (inflight_ != nullptr) collect(std::move(inflight_), &launched);
+  if (inflight_ != nullptr) collect(std::move(inflight_));
   inflight_ = std::move(launched);
-  if (inflight_ != nullptr && !options_.overlap_steps) collect(std::move(inflight_), nullptr);
+  if (inflight_ != nullptr && !options_.overlap_steps) collect(std::move(inflight_));
   if (!collected && !expired.empty()) ReportState();  // no StepReport follows
   return result;
+}
+
+absl::Status Scheduler::Settle() {
+  if (inflight_ == nullptr) return absl::OkStatus();
+  in_step_ = true;
+  struct Deliver {
+    Scheduler* s;
+    ~Deliver() { s->DeliverFinals(); }
+  } deliver{this};
+  absl::Status st = Collect(std::move(inflight_));
+  steps_collected_ = st.ok() ? 1 : 0;
+  return st;
 }
 
 std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot>& slots, absl::Time now,
@@ -471,16 +494,13 @@ std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot
 absl::Status Scheduler::LaunchOnBackend() {
   if (backend_->overlaps_steps()) return backend_->LaunchStep(batch_, sampling_, feed_);
   RanStep ran;
-  if (!feed_.empty()) {
-    if (ran_.empty() || !ran_.back().status.ok()) {
-      ran.status = absl::FailedPreconditionError("the step this one continues failed");
-    } else {
-      for (const Backend::TokenFeed& f : feed_) batch_.tokens[f.token_index] = ran_.back().out.tokens[f.from_row];
-    }
-  }
-  if (ran.status.ok() && backend_->samples_on_device()) {
+  // Fed tokens are the previous launch's draws. When that step failed, its sequences fail with it
+  // and the rows fed from it are dropped at collection; they run on token 0 like any stand-in.
+  const bool fed = !ran_.empty() && ran_.back().status.ok();
+  for (const Backend::TokenFeed& f : feed_) batch_.tokens[f.token_index] = fed ? ran_.back().out.tokens[f.from_row] : 0;
+  if (backend_->samples_on_device()) {
     ran.status = backend_->ForwardSample(batch_, sampling_, &ran.out);
-  } else if (ran.status.ok()) {
+  } else {
     const int64_t vocab = backend_->config().vocab_size;
     logits_.resize(batch_.logit_rows.size() * static_cast<size_t>(vocab));
     ran.status = backend_->Forward(batch_, std::span<float>(logits_));
@@ -514,7 +534,7 @@ bool Scheduler::MustCollectBeforePacking() const {
                      [](const Seq* s) { return s->pending > 0 && s->draw_needs_history(); });
 }
 
-absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, std::unique_ptr<Launched>* next) {
+absl::Status Scheduler::Collect(std::unique_ptr<Launched> step) {
   const absl::Status st = CollectFromBackend(&sampled_);
   const absl::Time t1 = absl::Now();
   if (!st.ok()) {
@@ -524,14 +544,9 @@ absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, std::unique_ptr<
         if (Seq* seq = Find(r.id, r.seq_no)) Complete(seq, FinishReason::kError, err, t1);
       }
     };
+    // A step launched after this one on its draws holds rows of these sequences only where they
+    // continue from this step: those rows are dropped when it is collected, the rest stand.
     fail(*step);
-    if (next != nullptr && *next != nullptr) {
-      // It ran on this step's draws: its results are void too.
-      SampledRows ignored;
-      CollectFromBackend(&ignored).IgnoreError();
-      fail(**next);
-      next->reset();
-    }
     return st;
   }
   // Counted with the step that used them (as the StepReport does), not for a failed one.

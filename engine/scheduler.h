@@ -98,6 +98,12 @@ class Scheduler {
   // Expires deadlines, packs, runs the backend and samples. Returns the backend's error, if
   // any, after failing the requests of that batch; the scheduler stays usable.
   absl::Status Step(absl::Time now);
+  // Collects the step in flight, if any (overlapped steps), so that its tokens are delivered before
+  // what comes next: a cancel, an abort or a shutdown meets each request where it would have met
+  // it without overlap. Returns the backend's error like Step.
+  absl::Status Settle();
+  // Steps whose draws the latest Step or Settle collected successfully (0, 1 or 2).
+  int steps_collected() const { return steps_collected_; }
 
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
@@ -129,8 +135,8 @@ class Scheduler {
   absl::Status LaunchOnBackend();
   absl::Status CollectFromBackend(SampledRows* out);
   // Collects `step`: its tokens are processed and its report sent; on a backend error its requests
-  // (and those of `next`, launched on its draws, which is then collected too) fail.
-  absl::Status Collect(std::unique_ptr<Launched> step, std::unique_ptr<Launched>* next);
+  // fail.
+  absl::Status Collect(std::unique_ptr<Launched> step);
   // The live sequence a launched step's slot belongs to, or null when it has ended since.
   Seq* Find(const std::string& id, uint64_t seq_no) const;
   // Whether the in-flight step holds a row whose draw the next step's sampling needs on the host.
@@ -182,6 +188,7 @@ class Scheduler {
   std::unique_ptr<ThreadPool> sample_pool_;  // null: sample on the engine thread
   std::unique_ptr<Launched> inflight_;       // launched by an earlier Step, not collected
   int last_step_tokens_ = 0;
+  int steps_collected_ = 0;
   // Steps run at once for a backend that does not overlap steps, waiting to be collected.
   struct RanStep {
     absl::Status status;
