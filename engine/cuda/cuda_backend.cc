@@ -78,6 +78,8 @@ class CudaBackend final : public Backend {
     cudaSetDevice(device_);
     ClearGraphs();
     if (blas_) cublasDestroy(blas_);
+    if (stream_) cudaStreamSynchronize(stream_);  // a launched step may still read pinned_
+    if (meta_copied_) cudaEventDestroy(meta_copied_);
     if (stream_) cudaStreamDestroy(stream_);
     if (pinned_) cudaFreeHost(pinned_);
   }
@@ -109,6 +111,11 @@ class CudaBackend final : public Backend {
   bool samples_on_device() const override { return device_sampling_; }
   bool batch_invariant() const override { return deterministic_; }
   absl::Status ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) override;
+  // Overlapped steps: two samplers alternate, so that a step's draws (on the device, for the next
+  // step's fed tokens, and in pinned memory, for its collection) stay put while the next step runs.
+  bool overlaps_steps() const override { return device_sampling_; }
+  absl::Status LaunchStep(const Batch& batch, const SamplingBatch& sampling, std::span<const TokenFeed> feed) override;
+  absl::Status CollectStep(SampledRows* out) override;
 
   absl::StatusOr<MemoryInfo> Memory() const override {
     SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -121,9 +128,10 @@ class CudaBackend final : public Backend {
     m.kv_bytes = kv_ ? static_cast<int64_t>(kv_->bytes()) : 0;
     return m;
   }
-  // Runs a step; then copies the logits to `logits` (host), or with `sampling` draws on the device.
+  // Runs a step and copies the logits to `logits` (host), waiting for it; or, with `sampling`,
+  // enqueues the step and its draws on the next sampler and returns (CollectStep waits).
   absl::Status ForwardOnDevice(const Batch& batch, std::span<float> logits, const SamplingBatch* sampling,
-                               SampledRows* sampled);
+                               std::span<const TokenFeed> feed);
   // Reports a failure, marked fatal when the device is in a sticky error state.
   absl::Status CheckSticky(absl::Status st);
 
@@ -184,7 +192,10 @@ class CudaBackend final : public Backend {
   // GEMMs of at most this many rows run on the small-batch kernels (small_gemm.h) instead of cuBLAS,
   // outside deterministic mode; SBSERVE_SMALL_GEMM_ROWS overrides it (0: always cuBLAS).
   int small_gemm_rows_ = cuda::kSmallGemmDefaultRows;
-  cuda::DeviceSampler sampler_;
+  cuda::DeviceSampler samplers_[2];
+  int64_t launches_ = 0;            // steps enqueued with draws; launch i uses samplers_[i % 2]
+  int outstanding_ = 0;             // of those, not collected (the latest ones)
+  cudaEvent_t meta_copied_ = nullptr;  // after the latest metadata copy out of pinned_
   int graph_mb_ = 0;  // block-table row length the graphs were captured with (the full context)
   std::map<int, cudaGraphExec_t> graphs_;
   DeviceBuffer blas_workspace_;
@@ -194,7 +205,7 @@ class CudaBackend final : public Backend {
   }
   // Offsets (in int32) of the step's metadata in meta_.
   struct Meta {
-    size_t ids, cu, ctx, tables, rows, cu_prefill;
+    size_t ids, cu, ctx, tables, rows, cu_prefill, feed;
   } meta_off_{};
 };
 
@@ -567,15 +578,39 @@ bool IsStickyCudaError(cudaError_t e) {
 }
 
 absl::Status CudaBackend::Forward(const Batch& batch, std::span<float> logits) {
-  return CheckSticky(ForwardOnDevice(batch, logits, nullptr, nullptr));
+  return CheckSticky(ForwardOnDevice(batch, logits, nullptr, {}));
 }
 
 absl::Status CudaBackend::ForwardSample(const Batch& batch, const SamplingBatch& sampling, SampledRows* out) {
+  if (outstanding_ > 0) return absl::FailedPreconditionError("ForwardSample with launched steps not collected");
+  if (absl::Status st = LaunchStep(batch, sampling, {}); !st.ok()) return st;
+  return CollectStep(out);
+}
+
+absl::Status CudaBackend::LaunchStep(const Batch& batch, const SamplingBatch& sampling, std::span<const TokenFeed> feed) {
+  if (!device_sampling_) return absl::FailedPreconditionError("steps overlap only with device sampling");
   if (sampling.rows.size() != batch.logit_rows.size()) {
     return absl::InvalidArgumentError(absl::StrCat("sampling rows (", sampling.rows.size(), ") != logit rows (",
                                                    batch.logit_rows.size(), ")"));
   }
-  return CheckSticky(ForwardOnDevice(batch, {}, &sampling, out));
+  if (outstanding_ >= 2) return absl::FailedPreconditionError("a third step launched before the first was collected");
+  if (!feed.empty()) {
+    const int prev_rows = launches_ > 0 ? samplers_[(launches_ - 1) % 2].enqueued_rows() : 0;
+    for (const TokenFeed& f : feed) {
+      if (f.token_index < 0 || f.token_index >= batch.num_tokens() || f.from_row < 0 || f.from_row >= prev_rows) {
+        return absl::InvalidArgumentError("fed token out of range of the batch or of the previous step's rows");
+      }
+    }
+  }
+  return CheckSticky(ForwardOnDevice(batch, {}, &sampling, feed));
+}
+
+absl::Status CudaBackend::CollectStep(SampledRows* out) {
+  if (outstanding_ == 0) return absl::FailedPreconditionError("no launched step to collect");
+  SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  const int64_t oldest = launches_ - outstanding_;
+  outstanding_--;
+  return CheckSticky(Trace(stream_, "sample", samplers_[oldest % 2].Collect(out)));
 }
 
 absl::Status CudaBackend::CheckSticky(absl::Status st) {
@@ -590,7 +625,7 @@ absl::Status CudaBackend::CheckSticky(absl::Status st) {
 }
 
 absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> logits, const SamplingBatch* sampling,
-                                          SampledRows* sampled) {
+                                          std::span<const TokenFeed> feed) {
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   const ModelConfig& c = config_;
   if (!kv_) return absl::FailedPreconditionError("KV cache not initialised");
@@ -632,7 +667,10 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   meta_off_.tables = meta_off_.ctx + B;
   meta_off_.rows = meta_off_.tables + static_cast<size_t>(B) * sh.mb;
   meta_off_.cu_prefill = meta_off_.rows + R;
-  const size_t total_ints = meta_off_.cu_prefill + (B - sh.nd) + 1;
+  meta_off_.feed = meta_off_.cu_prefill + (B - sh.nd) + 1;
+  const size_t total_ints = meta_off_.feed + 2 * feed.size();
+  // The previous step's metadata copy out of pinned_ may still be queued (overlapped steps).
+  if (meta_copied_ != nullptr) SB_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(meta_copied_));
   if (total_ints > pinned_ints_) {
     if (pinned_) cudaFreeHost(pinned_);
     pinned_ = nullptr;
@@ -640,8 +678,11 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
     SB_CUDA_RETURN_IF_ERROR(cudaMallocHost(&pinned_, cap * 4));
     pinned_ints_ = cap;
   }
-  // The previous step's copy has finished: Forward ends with a stream synchronisation.
   std::copy(batch.tokens.begin(), batch.tokens.end(), pinned_ + meta_off_.ids);
+  for (size_t i = 0; i < feed.size(); ++i) {
+    pinned_[meta_off_.feed + 2 * i] = feed[i].token_index;
+    pinned_[meta_off_.feed + 2 * i + 1] = feed[i].from_row;
+  }
   std::copy(batch.cu_seqlens_q.begin(), batch.cu_seqlens_q.end(), pinned_ + meta_off_.cu);
   std::copy(batch.context_lens.begin(), batch.context_lens.end(), pinned_ + meta_off_.ctx);
   for (int b = 0; b < B; ++b) {
@@ -675,14 +716,26 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   }
   if (moved) ClearGraphs();
   SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.get(), pinned_, total_ints * 4, cudaMemcpyHostToDevice, stream_));
+  if (meta_copied_ == nullptr) SB_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
+  SB_CUDA_RETURN_IF_ERROR(cudaEventRecord(meta_copied_, stream_));
+  if (!feed.empty()) {
+    // The pending tokens: the previous launch's draws, still on the device.
+    int32_t* ids = meta_.get<int32_t>() + meta_off_.ids;
+    SB_RETURN_IF_ERROR(cuda::FeedTokens(ids, meta_.get<int32_t>() + meta_off_.feed, static_cast<int>(feed.size()),
+                                        samplers_[(launches_ - 1) % 2].device_tokens(), stream_));
+  }
   if (graph && !DebugSync()) {
     SB_RETURN_IF_ERROR(RunDecodeGraph(sh));
   } else {
     SB_RETURN_IF_ERROR(Compute(sh));
   }
   if (sampling != nullptr) {
-    // Waits for the stream; only ids and logprobs come back.
-    return Trace(stream_, "sample", sampler_.Sample(logits_.get<float>(), c.vocab_size, *sampling, sampled, stream_));
+    // Enqueued only; only ids and logprobs come back, at CollectStep.
+    SB_RETURN_IF_ERROR(Trace(stream_, "sample enqueue",
+                             samplers_[launches_ % 2].Enqueue(logits_.get<float>(), c.vocab_size, *sampling, stream_)));
+    launches_++;
+    outstanding_++;
+    return absl::OkStatus();
   }
   if (R > 0) {
     SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), logits_.get(), static_cast<size_t>(R) * c.vocab_size * 4,

@@ -206,7 +206,19 @@ __global__ void F32ToBf16Kernel(const float* src, int64_t n, __nv_bfloat16* dst)
   if (i < n) dst[i] = __float2bfloat16(src[i]);
 }
 
+__global__ void FeedKernel(int32_t* ids, const int32_t* pairs, int n, const int32_t* src) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) ids[pairs[2 * i]] = src[pairs[2 * i + 1]];
+}
+
 }  // namespace
+
+absl::Status FeedTokens(int32_t* ids, const int32_t* pairs, int n, const int32_t* src, CUstream_st* stream) {
+  if (n == 0) return absl::OkStatus();
+  FeedKernel<<<Blocks(n), kThreads, 0, stream>>>(ids, pairs, n, src);
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
 
 absl::Status Embed(const int32_t* ids, const void* wte, int64_t n, int64_t dim, float m_emb, float* h,
                    CUstream_st* stream) {

@@ -34,4 +34,8 @@ absl::Status Activation(int act, bool glu, const void* fc, const float* bias, in
 // dst[i] = bf16(src[i]).
 absl::Status F32ToBf16(const float* src, int64_t n, void* dst, CUstream_st* stream);
 
+// Fed tokens of an overlapped step: ids[pairs[2i]] = src[pairs[2i + 1]] for i < n (src: the drawn
+// ids of the step launched before).
+absl::Status FeedTokens(int32_t* ids, const int32_t* pairs, int n, const int32_t* src, CUstream_st* stream);
+
 }  // namespace sbserve::cuda

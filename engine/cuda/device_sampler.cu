@@ -220,6 +220,7 @@ size_t Align(size_t x) { return (x + 15) & ~size_t{15}; }
 }  // namespace
 
 DeviceSampler::~DeviceSampler() {
+  if (done_ != nullptr) cudaEventDestroy(done_);
   if (pinned_) cudaFreeHost(pinned_);
 }
 
@@ -236,16 +237,43 @@ absl::Status DeviceSampler::Stage(size_t bytes) {
 
 absl::Status DeviceSampler::Sample(float* logits, int64_t vocab, const SamplingBatch& batch, SampledRows* out,
                                    cudaStream_t stream) {
-  const int R = static_cast<int>(batch.rows.size());
-  const int A = static_cast<int>(batch.adjust.size());
-  const int top_n = std::max(0, batch.max_logprobs());
-  const bool any_logprobs = batch.max_logprobs() >= 0;
+  if (absl::Status st = Enqueue(logits, vocab, batch, stream); !st.ok()) return st;
+  return Collect(out);
+}
+
+absl::Status DeviceSampler::Collect(SampledRows* out) {
+  if (!pending_.outstanding) return absl::FailedPreconditionError("device sampler: nothing enqueued");
+  pending_.outstanding = false;
+  const int R = pending_.rows, top_n = pending_.top_n;
   out->tokens.assign(R, 0);
   out->logprobs.assign(R, 0.f);
   out->top_n = top_n;
   out->top_ids.assign(static_cast<size_t>(R) * top_n, -1);
   out->top_logprobs.assign(static_cast<size_t>(R) * top_n, 0.f);
   if (R == 0) return absl::OkStatus();
+  SB_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(done_));
+  const char* ho = static_cast<const char*>(pinned_) + pending_.host_out;
+  std::memcpy(out->tokens.data(), ho, R * sizeof(int32_t));
+  std::memcpy(out->logprobs.data(), ho + pending_.out_lp, R * sizeof(float));
+  if (top_n > 0) {
+    std::memcpy(out->top_ids.data(), ho + pending_.out_top_ids, static_cast<size_t>(R) * top_n * sizeof(int32_t));
+    std::memcpy(out->top_logprobs.data(), ho + pending_.out_top_lps, static_cast<size_t>(R) * top_n * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceSampler::Enqueue(float* logits, int64_t vocab, const SamplingBatch& batch, cudaStream_t stream) {
+  if (pending_.outstanding) return absl::FailedPreconditionError("device sampler: the previous draws are not collected");
+  const int R = static_cast<int>(batch.rows.size());
+  const int A = static_cast<int>(batch.adjust.size());
+  const int top_n = std::max(0, batch.max_logprobs());
+  const bool any_logprobs = batch.max_logprobs() >= 0;
+  pending_ = Pending{};
+  pending_.top_n = top_n;
+  if (R == 0) {
+    pending_.outstanding = true;
+    return absl::OkStatus();
+  }
   if (vocab <= 0 || vocab > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("device sampler: vocabulary size out of range");
   }
@@ -279,7 +307,7 @@ absl::Status DeviceSampler::Sample(float* logits, int64_t vocab, const SamplingB
   const size_t off_offsets = Align(off_filtered + F * sizeof(int32_t));
   const size_t in_bytes = Align(off_offsets + (F + 1) * sizeof(int32_t));
   // Outputs: tokens, drawn logprobs, top ids, top logprobs.
-  const size_t out_tokens = 0;
+  constexpr size_t out_tokens = 0;
   const size_t out_lp = Align(out_tokens + R * sizeof(int32_t));
   const size_t out_top_ids = Align(out_lp + R * sizeof(float));
   const size_t out_top_lps = Align(out_top_ids + static_cast<size_t>(R) * top_n * sizeof(int32_t));
@@ -349,13 +377,15 @@ absl::Status DeviceSampler::Sample(float* logits, int64_t vocab, const SamplingB
   SB_CUDA_CHECK_LAUNCH();
   char* ho = h + in_bytes;
   SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ho, o, out_bytes, cudaMemcpyDeviceToHost, stream));
-  SB_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-  std::memcpy(out->tokens.data(), ho + out_tokens, R * sizeof(int32_t));
-  std::memcpy(out->logprobs.data(), ho + out_lp, R * sizeof(float));
-  if (top_n > 0) {
-    std::memcpy(out->top_ids.data(), ho + out_top_ids, static_cast<size_t>(R) * top_n * sizeof(int32_t));
-    std::memcpy(out->top_logprobs.data(), ho + out_top_lps, static_cast<size_t>(R) * top_n * sizeof(float));
-  }
+  if (done_ == nullptr) SB_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  SB_CUDA_RETURN_IF_ERROR(cudaEventRecord(done_, stream));
+  static_assert(out_tokens == 0, "device_tokens() is the start of out_");
+  pending_.outstanding = true;
+  pending_.rows = R;
+  pending_.host_out = in_bytes;
+  pending_.out_lp = out_lp;
+  pending_.out_top_ids = out_top_ids;
+  pending_.out_top_lps = out_top_lps;
   return absl::OkStatus();
 }
 

@@ -29,8 +29,23 @@ class DeviceSampler {
   // penalties and bans). Enqueues on `stream` and waits for it; fills `out`.
   absl::Status Sample(float* logits, int64_t vocab, const SamplingBatch& batch, SampledRows* out,
                       cudaStream_t stream);
+  // The same in two halves: Enqueue puts the draws and the copy of their results to the host on
+  // `stream` and returns; Collect waits for them and fills `out`. One Enqueue may be outstanding
+  // per sampler (an overlapping backend alternates two samplers).
+  absl::Status Enqueue(float* logits, int64_t vocab, const SamplingBatch& batch, cudaStream_t stream);
+  absl::Status Collect(SampledRows* out);
+  // The drawn ids of the latest Enqueue on the device ([rows] int32), valid until the next Enqueue:
+  // a later step on the same stream may read them (fed tokens).
+  const int32_t* device_tokens() const { return out_.get<int32_t>(); }
+  int enqueued_rows() const { return pending_.rows; }
 
  private:
+  struct Pending {
+    bool outstanding = false;
+    int rows = 0, top_n = 0;
+    size_t host_out = 0, out_lp = 0, out_top_ids = 0, out_top_lps = 0;  // byte offsets in pinned_
+  } pending_;
+  cudaEvent_t done_ = nullptr;  // after the copy of the results to pinned_
   DeviceBuffer rows_, adjust_, adjust_rows_, saved_, lse_, out_;
   DeviceBuffer keys_in_, keys_out_, ids_in_, ids_out_, offsets_, filtered_, sort_temp_;
   void* pinned_ = nullptr;  // host staging of inputs, then of outputs
