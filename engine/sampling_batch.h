@@ -50,6 +50,14 @@ struct SampledRows {
   int top_n = 0;                   // stride of the two below: max num_logprobs over rows (>= 0)
   std::vector<int32_t> top_ids;    // [R, top_n] most probable first, lower id first among equals
   std::vector<float> top_logprobs; // [R, top_n]
+  // Sized for `rows` rows of `n` top entries: ids 0, logprobs 0, top ids -1.
+  void Reset(int rows, int n) {
+    top_n = n;
+    tokens.assign(rows, 0);
+    logprobs.assign(rows, 0.f);
+    top_ids.assign(static_cast<size_t>(rows) * n, -1);
+    top_logprobs.assign(static_cast<size_t>(rows) * n, 0.f);
+  }
 };
 
 }  // namespace sbserve

@@ -301,11 +301,7 @@ namespace {
 void DrawRowsOnHost(const SamplingBatch& sampling, std::span<float> logits, int64_t vocab, ThreadPool* pool,
                     int64_t rows_per_task, SampledRows* out) {
   const size_t R = sampling.rows.size();
-  out->top_n = std::max(0, sampling.max_logprobs());
-  out->tokens.assign(R, 0);
-  out->logprobs.assign(R, 0.f);
-  out->top_ids.assign(R * out->top_n, -1);
-  out->top_logprobs.assign(R * out->top_n, 0.f);
+  out->Reset(static_cast<int>(R), std::max(0, sampling.max_logprobs()));
   ParallelFor(pool, static_cast<int64_t>(R), rows_per_task, [&](int64_t begin, int64_t end) {
     SamplingScratch scratch;
     for (int64_t r = begin; r < end; ++r) {
@@ -338,9 +334,8 @@ absl::Status Scheduler::Step(absl::Time now) {
   absl::Status result;
   bool collected = false;
   auto collect = [&](std::unique_ptr<Launched> step) {
-    absl::Status st = Collect(std::move(step));
+    absl::Status st = Collect(std::move(step), &steps_collected_);
     collected = true;
-    if (st.ok()) steps_collected_++;
     if (result.ok()) result = std::move(st);
   };
   // Deadlines, queued or running. A step in flight delivers its tokens first, as it would have
@@ -414,9 +409,8 @@ absl::Status Scheduler::Settle() {
     Scheduler* s;
     ~Deliver() { s->DeliverFinals(); }
   } deliver{this};
-  absl::Status st = Collect(std::move(inflight_));
-  steps_collected_ = st.ok() ? 1 : 0;
-  return st;
+  steps_collected_ = 0;
+  return Collect(std::move(inflight_), &steps_collected_);
 }
 
 std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot>& slots, absl::Time now,
@@ -534,21 +528,26 @@ bool Scheduler::MustCollectBeforePacking() const {
                      [](const Seq* s) { return s->pending > 0 && s->draw_needs_history(); });
 }
 
-absl::Status Scheduler::Collect(std::unique_ptr<Launched> step) {
+absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, int* collected) {
   const absl::Status st = CollectFromBackend(&sampled_);
   const absl::Time t1 = absl::Now();
   if (!st.ok()) {
     const absl::Status err = absl::InternalError(absl::StrCat("backend forward failed: ", st.message()));
-    auto fail = [&](const Launched& l) {
-      for (const Launched::SlotRec& r : l.slots) {
-        if (Seq* seq = Find(r.id, r.seq_no)) Complete(seq, FinishReason::kError, err, t1);
-      }
-    };
     // A step launched after this one on its draws holds rows of these sequences only where they
     // continue from this step: those rows are dropped when it is collected, the rest stand.
-    fail(*step);
+    int failed = 0;
+    for (const Launched::SlotRec& r : step->slots) {
+      if (Seq* seq = Find(r.id, r.seq_no)) {
+        Complete(seq, FinishReason::kError, err, t1);
+        failed++;
+      }
+    }
+    // Such a step, whose requests all ended with the step before it, fails no request: it is not
+    // counted as a failed step (in order, it would not have run), unless the device is lost.
+    if (failed == 0 && !IsFatalBackendError(st)) return absl::OkStatus();
     return st;
   }
+  ++*collected;
   // Counted with the step that used them (as the StepReport does), not for a failed one.
   prefix_queries_ += static_cast<uint64_t>(step->report.prefix_cache_queries);
   prefix_hits_ += static_cast<uint64_t>(step->report.prefix_cache_hits);

@@ -245,11 +245,7 @@ absl::Status DeviceSampler::Collect(SampledRows* out) {
   if (!pending_.outstanding) return absl::FailedPreconditionError("device sampler: nothing enqueued");
   pending_.outstanding = false;
   const int R = pending_.rows, top_n = pending_.top_n;
-  out->tokens.assign(R, 0);
-  out->logprobs.assign(R, 0.f);
-  out->top_n = top_n;
-  out->top_ids.assign(static_cast<size_t>(R) * top_n, -1);
-  out->top_logprobs.assign(static_cast<size_t>(R) * top_n, 0.f);
+  out->Reset(R, top_n);
   if (R == 0) return absl::OkStatus();
   SB_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(done_));
   const char* ho = static_cast<const char*>(pinned_) + pending_.host_out;

@@ -5,20 +5,38 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "engine/backend.h"
 #include "engine/kv_cache.h"
+#include "engine/request.h"
 
 namespace sbserve {
 
 inline constexpr int kFakeVocab = 64;
 inline constexpr int kFakeEos = 0;
+
+// Every token decodes to "<id>,", so that text is predictable.
+class FakeCommaStream : public TextStream {
+ public:
+  std::string Add(int32_t id) override { return absl::StrCat(id, ","); }
+  std::string Flush() override { return ""; }
+};
+class FakeCommaCodec : public TextCodec {
+ public:
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
+  std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
+  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<FakeCommaStream>(); }
+  std::vector<int32_t> eos_ids() const override { return {kFakeEos}; }
+};
 
 class FakeBackend : public Backend {
  public:

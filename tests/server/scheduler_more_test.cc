@@ -15,20 +15,6 @@
 namespace sbserve {
 namespace {
 
-// Every token decodes to "<id>,".
-class CommaStream : public TextStream {
- public:
-  std::string Add(int32_t id) override { return absl::StrCat(id, ","); }
-  std::string Flush() override { return ""; }
-};
-class CommaCodec : public TextCodec {
- public:
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
-  std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
-  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<CommaStream>(); }
-  std::vector<int32_t> eos_ids() const override { return {kFakeEos}; }
-};
-
 struct Reports : EngineObserver {
   void OnStep(const StepReport& r) override { steps.push_back(r); }
   std::vector<StepReport> steps;
@@ -65,7 +51,7 @@ struct Rig {
     ASSERT_FALSE(sched->HasWork());
   }
   FakeBackend backend;
-  CommaCodec codec;
+  FakeCommaCodec codec;
   Reports reports;
   KvBlockAllocator kv;
   std::unique_ptr<Scheduler> sched;

@@ -23,20 +23,6 @@
 namespace sbserve {
 namespace {
 
-// Every token decodes to "<id>,".
-class CommaStream : public TextStream {
- public:
-  std::string Add(int32_t id) override { return absl::StrCat(id, ","); }
-  std::string Flush() override { return ""; }
-};
-class CommaCodec : public TextCodec {
- public:
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
-  std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
-  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<CommaStream>(); }
-  std::vector<int32_t> eos_ids() const override { return {kFakeEos}; }
-};
-
 // The fake backend behind the overlap protocol: LaunchStep runs the step at once on the tokens
 // fed from the previous launch's draws, CollectStep hands results out in launch order. It checks
 // the protocol: at most two launched steps outstanding, feeds only from the step launched last.
@@ -67,11 +53,7 @@ class OverlappingFake : public FakeBackend {
     if (--fail_in == 0) r.status = absl::InternalError("injected: the step failed on the device");
     if (r.status.ok()) {
       const size_t R = b.logit_rows.size();
-      r.out.top_n = std::max(0, sampling.max_logprobs());
-      r.out.tokens.assign(R, 0);
-      r.out.logprobs.assign(R, 0.f);
-      r.out.top_ids.assign(R * r.out.top_n, -1);
-      r.out.top_logprobs.assign(R * r.out.top_n, 0.f);
+      r.out.Reset(static_cast<int>(R), std::max(0, sampling.max_logprobs()));
       SamplingScratch scratch;
       for (size_t i = 0; i < R; ++i) {
         const RowSampling& rs = sampling.rows[i];
@@ -185,7 +167,7 @@ struct Rig {
     sched->Cancel(id, absl::Now());
   }
   std::unique_ptr<FakeBackend> backend;
-  CommaCodec codec;
+  FakeCommaCodec codec;
   KvBlockAllocator kv;
   std::unique_ptr<Scheduler> sched;
   std::map<std::string, Out> out;
