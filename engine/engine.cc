@@ -42,7 +42,9 @@ class Engine::Impl {
     so.eos_ids = eos_ids_;
     so.sampling_threads = options.sampling_threads;
     so.enable_prefix_caching = options.enable_prefix_caching;
-    so.overlap_steps = options.overlap_steps;
+    // A backend that runs each step when it is launched would only deliver every token a step
+    // later: the engine overlaps steps where the backend does.
+    so.overlap_steps = options.overlap_steps && backend_->overlaps_steps();
     scheduler_ = std::make_unique<Scheduler>(
         so, backend_.get(), &kv_, codec_.get(), &observer_proxy_, [this](const std::string& id) { OnFinished(id); },
         [this] { RefreshStats(); });

@@ -35,7 +35,8 @@ struct EngineOptions {
   // (engine/kv_cache.h). A request opts out with GenerateRequest::cache_prefix = false.
   bool enable_prefix_caching = true;
   // Overlapped steps (engine/scheduler.h): the next step is packed and launched while the device
-  // runs the current one. Streams are the same either way.
+  // runs the current one, on backends that overlap steps (Backend::overlaps_steps). Streams are the
+  // same either way.
   bool overlap_steps = true;
   absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
   // After this many consecutive failed steps the engine reports its backend unhealthy (sticky;

@@ -6,10 +6,14 @@
 // and bans, and how it records the draws and assembles logprobs.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -61,6 +65,84 @@ class HostDrawsAsDevice : public ForwardingBackend {
     return absl::OkStatus();
   }
   std::atomic<int> calls{0};
+};
+
+// The same draws behind the overlap protocol, computed on a thread of its own as a device would:
+// LaunchStep queues the step and returns, the thread runs the steps in launch order (fed tokens
+// from the previous step's draws), CollectStep waits for the oldest.
+class AsyncHostDraws : public HostDrawsAsDevice {
+ public:
+  using HostDrawsAsDevice::HostDrawsAsDevice;
+  ~AsyncHostDraws() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (worker_.joinable()) worker_.join();
+  }
+  bool overlaps_steps() const override { return true; }
+  absl::Status LaunchStep(const Batch& batch, const SamplingBatch& sampling, std::span<const TokenFeed> feed) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!worker_.joinable()) worker_ = std::thread([this] { Work(); });
+    if (launched_.size() >= 2) return absl::InternalError("a third step launched before the first was collected");
+    auto job = std::make_shared<Job>();
+    job->batch = batch;
+    job->sampling = sampling;
+    job->feed.assign(feed.begin(), feed.end());
+    launched_.push_back(job);
+    todo_.push_back(job);
+    if (launched_.size() == 2) overlapped++;
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+  absl::Status CollectStep(SampledRows* out) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (launched_.empty()) return absl::InternalError("collect without a launched step");
+    std::shared_ptr<Job> job = launched_.front();
+    cv_.wait(lock, [&] { return job->done; });
+    launched_.pop_front();
+    *out = std::move(job->out);
+    return job->status;
+  }
+  std::atomic<int> overlapped{0};  // launches made while another step was outstanding
+
+ private:
+  struct Job {
+    Batch batch;
+    SamplingBatch sampling;
+    std::vector<TokenFeed> feed;
+    absl::Status status;
+    SampledRows out;
+    bool done = false;
+  };
+  void Work() {
+    std::vector<int32_t> last;  // the previous step's draws
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !todo_.empty(); });
+        if (stop_) return;
+        job = todo_.front();
+        todo_.pop_front();
+      }
+      for (const TokenFeed& f : job->feed) {
+        job->batch.tokens[f.token_index] = f.from_row < static_cast<int>(last.size()) ? last[f.from_row] : 0;
+      }
+      absl::Status st = ForwardSample(job->batch, job->sampling, &job->out);
+      last = job->out.tokens;
+      std::lock_guard<std::mutex> lock(mu_);
+      job->status = st;
+      job->done = true;
+      cv_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> launched_, todo_;
+  bool stop_ = false;
+  std::thread worker_;
 };
 
 const Checkpoint& TinyCheckpoint() {
@@ -132,7 +214,7 @@ std::vector<GenerateRequest> Requests(int vocab) {
 }
 
 // All requests at once through an engine over `backend`.
-std::map<std::string, Output> RunAll(std::unique_ptr<Backend> backend) {
+std::map<std::string, Output> RunAll(std::unique_ptr<Backend> backend, bool penalties = true) {
   std::map<std::string, testing::Collector> events;  // outlives the engine
   EngineOptions o;
   o.kv_num_blocks = 256;
@@ -141,6 +223,10 @@ std::map<std::string, Output> RunAll(std::unique_ptr<Backend> backend) {
   auto engine = Engine::CreateWithCodec(o, std::move(backend), nullptr);
   EXPECT_TRUE(engine.ok()) << engine.status();
   for (const GenerateRequest& r : Requests(static_cast<int>(TinyCheckpoint().config().vocab_size))) {
+    const SamplingParams& sp = r.sampling;
+    if (!penalties && (sp.repetition_penalty != 1.f || sp.frequency_penalty != 0.f || sp.presence_penalty != 0.f)) {
+      continue;
+    }
     absl::Status st = (*engine)->Submit(r, events[r.request_id].Sink());
     EXPECT_TRUE(st.ok()) << st;
   }
@@ -194,6 +280,44 @@ TEST(DeviceSamplingPath, GivesTheTokensAndLogprobsOfTheHostPath) {
   EXPECT_EQ(stop.reason, FinishReason::kStop);
   EXPECT_EQ(want.at("top-k").logprobs.size(), want.at("top-k").ids.size());
   EXPECT_GT(sampled_tokens, 150);
+}
+
+// Overlapped steps through the engine over a backend that computes on its own thread: the streams
+// (ids, logprobs, finish reasons) are those of the host path run one step at a time.
+void ExpectSameStreams(const std::map<std::string, Output>& want, const std::map<std::string, Output>& got);
+
+// Requests with penalties make steps collect first; without them nearly every step overlaps.
+TEST(DeviceSamplingPath, OverlappedStepsOnAnAsynchronousBackendGiveTheSameStreams) {
+  const Checkpoint& ckpt = TinyCheckpoint();
+  for (bool penalties : {false, true}) {
+    SCOPED_TRACE(penalties ? "with penalties" : "without penalties");
+    auto host = CreateCpuBackend(ckpt, {});
+    ASSERT_TRUE(host.ok()) << host.status();
+    const auto want = RunAll(*std::move(host), penalties);
+    auto inner = CreateCpuBackend(ckpt, {});
+    ASSERT_TRUE(inner.ok()) << inner.status();
+    auto device = std::make_unique<AsyncHostDraws>(*std::move(inner));
+    AsyncHostDraws* seen = device.get();
+    const auto got = RunAll(std::move(device), penalties);
+    if (!penalties) EXPECT_GT(seen->overlapped.load(), 20) << "steps were not overlapped";
+    ExpectSameStreams(want, got);
+  }
+}
+
+void ExpectSameStreams(const std::map<std::string, Output>& want, const std::map<std::string, Output>& got) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [id, w] : want) {
+    SCOPED_TRACE(id);
+    const Output& g = got.at(id);
+    ASSERT_TRUE(w.done && g.done);
+    EXPECT_EQ(g.ids, w.ids);
+    EXPECT_EQ(g.reason, w.reason);
+    ASSERT_EQ(g.logprobs.size(), w.logprobs.size());
+    for (size_t i = 0; i < w.logprobs.size(); ++i) {
+      EXPECT_EQ(g.logprobs[i].logprob, w.logprobs[i].logprob) << i;
+      ASSERT_EQ(g.logprobs[i].top.size(), w.logprobs[i].top.size()) << i;
+    }
+  }
 }
 
 }  // namespace
