@@ -220,6 +220,7 @@ std::map<std::string, Output> RunAll(std::unique_ptr<Backend> backend, bool pena
   o.kv_num_blocks = 256;
   o.max_queued_tokens = 1 << 20;
   o.max_batch_tokens = 64;  // chunked prefill beside decodes
+  o.overlap_steps = true;   // where the backend overlaps steps
   auto engine = Engine::CreateWithCodec(o, std::move(backend), nullptr);
   EXPECT_TRUE(engine.ok()) << engine.status();
   for (const GenerateRequest& r : Requests(static_cast<int>(TinyCheckpoint().config().vocab_size))) {
