@@ -41,7 +41,7 @@ constexpr char kUsage[] = R"(usage:
                  [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
                  [--frequency-penalty F] [--seed S] [--backend auto|cpu|cuda] [--ignore-eos]
   sbmodel bench --model DIR [--batch B] [--prompt-len L] [--gen N] [--backend auto|cpu|cuda] [--threads T]
-                [--sample device|host]
+                [--sample device|host] [--overlap]
   sbmodel tokenize --tokenizer DIR_OR_FILE --text TEXT
   sbmodel detokenize --tokenizer DIR_OR_FILE --ids 1,2,3
   sbmodel train-tokenizer --corpus FILE --vocab N DIR   # byte-level BPE, no reserved ids
@@ -60,7 +60,7 @@ struct Args {
   }
 };
 
-const char* kSwitches[] = {"--decode", "--bias", "--untied", "--ignore-eos", "--help"};
+const char* kSwitches[] = {"--decode", "--bias", "--untied", "--ignore-eos", "--overlap", "--help"};
 
 absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv) {
   Args a;
@@ -403,6 +403,10 @@ int Bench(const Args& a) {
   // Each step ends as it does in the server: a greedy draw on the device when the backend samples
   // there (only ids come back), else the logits copied to the host (--sample host forces that).
   const bool on_device = be.samples_on_device() && sample == "device";
+  const bool overlap = a.Has("--overlap");
+  if (overlap && (!on_device || !be.overlaps_steps())) {
+    return Fail(absl::FailedPreconditionError("--overlap needs a backend that overlaps steps (CUDA, device sampling)"));
+  }
   SamplingBatch greedy;
   greedy.rows.resize(static_cast<size_t>(batch));
   SampledRows sampled;
@@ -421,9 +425,28 @@ int Bench(const Args& a) {
   for (int i = 1; i <= gen; ++i) {
     if (absl::Status st = step(make_batch(1, prompt_len + i)); !st.ok()) return Fail(st);
   }
-  const double decode_s = std::chrono::duration<double>(Clock::now() - t1).count();
-  std::printf("backend %s  batch %d  prompt %d  gen %d  sampling %s\n", be.name().c_str(), batch, prompt_len, gen,
-              on_device ? "device (greedy)" : "host (logits copied)");
+  double decode_s = std::chrono::duration<double>(Clock::now() - t1).count();
+  if (overlap) {
+    // The same decode steps overlapped as the engine runs them (--overlap-steps): step i is
+    // launched, its tokens fed from step i - 1's draws on the device, before step i - 1 is collected.
+    std::vector<Backend::TokenFeed> feed(static_cast<size_t>(batch));
+    for (int q = 0; q < batch; ++q) feed[q] = {q, q};  // decode batch: token q is logit row q
+    auto t2 = Clock::now();
+    for (int i = 1; i <= gen; ++i) {
+      const Batch b = make_batch(1, prompt_len + i);
+      const std::span<const Backend::TokenFeed> f = i > 1 ? std::span<const Backend::TokenFeed>(feed) : std::span<const Backend::TokenFeed>();
+      if (absl::Status st = be.LaunchStep(b, greedy, f); !st.ok()) return Fail(st);
+      if (i > 1) {
+        if (absl::Status st = be.CollectStep(&sampled); !st.ok()) return Fail(st);
+      }
+    }
+    if (absl::Status st = be.CollectStep(&sampled); !st.ok()) return Fail(st);
+    const double overlapped_s = std::chrono::duration<double>(Clock::now() - t2).count();
+    std::printf("decode, steps in order: %.2f ms/step\n", decode_s * 1e3 / gen);
+    decode_s = overlapped_s;
+  }
+  std::printf("backend %s  batch %d  prompt %d  gen %d  sampling %s%s\n", be.name().c_str(), batch, prompt_len, gen,
+              on_device ? "device (greedy)" : "host (logits copied)", overlap ? "  steps overlapped" : "");
   std::printf("prefill: %.1f ms, %.1f tokens/s\n", prefill_s * 1e3, batch * prompt_len / prefill_s);
   std::printf("decode:  %.2f ms/step, %.1f tokens/s\n", decode_s * 1e3 / gen, batch * gen / decode_s);
   return 0;
