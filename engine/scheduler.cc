@@ -324,11 +324,7 @@ void DrawRowsOnHost(const SamplingBatch& sampling, std::span<float> logits, int6
 
 absl::Status Scheduler::Step(absl::Time now) {
   // Requests ending in this step are announced when it returns, after its StepReport.
-  in_step_ = true;
-  struct Deliver {
-    Scheduler* s;
-    ~Deliver() { s->DeliverFinals(); }
-  } deliver{this};
+  const FinalsAtExit finals(this);
   last_step_tokens_ = 0;
   steps_collected_ = 0;
   absl::Status result;
@@ -404,11 +400,7 @@ absl::Status Scheduler::Step(absl::Time now) {
 
 absl::Status Scheduler::Settle() {
   if (inflight_ == nullptr) return absl::OkStatus();
-  in_step_ = true;
-  struct Deliver {
-    Scheduler* s;
-    ~Deliver() { s->DeliverFinals(); }
-  } deliver{this};
+  const FinalsAtExit finals(this);
   steps_collected_ = 0;
   return Collect(std::move(inflight_), &steps_collected_);
 }

@@ -151,6 +151,14 @@ class Scheduler {
   // Inside Step, requests that end there are announced (on_finished, final event) only after the
   // step's report, so that whoever sees a request end also sees the step that ended it counted.
   void DeliverFinals();
+  // Holds announcements back (in_step_) from construction to destruction, then delivers them.
+  struct FinalsAtExit {
+    explicit FinalsAtExit(Scheduler* s) : s(s) { s->in_step_ = true; }
+    ~FinalsAtExit() { s->DeliverFinals(); }
+    FinalsAtExit(const FinalsAtExit&) = delete;
+    FinalsAtExit& operator=(const FinalsAtExit&) = delete;
+    Scheduler* s;
+  };
   void ReportState();  // EngineObserver::OnState, after requests ended outside a step
   void Emit(Seq* seq, bool final);
   void InsertRunning(Seq* seq);
