@@ -36,8 +36,8 @@ struct EngineOptions {
   bool enable_prefix_caching = true;
   // Overlapped steps (engine/scheduler.h): the next step is packed and launched while the device
   // runs the current one, on backends that overlap steps (Backend::overlaps_steps). Streams are the
-  // same either way. Off by default until the CUDA path has been measured on a GPU.
-  bool overlap_steps = false;
+  // same either way.
+  bool overlap_steps = true;
   absl::Duration retry_after = absl::Milliseconds(500);  // suggested with RESOURCE_EXHAUSTED
   // After this many consecutive failed steps the engine reports its backend unhealthy (sticky;
   // the server then turns not ready). A fatal backend error (IsFatalBackendError) does so at once.
