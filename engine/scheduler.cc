@@ -578,9 +578,14 @@ absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, int* collected) 
   }
   for (Pick& p : picks) OnToken(p.seq, p.token, std::move(p.lp), t1);
 
+  // Pack + forward + sample; overlapped, the step was packed while the one before ran, and its
+  // share of the wall time starts when that one was collected.
+  const absl::Time end = absl::Now();
+  const absl::Duration step_time = end - std::max(step->packed, last_collect_);
+  last_collect_ = end;
   if (observer_ != nullptr) {
     StepReport rep = step->report;
-    rep.step_time = absl::Now() - step->packed;  // pack + forward + sample (overlapped: + the step before)
+    rep.step_time = step_time;
     rep.running = num_running();
     rep.waiting = num_waiting();
     rep.queued_prompt_tokens = waiting_tokens();

@@ -197,6 +197,7 @@ class Scheduler {
   std::unique_ptr<Launched> inflight_;       // launched by an earlier Step, not collected
   int last_step_tokens_ = 0;
   int steps_collected_ = 0;
+  absl::Time last_collect_ = absl::InfinitePast();  // when the latest step was collected
   // Steps run at once for a backend that does not overlap steps, waiting to be collected.
   struct RanStep {
     absl::Status status;

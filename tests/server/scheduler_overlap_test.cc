@@ -356,6 +356,37 @@ TEST(SchedulerOverlap, ADeadlineMeetsTheRequestWhereInOrderStepsWould) {
   }
 }
 
+struct StepTimes : EngineObserver {
+  void OnStep(const StepReport& r) override { sum += r.step_time; steps++; }
+  absl::Duration sum;
+  int steps = 0;
+};
+
+// The reported step time is each step's share of the wall time: overlapped steps do not count the
+// time they waited behind the step before, so the times add up to no more than the run.
+TEST(SchedulerOverlap, StepTimesAddUpToTheWallTime) {
+  for (Mode m : {Mode::kInOrder, Mode::kOverlapDevice}) {
+    StepTimes times;
+    KvBlockAllocator kv(64, 4);
+    std::unique_ptr<FakeBackend> backend =
+        m == Mode::kOverlapDevice ? std::make_unique<OverlappingFake>() : std::make_unique<FakeBackend>();
+    ASSERT_TRUE(backend->InitKvCache({64, 4}).ok());
+    backend->step_delay = absl::Milliseconds(4);
+    SchedulerOptions o;
+    o.eos_ids = {kFakeEos};
+    o.sampling_threads = 1;
+    o.overlap_steps = m != Mode::kInOrder;
+    Scheduler sched(o, backend.get(), &kv, nullptr, &times, [](const std::string&) {});
+    sched.Add(Req("t", 6, 20, 5), [](GenerateEvent) {}, absl::Now());
+    const absl::Time t0 = absl::Now();
+    while (sched.HasWork()) ASSERT_TRUE(sched.Step(absl::Now()).ok());
+    const absl::Duration wall = absl::Now() - t0;
+    EXPECT_EQ(times.steps, 20) << Name(m);
+    EXPECT_LE(times.sum, wall) << Name(m);
+    EXPECT_GE(times.sum, 20 * absl::Milliseconds(4)) << Name(m);
+  }
+}
+
 // A step that fails on the device fails its requests (INTERNAL); a request that was not in it keeps
 // its tokens, and the blocks all come back.
 TEST(SchedulerOverlap, AFailedStepFailsItsRequestsOnly) {
