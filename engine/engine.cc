@@ -343,14 +343,14 @@ void Engine::Impl::Loop() {
       stats_.kv_blocks_cached_free = kv_.num_cached_free();
       return;
     }
-    int ran_tokens = 0;
+    bool progressed = false;  // a step launched or collected
     if (scheduler_->HasWork()) {
       const absl::Time before = absl::Now();
       account(scheduler_->Step(before));
-      ran_tokens = scheduler_->last_step_tokens() + scheduler_->steps_collected();
+      progressed = scheduler_->last_step_tokens() > 0 || scheduler_->steps_collected() > 0;
     }
     RefreshStats();
-    if (ran_tokens == 0 && scheduler_->HasWork()) {
+    if (!progressed && scheduler_->HasWork()) {
       // Nothing could be packed (e.g. every waiting request waits for blocks): do not spin.
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait_for(lock, std::chrono::milliseconds(1));

@@ -8,6 +8,7 @@
 
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
+#include "engine/cpu/thread_pool.h"
 #include "engine/sampling_math.h"
 
 namespace sbserve {
@@ -173,6 +174,28 @@ RowDraw DrawRow(const RowSampling& row, std::span<const LogitAdjust> adjust, std
   return d;
 }
 
+void DrawRows(const SamplingBatch& sampling, std::span<float> logits, int64_t vocab, SampledRows* out,
+              ThreadPool* pool, int64_t rows_per_task) {
+  const size_t R = sampling.rows.size();
+  out->Reset(static_cast<int>(R), std::max(0, sampling.max_logprobs()));
+  ParallelFor(pool, static_cast<int64_t>(R), rows_per_task, [&](int64_t begin, int64_t end) {
+    SamplingScratch scratch;
+    for (int64_t r = begin; r < end; ++r) {
+      const RowSampling& row = sampling.rows[r];
+      const RowDraw d = DrawRow(row,
+                                std::span<const LogitAdjust>(sampling.adjust.data() + row.adjust_begin,
+                                                             static_cast<size_t>(row.adjust_end - row.adjust_begin)),
+                                logits.subspan(static_cast<size_t>(r) * vocab, static_cast<size_t>(vocab)), scratch);
+      out->tokens[r] = d.token;
+      out->logprobs[r] = d.logprob;
+      for (size_t j = 0; j < d.top.size(); ++j) {
+        out->top_ids[r * out->top_n + j] = d.top[j].first;
+        out->top_logprobs[r * out->top_n + j] = d.top[j].second;
+      }
+    }
+  });
+}
+
 RowDraw SequenceSampler::Draw(std::span<const int32_t> banned, int32_t num_logprobs, std::span<float> logits) {
   RowSampling row;
   std::vector<LogitAdjust> adjust;
@@ -189,9 +212,9 @@ LogitAdjust& SequenceSampler::Penalised(int32_t token) {
 }
 
 void SequenceSampler::Record(int32_t token) {
-  const bool repetition = params_.repetition_penalty != 1.0f;
-  const bool counted = params_.frequency_penalty != 0.f || params_.presence_penalty != 0.f;
-  if (repetition || counted) {
+  if (penalizes()) {
+    const bool repetition = params_.repetition_penalty != 1.0f;
+    const bool counted = params_.frequency_penalty != 0.f || params_.presence_penalty != 0.f;
     LogitAdjust& e = Penalised(token);
     if (repetition) e.seen = 1;
     if (counted) ++e.output_count;

@@ -64,6 +64,13 @@ struct RowDraw {
 RowDraw DrawRow(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits,
                 SamplingScratch& scratch);
 
+class ThreadPool;
+// Every row of `sampling` drawn with DrawRow from host logits ([rows, vocab], modified in place),
+// rows spread over `pool` (null: this thread) in tasks of `rows_per_task`. Each draw depends only on
+// its row's seed and position, so the result does not depend on how rows are spread over threads.
+void DrawRows(const SamplingBatch& sampling, std::span<float> logits, int64_t vocab, SampledRows* out,
+              ThreadPool* pool = nullptr, int64_t rows_per_task = 1);
+
 // Per-request sampling state: seed, next position and token counts for the penalties.
 class SequenceSampler {
  public:
@@ -77,6 +84,10 @@ class SequenceSampler {
   RowDraw Draw(std::span<const int32_t> banned, int32_t num_logprobs, std::span<float> logits);
   // Records a token drawn elsewhere (the device sampler) from Describe()'s row.
   void Record(int32_t token);
+  // Whether a draw depends on the tokens drawn before it (repetition, frequency or presence penalty).
+  bool penalizes() const {
+    return params_.repetition_penalty != 1.0f || params_.frequency_penalty != 0.f || params_.presence_penalty != 0.f;
+  }
   // The position the next draw fills: prompt length plus tokens drawn so far.
   int64_t position() const { return position_; }
   uint64_t seed() const { return seed_; }

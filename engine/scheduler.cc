@@ -67,11 +67,6 @@ struct Scheduler::Seq {
     return pending > 0 && (num_output() + pending >= req.max_tokens ||
                            static_cast<int64_t>(tokens.size()) + pending >= context_len);
   }
-  // Whether its next draw depends on the identity of earlier drawn tokens (penalties).
-  bool draw_needs_history() const {
-    const SamplingParams& p = req.sampling;
-    return p.repetition_penalty != 1.0f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
-  }
 };
 
 // A launched step: what its collection needs of each slot, and its report's counts.
@@ -293,35 +288,6 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
   }
 }
 
-namespace {
-
-// Draws every row of `sampling` from host logits ([rows, vocab], modified in place) as a device
-// sampler would (DrawRow), rows spread over `pool`. Each draw depends only on its row's seed and
-// position, so the result does not depend on how rows are spread over threads.
-void DrawRowsOnHost(const SamplingBatch& sampling, std::span<float> logits, int64_t vocab, ThreadPool* pool,
-                    int64_t rows_per_task, SampledRows* out) {
-  const size_t R = sampling.rows.size();
-  out->Reset(static_cast<int>(R), std::max(0, sampling.max_logprobs()));
-  ParallelFor(pool, static_cast<int64_t>(R), rows_per_task, [&](int64_t begin, int64_t end) {
-    SamplingScratch scratch;
-    for (int64_t r = begin; r < end; ++r) {
-      const RowSampling& row = sampling.rows[r];
-      const RowDraw d = DrawRow(row,
-                                std::span<const LogitAdjust>(sampling.adjust.data() + row.adjust_begin,
-                                                             static_cast<size_t>(row.adjust_end - row.adjust_begin)),
-                                logits.subspan(static_cast<size_t>(r) * vocab, static_cast<size_t>(vocab)), scratch);
-      out->tokens[r] = d.token;
-      out->logprobs[r] = d.logprob;
-      for (size_t j = 0; j < d.top.size(); ++j) {
-        out->top_ids[r * out->top_n + j] = d.top[j].first;
-        out->top_logprobs[r * out->top_n + j] = d.top[j].second;
-      }
-    }
-  });
-}
-
-}  // namespace
-
 absl::Status Scheduler::Step(absl::Time now) {
   // Requests ending in this step are announced when it returns, after its StepReport.
   const FinalsAtExit finals(this);
@@ -493,7 +459,7 @@ absl::Status Scheduler::LaunchOnBackend() {
     // Sampling a 49k vocabulary costs 30 us (greedy) to milliseconds (top-p) per row on the host,
     // which at 64 rows would rival a GPU decode step: rows are drawn in parallel.
     if (ran.status.ok()) {
-      DrawRowsOnHost(sampling_, std::span<float>(logits_), vocab, sample_pool_.get(), kRowsPerSamplingTask, &ran.out);
+      DrawRows(sampling_, std::span<float>(logits_), vocab, &ran.out, sample_pool_.get(), kRowsPerSamplingTask);
     }
   }
   ran_.push_back(std::move(ran));
@@ -515,9 +481,8 @@ Scheduler::Seq* Scheduler::Find(const std::string& id, uint64_t seq_no) const {
 }
 
 bool Scheduler::MustCollectBeforePacking() const {
-  if (!options_.overlap_steps) return true;
   return std::any_of(running_.begin(), running_.end(),
-                     [](const Seq* s) { return s->pending > 0 && s->draw_needs_history(); });
+                     [](const Seq* s) { return s->pending > 0 && s->sampler.penalizes(); });
 }
 
 absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, int* collected) {

@@ -434,7 +434,8 @@ int Bench(const Args& a) {
     auto t2 = Clock::now();
     for (int i = 1; i <= gen; ++i) {
       const Batch b = make_batch(1, prompt_len + i);
-      const std::span<const Backend::TokenFeed> f = i > 1 ? std::span<const Backend::TokenFeed>(feed) : std::span<const Backend::TokenFeed>();
+      std::span<const Backend::TokenFeed> f;  // the first step has no step before it
+      if (i > 1) f = feed;
       if (absl::Status st = be.LaunchStep(b, greedy, f); !st.ok()) return Fail(st);
       if (i > 1) {
         if (absl::Status st = be.CollectStep(&sampled); !st.ok()) return Fail(st);

@@ -43,25 +43,7 @@ class HostDrawsAsDevice : public ForwardingBackend {
     if (sampling.rows.size() != R) return absl::InvalidArgumentError("rows != logit rows");
     std::vector<float> logits(R * V);
     if (absl::Status st = Forward(batch, logits); !st.ok()) return st;
-    out->top_n = std::max(0, sampling.max_logprobs());
-    out->tokens.assign(R, 0);
-    out->logprobs.assign(R, 0.f);
-    out->top_ids.assign(R * out->top_n, -1);
-    out->top_logprobs.assign(R * out->top_n, 0.f);
-    SamplingScratch scratch;
-    for (size_t r = 0; r < R; ++r) {
-      const RowSampling& rs = sampling.rows[r];
-      const RowDraw d = DrawRow(rs,
-                                std::span<const LogitAdjust>(sampling.adjust.data() + rs.adjust_begin,
-                                                             rs.adjust_end - rs.adjust_begin),
-                                std::span<float>(logits.data() + r * V, V), scratch);
-      out->tokens[r] = d.token;
-      out->logprobs[r] = d.logprob;
-      for (size_t j = 0; j < d.top.size(); ++j) {
-        out->top_ids[r * out->top_n + j] = d.top[j].first;
-        out->top_logprobs[r * out->top_n + j] = d.top[j].second;
-      }
-    }
+    DrawRows(sampling, logits, V, out);
     return absl::OkStatus();
   }
   std::atomic<int> calls{0};

@@ -51,24 +51,7 @@ class OverlappingFake : public FakeBackend {
     r.status = Forward(b, logits);
     // The step ran (its K/V are written) and then failed, as a device error shows up at the end.
     if (--fail_in == 0) r.status = absl::InternalError("injected: the step failed on the device");
-    if (r.status.ok()) {
-      const size_t R = b.logit_rows.size();
-      r.out.Reset(static_cast<int>(R), std::max(0, sampling.max_logprobs()));
-      SamplingScratch scratch;
-      for (size_t i = 0; i < R; ++i) {
-        const RowSampling& rs = sampling.rows[i];
-        const RowDraw d = DrawRow(rs,
-                                  std::span<const LogitAdjust>(sampling.adjust.data() + rs.adjust_begin,
-                                                               static_cast<size_t>(rs.adjust_end - rs.adjust_begin)),
-                                  std::span<float>(logits.data() + i * V, static_cast<size_t>(V)), scratch);
-        r.out.tokens[i] = d.token;
-        r.out.logprobs[i] = d.logprob;
-        for (size_t j = 0; j < d.top.size(); ++j) {
-          r.out.top_ids[i * r.out.top_n + j] = d.top[j].first;
-          r.out.top_logprobs[i * r.out.top_n + j] = d.top[j].second;
-        }
-      }
-    }
+    if (r.status.ok()) DrawRows(sampling, logits, V, &r.out);
     has_last_ = true;
     last_ok_ = r.status.ok();
     last_ = r.out.tokens;
