@@ -137,12 +137,6 @@ __device__ __forceinline__ void SbWeights(const float (&s)[kMT][kNT][4], uint32_
   }
 }
 
-// SB_PREFILL_ROWS_FASTEST (measurement builds): grid (row block, query head, sequence) instead of
-// (query head, sequence, row block), so that the CTAs running at one time read the K/V of a few
-// heads and sequences (L2-resident) instead of every head and sequence.
-#ifndef SB_PREFILL_ROWS_FASTEST
-#define SB_PREFILL_ROWS_FASTEST 0
-#endif
 // The rows and keys of a prefill CTA. Grid: (query head, sequence, row block), row blocks
 // visited from the last (heaviest) one.
 struct SbPrefillCta {
@@ -152,15 +146,9 @@ struct SbPrefillCta {
 // its sequence. pos0: position of the first row; n_tiles covers keys 0 .. last position - 1.
 template <int kBlockM, int kBlockN>
 __device__ __forceinline__ bool SbPrefillCtaOf(const SbPrefillKernelParams& p, SbPrefillCta* c) {
-#if SB_PREFILL_ROWS_FASTEST
-  c->h = blockIdx.y;
-  c->b = blockIdx.z;
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-#else
   c->h = blockIdx.x;
   c->b = blockIdx.y;
   const int m_block = gridDim.z - 1 - blockIdx.z;
-#endif
   c->q_start = p.cu_seqlens_q[c->b];
   const int q_len = p.cu_seqlens_q[c->b + 1] - c->q_start;
   c->m0 = m_block * kBlockM;

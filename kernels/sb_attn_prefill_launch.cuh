@@ -49,9 +49,7 @@ template <typename Tr, typename Kernel>
 absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
   SB_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  const int row_blocks = (p.max_seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM;
-  const dim3 grid = SB_PREFILL_ROWS_FASTEST ? dim3(row_blocks, p.num_heads, p.batch)
-                                            : dim3(p.num_heads, p.batch, row_blocks);
+  const dim3 grid(p.num_heads, p.batch, (p.max_seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM);
   kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(SbPrefillKernelParams::From(p), log2_bs);
   SB_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();

@@ -248,12 +248,12 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       for (int e = 0; e < 4; ++e)
         p_frag[kB][0][kk][e] = PackBf16(s_acc[kB][0][2 * kk + (e >> 1)][2 * (e & 1)] * scale_log2,
                                         s_acc[kB][0][2 * kk + (e >> 1)][2 * (e & 1) + 1]);
-    if (false)
-#endif
+#else
     if (n * Tr::kBlockN + Tr::kBlockN - 1 >= pos0)
       SbWeights<1, kNT, true>(s_acc[kB], p_frag[kB], carry, scale_log2, key0, pos0 + warp_row0 + g, tq);
     else
       SbWeights<1, kNT, false>(s_acc[kB], p_frag[kB], carry, scale_log2, key0, pos0 + warp_row0 + g, tq);
+#endif
     issue_pv(p_frag[kB], i % kStages);
     WgmmaWait<1>();  // S of tile i + 1 and P V of tile i - 1 are done
     FenceRegs(s_acc[kB ^ 1][0]);
