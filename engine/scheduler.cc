@@ -296,7 +296,7 @@ absl::Status Scheduler::Step(absl::Time now) {
   absl::Status result;
   bool collected = false;
   auto collect = [&](std::unique_ptr<Launched> step) {
-    absl::Status st = Collect(std::move(step), &steps_collected_);
+    absl::Status st = Collect(std::move(step));
     collected = true;
     if (result.ok()) result = std::move(st);
   };
@@ -368,7 +368,7 @@ absl::Status Scheduler::Settle() {
   if (inflight_ == nullptr) return absl::OkStatus();
   const FinalsAtExit finals(this);
   steps_collected_ = 0;
-  return Collect(std::move(inflight_), &steps_collected_);
+  return Collect(std::move(inflight_));
 }
 
 std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot>& slots, absl::Time now,
@@ -485,7 +485,7 @@ bool Scheduler::MustCollectBeforePacking() const {
                      [](const Seq* s) { return s->pending > 0 && s->sampler.penalizes(); });
 }
 
-absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, int* collected) {
+absl::Status Scheduler::Collect(std::unique_ptr<Launched> step) {
   const absl::Status st = CollectFromBackend(&sampled_);
   const absl::Time t1 = absl::Now();
   if (!st.ok()) {
@@ -504,7 +504,7 @@ absl::Status Scheduler::Collect(std::unique_ptr<Launched> step, int* collected) 
     if (failed == 0 && !IsFatalBackendError(st)) return absl::OkStatus();
     return st;
   }
-  ++*collected;
+  steps_collected_++;
   // Counted with the step that used them (as the StepReport does), not for a failed one.
   prefix_queries_ += static_cast<uint64_t>(step->report.prefix_cache_queries);
   prefix_hits_ += static_cast<uint64_t>(step->report.prefix_cache_hits);

@@ -134,9 +134,9 @@ class Scheduler {
   // step run at once (ForwardSample, or Forward and the draws on the host) and its result queued.
   absl::Status LaunchOnBackend();
   absl::Status CollectFromBackend(SampledRows* out);
-  // Collects `step`: its tokens are processed and its report sent (and *collected counts it); on a
+  // Collects `step`: its tokens are processed, its report sent and steps_collected_ counts it; on a
   // backend error its requests fail.
-  absl::Status Collect(std::unique_ptr<Launched> step, int* collected);
+  absl::Status Collect(std::unique_ptr<Launched> step);
   // The live sequence a launched step's slot belongs to, or null when it has ended since.
   Seq* Find(const std::string& id, uint64_t seq_no) const;
   // Whether the in-flight step holds a row whose draw the next step's sampling needs on the host.
