@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,7 @@
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_sampler.h"
+#include "engine/cuda/gemm_tuner.h"
 #include "engine/cuda/small_gemm.h"
 #include "kernels/cuda_check.h"
 #include "kernels/sb_attn.h"
@@ -77,6 +79,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(device_);
     ClearGraphs();
+    tuner_.reset();
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamSynchronize(stream_);  // a launched step may still read pinned_
     if (meta_copied_) cudaEventDestroy(meta_copied_);
@@ -192,6 +195,11 @@ class CudaBackend final : public Backend {
   // GEMMs of at most this many rows run on the small-batch kernels (small_gemm.h) instead of cuBLAS,
   // outside deterministic mode; SBSERVE_SMALL_GEMM_ROWS overrides it (0: always cuBLAS).
   int small_gemm_rows_ = cuda::kSmallGemmDefaultRows;
+  // Measured GEMM plans for up to GemmTunerOptions::max_rows rows, outside deterministic mode
+  // (gemm_tuner.h) with SBSERVE_GEMM_TUNING=1 (or =verbose); otherwise every GEMM runs on cuBLAS's
+  // default or the small kernels.
+  bool tune_gemms_ = false;
+  std::unique_ptr<cuda::GemmTuner> tuner_;
   cuda::DeviceSampler samplers_[2];
   int64_t launches_ = 0;            // steps enqueued with draws; launch i uses samplers_[i % 2]
   int outstanding_ = 0;             // of those, not collected (the latest ones)
@@ -286,6 +294,12 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_VARIANT"); g != nullptr && *g != '\0') {
     cuda::SetSmallGemmVariant(std::atoi(g));  // tuning runs (small_gemm.h)
   }
+  cuda::GemmTunerOptions tuning;
+  if (const char* g = std::getenv("SBSERVE_GEMM_TUNING"); g != nullptr && *g != '\0') {
+    tune_gemms_ = std::string(g) != "0";
+    tuning.verbose = std::string(g) == "verbose";
+  }
+  tune_gemms_ = tune_gemms_ && !deterministic_;
   fused_qkv_ = !c.add_qkv_bias;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
   if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));
@@ -322,12 +336,33 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
     }
     layers_.push_back(std::move(w));
   }
+  if (tune_gemms_) {
+    tuner_ = std::make_unique<cuda::GemmTuner>();
+    SB_RETURN_IF_ERROR(tuner_->Init(stream_, blas_workspace_.get(), blas_workspace_.bytes(), tuning));
+    const int64_t D = c.n_embd, I = c.n_inner;
+    auto add = [&](DeviceBuffer LayerWeights::*member, int64_t in, int64_t out) {
+      std::vector<const void*> ws;
+      for (const auto& l : layers_) ws.push_back(((*l).*member).get());
+      tuner_->AddWeights(ws, in, out);
+    };
+    add(&LayerWeights::attn_w, D, c.qkv_dim());
+    add(&LayerWeights::proj_w, D, D);
+    add(&LayerWeights::fc_w, D, c.glu ? 2 * I : I);
+    add(&LayerWeights::fc_proj_w, I, D);
+    const void* head = c.tie_word_embeddings ? wte_.get() : lm_head_.get();
+    tuner_->AddWeights(std::span<const void* const>(&head, 1), D, c.vocab_size);
+  }
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y,
                                bool y_f32, float alpha, float beta) {
   if (n == 0) return absl::OkStatus();
+  if (tune_gemms_) {
+    bool ran = false;
+    SB_RETURN_IF_ERROR(tuner_->Run(x, n, in, w, out, y, y_f32, alpha, beta, &ran));
+    if (ran) return absl::OkStatus();
+  }
   if (SmallGemmFor(n, in, x, w)) {
     return cuda::SmallGemm(x, n, in, w, out, y, y_f32, alpha, beta, stream_);
   }
@@ -539,6 +574,10 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
 absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
   auto it = graphs_.find(sh.B);
   if (it == graphs_.end()) {
+    if (tune_gemms_) {  // plans are measured outside the capture
+      SB_RETURN_IF_ERROR(tuner_->Prepare(sh.N));
+      if (sh.R != sh.N) SB_RETURN_IF_ERROR(tuner_->Prepare(sh.R));
+    }
     cudaGraph_t graph = nullptr;
     SB_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     absl::Status st = Compute(sh);

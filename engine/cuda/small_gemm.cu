@@ -174,11 +174,11 @@ cudaError_t Launch(const Args& a, CUstream_st* stream) {
 int g_variant = 0;
 
 template <int N, bool kGlu>
-cudaError_t LaunchVariant(const Args& a, CUstream_st* stream) {
+cudaError_t LaunchVariant(int variant, const Args& a, CUstream_st* stream) {
   // <N, R, U, WARPS>: R outputs (2R rows with GLU) per block of WARPS warps, U chunks per row in
   // flight per thread; N/R bytes of x per weight byte come from L1. The default (0) was the fastest
   // in sum over the 3B model's GEMMs at n = 1 to 3 (small_gemm_bench, tests/bench/engine.md).
-  switch (g_variant) {
+  switch (variant < 0 ? g_variant : variant) {
     case 1: return Launch<N, 2, 4, 1, kGlu>(a, stream);  // one warp per block
     case 2: return Launch<N, 1, 4, 4, kGlu>(a, stream);
     case 3: return Launch<N, 2, 4, 4, kGlu>(a, stream);
@@ -189,12 +189,12 @@ cudaError_t LaunchVariant(const Args& a, CUstream_st* stream) {
 }
 
 template <bool kGlu>
-cudaError_t Dispatch(int64_t n, const Args& a, CUstream_st* stream) {
+cudaError_t Dispatch(int64_t n, int variant, const Args& a, CUstream_st* stream) {
   switch (n) {
-    case 1: return LaunchVariant<1, kGlu>(a, stream);
-    case 2: return LaunchVariant<2, kGlu>(a, stream);
-    case 3: return LaunchVariant<3, kGlu>(a, stream);
-    default: return LaunchVariant<4, kGlu>(a, stream);
+    case 1: return LaunchVariant<1, kGlu>(variant, a, stream);
+    case 2: return LaunchVariant<2, kGlu>(variant, a, stream);
+    case 3: return LaunchVariant<3, kGlu>(variant, a, stream);
+    default: return LaunchVariant<4, kGlu>(variant, a, stream);
   }
 }
 
@@ -210,12 +210,12 @@ bool SmallGemmFits(int64_t n, int64_t in, const void* x, const void* w, int max_
 }
 
 absl::Status SmallGemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
-                       float alpha, float beta, CUstream_st* stream) {
+                       float alpha, float beta, CUstream_st* stream, int variant) {
   if (!SmallGemmFits(n, in, x, w)) return absl::InvalidArgumentError("SmallGemm: shape or alignment not supported");
   if (!y_f32 && beta != 0.f) return absl::InvalidArgumentError("SmallGemm: beta needs an fp32 output");
   if (out <= 0) return absl::OkStatus();
   Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, out, y, y_f32, alpha, beta, 0};
-  SB_CUDA_RETURN_IF_ERROR(Dispatch<false>(n, a, stream));
+  SB_CUDA_RETURN_IF_ERROR(Dispatch<false>(n, variant, a, stream));
   return absl::OkStatus();
 }
 
@@ -224,7 +224,7 @@ absl::Status SmallGemmGlu(int act, const void* x, int64_t n, int64_t in, const v
   if (!SmallGemmFits(n, in, x, w)) return absl::InvalidArgumentError("SmallGemmGlu: shape or alignment not supported");
   if (inner <= 0) return absl::OkStatus();
   Args a{static_cast<const uint4*>(x), static_cast<const uint4*>(w), in / 8, inner, out, false, 1.f, 0.f, act};
-  SB_CUDA_RETURN_IF_ERROR(Dispatch<true>(n, a, stream));
+  SB_CUDA_RETURN_IF_ERROR(Dispatch<true>(n, -1, a, stream));
   return absl::OkStatus();
 }
 

@@ -22,9 +22,10 @@ inline constexpr int kSmallGemmDefaultRows = 2;
 bool SmallGemmFits(int64_t n, int64_t in, const void* x, const void* w, int max_rows = kSmallGemmMaxRows);
 
 // y = alpha · x · Wᵀ, plus beta · y when y is fp32 and beta != 0 (y is not read otherwise); x, W
-// bf16; y bf16 (then beta must be 0) or fp32.
+// bf16; y bf16 (then beta must be 0) or fp32. variant: a launch shape (below), -1 the one set by
+// SetSmallGemmVariant.
 absl::Status SmallGemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
-                       float alpha, float beta, CUstream_st* stream);
+                       float alpha, float beta, CUstream_st* stream, int variant = -1);
 
 // A GLU MLP's first GEMM and its activation in one kernel. W is c_fc, [2·inner, in]: the up rows,
 // then the gate rows. out[t, i] = bf16(up · act(gate)), where up and gate are the GEMM's outputs

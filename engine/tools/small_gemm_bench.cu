@@ -1,10 +1,12 @@
 // small_gemm_bench: the small-batch GEMM kernels (engine/cuda/small_gemm.h), each launch variant,
-// against cuBLAS as the CUDA backend calls it, on the 3B model's GEMM shapes at n = 1..16 rows. Weights are random bf16
+// and the tuned plan (engine/cuda/gemm_tuner.h: the fastest of cuBLAS's default, cuBLASLt's
+// heuristic candidates and the small kernels, as the CUDA backend picks it) against cuBLAS as the
+// CUDA backend calls it, on the 3B model's GEMM shapes at n = 1..128 rows. Weights are random bf16
 // and rotated through copies that together exceed L2; each time is the median over 7 runs of 20
 // back-to-back calls. Prints the time, the weight bytes over it, that as a share of the copy
 // bandwidth measured in the same run, and the largest difference from cuBLAS's output.
 //
-// usage: small_gemm_bench [--rows 1,2,3,4,8,16]
+// usage: small_gemm_bench [--rows 1,2,3,4,8,16,32,64,128]
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "engine/cuda/cuda_ops.h"
+#include "engine/cuda/gemm_tuner.h"
 #include "engine/cuda/small_gemm.h"
 
 namespace {
@@ -82,7 +85,7 @@ double MedianUs(cudaStream_t s, int copies, F&& call) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> rows = {1, 2, 3, 4, 8, 16};
+  std::vector<int> rows = {1, 2, 3, 4, 8, 16, 32, 64, 128};
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--rows") == 0) {
       rows.clear();
@@ -109,7 +112,9 @@ int main(int argc, char** argv) {
   cudaFree(src);
   cudaFree(dst);
   std::printf("device %s, copy %.0f GB/s (read + write)\n", prop.name, copy_gbs);
-  std::printf("%-12s %3s %16s", "shape", "n", "cublas us (%)");
+  void* tuner_ws = nullptr;
+  CHECK_CUDA(cudaMalloc(&tuner_ws, size_t{32} << 20));
+  std::printf("%-12s %3s %16s %16s %9s", "shape", "n", "cublas us (%)", "tuned us (%)", "tuned_d");
   for (int v = 0; v < sbserve::cuda::kSmallGemmVariants; ++v) std::printf("   v%d us (%%)      ", v);
   std::printf(" max_rel_d\n");
 
@@ -135,6 +140,14 @@ int main(int argc, char** argv) {
     FillBf16<<<1024, 256, 0, s>>>(w, w_rows * sh.in * copies, 7, 0.05f);
     FillBf16<<<1024, 256, 0, s>>>(x, max_n * sh.in, 11, 1.f);
     const int64_t w_elems = w_rows * sh.in;
+    // The tuner as the backend sets it up: one group of weights (here the copies) per GEMM.
+    sbserve::cuda::GemmTuner tuner;
+    sbserve::cuda::GemmTunerOptions topt;
+    topt.max_rows = max_n;
+    CHECK_OK(tuner.Init(s, tuner_ws, size_t{32} << 20, topt));
+    std::vector<const void*> copy_ptrs;
+    for (int k = 0; k < copies; ++k) copy_ptrs.push_back(w + k * w_elems);
+    tuner.AddWeights(copy_ptrs, sh.in, w_rows);
     for (int n : rows) {
       auto cublas = [&](int k) {
         const __nv_bfloat16* wk = w + k * w_elems;
@@ -153,25 +166,29 @@ int main(int argc, char** argv) {
           CHECK_OK(sbserve::cuda::SmallGemm(x, n, sh.in, wk, sh.out, y, sh.y_f32, sh.alpha, sh.beta, s));
         }
       };
+      auto tuned = [&](int k) {
+        const __nv_bfloat16* wk = w + k * w_elems;
+        void* out = sh.glu ? static_cast<void*>(fc) : y;
+        bool ran = false;
+        CHECK_OK(tuner.Run(x, n, sh.in, wk, w_rows, out, sh.y_f32 && !sh.glu, sh.alpha, sh.glu ? 0.f : sh.beta, &ran));
+        if (!ran) {
+          std::fprintf(stderr, "the tuner did not take %s at n = %d\n", sh.name, n);
+          std::exit(1);
+        }
+        if (sh.glu) CHECK_OK(sbserve::cuda::Activation(0, true, fc, nullptr, n, sh.out, y, s));
+      };
       const double gbs = w_bytes / 1e3;  // per µs -> GB/s
       const double cu = MedianUs(s, copies, cublas);
-      std::printf("%-12s %3d %8.2f (%4.1f%%)", sh.name, n, cu, 100.0 * gbs / cu / copy_gbs);
-      if (!sbserve::cuda::SmallGemmFits(n, sh.in, x, w)) {
-        std::printf("\n");
-        continue;
-      }
-      double diff = 0;
-      for (int v = 0; v < sbserve::cuda::kSmallGemmVariants; ++v) {
-        sbserve::cuda::SetSmallGemmVariant(v);
-        const double sm = MedianUs(s, copies, small);
-        std::printf("  %7.2f (%5.1f%%)", sm, 100.0 * gbs / sm / copy_gbs);
-        // One call of each on copy 0 from zeroed outputs (beta = 1 accumulates into them).
+      const double tu = MedianUs(s, copies, tuned);
+      const size_t count = static_cast<size_t>(n * sh.out);
+      const bool f32 = sh.y_f32 && !sh.glu;
+      // Largest difference from cuBLAS relative to the largest |cuBLAS output|, one call of each on
+      // copy 0 from zeroed outputs (beta = 1 accumulates into them).
+      auto compare = [&](auto&& other) {
         CHECK_CUDA(cudaMemsetAsync(y_ref, 0, y_bytes, s));
         CHECK_CUDA(cudaMemsetAsync(y, 0, y_bytes, s));
         cublas(0);
-        small(0);
-        const size_t count = static_cast<size_t>(n * sh.out);
-        const bool f32 = sh.y_f32 && !sh.glu;
+        other(0);
         std::vector<float> a(count), b(count);
         if (f32) {
           CHECK_CUDA(cudaMemcpy(a.data(), y_ref, count * 4, cudaMemcpyDeviceToHost));
@@ -185,10 +202,24 @@ int main(int argc, char** argv) {
         double scale = 0, d = 0;
         for (size_t i = 0; i < count; ++i) scale = std::max(scale, std::fabs(static_cast<double>(a[i])));
         for (size_t i = 0; i < count; ++i) d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
-        diff = std::max(diff, d / std::max(scale, 1e-30));
+        return d / std::max(scale, 1e-30);
+      };
+      std::printf("%-12s %3d %8.2f (%4.1f%%) %8.2f (%4.1f%%) %9.2e", sh.name, n, cu, 100.0 * gbs / cu / copy_gbs, tu,
+                  100.0 * gbs / tu / copy_gbs, compare(tuned));
+      const std::string plan = tuner.Describe(w, n, sh.y_f32 && !sh.glu, !sh.glu && sh.beta != 0.f);
+      if (!sbserve::cuda::SmallGemmFits(n, sh.in, x, w)) {
+        std::printf("  [%s]\n", plan.c_str());
+        continue;
+      }
+      double diff = 0;
+      for (int v = 0; v < sbserve::cuda::kSmallGemmVariants; ++v) {
+        sbserve::cuda::SetSmallGemmVariant(v);
+        const double sm = MedianUs(s, copies, small);
+        std::printf("  %7.2f (%5.1f%%)", sm, 100.0 * gbs / sm / copy_gbs);
+        diff = std::max(diff, compare(small));
       }
       sbserve::cuda::SetSmallGemmVariant(0);
-      std::printf(" %9.2e\n", diff);
+      std::printf(" %9.2e  [%s]\n", diff, plan.c_str());
     }
     cudaFree(w);
     cudaFree(x);
@@ -196,6 +227,7 @@ int main(int argc, char** argv) {
     cudaFree(y_ref);
     cudaFree(y);
   }
+  cudaFree(tuner_ws);
   cublasDestroy(blas);
   return 0;
 }

@@ -2,15 +2,21 @@
 // bf16 operands: every row count they take, inner sizes that do and do not fill a warp's chunks,
 // output counts that do not fill a warp's rows, the bf16 and fp32 outputs with alpha and beta, the
 // fused GLU epilogue with every activation, untouched memory past the output, and what they refuse.
+// Then the tuned GEMM path (engine/cuda/gemm_tuner.h) the same way: each kind of plan, row counts
+// inside and at the edges of its buckets, every epilogue, calls it leaves to the caller, and plans
+// measured before a graph capture.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/cuda/gemm_tuner.h"
 #include "engine/cuda/small_gemm.h"
 #include "engine/model/dtype.h"
 #include "tests/engine/gpu_test_util.h"
@@ -179,6 +185,172 @@ TEST(SmallGemm, RefusesWhatItCannotTake) {
   EXPECT_FALSE(cuda::SmallGemm(buf, 1, 12, buf, 4, buf, true, 1.f, 0.f, nullptr).ok());
   EXPECT_FALSE(cuda::SmallGemm(buf, 1, 8, buf, 4, buf, false, 1.f, 1.f, nullptr).ok());  // beta with bf16 y
   EXPECT_FALSE(cuda::SmallGemmGlu(0, buf, 9, 8, buf, 4, buf, nullptr).ok());
+}
+
+// Checks y = alpha · x · W_lᵀ (+ base) of one tuned call against float64.
+void ExpectTunedGemm(cuda::GemmTuner& tuner, const Dev<uint16_t>& dx, const std::vector<uint16_t>& x,
+                     const Dev<uint16_t>& dw, const std::vector<uint16_t>& w, int64_t n, int64_t in, int64_t out,
+                     cudaStream_t stream) {
+  std::vector<double> ref, mag;
+  Reference(x, w, n, in, out, &ref, &mag);
+  const size_t count = static_cast<size_t>(n * out);
+  bool ran = false;
+  // bf16 output, alpha = 0.5.
+  Dev<uint16_t> yb(count);
+  ASSERT_TRUE(tuner.Run(dx.p, n, in, dw.p, out, yb.p, false, 0.5f, 0.f, &ran).ok());
+  ASSERT_TRUE(ran);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  const auto gb = yb.Get();
+  for (size_t i = 0; i < count; ++i) {
+    const double want = 0.5 * ref[i];
+    ASSERT_NEAR(Bf16ToFloat(gb[i]), want, std::fabs(want) * (1.0 / 256) + 1e-5 * mag[i]) << "bf16 output " << i;
+  }
+  // fp32 output without and with the accumulation (the residual add).
+  Dev<float> yf(count);
+  yf.Put(std::vector<float>(count, std::nanf("")));
+  ASSERT_TRUE(tuner.Run(dx.p, n, in, dw.p, out, yf.p, true, 0.22f, 0.f, &ran).ok());
+  ASSERT_TRUE(ran);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  auto gf = yf.Get();
+  for (size_t i = 0; i < count; ++i) ASSERT_NEAR(gf[i], 0.22 * ref[i], 4e-6 * mag[i] + 1e-7) << "fp32 output " << i;
+  std::vector<float> base(count);
+  for (size_t i = 0; i < count; ++i) base[i] = static_cast<float>(i % 7) - 3.f;
+  yf.Put(base);
+  ASSERT_TRUE(tuner.Run(dx.p, n, in, dw.p, out, yf.p, true, 0.22f, 1.f, &ran).ok());
+  ASSERT_TRUE(ran);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  gf = yf.Get();
+  for (size_t i = 0; i < count; ++i) {
+    ASSERT_NEAR(gf[i], base[i] + 0.22 * ref[i], 4e-6 * mag[i] + 1e-6) << "accumulated output " << i;
+  }
+}
+
+// Owns a stream, the workspace and a tuner over `layers` random weights of out × in.
+struct TunerBench {
+  TunerBench(const cuda::GemmTunerOptions& options, int layers, int64_t in, int64_t out, std::mt19937& rng)
+      : in(in), out(out), workspace(size_t{32} << 20) {
+    EXPECT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    EXPECT_TRUE(tuner.Init(stream, workspace.p, workspace.n, options).ok());
+    std::vector<const void*> ptrs;
+    for (int l = 0; l < layers; ++l) {
+      w.push_back(RandomBf16(out * in, 0.05f, rng));
+      dw.push_back(std::make_unique<Dev<uint16_t>>(w.back().size()));
+      dw.back()->Put(w.back());
+      ptrs.push_back(dw.back()->p);
+    }
+    tuner.AddWeights(ptrs, in, out);
+  }
+  ~TunerBench() { cudaStreamDestroy(stream); }
+  int64_t in, out;
+  Dev<uint8_t> workspace;
+  cudaStream_t stream = nullptr;
+  cuda::GemmTuner tuner;
+  std::vector<std::vector<uint16_t>> w;
+  std::vector<std::unique_ptr<Dev<uint16_t>>> dw;
+};
+
+TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(9);
+  struct Config {
+    const char* name;
+    bool cublas_default, small_kernels;
+    const char* plan;  // what Describe must name: the kind of plan each config leaves
+  };
+  // All candidates; cuBLASLt's alone; the small kernels alone (n ≤ 4; beyond, cuBLAS's default).
+  const Config configs[] = {{"all", true, true, ""}, {"lt", false, false, "cublasLt"}, {"small", false, true, ""}};
+  // n: bucket edges (16 exact, 17 -> 24, 64, 65 -> 96) and row counts inside a bucket (61 -> 64,
+  // 100 -> 128), so plans are also run at row counts they were not measured at.
+  const int64_t rows[] = {1, 2, 3, 4, 5, 16, 17, 61, 64, 65, 100};
+  for (const Config& cfg : configs) {
+    cuda::GemmTunerOptions opt;
+    opt.max_rows = 128;
+    opt.cublas_default = cfg.cublas_default;
+    opt.small_kernels = cfg.small_kernels;
+    TunerBench tb(opt, 3, 2304, 264, rng);
+    for (int64_t n : rows) {
+      SCOPED_TRACE(absl::StrCat(cfg.name, " n=", n));
+      const auto x = RandomBf16(n * tb.in, 1.f, rng);
+      Dev<uint16_t> dx(x.size());
+      dx.Put(x);
+      for (int l = 0; l < 3; ++l) ExpectTunedGemm(tb.tuner, dx, x, *tb.dw[l], tb.w[l], n, tb.in, tb.out, tb.stream);
+      const std::string plan = tb.tuner.Describe(tb.dw[0]->p, n, false, false);
+      ASSERT_FALSE(plan.empty());
+      if (std::string(cfg.name) == "small" && n <= cuda::kSmallGemmMaxRows) {
+        EXPECT_NE(plan.find("small gemm"), std::string::npos) << plan;
+      }
+      if (std::string(cfg.name) == "lt" && n == cuda::GemmTuner::Bucket(n)) {
+        EXPECT_NE(plan.find(cfg.plan), std::string::npos) << plan;
+      }
+    }
+  }
+}
+
+TEST(GemmTuner, LeavesToTheCallerWhatItDoesNotTake) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(10);
+  cuda::GemmTunerOptions opt;
+  opt.max_rows = 16;
+  TunerBench tb(opt, 2, 256, 128, rng);
+  Dev<uint16_t> x(32 * 256 + 8), other(128 * 256);
+  Dev<float> y(32 * 128 + 8);
+  bool ran = true;
+  auto run = [&](const void* xp, int64_t n, int64_t in, const void* w, int64_t out, void* yp, bool f32, float beta) {
+    ran = true;
+    EXPECT_TRUE(tb.tuner.Run(xp, n, in, w, out, yp, f32, 1.f, beta, &ran).ok());
+    return ran;
+  };
+  EXPECT_TRUE(run(x.p, 8, 256, tb.dw[0]->p, 128, y.p, true, 0.f));
+  EXPECT_FALSE(run(x.p, 8, 256, other.p, 128, y.p, true, 0.f));         // unregistered weight
+  EXPECT_FALSE(run(x.p, 17, 256, tb.dw[0]->p, 128, y.p, true, 0.f));    // beyond max_rows
+  EXPECT_FALSE(run(x.p, 0, 256, tb.dw[0]->p, 128, y.p, true, 0.f));     // no rows
+  EXPECT_FALSE(run(x.p, 8, 128, tb.dw[0]->p, 256, y.p, true, 0.f));     // not the registered shape
+  EXPECT_FALSE(run(x.p, 8, 256, tb.dw[0]->p, 128, y.p, false, 1.f));    // beta with a bf16 output
+  EXPECT_FALSE(run(x.p + 8, 8, 256, tb.dw[0]->p, 128, y.p, true, 0.f)); // x not 256-byte aligned
+  EXPECT_FALSE(run(x.p, 8, 256, tb.dw[0]->p, 128, y.p + 8, true, 0.f)); // y not 256-byte aligned
+  EXPECT_EQ(cudaStreamSynchronize(tb.stream), cudaSuccess);
+}
+
+TEST(GemmTuner, PlansMeasuredBeforeAGraphCaptureRunInsideIt) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(11);
+  cuda::GemmTunerOptions opt;
+  opt.max_rows = 64;
+  TunerBench tb(opt, 2, 512, 192, rng);
+  const int64_t n = 24;
+  const auto x = RandomBf16(n * tb.in, 1.f, rng);
+  Dev<uint16_t> dx(x.size()), y(n * tb.out);
+  dx.Put(x);
+  bool ran = false;
+  // A call outside a capture registers the variant (bf16 output) and tunes it at 4 rows.
+  ASSERT_TRUE(tb.tuner.Run(dx.p, 4, tb.in, tb.dw[0]->p, tb.out, y.p, false, 1.f, 0.f, &ran).ok());
+  ASSERT_TRUE(ran);
+  // Inside a capture an untuned bucket is left to the caller (measuring would break the capture).
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(tb.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  ASSERT_TRUE(tb.tuner.Run(dx.p, n, tb.in, tb.dw[1]->p, tb.out, y.p, false, 1.f, 0.f, &ran).ok());
+  EXPECT_FALSE(ran);
+  ASSERT_EQ(cudaStreamEndCapture(tb.stream, &graph), cudaSuccess);
+  cudaGraphDestroy(graph);
+  // After Prepare(n) it is captured, and the replay computes it.
+  ASSERT_TRUE(tb.tuner.Prepare(n).ok());
+  ASSERT_EQ(cudaStreamBeginCapture(tb.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  ASSERT_TRUE(tb.tuner.Run(dx.p, n, tb.in, tb.dw[1]->p, tb.out, y.p, false, 1.f, 0.f, &ran).ok());
+  EXPECT_TRUE(ran);
+  ASSERT_EQ(cudaStreamEndCapture(tb.stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  cudaGraphDestroy(graph);
+  ASSERT_EQ(cudaMemset(y.p, 0xff, y.n * 2), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, tb.stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(tb.stream), cudaSuccess);
+  cudaGraphExecDestroy(exec);
+  std::vector<double> ref, mag;
+  Reference(x, tb.w[1], n, tb.in, tb.out, &ref, &mag);
+  const auto got = y.Get();
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(Bf16ToFloat(got[i]), ref[i], std::fabs(ref[i]) / 256 + 1e-5 * mag[i]) << i;
+  }
 }
 
 }  // namespace

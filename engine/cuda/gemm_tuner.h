@@ -1,0 +1,116 @@
+// Measured GEMM plans for the small row counts of decode steps. Each of the model's GEMMs
+// (y[n, out] = alpha · x[n, in] · W[out, in]ᵀ + beta · y) at n rows can run on cuBLAS's default
+// (cublasGemmEx), on one of cuBLASLt's heuristic candidates (split-K and stream-K kernels among
+// them, which cuBLAS's default does not take at these shapes), or, for n ≤ kSmallGemmMaxRows, on a
+// launch shape of the small-batch kernels (small_gemm.h). The tuner times every candidate once per
+// (GEMM, row bucket), rotating through the GEMM's weights in all layers so that each timed call reads
+// its weights from memory as a step does, and keeps the fastest.
+//
+// When: on the first call of a (GEMM, bucket) outside a CUDA graph capture (it synchronises the
+// stream and uses its own scratch outputs, so the step's buffers are untouched), or through
+// Prepare before a capture. A call it cannot serve (unregistered weight, more than max_rows rows, a
+// capture before tuning, a candidate invalid at this n) returns ran = false and the caller runs
+// cuBLAS. Tuned plans are fixed for the process, so the same shape always runs the same kernel; the
+// batch-invariant mode does not use the tuner.
+#pragma once
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace sbserve::cuda {
+
+struct GemmTunerOptions {
+  int max_rows = 256;       // larger GEMMs are left to cuBLAS's default
+  int lt_candidates = 8;    // cuBLASLt heuristic results timed per bucket
+  bool small_kernels = true;  // small_gemm.h launch shapes are candidates for n ≤ kSmallGemmMaxRows
+  bool cublas_default = true;  // cuBLAS's default is a candidate (tests turn it off to reach the others)
+  bool verbose = false;       // print each plan to stderr as it is chosen
+};
+
+class GemmTuner {
+ public:
+  GemmTuner() = default;
+  GemmTuner(const GemmTuner&) = delete;
+  GemmTuner& operator=(const GemmTuner&) = delete;
+  ~GemmTuner();
+
+  // `workspace` (on `stream`'s device) is shared with the caller's cuBLAS handle: both run on one stream.
+  absl::Status Init(cudaStream_t stream, void* workspace, size_t workspace_bytes, const GemmTunerOptions& options);
+  // One GEMM of the model in all its layers: the same in × out weights, one per layer.
+  void AddWeights(std::span<const void* const> weights, int64_t in, int64_t out);
+
+  // y = alpha · x · Wᵀ (+ beta · y, fp32 y only) through the tuned plan; *ran = false when the caller
+  // must run it (see above).
+  absl::Status Run(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32, float alpha,
+                   float beta, bool* ran);
+  // Tunes, at n rows, every GEMM variant called so far (before a graph capture of a step of n rows).
+  absl::Status Prepare(int64_t n);
+
+  // The row count a plan is tuned at for n rows: n up to 16, then multiples of 8 to 64, of 32 beyond.
+  static int64_t Bucket(int64_t n);
+  // One line per tuned (GEMM, bucket): the chosen plan, its time and cuBLAS's default's.
+  std::vector<std::string> Describe() const;
+  // The plan that a call of W at n rows runs, "" before it is tuned.
+  std::string Describe(const void* w, int64_t n, bool y_f32, bool accumulate) const;
+
+ private:
+  // A GEMM variant: its weights and how its output is written.
+  struct Key {
+    int group = 0;          // index into groups_
+    bool y_f32 = false;
+    bool accumulate = false;  // beta != 0
+    auto tie() const { return std::tie(group, y_f32, accumulate); }
+    bool operator<(const Key& o) const { return tie() < o.tie(); }
+  };
+  struct Plan {
+    enum class Kind { kCublas, kLt, kSmall } kind = Kind::kCublas;
+    int small_variant = 0;
+    cublasLtMatmulAlgo_t algo{};
+    size_t workspace = 0;
+    double us = 0, cublas_us = 0;  // per call, measured
+  };
+  // Matrix layouts of a variant at one exact row count, and the plan that runs there.
+  struct Resolved {
+    Plan plan;
+    bool usable = false;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  };
+  struct Group {
+    std::vector<const void*> weights;
+    int64_t in = 0, out = 0;
+  };
+
+  absl::Status Tune(const Key& key, int64_t bucket);
+  absl::Status Resolve(const Key& key, int64_t n, Resolved* r);
+  absl::Status Layouts(const Key& key, int64_t n, Resolved* r) const;
+  absl::Status Launch(const Key& key, const Plan& plan, const Resolved& layouts, const void* x, int64_t n,
+                      const void* w, void* y, float alpha, float beta) const;
+  absl::Status CublasDefault(const Key& key, const void* x, int64_t n, const void* w, void* y, float alpha,
+                             float beta) const;
+  std::string Name(const Key& key, int64_t bucket, const Plan& plan) const;
+
+  cudaStream_t stream_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  GemmTunerOptions options_;
+  cublasLtHandle_t lt_ = nullptr;
+  cublasLtMatmulDesc_t desc_ = nullptr;  // Wᵀ · x: A = W (transposed), B = x
+  cublasHandle_t blas_ = nullptr;        // the cuBLAS default candidate
+  std::vector<Group> groups_;
+  std::map<const void*, int> group_of_;                  // weight -> group
+  std::map<std::pair<Key, int64_t>, Plan> tuned_;        // (variant, bucket) -> plan
+  std::map<std::pair<Key, int64_t>, Resolved> resolved_;  // (variant, exact n)
+  std::map<Key, bool> seen_;
+};
+
+}  // namespace sbserve::cuda
