@@ -55,7 +55,10 @@ struct SbPrefillSm90Traits {
   // kernel is launched only at d = 64: at d = 128 four stages of (K, V) leave one CTA per SM.
   static_assert(kHeadDim == 64 || kHeadDim == 128);
   static_assert(kStages >= 4, "tile i + 1 is waited for while tiles i - 1 and i are still read");
-  static_assert((kBlockN * kChunks) % kNThreads == 0);
+  // 16-byte chunks of a K (or V) tile and the loader passes over them (the last one partial when
+  // the threads do not divide them, as with 3 warpgroups).
+  static constexpr int kTileChunks = kBlockN * kChunks;
+  static constexpr int kLoadPasses = (kTileChunks + kNThreads - 1) / kNThreads;
 };
 
 // Byte offset of 16-byte chunk c of row r in a tile of `rows` rows stored as 128-byte column blocks.
@@ -140,8 +143,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
     unsigned char* k_dst = kv_smem + (2 * stage) * Tr::kTileBytes;
     unsigned char* v_dst = kv_smem + (2 * stage + 1) * Tr::kTileBytes;
 #pragma unroll
-    for (int i = 0; i < Tr::kBlockN * Tr::kChunks / Tr::kNThreads; ++i) {
+    for (int i = 0; i < Tr::kLoadPasses; ++i) {
       const int idx = tid + i * Tr::kNThreads;
+      if (Tr::kTileChunks % Tr::kNThreads != 0 && idx >= Tr::kTileChunks) break;
       const int row = idx / Tr::kChunks;
       const int c = idx % Tr::kChunks;
       const int key = n * Tr::kBlockN + row;
