@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backend.h"
 #include "engine/model/checkpoint.h"
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_sampler.h"
@@ -26,14 +27,6 @@ namespace sbserve {
 namespace {
 
 using cuda::DeviceBuffer;
-
-#define SB_CUBLAS_RETURN_IF_ERROR(stmt)                                                              \
-  do {                                                                                               \
-    cublasStatus_t sb_blas_st_ = (stmt);                                                             \
-    if (sb_blas_st_ != CUBLAS_STATUS_SUCCESS)                                                        \
-      return absl::InternalError(absl::StrCat(__FILE__, ":", __LINE__, ": ", #stmt, " failed: ",     \
-                                              cublasGetStatusString(sb_blas_st_)));                  \
-  } while (0)
 
 #define SB_RETURN_IF_ERROR(expr)       \
   do {                                 \

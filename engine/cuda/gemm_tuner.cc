@@ -7,20 +7,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/small_gemm.h"
 #include "kernels/cuda_check.h"
 
 namespace sbserve::cuda {
 namespace {
-
-#define SB_BLAS_OK(stmt)                                                                                   \
-  do {                                                                                                     \
-    cublasStatus_t sb_blas_st_ = (stmt);                                                                   \
-    if (sb_blas_st_ != CUBLAS_STATUS_SUCCESS)                                                              \
-      return absl::InternalError(absl::StrCat(__FILE__, ":", __LINE__, ": ", #stmt, " failed: ",           \
-                                              cublasGetStatusString(sb_blas_st_)));                        \
-  } while (0)
 
 #define SB_OK(expr)                  \
   do {                               \
@@ -67,14 +60,14 @@ absl::Status GemmTuner::Init(cudaStream_t stream, void* workspace, size_t worksp
   workspace_ = workspace;
   workspace_bytes_ = workspace_bytes;
   options_ = options;
-  SB_BLAS_OK(cublasCreate(&blas_));
-  SB_BLAS_OK(cublasSetStream(blas_, stream_));
-  SB_BLAS_OK(cublasSetWorkspace(blas_, workspace_, workspace_bytes_));
-  SB_BLAS_OK(cublasLtCreate(&lt_));
-  SB_BLAS_OK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasCreate(&blas_));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasSetStream(blas_, stream_));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(blas_, workspace_, workspace_bytes_));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&lt_));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
-  SB_BLAS_OK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-  SB_BLAS_OK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
   return absl::OkStatus();
 }
 
@@ -96,16 +89,16 @@ int64_t GemmTuner::Bucket(int64_t n) {
 // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = op_T(W: in × out) · (xᵀ: in × n).
 absl::Status GemmTuner::Layouts(const Key& key, int64_t n, Resolved* r) const {
   const Group& g = groups_[key.group];
-  SB_BLAS_OK(cublasLtMatrixLayoutCreate(&r->a, CUDA_R_16BF, g.in, g.out, g.in));
-  SB_BLAS_OK(cublasLtMatrixLayoutCreate(&r->b, CUDA_R_16BF, g.in, n, g.in));
-  SB_BLAS_OK(cublasLtMatrixLayoutCreate(&r->c, key.y_f32 ? CUDA_R_32F : CUDA_R_16BF, g.out, n, g.out));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&r->a, CUDA_R_16BF, g.in, g.out, g.in));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&r->b, CUDA_R_16BF, g.in, n, g.in));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&r->c, key.y_f32 ? CUDA_R_32F : CUDA_R_16BF, g.out, n, g.out));
   return absl::OkStatus();
 }
 
 absl::Status GemmTuner::CublasDefault(const Key& key, const void* x, int64_t n, const void* w, void* y, float alpha,
                                       float beta) const {
   const Group& g = groups_[key.group];
-  SB_BLAS_OK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.out), static_cast<int>(n),
+  SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.out), static_cast<int>(n),
                           static_cast<int>(g.in), &alpha, w, CUDA_R_16BF, static_cast<int>(g.in), x, CUDA_R_16BF,
                           static_cast<int>(g.in), &beta, y, key.y_f32 ? CUDA_R_32F : CUDA_R_16BF,
                           static_cast<int>(g.out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -119,7 +112,7 @@ absl::Status GemmTuner::Launch(const Key& key, const Plan& plan, const Resolved&
     case Plan::Kind::kSmall:
       return SmallGemm(x, n, g.in, w, g.out, y, key.y_f32, alpha, beta, stream_, plan.small_variant);
     case Plan::Kind::kLt:
-      SB_BLAS_OK(cublasLtMatmul(lt_, desc_, &alpha, w, layouts.a, x, layouts.b, &beta, y, layouts.c, y, layouts.c,
+      SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, desc_, &alpha, w, layouts.a, x, layouts.b, &beta, y, layouts.c, y, layouts.c,
                                 &plan.algo, workspace_, workspace_bytes_, stream_));
       return absl::OkStatus();
     case Plan::Kind::kCublas:
