@@ -85,6 +85,11 @@ class Backend {
     return absl::UnimplementedError("this backend does not overlap steps");
   }
 
+  // Measures ahead of serving whatever the backend tunes per step size, for steps of up to
+  // max_rows rows (CUDA: the GEMM plans of gemm_tuner.h), so that no served step pauses for it.
+  // The engine calls it once, before the first step. Nothing by default.
+  virtual absl::Status PrepareSteps(int64_t /*max_rows*/) { return absl::OkStatus(); }
+
   // For KV sizing (engine/capacity.h). UNIMPLEMENTED by default (test fakes).
   virtual absl::StatusOr<MemoryInfo> Memory() const {
     return absl::UnimplementedError("backend reports no memory information");
@@ -112,6 +117,7 @@ class ForwardingBackend : public Backend {
     return inner_->LaunchStep(batch, sampling, feed);
   }
   absl::Status CollectStep(SampledRows* out) override { return inner_->CollectStep(out); }
+  absl::Status PrepareSteps(int64_t max_rows) override { return inner_->PrepareSteps(max_rows); }
   absl::StatusOr<MemoryInfo> Memory() const override { return inner_->Memory(); }
 
  private:

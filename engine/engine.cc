@@ -392,6 +392,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithCodec(const EngineOpti
   if (options.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens: must be >= 1");
   absl::StatusOr<CapacityPlan> plan = PlanCapacity(options, *backend);
   if (!plan.ok()) return plan.status();
+  // Every step has at most max_batch_tokens rows (max_num_seqs at most, as each sequence adds one).
+  if (absl::Status s = backend->PrepareSteps(plan->max_batch_tokens); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("preparing the backend's steps: ", s.message()));
+  }
   EngineOptions resolved = options;
   resolved.max_batch_tokens = plan->max_batch_tokens;
   resolved.max_queued_tokens = plan->max_queued_tokens;

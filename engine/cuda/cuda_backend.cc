@@ -113,6 +113,12 @@ class CudaBackend final : public Backend {
   absl::Status LaunchStep(const Batch& batch, const SamplingBatch& sampling, std::span<const TokenFeed> feed) override;
   absl::Status CollectStep(SampledRows* out) override;
 
+  absl::Status PrepareSteps(int64_t max_rows) override {
+    if (!tuner_) return absl::OkStatus();
+    SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    return CheckSticky(tuner_->PrepareUpTo(max_rows));
+  }
+
   absl::StatusOr<MemoryInfo> Memory() const override {
     SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     size_t free = 0, total = 0;
@@ -333,17 +339,19 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
     tuner_ = std::make_unique<cuda::GemmTuner>();
     SB_RETURN_IF_ERROR(tuner_->Init(stream_, blas_workspace_.get(), blas_workspace_.bytes(), tuning));
     const int64_t D = c.n_embd, I = c.n_inner;
-    auto add = [&](DeviceBuffer LayerWeights::*member, int64_t in, int64_t out) {
+    // As Compute calls them: the output projections accumulate into the fp32 residual stream
+    // unless a bias needs its own add.
+    auto add = [&](DeviceBuffer LayerWeights::*member, int64_t in, int64_t out, bool y_f32, bool accumulate) {
       std::vector<const void*> ws;
       for (const auto& l : layers_) ws.push_back(((*l).*member).get());
-      tuner_->AddWeights(ws, in, out);
+      tuner_->AddWeights(ws, in, out, y_f32, accumulate);
     };
-    add(&LayerWeights::attn_w, D, c.qkv_dim());
-    add(&LayerWeights::proj_w, D, D);
-    add(&LayerWeights::fc_w, D, c.glu ? 2 * I : I);
-    add(&LayerWeights::fc_proj_w, I, D);
+    add(&LayerWeights::attn_w, D, c.qkv_dim(), false, false);
+    add(&LayerWeights::proj_w, D, D, true, !c.add_bias);
+    add(&LayerWeights::fc_w, D, c.glu ? 2 * I : I, false, false);
+    add(&LayerWeights::fc_proj_w, I, D, true, !c.add_bias);
     const void* head = c.tie_word_embeddings ? wte_.get() : lm_head_.get();
-    tuner_->AddWeights(std::span<const void* const>(&head, 1), D, c.vocab_size);
+    tuner_->AddWeights(std::span<const void* const>(&head, 1), D, c.vocab_size, true, false);
   }
   return absl::OkStatus();
 }

@@ -71,11 +71,14 @@ absl::Status GemmTuner::Init(cudaStream_t stream, void* workspace, size_t worksp
   return absl::OkStatus();
 }
 
-void GemmTuner::AddWeights(std::span<const void* const> weights, int64_t in, int64_t out) {
+void GemmTuner::AddWeights(std::span<const void* const> weights, int64_t in, int64_t out, bool y_f32,
+                           bool accumulate) {
   Group g;
   g.weights.assign(weights.begin(), weights.end());
   g.in = in;
   g.out = out;
+  g.y_f32 = y_f32;
+  g.accumulate = accumulate;
   for (const void* w : weights) group_of_[w] = static_cast<int>(groups_.size());
   groups_.push_back(std::move(g));
 }
@@ -124,9 +127,14 @@ absl::Status GemmTuner::Launch(const Key& key, const Plan& plan, const Resolved&
 absl::Status GemmTuner::Tune(const Key& key, int64_t bucket) {
   const Group& g = groups_[key.group];
   // Scratch input and output of `bucket` rows, freed after this pass (the step's buffers are not touched).
+  // Without the memory for them, this bucket keeps cuBLAS's default (a step must not fail for it).
   DeviceBuffer xs, ys;
-  SB_OK(xs.Reserve(static_cast<size_t>(bucket * g.in) * 2));
-  SB_OK(ys.Reserve(static_cast<size_t>(bucket * g.out) * (key.y_f32 ? 4 : 2)));
+  if (!xs.Reserve(static_cast<size_t>(bucket * g.in) * 2).ok() ||
+      !ys.Reserve(static_cast<size_t>(bucket * g.out) * (key.y_f32 ? 4 : 2)).ok()) {
+    cudaGetLastError();
+    tuned_[{key, bucket}] = Plan{};
+    return absl::OkStatus();
+  }
   // Inputs: the first weight's bytes (values of a real bf16 distribution), as many as fit.
   const size_t x_bytes = static_cast<size_t>(bucket * g.in) * 2;
   const size_t w_bytes = static_cast<size_t>(g.in * g.out) * 2;
@@ -237,11 +245,10 @@ absl::Status GemmTuner::Run(const void* x, int64_t n, int64_t in, const void* w,
   auto it = group_of_.find(w);
   if (it == group_of_.end()) return absl::OkStatus();
   const Group& g = groups_[it->second];
-  if (g.in != in || g.out != out || (!y_f32 && beta != 0.f)) return absl::OkStatus();
+  if (g.in != in || g.out != out || g.y_f32 != y_f32 || g.accumulate != (beta != 0.f)) return absl::OkStatus();
   // cuBLASLt's candidates are chosen for 256-byte-aligned operands (its default assumption).
   if (!Aligned(x, 256) || !Aligned(w, 256) || !Aligned(y, 256)) return absl::OkStatus();
   const Key key{it->second, y_f32, beta != 0.f};
-  seen_[key] = true;
   auto rit = resolved_.find({key, n});
   if (rit == resolved_.end()) {
     const int64_t bucket = Bucket(n);
@@ -262,9 +269,15 @@ absl::Status GemmTuner::Run(const void* x, int64_t n, int64_t in, const void* w,
 
 absl::Status GemmTuner::Prepare(int64_t n) {
   if (n < 1 || n > options_.max_rows) return absl::OkStatus();
-  for (const auto& [key, unused] : seen_) {
+  for (int i = 0; i < static_cast<int>(groups_.size()); ++i) {
+    const Key key{i, groups_[i].y_f32, groups_[i].accumulate};
     if (!tuned_.contains({key, Bucket(n)})) SB_OK(Tune(key, Bucket(n)));
   }
+  return absl::OkStatus();
+}
+
+absl::Status GemmTuner::PrepareUpTo(int64_t n) {
+  for (int64_t m = 1; m <= std::min<int64_t>(n, options_.max_rows); m = Bucket(m) + 1) SB_OK(Prepare(m));
   return absl::OkStatus();
 }
 

@@ -46,15 +46,20 @@ class GemmTuner {
 
   // `workspace` (on `stream`'s device) is shared with the caller's cuBLAS handle: both run on one stream.
   absl::Status Init(cudaStream_t stream, void* workspace, size_t workspace_bytes, const GemmTunerOptions& options);
-  // One GEMM of the model in all its layers: the same in × out weights, one per layer.
-  void AddWeights(std::span<const void* const> weights, int64_t in, int64_t out);
+  // One GEMM of the model in all its layers: the same in × out weights, one per layer, and how it
+  // writes y (fp32 or bf16; accumulating, beta != 0, or not). Calls that write y otherwise are left
+  // to the caller.
+  void AddWeights(std::span<const void* const> weights, int64_t in, int64_t out, bool y_f32, bool accumulate);
 
   // y = alpha · x · Wᵀ (+ beta · y, fp32 y only) through the tuned plan; *ran = false when the caller
   // must run it (see above).
   absl::Status Run(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32, float alpha,
                    float beta, bool* ran);
-  // Tunes, at n rows, every GEMM variant called so far (before a graph capture of a step of n rows).
+  // Tunes every registered GEMM at n rows' bucket (before a graph capture of a step of n rows).
   absl::Status Prepare(int64_t n);
+  // Tunes every registered GEMM at every bucket up to min(n, max_rows) rows (at startup, so that
+  // serving does not pause to measure).
+  absl::Status PrepareUpTo(int64_t n);
 
   // The row count a plan is tuned at for n rows: n up to 16, then multiples of 8 to 64, of 32 beyond.
   static int64_t Bucket(int64_t n);
@@ -88,6 +93,7 @@ class GemmTuner {
   struct Group {
     std::vector<const void*> weights;
     int64_t in = 0, out = 0;
+    bool y_f32 = false, accumulate = false;
   };
 
   absl::Status Tune(const Key& key, int64_t bucket);
@@ -110,7 +116,6 @@ class GemmTuner {
   std::map<const void*, int> group_of_;                  // weight -> group
   std::map<std::pair<Key, int64_t>, Plan> tuned_;        // (variant, bucket) -> plan
   std::map<std::pair<Key, int64_t>, Resolved> resolved_;  // (variant, exact n)
-  std::map<Key, bool> seen_;
 };
 
 }  // namespace sbserve::cuda

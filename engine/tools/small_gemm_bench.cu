@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
     CHECK_OK(tuner.Init(s, tuner_ws, size_t{32} << 20, topt));
     std::vector<const void*> copy_ptrs;
     for (int k = 0; k < copies; ++k) copy_ptrs.push_back(w + k * w_elems);
-    tuner.AddWeights(copy_ptrs, sh.in, w_rows);
+    tuner.AddWeights(copy_ptrs, sh.in, w_rows, sh.y_f32 && !sh.glu, !sh.glu && sh.beta != 0.f);
     for (int n : rows) {
       auto cublas = [&](int k) {
         const __nv_bfloat16* wk = w + k * w_elems;

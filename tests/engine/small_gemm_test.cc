@@ -187,67 +187,78 @@ TEST(SmallGemm, RefusesWhatItCannotTake) {
   EXPECT_FALSE(cuda::SmallGemmGlu(0, buf, 9, 8, buf, 4, buf, nullptr).ok());
 }
 
-// Checks y = alpha · x · W_lᵀ (+ base) of one tuned call against float64.
-void ExpectTunedGemm(cuda::GemmTuner& tuner, const Dev<uint16_t>& dx, const std::vector<uint16_t>& x,
-                     const Dev<uint16_t>& dw, const std::vector<uint16_t>& w, int64_t n, int64_t in, int64_t out,
-                     cudaStream_t stream) {
-  std::vector<double> ref, mag;
-  Reference(x, w, n, in, out, &ref, &mag);
-  const size_t count = static_cast<size_t>(n * out);
-  bool ran = false;
-  // bf16 output, alpha = 0.5.
-  Dev<uint16_t> yb(count);
-  ASSERT_TRUE(tuner.Run(dx.p, n, in, dw.p, out, yb.p, false, 0.5f, 0.f, &ran).ok());
-  ASSERT_TRUE(ran);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  const auto gb = yb.Get();
-  for (size_t i = 0; i < count; ++i) {
-    const double want = 0.5 * ref[i];
-    ASSERT_NEAR(Bf16ToFloat(gb[i]), want, std::fabs(want) * (1.0 / 256) + 1e-5 * mag[i]) << "bf16 output " << i;
-  }
-  // fp32 output without and with the accumulation (the residual add).
-  Dev<float> yf(count);
-  yf.Put(std::vector<float>(count, std::nanf("")));
-  ASSERT_TRUE(tuner.Run(dx.p, n, in, dw.p, out, yf.p, true, 0.22f, 0.f, &ran).ok());
-  ASSERT_TRUE(ran);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  auto gf = yf.Get();
-  for (size_t i = 0; i < count; ++i) ASSERT_NEAR(gf[i], 0.22 * ref[i], 4e-6 * mag[i] + 1e-7) << "fp32 output " << i;
-  std::vector<float> base(count);
-  for (size_t i = 0; i < count; ++i) base[i] = static_cast<float>(i % 7) - 3.f;
-  yf.Put(base);
-  ASSERT_TRUE(tuner.Run(dx.p, n, in, dw.p, out, yf.p, true, 0.22f, 1.f, &ran).ok());
-  ASSERT_TRUE(ran);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  gf = yf.Get();
-  for (size_t i = 0; i < count; ++i) {
-    ASSERT_NEAR(gf[i], base[i] + 0.22 * ref[i], 4e-6 * mag[i] + 1e-6) << "accumulated output " << i;
-  }
-}
+// How a registered GEMM writes y: bf16; fp32; fp32 accumulating (the residual add).
+struct Epilogue {
+  const char* name;
+  bool y_f32, accumulate;
+};
+constexpr Epilogue kEpilogues[] = {{"bf16", false, false}, {"fp32", true, false}, {"fp32+=", true, true}};
 
-// Owns a stream, the workspace and a tuner over `layers` random weights of out × in.
+// Owns a stream, the workspace and a tuner over device copies of `w` (one weight per layer, out × in)
+// registered with epilogue `e`.
 struct TunerBench {
-  TunerBench(const cuda::GemmTunerOptions& options, int layers, int64_t in, int64_t out, std::mt19937& rng)
-      : in(in), out(out), workspace(size_t{32} << 20) {
+  TunerBench(const cuda::GemmTunerOptions& options, const std::vector<std::vector<uint16_t>>& w, int64_t in,
+             int64_t out, Epilogue e)
+      : in(in), out(out), e(e), workspace(size_t{32} << 20) {
     EXPECT_EQ(cudaStreamCreate(&stream), cudaSuccess);
     EXPECT_TRUE(tuner.Init(stream, workspace.p, workspace.n, options).ok());
     std::vector<const void*> ptrs;
-    for (int l = 0; l < layers; ++l) {
-      w.push_back(RandomBf16(out * in, 0.05f, rng));
-      dw.push_back(std::make_unique<Dev<uint16_t>>(w.back().size()));
-      dw.back()->Put(w.back());
+    for (const auto& wl : w) {
+      dw.push_back(std::make_unique<Dev<uint16_t>>(wl.size()));
+      dw.back()->Put(wl);
       ptrs.push_back(dw.back()->p);
     }
-    tuner.AddWeights(ptrs, in, out);
+    tuner.AddWeights(ptrs, in, out, e.y_f32, e.accumulate);
   }
   ~TunerBench() { cudaStreamDestroy(stream); }
+
+  // One call on layer l's weight through the tuner, checked against ref (float64 x · W_lᵀ) and mag
+  // (Σ |x · w|, the scale of its rounding error).
+  void Expect(const Dev<uint16_t>& dx, int64_t n, int l, const std::vector<double>& ref,
+              const std::vector<double>& mag) {
+    const size_t count = static_cast<size_t>(n * out);
+    bool ran = false;
+    if (!e.y_f32) {  // alpha = 0.5
+      Dev<uint16_t> y(count);
+      ASSERT_TRUE(tuner.Run(dx.p, n, in, dw[l]->p, out, y.p, false, 0.5f, 0.f, &ran).ok());
+      ASSERT_TRUE(ran);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      const auto got = y.Get();
+      for (size_t i = 0; i < count; ++i) {
+        const double want = 0.5 * ref[i];
+        ASSERT_NEAR(Bf16ToFloat(got[i]), want, std::fabs(want) / 256 + 1e-5 * mag[i]) << "bf16 output " << i;
+      }
+      return;
+    }
+    // fp32: y = 0.22 · x · Wᵀ, over NaN (must not be read) or, accumulating, over a base.
+    Dev<float> y(count);
+    std::vector<float> base(count, std::nanf(""));
+    if (e.accumulate)
+      for (size_t i = 0; i < count; ++i) base[i] = static_cast<float>(i % 7) - 3.f;
+    y.Put(base);
+    ASSERT_TRUE(tuner.Run(dx.p, n, in, dw[l]->p, out, y.p, true, 0.22f, e.accumulate ? 1.f : 0.f, &ran).ok());
+    ASSERT_TRUE(ran);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const auto got = y.Get();
+    for (size_t i = 0; i < count; ++i) {
+      const double want = (e.accumulate ? base[i] : 0.0) + 0.22 * ref[i];
+      ASSERT_NEAR(got[i], want, 4e-6 * mag[i] + 1e-6) << e.name << " output " << i;
+    }
+  }
+
   int64_t in, out;
+  Epilogue e;
   Dev<uint8_t> workspace;
   cudaStream_t stream = nullptr;
   cuda::GemmTuner tuner;
-  std::vector<std::vector<uint16_t>> w;
   std::vector<std::unique_ptr<Dev<uint16_t>>> dw;
 };
+
+std::vector<std::vector<uint16_t>> RandomLayers(int layers, int64_t in, int64_t out, std::mt19937& rng) {
+  std::vector<std::vector<uint16_t>> w;
+  for (int l = 0; l < layers; ++l) w.push_back(RandomBf16(out * in, 0.05f, rng));
+  return w;
+}
 
 TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
@@ -255,32 +266,43 @@ TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
   struct Config {
     const char* name;
     bool cublas_default, small_kernels;
-    const char* plan;  // what Describe must name: the kind of plan each config leaves
   };
   // All candidates; cuBLASLt's alone; the small kernels alone (n ≤ 4; beyond, cuBLAS's default).
-  const Config configs[] = {{"all", true, true, ""}, {"lt", false, false, "cublasLt"}, {"small", false, true, ""}};
+  const Config configs[] = {{"all", true, true}, {"lt", false, false}, {"small", false, true}};
   // n: bucket edges (16 exact, 17 -> 24, 64, 65 -> 96) and row counts inside a bucket (61 -> 64,
   // 100 -> 128), so plans are also run at row counts they were not measured at.
   const int64_t rows[] = {1, 2, 3, 4, 5, 16, 17, 61, 64, 65, 100};
+  const int64_t in = 2304, out = 264;
+  const auto w = RandomLayers(3, in, out, rng);
   for (const Config& cfg : configs) {
     cuda::GemmTunerOptions opt;
     opt.max_rows = 128;
     opt.cublas_default = cfg.cublas_default;
     opt.small_kernels = cfg.small_kernels;
-    TunerBench tb(opt, 3, 2304, 264, rng);
+    std::vector<std::unique_ptr<TunerBench>> benches;
+    for (const Epilogue& e : kEpilogues) benches.push_back(std::make_unique<TunerBench>(opt, w, in, out, e));
     for (int64_t n : rows) {
-      SCOPED_TRACE(absl::StrCat(cfg.name, " n=", n));
-      const auto x = RandomBf16(n * tb.in, 1.f, rng);
+      const auto x = RandomBf16(n * in, 1.f, rng);
       Dev<uint16_t> dx(x.size());
       dx.Put(x);
-      for (int l = 0; l < 3; ++l) ExpectTunedGemm(tb.tuner, dx, x, *tb.dw[l], tb.w[l], n, tb.in, tb.out, tb.stream);
-      const std::string plan = tb.tuner.Describe(tb.dw[0]->p, n, false, false);
-      ASSERT_FALSE(plan.empty());
-      if (std::string(cfg.name) == "small" && n <= cuda::kSmallGemmMaxRows) {
-        EXPECT_NE(plan.find("small gemm"), std::string::npos) << plan;
+      for (int l = 0; l < 3; ++l) {
+        std::vector<double> ref, mag;
+        Reference(x, w[l], n, in, out, &ref, &mag);
+        for (auto& tb : benches) {
+          SCOPED_TRACE(absl::StrCat(cfg.name, " ", tb->e.name, " n=", n, " layer ", l));
+          tb->Expect(dx, n, l, ref, mag);
+        }
       }
-      if (std::string(cfg.name) == "lt" && n == cuda::GemmTuner::Bucket(n)) {
-        EXPECT_NE(plan.find(cfg.plan), std::string::npos) << plan;
+      for (auto& tb : benches) {
+        const std::string plan = tb->tuner.Describe(tb->dw[0]->p, n, tb->e.y_f32, tb->e.accumulate);
+        SCOPED_TRACE(absl::StrCat(cfg.name, " ", tb->e.name, " n=", n, ": ", plan));
+        ASSERT_FALSE(plan.empty());
+        if (std::string(cfg.name) == "small" && n <= cuda::kSmallGemmMaxRows) {
+          EXPECT_NE(plan.find("small gemm"), std::string::npos);
+        }
+        if (std::string(cfg.name) == "lt" && n == cuda::GemmTuner::Bucket(n)) {
+          EXPECT_NE(plan.find("cublasLt"), std::string::npos);
+        }
       }
     }
   }
@@ -291,23 +313,24 @@ TEST(GemmTuner, LeavesToTheCallerWhatItDoesNotTake) {
   std::mt19937 rng(10);
   cuda::GemmTunerOptions opt;
   opt.max_rows = 16;
-  TunerBench tb(opt, 2, 256, 128, rng);
+  TunerBench tb(opt, RandomLayers(2, 256, 128, rng), 256, 128, kEpilogues[1]);  // fp32, not accumulating
   Dev<uint16_t> x(32 * 256 + 8), other(128 * 256);
   Dev<float> y(32 * 128 + 8);
-  bool ran = true;
   auto run = [&](const void* xp, int64_t n, int64_t in, const void* w, int64_t out, void* yp, bool f32, float beta) {
-    ran = true;
+    bool ran = true;
     EXPECT_TRUE(tb.tuner.Run(xp, n, in, w, out, yp, f32, 1.f, beta, &ran).ok());
     return ran;
   };
-  EXPECT_TRUE(run(x.p, 8, 256, tb.dw[0]->p, 128, y.p, true, 0.f));
-  EXPECT_FALSE(run(x.p, 8, 256, other.p, 128, y.p, true, 0.f));         // unregistered weight
-  EXPECT_FALSE(run(x.p, 17, 256, tb.dw[0]->p, 128, y.p, true, 0.f));    // beyond max_rows
-  EXPECT_FALSE(run(x.p, 0, 256, tb.dw[0]->p, 128, y.p, true, 0.f));     // no rows
-  EXPECT_FALSE(run(x.p, 8, 128, tb.dw[0]->p, 256, y.p, true, 0.f));     // not the registered shape
-  EXPECT_FALSE(run(x.p, 8, 256, tb.dw[0]->p, 128, y.p, false, 1.f));    // beta with a bf16 output
-  EXPECT_FALSE(run(x.p + 8, 8, 256, tb.dw[0]->p, 128, y.p, true, 0.f)); // x not 256-byte aligned
-  EXPECT_FALSE(run(x.p, 8, 256, tb.dw[0]->p, 128, y.p + 8, true, 0.f)); // y not 256-byte aligned
+  const void* w = tb.dw[0]->p;
+  EXPECT_TRUE(run(x.p, 8, 256, w, 128, y.p, true, 0.f));
+  EXPECT_FALSE(run(x.p, 8, 256, other.p, 128, y.p, true, 0.f));  // unregistered weight
+  EXPECT_FALSE(run(x.p, 17, 256, w, 128, y.p, true, 0.f));       // beyond max_rows
+  EXPECT_FALSE(run(x.p, 0, 256, w, 128, y.p, true, 0.f));        // no rows
+  EXPECT_FALSE(run(x.p, 8, 128, w, 256, y.p, true, 0.f));        // not the registered shape
+  EXPECT_FALSE(run(x.p, 8, 256, w, 128, y.p, true, 1.f));        // accumulating: not the registered epilogue
+  EXPECT_FALSE(run(x.p, 8, 256, w, 128, y.p, false, 0.f));       // bf16 output: not the registered epilogue
+  EXPECT_FALSE(run(x.p + 8, 8, 256, w, 128, y.p, true, 0.f));    // x not 256-byte aligned
+  EXPECT_FALSE(run(x.p, 8, 256, w, 128, y.p + 8, true, 0.f));    // y not 256-byte aligned
   EXPECT_EQ(cudaStreamSynchronize(tb.stream), cudaSuccess);
 }
 
@@ -316,41 +339,44 @@ TEST(GemmTuner, PlansMeasuredBeforeAGraphCaptureRunInsideIt) {
   std::mt19937 rng(11);
   cuda::GemmTunerOptions opt;
   opt.max_rows = 64;
-  TunerBench tb(opt, 2, 512, 192, rng);
+  const auto w = RandomLayers(2, 512, 192, rng);
+  TunerBench tb(opt, w, 512, 192, kEpilogues[0]);
   const int64_t n = 24;
   const auto x = RandomBf16(n * tb.in, 1.f, rng);
   Dev<uint16_t> dx(x.size()), y(n * tb.out);
   dx.Put(x);
-  bool ran = false;
-  // A call outside a capture registers the variant (bf16 output) and tunes it at 4 rows.
-  ASSERT_TRUE(tb.tuner.Run(dx.p, 4, tb.in, tb.dw[0]->p, tb.out, y.p, false, 1.f, 0.f, &ran).ok());
-  ASSERT_TRUE(ran);
+  // Captures one call at m rows on layer 1; true when the tuner took it.
+  auto capture = [&](int64_t m, cudaGraphExec_t* exec) {
+    bool ran = false;
+    cudaGraph_t graph = nullptr;
+    EXPECT_EQ(cudaStreamBeginCapture(tb.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    EXPECT_TRUE(tb.tuner.Run(dx.p, m, tb.in, tb.dw[1]->p, tb.out, y.p, false, 1.f, 0.f, &ran).ok());
+    EXPECT_EQ(cudaStreamEndCapture(tb.stream, &graph), cudaSuccess);
+    if (exec != nullptr) EXPECT_EQ(cudaGraphInstantiate(exec, graph, 0), cudaSuccess);
+    cudaGraphDestroy(graph);
+    return ran;
+  };
   // Inside a capture an untuned bucket is left to the caller (measuring would break the capture).
-  cudaGraph_t graph = nullptr;
-  ASSERT_EQ(cudaStreamBeginCapture(tb.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  ASSERT_TRUE(tb.tuner.Run(dx.p, n, tb.in, tb.dw[1]->p, tb.out, y.p, false, 1.f, 0.f, &ran).ok());
-  EXPECT_FALSE(ran);
-  ASSERT_EQ(cudaStreamEndCapture(tb.stream, &graph), cudaSuccess);
-  cudaGraphDestroy(graph);
-  // After Prepare(n) it is captured, and the replay computes it.
+  EXPECT_FALSE(capture(n, nullptr));
+  // Prepare(n) tunes n's bucket: then the call is captured, and the replay computes it.
   ASSERT_TRUE(tb.tuner.Prepare(n).ok());
-  ASSERT_EQ(cudaStreamBeginCapture(tb.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  ASSERT_TRUE(tb.tuner.Run(dx.p, n, tb.in, tb.dw[1]->p, tb.out, y.p, false, 1.f, 0.f, &ran).ok());
-  EXPECT_TRUE(ran);
-  ASSERT_EQ(cudaStreamEndCapture(tb.stream, &graph), cudaSuccess);
   cudaGraphExec_t exec = nullptr;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  cudaGraphDestroy(graph);
+  ASSERT_TRUE(capture(n, &exec));
   ASSERT_EQ(cudaMemset(y.p, 0xff, y.n * 2), cudaSuccess);
   ASSERT_EQ(cudaGraphLaunch(exec, tb.stream), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(tb.stream), cudaSuccess);
   cudaGraphExecDestroy(exec);
   std::vector<double> ref, mag;
-  Reference(x, tb.w[1], n, tb.in, tb.out, &ref, &mag);
+  Reference(x, w[1], n, tb.in, tb.out, &ref, &mag);
   const auto got = y.Get();
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_NEAR(Bf16ToFloat(got[i]), ref[i], std::fabs(ref[i]) / 256 + 1e-5 * mag[i]) << i;
   }
+  // PrepareUpTo(m) tunes every bucket up to m rows (and none beyond): all of them capture.
+  EXPECT_FALSE(capture(40, nullptr));
+  ASSERT_TRUE(tb.tuner.PrepareUpTo(48).ok());
+  for (int64_t m = 1; m <= 48; ++m) EXPECT_TRUE(capture(m, nullptr)) << m;
+  EXPECT_FALSE(capture(49, nullptr));
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // Sizing at start-up (engine/capacity.h) on the real CPU backend with the demo model: the KV cache
 // from available RAM, the step size, the admission limits from the measured prefill rate, the
-// explicit flags that override them, the configurations that are refused, and a burst that the
-// old fixed limit (65,536 queued prompt tokens) refused and that is now queued.
+// explicit flags that override them, the configurations that are refused, a burst that the
+// old fixed limit (65,536 queued prompt tokens) refused and that is now queued, and the backend's
+// preparation of its steps (Backend::PrepareSteps) at the resolved step size.
 #include <fstream>
 #include <memory>
 #include <string>
@@ -136,6 +137,59 @@ TEST_F(Capacity, ABurstTheEngineCanPrefillSoonIsQueuedNotRefused) {
   }
   EXPECT_EQ(accepted, 64);
   (*engine)->Shutdown();
+}
+
+// Records PrepareSteps calls (and the Forward calls made before each) and can fail them.
+class PrepareRecorder : public ForwardingBackend {
+ public:
+  PrepareRecorder(std::unique_ptr<Backend> inner, std::vector<std::pair<int64_t, int>>* calls, absl::Status result)
+      : ForwardingBackend(std::move(inner)), calls_(calls), result_(std::move(result)) {}
+  absl::Status Forward(const Batch& batch, std::span<float> logits) override {
+    ++forwards_;
+    return ForwardingBackend::Forward(batch, logits);
+  }
+  absl::Status PrepareSteps(int64_t max_rows) override {
+    calls_->push_back({max_rows, forwards_});
+    return result_;
+  }
+
+ private:
+  std::vector<std::pair<int64_t, int>>* calls_;
+  absl::Status result_;
+  int forwards_ = 0;
+};
+
+TEST_F(Capacity, TheBackendPreparesItsStepsOnceAtTheResolvedStepSizeBeforeServing) {
+  for (const int64_t max_batch_tokens : {int64_t{0}, int64_t{96}}) {  // auto (a warm-up runs), explicit
+    SCOPED_TRACE(max_batch_tokens);
+    auto backend = CreateCpuBackend(*ckpt_, {.num_threads = 2});
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    std::vector<std::pair<int64_t, int>> calls;
+    EngineOptions o;
+    o.max_batch_tokens = max_batch_tokens;
+    o.max_num_seqs = 8;
+    auto engine = Engine::CreateWithCodec(
+        o, std::make_unique<PrepareRecorder>(*std::move(backend), &calls, absl::OkStatus()), nullptr);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0].first, (*engine)->options().max_batch_tokens);
+    EXPECT_EQ(calls[0].first, max_batch_tokens > 0 ? max_batch_tokens : 512);  // the CPU backend's auto step
+    // Only the sizing warm-up (when something is auto) ran before it; no request was served.
+    EXPECT_EQ(calls[0].second, (*engine)->capacity().prefill_tokens_per_s > 0 ? 1 : 0);
+    (*engine)->Shutdown();
+  }
+  // A failure is the engine's: it does not start, and says why.
+  auto backend = CreateCpuBackend(*ckpt_, {.num_threads = 2});
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  std::vector<std::pair<int64_t, int>> calls;
+  auto engine = Engine::CreateWithCodec(
+      EngineOptions{},
+      std::make_unique<PrepareRecorder>(*std::move(backend), &calls, absl::InternalError("no memory to measure")),
+      nullptr);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(engine.status().message().find("preparing the backend's steps: no memory to measure"), std::string::npos)
+      << engine.status();
 }
 
 }  // namespace
