@@ -77,11 +77,13 @@ Kernel KernelFromEnv(const char* var, std::initializer_list<std::pair<const char
   return Kernel::kAuto;
 }
 
-// SBSERVE_PREFILL_KERNEL=mma or wgmma overrides the default prefill kernel (A/B runs); wgmma
-// still needs a device and build that can run it.
+// SBSERVE_PREFILL_KERNEL=mma, wgmma or wgmma-wide overrides the default prefill kernel (A/B runs);
+// the wgmma ones still need a device and build that can run them.
 SbPrefillKernel PrefillKernelFromEnv() {
   static const SbPrefillKernel k = KernelFromEnv<SbPrefillKernel>(
-      "SBSERVE_PREFILL_KERNEL", {{"mma", SbPrefillKernel::kMma}, {"wgmma", SbPrefillKernel::kWgmma}});
+      "SBSERVE_PREFILL_KERNEL", {{"mma", SbPrefillKernel::kMma},
+                                 {"wgmma", SbPrefillKernel::kWgmma},
+                                 {"wgmma-wide", SbPrefillKernel::kWgmmaWide}});
   return k;
 }
 
@@ -165,21 +167,29 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
   if (!(p.early_exit_log_threshold >= 0.f) || p.early_exit_log_threshold > 1e30f)
     return absl::InvalidArgumentError("stick-breaking prefill: early_exit_log_threshold must be finite and >= 0");
   const int log2_bs = Log2IfPow2(p.cache.block_size);
-  const bool wgmma = SbAttnPrefillUsesWgmma(p);
+  const SbPrefillKernel kernel = SbAttnPrefillKernelFor(p);
   return SB_HEADDIM_SWITCH(p.head_dim, kHeadDim,
-                           [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, wgmma, stream); });
+                           [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, kernel, stream); });
 }
 
 bool SbAttnPrefillHasWgmma(int head_dim) { return head_dim == 64 && WgmmaBuilt() && DeviceIsSm90(); }
 
-bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& p) {
+SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& p) {
   SbPrefillKernel k = p.kernel;
   if (k == SbPrefillKernel::kAuto) k = PrefillKernelFromEnv();
-  // Opt-in: on the H200 it measured at parity with the mma kernel, 0-14% slower by row
-  // (tests/bench/kernels.md), so the mma kernel stays the default (and the default path asks the
-  // device nothing).
-  return k == SbPrefillKernel::kWgmma && SbAttnPrefillHasWgmma(p.head_dim);
+  const bool early_exit = p.early_exit_log_threshold > 0.f;
+  // Default: the mma kernel (and the default path asks the device nothing). The 1-warpgroup wgmma
+  // kernel measured at parity with it (0-14% slower by row on the H200). The wide one measured
+  // 9.5% faster at 1 x 16384 and 2% slower at 4 x 4096 (H100, a measurement build of the same
+  // kernel, tests/bench/kernels.md); it becomes the default for long sequences once this build
+  // has run the GPU tests.
+  if (k == SbPrefillKernel::kAuto) k = SbPrefillKernel::kMma;
+  if (k == SbPrefillKernel::kWgmmaWide && early_exit) k = SbPrefillKernel::kWgmma;
+  if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(p.head_dim)) k = SbPrefillKernel::kMma;
+  return k;
 }
+
+bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& p) { return SbAttnPrefillKernelFor(p) != SbPrefillKernel::kMma; }
 
 bool SbAttnDecodeUsesTensorCores(const SbAttnDecodeParams& p) {
   SbDecodeKernel k = p.kernel;

@@ -17,9 +17,12 @@ absl::Status SbKvAppend(const SbKvAppendParams& params, CUstream_st* stream);
 
 absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* stream);
 
-// Whether SbAttnPrefill runs the Hopper wgmma kernel for these parameters: when params.kernel
-// (else SBSERVE_PREFILL_KERNEL=mma|wgmma) asks for it and it can run (an sm_90a build on a device
-// of compute capability 9.0, head_dim 64). The mma kernel is the default.
+// The prefill kernel SbAttnPrefill runs for these parameters: params.kernel, else
+// SBSERVE_PREFILL_KERNEL=mma|wgmma|wgmma-wide, else the mma kernel (the default). A wgmma kernel
+// runs only where it can (an sm_90a build on a device of compute capability 9.0, head_dim 64; the
+// mma kernel otherwise); the wide one has no early exit (the 1-warpgroup one runs instead).
+SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& params);
+// Whether that is one of the wgmma kernels.
 bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& params);
 // Whether the wgmma prefill can run here for this head_dim (what SbPrefillKernel::kWgmma needs).
 bool SbAttnPrefillHasWgmma(int head_dim);

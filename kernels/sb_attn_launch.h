@@ -16,7 +16,7 @@ struct SbDecodeSplit {
 };
 
 template <int kHeadDim>
-absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, bool wgmma, cudaStream_t stream);
+absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, SbPrefillKernel kernel, cudaStream_t stream);
 
 // tensor_core: the MMA split kernel (sb_attn_decode_mma_kernel.cuh), else the CUDA-core one.
 template <int kHeadDim, int kG>

@@ -81,9 +81,11 @@ struct SbKvAppendParams {
 
 // Which prefill kernel runs (sb_attn_prefill_kernel.cuh, sb_attn_prefill_sm90_kernel.cuh).
 enum class SbPrefillKernel : int {
-  kAuto = 0,   // the default for the device and shape (SbAttnPrefillUsesWgmma)
-  kMma = 1,    // mma.sync m16n8k16 (sm_80 and later; every head dim)
-  kWgmma = 2,  // Hopper warpgroup MMAs (sm_90a build on an sm_90 device, head_dim 64)
+  kAuto = 0,       // the default for the device and shape (SbAttnPrefillKernelFor)
+  kMma = 1,        // mma.sync m16n8k16 (sm_80 and later; every head dim)
+  kWgmma = 2,      // Hopper warpgroup MMAs (sm_90a build on an sm_90 device, head_dim 64)
+  kWgmmaWide = 3,  // the same with 3 warpgroups (192 query rows) sharing each K/V tile, one CTA per
+                   // SM: a third of the K/V reads. Without early exit (asked with it: kWgmma runs).
 };
 
 // Varlen prefill (any q_len >= 1, chunked prefill with a cached prefix included). Keys, the

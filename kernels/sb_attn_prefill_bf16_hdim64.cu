@@ -1,5 +1,5 @@
 #include "kernels/sb_attn_prefill_launch.cuh"
 
 namespace sbserve::kernels {
-template absl::Status LaunchSbAttnPrefill<64>(const SbAttnPrefillParams&, int, bool, cudaStream_t);
+template absl::Status LaunchSbAttnPrefill<64>(const SbAttnPrefillParams&, int, SbPrefillKernel, cudaStream_t);
 }  // namespace sbserve::kernels

@@ -32,7 +32,8 @@ struct SbPrefillConfig<128> {
 
 // The Hopper kernel (d = 64): one warpgroup of 64 rows per CTA and 4 stages of (K, V) tiles, so
 // that 3 CTAs (73 KB of shared memory each) share an SM. SB_PREFILL_SM90_WG / _STAGES / _MIN_BLOCKS
-// build variants for measurements.
+// build variants for measurements. The wide one (SbPrefillKernel::kWgmmaWide): 3 warpgroups of
+// 64 rows share each tile, one CTA (89 KB) per SM: as many warps per SM, a third of the K/V reads.
 #ifndef SB_PREFILL_SM90_WG
 #define SB_PREFILL_SM90_WG 1
 #endif
@@ -44,6 +45,7 @@ struct SbPrefillConfig<128> {
 #endif
 using SbPrefillSm90Config =
     SbPrefillSm90Traits<64, SB_PREFILL_SM90_WG, SB_PREFILL_SM90_STAGES, SB_PREFILL_SM90_MIN_BLOCKS>;
+using SbPrefillSm90WideConfig = SbPrefillSm90Traits<64, 3, 4, 1>;
 
 template <typename Tr, typename Kernel>
 absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
@@ -56,9 +58,15 @@ absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, in
 }
 
 template <int kHeadDim>
-absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, bool wgmma, cudaStream_t stream) {
+absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, SbPrefillKernel kernel,
+                                 cudaStream_t stream) {
   const bool early_exit = p.early_exit_log_threshold > 0.f;
+  const bool wgmma = kernel == SbPrefillKernel::kWgmma || kernel == SbPrefillKernel::kWgmmaWide;
   if constexpr (kHeadDim == 64) {
+    if (kernel == SbPrefillKernel::kWgmmaWide && !early_exit) {  // SbAttnPrefillKernelFor: no wide early exit
+      using Tr = SbPrefillSm90WideConfig;
+      return LaunchPrefillKernel<Tr>(sb_attn_prefill_sm90_kernel<Tr, false>, p, log2_bs, stream);
+    }
     if (wgmma) {
       using Tr = SbPrefillSm90Config;
       return LaunchPrefillKernel<Tr>(

@@ -12,7 +12,7 @@
 //
 // usage: sb_attn_bench [--reps N] [--block-size BS] [--only prefill|decode] [--early-exit TAU]
 //                      [--scale-mult M] [--shift S] [--sweep-splits] [--decode-row I] [--decode-kernel cc|tc|both]
-//                      [--prefill-row I] [--prefill-kernel mma|wgmma|both]
+//                      [--prefill-row I] [--prefill-kernel mma|wgmma|wgmma-wide|both (all)]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -58,7 +58,7 @@ struct Options {
   bool sweep_splits = false;
   int decode_row = -1;                 // --decode-row I: only that row of the decode table
   std::string decode_kernel = "both";  // --decode-kernel cc|tc|both
-  std::string prefill_kernel = "both";  // --prefill-kernel mma|wgmma|both (wgmma: d = 64 on sm_90a)
+  std::string prefill_kernel = "both";  // --prefill-kernel mma|wgmma|wgmma-wide|both (all; wgmma: d = 64 on sm_90a)
   int prefill_row = -1;                 // --prefill-row I: only that row of the prefill table
 };
 
@@ -241,7 +241,7 @@ void BenchPrefill(const Options& opt, const char* label, int H, int d, const std
   for (int l : lens) sum_l2 += static_cast<double>(l) * l;
   const double tflops = 4.0 * H * d * sum_l2 / 2 / (ms * 1e-3) / 1e12;
   std::printf("prefill %-5s %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s%s%s\n",
-              kernel == SbPrefillKernel::kWgmma ? "wgmma" : "mma", H, d, label, opt.block_size, ms, tflops,
+              kernel == SbPrefillKernel::kWgmma ? "wgmma" : kernel == SbPrefillKernel::kWgmmaWide ? "wide" : "mma", H, d, label, opt.block_size, ms, tflops,
               DataNote(opt).c_str(), ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
@@ -331,13 +331,14 @@ int main(int argc, char** argv) {
     else if (a == "--prefill-row" && i + 1 < argc) opt.prefill_row = std::atoi(argv[++i]);
     else if (a == "--prefill-kernel" && i + 1 < argc && (std::string(argv[i + 1]) == "mma" ||
                                                          std::string(argv[i + 1]) == "wgmma" ||
+                                                         std::string(argv[i + 1]) == "wgmma-wide" ||
                                                          std::string(argv[i + 1]) == "both"))
       opt.prefill_kernel = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode] [--early-exit TAU] "
                    "[--scale-mult M] [--shift S] [--sweep-splits] [--decode-row 0..5] [--decode-kernel cc|tc|both] "
-                   "[--prefill-row 0..9] [--prefill-kernel mma|wgmma|both]\n",
+                   "[--prefill-row 0..9] [--prefill-kernel mma|wgmma|wgmma-wide|both]\n",
                    argv[0]);
       return 2;
     }
@@ -364,10 +365,10 @@ int main(int argc, char** argv) {
     for (int i = 0; i < static_cast<int>(std::size(rows)); ++i) {
       if (opt.prefill_row >= 0 && opt.prefill_row != i) continue;
       const Row& r = rows[i];
-      for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma}) {
-        const char* tag = k == SbPrefillKernel::kMma ? "mma" : "wgmma";
+      for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide}) {
+        const char* tag = k == SbPrefillKernel::kMma ? "mma" : k == SbPrefillKernel::kWgmma ? "wgmma" : "wgmma-wide";
         if (opt.prefill_kernel != "both" && opt.prefill_kernel != tag) continue;
-        if (k == SbPrefillKernel::kWgmma && !SbAttnPrefillHasWgmma(r.d)) continue;
+        if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(r.d)) continue;
         BenchPrefill(opt, r.label, r.H, r.d, r.lens, k);
       }
     }

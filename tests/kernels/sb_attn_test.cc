@@ -122,9 +122,11 @@ SbPrefillKernel g_prefill_kernel = SbPrefillKernel::kAuto;
 template <typename Fn>
 void ForEachKernelOf(const Problem& pb, Path path, const char* what, Fn fn) {
   if (path == Path::kPrefill) {
-    for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma}) {
-      if (k == SbPrefillKernel::kWgmma && !SbAttnPrefillHasWgmma(pb.spec.head_dim)) continue;
-      const std::string name = std::string(what) + (k == SbPrefillKernel::kMma ? " [mma]" : " [wgmma]");
+    for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide}) {
+      if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(pb.spec.head_dim)) continue;
+      const std::string name = std::string(what) + (k == SbPrefillKernel::kMma     ? " [mma]"
+                                                    : k == SbPrefillKernel::kWgmma ? " [wgmma]"
+                                                                                   : " [wgmma-wide]");
       ScopedKernel scoped(&g_prefill_kernel, k);
       fn(name.c_str());
       if (::testing::Test::HasFatalFailure()) return;
@@ -837,21 +839,33 @@ TEST(SbAttnApi, DecodeKernelChoice) {
   EXPECT_TRUE(SbAttnDecodeUsesTensorCores(p));
 }
 
-// The wgmma prefill runs only for head_dim 64, and only where the device and build have it; the
-// mma kernel is always there, and SBSERVE_PREFILL_KERNEL=mma keeps the default on it.
+// The wgmma prefills run only for head_dim 64, and only where the device and build have them; the
+// mma kernel is always there and the default; the wide wgmma kernel has no early exit.
 TEST(SbAttnApi, PrefillKernelChoice) {
   if (std::getenv("SBSERVE_PREFILL_KERNEL") != nullptr) GTEST_SKIP() << "SBSERVE_PREFILL_KERNEL is set";
+  const bool have = SbAttnPrefillHasWgmma(64);
+  const SbPrefillKernel mma = SbPrefillKernel::kMma, wide = SbPrefillKernel::kWgmmaWide;
   SbAttnPrefillParams p;
   p.head_dim = 64;
+  p.max_seqlen_q = 4096;
   p.kernel = SbPrefillKernel::kMma;
   EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
   p.kernel = SbPrefillKernel::kAuto;
-  EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), mma);
+  p.max_seqlen_q = 16384;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), mma);
+  p.early_exit_log_threshold = 3.f;  // the wide kernel has no early exit
+  p.kernel = SbPrefillKernel::kWgmmaWide;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? SbPrefillKernel::kWgmma : mma);
+  p.early_exit_log_threshold = 0.f;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
   p.kernel = SbPrefillKernel::kWgmma;
-  EXPECT_EQ(SbAttnPrefillUsesWgmma(p), SbAttnPrefillHasWgmma(64));
+  EXPECT_EQ(SbAttnPrefillUsesWgmma(p), have);
   p.head_dim = 128;
   EXPECT_FALSE(SbAttnPrefillHasWgmma(128));
   EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
+  p.kernel = SbPrefillKernel::kAuto;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), mma);
   std::printf("wgmma prefill on this device and build: %s\n", SbAttnPrefillHasWgmma(64) ? "yes" : "no");
 }
 
