@@ -162,7 +162,6 @@ absl::Status GemmTuner::Tune(const Key& key, int64_t bucket) {
           Plan p;
           p.kind = Plan::Kind::kLt;
           p.algo = found[i].algo;
-          p.workspace = found[i].workspaceSize;
           candidates.push_back(p);
         }
       }

@@ -81,7 +81,6 @@ class GemmTuner {
     enum class Kind { kCublas, kLt, kSmall } kind = Kind::kCublas;
     int small_variant = 0;
     cublasLtMatmulAlgo_t algo{};
-    size_t workspace = 0;
     double us = 0, cublas_us = 0;  // per call, measured
   };
   // Matrix layouts of a variant at one exact row count, and the plan that runs there.
