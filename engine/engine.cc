@@ -392,7 +392,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithCodec(const EngineOpti
   if (options.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens: must be >= 1");
   absl::StatusOr<CapacityPlan> plan = PlanCapacity(options, *backend);
   if (!plan.ok()) return plan.status();
-  // Every step has at most max_batch_tokens rows (max_num_seqs at most, as each sequence adds one).
+  // Every step has at most max_batch_tokens rows.
   if (absl::Status s = backend->PrepareSteps(plan->max_batch_tokens); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("preparing the backend's steps: ", s.message()));
   }

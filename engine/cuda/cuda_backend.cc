@@ -194,10 +194,9 @@ class CudaBackend final : public Backend {
   // GEMMs of at most this many rows run on the small-batch kernels (small_gemm.h) instead of cuBLAS,
   // outside deterministic mode; SBSERVE_SMALL_GEMM_ROWS overrides it (0: always cuBLAS).
   int small_gemm_rows_ = cuda::kSmallGemmDefaultRows;
-  // Measured GEMM plans for up to GemmTunerOptions::max_rows rows, outside deterministic mode
-  // (gemm_tuner.h) with SBSERVE_GEMM_TUNING=1 (or =verbose); otherwise every GEMM runs on cuBLAS's
-  // default or the small kernels.
-  bool tune_gemms_ = false;
+  // Measured GEMM plans for up to GemmTunerOptions::max_rows rows (gemm_tuner.h), with
+  // SBSERVE_GEMM_TUNING=1 (or =verbose) outside deterministic mode; null otherwise: every GEMM runs
+  // on cuBLAS's default or the small kernels.
   std::unique_ptr<cuda::GemmTuner> tuner_;
   cuda::DeviceSampler samplers_[2];
   int64_t launches_ = 0;            // steps enqueued with draws; launch i uses samplers_[i % 2]
@@ -294,11 +293,11 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
     cuda::SetSmallGemmVariant(std::atoi(g));  // tuning runs (small_gemm.h)
   }
   cuda::GemmTunerOptions tuning;
+  bool tune_gemms = false;
   if (const char* g = std::getenv("SBSERVE_GEMM_TUNING"); g != nullptr && *g != '\0') {
-    tune_gemms_ = std::string(g) != "0";
+    tune_gemms = std::string(g) != "0" && !deterministic_;
     tuning.verbose = std::string(g) == "verbose";
   }
-  tune_gemms_ = tune_gemms_ && !deterministic_;
   fused_qkv_ = !c.add_qkv_bias;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));
   if (!c.tie_word_embeddings) SB_RETURN_IF_ERROR(Upload(ckpt, "lm_head.weight", true, lm_head_));
@@ -335,7 +334,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
     }
     layers_.push_back(std::move(w));
   }
-  if (tune_gemms_) {
+  if (tune_gemms) {
     tuner_ = std::make_unique<cuda::GemmTuner>();
     SB_RETURN_IF_ERROR(tuner_->Init(stream_, blas_workspace_.get(), blas_workspace_.bytes(), tuning));
     const int64_t D = c.n_embd, I = c.n_inner;
@@ -359,7 +358,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
 absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y,
                                bool y_f32, float alpha, float beta) {
   if (n == 0) return absl::OkStatus();
-  if (tune_gemms_) {
+  if (tuner_) {
     bool ran = false;
     SB_RETURN_IF_ERROR(tuner_->Run(x, n, in, w, out, y, y_f32, alpha, beta, &ran));
     if (ran) return absl::OkStatus();
@@ -367,23 +366,14 @@ absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void*
   if (SmallGemmFor(n, in, x, w)) {
     return cuda::SmallGemm(x, n, in, w, out, y, y_f32, alpha, beta, stream_);
   }
-  // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = W · xᵀ.
-  auto gemm = [&](const void* xs, int64_t rows, void* ys) -> absl::Status {
-    SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
-                                           static_cast<int>(rows), static_cast<int>(in), &alpha, w, CUDA_R_16BF,
-                                           static_cast<int>(in), xs, CUDA_R_16BF, static_cast<int>(in), &beta, ys,
-                                           y_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(out),
-                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return absl::OkStatus();
-  };
-  if (!deterministic_) return gemm(x, n, y);
+  if (!deterministic_) return cuda::CublasGemm(blas_, x, n, in, w, out, y, y_f32, alpha, beta);
   // Batch-invariant: always the same shape (row blocks padded to kDeterministicGemmRows; the step
   // buffers hold the padding), so cuBLAS runs the same kernel whatever the batch, and an output
   // element's reduction does not depend on which rows share its block.
   const int64_t y_row_bytes = out * (y_f32 ? 4 : 2);
   for (int64_t r0 = 0; r0 < n; r0 += kDeterministicGemmRows) {
-    SB_RETURN_IF_ERROR(gemm(static_cast<const char*>(x) + r0 * in * 2, kDeterministicGemmRows,
-                            static_cast<char*>(y) + r0 * y_row_bytes));
+    SB_RETURN_IF_ERROR(cuda::CublasGemm(blas_, static_cast<const char*>(x) + r0 * in * 2, kDeterministicGemmRows, in,
+                                        w, out, static_cast<char*>(y) + r0 * y_row_bytes, y_f32, alpha, beta));
   }
   return absl::OkStatus();
 }
@@ -575,7 +565,7 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
 absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
   auto it = graphs_.find(sh.B);
   if (it == graphs_.end()) {
-    if (tune_gemms_) {  // plans are measured outside the capture
+    if (tuner_) {  // plans are measured outside the capture
       SB_RETURN_IF_ERROR(tuner_->Prepare(sh.N));
       if (sh.R != sh.N) SB_RETURN_IF_ERROR(tuner_->Prepare(sh.R));
     }

@@ -44,11 +44,7 @@ class EventPair {
 }  // namespace
 
 GemmTuner::~GemmTuner() {
-  for (auto& [k, r] : resolved_) {
-    if (r.a) cublasLtMatrixLayoutDestroy(r.a);
-    if (r.b) cublasLtMatrixLayoutDestroy(r.b);
-    if (r.c) cublasLtMatrixLayoutDestroy(r.c);
-  }
+  for (auto& [k, r] : resolved_) DestroyLayouts(&r);
   if (desc_) cublasLtMatmulDescDestroy(desc_);
   if (lt_) cublasLtDestroy(lt_);
   if (blas_) cublasDestroy(blas_);
@@ -90,30 +86,27 @@ int64_t GemmTuner::Bucket(int64_t n) {
 }
 
 // Row-major y[n, out] = x[n, in] · W[out, in]ᵀ is column-major yᵀ[out, n] = op_T(W: in × out) · (xᵀ: in × n).
-absl::Status GemmTuner::Layouts(const Key& key, int64_t n, Resolved* r) const {
-  const Group& g = groups_[key.group];
+absl::Status GemmTuner::Layouts(int group, int64_t n, Resolved* r) const {
+  const Group& g = groups_[group];
   SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&r->a, CUDA_R_16BF, g.in, g.out, g.in));
   SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&r->b, CUDA_R_16BF, g.in, n, g.in));
-  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&r->c, key.y_f32 ? CUDA_R_32F : CUDA_R_16BF, g.out, n, g.out));
+  SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&r->c, g.y_f32 ? CUDA_R_32F : CUDA_R_16BF, g.out, n, g.out));
   return absl::OkStatus();
 }
 
-absl::Status GemmTuner::CublasDefault(const Key& key, const void* x, int64_t n, const void* w, void* y, float alpha,
-                                      float beta) const {
-  const Group& g = groups_[key.group];
-  SB_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(g.out), static_cast<int>(n),
-                          static_cast<int>(g.in), &alpha, w, CUDA_R_16BF, static_cast<int>(g.in), x, CUDA_R_16BF,
-                          static_cast<int>(g.in), &beta, y, key.y_f32 ? CUDA_R_32F : CUDA_R_16BF,
-                          static_cast<int>(g.out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  return absl::OkStatus();
+void GemmTuner::DestroyLayouts(Resolved* r) {
+  for (cublasLtMatrixLayout_t* l : {&r->a, &r->b, &r->c}) {
+    if (*l) cublasLtMatrixLayoutDestroy(*l);
+    *l = nullptr;
+  }
 }
 
-absl::Status GemmTuner::Launch(const Key& key, const Plan& plan, const Resolved& layouts, const void* x, int64_t n,
+absl::Status GemmTuner::Launch(int group, const Plan& plan, const Resolved& layouts, const void* x, int64_t n,
                                const void* w, void* y, float alpha, float beta) const {
-  const Group& g = groups_[key.group];
+  const Group& g = groups_[group];
   switch (plan.kind) {
     case Plan::Kind::kSmall:
-      return SmallGemm(x, n, g.in, w, g.out, y, key.y_f32, alpha, beta, stream_, plan.small_variant);
+      return SmallGemm(x, n, g.in, w, g.out, y, g.y_f32, alpha, beta, stream_, plan.small_variant);
     case Plan::Kind::kLt:
       SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, desc_, &alpha, w, layouts.a, x, layouts.b, &beta, y, layouts.c, y, layouts.c,
                                 &plan.algo, workspace_, workspace_bytes_, stream_));
@@ -121,31 +114,33 @@ absl::Status GemmTuner::Launch(const Key& key, const Plan& plan, const Resolved&
     case Plan::Kind::kCublas:
       break;
   }
-  return CublasDefault(key, x, n, w, y, alpha, beta);
+  return CublasGemm(blas_, x, n, g.in, w, g.out, y, g.y_f32, alpha, beta);
 }
 
-absl::Status GemmTuner::Tune(const Key& key, int64_t bucket) {
-  const Group& g = groups_[key.group];
+absl::Status GemmTuner::Tune(int group, int64_t bucket) {
+  const Group& g = groups_[group];
   // Scratch input and output of `bucket` rows, freed after this pass (the step's buffers are not touched).
   // Without the memory for them, this bucket keeps cuBLAS's default (a step must not fail for it).
   DeviceBuffer xs, ys;
   if (!xs.Reserve(static_cast<size_t>(bucket * g.in) * 2).ok() ||
-      !ys.Reserve(static_cast<size_t>(bucket * g.out) * (key.y_f32 ? 4 : 2)).ok()) {
+      !ys.Reserve(static_cast<size_t>(bucket * g.out) * (g.y_f32 ? 4 : 2)).ok()) {
     cudaGetLastError();
-    tuned_[{key, bucket}] = Plan{};
+    tuned_[{group, bucket}] = Plan{};
     return absl::OkStatus();
   }
   // Inputs: the first weight's bytes (values of a real bf16 distribution), as many as fit.
   const size_t x_bytes = static_cast<size_t>(bucket * g.in) * 2;
   const size_t w_bytes = static_cast<size_t>(g.in * g.out) * 2;
-  SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(xs.get(), 0, x_bytes, stream_));
   SB_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(xs.get(), g.weights[0], std::min(x_bytes, w_bytes), cudaMemcpyDeviceToDevice, stream_));
+  if (x_bytes > w_bytes) {
+    SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(static_cast<char*>(xs.get()) + w_bytes, 0, x_bytes - w_bytes, stream_));
+  }
   SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ys.get(), 0, ys.bytes(), stream_));
-  const float alpha = 0.25f, beta = key.accumulate ? 1.f : 0.f;
+  const float alpha = 0.25f, beta = g.accumulate ? 1.f : 0.f;
 
   Resolved layouts;
-  absl::Status st = Layouts(key, bucket, &layouts);
+  absl::Status st = Layouts(group, bucket, &layouts);
   std::vector<Plan> candidates;
   if (options_.cublas_default) candidates.push_back(Plan{});
   if (st.ok()) {
@@ -191,7 +186,7 @@ absl::Status GemmTuner::Tune(const Key& key, int64_t bucket) {
       SB_CUDA_RETURN_IF_ERROR(cudaEventRecord(ev.a(), stream_));
       const int pass_calls = pass == 0 ? std::min(calls, 8) : calls;
       for (int i = 0; i < pass_calls; ++i) {
-        if (!Launch(key, p, layouts, xs.get(), bucket, g.weights[i % layers], ys.get(), alpha, beta).ok()) {
+        if (!Launch(group, p, layouts, xs.get(), bucket, g.weights[i % layers], ys.get(), alpha, beta).ok()) {
           failed = true;
           break;
         }
@@ -211,21 +206,18 @@ absl::Status GemmTuner::Tune(const Key& key, int64_t bucket) {
     if (us < best.us) best = p;
   }
   best.cublas_us = cublas_us;
-  if (layouts.a) cublasLtMatrixLayoutDestroy(layouts.a);
-  if (layouts.b) cublasLtMatrixLayoutDestroy(layouts.b);
-  if (layouts.c) cublasLtMatrixLayoutDestroy(layouts.c);
-  tuned_[{key, bucket}] = best;
-  if (options_.verbose) std::fprintf(stderr, "gemm plan: %s\n", Name(key, bucket, best).c_str());
+  DestroyLayouts(&layouts);
+  tuned_[{group, bucket}] = best;
+  if (options_.verbose) std::fprintf(stderr, "gemm plan: %s\n", Name(group, bucket, best).c_str());
   return absl::OkStatus();
 }
 
-// The plan of the variant's bucket, checked for these n rows (cuBLASLt algorithms are validated per
+// The plan of the GEMM's bucket, checked for these n rows (cuBLASLt algorithms are validated per
 // problem; one that does not support n falls back to cuBLAS's default).
-absl::Status GemmTuner::Resolve(const Key& key, int64_t n, Resolved* r) {
-  const Plan& plan = tuned_.at({key, Bucket(n)});
-  SB_OK(Layouts(key, n, r));
+absl::Status GemmTuner::Resolve(int group, int64_t n, Resolved* r) {
+  const Plan& plan = tuned_.at({group, Bucket(n)});
+  SB_OK(Layouts(group, n, r));
   r->plan = plan;
-  r->usable = true;
   if (plan.kind == Plan::Kind::kLt && n != Bucket(n)) {
     cublasLtMatmulHeuristicResult_t check{};
     if (cublasLtMatmulAlgoCheck(lt_, desc_, r->a, r->b, r->c, r->c, &plan.algo, &check) != CUBLAS_STATUS_SUCCESS ||
@@ -243,34 +235,33 @@ absl::Status GemmTuner::Run(const void* x, int64_t n, int64_t in, const void* w,
   if (n < 1 || n > options_.max_rows) return absl::OkStatus();
   auto it = group_of_.find(w);
   if (it == group_of_.end()) return absl::OkStatus();
-  const Group& g = groups_[it->second];
+  const int group = it->second;
+  const Group& g = groups_[group];
   if (g.in != in || g.out != out || g.y_f32 != y_f32 || g.accumulate != (beta != 0.f)) return absl::OkStatus();
   // cuBLASLt's candidates are chosen for 256-byte-aligned operands (its default assumption).
   if (!Aligned(x, 256) || !Aligned(w, 256) || !Aligned(y, 256)) return absl::OkStatus();
-  const Key key{it->second, y_f32, beta != 0.f};
-  auto rit = resolved_.find({key, n});
+  auto rit = resolved_.find({group, n});
   if (rit == resolved_.end()) {
     const int64_t bucket = Bucket(n);
-    if (!tuned_.contains({key, bucket})) {
+    if (!tuned_.contains({group, bucket})) {
       cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
       SB_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream_, &capture));
       if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();  // not tuned before the capture
-      SB_OK(Tune(key, bucket));
+      SB_OK(Tune(group, bucket));
     }
     Resolved r;
-    SB_OK(Resolve(key, n, &r));
-    rit = resolved_.emplace(std::make_pair(key, n), r).first;
+    SB_OK(Resolve(group, n, &r));
+    rit = resolved_.emplace(std::make_pair(group, n), r).first;
   }
-  SB_OK(Launch(key, rit->second.plan, rit->second, x, n, w, y, alpha, beta));
+  SB_OK(Launch(group, rit->second.plan, rit->second, x, n, w, y, alpha, beta));
   *ran = true;
   return absl::OkStatus();
 }
 
 absl::Status GemmTuner::Prepare(int64_t n) {
   if (n < 1 || n > options_.max_rows) return absl::OkStatus();
-  for (int i = 0; i < static_cast<int>(groups_.size()); ++i) {
-    const Key key{i, groups_[i].y_f32, groups_[i].accumulate};
-    if (!tuned_.contains({key, Bucket(n)})) SB_OK(Tune(key, Bucket(n)));
+  for (int group = 0; group < static_cast<int>(groups_.size()); ++group) {
+    if (!tuned_.contains({group, Bucket(n)})) SB_OK(Tune(group, Bucket(n)));
   }
   return absl::OkStatus();
 }
@@ -280,8 +271,8 @@ absl::Status GemmTuner::PrepareUpTo(int64_t n) {
   return absl::OkStatus();
 }
 
-std::string GemmTuner::Name(const Key& key, int64_t bucket, const Plan& plan) const {
-  const Group& g = groups_[key.group];
+std::string GemmTuner::Name(int group, int64_t bucket, const Plan& plan) const {
+  const Group& g = groups_[group];
   std::string what;
   switch (plan.kind) {
     case Plan::Kind::kCublas:
@@ -303,23 +294,16 @@ std::string GemmTuner::Name(const Key& key, int64_t bucket, const Plan& plan) co
     }
   }
   return absl::StrFormat("%lld x %lld%s%s n=%lld: %s, %.2f us (cublas default %.2f us)",
-                         static_cast<long long>(g.out), static_cast<long long>(g.in), key.y_f32 ? " fp32" : "",
-                         key.accumulate ? " +=" : "", static_cast<long long>(bucket), what, plan.us, plan.cublas_us);
+                         static_cast<long long>(g.out), static_cast<long long>(g.in), g.y_f32 ? " fp32" : "",
+                         g.accumulate ? " +=" : "", static_cast<long long>(bucket), what, plan.us, plan.cublas_us);
 }
 
-std::vector<std::string> GemmTuner::Describe() const {
-  std::vector<std::string> lines;
-  for (const auto& [kb, plan] : tuned_) lines.push_back(Name(kb.first, kb.second, plan));
-  return lines;
-}
-
-std::string GemmTuner::Describe(const void* w, int64_t n, bool y_f32, bool accumulate) const {
+std::string GemmTuner::Describe(const void* w, int64_t n) const {
   auto g = group_of_.find(w);
   if (g == group_of_.end()) return "";
-  const Key key{g->second, y_f32, accumulate};
-  auto r = resolved_.find({key, n});
+  auto r = resolved_.find({g->second, n});
   if (r == resolved_.end()) return "";
-  return Name(key, Bucket(n), r->second.plan);
+  return Name(g->second, Bucket(n), r->second.plan);
 }
 
 }  // namespace sbserve::cuda

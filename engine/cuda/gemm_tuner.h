@@ -22,7 +22,6 @@
 #include <map>
 #include <span>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -63,46 +62,36 @@ class GemmTuner {
 
   // The row count a plan is tuned at for n rows: n up to 16, then multiples of 8 to 64, of 32 beyond.
   static int64_t Bucket(int64_t n);
-  // One line per tuned (GEMM, bucket): the chosen plan, its time and cuBLAS's default's.
-  std::vector<std::string> Describe() const;
-  // The plan that a call of W at n rows runs, "" before it is tuned.
-  std::string Describe(const void* w, int64_t n, bool y_f32, bool accumulate) const;
+  // The plan that a call of W at n rows runs, its time and cuBLAS's default's; "" before it is tuned.
+  std::string Describe(const void* w, int64_t n) const;
 
  private:
-  // A GEMM variant: its weights and how its output is written.
-  struct Key {
-    int group = 0;          // index into groups_
-    bool y_f32 = false;
-    bool accumulate = false;  // beta != 0
-    auto tie() const { return std::tie(group, y_f32, accumulate); }
-    bool operator<(const Key& o) const { return tie() < o.tie(); }
-  };
   struct Plan {
     enum class Kind { kCublas, kLt, kSmall } kind = Kind::kCublas;
     int small_variant = 0;
     cublasLtMatmulAlgo_t algo{};
     double us = 0, cublas_us = 0;  // per call, measured
   };
-  // Matrix layouts of a variant at one exact row count, and the plan that runs there.
+  // Matrix layouts of a GEMM at one exact row count, and the plan that runs there.
   struct Resolved {
     Plan plan;
-    bool usable = false;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   };
+  // A GEMM of the model: its weights (one per layer) and how its output is written.
   struct Group {
     std::vector<const void*> weights;
     int64_t in = 0, out = 0;
     bool y_f32 = false, accumulate = false;
   };
 
-  absl::Status Tune(const Key& key, int64_t bucket);
-  absl::Status Resolve(const Key& key, int64_t n, Resolved* r);
-  absl::Status Layouts(const Key& key, int64_t n, Resolved* r) const;
-  absl::Status Launch(const Key& key, const Plan& plan, const Resolved& layouts, const void* x, int64_t n,
-                      const void* w, void* y, float alpha, float beta) const;
-  absl::Status CublasDefault(const Key& key, const void* x, int64_t n, const void* w, void* y, float alpha,
-                             float beta) const;
-  std::string Name(const Key& key, int64_t bucket, const Plan& plan) const;
+  // Each takes a GEMM by its index in groups_.
+  absl::Status Tune(int group, int64_t bucket);
+  absl::Status Resolve(int group, int64_t n, Resolved* r);
+  absl::Status Layouts(int group, int64_t n, Resolved* r) const;
+  static void DestroyLayouts(Resolved* r);
+  absl::Status Launch(int group, const Plan& plan, const Resolved& layouts, const void* x, int64_t n, const void* w,
+                      void* y, float alpha, float beta) const;
+  std::string Name(int group, int64_t bucket, const Plan& plan) const;
 
   cudaStream_t stream_ = nullptr;
   void* workspace_ = nullptr;
@@ -113,8 +102,8 @@ class GemmTuner {
   cublasHandle_t blas_ = nullptr;        // the cuBLAS default candidate
   std::vector<Group> groups_;
   std::map<const void*, int> group_of_;                  // weight -> group
-  std::map<std::pair<Key, int64_t>, Plan> tuned_;        // (variant, bucket) -> plan
-  std::map<std::pair<Key, int64_t>, Resolved> resolved_;  // (variant, exact n)
+  std::map<std::pair<int, int64_t>, Plan> tuned_;        // (group, bucket) -> plan
+  std::map<std::pair<int, int64_t>, Resolved> resolved_;  // (group, exact n)
 };
 
 }  // namespace sbserve::cuda

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/gemm_tuner.h"
 #include "engine/cuda/small_gemm.h"
@@ -152,10 +153,7 @@ int main(int argc, char** argv) {
       auto cublas = [&](int k) {
         const __nv_bfloat16* wk = w + k * w_elems;
         void* out = sh.glu ? static_cast<void*>(fc) : y_ref;
-        const int m = static_cast<int>(w_rows);
-        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, static_cast<int>(sh.in), &sh.alpha, wk, CUDA_R_16BF,
-                     static_cast<int>(sh.in), x, CUDA_R_16BF, static_cast<int>(sh.in), &sh.beta, out,
-                     sh.y_f32 ? CUDA_R_32F : CUDA_R_16BF, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        CHECK_OK(sbserve::cuda::CublasGemm(blas, x, n, sh.in, wk, w_rows, out, sh.y_f32, sh.alpha, sh.beta));
         if (sh.glu) CHECK_OK(sbserve::cuda::Activation(0, true, fc, nullptr, n, sh.out, y_ref, s));
       };
       auto small = [&](int k) {
@@ -206,7 +204,7 @@ int main(int argc, char** argv) {
       };
       std::printf("%-12s %3d %8.2f (%4.1f%%) %8.2f (%4.1f%%) %9.2e", sh.name, n, cu, 100.0 * gbs / cu / copy_gbs, tu,
                   100.0 * gbs / tu / copy_gbs, compare(tuned));
-      const std::string plan = tuner.Describe(w, n, sh.y_f32 && !sh.glu, !sh.glu && sh.beta != 0.f);
+      const std::string plan = tuner.Describe(w, n);
       if (!sbserve::cuda::SmallGemmFits(n, sh.in, x, w)) {
         std::printf("  [%s]\n", plan.c_str());
         continue;
