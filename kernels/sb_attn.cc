@@ -80,10 +80,11 @@ Kernel KernelFromEnv(const char* var, std::initializer_list<std::pair<const char
 // SBSERVE_PREFILL_KERNEL=mma, wgmma or wgmma-wide overrides the default prefill kernel (A/B runs);
 // the wgmma ones still need a device and build that can run them.
 SbPrefillKernel PrefillKernelFromEnv() {
+  using enum SbPrefillKernel;
   static const SbPrefillKernel k = KernelFromEnv<SbPrefillKernel>(
-      "SBSERVE_PREFILL_KERNEL", {{"mma", SbPrefillKernel::kMma},
-                                 {"wgmma", SbPrefillKernel::kWgmma},
-                                 {"wgmma-wide", SbPrefillKernel::kWgmmaWide}});
+      "SBSERVE_PREFILL_KERNEL", {{SbPrefillKernelName(kMma), kMma},
+                                 {SbPrefillKernelName(kWgmma), kWgmma},
+                                 {SbPrefillKernelName(kWgmmaWide), kWgmmaWide}});
   return k;
 }
 
@@ -170,6 +171,16 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
   const SbPrefillKernel kernel = SbAttnPrefillKernelFor(p);
   return SB_HEADDIM_SWITCH(p.head_dim, kHeadDim,
                            [&] { return LaunchSbAttnPrefill<kHeadDim>(p, log2_bs, kernel, stream); });
+}
+
+const char* SbPrefillKernelName(SbPrefillKernel kernel) {
+  switch (kernel) {
+    case SbPrefillKernel::kMma: return "mma";
+    case SbPrefillKernel::kWgmma: return "wgmma";
+    case SbPrefillKernel::kWgmmaWide: return "wgmma-wide";
+    case SbPrefillKernel::kAuto: break;
+  }
+  return "auto";
 }
 
 bool SbAttnPrefillHasWgmma(int head_dim) { return head_dim == 64 && WgmmaBuilt() && DeviceIsSm90(); }

@@ -22,6 +22,8 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* strea
 // runs only where it can (an sm_90a build on a device of compute capability 9.0, head_dim 64; the
 // mma kernel otherwise); the wide one has no early exit (the 1-warpgroup one runs instead).
 SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& params);
+// "mma", "wgmma", "wgmma-wide" ("auto" for kAuto): the names SBSERVE_PREFILL_KERNEL takes.
+const char* SbPrefillKernelName(SbPrefillKernel kernel);
 // Whether that is one of the wgmma kernels.
 bool SbAttnPrefillUsesWgmma(const SbAttnPrefillParams& params);
 // Whether the wgmma prefill can run here for this head_dim (what SbPrefillKernel::kWgmma needs).

@@ -240,8 +240,8 @@ void BenchPrefill(const Options& opt, const char* label, int H, int d, const std
   double sum_l2 = 0;
   for (int l : lens) sum_l2 += static_cast<double>(l) * l;
   const double tflops = 4.0 * H * d * sum_l2 / 2 / (ms * 1e-3) / 1e12;
-  std::printf("prefill %-5s %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s%s%s\n",
-              kernel == SbPrefillKernel::kWgmma ? "wgmma" : kernel == SbPrefillKernel::kWgmmaWide ? "wide" : "mma", H, d, label, opt.block_size, ms, tflops,
+  std::printf("prefill %-10s %3d x %-3d  %-16s bs=%-3d  %8.3f ms  %6.1f TF/s%s%s\n",
+              SbPrefillKernelName(kernel), H, d, label, opt.block_size, ms, tflops,
               DataNote(opt).c_str(), ExitNote(opt).c_str());
   BENCH_CHECK(cudaFree(o));
   BENCH_CHECK(cudaFree(rem));
@@ -366,8 +366,7 @@ int main(int argc, char** argv) {
       if (opt.prefill_row >= 0 && opt.prefill_row != i) continue;
       const Row& r = rows[i];
       for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide}) {
-        const char* tag = k == SbPrefillKernel::kMma ? "mma" : k == SbPrefillKernel::kWgmma ? "wgmma" : "wgmma-wide";
-        if (opt.prefill_kernel != "both" && opt.prefill_kernel != tag) continue;
+        if (opt.prefill_kernel != "both" && opt.prefill_kernel != SbPrefillKernelName(k)) continue;
         if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(r.d)) continue;
         BenchPrefill(opt, r.label, r.H, r.d, r.lens, k);
       }

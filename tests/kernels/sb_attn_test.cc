@@ -124,9 +124,7 @@ void ForEachKernelOf(const Problem& pb, Path path, const char* what, Fn fn) {
   if (path == Path::kPrefill) {
     for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide}) {
       if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(pb.spec.head_dim)) continue;
-      const std::string name = std::string(what) + (k == SbPrefillKernel::kMma     ? " [mma]"
-                                                    : k == SbPrefillKernel::kWgmma ? " [wgmma]"
-                                                                                   : " [wgmma-wide]");
+      const std::string name = std::string(what) + " [" + SbPrefillKernelName(k) + "]";
       ScopedKernel scoped(&g_prefill_kernel, k);
       fn(name.c_str());
       if (::testing::Test::HasFatalFailure()) return;
