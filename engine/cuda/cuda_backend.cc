@@ -19,6 +19,7 @@
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_sampler.h"
 #include "engine/cuda/gemm_tuner.h"
+#include "engine/cuda/skinny_gemm.h"
 #include "engine/cuda/small_gemm.h"
 #include "kernels/cuda_check.h"
 #include "kernels/sb_attn.h"
@@ -148,6 +149,11 @@ class CudaBackend final : public Backend {
   bool SmallGemmFor(int64_t n, int64_t in, const void* x, const void* w) const {
     return !deterministic_ && cuda::SmallGemmFits(n, in, x, w, small_gemm_rows_);
   }
+  // Whether a GEMM of n rows that the small kernels do not take runs on the tensor-core skinny
+  // kernels (skinny_gemm.h) rather than cuBLAS.
+  bool SkinnyGemmFor(int64_t n, int64_t in, const void* x, const void* w) const {
+    return !deterministic_ && n <= skinny_gemm_rows_ && cuda::SkinnyGemmFits(n, in, x, w);
+  }
   // What the device work of one step depends on besides the metadata buffer.
   struct StepShape {
     int B = 0, N = 0, R = 0;
@@ -194,6 +200,9 @@ class CudaBackend final : public Backend {
   // GEMMs of at most this many rows run on the small-batch kernels (small_gemm.h) instead of cuBLAS,
   // outside deterministic mode; SBSERVE_SMALL_GEMM_ROWS overrides it (0: always cuBLAS).
   int small_gemm_rows_ = cuda::kSmallGemmDefaultRows;
+  // Up to this many rows the rest run on the skinny kernels (skinny_gemm.h), outside deterministic
+  // mode; SBSERVE_SKINNY_GEMM_ROWS overrides it (0: never).
+  int skinny_gemm_rows_ = cuda::kSkinnyGemmMaxRows;
   // Measured GEMM plans for up to GemmTunerOptions::max_rows rows (gemm_tuner.h), with
   // SBSERVE_GEMM_TUNING=1 (or =verbose) outside deterministic mode; null otherwise: every GEMM runs
   // on cuBLAS's default or the small kernels.
@@ -289,6 +298,9 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_ROWS"); g != nullptr && *g != '\0') {
     small_gemm_rows_ = std::atoi(g);
   }
+  if (const char* g = std::getenv("SBSERVE_SKINNY_GEMM_ROWS"); g != nullptr && *g != '\0') {
+    skinny_gemm_rows_ = std::atoi(g);
+  }
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_VARIANT"); g != nullptr && *g != '\0') {
     cuda::SetSmallGemmVariant(std::atoi(g));  // tuning runs (small_gemm.h)
   }
@@ -365,6 +377,9 @@ absl::Status CudaBackend::Gemm(const void* x, int64_t n, int64_t in, const void*
   }
   if (SmallGemmFor(n, in, x, w)) {
     return cuda::SmallGemm(x, n, in, w, out, y, y_f32, alpha, beta, stream_);
+  }
+  if (SkinnyGemmFor(n, in, x, w)) {
+    return cuda::SkinnyGemm(x, n, in, w, out, y, y_f32, alpha, beta, stream_);
   }
   if (!deterministic_) return cuda::CublasGemm(blas_, x, n, in, w, out, y, y_f32, alpha, beta);
   // Batch-invariant: always the same shape (row blocks padded to kDeterministicGemmRows; the step
@@ -537,6 +552,9 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
       // A few rows: c_fc and the GLU activation in one kernel (no fc_ round trip).
       SB_RETURN_IF_ERROR(Trace(stream_, "c_fc+act",
                                cuda::SmallGemmGlu(act, x_.get(), N, D, w.fc_w.get(), I, act_.get(), stream_)));
+    } else if (c.glu && !w.has_bias && !tuner_ && SkinnyGemmFor(N, D, x_.get(), w.fc_w.get())) {
+      SB_RETURN_IF_ERROR(Trace(stream_, "c_fc+act",
+                               cuda::SkinnyGemmGlu(act, x_.get(), N, D, w.fc_w.get(), I, act_.get(), stream_)));
     } else {
       SB_RETURN_IF_ERROR(Gemm(x_.get(), N, D, w.fc_w.get(), fc_out, fc_.get(), false));
       SB_RETURN_IF_ERROR(Trace(stream_, "mlp_act",

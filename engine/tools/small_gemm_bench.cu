@@ -6,7 +6,11 @@
 // back-to-back calls. Prints the time, the weight bytes over it, that as a share of the copy
 // bandwidth measured in the same run, and the largest difference from cuBLAS's output.
 //
-// usage: small_gemm_bench [--rows 1,2,3,4,8,16,32,64,128]
+// Rows up to kSkinnyGemmMaxRows get a second line: the tensor-core skinny kernels
+// (engine/cuda/skinny_gemm.h) at their automatic split, then at every split (1, 2, 4, 8) and L2
+// prefetch variant (p0 none, p1 512 B, p2 2 KB ahead), and their largest difference from cuBLAS.
+//
+// usage: small_gemm_bench [--rows 1,2,3,4,8,16,32,64,128] [--no-skinny-sweep]
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -22,6 +26,7 @@
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/gemm_tuner.h"
+#include "engine/cuda/skinny_gemm.h"
 #include "engine/cuda/small_gemm.h"
 
 namespace {
@@ -87,8 +92,10 @@ double MedianUs(cudaStream_t s, int copies, F&& call) {
 
 int main(int argc, char** argv) {
   std::vector<int> rows = {1, 2, 3, 4, 8, 16, 32, 64, 128};
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], "--rows") == 0) {
+  bool skinny_sweep = true;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--no-skinny-sweep") == 0) skinny_sweep = false;
+    if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
       rows.clear();
       for (char* t = std::strtok(argv[++i], ","); t != nullptr; t = std::strtok(nullptr, ",")) rows.push_back(std::atoi(t));
     }
@@ -205,8 +212,36 @@ int main(int argc, char** argv) {
       std::printf("%-12s %3d %8.2f (%4.1f%%) %8.2f (%4.1f%%) %9.2e", sh.name, n, cu, 100.0 * gbs / cu / copy_gbs, tu,
                   100.0 * gbs / tu / copy_gbs, compare(tuned));
       const std::string plan = tuner.Describe(w, n);
+      // The skinny kernels' line (printed after the row's own).
+      auto skinny_line = [&] {
+        if (!sbserve::cuda::SkinnyGemmFits(n, sh.in, x, w)) return;
+        auto skinny_at = [&](int split, int prefetch) {
+          return [&, split, prefetch](int k) {
+            const __nv_bfloat16* wk = w + k * w_elems;
+            if (sh.glu) {
+              CHECK_OK(sbserve::cuda::SkinnyGemmGlu(0, x, n, sh.in, wk, sh.out, y, s, split, prefetch));
+            } else {
+              CHECK_OK(sbserve::cuda::SkinnyGemm(x, n, sh.in, wk, sh.out, y, sh.y_f32, sh.alpha, sh.beta, s, split, prefetch));
+            }
+          };
+        };
+        const double au = MedianUs(s, copies, skinny_at(0, -1));
+        double diff = compare(skinny_at(0, -1));
+        std::printf("%-12s %3d   skinny auto s%d %8.2f (%4.1f%%)", "", n, sbserve::cuda::SkinnyGemmAutoSplit(n, sh.in, w_rows),
+                    au, 100.0 * gbs / au / copy_gbs);
+        if (skinny_sweep) {
+          for (int split : {1, 2, 4, 8})
+            for (int prefetch : {0, 1, 2}) {
+              const double us = MedianUs(s, copies, skinny_at(split, prefetch));
+              std::printf("  s%dp%d %6.2f", split, prefetch, us);
+              diff = std::max(diff, compare(skinny_at(split, prefetch)));
+            }
+        }
+        std::printf("  max_rel_d %9.2e\n", diff);
+      };
       if (!sbserve::cuda::SmallGemmFits(n, sh.in, x, w)) {
         std::printf("  [%s]\n", plan.c_str());
+        skinny_line();
         continue;
       }
       double diff = 0;
@@ -218,6 +253,7 @@ int main(int argc, char** argv) {
       }
       sbserve::cuda::SetSmallGemmVariant(0);
       std::printf(" %9.2e  [%s]\n", diff, plan.c_str());
+      skinny_line();
     }
     cudaFree(w);
     cudaFree(x);

@@ -1,0 +1,246 @@
+// The tensor-core skinny GEMMs (engine/cuda/skinny_gemm.h) against a float64 product of the same
+// bf16 operands: row counts at and inside the n-tile edges, inner sizes of one step, an odd step
+// count and the model's, output counts that do not fill a CTA, every split (including CTAs left
+// with no inner range), every L2 prefetch variant, the bf16 and fp32 outputs with alpha and beta,
+// the fused GLU epilogue with every activation, untouched memory past the output, bitwise
+// repeatability, a launch inside a CUDA graph, and what they refuse.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cuda/skinny_gemm.h"
+#include "engine/model/dtype.h"
+#include "tests/engine/gpu_test_util.h"
+
+namespace sbserve {
+namespace {
+
+using testing::HaveGpu;
+
+template <typename T>
+struct Dev {
+  explicit Dev(size_t n) : n(n) { EXPECT_EQ(cudaMalloc(&p, n * sizeof(T)), cudaSuccess); }
+  ~Dev() { cudaFree(p); }
+  void Put(const std::vector<T>& h) { ASSERT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess); }
+  std::vector<T> Get() const {
+    std::vector<T> h(n);
+    EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+  T* p = nullptr;
+  size_t n;
+};
+
+std::vector<uint16_t> RandomBf16(size_t n, float scale, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<uint16_t> v(n);
+  for (auto& e : v) e = FloatToBf16(d(rng));
+  return v;
+}
+
+// ref[t, o] = Σ_k x[t, k] · w[o, k] in float64, and Σ |x · w| (the scale of its rounding error).
+void Reference(const std::vector<uint16_t>& x, const std::vector<uint16_t>& w, int64_t n, int64_t in, int64_t rows,
+               std::vector<double>* ref, std::vector<double>* mag) {
+  ref->assign(n * rows, 0.0);
+  mag->assign(n * rows, 0.0);
+  std::vector<double> xf(x.size()), wf(w.size());
+  for (size_t i = 0; i < x.size(); ++i) xf[i] = Bf16ToFloat(x[i]);
+  for (size_t i = 0; i < w.size(); ++i) wf[i] = Bf16ToFloat(w[i]);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t o = 0; o < rows; ++o) {
+      double s = 0, m = 0;
+      for (int64_t k = 0; k < in; ++k) {
+        const double p = xf[t * in + k] * wf[o * in + k];
+        s += p;
+        m += std::fabs(p);
+      }
+      (*ref)[t * rows + o] = s;
+      (*mag)[t * rows + o] = m;
+    }
+}
+
+double Act(int act, double v) {
+  switch (act) {
+    case 0: return v / (1.0 + std::exp(-v));
+    case 1: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+    case 2: return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    default: return v > 0 ? v : 0;
+  }
+}
+
+constexpr int kCanary = 64;  // elements past the output that must stay untouched
+constexpr uint16_t kNanBf16 = 0x7fc1;
+
+TEST(SkinnyGemm, MatchesFloat64ForEveryRowCountSplitAndEpilogue) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(13);
+  struct Case {
+    int64_t in, out;
+  };
+  // in: one 32-wide step (splits 2..8 leave CTAs with nothing), 3 steps, 33 steps, the model's 2304;
+  // out: 1, odd counts below and above a CTA's 128 rows, exactly 128.
+  const Case cases[] = {{32, 1}, {96, 131}, {1056, 128}, {2304, 200}};
+  for (const Case& c : cases) {
+    for (int n : {1, 5, 8, 9, 16, 17, 31, 33, 48, 64}) {
+      const auto x = RandomBf16(n * c.in, 1.f, rng);
+      const auto w = RandomBf16(c.out * c.in, 0.05f, rng);
+      std::vector<double> ref, mag;
+      Reference(x, w, n, c.in, c.out, &ref, &mag);
+      Dev<uint16_t> dx(x.size()), dw(w.size());
+      dx.Put(x);
+      dw.Put(w);
+      const size_t count = static_cast<size_t>(n * c.out);
+      for (int split : {0, 1, 2, 4, 8}) {
+        for (int prefetch : {0, 1, 2}) {
+          SCOPED_TRACE(absl::StrCat("in=", c.in, " out=", c.out, " n=", n, " split=", split, " prefetch=", prefetch));
+          // bf16 output, alpha = 0.5.
+          Dev<uint16_t> yb(count + kCanary);
+          yb.Put(std::vector<uint16_t>(count + kCanary, kNanBf16));
+          ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, yb.p, false, 0.5f, 0.f, nullptr, split, prefetch).ok());
+          const auto gb = yb.Get();
+          for (size_t i = 0; i < count; ++i) {
+            const double want = 0.5 * ref[i];
+            ASSERT_NEAR(Bf16ToFloat(gb[i]), want, std::fabs(want) / 256 + 1e-5 * mag[i]) << "bf16 output " << i;
+          }
+          for (size_t i = count; i < gb.size(); ++i) ASSERT_EQ(gb[i], kNanBf16) << "wrote past the output at " << i;
+
+          // fp32 output: beta = 0 must not read y (NaN there); beta = 1 accumulates (the residual add).
+          Dev<float> yf(count + kCanary);
+          yf.Put(std::vector<float>(count + kCanary, std::nanf("")));
+          ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, yf.p, true, 0.22f, 0.f, nullptr, split, prefetch).ok());
+          auto gf = yf.Get();
+          for (size_t i = 0; i < count; ++i) ASSERT_NEAR(gf[i], 0.22 * ref[i], 4e-6 * mag[i] + 1e-7) << "fp32 output " << i;
+          for (size_t i = count; i < gf.size(); ++i) ASSERT_TRUE(std::isnan(gf[i])) << "wrote past the output at " << i;
+          std::vector<float> base(count + kCanary, std::nanf(""));
+          for (size_t i = 0; i < count; ++i) base[i] = static_cast<float>(i % 7) - 3.f;
+          yf.Put(base);
+          ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, yf.p, true, 0.22f, 1.f, nullptr, split, prefetch).ok());
+          gf = yf.Get();
+          for (size_t i = 0; i < count; ++i)
+            ASSERT_NEAR(gf[i], base[i] + 0.22 * ref[i], 4e-6 * mag[i] + 1e-6) << "accumulated output " << i;
+          for (size_t i = count; i < gf.size(); ++i) ASSERT_TRUE(std::isnan(gf[i])) << "wrote past the output at " << i;
+        }
+      }
+    }
+  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+TEST(SkinnyGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(17);
+  const int64_t in = 2304;
+  for (int64_t inner : {int64_t{1}, int64_t{19}, int64_t{64}, int64_t{100}}) {
+    for (int n : {1, 7, 16, 40, 64}) {
+      const auto x = RandomBf16(n * in, 1.f, rng);
+      const auto w = RandomBf16(2 * inner * in, 0.05f, rng);
+      std::vector<double> ref, mag;
+      Reference(x, w, n, in, 2 * inner, &ref, &mag);
+      Dev<uint16_t> dx(x.size()), dw(w.size()), out(n * inner + kCanary);
+      dx.Put(x);
+      dw.Put(w);
+      for (int split : {0, 1, 4}) {
+        for (int act = 0; act < 4; ++act) {
+          SCOPED_TRACE(absl::StrCat("inner=", inner, " n=", n, " split=", split, " act=", act));
+          out.Put(std::vector<uint16_t>(out.n, kNanBf16));
+          ASSERT_TRUE(cuda::SkinnyGemmGlu(act, dx.p, n, in, dw.p, inner, out.p, nullptr, split).ok());
+          const auto got = out.Get();
+          for (int t = 0; t < n; ++t)
+            for (int64_t i = 0; i < inner; ++i) {
+              // up and gate rounded to bf16 as the unfused path stores them, then the activation; the
+              // tolerance allows the result's rounding and a neighbouring bf16 value of up or gate
+              // where the fp32 sum sits on a rounding edge (act' <= 1.13 for all four).
+              const double up = Bf16ToFloat(FloatToBf16(static_cast<float>(ref[t * 2 * inner + i])));
+              const double gate = Bf16ToFloat(FloatToBf16(static_cast<float>(ref[t * 2 * inner + inner + i])));
+              const double want = up * Act(act, gate);
+              const double tol = std::fabs(want) / 128 + std::fabs(up) * 1.2 * std::fabs(gate) / 128 + 1e-4;
+              ASSERT_NEAR(Bf16ToFloat(got[t * inner + i]), want, tol) << "t=" << t << " i=" << i;
+            }
+          for (size_t i = static_cast<size_t>(n * inner); i < got.size(); ++i) ASSERT_EQ(got[i], kNanBf16);
+        }
+      }
+    }
+  }
+}
+
+// The cluster's partial tiles are summed in rank order, so a call repeats bit for bit; and a call
+// captured in a CUDA graph (as the decode steps are) gives the same bits when the graph replays.
+TEST(SkinnyGemm, RepeatsBitwiseAndRunsInsideAGraph) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(19);
+  const int64_t n = 24, in = 2304, out = 2304;
+  const auto x = RandomBf16(n * in, 1.f, rng);
+  const auto w = RandomBf16(out * in, 0.05f, rng);
+  Dev<uint16_t> dx(x.size()), dw(w.size());
+  dx.Put(x);
+  dw.Put(w);
+  Dev<float> y(n * out);
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+  for (int split : {1, 8}) {
+    SCOPED_TRACE(absl::StrCat("split=", split));
+    ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split).ok());
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    const auto first = y.Get();
+    for (int rep = 0; rep < 5; ++rep) {
+      ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split).ok());
+      ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+      ASSERT_EQ(std::memcmp(y.Get().data(), first.data(), first.size() * 4), 0) << "repeat " << rep;
+    }
+    ASSERT_EQ(cudaMemset(y.p, 0, y.n * 4), cudaSuccess);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split).ok());
+    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    ASSERT_EQ(std::memcmp(y.Get().data(), std::vector<float>(y.n, 0.f).data(), y.n * 4), 0) << "captured, not run";
+    for (int rep = 0; rep < 2; ++rep) {
+      ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+      ASSERT_EQ(std::memcmp(y.Get().data(), first.data(), first.size() * 4), 0) << "graph replay " << rep;
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(s);
+}
+
+TEST(SkinnyGemm, RefusesWhatItCannotTake) {
+  alignas(16) static uint16_t buf[128];
+  EXPECT_TRUE(cuda::SkinnyGemmFits(1, 32, buf, buf));
+  EXPECT_TRUE(cuda::SkinnyGemmFits(cuda::kSkinnyGemmMaxRows, 2304, buf, buf));
+  EXPECT_FALSE(cuda::SkinnyGemmFits(0, 32, buf, buf));
+  EXPECT_FALSE(cuda::SkinnyGemmFits(cuda::kSkinnyGemmMaxRows + 1, 32, buf, buf));
+  EXPECT_FALSE(cuda::SkinnyGemmFits(1, 48, buf, buf));     // in not a multiple of 32
+  EXPECT_FALSE(cuda::SkinnyGemmFits(1, 32, buf + 1, buf));  // x not 16-byte aligned
+  EXPECT_FALSE(cuda::SkinnyGemmFits(1, 32, buf, buf + 4));  // W not 16-byte aligned
+  EXPECT_FALSE(cuda::SkinnyGemm(buf, 1, 48, buf, 4, buf, true, 1.f, 0.f, nullptr).ok());
+  EXPECT_FALSE(cuda::SkinnyGemm(buf, 1, 32, buf, 4, buf, false, 1.f, 1.f, nullptr).ok());  // beta with bf16 y
+  EXPECT_FALSE(cuda::SkinnyGemm(buf, 1, 32, buf, 4, buf, true, 1.f, 0.f, nullptr, /*split=*/3).ok());
+  EXPECT_FALSE(cuda::SkinnyGemmGlu(0, buf, 65, 32, buf, 4, buf, nullptr).ok());
+}
+
+// The automatic split: a power of two up to 8, more for fewer weight rows, never more CTAs than
+// 32-wide inner steps.
+TEST(SkinnyGemm, AutomaticSplitFillsTheMachineWithinItsLimits) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  for (int n : {1, 16, 64}) {
+    SCOPED_TRACE(absl::StrCat("n=", n));
+    const int small = cuda::SkinnyGemmAutoSplit(n, 2304, 2304);
+    const int large = cuda::SkinnyGemmAutoSplit(n, 2304, 49152);
+    for (int s : {small, large}) EXPECT_TRUE(s == 1 || s == 2 || s == 4 || s == 8) << s;
+    EXPECT_GE(small, large);
+    EXPECT_EQ(cuda::SkinnyGemmAutoSplit(n, 32, 128), 1);  // one inner step: nothing to split
+    EXPECT_LE(cuda::SkinnyGemmAutoSplit(n, 64, 128), 2);
+  }
+}
+
+}  // namespace
+}  // namespace sbserve
