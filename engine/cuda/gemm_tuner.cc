@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/device_buffer.h"
+#include "engine/cuda/skinny_gemm.h"
 #include "engine/cuda/small_gemm.h"
 #include "kernels/cuda_check.h"
 
@@ -107,6 +108,8 @@ absl::Status GemmTuner::Launch(int group, const Plan& plan, const Resolved& layo
   switch (plan.kind) {
     case Plan::Kind::kSmall:
       return SmallGemm(x, n, g.in, w, g.out, y, g.y_f32, alpha, beta, stream_, plan.small_variant);
+    case Plan::Kind::kSkinny:
+      return SkinnyGemm(x, n, g.in, w, g.out, y, g.y_f32, alpha, beta, stream_, plan.skinny_split);
     case Plan::Kind::kLt:
       SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, desc_, &alpha, w, layouts.a, x, layouts.b, &beta, y, layouts.c, y, layouts.c,
                                 &plan.algo, workspace_, workspace_bytes_, stream_));
@@ -171,6 +174,14 @@ absl::Status GemmTuner::Tune(int group, int64_t bucket) {
       candidates.push_back(p);
     }
   }
+  if (options_.skinny_kernels && SkinnyGemmFits(bucket, g.in, xs.get(), g.weights[0])) {
+    for (int split = 1; split <= kSkinnyGemmMaxSplit; split *= 2) {
+      Plan p;
+      p.kind = Plan::Kind::kSkinny;
+      p.skinny_split = split;
+      candidates.push_back(p);
+    }
+  }
 
   // Each candidate: a warm-up pass, then the best of two passes through all the layers' weights.
   EventPair ev;
@@ -226,6 +237,7 @@ absl::Status GemmTuner::Resolve(int group, int64_t n, Resolved* r) {
     }
   }
   if (plan.kind == Plan::Kind::kSmall && n > kSmallGemmMaxRows) r->plan = Plan{};
+  if (plan.kind == Plan::Kind::kSkinny && n > kSkinnyGemmMaxRows) r->plan = Plan{};
   return absl::OkStatus();
 }
 
@@ -280,6 +292,9 @@ std::string GemmTuner::Name(int group, int64_t bucket, const Plan& plan) const {
       break;
     case Plan::Kind::kSmall:
       what = absl::StrCat("small gemm v", plan.small_variant);
+      break;
+    case Plan::Kind::kSkinny:
+      what = absl::StrCat("skinny gemm split ", plan.skinny_split);
       break;
     case Plan::Kind::kLt: {
       int id = 0, tile = 0, splitk = 0, stages = 0;

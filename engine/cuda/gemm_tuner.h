@@ -1,8 +1,9 @@
 // Measured GEMM plans for the small row counts of decode steps. Each of the model's GEMMs
 // (y[n, out] = alpha · x[n, in] · W[out, in]ᵀ + beta · y) at n rows can run on cuBLAS's default
 // (cublasGemmEx), on one of cuBLASLt's heuristic candidates (split-K and stream-K kernels among
-// them, which cuBLAS's default does not take at these shapes), or, for n ≤ kSmallGemmMaxRows, on a
-// launch shape of the small-batch kernels (small_gemm.h). The tuner times every candidate once per
+// them, which cuBLAS's default does not take at these shapes), for n ≤ kSmallGemmMaxRows on a
+// launch shape of the small-batch kernels (small_gemm.h), or for n ≤ kSkinnyGemmMaxRows on the
+// tensor-core skinny kernels at one of their splits (skinny_gemm.h). The tuner times every candidate once per
 // (GEMM, row bucket), rotating through the GEMM's weights in all layers so that each timed call reads
 // its weights from memory as a step does, and keeps the fastest.
 //
@@ -32,6 +33,7 @@ struct GemmTunerOptions {
   int max_rows = 256;       // larger GEMMs are left to cuBLAS's default
   int lt_candidates = 8;    // cuBLASLt heuristic results timed per bucket
   bool small_kernels = true;  // small_gemm.h launch shapes are candidates for n ≤ kSmallGemmMaxRows
+  bool skinny_kernels = true;  // skinny_gemm.h at each split is a candidate for n ≤ kSkinnyGemmMaxRows
   bool cublas_default = true;  // cuBLAS's default is a candidate (tests turn it off to reach the others)
   bool verbose = false;       // print each plan to stderr as it is chosen
 };
@@ -67,8 +69,9 @@ class GemmTuner {
 
  private:
   struct Plan {
-    enum class Kind { kCublas, kLt, kSmall } kind = Kind::kCublas;
+    enum class Kind { kCublas, kLt, kSmall, kSkinny } kind = Kind::kCublas;
     int small_variant = 0;
+    int skinny_split = 1;
     cublasLtMatmulAlgo_t algo{};
     double us = 0, cublas_us = 0;  // per call, measured
   };

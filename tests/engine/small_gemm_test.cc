@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/gemm_tuner.h"
+#include "engine/cuda/skinny_gemm.h"
 #include "engine/cuda/small_gemm.h"
 #include "engine/model/dtype.h"
 #include "tests/engine/gpu_test_util.h"
@@ -265,10 +266,14 @@ TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
   std::mt19937 rng(9);
   struct Config {
     const char* name;
-    bool cublas_default, small_kernels;
+    bool cublas_default, small_kernels, skinny_kernels;
   };
-  // All candidates; cuBLASLt's alone; the small kernels alone (n ≤ 4; beyond, cuBLAS's default).
-  const Config configs[] = {{"all", true, true}, {"lt", false, false}, {"small", false, true}};
+  // All candidates; cuBLASLt's alone; the small kernels alone (n ≤ 4; beyond, cuBLAS's default);
+  // the skinny kernels alone (n ≤ 64).
+  const Config configs[] = {{"all", true, true, true},
+                            {"lt", false, false, false},
+                            {"small", false, true, false},
+                            {"skinny", false, false, true}};
   // n: bucket edges (16 exact, 17 -> 24, 64, 65 -> 96) and row counts inside a bucket (61 -> 64,
   // 100 -> 128), so plans are also run at row counts they were not measured at.
   const int64_t rows[] = {1, 2, 3, 4, 5, 16, 17, 61, 64, 65, 100};
@@ -279,6 +284,7 @@ TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
     opt.max_rows = 128;
     opt.cublas_default = cfg.cublas_default;
     opt.small_kernels = cfg.small_kernels;
+    opt.skinny_kernels = cfg.skinny_kernels;
     std::vector<std::unique_ptr<TunerBench>> benches;
     for (const Epilogue& e : kEpilogues) benches.push_back(std::make_unique<TunerBench>(opt, w, in, out, e));
     for (int64_t n : rows) {
@@ -299,6 +305,9 @@ TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
         ASSERT_FALSE(plan.empty());
         if (std::string(cfg.name) == "small" && n <= cuda::kSmallGemmMaxRows) {
           EXPECT_NE(plan.find("small gemm"), std::string::npos);
+        }
+        if (std::string(cfg.name) == "skinny" && n <= cuda::kSkinnyGemmMaxRows) {
+          EXPECT_NE(plan.find("skinny gemm"), std::string::npos);
         }
         if (std::string(cfg.name) == "lt" && n == cuda::GemmTuner::Bucket(n)) {
           EXPECT_NE(plan.find("cublasLt"), std::string::npos);
