@@ -189,12 +189,16 @@ SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& p) {
   SbPrefillKernel k = p.kernel;
   if (k == SbPrefillKernel::kAuto) k = PrefillKernelFromEnv();
   const bool early_exit = p.early_exit_log_threshold > 0.f;
-  // Default: the mma kernel (and the default path asks the device nothing). The 1-warpgroup wgmma
-  // kernel measured at parity with it (0-14% slower by row on the H200). The wide one measured
-  // 9.5% faster at 1 x 16384 and 2% slower at 4 x 4096 (H100, a measurement build of the same
-  // kernel, tests/bench/kernels.md); it becomes the default for long sequences once this build
-  // has run the GPU tests.
-  if (k == SbPrefillKernel::kAuto) k = SbPrefillKernel::kMma;
+  // Default: the mma kernel, except for long sequences without early exit on sm_90, where the wide
+  // wgmma kernel (192 query rows per K/V tile) runs. The 1-warpgroup wgmma kernel measured at parity
+  // with the mma kernel (0-14% slower by row on the H200); the wide one faster from
+  // kWidePrefillMinSeqlen rows on (tests/bench/kernels.md). Below it the default path asks the
+  // device nothing.
+  if (k == SbPrefillKernel::kAuto) {
+    k = !early_exit && p.max_seqlen_q >= kWidePrefillMinSeqlen && SbAttnPrefillHasWgmma(p.head_dim)
+            ? SbPrefillKernel::kWgmmaWide
+            : SbPrefillKernel::kMma;
+  }
   if (k == SbPrefillKernel::kWgmmaWide && early_exit) k = SbPrefillKernel::kWgmma;
   if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(p.head_dim)) k = SbPrefillKernel::kMma;
   return k;

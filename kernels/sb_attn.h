@@ -18,9 +18,11 @@ absl::Status SbKvAppend(const SbKvAppendParams& params, CUstream_st* stream);
 absl::Status SbAttnPrefill(const SbAttnPrefillParams& params, CUstream_st* stream);
 
 // The prefill kernel SbAttnPrefill runs for these parameters: params.kernel, else
-// SBSERVE_PREFILL_KERNEL=mma|wgmma|wgmma-wide, else the mma kernel (the default). A wgmma kernel
-// runs only where it can (an sm_90a build on a device of compute capability 9.0, head_dim 64; the
-// mma kernel otherwise); the wide one has no early exit (the 1-warpgroup one runs instead).
+// SBSERVE_PREFILL_KERNEL=mma|wgmma|wgmma-wide, else the default: the wide wgmma kernel when
+// max_seqlen_q >= kWidePrefillMinSeqlen without early exit, the mma kernel otherwise. A wgmma
+// kernel runs only where it can (an sm_90a build on a device of compute capability 9.0, head_dim
+// 64; the mma kernel otherwise); the wide one has no early exit (the 1-warpgroup one runs instead).
+inline constexpr int kWidePrefillMinSeqlen = 8192;
 SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& params);
 // "mma", "wgmma", "wgmma-wide" ("auto" for kAuto): the names SBSERVE_PREFILL_KERNEL takes.
 const char* SbPrefillKernelName(SbPrefillKernel kernel);

@@ -338,7 +338,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode] [--early-exit TAU] "
                    "[--scale-mult M] [--shift S] [--sweep-splits] [--decode-row 0..5] [--decode-kernel cc|tc|both] "
-                   "[--prefill-row 0..9] [--prefill-kernel mma|wgmma|wgmma-wide|both]\n",
+                   "[--prefill-row 0..10] [--prefill-kernel mma|wgmma|wgmma-wide|both]\n",
                    argv[0]);
       return 2;
     }
@@ -361,7 +361,8 @@ int main(int argc, char** argv) {
                         {"1 x 16384", 36, 64, {16384}},                     {"32 x 512", 36, 64, std::vector<int>(32, 512)},
                         {"mixed 64..5000", 36, 64, mixed},                  {"8 x 2048", 32, 128, std::vector<int>(8, 2048)},
                         {"4 x 4096", 32, 128, std::vector<int>(4, 4096)},  {"1 x 16384", 32, 128, {16384}},
-                        {"32 x 512", 32, 128, std::vector<int>(32, 512)}, {"mixed 64..5000", 32, 128, mixed}};
+                        {"32 x 512", 32, 128, std::vector<int>(32, 512)}, {"mixed 64..5000", 32, 128, mixed},
+                        {"2 x 8192", 36, 64, std::vector<int>(2, 8192)}};
     for (int i = 0; i < static_cast<int>(std::size(rows)); ++i) {
       if (opt.prefill_row >= 0 && opt.prefill_row != i) continue;
       const Row& r = rows[i];

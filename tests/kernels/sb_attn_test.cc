@@ -850,9 +850,15 @@ TEST(SbAttnApi, PrefillKernelChoice) {
   EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
   p.kernel = SbPrefillKernel::kAuto;
   EXPECT_EQ(SbAttnPrefillKernelFor(p), mma);
-  p.max_seqlen_q = 16384;
+  // The default turns to the wide kernel from kWidePrefillMinSeqlen query rows on, where it runs.
+  p.max_seqlen_q = kWidePrefillMinSeqlen - 1;
   EXPECT_EQ(SbAttnPrefillKernelFor(p), mma);
-  p.early_exit_log_threshold = 3.f;  // the wide kernel has no early exit
+  p.max_seqlen_q = kWidePrefillMinSeqlen;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
+  p.max_seqlen_q = 16384;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
+  p.early_exit_log_threshold = 3.f;  // the wide kernel has no early exit: the default stays mma
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), mma);
   p.kernel = SbPrefillKernel::kWgmmaWide;
   EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? SbPrefillKernel::kWgmma : mma);
   p.early_exit_log_threshold = 0.f;
