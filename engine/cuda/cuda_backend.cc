@@ -201,8 +201,9 @@ class CudaBackend final : public Backend {
   // outside deterministic mode; SBSERVE_SMALL_GEMM_ROWS overrides it (0: always cuBLAS).
   int small_gemm_rows_ = cuda::kSmallGemmDefaultRows;
   // Up to this many rows the rest run on the skinny kernels (skinny_gemm.h), outside deterministic
-  // mode; SBSERVE_SKINNY_GEMM_ROWS overrides it (0: never).
-  int skinny_gemm_rows_ = cuda::kSkinnyGemmMaxRows;
+  // mode, with SBSERVE_SKINNY_GEMM_ROWS; off by default: they measured slower than cuBLAS at every
+  // shape of the 3B model (tests/bench/engine.md, step 8).
+  int skinny_gemm_rows_ = 0;
   // Measured GEMM plans for up to GemmTunerOptions::max_rows rows (gemm_tuner.h), with
   // SBSERVE_GEMM_TUNING=1 (or =verbose) outside deterministic mode; null otherwise: every GEMM runs
   // on cuBLAS's default or the small kernels.

@@ -146,7 +146,7 @@ absl::Status GemmTuner::Tune(int group, int64_t bucket) {
   absl::Status st = Layouts(group, bucket, &layouts);
   std::vector<Plan> candidates;
   if (options_.cublas_default) candidates.push_back(Plan{});
-  if (st.ok()) {
+  if (st.ok() && options_.lt_candidates > 0) {
     cublasLtMatmulPreference_t pref = nullptr;
     if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS) {
       const uint64_t ws = workspace_bytes_;

@@ -10,7 +10,8 @@
 // Per 32-wide inner step a warp reads 32 weight rows (two m16 tiles, 2 KB) and n rows of x (from L1,
 // shared by the CTA's four warps, which walk the same inner range over different weight rows), and
 // issues 4 · n/8 MMAs. Loads run kDepth steps ahead of the MMAs in registers; with kAheadBytes > 0
-// each lane also keeps its weight row that far ahead in L2 (cp.async.bulk.prefetch).
+// each lane also keeps its weight row that far ahead in L2 (cp.async.bulk.prefetch), and with
+// kL2Hint each load asks L2 for the 256 bytes around it.
 //
 // The CTAs of a cluster split the inner dimension. Each stores its fp32 partial tile in shared
 // memory; after a cluster barrier, CTA r sums the r-th slice of the tile over the cluster's CTAs in
@@ -37,7 +38,6 @@ namespace cg = cooperative_groups;
 constexpr int kWarps = 4;
 constexpr int kMT = 2;                       // m16 tiles per warp
 constexpr int kRows = kWarps * kMT * 16;     // weight rows per CTA
-constexpr int kDepth = 2;                    // inner steps of loads in flight ahead of the MMAs
 constexpr int kStep = 32;                    // inner elements per step
 constexpr int kPrefetchGrain = 128;          // elements (256 bytes) of a row prefetched at a time
 
@@ -54,11 +54,20 @@ struct Args {
   int act;
 };
 
+// A weight chunk: read once, so it bypasses L1; kL2Hint asks L2 to fetch the 256 bytes around it
+// (the row's next steps) from memory at once.
+template <bool kL2Hint>
 __device__ __forceinline__ uint4 LoadStreamed(const __nv_bfloat16* p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+  if constexpr (kL2Hint) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  } else {
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+  }
   return v;
 }
 
@@ -78,7 +87,8 @@ __device__ __forceinline__ void PrefetchL2(const __nv_bfloat16* p, int64_t elems
 
 // kNT: n-tiles of 8 rows of x (n ≤ 8 · kNT). kGlu: local rows 0..63 are up rows, 64..127 the
 // matching gate rows, and the CTA writes 64 outputs.
-template <int kNT, bool kGlu, int kAheadBytes>
+// kDepth: inner steps of loads in flight ahead of the MMAs.
+template <int kNT, bool kGlu, int kAheadBytes, bool kL2Hint, int kDepth>
 __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
   constexpr int kN = 8 * kNT;
   constexpr int kLd = kRows + 4;  // partial tile: [kN][kLd] fp32, rows contiguous (conflict-free stores)
@@ -136,7 +146,7 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
 #pragma unroll
       for (int i = 0; i < kMT; ++i)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) wv[d][i][h] = LoadStreamed(wp[i][h] + k);
+        for (int h = 0; h < 2; ++h) wv[d][i][h] = LoadStreamed<kL2Hint>(wp[i][h] + k);
 #pragma unroll
       for (int j = 0; j < kNT; ++j) xv[d][j] = __ldg(reinterpret_cast<const uint4*>(xp[j] + k));
     }
@@ -165,7 +175,7 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
 #pragma unroll
           for (int i = 0; i < kMT; ++i)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) wv[d][i][h] = LoadStreamed(wp[i][h] + kn);
+            for (int h = 0; h < 2; ++h) wv[d][i][h] = LoadStreamed<kL2Hint>(wp[i][h] + kn);
 #pragma unroll
           for (int j = 0; j < kNT; ++j) xv[d][j] = __ldg(reinterpret_cast<const uint4*>(xp[j] + kn));
         }
@@ -222,7 +232,7 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
   if (split > 1) cluster.sync();
 }
 
-template <int kNT, bool kGlu, int kAheadBytes>
+template <int kNT, bool kGlu, int kAheadBytes, bool kL2Hint, int kDepth>
 cudaError_t Launch(const Args& a, int tiles, int split, cudaStream_t stream) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(split));
@@ -244,18 +254,24 @@ cudaError_t Launch(const Args& a, int tiles, int split, cudaStream_t stream) {
   }
   cfg.attrs = attr;
   cfg.numAttrs = na;
-  return cudaLaunchKernelEx(&cfg, SkinnyGemmKernel<kNT, kGlu, kAheadBytes>, a);
+  return cudaLaunchKernelEx(&cfg, SkinnyGemmKernel<kNT, kGlu, kAheadBytes, kL2Hint, kDepth>, a);
 }
 
-// The L2 prefetch distance of each launch variant (skinny_gemm.h's `prefetch`).
+// The launch variants (skinny_gemm.h's `prefetch`): how far ahead a CTA pulls its weights into L2
+// (a bulk prefetch 512 B or 2 KB ahead, or the 256-byte L2 fetch hint on each load) and how many
+// steps of loads each warp keeps in registers (4 only up to 32 rows: at 64 they would spill).
 constexpr int kDefaultPrefetch = 0;
 
 template <int kNT, bool kGlu>
 cudaError_t LaunchPrefetch(int prefetch, const Args& a, int tiles, int split, cudaStream_t stream) {
+  constexpr int kDeep = kNT >= 8 ? 2 : 4;
   switch (prefetch < 0 ? kDefaultPrefetch : prefetch) {
-    case 1: return Launch<kNT, kGlu, 512>(a, tiles, split, stream);
-    case 2: return Launch<kNT, kGlu, 2048>(a, tiles, split, stream);
-    default: return Launch<kNT, kGlu, 0>(a, tiles, split, stream);
+    case 1: return Launch<kNT, kGlu, 512, false, 2>(a, tiles, split, stream);
+    case 2: return Launch<kNT, kGlu, 2048, false, 2>(a, tiles, split, stream);
+    case 3: return Launch<kNT, kGlu, 0, true, 2>(a, tiles, split, stream);
+    case 4: return Launch<kNT, kGlu, 0, true, kDeep>(a, tiles, split, stream);
+    case 5: return Launch<kNT, kGlu, 0, false, kDeep>(a, tiles, split, stream);
+    default: return Launch<kNT, kGlu, 0, false, 2>(a, tiles, split, stream);
   }
 }
 
@@ -272,10 +288,10 @@ int Slots(int n) {
   int dev = 0, sms = 0, per_sm = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return 132;
-  const void* k = n <= 8    ? reinterpret_cast<const void*>(SkinnyGemmKernel<1, false, 0>)
-                  : n <= 16 ? reinterpret_cast<const void*>(SkinnyGemmKernel<2, false, 0>)
-                  : n <= 32 ? reinterpret_cast<const void*>(SkinnyGemmKernel<4, false, 0>)
-                            : reinterpret_cast<const void*>(SkinnyGemmKernel<8, false, 0>);
+  const void* k = n <= 8    ? reinterpret_cast<const void*>(SkinnyGemmKernel<1, false, 0, false, 2>)
+                  : n <= 16 ? reinterpret_cast<const void*>(SkinnyGemmKernel<2, false, 0, false, 2>)
+                  : n <= 32 ? reinterpret_cast<const void*>(SkinnyGemmKernel<4, false, 0, false, 2>)
+                            : reinterpret_cast<const void*>(SkinnyGemmKernel<8, false, 0, false, 2>);
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kWarps * 32, 0) != cudaSuccess || per_sm < 1) per_sm = 1;
   return sms * per_sm;
 }

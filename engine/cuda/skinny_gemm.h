@@ -23,6 +23,7 @@ namespace sbserve::cuda {
 inline constexpr int kSkinnyGemmMinRows = 1;
 inline constexpr int kSkinnyGemmMaxRows = 64;
 inline constexpr int kSkinnyGemmMaxSplit = 8;
+inline constexpr int kSkinnyGemmVariants = 6;
 
 // Whether SkinnyGemm and SkinnyGemmGlu take a call: 1 <= n <= kSkinnyGemmMaxRows, in % 32 == 0,
 // and x and W 16-byte aligned.
@@ -35,8 +36,9 @@ int SkinnyGemmAutoSplit(int64_t n, int64_t in, int64_t weight_rows);
 
 // y = alpha · x · Wᵀ, plus beta · y when y is fp32 and beta != 0 (y is not read otherwise); x, W
 // bf16; y bf16 (then beta must be 0) or fp32. split: 0 for SkinnyGemmAutoSplit's, or 1, 2, 4, 8.
-// prefetch: whether each CTA also streams its W slice into L2 ahead of its loads (a launch variant
-// for measurement; -1 takes the default).
+// prefetch: a launch variant for measurement, 0 to kSkinnyGemmVariants - 1 (how far ahead the
+// weights are pulled into L2, and how many steps of loads each warp keeps in flight; -1 takes the
+// default).
 absl::Status SkinnyGemm(const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
                         float alpha, float beta, CUstream_st* stream, int split = 0, int prefetch = -1);
 

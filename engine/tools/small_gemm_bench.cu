@@ -7,8 +7,10 @@
 // bandwidth measured in the same run, and the largest difference from cuBLAS's output.
 //
 // Rows up to kSkinnyGemmMaxRows get a second line: the tensor-core skinny kernels
-// (engine/cuda/skinny_gemm.h) at their automatic split, then at every split (1, 2, 4, 8) and L2
-// prefetch variant (p0 none, p1 512 B, p2 2 KB ahead), and their largest difference from cuBLAS.
+// (engine/cuda/skinny_gemm.h) at their automatic split, then at every split (1, 2, 4, 8) and launch
+// variant (p0 plain, p1 / p2 bulk L2 prefetch 512 B / 2 KB ahead, p3 the 256-byte L2 fetch hint,
+// p4 the hint with 4 steps of loads in flight, p5 4 steps without it), and their largest difference
+// from cuBLAS.
 //
 // usage: small_gemm_bench [--rows 1,2,3,4,8,16,32,64,128] [--no-skinny-sweep]
 #include <cublas_v2.h>
@@ -231,7 +233,7 @@ int main(int argc, char** argv) {
                     au, 100.0 * gbs / au / copy_gbs);
         if (skinny_sweep) {
           for (int split : {1, 2, 4, 8})
-            for (int prefetch : {0, 1, 2}) {
+            for (int prefetch = 0; prefetch < sbserve::cuda::kSkinnyGemmVariants; ++prefetch) {
               const double us = MedianUs(s, copies, skinny_at(split, prefetch));
               std::printf("  s%dp%d %6.2f", split, prefetch, us);
               diff = std::max(diff, compare(skinny_at(split, prefetch)));

@@ -1,7 +1,7 @@
 // The tensor-core skinny GEMMs (engine/cuda/skinny_gemm.h) against a float64 product of the same
 // bf16 operands: row counts at and inside the n-tile edges, inner sizes of one step, an odd step
 // count and the model's, output counts that do not fill a CTA, every split (including CTAs left
-// with no inner range), every L2 prefetch variant, the bf16 and fp32 outputs with alpha and beta,
+// with no inner range), every launch variant (L2 prefetch, load depth), the bf16 and fp32 outputs with alpha and beta,
 // the fused GLU epilogue with every activation, untouched memory past the output, bitwise
 // repeatability, a launch inside a CUDA graph, and what they refuse.
 #include <cuda_runtime.h>
@@ -97,7 +97,7 @@ TEST(SkinnyGemm, MatchesFloat64ForEveryRowCountSplitAndEpilogue) {
       dw.Put(w);
       const size_t count = static_cast<size_t>(n * c.out);
       for (int split : {0, 1, 2, 4, 8}) {
-        for (int prefetch : {0, 1, 2}) {
+        for (int prefetch = 0; prefetch < cuda::kSkinnyGemmVariants; ++prefetch) {
           SCOPED_TRACE(absl::StrCat("in=", c.in, " out=", c.out, " n=", n, " split=", split, " prefetch=", prefetch));
           // bf16 output, alpha = 0.5.
           Dev<uint16_t> yb(count + kCanary);

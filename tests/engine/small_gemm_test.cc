@@ -267,13 +267,14 @@ TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
   struct Config {
     const char* name;
     bool cublas_default, small_kernels, skinny_kernels;
+    int lt_candidates;
   };
   // All candidates; cuBLASLt's alone; the small kernels alone (n ≤ 4; beyond, cuBLAS's default);
   // the skinny kernels alone (n ≤ 64).
-  const Config configs[] = {{"all", true, true, true},
-                            {"lt", false, false, false},
-                            {"small", false, true, false},
-                            {"skinny", false, false, true}};
+  const Config configs[] = {{"all", true, true, true, 8},
+                            {"lt", false, false, false, 8},
+                            {"small", false, true, false, 8},
+                            {"skinny", false, false, true, 0}};
   // n: bucket edges (16 exact, 17 -> 24, 64, 65 -> 96) and row counts inside a bucket (61 -> 64,
   // 100 -> 128), so plans are also run at row counts they were not measured at.
   const int64_t rows[] = {1, 2, 3, 4, 5, 16, 17, 61, 64, 65, 100};
@@ -285,6 +286,7 @@ TEST(GemmTuner, TunedPlansMatchFloat64AtEveryBucketAndEpilogue) {
     opt.cublas_default = cfg.cublas_default;
     opt.small_kernels = cfg.small_kernels;
     opt.skinny_kernels = cfg.skinny_kernels;
+    opt.lt_candidates = cfg.lt_candidates;
     std::vector<std::unique_ptr<TunerBench>> benches;
     for (const Epilogue& e : kEpilogues) benches.push_back(std::make_unique<TunerBench>(opt, w, in, out, e));
     for (int64_t n : rows) {
