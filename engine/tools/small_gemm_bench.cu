@@ -12,7 +12,11 @@
 // p4 the hint with 4 steps of loads in flight, p5 4 steps without it), and their largest difference
 // from cuBLAS.
 //
+// --profile SPLIT:VARIANT [--shape NAME] runs, per shape and row count, two cuBLAS calls and two
+// skinny calls at that split and variant and nothing else (for ncu; no timing).
+//
 // usage: small_gemm_bench [--rows 1,2,3,4,8,16,32,64,128] [--no-skinny-sweep]
+//                         [--profile SPLIT:VARIANT] [--shape NAME]
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -95,8 +99,16 @@ double MedianUs(cudaStream_t s, int copies, F&& call) {
 int main(int argc, char** argv) {
   std::vector<int> rows = {1, 2, 3, 4, 8, 16, 32, 64, 128};
   bool skinny_sweep = true;
+  int profile_split = 0, profile_variant = 0;
+  std::string only_shape;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-skinny-sweep") == 0) skinny_sweep = false;
+    if (std::strcmp(argv[i], "--profile") == 0 && i + 1 < argc &&
+        std::sscanf(argv[++i], "%d:%d", &profile_split, &profile_variant) != 2) {
+      std::fprintf(stderr, "--profile SPLIT:VARIANT\n");
+      return 2;
+    }
+    if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc) only_shape = argv[++i];
     if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
       rows.clear();
       for (char* t = std::strtok(argv[++i], ","); t != nullptr; t = std::strtok(nullptr, ",")) rows.push_back(std::atoi(t));
@@ -136,6 +148,7 @@ int main(int argc, char** argv) {
   };
   const int max_n = *std::max_element(rows.begin(), rows.end());
   for (const Shape& sh : shapes) {
+    if (!only_shape.empty() && only_shape != sh.name) continue;
     const int64_t w_rows = sh.glu ? 2 * sh.out : sh.out;
     const size_t w_bytes = static_cast<size_t>(w_rows * sh.in) * 2;
     const int copies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / w_bytes + 1));
@@ -184,6 +197,20 @@ int main(int argc, char** argv) {
         }
         if (sh.glu) CHECK_OK(sbserve::cuda::Activation(0, true, fc, nullptr, n, sh.out, y, s));
       };
+      if (profile_split > 0) {
+        for (int k = 0; k < 2; ++k) cublas(k);
+        for (int k = 0; k < 2; ++k) {
+          const __nv_bfloat16* wk = w + k * w_elems;
+          if (sh.glu) {
+            CHECK_OK(sbserve::cuda::SkinnyGemmGlu(0, x, n, sh.in, wk, sh.out, y, s, profile_split, profile_variant));
+          } else {
+            CHECK_OK(sbserve::cuda::SkinnyGemm(x, n, sh.in, wk, sh.out, y, sh.y_f32, sh.alpha, sh.beta, s,
+                                               profile_split, profile_variant));
+          }
+        }
+        CHECK_CUDA(cudaStreamSynchronize(s));
+        continue;
+      }
       const double gbs = w_bytes / 1e3;  // per µs -> GB/s
       const double cu = MedianUs(s, copies, cublas);
       const double tu = MedianUs(s, copies, tuned);
