@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 
 #include "engine/cuda/activation.cuh"
 #include "engine/cuda/skinny_gemm.h"
@@ -85,6 +86,79 @@ __device__ __forceinline__ void PrefetchL2(const __nv_bfloat16* p, int64_t elems
                  : "memory");
 }
 
+// The weight row behind local row lr of the CTA whose first output is o0 (clamped: a row past the
+// end is read, never written). With the GLU, local rows kRows / 2 on are the gate rows.
+template <bool kGlu>
+__device__ __forceinline__ int64_t WeightRow(const Args& a, int64_t o0, int lr) {
+  if constexpr (kGlu) {
+    constexpr int kOutRows = kRows / 2;
+    const int64_t o = o0 + (lr % kOutRows) < a.out ? o0 + (lr % kOutRows) : a.out - 1;
+    return lr < kOutRows ? o : a.out + o;
+  } else {
+    return o0 + lr < a.out ? o0 + lr : a.out - 1;
+  }
+}
+
+// The partial tile (acc of the threads that hold one, `has_acc`) into `part` ([kN][kRows + 4] fp32),
+// then this CTA's slice of the tile's outputs, summed over the cluster in rank order, written with
+// the epilogue. Every thread of the CTA calls it (the cluster barriers count them all).
+template <int kNT, bool kGlu>
+__device__ __forceinline__ void Epilogue(const Args& a, const float (&acc)[kMT][kNT][4], float* part, int64_t o0,
+                                         bool has_acc) {
+  constexpr int kN = 8 * kNT;
+  constexpr int kLd = kRows + 4;
+  constexpr int kOutRows = kGlu ? kRows / 2 : kRows;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int split = gridDim.y, rank = blockIdx.y;
+  // c0, c1: row g, columns 2t and 2t + 1; c2, c3: row g + 8.
+  if (has_acc) {
+#pragma unroll
+    for (int i = 0; i < kMT; ++i)
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        const int r = warp * 32 + i * 16 + g, c = 8 * j + 2 * t;
+        part[c * kLd + r] = acc[i][j][0];
+        part[(c + 1) * kLd + r] = acc[i][j][1];
+        part[c * kLd + r + 8] = acc[i][j][2];
+        part[(c + 1) * kLd + r + 8] = acc[i][j][3];
+      }
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  if (split > 1) {
+    cluster.sync();
+  } else {
+    __syncthreads();
+  }
+  constexpr int kElems = kN * kOutRows;
+  const int lo = rank * kElems / split, hi = (rank + 1) * kElems / split;
+  for (int e = lo + static_cast<int>(threadIdx.x); e < hi; e += static_cast<int>(blockDim.x)) {
+    const int c = e / kOutRows, r = e % kOutRows;
+    const int64_t o = o0 + r;
+    if (c >= a.n || o >= a.out) continue;
+    float v = 0.f, gate = 0.f;
+    for (int q = 0; q < split; ++q) {
+      const float* src = split > 1 ? cluster.map_shared_rank(part, q) : part;
+      v += src[c * kLd + r];
+      if constexpr (kGlu) gate += src[c * kLd + r + kOutRows];
+    }
+    const int64_t idx = c * a.out + o;
+    if constexpr (kGlu) {
+      const float up = __bfloat162float(__float2bfloat16(v));
+      const float gt = __bfloat162float(__float2bfloat16(gate));
+      static_cast<__nv_bfloat16*>(a.y)[idx] = __float2bfloat16(up * Act(a.act, gt));
+    } else if (a.y_f32) {
+      float* y = static_cast<float*>(a.y);
+      const float sv = a.alpha * v;
+      y[idx] = a.beta != 0.f ? sv + a.beta * y[idx] : sv;
+    } else {
+      static_cast<__nv_bfloat16*>(a.y)[idx] = __float2bfloat16(a.alpha * v);
+    }
+  }
+  // No CTA may leave while another still reads its partial tile.
+  if (split > 1) cluster.sync();
+}
+
 // kNT: n-tiles of 8 rows of x (n ≤ 8 · kNT). kGlu: local rows 0..63 are up rows, 64..127 the
 // matching gate rows, and the CTA writes 64 outputs.
 // kDepth: inner steps of loads in flight ahead of the MMAs.
@@ -97,20 +171,12 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int split = gridDim.y, rank = blockIdx.y;
+  const int rank = blockIdx.y;
   const int64_t kb = rank * a.k_per_cta;
   const int64_t ke = kb + a.k_per_cta < a.in ? kb + a.k_per_cta : a.in;
   const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kOutRows;
 
-  // The weight row behind local row lr (clamped: a row past the end is read, never written).
-  auto weight_row = [&](int lr) -> int64_t {
-    if constexpr (kGlu) {
-      const int64_t o = o0 + (lr % kOutRows) < a.out ? o0 + (lr % kOutRows) : a.out - 1;
-      return lr < kOutRows ? o : a.out + o;
-    } else {
-      return o0 + lr < a.out ? o0 + lr : a.out - 1;
-    }
-  };
+  auto weight_row = [&](int lr) { return WeightRow<kGlu>(a, o0, lr); };
   const __nv_bfloat16* wp[kMT][2];
 #pragma unroll
   for (int i = 0; i < kMT; ++i)
@@ -185,51 +251,203 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
   // The next kernel (its own weight loads) may be scheduled as CTAs end.
   kernels::PdlLaunchDependents();
 
-  // c0, c1: row g, columns 2t and 2t + 1; c2, c3: row g + 8.
+  Epilogue<kNT, kGlu>(a, acc, part, o0, true);
+}
+
+// ---- The shared-memory-staged variant ----
+// A producer warp (warp kWarps) streams each stage, kStageK inner elements of the CTA's 128 weight
+// rows and of the n rows of x, into shared memory with bulk copies that complete on the stage's
+// "full" mbarrier; the four consumer warps read their fragments from there and release the stage on
+// its "empty" mbarrier, so up to kStages stages are in flight per CTA whatever the registers. Rows
+// are padded to kPitch bytes, so the 8 rows x 4 lanes of a fragment load hit distinct bank groups.
+// Weights of the first stages are copied before griddepcontrol.wait, x only after it.
+constexpr int kStageK = 128;              // inner elements per stage (256 bytes per row)
+constexpr int kPitch = kStageK * 2 + 16;  // bytes per staged row
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void MbarInit(uint32_t bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarExpectTx(uint32_t bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, unsigned bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ uint4 LdShared(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
+template <int kNT, int kStages>
+struct StagedLayout {
+  static constexpr int kStageRows = kRows + 8 * kNT;  // weight rows, then x rows
+  static constexpr int kStageBytes = kStageRows * kPitch;
+  static constexpr int kBarOffset = kStages * kStageBytes;  // full[s], then empty[s]
+  static constexpr int kSmemBytes = kBarOffset + 2 * kStages * 8;
+  static_assert(8 * kNT * (kRows + 4) * 4 <= kBarOffset, "the partial tile reuses the stages");
+};
+
+template <int kNT, bool kGlu, int kStages>
+__global__ void __launch_bounds__((kWarps + 1) * 32) SkinnyGemmStagedKernel(Args a) {
+  using L = StagedLayout<kNT, kStages>;
+  constexpr int kN = 8 * kNT;
+  constexpr int kOutRows = kGlu ? kRows / 2 : kRows;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t kb = static_cast<int64_t>(blockIdx.y) * a.k_per_cta;
+  const int64_t ke = kb + a.k_per_cta < a.in ? kb + a.k_per_cta : a.in;
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kOutRows;
+  const int stages_total = ke > kb ? static_cast<int>((ke - kb + kStageK - 1) / kStageK) : 0;
+  const uint32_t base = SmemAddr(smem);
+  const uint32_t bars = base + L::kBarOffset;
+  auto full = [&](int st) { return bars + 8 * st; };
+  auto empty = [&](int st) { return bars + 8 * (kStages + st); };
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      MbarInit(full(st), 1);
+      MbarInit(empty(st), kWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  float acc[kMT][kNT][4];
 #pragma unroll
   for (int i = 0; i < kMT; ++i)
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int r = warp * 32 + i * 16 + g, c = 8 * j + 2 * t;
-      part[c * kLd + r] = acc[i][j][0];
-      part[(c + 1) * kLd + r] = acc[i][j][1];
-      part[c * kLd + r + 8] = acc[i][j][2];
-      part[(c + 1) * kLd + r + 8] = acc[i][j][3];
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  if (warp == kWarps) {
+    // Producer: lane l copies weight rows l + 32q and x rows l + 32q (clamped to n - 1).
+    constexpr int kXPerLane = (kN + 31) / 32;
+    const __nv_bfloat16* wrow[kRows / 32];
+#pragma unroll
+    for (int q = 0; q < kRows / 32; ++q) wrow[q] = a.w + WeightRow<kGlu>(a, o0, lane + 32 * q) * a.in;
+    auto row_bytes = [&](int it) {
+      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
+      return static_cast<unsigned>((ke - k < kStageK ? ke - k : kStageK) * 2);
+    };
+    auto issue_w = [&](int it) {
+      const int st = it % kStages;
+      const unsigned bytes = row_bytes(it);
+      if (lane == 0) MbarExpectTx(full(st), bytes * L::kStageRows);
+      __syncwarp();
+      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
+#pragma unroll
+      for (int q = 0; q < kRows / 32; ++q)
+        BulkCopy(base + st * L::kStageBytes + (lane + 32 * q) * kPitch, wrow[q] + k, bytes, full(st));
+    };
+    auto issue_x = [&](int it) {
+      const int st = it % kStages;
+      const unsigned bytes = row_bytes(it);
+      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
+#pragma unroll
+      for (int q = 0; q < kXPerLane; ++q) {
+        const int r = lane + 32 * q;
+        if (r < kN) {
+          const __nv_bfloat16* src = a.x + static_cast<int64_t>(r < a.n ? r : a.n - 1) * a.in + k;
+          BulkCopy(base + st * L::kStageBytes + (kRows + r) * kPitch, src, bytes, full(st));
+        }
+      }
+    };
+    const int first = stages_total < kStages ? stages_total : kStages;
+    for (int it = 0; it < first; ++it) issue_w(it);
+    kernels::PdlWait();  // x is the previous kernel's output
+    for (int it = 0; it < first; ++it) issue_x(it);
+    for (int it = first; it < stages_total; ++it) {
+      MbarWait(empty(it % kStages), ((it / kStages) - 1) & 1);
+      issue_w(it);
+      issue_x(it);
     }
-  cg::cluster_group cluster = cg::this_cluster();
-  if (split > 1) {
-    cluster.sync();
   } else {
-    __syncthreads();
-  }
-  // This CTA's slice of the tile's outputs, summed over the cluster in rank order.
-  constexpr int kElems = kN * kOutRows;
-  const int lo = rank * kElems / split, hi = (rank + 1) * kElems / split;
-  for (int e = lo + static_cast<int>(threadIdx.x); e < hi; e += kWarps * 32) {
-    const int c = e / kOutRows, r = e % kOutRows;
-    const int64_t o = o0 + r;
-    if (c >= a.n || o >= a.out) continue;
-    float v = 0.f, gate = 0.f;
-    for (int q = 0; q < split; ++q) {
-      const float* src = split > 1 ? cluster.map_shared_rank(part, q) : part;
-      v += src[c * kLd + r];
-      if constexpr (kGlu) gate += src[c * kLd + r + kOutRows];
+    kernels::PdlWait();  // the epilogue reads and writes y
+    for (int it = 0; it < stages_total; ++it) {
+      const int st = it % kStages;
+      MbarWait(full(st), (it / kStages) & 1);
+      const uint32_t stage = base + st * L::kStageBytes;
+      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
+      const int steps = static_cast<int>((ke - k < kStageK ? ke - k : kStageK) / kStep);
+#pragma unroll
+      for (int sp = 0; sp < kStageK / kStep; ++sp) {
+        if (sp < steps) {
+          const uint32_t off = sp * kStep * 2 + 16 * t;
+          uint4 wv[kMT][2];
+          uint4 xv[kNT];
+#pragma unroll
+          for (int i = 0; i < kMT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) wv[i][h] = LdShared(stage + (warp * 32 + i * 16 + h * 8 + g) * kPitch + off);
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) xv[j] = LdShared(stage + (kRows + 8 * j + g) * kPitch + off);
+#pragma unroll
+          for (int i = 0; i < kMT; ++i)
+#pragma unroll
+            for (int j = 0; j < kNT; ++j) {
+              Mma(acc[i][j], wv[i][0].x, wv[i][1].x, wv[i][0].y, wv[i][1].y, xv[j].x, xv[j].y);
+              Mma(acc[i][j], wv[i][0].z, wv[i][1].z, wv[i][0].w, wv[i][1].w, xv[j].z, xv[j].w);
+            }
+        }
+      }
+      __syncwarp();
+      if (lane == 0) MbarArrive(empty(st));
     }
-    const int64_t idx = c * a.out + o;
-    if constexpr (kGlu) {
-      const float up = __bfloat162float(__float2bfloat16(v));
-      const float gt = __bfloat162float(__float2bfloat16(gate));
-      static_cast<__nv_bfloat16*>(a.y)[idx] = __float2bfloat16(up * Act(a.act, gt));
-    } else if (a.y_f32) {
-      float* y = static_cast<float*>(a.y);
-      const float s = a.alpha * v;
-      y[idx] = a.beta != 0.f ? s + a.beta * y[idx] : s;
-    } else {
-      static_cast<__nv_bfloat16*>(a.y)[idx] = __float2bfloat16(a.alpha * v);
-    }
   }
-  // No CTA may leave while another still reads its partial tile.
-  if (split > 1) cluster.sync();
+  kernels::PdlLaunchDependents();
+  // The partial tile reuses the stages, all of whose copies have been consumed.
+  __syncthreads();
+  Epilogue<kNT, kGlu>(a, acc, reinterpret_cast<float*>(smem), o0, warp < kWarps);
+}
+
+template <int kNT, bool kGlu, int kStages>
+cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t stream) {
+  using L = StagedLayout<kNT, kStages>;
+  static const cudaError_t attr_err = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages>,
+                                                           cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmemBytes);
+  if (attr_err != cudaSuccess) return attr_err;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(split));
+  cfg.blockDim = dim3((kWarps + 1) * 32);
+  cfg.dynamicSmemBytes = L::kSmemBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (split > 1) {
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = 1;
+    attr[na].val.clusterDim.y = static_cast<unsigned>(split);
+    attr[na].val.clusterDim.z = 1;
+    ++na;
+  }
+  if (kernels::PdlEnabled()) {
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na].val.programmaticStreamSerializationAllowed = 1;
+    ++na;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = na;
+  return cudaLaunchKernelEx(&cfg, SkinnyGemmStagedKernel<kNT, kGlu, kStages>, a);
 }
 
 template <int kNT, bool kGlu, int kAheadBytes, bool kL2Hint, int kDepth>
@@ -259,18 +477,29 @@ cudaError_t Launch(const Args& a, int tiles, int split, cudaStream_t stream) {
 
 // The launch variants (skinny_gemm.h's `prefetch`): how far ahead a CTA pulls its weights into L2
 // (a bulk prefetch 512 B or 2 KB ahead, or the 256-byte L2 fetch hint on each load) and how many
-// steps of loads each warp keeps in registers (4 only up to 32 rows: at 64 they would spill).
-constexpr int kDefaultPrefetch = 0;
+// steps of loads each warp keeps in registers (4 only up to 32 rows: at 64 they would spill); 6 and
+// 7 stage the weights and x through shared memory instead, 3 or 4 stages deep.
+// SBSERVE_SKINNY_GEMM_VARIANT overrides the default (A/B runs of the engine).
+int DefaultVariant() {
+  static const int v = [] {
+    const char* e = std::getenv("SBSERVE_SKINNY_GEMM_VARIANT");
+    const int parsed = e != nullptr ? std::atoi(e) : 0;
+    return parsed >= 0 && parsed < kSkinnyGemmVariants ? parsed : 0;
+  }();
+  return v;
+}
 
 template <int kNT, bool kGlu>
 cudaError_t LaunchPrefetch(int prefetch, const Args& a, int tiles, int split, cudaStream_t stream) {
   constexpr int kDeep = kNT >= 8 ? 2 : 4;
-  switch (prefetch < 0 ? kDefaultPrefetch : prefetch) {
+  switch (prefetch < 0 ? DefaultVariant() : prefetch) {
     case 1: return Launch<kNT, kGlu, 512, false, 2>(a, tiles, split, stream);
     case 2: return Launch<kNT, kGlu, 2048, false, 2>(a, tiles, split, stream);
     case 3: return Launch<kNT, kGlu, 0, true, 2>(a, tiles, split, stream);
     case 4: return Launch<kNT, kGlu, 0, true, kDeep>(a, tiles, split, stream);
     case 5: return Launch<kNT, kGlu, 0, false, kDeep>(a, tiles, split, stream);
+    case 6: return LaunchStaged<kNT, kGlu, 3>(a, tiles, split, stream);
+    case 7: return LaunchStaged<kNT, kGlu, 4>(a, tiles, split, stream);
     default: return Launch<kNT, kGlu, 0, false, 2>(a, tiles, split, stream);
   }
 }

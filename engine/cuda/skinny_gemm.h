@@ -23,7 +23,7 @@ namespace sbserve::cuda {
 inline constexpr int kSkinnyGemmMinRows = 1;
 inline constexpr int kSkinnyGemmMaxRows = 64;
 inline constexpr int kSkinnyGemmMaxSplit = 8;
-inline constexpr int kSkinnyGemmVariants = 6;
+inline constexpr int kSkinnyGemmVariants = 8;
 
 // Whether SkinnyGemm and SkinnyGemmGlu take a call: 1 <= n <= kSkinnyGemmMaxRows, in % 32 == 0,
 // and x and W 16-byte aligned.
