@@ -310,6 +310,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (const char* g = std::getenv("SBSERVE_GEMM_TUNING"); g != nullptr && *g != '\0') {
     tune_gemms = std::string(g) != "0" && !deterministic_;
     tuning.verbose = std::string(g) == "verbose";
+    tuning.skinny_kernels = skinny_gemm_rows_ > 0;  // SBSERVE_SKINNY_GEMM_ROWS: also timed as candidates
   }
   fused_qkv_ = !c.add_qkv_bias;
   SB_RETURN_IF_ERROR(Upload(ckpt, "transformer.wte.weight", true, wte_));

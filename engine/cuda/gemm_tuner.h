@@ -33,7 +33,9 @@ struct GemmTunerOptions {
   int max_rows = 256;       // larger GEMMs are left to cuBLAS's default
   int lt_candidates = 8;    // cuBLASLt heuristic results timed per bucket (0: none)
   bool small_kernels = true;  // small_gemm.h launch shapes are candidates for n ≤ kSmallGemmMaxRows
-  bool skinny_kernels = true;  // skinny_gemm.h at each split is a candidate for n ≤ kSkinnyGemmMaxRows
+  // skinny_gemm.h at each split is a candidate for n ≤ kSkinnyGemmMaxRows (off: they measured slower
+  // than cuBLAS at every 3B shape, so they would only lengthen the tuning).
+  bool skinny_kernels = false;
   bool cublas_default = true;  // cuBLAS's default is a candidate (tests turn it off to reach the others)
   bool verbose = false;       // print each plan to stderr as it is chosen
 };
