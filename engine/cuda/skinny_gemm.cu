@@ -18,6 +18,8 @@
 // rank order (distributed shared memory) and writes it with the epilogue, so the result does not
 // depend on timing.
 #include <cooperative_groups.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -255,14 +257,17 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
 }
 
 // ---- The shared-memory-staged variant ----
-// A producer warp (warp kWarps) streams each stage, kStageK inner elements of the CTA's 128 weight
-// rows and of the n rows of x, into shared memory with bulk copies that complete on the stage's
-// "full" mbarrier; the four consumer warps read their fragments from there and release the stage on
-// its "empty" mbarrier, so up to kStages stages are in flight per CTA whatever the registers. Rows
-// are padded to kPitch bytes, so the 8 rows x 4 lanes of a fragment load hit distinct bank groups.
-// Weights of the first stages are copied before griddepcontrol.wait, x only after it.
-constexpr int kStageK = 128;              // inner elements per stage (256 bytes per row)
-constexpr int kPitch = kStageK * 2 + 16;  // bytes per staged row
+// A producer warp (warp kWarps) streams each stage, kStageK = 128 inner elements of the CTA's 128
+// weight rows and of the kN rows of x, into shared memory with 2-D tensor copies (TMA: boxes of 64
+// rows or kN rows by 64 columns, 128-byte swizzled) that complete on the stage's "full" mbarrier;
+// the four consumer warps read their fragments from there and release the stage on its "empty"
+// mbarrier, so up to kStages stages are in flight per CTA whatever the registers. Rows of x past n
+// and weight rows past the tensor are zero-filled by the copy engine. Weights of the first stages
+// are requested before griddepcontrol.wait, x only after it.
+constexpr int kStageK = 128;   // inner elements per stage
+constexpr int kBoxK = 64;      // inner elements per box row: 128 bytes, one swizzle atom
+constexpr int kBoxRows = 64;   // weight rows per box
+constexpr int kWBoxBytes = kBoxRows * kBoxK * 2;
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -286,32 +291,42 @@ __device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
         : "memory");
   } while (!done);
 }
-__device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, unsigned bytes, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-               "l"(src), "r"(bytes), "r"(bar)
-               : "memory");
+// Box (c0 = inner element, c1 = row) of `map` into shared memory at dst, completing on bar.
+__device__ __forceinline__ void TensorCopy(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
 }
 __device__ __forceinline__ uint4 LdShared(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
 }
+// The 16-byte chunk `chunk` (0..7) of row r of a 128-byte-swizzled box at `box`.
+__device__ __forceinline__ uint32_t Swizzled(uint32_t box, int r, int chunk) {
+  return box + r * 128 + ((chunk ^ (r & 7)) << 4);
+}
 
 template <int kNT, int kStages>
 struct StagedLayout {
-  static constexpr int kStageRows = kRows + 8 * kNT;  // weight rows, then x rows
-  static constexpr int kStageBytes = kStageRows * kPitch;
+  // A stage: the weight boxes [column half][row half], then the x boxes [column half].
+  static constexpr int kXBoxBytes = 8 * kNT * kBoxK * 2;
+  static constexpr int kStageBytes = 4 * kWBoxBytes + 2 * kXBoxBytes;
   static constexpr int kBarOffset = kStages * kStageBytes;  // full[s], then empty[s]
-  static constexpr int kSmemBytes = kBarOffset + 2 * kStages * 8;
+  static constexpr int kSmemBytes = 1024 + kBarOffset + 2 * kStages * 8;  // + alignment to 1024
   static_assert(8 * kNT * (kRows + 4) * 4 <= kBarOffset, "the partial tile reuses the stages");
+  static_assert(kXBoxBytes % 1024 == 0, "boxes start on 1024-byte swizzle atoms");
 };
 
 template <int kNT, bool kGlu, int kStages>
-__global__ void __launch_bounds__((kWarps + 1) * 32) SkinnyGemmStagedKernel(Args a) {
+__global__ void __launch_bounds__((kWarps + 1) * 32)
+    SkinnyGemmStagedKernel(Args a, const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap) {
   using L = StagedLayout<kNT, kStages>;
-  constexpr int kN = 8 * kNT;
   constexpr int kOutRows = kGlu ? kRows / 2 : kRows;
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (SmemAddr(smem_raw) & 1023)) & 1023);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t kb = static_cast<int64_t>(blockIdx.y) * a.k_per_cta;
@@ -340,46 +355,39 @@ __global__ void __launch_bounds__((kWarps + 1) * 32) SkinnyGemmStagedKernel(Args
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
   if (warp == kWarps) {
-    // Producer: lane l copies weight rows l + 32q and x rows l + 32q (clamped to n - 1).
-    constexpr int kXPerLane = (kN + 31) / 32;
-    const __nv_bfloat16* wrow[kRows / 32];
+    if (lane == 0) {
+      // Producer (one thread): the row halves are rows o0 and o0 + 64 of W, or with the GLU the up
+      // rows o0.. and the gate rows out + o0..
+      const int r0 = static_cast<int>(kGlu ? o0 : o0), r1 = static_cast<int>(kGlu ? a.out + o0 : o0 + kBoxRows);
+      auto issue_w = [&](int it) {
+        const int st = it % kStages;
+        MbarExpectTx(full(st), L::kStageBytes);
+        const uint32_t stage = base + st * L::kStageBytes;
+        const int k = static_cast<int>(kb) + it * kStageK;
 #pragma unroll
-    for (int q = 0; q < kRows / 32; ++q) wrow[q] = a.w + WeightRow<kGlu>(a, o0, lane + 32 * q) * a.in;
-    auto row_bytes = [&](int it) {
-      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
-      return static_cast<unsigned>((ke - k < kStageK ? ke - k : kStageK) * 2);
-    };
-    auto issue_w = [&](int it) {
-      const int st = it % kStages;
-      const unsigned bytes = row_bytes(it);
-      if (lane == 0) MbarExpectTx(full(st), bytes * L::kStageRows);
-      __syncwarp();
-      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
-#pragma unroll
-      for (int q = 0; q < kRows / 32; ++q)
-        BulkCopy(base + st * L::kStageBytes + (lane + 32 * q) * kPitch, wrow[q] + k, bytes, full(st));
-    };
-    auto issue_x = [&](int it) {
-      const int st = it % kStages;
-      const unsigned bytes = row_bytes(it);
-      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
-#pragma unroll
-      for (int q = 0; q < kXPerLane; ++q) {
-        const int r = lane + 32 * q;
-        if (r < kN) {
-          const __nv_bfloat16* src = a.x + static_cast<int64_t>(r < a.n ? r : a.n - 1) * a.in + k;
-          BulkCopy(base + st * L::kStageBytes + (kRows + r) * kPitch, src, bytes, full(st));
+        for (int ch = 0; ch < 2; ++ch) {
+          TensorCopy(stage + (2 * ch) * kWBoxBytes, &wmap, k + ch * kBoxK, r0, full(st));
+          TensorCopy(stage + (2 * ch + 1) * kWBoxBytes, &wmap, k + ch * kBoxK, r1, full(st));
         }
+      };
+      auto issue_x = [&](int it) {
+        const int st = it % kStages;
+        const uint32_t stage = base + st * L::kStageBytes + 4 * kWBoxBytes;
+        const int k = static_cast<int>(kb) + it * kStageK;
+#pragma unroll
+        for (int ch = 0; ch < 2; ++ch) TensorCopy(stage + ch * L::kXBoxBytes, &xmap, k + ch * kBoxK, 0, full(st));
+      };
+      const int first = stages_total < kStages ? stages_total : kStages;
+      for (int it = 0; it < first; ++it) issue_w(it);
+      kernels::PdlWait();  // x is the previous kernel's output
+      for (int it = 0; it < first; ++it) issue_x(it);
+      for (int it = first; it < stages_total; ++it) {
+        MbarWait(empty(it % kStages), ((it / kStages) - 1) & 1);
+        issue_w(it);
+        issue_x(it);
       }
-    };
-    const int first = stages_total < kStages ? stages_total : kStages;
-    for (int it = 0; it < first; ++it) issue_w(it);
-    kernels::PdlWait();  // x is the previous kernel's output
-    for (int it = 0; it < first; ++it) issue_x(it);
-    for (int it = first; it < stages_total; ++it) {
-      MbarWait(empty(it % kStages), ((it / kStages) - 1) & 1);
-      issue_w(it);
-      issue_x(it);
+    } else {
+      kernels::PdlWait();
     }
   } else {
     kernels::PdlWait();  // the epilogue reads and writes y
@@ -392,15 +400,19 @@ __global__ void __launch_bounds__((kWarps + 1) * 32) SkinnyGemmStagedKernel(Args
 #pragma unroll
       for (int sp = 0; sp < kStageK / kStep; ++sp) {
         if (sp < steps) {
-          const uint32_t off = sp * kStep * 2 + 16 * t;
+          const int ch = sp / 2, chunk = (sp % 2) * 4 + t;
           uint4 wv[kMT][2];
           uint4 xv[kNT];
 #pragma unroll
           for (int i = 0; i < kMT; ++i)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) wv[i][h] = LdShared(stage + (warp * 32 + i * 16 + h * 8 + g) * kPitch + off);
+            for (int h = 0; h < 2; ++h) {
+              const int r = warp * 32 + i * 16 + h * 8 + g;  // local weight row
+              wv[i][h] = LdShared(Swizzled(stage + (2 * ch + r / kBoxRows) * kWBoxBytes, r % kBoxRows, chunk));
+            }
 #pragma unroll
-          for (int j = 0; j < kNT; ++j) xv[j] = LdShared(stage + (kRows + 8 * j + g) * kPitch + off);
+          for (int j = 0; j < kNT; ++j)
+            xv[j] = LdShared(Swizzled(stage + 4 * kWBoxBytes + ch * L::kXBoxBytes, 8 * j + g, chunk));
 #pragma unroll
           for (int i = 0; i < kMT; ++i)
 #pragma unroll
@@ -420,12 +432,43 @@ __global__ void __launch_bounds__((kWarps + 1) * 32) SkinnyGemmStagedKernel(Args
   Epilogue<kNT, kGlu>(a, acc, reinterpret_cast<float*>(smem), o0, warp < kWarps);
 }
 
+// cuTensorMapEncodeTiled through the runtime (no link against the driver library).
+PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A row-major bf16 [rows, cols] tensor read in boxes of box_rows x kBoxK, 128-byte swizzled.
+cudaError_t EncodeMap(CUtensorMap* map, const void* p, int64_t rows, int64_t cols, int box_rows) {
+  PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * 2)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBoxK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 template <int kNT, bool kGlu, int kStages>
 cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t stream) {
   using L = StagedLayout<kNT, kStages>;
   static const cudaError_t attr_err = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages>,
                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmemBytes);
   if (attr_err != cudaSuccess) return attr_err;
+  alignas(64) CUtensorMap wmap, xmap;
+  const int64_t w_rows = kGlu ? 2 * a.out : a.out;
+  if (cudaError_t e = EncodeMap(&wmap, a.w, w_rows, a.in, kBoxRows); e != cudaSuccess) return e;
+  if (cudaError_t e = EncodeMap(&xmap, a.x, a.n, a.in, 8 * kNT); e != cudaSuccess) return e;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(split));
   cfg.blockDim = dim3((kWarps + 1) * 32);
@@ -447,7 +490,7 @@ cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t strea
   }
   cfg.attrs = attr;
   cfg.numAttrs = na;
-  return cudaLaunchKernelEx(&cfg, SkinnyGemmStagedKernel<kNT, kGlu, kStages>, a);
+  return cudaLaunchKernelEx(&cfg, SkinnyGemmStagedKernel<kNT, kGlu, kStages>, a, wmap, xmap);
 }
 
 template <int kNT, bool kGlu, int kAheadBytes, bool kL2Hint, int kDepth>
@@ -478,7 +521,7 @@ cudaError_t Launch(const Args& a, int tiles, int split, cudaStream_t stream) {
 // The launch variants (skinny_gemm.h's `prefetch`): how far ahead a CTA pulls its weights into L2
 // (a bulk prefetch 512 B or 2 KB ahead, or the 256-byte L2 fetch hint on each load) and how many
 // steps of loads each warp keeps in registers (4 only up to 32 rows: at 64 they would spill); 6 and
-// 7 stage the weights and x through shared memory instead, 3 or 4 stages deep.
+// 7 stage the weights and x through shared memory instead (2-D tensor copies), 3 or 4 stages deep.
 // SBSERVE_SKINNY_GEMM_VARIANT overrides the default (A/B runs of the engine).
 int DefaultVariant() {
   static const int v = [] {

@@ -10,11 +10,12 @@
 // A CTA owns 128 weight rows (4 warps × 32) and one slice of the inner dimension; `split` CTAs
 // (1, 2, 4 or 8: a cluster) cover it. With the GLU epilogue the 128 rows are 64 up rows and the
 // matching 64 gate rows, and the CTA writes 64 outputs of the activation. Launch variants 6 and 7
-// stage W and x through shared memory instead (a producer warp's bulk copies).
+// stage W and x through shared memory instead: a producer thread's 2-D tensor copies (TMA) into
+// 3 or 4 mbarrier-guarded stages.
 //
-// Measured slower than cuBLAS at every 3B shape on the H100 (tests/bench/engine.md, step 8): the
-// register-held loads leave the kernel latency-bound, and the staged variant's one bulk copy per
-// row and stage is slower still. The CUDA backend uses them only with SBSERVE_SKINNY_GEMM_ROWS.
+// The register-loading variants measured slower than cuBLAS at every 3B shape on the H100
+// (tests/bench/engine.md, step 8): they are latency-bound. The CUDA backend uses these kernels only
+// with SBSERVE_SKINNY_GEMM_ROWS.
 #pragma once
 
 #include <cstdint>
