@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <utility>
 
 #include "engine/cuda/activation.cuh"
 #include "engine/cuda/skinny_gemm.h"
@@ -459,6 +460,35 @@ cudaError_t EncodeMap(CUtensorMap* map, const void* p, int64_t rows, int64_t col
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// A launch of `kernel` over (tiles, split) CTAs: a cluster of `split` CTAs along y when split > 1,
+// and a programmatic dependent launch (kernels/pdl.h) unless SBSERVE_PDL=0.
+template <typename... KernelArgs, typename... Ts>
+cudaError_t LaunchSplit(void (*kernel)(KernelArgs...), int tiles, int split, int threads, size_t smem,
+                        cudaStream_t stream, Ts&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(split));
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (split > 1) {
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = 1;
+    attr[na].val.clusterDim.y = static_cast<unsigned>(split);
+    attr[na].val.clusterDim.z = 1;
+    ++na;
+  }
+  if (kernels::PdlEnabled()) {
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na].val.programmaticStreamSerializationAllowed = 1;
+    ++na;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = na;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Ts>(args)...);
+}
+
 template <int kNT, bool kGlu, int kStages>
 cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t stream) {
   using L = StagedLayout<kNT, kStages>;
@@ -469,53 +499,13 @@ cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t strea
   const int64_t w_rows = kGlu ? 2 * a.out : a.out;
   if (cudaError_t e = EncodeMap(&wmap, a.w, w_rows, a.in, kBoxRows); e != cudaSuccess) return e;
   if (cudaError_t e = EncodeMap(&xmap, a.x, a.n, a.in, 8 * kNT); e != cudaSuccess) return e;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(split));
-  cfg.blockDim = dim3((kWarps + 1) * 32);
-  cfg.dynamicSmemBytes = L::kSmemBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int na = 0;
-  if (split > 1) {
-    attr[na].id = cudaLaunchAttributeClusterDimension;
-    attr[na].val.clusterDim.x = 1;
-    attr[na].val.clusterDim.y = static_cast<unsigned>(split);
-    attr[na].val.clusterDim.z = 1;
-    ++na;
-  }
-  if (kernels::PdlEnabled()) {
-    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[na].val.programmaticStreamSerializationAllowed = 1;
-    ++na;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = na;
-  return cudaLaunchKernelEx(&cfg, SkinnyGemmStagedKernel<kNT, kGlu, kStages>, a, wmap, xmap);
+  return LaunchSplit(SkinnyGemmStagedKernel<kNT, kGlu, kStages>, tiles, split, (kWarps + 1) * 32, L::kSmemBytes, stream, a,
+                     wmap, xmap);
 }
 
 template <int kNT, bool kGlu, int kAheadBytes, bool kL2Hint, int kDepth>
 cudaError_t Launch(const Args& a, int tiles, int split, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(split));
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int na = 0;
-  if (split > 1) {
-    attr[na].id = cudaLaunchAttributeClusterDimension;
-    attr[na].val.clusterDim.x = 1;
-    attr[na].val.clusterDim.y = static_cast<unsigned>(split);
-    attr[na].val.clusterDim.z = 1;
-    ++na;
-  }
-  if (kernels::PdlEnabled()) {
-    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[na].val.programmaticStreamSerializationAllowed = 1;
-    ++na;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = na;
-  return cudaLaunchKernelEx(&cfg, SkinnyGemmKernel<kNT, kGlu, kAheadBytes, kL2Hint, kDepth>, a);
+  return LaunchSplit(SkinnyGemmKernel<kNT, kGlu, kAheadBytes, kL2Hint, kDepth>, tiles, split, kWarps * 32, 0, stream, a);
 }
 
 // The launch variants (skinny_gemm.h's `prefetch`): how far ahead a CTA pulls its weights into L2
