@@ -489,12 +489,21 @@ cudaError_t LaunchSplit(void (*kernel)(KernelArgs...), int tiles, int split, int
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Ts>(args)...);
 }
 
+constexpr int kMaxDevices = 64;
 template <int kNT, bool kGlu, int kStages>
 cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t stream) {
   using L = StagedLayout<kNT, kStages>;
-  static const cudaError_t attr_err = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages>,
-                                                           cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmemBytes);
-  if (attr_err != cudaSuccess) return attr_err;
+  // The shared-memory limit is raised once per device.
+  static std::atomic<bool> raised[kMaxDevices] = {};
+  int dev = 0;
+  if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
+  if (dev >= kMaxDevices || !raised[dev].load(std::memory_order_acquire)) {
+    if (cudaError_t e = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmemBytes);
+        e != cudaSuccess)
+      return e;
+    if (dev < kMaxDevices) raised[dev].store(true, std::memory_order_release);
+  }
   alignas(64) CUtensorMap wmap, xmap;
   const int64_t w_rows = kGlu ? 2 * a.out : a.out;
   if (cudaError_t e = EncodeMap(&wmap, a.w, w_rows, a.in, kBoxRows); e != cudaSuccess) return e;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -100,10 +101,11 @@ TEST(SkinnyGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
       dx.Put(x);
       dw.Put(w);
       for (int split : {0, 1, 4}) {
+        for (int variant : {0, 4, 6, 7}) {  // registers; registers with the L2 hint; staged, 3 / 4 stages
         for (int act = 0; act < 4; ++act) {
-          SCOPED_TRACE(absl::StrCat("inner=", inner, " n=", n, " split=", split, " act=", act));
+          SCOPED_TRACE(absl::StrCat("inner=", inner, " n=", n, " split=", split, " variant=", variant, " act=", act));
           out.Put(std::vector<uint16_t>(out.n, kNanBf16));
-          ASSERT_TRUE(cuda::SkinnyGemmGlu(act, dx.p, n, in, dw.p, inner, out.p, nullptr, split).ok());
+          ASSERT_TRUE(cuda::SkinnyGemmGlu(act, dx.p, n, in, dw.p, inner, out.p, nullptr, split, variant).ok());
           const auto got = out.Get();
           for (int t = 0; t < n; ++t)
             for (int64_t i = 0; i < inner; ++i) {
@@ -118,13 +120,15 @@ TEST(SkinnyGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
             }
           for (size_t i = static_cast<size_t>(n * inner); i < got.size(); ++i) ASSERT_EQ(got[i], kNanBf16);
         }
+        }
       }
     }
   }
 }
 
 // The cluster's partial tiles are summed in rank order, so a call repeats bit for bit; and a call
-// captured in a CUDA graph (as the decode steps are) gives the same bits when the graph replays.
+// captured in a CUDA graph (as the decode steps are; the staged variants carry their tensor maps as
+// kernel parameters) gives the same bits when the graph replays.
 TEST(SkinnyGemm, RepeatsBitwiseAndRunsInsideAGraph) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(19);
@@ -137,13 +141,13 @@ TEST(SkinnyGemm, RepeatsBitwiseAndRunsInsideAGraph) {
   Dev<float> y(n * out);
   cudaStream_t s;
   ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
-  for (int split : {1, 8}) {
-    SCOPED_TRACE(absl::StrCat("split=", split));
-    ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split).ok());
+  for (const auto [split, variant] : {std::pair{1, 0}, std::pair{8, 0}, std::pair{1, 6}, std::pair{4, 7}}) {
+    SCOPED_TRACE(absl::StrCat("split=", split, " variant=", variant));
+    ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split, variant).ok());
     ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
     const auto first = y.Get();
     for (int rep = 0; rep < 5; ++rep) {
-      ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split).ok());
+      ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split, variant).ok());
       ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
       ASSERT_EQ(std::memcmp(y.Get().data(), first.data(), first.size() * 4), 0) << "repeat " << rep;
     }
@@ -151,7 +155,7 @@ TEST(SkinnyGemm, RepeatsBitwiseAndRunsInsideAGraph) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split).ok());
+    ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split, variant).ok());
     ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
     ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
     ASSERT_EQ(std::memcmp(y.Get().data(), std::vector<float>(y.n, 0.f).data(), y.n * 4), 0) << "captured, not run";
