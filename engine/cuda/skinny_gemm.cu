@@ -105,8 +105,8 @@ __device__ __forceinline__ int64_t WeightRow(const Args& a, int64_t o0, int lr) 
 // The partial tile (acc of the threads that hold one, `has_acc`) into `part` ([kN][kRows + 4] fp32),
 // then this CTA's slice of the tile's outputs, summed over the cluster in rank order, written with
 // the epilogue. Every thread of the CTA calls it (the cluster barriers count them all).
-template <int kNT, bool kGlu>
-__device__ __forceinline__ void Epilogue(const Args& a, const float (&acc)[kMT][kNT][4], float* part, int64_t o0,
+template <int kNT, bool kGlu, int kTiles = kMT>  // kTiles: m16 tiles per warp (rows 16 · kTiles · warp on)
+__device__ __forceinline__ void Epilogue(const Args& a, const float (&acc)[kTiles][kNT][4], float* part, int64_t o0,
                                          bool has_acc) {
   constexpr int kN = 8 * kNT;
   constexpr int kLd = kRows + 4;
@@ -117,10 +117,10 @@ __device__ __forceinline__ void Epilogue(const Args& a, const float (&acc)[kMT][
   // c0, c1: row g, columns 2t and 2t + 1; c2, c3: row g + 8.
   if (has_acc) {
 #pragma unroll
-    for (int i = 0; i < kMT; ++i)
+    for (int i = 0; i < kTiles; ++i)
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
-        const int r = warp * 32 + i * 16 + g, c = 8 * j + 2 * t;
+        const int r = warp * 16 * kTiles + i * 16 + g, c = 8 * j + 2 * t;
         part[c * kLd + r] = acc[i][j][0];
         part[(c + 1) * kLd + r] = acc[i][j][1];
         part[c * kLd + r + 8] = acc[i][j][2];
@@ -258,10 +258,10 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
 }
 
 // ---- The shared-memory-staged variant ----
-// A producer warp (warp kWarps) streams each stage, kStageK = 128 inner elements of the CTA's 128
+// A producer warp (the last warp) streams each stage, kStageK = 128 inner elements of the CTA's 128
 // weight rows and of the kN rows of x, into shared memory with 2-D tensor copies (TMA: boxes of 64
 // rows or kN rows by 64 columns, 128-byte swizzled) that complete on the stage's "full" mbarrier;
-// the four consumer warps read their fragments from there and release the stage on its "empty"
+// the consumer warps (4 or 8) read their fragments from there and release the stage on its "empty"
 // mbarrier, so up to kStages stages are in flight per CTA whatever the registers. Rows of x past n
 // and weight rows past the tensor are zero-filled by the copy engine. Weights of the first stages
 // are requested before griddepcontrol.wait, x only after it.
@@ -321,10 +321,13 @@ struct StagedLayout {
   static_assert(kXBoxBytes % 1024 == 0, "boxes start on 1024-byte swizzle atoms");
 };
 
-template <int kNT, bool kGlu, int kStages>
-__global__ void __launch_bounds__((kWarps + 1) * 32)
+// kConsumers: consumer warps (4 of 32 weight rows or 8 of 16); the producer is warp kConsumers.
+template <int kNT, bool kGlu, int kStages, int kConsumers>
+__global__ void __launch_bounds__((kConsumers + 1) * 32)
     SkinnyGemmStagedKernel(Args a, const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap) {
   using L = StagedLayout<kNT, kStages>;
+  constexpr int kTiles = kRows / (16 * kConsumers);  // m16 tiles per consumer warp
+  static_assert(kTiles * 16 * kConsumers == kRows);
   constexpr int kOutRows = kGlu ? kRows / 2 : kRows;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (SmemAddr(smem_raw) & 1023)) & 1023);
@@ -341,21 +344,21 @@ __global__ void __launch_bounds__((kWarps + 1) * 32)
   if (threadIdx.x == 0) {
     for (int st = 0; st < kStages; ++st) {
       MbarInit(full(st), 1);
-      MbarInit(empty(st), kWarps);
+      MbarInit(empty(st), kConsumers);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
 
-  float acc[kMT][kNT][4];
+  float acc[kTiles][kNT][4];
 #pragma unroll
-  for (int i = 0; i < kMT; ++i)
+  for (int i = 0; i < kTiles; ++i)
 #pragma unroll
     for (int j = 0; j < kNT; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-  if (warp == kWarps) {
+  if (warp == kConsumers) {
     if (lane == 0) {
       // Producer (one thread): the row halves are rows o0 and o0 + 64 of W, or with the GLU the up
       // rows o0.. and the gate rows out + o0..
@@ -402,20 +405,20 @@ __global__ void __launch_bounds__((kWarps + 1) * 32)
       for (int sp = 0; sp < kStageK / kStep; ++sp) {
         if (sp < steps) {
           const int ch = sp / 2, chunk = (sp % 2) * 4 + t;
-          uint4 wv[kMT][2];
+          uint4 wv[kTiles][2];
           uint4 xv[kNT];
 #pragma unroll
-          for (int i = 0; i < kMT; ++i)
+          for (int i = 0; i < kTiles; ++i)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              const int r = warp * 32 + i * 16 + h * 8 + g;  // local weight row
+              const int r = warp * 16 * kTiles + i * 16 + h * 8 + g;  // local weight row
               wv[i][h] = LdShared(Swizzled(stage + (2 * ch + r / kBoxRows) * kWBoxBytes, r % kBoxRows, chunk));
             }
 #pragma unroll
           for (int j = 0; j < kNT; ++j)
             xv[j] = LdShared(Swizzled(stage + 4 * kWBoxBytes + ch * L::kXBoxBytes, 8 * j + g, chunk));
 #pragma unroll
-          for (int i = 0; i < kMT; ++i)
+          for (int i = 0; i < kTiles; ++i)
 #pragma unroll
             for (int j = 0; j < kNT; ++j) {
               Mma(acc[i][j], wv[i][0].x, wv[i][1].x, wv[i][0].y, wv[i][1].y, xv[j].x, xv[j].y);
@@ -430,7 +433,7 @@ __global__ void __launch_bounds__((kWarps + 1) * 32)
   kernels::PdlLaunchDependents();
   // The partial tile reuses the stages, all of whose copies have been consumed.
   __syncthreads();
-  Epilogue<kNT, kGlu>(a, acc, reinterpret_cast<float*>(smem), o0, warp < kWarps);
+  Epilogue<kNT, kGlu, kTiles>(a, acc, reinterpret_cast<float*>(smem), o0, warp < kConsumers);
 }
 
 // cuTensorMapEncodeTiled through the runtime (no link against the driver library).
@@ -490,7 +493,7 @@ cudaError_t LaunchSplit(void (*kernel)(KernelArgs...), int tiles, int split, int
 }
 
 constexpr int kMaxDevices = 64;
-template <int kNT, bool kGlu, int kStages>
+template <int kNT, bool kGlu, int kStages, int kConsumers>
 cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t stream) {
   using L = StagedLayout<kNT, kStages>;
   // The shared-memory limit is raised once per device.
@@ -498,7 +501,7 @@ cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t strea
   int dev = 0;
   if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
   if (dev >= kMaxDevices || !raised[dev].load(std::memory_order_acquire)) {
-    if (cudaError_t e = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages>,
+    if (cudaError_t e = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages, kConsumers>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmemBytes);
         e != cudaSuccess)
       return e;
@@ -508,8 +511,8 @@ cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t strea
   const int64_t w_rows = kGlu ? 2 * a.out : a.out;
   if (cudaError_t e = EncodeMap(&wmap, a.w, w_rows, a.in, kBoxRows); e != cudaSuccess) return e;
   if (cudaError_t e = EncodeMap(&xmap, a.x, a.n, a.in, 8 * kNT); e != cudaSuccess) return e;
-  return LaunchSplit(SkinnyGemmStagedKernel<kNT, kGlu, kStages>, tiles, split, (kWarps + 1) * 32, L::kSmemBytes, stream, a,
-                     wmap, xmap);
+  return LaunchSplit(SkinnyGemmStagedKernel<kNT, kGlu, kStages, kConsumers>, tiles, split, (kConsumers + 1) * 32,
+                     L::kSmemBytes, stream, a, wmap, xmap);
 }
 
 template <int kNT, bool kGlu, int kAheadBytes, bool kL2Hint, int kDepth>
@@ -520,7 +523,8 @@ cudaError_t Launch(const Args& a, int tiles, int split, cudaStream_t stream) {
 // The launch variants (skinny_gemm.h's `prefetch`): how far ahead a CTA pulls its weights into L2
 // (a bulk prefetch 512 B or 2 KB ahead, or the 256-byte L2 fetch hint on each load) and how many
 // steps of loads each warp keeps in registers (4 only up to 32 rows: at 64 they would spill); 6 and
-// 7 stage the weights and x through shared memory instead (2-D tensor copies), 3 or 4 stages deep.
+// 7 stage the weights and x through shared memory instead (2-D tensor copies), 3 or 4 stages deep,
+// for 4 consumer warps of 32 rows; 8 and 9 the same for 8 consumer warps of 16 rows.
 // SBSERVE_SKINNY_GEMM_VARIANT overrides the default (A/B runs of the engine).
 int DefaultVariant() {
   static const int v = [] {
@@ -540,8 +544,10 @@ cudaError_t LaunchPrefetch(int prefetch, const Args& a, int tiles, int split, cu
     case 3: return Launch<kNT, kGlu, 0, true, 2>(a, tiles, split, stream);
     case 4: return Launch<kNT, kGlu, 0, true, kDeep>(a, tiles, split, stream);
     case 5: return Launch<kNT, kGlu, 0, false, kDeep>(a, tiles, split, stream);
-    case 6: return LaunchStaged<kNT, kGlu, 3>(a, tiles, split, stream);
-    case 7: return LaunchStaged<kNT, kGlu, 4>(a, tiles, split, stream);
+    case 6: return LaunchStaged<kNT, kGlu, 3, 4>(a, tiles, split, stream);
+    case 7: return LaunchStaged<kNT, kGlu, 4, 4>(a, tiles, split, stream);
+    case 8: return LaunchStaged<kNT, kGlu, 3, 8>(a, tiles, split, stream);
+    case 9: return LaunchStaged<kNT, kGlu, 4, 8>(a, tiles, split, stream);
     default: return Launch<kNT, kGlu, 0, false, 2>(a, tiles, split, stream);
   }
 }

@@ -9,8 +9,9 @@
 // Rows up to kSkinnyGemmMaxRows get a second line: the tensor-core skinny kernels
 // (engine/cuda/skinny_gemm.h) at their automatic split, then at every split (1, 2, 4, 8) and launch
 // variant (p0 plain, p1 / p2 bulk L2 prefetch 512 B / 2 KB ahead, p3 the 256-byte L2 fetch hint,
-// p4 the hint with 4 steps of loads in flight, p5 4 steps without it), and their largest difference
-// from cuBLAS.
+// p4 the hint with 4 steps of loads in flight, p5 4 steps without it, p6 / p7 staged through 3 / 4
+// shared-memory stages by TMA for 4 consumer warps, p8 / p9 the same for 8), and their largest
+// difference from cuBLAS.
 //
 // --profile SPLIT:VARIANT [--shape NAME] runs, per shape and row count, two cuBLAS calls and two
 // skinny calls at that split and variant and nothing else (for ncu; no timing).
