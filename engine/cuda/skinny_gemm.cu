@@ -560,14 +560,24 @@ cudaError_t Dispatch(int n, int prefetch, const Args& a, int tiles, int split, c
   return LaunchPrefetch<8, kGlu>(prefetch, a, tiles, split, stream);
 }
 
-// Resident CTAs per SM of the widest instantiation for n rows (the register-heaviest), times SMs.
-int Slots(int n) {
+// CTAs of a launch for n rows that fit on the GPU at once: the register variants' occupancy (of the
+// plain instantiation for n), or for the staged variants the shared memory their stages take.
+int Slots(int n, int variant) {
   int dev = 0, sms = 0, per_sm = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return 132;
-  const void* k = n <= 8    ? reinterpret_cast<const void*>(SkinnyGemmKernel<1, false, 0, false, 2>)
-                  : n <= 16 ? reinterpret_cast<const void*>(SkinnyGemmKernel<2, false, 0, false, 2>)
-                  : n <= 32 ? reinterpret_cast<const void*>(SkinnyGemmKernel<4, false, 0, false, 2>)
+  const int nt = n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 4 : 8;
+  if (variant >= 6) {
+    const int stages = variant == 6 || variant == 8 ? 3 : 4;
+    const int smem = 1024 + stages * (4 * kWBoxBytes + 2 * 8 * nt * kBoxK * 2) + 16 * stages;
+    int sm_bytes = 0;
+    if (cudaDeviceGetAttribute(&sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+      sm_bytes = 228 * 1024;
+    return sms * std::max(1, sm_bytes / (smem + 1024));
+  }
+  const void* k = nt == 1   ? reinterpret_cast<const void*>(SkinnyGemmKernel<1, false, 0, false, 2>)
+                  : nt == 2 ? reinterpret_cast<const void*>(SkinnyGemmKernel<2, false, 0, false, 2>)
+                  : nt == 4 ? reinterpret_cast<const void*>(SkinnyGemmKernel<4, false, 0, false, 2>)
                             : reinterpret_cast<const void*>(SkinnyGemmKernel<8, false, 0, false, 2>);
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kWarps * 32, 0) != cudaSuccess || per_sm < 1) per_sm = 1;
   return sms * per_sm;
@@ -575,21 +585,23 @@ int Slots(int n) {
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-int Split(int split, int64_t n, int64_t in, int64_t tiles) {
-  return split > 0 ? split : SkinnyGemmAutoSplit(n, in, tiles * kRows);
+int Split(int split, int64_t n, int64_t in, int64_t tiles, int variant) {
+  return split > 0 ? split : SkinnyGemmAutoSplit(n, in, tiles * kRows, variant);
 }
 
 absl::Status Run(bool glu, const void* x, int64_t n, int64_t in, const void* w, int64_t out, void* y, bool y_f32,
                  float alpha, float beta, int act, CUstream_st* stream, int split, int prefetch) {
   const int64_t tiles = (out + (glu ? kRows / 2 : kRows) - 1) / (glu ? kRows / 2 : kRows);
-  split = Split(split, n, in, tiles);
+  const int variant = prefetch < 0 ? DefaultVariant() : prefetch;
+  if (variant >= kSkinnyGemmVariants) return absl::InvalidArgumentError("SkinnyGemm: no such launch variant");
+  split = Split(split, n, in, tiles, variant);
   if (split != 1 && split != 2 && split != 4 && split != 8)
     return absl::InvalidArgumentError("SkinnyGemm: split must be 1, 2, 4 or 8");
   const int64_t steps = in / kStep;
   Args a{static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), in, out, static_cast<int>(n),
          (steps + split - 1) / split * kStep, y, y_f32, alpha, beta, act};
-  SB_CUDA_RETURN_IF_ERROR(glu ? Dispatch<true>(static_cast<int>(n), prefetch, a, static_cast<int>(tiles), split, stream)
-                              : Dispatch<false>(static_cast<int>(n), prefetch, a, static_cast<int>(tiles), split, stream));
+  SB_CUDA_RETURN_IF_ERROR(glu ? Dispatch<true>(static_cast<int>(n), variant, a, static_cast<int>(tiles), split, stream)
+                              : Dispatch<false>(static_cast<int>(n), variant, a, static_cast<int>(tiles), split, stream));
   return absl::OkStatus();
 }
 
@@ -600,11 +612,12 @@ bool SkinnyGemmFits(int64_t n, int64_t in, const void* x, const void* w) {
          Aligned16(w);
 }
 
-int SkinnyGemmAutoSplit(int64_t n, int64_t in, int64_t weight_rows) {
-  static std::atomic<int> slots[kSkinnyGemmMaxRows + 1] = {};
+int SkinnyGemmAutoSplit(int64_t n, int64_t in, int64_t weight_rows, int variant) {
+  static std::atomic<int> slots[kSkinnyGemmMaxRows + 1][kSkinnyGemmVariants] = {};
   const int i = static_cast<int>(std::clamp<int64_t>(n, 1, kSkinnyGemmMaxRows));
-  int resident = slots[i].load(std::memory_order_relaxed);
-  if (resident == 0) slots[i].store(resident = Slots(i), std::memory_order_relaxed);
+  const int v = std::clamp(variant < 0 ? DefaultVariant() : variant, 0, kSkinnyGemmVariants - 1);
+  int resident = slots[i][v].load(std::memory_order_relaxed);
+  if (resident == 0) slots[i][v].store(resident = Slots(i, v), std::memory_order_relaxed);
   const int64_t tiles = (weight_rows + kRows - 1) / kRows;
   int split = 1;
   while (split < kSkinnyGemmMaxSplit && tiles * split < resident && (2 * split) * kStep <= in) split *= 2;

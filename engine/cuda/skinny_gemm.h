@@ -37,8 +37,9 @@ bool SkinnyGemmFits(int64_t n, int64_t in, const void* x, const void* w);
 
 // The split a call of this shape takes when split = 0 is passed: the smallest power of two whose
 // clusters fill the GPU's resident CTA slots at least once (at most kSkinnyGemmMaxSplit, and at
-// most one 32-wide step of `in` per CTA). weight_rows: W's rows (2 · inner with the GLU).
-int SkinnyGemmAutoSplit(int64_t n, int64_t in, int64_t weight_rows);
+// most one 32-wide step of `in` per CTA). weight_rows: W's rows (2 · inner with the GLU). variant:
+// the launch variant the call takes (-1: the default); the staged ones fit fewer CTAs per SM.
+int SkinnyGemmAutoSplit(int64_t n, int64_t in, int64_t weight_rows, int variant = -1);
 
 // y = alpha · x · Wᵀ, plus beta · y when y is fp32 and beta != 0 (y is not read otherwise); x, W
 // bf16; y bf16 (then beta must be 0) or fp32. split: 0 for SkinnyGemmAutoSplit's, or 1, 2, 4, 8.

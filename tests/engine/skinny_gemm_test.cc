@@ -182,11 +182,12 @@ TEST(SkinnyGemm, RefusesWhatItCannotTake) {
   EXPECT_FALSE(cuda::SkinnyGemm(buf, 1, 48, buf, 4, buf, true, 1.f, 0.f, nullptr).ok());
   EXPECT_FALSE(cuda::SkinnyGemm(buf, 1, 32, buf, 4, buf, false, 1.f, 1.f, nullptr).ok());  // beta with bf16 y
   EXPECT_FALSE(cuda::SkinnyGemm(buf, 1, 32, buf, 4, buf, true, 1.f, 0.f, nullptr, /*split=*/3).ok());
+  EXPECT_FALSE(cuda::SkinnyGemm(buf, 1, 32, buf, 4, buf, true, 1.f, 0.f, nullptr, 1, cuda::kSkinnyGemmVariants).ok());
   EXPECT_FALSE(cuda::SkinnyGemmGlu(0, buf, 65, 32, buf, 4, buf, nullptr).ok());
 }
 
 // The automatic split: a power of two up to 8, more for fewer weight rows, never more CTAs than
-// 32-wide inner steps.
+// 32-wide inner steps, and no more for a variant that fits fewer CTAs per SM.
 TEST(SkinnyGemm, AutomaticSplitFillsTheMachineWithinItsLimits) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   for (int n : {1, 16, 64}) {
@@ -196,6 +197,8 @@ TEST(SkinnyGemm, AutomaticSplitFillsTheMachineWithinItsLimits) {
     for (int s : {small, large}) EXPECT_TRUE(s == 1 || s == 2 || s == 4 || s == 8) << s;
     EXPECT_GE(small, large);
     EXPECT_EQ(cuda::SkinnyGemmAutoSplit(n, 32, 128), 1);  // one inner step: nothing to split
+    // The staged variants fit fewer CTAs on an SM, so they need no more of a split.
+    EXPECT_LE(cuda::SkinnyGemmAutoSplit(n, 2304, 2304, 7), cuda::SkinnyGemmAutoSplit(n, 2304, 2304, 0));
     EXPECT_LE(cuda::SkinnyGemmAutoSplit(n, 64, 128), 2);
   }
 }
