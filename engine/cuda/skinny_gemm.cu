@@ -1,6 +1,8 @@
-// Tensor-core GEMMs of up to 64 rows (skinny_gemm.h).
+// Tensor-core GEMMs of up to 64 rows (skinny_gemm.h). Two kernels share the fragment layout, the
+// cluster split and the epilogue: the register one (launch variants 0-5, below) and the staged one
+// (variants 6-9, "The shared-memory-staged variant" further down).
 //
-// The fragments come straight from global memory. The inner dimension of a dot product may be
+// In the register kernel the fragments come straight from global memory. The inner dimension of a dot product may be
 // visited in any order as long as both operands agree, so lane (g, t) of a warp (g = lane / 4,
 // t = lane % 4) loads the 16 bytes at inner offset k + 8t of weight rows g and g + 8 and of x row g,
 // and uses their four bf16 pairs as the k-slots {2t, 2t+1} and {2t+8, 2t+9} of two m16n8k16 MMAs:
