@@ -33,8 +33,10 @@
 
 #include "engine/cuda/activation.cuh"
 #include "engine/cuda/skinny_gemm.h"
+#include "engine/cuda/streamed_load.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/pdl.h"
+#include "kernels/sb_attn_device.cuh"
 
 namespace sbserve::cuda {
 namespace {
@@ -60,29 +62,19 @@ struct Args {
   int act;
 };
 
-// A weight chunk: read once, so it bypasses L1; kL2Hint asks L2 to fetch the 256 bytes around it
-// (the row's next steps) from memory at once.
-template <bool kL2Hint>
-__device__ __forceinline__ uint4 LoadStreamed(const __nv_bfloat16* p) {
-  uint4 v;
-  if constexpr (kL2Hint) {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-  } else {
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-  }
-  return v;
-}
-
 __device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                     uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One 32-wide inner step of an m16 x n8 tile under the shared permutation (file comment): w0 and w1
+// are the 16 bytes of weight rows g and g + 8, x those of x row g, at the same inner offset.
+__device__ __forceinline__ void MmaStep(float (&c)[4], const uint4& w0, const uint4& w1, const uint4& x) {
+  Mma(c, w0.x, w1.x, w0.y, w1.y, x.x, x.y);
+  Mma(c, w0.z, w1.z, w0.w, w1.w, x.z, x.w);
 }
 
 __device__ __forceinline__ void PrefetchL2(const __nv_bfloat16* p, int64_t elems) {
@@ -200,27 +192,22 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
   // The weights are nobody's output: the loads above may run while the previous kernel finishes.
   kernels::PdlWait();
 
-  float acc[kMT][kNT][4];
-#pragma unroll
-  for (int i = 0; i < kMT; ++i)
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  float acc[kMT][kNT][4] = {};
 
   uint4 wv[kDepth][kMT][2];
   uint4 xv[kDepth][kNT];
+  // The weight and x fragments of the step at inner offset k into load slot d.
+  auto load = [&](uint4 (&w)[kMT][2], uint4 (&x)[kNT], int64_t k) {
+#pragma unroll
+    for (int i = 0; i < kMT; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) w[i][h] = LoadStreamed<kL2Hint>(wp[i][h] + k);
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) x[j] = __ldg(reinterpret_cast<const uint4*>(xp[j] + k));
+  };
 #pragma unroll
   for (int d = 0; d < kDepth; ++d) {
-    const int64_t k = kb + d * kStep;
-    if (k < ke) {
-#pragma unroll
-      for (int i = 0; i < kMT; ++i)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) wv[d][i][h] = LoadStreamed<kL2Hint>(wp[i][h] + k);
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) xv[d][j] = __ldg(reinterpret_cast<const uint4*>(xp[j] + k));
-    }
+    if (kb + d * kStep < ke) load(wv[d], xv[d], kb + d * kStep);
   }
   for (int64_t k0 = kb; k0 < ke; k0 += kDepth * kStep) {
     if constexpr (kAheadBytes > 0) {
@@ -237,19 +224,8 @@ __global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(Args a) {
 #pragma unroll
         for (int i = 0; i < kMT; ++i)
 #pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            Mma(acc[i][j], wv[d][i][0].x, wv[d][i][1].x, wv[d][i][0].y, wv[d][i][1].y, xv[d][j].x, xv[d][j].y);
-            Mma(acc[i][j], wv[d][i][0].z, wv[d][i][1].z, wv[d][i][0].w, wv[d][i][1].w, xv[d][j].z, xv[d][j].w);
-          }
-        const int64_t kn = k + kDepth * kStep;
-        if (kn < ke) {
-#pragma unroll
-          for (int i = 0; i < kMT; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) wv[d][i][h] = LoadStreamed<kL2Hint>(wp[i][h] + kn);
-#pragma unroll
-          for (int j = 0; j < kNT; ++j) xv[d][j] = __ldg(reinterpret_cast<const uint4*>(xp[j] + kn));
-        }
+          for (int j = 0; j < kNT; ++j) MmaStep(acc[i][j], wv[d][i][0], wv[d][i][1], xv[d][j]);
+        if (k + kDepth * kStep < ke) load(wv[d], xv[d], k + kDepth * kStep);
       }
     }
   }
@@ -272,9 +248,7 @@ constexpr int kBoxK = 64;      // inner elements per box row: 128 bytes, one swi
 constexpr int kBoxRows = 64;   // weight rows per box
 constexpr int kWBoxBytes = kBoxRows * kBoxK * 2;
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using kernels::device::SmemAddr;
 __device__ __forceinline__ void MbarInit(uint32_t bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
 }
@@ -312,13 +286,22 @@ __device__ __forceinline__ uint32_t Swizzled(uint32_t box, int r, int chunk) {
   return box + r * 128 + ((chunk ^ (r & 7)) << 4);
 }
 
+// A stage: the weight boxes [column half][row half], then the x boxes [column half] of nt n-tiles.
+constexpr int StagedXBoxBytes(int nt) { return 8 * nt * kBoxK * 2; }
+constexpr int StagedStageBytes(int nt) { return 4 * kWBoxBytes + 2 * StagedXBoxBytes(nt); }
+// The stages, their full and empty mbarriers, and up to 1024 bytes to align the stages to a swizzle atom.
+constexpr int StagedSmemBytes(int nt, int stages) { return 1024 + stages * StagedStageBytes(nt) + 2 * stages * 8; }
+// The staged launch variants: 6 and 8 three stages deep, 7 and 9 four; 6 and 7 with 4 consumer warps,
+// 8 and 9 with 8.
+constexpr int StagedStages(int variant) { return variant % 2 == 0 ? 3 : 4; }
+constexpr int StagedConsumers(int variant) { return variant < 8 ? 4 : 8; }
+
 template <int kNT, int kStages>
 struct StagedLayout {
-  // A stage: the weight boxes [column half][row half], then the x boxes [column half].
-  static constexpr int kXBoxBytes = 8 * kNT * kBoxK * 2;
-  static constexpr int kStageBytes = 4 * kWBoxBytes + 2 * kXBoxBytes;
+  static constexpr int kXBoxBytes = StagedXBoxBytes(kNT);
+  static constexpr int kStageBytes = StagedStageBytes(kNT);
   static constexpr int kBarOffset = kStages * kStageBytes;  // full[s], then empty[s]
-  static constexpr int kSmemBytes = 1024 + kBarOffset + 2 * kStages * 8;  // + alignment to 1024
+  static constexpr int kSmemBytes = StagedSmemBytes(kNT, kStages);
   static_assert(8 * kNT * (kRows + 4) * 4 <= kBarOffset, "the partial tile reuses the stages");
   static_assert(kXBoxBytes % 1024 == 0, "boxes start on 1024-byte swizzle atoms");
 };
@@ -352,19 +335,13 @@ __global__ void __launch_bounds__((kConsumers + 1) * 32)
   }
   __syncthreads();
 
-  float acc[kTiles][kNT][4];
-#pragma unroll
-  for (int i = 0; i < kTiles; ++i)
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  float acc[kTiles][kNT][4] = {};
 
   if (warp == kConsumers) {
     if (lane == 0) {
       // Producer (one thread): the row halves are rows o0 and o0 + 64 of W, or with the GLU the up
       // rows o0.. and the gate rows out + o0..
-      const int r0 = static_cast<int>(kGlu ? o0 : o0), r1 = static_cast<int>(kGlu ? a.out + o0 : o0 + kBoxRows);
+      const int r0 = static_cast<int>(o0), r1 = static_cast<int>(kGlu ? a.out + o0 : o0 + kBoxRows);
       auto issue_w = [&](int it) {
         const int st = it % kStages;
         MbarExpectTx(full(st), L::kStageBytes);
@@ -422,10 +399,7 @@ __global__ void __launch_bounds__((kConsumers + 1) * 32)
 #pragma unroll
           for (int i = 0; i < kTiles; ++i)
 #pragma unroll
-            for (int j = 0; j < kNT; ++j) {
-              Mma(acc[i][j], wv[i][0].x, wv[i][1].x, wv[i][0].y, wv[i][1].y, xv[j].x, xv[j].y);
-              Mma(acc[i][j], wv[i][0].z, wv[i][1].z, wv[i][0].w, wv[i][1].w, xv[j].z, xv[j].w);
-            }
+            for (int j = 0; j < kNT; ++j) MmaStep(acc[i][j], wv[i][0], wv[i][1], xv[j]);
         }
       }
       __syncwarp();
@@ -546,20 +520,25 @@ cudaError_t LaunchPrefetch(int prefetch, const Args& a, int tiles, int split, cu
     case 3: return Launch<kNT, kGlu, 0, true, 2>(a, tiles, split, stream);
     case 4: return Launch<kNT, kGlu, 0, true, kDeep>(a, tiles, split, stream);
     case 5: return Launch<kNT, kGlu, 0, false, kDeep>(a, tiles, split, stream);
-    case 6: return LaunchStaged<kNT, kGlu, 3, 4>(a, tiles, split, stream);
-    case 7: return LaunchStaged<kNT, kGlu, 4, 4>(a, tiles, split, stream);
-    case 8: return LaunchStaged<kNT, kGlu, 3, 8>(a, tiles, split, stream);
-    case 9: return LaunchStaged<kNT, kGlu, 4, 8>(a, tiles, split, stream);
+    case 6: return LaunchStaged<kNT, kGlu, StagedStages(6), StagedConsumers(6)>(a, tiles, split, stream);
+    case 7: return LaunchStaged<kNT, kGlu, StagedStages(7), StagedConsumers(7)>(a, tiles, split, stream);
+    case 8: return LaunchStaged<kNT, kGlu, StagedStages(8), StagedConsumers(8)>(a, tiles, split, stream);
+    case 9: return LaunchStaged<kNT, kGlu, StagedStages(9), StagedConsumers(9)>(a, tiles, split, stream);
     default: return Launch<kNT, kGlu, 0, false, 2>(a, tiles, split, stream);
   }
 }
 
+// The n-tiles of 8 rows of x that an instantiation for n rows holds: 1, 2, 4 or 8.
+int NTilesFor(int n) { return n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 4 : 8; }
+
 template <bool kGlu>
 cudaError_t Dispatch(int n, int prefetch, const Args& a, int tiles, int split, cudaStream_t stream) {
-  if (n <= 8) return LaunchPrefetch<1, kGlu>(prefetch, a, tiles, split, stream);
-  if (n <= 16) return LaunchPrefetch<2, kGlu>(prefetch, a, tiles, split, stream);
-  if (n <= 32) return LaunchPrefetch<4, kGlu>(prefetch, a, tiles, split, stream);
-  return LaunchPrefetch<8, kGlu>(prefetch, a, tiles, split, stream);
+  switch (NTilesFor(n)) {
+    case 1: return LaunchPrefetch<1, kGlu>(prefetch, a, tiles, split, stream);
+    case 2: return LaunchPrefetch<2, kGlu>(prefetch, a, tiles, split, stream);
+    case 4: return LaunchPrefetch<4, kGlu>(prefetch, a, tiles, split, stream);
+    default: return LaunchPrefetch<8, kGlu>(prefetch, a, tiles, split, stream);
+  }
 }
 
 // CTAs of a launch for n rows that fit on the GPU at once: the register variants' occupancy (of the
@@ -568,10 +547,9 @@ int Slots(int n, int variant) {
   int dev = 0, sms = 0, per_sm = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return 132;
-  const int nt = n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 4 : 8;
+  const int nt = NTilesFor(n);
   if (variant >= 6) {
-    const int stages = variant == 6 || variant == 8 ? 3 : 4;
-    const int smem = 1024 + stages * (4 * kWBoxBytes + 2 * 8 * nt * kBoxK * 2) + 16 * stages;
+    const int smem = StagedSmemBytes(nt, StagedStages(variant));
     int sm_bytes = 0;
     if (cudaDeviceGetAttribute(&sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
       sm_bytes = 228 * 1024;

@@ -13,20 +13,12 @@
 
 #include "engine/cuda/activation.cuh"
 #include "engine/cuda/small_gemm.h"
+#include "engine/cuda/streamed_load.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/pdl.h"
 
 namespace sbserve::cuda {
 namespace {
-
-// A weight chunk: read once, so it bypasses L1.
-__device__ __forceinline__ uint4 LoadWeights(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 __device__ __forceinline__ float Lo(uint32_t v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float Hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
@@ -96,7 +88,7 @@ __global__ void __launch_bounds__(WARPS * 32) SmallGemmKernel(Args a) {
       const int64_t c = c0 + u * kStride;
       const bool ok = c < a.in8;
 #pragma unroll
-      for (int j = 0; j < W; ++j) wv[u][j] = ok ? LoadWeights(wr[j] + c) : make_uint4(0, 0, 0, 0);
+      for (int j = 0; j < W; ++j) wv[u][j] = ok ? LoadStreamed(wr[j] + c) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int t = 0; t < N; ++t) xv[u][t] = ok ? __ldg(a.x + t * a.in8 + c) : make_uint4(0, 0, 0, 0);
     }
