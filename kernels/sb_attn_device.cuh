@@ -59,7 +59,7 @@ __device__ __forceinline__ float Rcp(float x) {
 // The same MMA when only rows 0-7 matter (A's rows 8-15 are zero): d[0], d[1] accumulate, and
 // rows 8-15 of the result are discarded instead of being kept live in two more registers.
 __device__ __forceinline__ void MmaBf16Rows8(float (&d)[2], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
-  float unused0, unused1;
+  [[maybe_unused]] float unused0, unused1;
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%10, %11, %12, %12};\n"
