@@ -23,14 +23,14 @@
 namespace sbserve {
 namespace {
 
-using testing::Act;
 using testing::Dev;
+using testing::ExpectEpilogues;
+using testing::ExpectGlu;
 using testing::HaveGpu;
 using testing::kCanary;
+using testing::kNanBf16;
 using testing::RandomBf16;
 using testing::Reference;
-
-constexpr uint16_t kNanBf16 = 0x7fc1;
 
 TEST(SkinnyGemm, MatchesFloat64ForEveryRowCountSplitAndEpilogue) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
@@ -54,32 +54,12 @@ TEST(SkinnyGemm, MatchesFloat64ForEveryRowCountSplitAndEpilogue) {
       for (int split : {0, 1, 2, 4, 8}) {
         for (int prefetch = 0; prefetch < cuda::kSkinnyGemmVariants; ++prefetch) {
           SCOPED_TRACE(absl::StrCat("in=", c.in, " out=", c.out, " n=", n, " split=", split, " prefetch=", prefetch));
-          // bf16 output, alpha = 0.5.
-          Dev<uint16_t> yb(count + kCanary);
-          yb.Put(std::vector<uint16_t>(count + kCanary, kNanBf16));
-          ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, yb.p, false, 0.5f, 0.f, nullptr, split, prefetch).ok());
-          const auto gb = yb.Get();
-          for (size_t i = 0; i < count; ++i) {
-            const double want = 0.5 * ref[i];
-            ASSERT_NEAR(Bf16ToFloat(gb[i]), want, std::fabs(want) / 256 + 1e-5 * mag[i]) << "bf16 output " << i;
-          }
-          for (size_t i = count; i < gb.size(); ++i) ASSERT_EQ(gb[i], kNanBf16) << "wrote past the output at " << i;
-
-          // fp32 output: beta = 0 must not read y (NaN there); beta = 1 accumulates (the residual add).
-          Dev<float> yf(count + kCanary);
-          yf.Put(std::vector<float>(count + kCanary, std::nanf("")));
-          ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, yf.p, true, 0.22f, 0.f, nullptr, split, prefetch).ok());
-          auto gf = yf.Get();
-          for (size_t i = 0; i < count; ++i) ASSERT_NEAR(gf[i], 0.22 * ref[i], 4e-6 * mag[i] + 1e-7) << "fp32 output " << i;
-          for (size_t i = count; i < gf.size(); ++i) ASSERT_TRUE(std::isnan(gf[i])) << "wrote past the output at " << i;
-          std::vector<float> base(count + kCanary, std::nanf(""));
-          for (size_t i = 0; i < count; ++i) base[i] = static_cast<float>(i % 7) - 3.f;
-          yf.Put(base);
-          ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, yf.p, true, 0.22f, 1.f, nullptr, split, prefetch).ok());
-          gf = yf.Get();
-          for (size_t i = 0; i < count; ++i)
-            ASSERT_NEAR(gf[i], base[i] + 0.22 * ref[i], 4e-6 * mag[i] + 1e-6) << "accumulated output " << i;
-          for (size_t i = count; i < gf.size(); ++i) ASSERT_TRUE(std::isnan(gf[i])) << "wrote past the output at " << i;
+          ASSERT_NO_FATAL_FAILURE(ExpectEpilogues(
+              [&](void* y, bool y_f32, float alpha, float beta) {
+                return cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, y, y_f32, alpha, beta, nullptr, split, prefetch)
+                    .ok();
+              },
+              ref, mag, count));
         }
       }
     }
@@ -106,19 +86,7 @@ TEST(SkinnyGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
           SCOPED_TRACE(absl::StrCat("inner=", inner, " n=", n, " split=", split, " variant=", variant, " act=", act));
           out.Put(std::vector<uint16_t>(out.n, kNanBf16));
           ASSERT_TRUE(cuda::SkinnyGemmGlu(act, dx.p, n, in, dw.p, inner, out.p, nullptr, split, variant).ok());
-          const auto got = out.Get();
-          for (int t = 0; t < n; ++t)
-            for (int64_t i = 0; i < inner; ++i) {
-              // up and gate rounded to bf16 as the unfused path stores them, then the activation; the
-              // tolerance allows the result's rounding and a neighbouring bf16 value of up or gate
-              // where the fp32 sum sits on a rounding edge (act' <= 1.13 for all four).
-              const double up = Bf16ToFloat(FloatToBf16(static_cast<float>(ref[t * 2 * inner + i])));
-              const double gate = Bf16ToFloat(FloatToBf16(static_cast<float>(ref[t * 2 * inner + inner + i])));
-              const double want = up * Act(act, gate);
-              const double tol = std::fabs(want) / 128 + std::fabs(up) * 1.2 * std::fabs(gate) / 128 + 1e-4;
-              ASSERT_NEAR(Bf16ToFloat(got[t * inner + i]), want, tol) << "t=" << t << " i=" << i;
-            }
-          for (size_t i = static_cast<size_t>(n * inner); i < got.size(); ++i) ASSERT_EQ(got[i], kNanBf16);
+          ASSERT_NO_FATAL_FAILURE(ExpectGlu(out.Get(), ref, n, inner, act));
         }
         }
       }

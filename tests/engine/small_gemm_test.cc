@@ -26,10 +26,12 @@
 namespace sbserve {
 namespace {
 
-using testing::Act;
 using testing::Dev;
+using testing::ExpectEpilogues;
+using testing::ExpectGlu;
 using testing::HaveGpu;
 using testing::kCanary;
+using testing::kNanBf16;
 using testing::RandomBf16;
 using testing::Reference;
 
@@ -56,35 +58,11 @@ TEST(SmallGemm, MatchesFloat64ForEveryRowCountAndEpilogue) {
       dw.Put(w);
       const size_t count = static_cast<size_t>(n * c.out);
 
-      // bf16 output, alpha = 0.5.
-      Dev<uint16_t> yb(count + kCanary);
-      yb.Put(std::vector<uint16_t>(count + kCanary, 0x7fc1));  // NaN
-      ASSERT_TRUE(cuda::SmallGemm(dx.p, n, c.in, dw.p, c.out, yb.p, false, 0.5f, 0.f, nullptr).ok());
-      const auto gb = yb.Get();
-      for (size_t i = 0; i < count; ++i) {
-        const double want = 0.5 * ref[i];
-        const double got = Bf16ToFloat(gb[i]);
-        ASSERT_NEAR(got, want, std::fabs(want) * (1.0 / 256) + 1e-5 * mag[i]) << "bf16 output " << i;
-      }
-      for (size_t i = count; i < gb.size(); ++i) ASSERT_EQ(gb[i], 0x7fc1) << "wrote past the output at " << i;
-
-      // fp32 output: beta = 0 must not read y (NaN there), beta = 1 accumulates (the residual add).
-      Dev<float> yf(count + kCanary);
-      yf.Put(std::vector<float>(count + kCanary, std::nanf("")));
-      ASSERT_TRUE(cuda::SmallGemm(dx.p, n, c.in, dw.p, c.out, yf.p, true, 0.22f, 0.f, nullptr).ok());
-      auto gf = yf.Get();
-      for (size_t i = 0; i < count; ++i) {
-        ASSERT_NEAR(gf[i], 0.22 * ref[i], 4e-6 * mag[i] + 1e-7) << "fp32 output " << i;
-      }
-      for (size_t i = count; i < gf.size(); ++i) ASSERT_TRUE(std::isnan(gf[i])) << "wrote past the output at " << i;
-      std::vector<float> base(count + kCanary);
-      for (size_t i = 0; i < count; ++i) base[i] = static_cast<float>(i % 7) - 3.f;
-      yf.Put(base);
-      ASSERT_TRUE(cuda::SmallGemm(dx.p, n, c.in, dw.p, c.out, yf.p, true, 0.22f, 1.f, nullptr).ok());
-      gf = yf.Get();
-      for (size_t i = 0; i < count; ++i) {
-        ASSERT_NEAR(gf[i], base[i] + 0.22 * ref[i], 4e-6 * mag[i] + 1e-6) << "accumulated output " << i;
-      }
+      ASSERT_NO_FATAL_FAILURE(ExpectEpilogues(
+          [&](void* y, bool y_f32, float alpha, float beta) {
+            return cuda::SmallGemm(dx.p, n, c.in, dw.p, c.out, y, y_f32, alpha, beta, nullptr).ok();
+          },
+          ref, mag, count));
     }
   }
   cuda::SetSmallGemmVariant(0);
@@ -108,21 +86,9 @@ TEST(SmallGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
         Dev<uint16_t> dx(x.size()), dw(w.size()), out(n * inner + kCanary);
         dx.Put(x);
         dw.Put(w);
-        out.Put(std::vector<uint16_t>(out.n, 0x7fc1));
+        out.Put(std::vector<uint16_t>(out.n, kNanBf16));
         ASSERT_TRUE(cuda::SmallGemmGlu(act, dx.p, n, in, dw.p, inner, out.p, nullptr).ok());
-        const auto got = out.Get();
-        for (int t = 0; t < n; ++t)
-          for (int64_t i = 0; i < inner; ++i) {
-            // up and gate as the unfused path stores them (bf16), then the activation.
-            const double up = Bf16ToFloat(FloatToBf16(static_cast<float>(ref[t * 2 * inner + i])));
-            const double gate = Bf16ToFloat(FloatToBf16(static_cast<float>(ref[t * 2 * inner + inner + i])));
-            const double want = up * Act(act, gate);
-            // The result's bf16 rounding, and a neighbouring bf16 value of up or gate where the fp32
-            // sum sits on a rounding edge (one ulp: 2^-7 relative; act' <= 1.13 for all four).
-            const double tol = std::fabs(want) / 128 + std::fabs(up) * 1.2 * std::fabs(gate) / 128 + 1e-4;
-            ASSERT_NEAR(Bf16ToFloat(got[t * inner + i]), want, tol) << "t=" << t << " i=" << i;
-          }
-        for (size_t i = static_cast<size_t>(n * inner); i < got.size(); ++i) ASSERT_EQ(got[i], 0x7fc1);
+        ASSERT_NO_FATAL_FAILURE(ExpectGlu(out.Get(), ref, n, inner, act));
       }
     }
   }
