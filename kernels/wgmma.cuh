@@ -115,6 +115,41 @@ __device__ __forceinline__ void WgmmaM64N64K16RegA(float (&d)[8][4], const uint3
 #endif
 }
 
+// d += A * B, m64nNk16 for N = 8, 16, 32 or 64, bf16 in, fp32 out; A (64 x 16) and B (16 x N, stored
+// as N rows of K) both K-major in shared memory, as WgmmaM64N64K16 (the skinny GEMMs of
+// engine/cuda/skinny_gemm.cu, whose N is the batch's row count).
+template <int kN>
+__device__ __forceinline__ void WgmmaM64NK16(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b) {
+  static_assert(kN == 8 || kN == 16 || kN == 32 || kN == 64);
+#if SB_HAS_WGMMA
+  if constexpr (kN == 64) {
+    WgmmaM64N64K16(d, desc_a, desc_b, 1);
+  } else if constexpr (kN == 32) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+        "%12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : SB_WGMMA_D4(d, 0), SB_WGMMA_D4(d, 1), SB_WGMMA_D4(d, 2), SB_WGMMA_D4(d, 3)
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  } else if constexpr (kN == 16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, "
+        "0, 0;\n}\n"
+        : SB_WGMMA_D4(d, 0), SB_WGMMA_D4(d, 1)
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}\n"
+        : SB_WGMMA_D4(d, 0)
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+  }
+#else
+  __trap();
+#endif
+}
+
 #undef SB_WGMMA_D32
 #undef SB_WGMMA_D4
 #undef SB_WGMMA_D32_OPERANDS

@@ -109,7 +109,8 @@ absl::Status GemmTuner::Launch(int group, const Plan& plan, const Resolved& layo
     case Plan::Kind::kSmall:
       return SmallGemm(x, n, g.in, w, g.out, y, g.y_f32, alpha, beta, stream_, plan.small_variant);
     case Plan::Kind::kSkinny:
-      return SkinnyGemm(x, n, g.in, w, g.out, y, g.y_f32, alpha, beta, stream_, plan.skinny_split);
+      return SkinnyGemm(x, n, g.in, w, g.out, y, g.y_f32, alpha, beta, stream_, plan.skinny_split,
+                        plan.skinny_variant);
     case Plan::Kind::kLt:
       SB_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(lt_, desc_, &alpha, w, layouts.a, x, layouts.b, &beta, y, layouts.c, y, layouts.c,
                                 &plan.algo, workspace_, workspace_bytes_, stream_));
@@ -176,10 +177,13 @@ absl::Status GemmTuner::Tune(int group, int64_t bucket) {
   }
   if (options_.skinny_kernels && SkinnyGemmFits(bucket, g.in, xs.get(), g.weights[0])) {
     for (int split = 1; split <= kSkinnyGemmMaxSplit; split *= 2) {
-      Plan p;
-      p.kind = Plan::Kind::kSkinny;
-      p.skinny_split = split;
-      candidates.push_back(p);
+      for (int variant : options_.skinny_variants) {
+        Plan p;
+        p.kind = Plan::Kind::kSkinny;
+        p.skinny_split = split;
+        p.skinny_variant = variant;
+        candidates.push_back(p);
+      }
     }
   }
 
@@ -294,7 +298,7 @@ std::string GemmTuner::Name(int group, int64_t bucket, const Plan& plan) const {
       what = absl::StrCat("small gemm v", plan.small_variant);
       break;
     case Plan::Kind::kSkinny:
-      what = absl::StrCat("skinny gemm split ", plan.skinny_split);
+      what = absl::StrCat("skinny gemm split ", plan.skinny_split, " variant ", plan.skinny_variant);
       break;
     case Plan::Kind::kLt: {
       int id = 0, tile = 0, splitk = 0, stages = 0;

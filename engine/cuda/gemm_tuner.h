@@ -36,6 +36,9 @@ struct GemmTunerOptions {
   // skinny_gemm.h at each split is a candidate for n ≤ kSkinnyGemmMaxRows (off: they measured slower
   // than cuBLAS at every 3B shape, so they would only lengthen the tuning).
   bool skinny_kernels = false;
+  // The skinny launch variants timed at each split (skinny_gemm.h; -1: the default variant). The
+  // wgmma ones (10, 11) measured fastest of them at 16 and 64 rows on the H100.
+  std::vector<int> skinny_variants = {10, 11};
   bool cublas_default = true;  // cuBLAS's default is a candidate (tests turn it off to reach the others)
   bool verbose = false;       // print each plan to stderr as it is chosen
 };
@@ -74,6 +77,7 @@ class GemmTuner {
     enum class Kind { kCublas, kLt, kSmall, kSkinny } kind = Kind::kCublas;
     int small_variant = 0;
     int skinny_split = 1;
+    int skinny_variant = -1;
     cublasLtMatmulAlgo_t algo{};
     double us = 0, cublas_us = 0;  // per call, measured
   };

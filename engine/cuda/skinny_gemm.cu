@@ -37,6 +37,7 @@
 #include "kernels/cuda_check.h"
 #include "kernels/pdl.h"
 #include "kernels/sb_attn_device.cuh"
+#include "kernels/wgmma.cuh"
 
 namespace sbserve::cuda {
 namespace {
@@ -291,10 +292,14 @@ constexpr int StagedXBoxBytes(int nt) { return 8 * nt * kBoxK * 2; }
 constexpr int StagedStageBytes(int nt) { return 4 * kWBoxBytes + 2 * StagedXBoxBytes(nt); }
 // The stages, their full and empty mbarriers, and up to 1024 bytes to align the stages to a swizzle atom.
 constexpr int StagedSmemBytes(int nt, int stages) { return 1024 + stages * StagedStageBytes(nt) + 2 * stages * 8; }
-// The staged launch variants: 6 and 8 three stages deep, 7 and 9 four; 6 and 7 with 4 consumer warps,
-// 8 and 9 with 8.
-constexpr int StagedStages(int variant) { return variant % 2 == 0 ? 3 : 4; }
+// The staged launch variants: 6 and 8 three stages deep, 7, 9 and 11 four, 10 as many as leave room
+// for two CTAs per SM (3 up to 16 rows of x, 2 above); 6 and 7 with 4 consumer warps, 8 to 11 with 8;
+// 10 and 11 multiply on wgmma.
+constexpr int StagedStages(int variant, int nt) {
+  return variant == 10 ? (nt <= 2 ? 3 : 2) : variant % 2 == 0 ? 3 : 4;
+}
 constexpr int StagedConsumers(int variant) { return variant < 8 ? 4 : 8; }
+constexpr bool StagedWgmma(int variant) { return variant >= 10; }
 
 template <int kNT, int kStages>
 struct StagedLayout {
@@ -307,7 +312,10 @@ struct StagedLayout {
 };
 
 // kConsumers: consumer warps (4 of 32 weight rows or 8 of 16); the producer is warp kConsumers.
-template <int kNT, bool kGlu, int kStages, int kConsumers>
+// kWgmma: the two consumer warpgroups multiply with wgmma straight from the swizzled stages
+// (warpgroup q: weight rows 64q..64q + 63, the box row half q) instead of loading fragments into
+// registers for mma.sync; the accumulator of warp w holds rows 16w..16w + 15 in the same layout.
+template <int kNT, bool kGlu, int kStages, int kConsumers, bool kWgmma>
 __global__ void __launch_bounds__((kConsumers + 1) * 32)
     SkinnyGemmStagedKernel(Args a, const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap) {
   using L = StagedLayout<kNT, kStages>;
@@ -372,6 +380,34 @@ __global__ void __launch_bounds__((kConsumers + 1) * 32)
     } else {
       kernels::PdlWait();
     }
+  } else if constexpr (kWgmma) {
+    static_assert(kConsumers == 8 && kTiles == 1, "one m64 box row half per consumer warpgroup");
+    namespace dev = kernels::device;
+    kernels::PdlWait();  // the epilogue reads and writes y
+    const int q = warp >> 2;
+    for (int it = 0; it < stages_total; ++it) {
+      const int st = it % kStages;
+      MbarWait(full(st), (it / kStages) & 1);
+      const uint32_t stage = base + st * L::kStageBytes;
+      const int64_t k = kb + static_cast<int64_t>(it) * kStageK;
+      const int k16 = static_cast<int>((ke - k < kStageK ? ke - k : kStageK) / 16);
+      dev::WgmmaFence();
+#pragma unroll
+      for (int s16 = 0; s16 < kStageK / 16; ++s16) {
+        if (s16 < k16) {  // the same for the whole warpgroup
+          // K-major 128-byte-swizzled boxes: 16 inner elements further is 32 bytes into each row.
+          const int ch = s16 / 4, kk = s16 % 4;
+          const uint64_t da = dev::SmemDescSw128(stage + (2 * ch + q) * kWBoxBytes + 32 * kk, 16, 1024);
+          const uint64_t db = dev::SmemDescSw128(stage + 4 * kWBoxBytes + ch * L::kXBoxBytes + 32 * kk, 16, 1024);
+          dev::WgmmaM64NK16<8 * kNT>(acc[0], da, db);
+        }
+      }
+      dev::WgmmaCommit();
+      dev::WgmmaWait<0>();
+      __syncwarp();
+      if (lane == 0) MbarArrive(empty(st));
+    }
+    dev::FenceRegs(acc[0]);
   } else {
     kernels::PdlWait();  // the epilogue reads and writes y
     for (int it = 0; it < stages_total; ++it) {
@@ -469,7 +505,7 @@ cudaError_t LaunchSplit(void (*kernel)(KernelArgs...), int tiles, int split, int
 }
 
 constexpr int kMaxDevices = 64;
-template <int kNT, bool kGlu, int kStages, int kConsumers>
+template <int kNT, bool kGlu, int kStages, int kConsumers, bool kWgmma>
 cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t stream) {
   using L = StagedLayout<kNT, kStages>;
   // The shared-memory limit is raised once per device.
@@ -477,7 +513,7 @@ cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t strea
   int dev = 0;
   if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
   if (dev >= kMaxDevices || !raised[dev].load(std::memory_order_acquire)) {
-    if (cudaError_t e = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages, kConsumers>,
+    if (cudaError_t e = cudaFuncSetAttribute(SkinnyGemmStagedKernel<kNT, kGlu, kStages, kConsumers, kWgmma>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmemBytes);
         e != cudaSuccess)
       return e;
@@ -487,7 +523,7 @@ cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t strea
   const int64_t w_rows = kGlu ? 2 * a.out : a.out;
   if (cudaError_t e = EncodeMap(&wmap, a.w, w_rows, a.in, kBoxRows); e != cudaSuccess) return e;
   if (cudaError_t e = EncodeMap(&xmap, a.x, a.n, a.in, 8 * kNT); e != cudaSuccess) return e;
-  return LaunchSplit(SkinnyGemmStagedKernel<kNT, kGlu, kStages, kConsumers>, tiles, split, (kConsumers + 1) * 32,
+  return LaunchSplit(SkinnyGemmStagedKernel<kNT, kGlu, kStages, kConsumers, kWgmma>, tiles, split, (kConsumers + 1) * 32,
                      L::kSmemBytes, stream, a, wmap, xmap);
 }
 
@@ -520,10 +556,17 @@ cudaError_t LaunchPrefetch(int prefetch, const Args& a, int tiles, int split, cu
     case 3: return Launch<kNT, kGlu, 0, true, 2>(a, tiles, split, stream);
     case 4: return Launch<kNT, kGlu, 0, true, kDeep>(a, tiles, split, stream);
     case 5: return Launch<kNT, kGlu, 0, false, kDeep>(a, tiles, split, stream);
-    case 6: return LaunchStaged<kNT, kGlu, StagedStages(6), StagedConsumers(6)>(a, tiles, split, stream);
-    case 7: return LaunchStaged<kNT, kGlu, StagedStages(7), StagedConsumers(7)>(a, tiles, split, stream);
-    case 8: return LaunchStaged<kNT, kGlu, StagedStages(8), StagedConsumers(8)>(a, tiles, split, stream);
-    case 9: return LaunchStaged<kNT, kGlu, StagedStages(9), StagedConsumers(9)>(a, tiles, split, stream);
+    case 6: return LaunchStaged<kNT, kGlu, StagedStages(6, kNT), StagedConsumers(6), StagedWgmma(6)>(a, tiles, split, stream);
+    case 7: return LaunchStaged<kNT, kGlu, StagedStages(7, kNT), StagedConsumers(7), StagedWgmma(7)>(a, tiles, split, stream);
+    case 8: return LaunchStaged<kNT, kGlu, StagedStages(8, kNT), StagedConsumers(8), StagedWgmma(8)>(a, tiles, split, stream);
+    case 9: return LaunchStaged<kNT, kGlu, StagedStages(9, kNT), StagedConsumers(9), StagedWgmma(9)>(a, tiles, split, stream);
+#if SBSERVE_ENGINE_SM90A
+    case 10: return LaunchStaged<kNT, kGlu, StagedStages(10, kNT), StagedConsumers(10), StagedWgmma(10)>(a, tiles, split, stream);
+    case 11: return LaunchStaged<kNT, kGlu, StagedStages(11, kNT), StagedConsumers(11), StagedWgmma(11)>(a, tiles, split, stream);
+#else
+    case 10:
+    case 11: return cudaErrorNotSupported;  // wgmma exists only in sm_90a code
+#endif
     default: return Launch<kNT, kGlu, 0, false, 2>(a, tiles, split, stream);
   }
 }
@@ -549,7 +592,7 @@ int Slots(int n, int variant) {
     return 132;
   const int nt = NTilesFor(n);
   if (variant >= 6) {
-    const int smem = StagedSmemBytes(nt, StagedStages(variant));
+    const int smem = StagedSmemBytes(nt, StagedStages(variant, nt));
     int sm_bytes = 0;
     if (cudaDeviceGetAttribute(&sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
       sm_bytes = 228 * 1024;

@@ -11,11 +11,13 @@
 // (1, 2, 4 or 8: a cluster) cover it. With the GLU epilogue the 128 rows are 64 up rows and the
 // matching 64 gate rows, and the CTA writes 64 outputs of the activation. Launch variants 6 and 7
 // stage W and x through shared memory instead: a producer thread's 2-D tensor copies (TMA) into
-// 3 or 4 mbarrier-guarded stages, read by 4 consumer warps; 8 and 9 the same with 8 consumer warps.
+// 3 or 4 mbarrier-guarded stages, read by 4 consumer warps; 8 and 9 the same with 8 consumer warps;
+// 10 and 11 the same stages multiplied by two warpgroups with wgmma (sm_90a builds only).
 //
 // The register-loading variants measured slower than cuBLAS at every 3B shape on the H100
-// (tests/bench/engine.md, step 8): they are latency-bound. The CUDA backend uses these kernels only
-// with SBSERVE_SKINNY_GEMM_ROWS.
+// (tests/bench/engine.md, step 8): they are latency-bound. The staged mma.sync variants are bound
+// by their shared-memory fragment loads; the wgmma ones come closest but still trail cuBLAS from
+// 16 rows on. The CUDA backend uses these kernels only with SBSERVE_SKINNY_GEMM_ROWS.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +31,7 @@ namespace sbserve::cuda {
 inline constexpr int kSkinnyGemmMinRows = 1;
 inline constexpr int kSkinnyGemmMaxRows = 64;
 inline constexpr int kSkinnyGemmMaxSplit = 8;
-inline constexpr int kSkinnyGemmVariants = 10;
+inline constexpr int kSkinnyGemmVariants = 12;
 
 // Whether SkinnyGemm and SkinnyGemmGlu take a call: 1 <= n <= kSkinnyGemmMaxRows, in % 32 == 0,
 // and x and W 16-byte aligned.

@@ -81,7 +81,7 @@ TEST(SkinnyGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
       dx.Put(x);
       dw.Put(w);
       for (int split : {0, 1, 4}) {
-        for (int variant : {0, 4, 6, 7, 8}) {  // registers; with the L2 hint; staged: 3 / 4 stages, 8 warps
+        for (int variant : {0, 4, 6, 7, 8, 10}) {  // registers; with the L2 hint; staged: 3 / 4 stages, 8 warps, wgmma
         for (int act = 0; act < 4; ++act) {
           SCOPED_TRACE(absl::StrCat("inner=", inner, " n=", n, " split=", split, " variant=", variant, " act=", act));
           out.Put(std::vector<uint16_t>(out.n, kNanBf16));
@@ -109,7 +109,8 @@ TEST(SkinnyGemm, RepeatsBitwiseAndRunsInsideAGraph) {
   Dev<float> y(n * out);
   cudaStream_t s;
   ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
-  for (const auto [split, variant] : {std::pair{1, 0}, std::pair{8, 0}, std::pair{1, 6}, std::pair{4, 7}, std::pair{2, 9}}) {
+  for (const auto [split, variant] :
+       {std::pair{1, 0}, std::pair{8, 0}, std::pair{1, 6}, std::pair{4, 7}, std::pair{2, 9}, std::pair{4, 11}}) {
     SCOPED_TRACE(absl::StrCat("split=", split, " variant=", variant));
     ASSERT_TRUE(cuda::SkinnyGemm(dx.p, n, in, dw.p, out, y.p, true, 1.f, 0.f, s, split, variant).ok());
     ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
