@@ -9,9 +9,12 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "engine/backend.h"
 #include "engine/model/checkpoint.h"
 #include "engine/cuda/cublas_check.h"
@@ -42,6 +45,42 @@ bool DebugSync() {
     return v != nullptr && *v != '\0' && *v != '0';
   }();
   return on;
+}
+
+// Decode graphs are captured per power-of-two context bucket of at least this many tokens.
+constexpr int kGraphMinContext = 512;
+
+// Measurement only: SBSERVE_ABLATE=stage,stage,... leaves those stages of every step out (their
+// outputs keep stale values, so the tokens are wrong), to time what each stage costs inside a
+// replayed step (tests/bench/engine.md). Stages: embed, norm, c_attn, kv_append, attn, proj, c_fc,
+// fc_proj, head.
+enum AblateStage : uint32_t {
+  kAblateEmbed = 1u << 0, kAblateNorm = 1u << 1, kAblateCAttn = 1u << 2, kAblateKvAppend = 1u << 3,
+  kAblateAttn = 1u << 4, kAblateProj = 1u << 5, kAblateCFc = 1u << 6, kAblateFcProj = 1u << 7,
+  kAblateHead = 1u << 8,
+};
+uint32_t Ablated() {
+  static const uint32_t mask = [] {
+    const char* v = std::getenv("SBSERVE_ABLATE");
+    if (v == nullptr || *v == '\0') return 0u;
+    static constexpr std::pair<const char*, uint32_t> kStages[] = {
+        {"embed", kAblateEmbed}, {"norm", kAblateNorm}, {"c_attn", kAblateCAttn}, {"kv_append", kAblateKvAppend},
+        {"attn", kAblateAttn},   {"proj", kAblateProj}, {"c_fc", kAblateCFc},     {"fc_proj", kAblateFcProj},
+        {"head", kAblateHead}};
+    uint32_t m = 0;
+    for (absl::string_view name : absl::StrSplit(v, ',')) {
+      for (const auto& [stage, bit] : kStages)
+        if (name == stage) m |= bit;
+    }
+    std::fprintf(stderr, "SBSERVE_ABLATE=%s: stages left out of every step (mask 0x%x); outputs are wrong\n", v, m);
+    return m;
+  }();
+  return mask;
+}
+// Runs a stage's launches unless SBSERVE_ABLATE leaves the stage out.
+template <typename F>
+absl::Status Stage(uint32_t stage, F&& launch) {
+  return (Ablated() & stage) != 0 ? absl::OkStatus() : launch();
 }
 
 absl::Status Trace(cudaStream_t stream, const char* op, absl::Status st) {
@@ -212,9 +251,19 @@ class CudaBackend final : public Backend {
   int64_t launches_ = 0;            // steps enqueued with draws; launch i uses samplers_[i % 2]
   int outstanding_ = 0;             // of those, not collected (the latest ones)
   cudaEvent_t meta_copied_ = nullptr;  // after the latest metadata copy out of pinned_
-  int graph_mb_ = 0;  // block-table row length the graphs were captured with (the full context)
-  std::map<int, cudaGraphExec_t> graphs_;
+  int graph_mb_ = 0;  // block-table row length of the full context: the largest graph bucket
+  bool graph_buckets_ = true;  // SBSERVE_GRAPH_CONTEXT_BUCKETS=0: one graph per batch size, at graph_mb_
+  // Decode graphs by (batch size, block-table row length): each is captured with its rows padded to
+  // a power-of-two bucket of the context (GraphBlocks), and the decode split sized for that bucket.
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
   DeviceBuffer blas_workspace_;
+  // The block-table row length of the graph bucket that holds contexts of used_mb blocks.
+  int GraphBlocks(int used_mb) const {
+    if (!graph_buckets_) return graph_mb_;
+    int mb = std::max(1, (kGraphMinContext + shape_.block_size - 1) / shape_.block_size);
+    while (mb < used_mb) mb *= 2;
+    return std::min(mb, graph_mb_);
+  }
   void ClearGraphs() {
     for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
     graphs_.clear();
@@ -282,6 +331,16 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
                                                    options.decode_keys_per_split));
   }
   decode_keys_per_split_ = options.decode_keys_per_split;
+  // SBSERVE_DECODE_KEYS_PER_SPLIT: the same for A/B runs of the decode split rule (0: the rule).
+  if (const char* g = std::getenv("SBSERVE_DECODE_KEYS_PER_SPLIT");
+      g != nullptr && *g != '\0' && decode_keys_per_split_ == 0) {
+    const int kps = std::atoi(g);
+    if (kps < 0 || kps % 64 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SBSERVE_DECODE_KEYS_PER_SPLIT must be 0 or a positive multiple of 64, got ", g));
+    }
+    decode_keys_per_split_ = kps;
+  }
   deterministic_ = options.deterministic;
   device_ = options.device;
   SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
@@ -293,6 +352,9 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   SB_RETURN_IF_ERROR(blas_workspace_.Reserve(size_t{32} << 20));
   SB_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(blas_, blas_workspace_.get(), size_t{32} << 20));
   if (const char* g = std::getenv("SBSERVE_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") use_graphs_ = false;
+  if (const char* g = std::getenv("SBSERVE_GRAPH_CONTEXT_BUCKETS"); g != nullptr && std::string(g) == "0") {
+    graph_buckets_ = false;
+  }
   if (const char* g = std::getenv("SBSERVE_DEVICE_SAMPLING"); g != nullptr && std::string(g) == "0") {
     device_sampling_ = false;
   }
@@ -427,7 +489,9 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
   ap.total_q = sh.N;
   ap.num_kv_heads = static_cast<int>(c.n_kv_head);
   ap.head_dim = static_cast<int>(c.head_dim);
-  SB_RETURN_IF_ERROR(Trace(stream_, "kv_append", kernels::SbKvAppend(ap, stream_)));
+  SB_RETURN_IF_ERROR(
+      Stage(kAblateKvAppend, [&] { return Trace(stream_, "kv_append", kernels::SbKvAppend(ap, stream_)); }));
+  if (Ablated() & kAblateAttn) return absl::OkStatus();
 
   const auto rem = c.remainder == Remainder::kR0   ? kernels::SbRemainder::kNone
                    : c.remainder == Remainder::kR1 ? kernels::SbRemainder::kOwnValue
@@ -528,14 +592,19 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
   const float eps = static_cast<float>(c.norm_eps);
   const bool rms = c.norm == NormKind::kRmsNorm;
   const int act = ActivationCode(c.activation);
-  SB_RETURN_IF_ERROR(cuda::Embed(meta + meta_off_.ids, wte_.get(), N, D, static_cast<float>(c.m_emb),
-                                 h_.get<float>(), stream_));
+  SB_RETURN_IF_ERROR(Stage(kAblateEmbed, [&] {
+    return cuda::Embed(meta + meta_off_.ids, wte_.get(), N, D, static_cast<float>(c.m_emb), h_.get<float>(), stream_);
+  }));
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LayerWeights& w = *layers_[l];
-    SB_RETURN_IF_ERROR(Trace(stream_, "norm_1",
-                             cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
-                                        w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_)));
-    SB_RETURN_IF_ERROR(Trace(stream_, "c_attn", Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false)));
+    SB_RETURN_IF_ERROR(Stage(kAblateNorm, [&] {
+      return Trace(stream_, "norm_1",
+                   cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
+                              w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_));
+    }));
+    SB_RETURN_IF_ERROR(Stage(kAblateCAttn, [&] {
+      return Trace(stream_, "c_attn", Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false));
+    }));
     if (!fused_qkv_) SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv",
                              cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
                                             static_cast<int>(Hkv), static_cast<int>(H / Hkv),
@@ -546,11 +615,17 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
       SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
       SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(), w.proj_b.get<float>(), N, D, r, stream_));
     } else {
-      SB_RETURN_IF_ERROR(Trace(stream_, "proj+residual", Gemm(o_.get(), N, D, w.proj_w.get(), D, h_.get(), true, r, 1.f)));
+      SB_RETURN_IF_ERROR(Stage(kAblateProj, [&] {
+        return Trace(stream_, "proj+residual", Gemm(o_.get(), N, D, w.proj_w.get(), D, h_.get(), true, r, 1.f));
+      }));
     }
-    SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln2_w.get<float>(),
-                                  w.has_ln_b ? w.ln2_b.get<float>() : nullptr, eps, x_.get(), stream_));
-    if (c.glu && !w.has_bias && SmallGemmFor(N, D, x_.get(), w.fc_w.get())) {
+    SB_RETURN_IF_ERROR(Stage(kAblateNorm, [&] {
+      return cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln2_w.get<float>(),
+                        w.has_ln_b ? w.ln2_b.get<float>() : nullptr, eps, x_.get(), stream_);
+    }));
+    if (Ablated() & kAblateCFc) {
+      // measurement only (SBSERVE_ABLATE): c_fc and its activation left out
+    } else if (c.glu && !w.has_bias && SmallGemmFor(N, D, x_.get(), w.fc_w.get())) {
       // A few rows: c_fc and the GLU activation in one kernel (no fc_ round trip).
       SB_RETURN_IF_ERROR(Trace(stream_, "c_fc+act",
                                cuda::SmallGemmGlu(act, x_.get(), N, D, w.fc_w.get(), I, act_.get(), stream_)));
@@ -567,23 +642,26 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
       SB_RETURN_IF_ERROR(Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, y_.get(), true));
       SB_RETURN_IF_ERROR(cuda::ResidualAdd(h_.get<float>(), y_.get<float>(), w.fc_proj_b.get<float>(), N, D, r, stream_));
     } else {
-      SB_RETURN_IF_ERROR(Trace(stream_, "fc_proj+residual",
-                               Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, h_.get(), true, r, 1.f)));
+      SB_RETURN_IF_ERROR(Stage(kAblateFcProj, [&] {
+        return Trace(stream_, "fc_proj+residual", Gemm(act_.get(), N, I, w.fc_proj_w.get(), D, h_.get(), true, r, 1.f));
+      }));
     }
   }
   if (R > 0) {
-    SB_RETURN_IF_ERROR(cuda::Norm(rms, h_.get<float>(), meta + meta_off_.rows, R, D, lnf_w_.get<float>(),
-                                  c.norm == NormKind::kLayerNorm ? lnf_b_.get<float>() : nullptr, eps, x_.get(),
-                                  stream_));
+    SB_RETURN_IF_ERROR(Stage(kAblateNorm, [&] {
+      return cuda::Norm(rms, h_.get<float>(), meta + meta_off_.rows, R, D, lnf_w_.get<float>(),
+                        c.norm == NormKind::kLayerNorm ? lnf_b_.get<float>() : nullptr, eps, x_.get(), stream_);
+    }));
     const void* head = c.tie_word_embeddings ? wte_.get() : lm_head_.get();
-    SB_RETURN_IF_ERROR(Gemm(x_.get(), R, D, head, c.vocab_size, logits_.get(), true,
-                            static_cast<float>(1.0 / c.m_width)));
+    SB_RETURN_IF_ERROR(Stage(kAblateHead, [&] {
+      return Gemm(x_.get(), R, D, head, c.vocab_size, logits_.get(), true, static_cast<float>(1.0 / c.m_width));
+    }));
   }
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
-  auto it = graphs_.find(sh.B);
+  auto it = graphs_.find({sh.B, sh.mb});
   if (it == graphs_.end()) {
     if (tuner_) {  // plans are measured outside the capture
       SB_RETURN_IF_ERROR(tuner_->Prepare(sh.N));
@@ -602,7 +680,7 @@ absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
     cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     SB_CUDA_RETURN_IF_ERROR(inst);
-    it = graphs_.emplace(sh.B, exec).first;
+    it = graphs_.emplace(std::pair{sh.B, sh.mb}, exec).first;
   }
   SB_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
   return absl::OkStatus();
@@ -703,12 +781,14 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
     sh.max_q_prefill = std::max(sh.max_q_prefill, batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b]);
   }
   // A decode-only step whose logits are every row, in order, replays a graph captured with block
-  // tables padded to the full context and the decode split sized for it, so one graph per batch
-  // size serves every context length.
+  // tables padded to a bucket of the context (a power of two of at least kGraphMinContext tokens,
+  // capped by the full context) and the decode split sized for that bucket, so a few graphs per
+  // batch size serve every context length. A split sized for the full context would leave short
+  // contexts in too few splits (tests/bench/engine.md, decode split by context bucket).
   bool graph = use_graphs_ && sh.nd == B && R == B && used_mb <= graph_mb_;
   for (int b = 0; graph && b < R; ++b) graph = batch.logit_rows[b] == b;
-  sh.mb = graph ? graph_mb_ : batch.max_blocks_per_seq;
-  if (graph) sh.max_ctx_decode = graph_mb_ * shape_.block_size;
+  sh.mb = graph ? GraphBlocks(used_mb) : batch.max_blocks_per_seq;
+  if (graph) sh.max_ctx_decode = sh.mb * shape_.block_size;
 
   // Step metadata in one pinned staging buffer and one copy.
   meta_off_.ids = 0;
