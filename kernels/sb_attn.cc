@@ -244,6 +244,11 @@ absl::Status SbAttnDecode(const SbAttnDecodeParams& p, CUstream_st* stream) {
     return absl::InvalidArgumentError("stick-breaking decode: early_exit_log_threshold must be finite and >= 0");
   if (p.keys_per_split < 0 || p.keys_per_split % 64 != 0)
     return absl::InvalidArgumentError("stick-breaking decode: keys_per_split must be 0 or a positive multiple of 64");
+  if ((p.k_new == nullptr) != (p.v_new == nullptr))
+    return absl::InvalidArgumentError("stick-breaking decode: k_new and v_new must be set together");
+  if (p.kv_row_stride < 0 || p.kv_row_stride % 8 != 0 ||
+      (p.kv_row_stride != 0 && p.kv_row_stride < static_cast<int64_t>(p.num_kv_heads) * p.head_dim))
+    return absl::InvalidArgumentError("stick-breaking decode: kv_row_stride must be 0 or a multiple of 8 of at least Hkv * d");
   const int log2_bs = Log2IfPow2(p.cache.block_size);
   const bool tc = SbAttnDecodeUsesTensorCores(p);
   const SbDecodeSplit split = ChooseDecodeSplit(p, NumSms(p.num_sms), tc);

@@ -76,6 +76,30 @@ __device__ __forceinline__ DecodeChunk DecodeChunkOfCta(const SbAttnDecodeParams
   return c;
 }
 
+// The fused append (SbAttnDecodeParams::k_new): the CTA of the oldest chunk and the first group of
+// query heads of each (sequence, KV head) copies that head's new K and V row into the cache slot of
+// position T - 1, which no split CTA reads. Called by every thread before any may return.
+template <int kHeadDim>
+__device__ __forceinline__ void DecodeAppendNewKv(const SbAttnDecodeParams& p, const DecodeChunk& ch, int log2_bs) {
+  constexpr int kVecs = kHeadDim / 8;  // 16-byte pieces of one head's row
+  const int tid = static_cast<int>(threadIdx.x);
+  if (p.k_new == nullptr || ch.split != 0 || ch.h0 != ch.hk * (p.num_heads / p.num_kv_heads) || tid >= 2 * kVecs)
+    return;
+  const int64_t stride = p.kv_row_stride != 0 ? p.kv_row_stride : static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
+  const int row = p.q_rows != nullptr ? p.q_rows[ch.b] : ch.b;
+  const int pos = p.context_lens[ch.b] - 1;
+  const int bs_mask = (1 << log2_bs) - 1;
+  const int64_t slot =
+      static_cast<int64_t>(p.cache.block_tables[static_cast<int64_t>(ch.b) * p.cache.max_blocks + (pos >> log2_bs)]) *
+          (bs_mask + 1) + (pos & bs_mask);
+  const bool v = tid >= kVecs;
+  const __nv_bfloat16* src = static_cast<const __nv_bfloat16*>(v ? p.v_new : p.k_new) + row * stride +
+                             static_cast<int64_t>(ch.hk) * kHeadDim;
+  __nv_bfloat16* dst = static_cast<__nv_bfloat16*>(v ? p.cache.v : p.cache.k) +
+                       (slot * p.num_kv_heads + ch.hk) * kHeadDim;
+  reinterpret_cast<uint4*>(dst)[tid % kVecs] = reinterpret_cast<const uint4*>(src)[tid % kVecs];
+}
+
 // Early exit: whether the combine will cut at or above this chunk for each of the CTA's kG heads
 // (h0 ..), judged from the chunks newer than it that have published their P. Called by every
 // thread of the CTA (it synchronises); counts the CTA in p.early_exit_stats.
@@ -154,6 +178,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
   constexpr int kSlots = kSlotsPerWarp * (kDecodeThreads / 32);
   const DecodeChunk ch = DecodeChunkOfCta<kG>(p, keys_per_split, num_splits, flags);
   if (!ch.valid) return;
+  DecodeAppendNewKv<kHeadDim>(p, ch, log2_bs);
   if (ch.flag_row != nullptr && DecodeChunkIsCut<kG>(p, ch, p_part, num_splits)) return;
   const int b = ch.b, hk = ch.hk, h0 = ch.h0, k_begin = ch.k_begin, k_end = ch.k_end;
   const int H = p.num_heads;

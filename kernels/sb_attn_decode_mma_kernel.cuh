@@ -83,6 +83,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG
 
   const DecodeChunk ch = DecodeChunkOfCta<kG>(p, keys_per_split, num_splits, flags);
   if (!ch.valid) return;
+  DecodeAppendNewKv<kHeadDim>(p, ch, log2_bs);
   if (ch.flag_row != nullptr && DecodeChunkIsCut<kG>(p, ch, p_part, num_splits)) return;
   const int b = ch.b, hk = ch.hk, h0 = ch.h0, k_begin = ch.k_begin, k_end = ch.k_end;
   const int H = p.num_heads;

@@ -122,8 +122,9 @@ enum class SbDecodeKernel : int {
 };
 
 // Paged decode: one query per sequence at position T - 1, over keys 0 .. T - 2, split over key
-// chunks (flash-decoding style) and then combined. The query's own K/V must be appended first
-// (R1 reads its value from the cache).
+// chunks (flash-decoding style) and then combined. The query's own K/V must be in the cache at
+// position T - 1 by the combine (R1 reads its value from there): appended before the call, or by
+// the split kernel itself from k_new / v_new.
 struct SbAttnDecodeParams {
   const void* q = nullptr;               // [*, H, d] bf16; sequence b's query is row q_rows[b] (or b)
   int64_t q_row_stride = 0;              // elements between query rows; 0: H * d (a multiple of 8)
@@ -148,6 +149,13 @@ struct SbAttnDecodeParams {
   unsigned long long* early_exit_stats = nullptr;
   int keys_per_split = 0;                // 0: chosen here; else forced (a multiple of 64; tuning)
   SbDecodeKernel kernel = SbDecodeKernel::kAuto;  // tuning and tests; kAuto in the engine
+  // Optional (both or neither): the step's new K and V rows, [Hkv, d] bf16 per sequence in row
+  // q_rows[b] (or b), kv_row_stride elements apart. The split kernel then writes them into the cache
+  // at position T - 1 in place of a SbKvAppend launch before it: no CTA of this call reads that
+  // slot before the combine, which runs after the split grid. null: the cache already holds them.
+  const void* k_new = nullptr;
+  const void* v_new = nullptr;
+  int64_t kv_row_stride = 0;             // elements between rows of k_new / v_new; 0: Hkv * d
 };
 
 }  // namespace sbserve::kernels

@@ -253,6 +253,7 @@ class CudaBackend final : public Backend {
   cudaEvent_t meta_copied_ = nullptr;  // after the latest metadata copy out of pinned_
   int graph_mb_ = 0;  // block-table row length of the full context: the largest graph bucket
   bool graph_buckets_ = true;  // SBSERVE_GRAPH_CONTEXT_BUCKETS=0: one graph per batch size, at graph_mb_
+  bool fused_kv_append_ = true;  // SBSERVE_FUSED_KV_APPEND=0: decode-only steps append in their own launch
   // Decode graphs by (batch size, block-table row length): each is captured with its rows padded to
   // a power-of-two bucket of the context (GraphBlocks), and the decode split sized for that bucket.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
@@ -354,6 +355,9 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (const char* g = std::getenv("SBSERVE_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") use_graphs_ = false;
   if (const char* g = std::getenv("SBSERVE_GRAPH_CONTEXT_BUCKETS"); g != nullptr && std::string(g) == "0") {
     graph_buckets_ = false;
+  }
+  if (const char* g = std::getenv("SBSERVE_FUSED_KV_APPEND"); g != nullptr && std::string(g) == "0") {
+    fused_kv_append_ = false;
   }
   if (const char* g = std::getenv("SBSERVE_DEVICE_SAMPLING"); g != nullptr && std::string(g) == "0") {
     device_sampling_ = false;
@@ -489,8 +493,14 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
   ap.total_q = sh.N;
   ap.num_kv_heads = static_cast<int>(c.n_kv_head);
   ap.head_dim = static_cast<int>(c.head_dim);
-  SB_RETURN_IF_ERROR(
-      Stage(kAblateKvAppend, [&] { return Trace(stream_, "kv_append", kernels::SbKvAppend(ap, stream_)); }));
+  // A decode-only step's split kernel appends the new K/V itself (one launch fewer per layer;
+  // SBSERVE_FUSED_KV_APPEND=0: a separate SbKvAppend), the other steps append first: their prefill
+  // attention reads the chunk's own keys from the cache.
+  const bool append_in_decode = fused_kv_append_ && !deterministic_ && sh.nd == sh.B;
+  if (!append_in_decode) {
+    SB_RETURN_IF_ERROR(
+        Stage(kAblateKvAppend, [&] { return Trace(stream_, "kv_append", kernels::SbKvAppend(ap, stream_)); }));
+  }
   if (Ablated() & kAblateAttn) return absl::OkStatus();
 
   const auto rem = c.remainder == Remainder::kR0   ? kernels::SbRemainder::kNone
@@ -520,6 +530,11 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
     dp.remainder = rem;
     dp.num_sms = num_sms_;
     dp.keys_per_split = decode_keys_per_split_;
+    if (append_in_decode && (Ablated() & kAblateKvAppend) == 0) {
+      dp.k_new = ap.k;
+      dp.v_new = ap.v;
+      dp.kv_row_stride = ap.kv_row_stride;
+    }
     if (kernels::SbAttnDecodeWorkspaceBytes(dp) > workspace_bytes_) {
       return absl::InternalError("decode workspace not reserved before the step");
     }

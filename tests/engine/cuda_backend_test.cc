@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "tests/engine/gpu_test_util.h"
 #include "engine/backend.h"
 #include "engine/model/checkpoint.h"
@@ -283,6 +284,46 @@ TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
   ASSERT_TRUE((*eager)->Forward(b, e1).ok());
   EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * 4)) << "graph replay is not deterministic";
   EXPECT_LE(testing::RelL2(g1.data(), e1.data(), e1.size()), 1e-3);
+}
+
+// Decode graphs are captured per power-of-two context bucket (512, 1024, ... tokens), each with its
+// own block-table width and decode split. A sequence decoded across the 512 and 1024 boundaries
+// replays a new graph at each; every step must agree with eager execution, and its replay must be
+// bitwise repeatable.
+TEST(CudaBackend, DecodeGraphsPerContextBucketMatchEager) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  Pair p = Load("R1", 0, "bucket");
+  setenv("SBSERVE_CUDA_GRAPHS", "0", 1);
+  auto eager = CreateCudaBackend(*p.ckpt, {});
+  unsetenv("SBSERVE_CUDA_GRAPHS");
+  ASSERT_TRUE(eager.ok());
+  ASSERT_TRUE((*eager)->InitKvCache({256, 16}).ok());
+  const int64_t V = p.ckpt->config().vocab_size;
+  ASSERT_GE(p.ckpt->config().n_positions, 1030);
+  std::mt19937_64 rng(11);
+  for (const int start : {509, 1021}) {
+    std::vector<int32_t> prompt(start);
+    for (int32_t& t : prompt) t = static_cast<int32_t>(rng() % V);
+    KvBlockAllocator alloc(256, 16);
+    std::vector<int32_t> table;
+    std::vector<testing::ChunkSpec> pre = {{prompt, 0, &table, false}};
+    Batch pb = testing::PackBatch(pre, alloc);
+    std::vector<float> l(V);
+    for (Backend* be : {p.gpu.get(), eager->get()}) ASSERT_TRUE(be->Forward(pb, l).ok());
+    // Contexts start - 1 + 2 .. start + 5: across the bucket boundary at 512 or 1024 tokens.
+    for (int pos = start; pos < start + 6; ++pos) {
+      SCOPED_TRACE(absl::StrCat("decode at position ", pos));
+      ASSERT_TRUE(alloc.EnsureCapacity(table, pos + 1).ok());
+      std::vector<testing::ChunkSpec> step = {{{static_cast<int32_t>(rng() % V)}, pos, &table, false}};
+      Batch b = testing::PackBatch(step, alloc);
+      std::vector<float> g1(V), g2(V), e1(V);
+      ASSERT_TRUE(p.gpu->Forward(b, g1).ok());
+      ASSERT_TRUE(p.gpu->Forward(b, g2).ok());  // the same step again: the same cache slot rewritten
+      ASSERT_TRUE((*eager)->Forward(b, e1).ok());
+      EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * 4)) << "graph replay is not deterministic";
+      EXPECT_LE(testing::RelL2(g1.data(), e1.data(), e1.size()), 1e-3);
+    }
+  }
 }
 
 }  // namespace

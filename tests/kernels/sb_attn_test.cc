@@ -150,8 +150,10 @@ struct EarlyExit {
 // cache and the bitwise repeatability; returns the first run's outputs.
 // fused_rows: q, k and v of each token sit in one padded row [q | k | v | pad] (the layout of the
 // CUDA backend's c_attn output), read in place through q_row_stride / kv_row_stride.
+// fused_append (decode): no SbKvAppend; the decode call appends the new K/V itself (k_new), and
+// the cache is checked after its runs instead.
 void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, const EarlyExit& ee = {},
-                 bool fused_rows = false) {
+                 bool fused_rows = false, bool fused_append = false) {
   const int d = pb.spec.head_dim, H = pb.spec.num_heads, Hkv = pb.spec.num_kv_heads;
   DeviceProblem dp;
   dp.q = DeviceBuffer<uint16_t>(pb.q.size());
@@ -210,15 +212,21 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
   ap.total_q = pb.total_q;
   ap.num_kv_heads = Hkv;
   ap.head_dim = d;
-  absl::Status st = SbKvAppend(ap, nullptr);
-  ASSERT_TRUE(st.ok()) << st;
-  CUDA_OK(cudaDeviceSynchronize());
-  {
+  const bool append_in_decode = fused_append && path == Path::kDecode;
+  ASSERT_FALSE(append_in_decode && reverse_rows) << "the fused append reads k_new in the rows of q";
+  auto check_cache = [&](const char* when) {
     std::vector<uint16_t> kc, vc;
     CUDA_OK(dp.k_cache.Download(kc));
     CUDA_OK(dp.v_cache.Download(vc));
-    ASSERT_TRUE(kc == pb.k_full) << "K cache after append differs from the expected cache";
-    ASSERT_TRUE(vc == pb.v_full) << "V cache after append differs from the expected cache";
+    ASSERT_TRUE(kc == pb.k_full) << "K cache " << when << " differs from the expected cache";
+    ASSERT_TRUE(vc == pb.v_full) << "V cache " << when << " differs from the expected cache";
+  };
+  absl::Status st;
+  if (!append_in_decode) {
+    st = SbKvAppend(ap, nullptr);
+    ASSERT_TRUE(st.ok()) << st;
+    CUDA_OK(cudaDeviceSynchronize());
+    ASSERT_NO_FATAL_FAILURE(check_cache("after append"));
   }
 
   std::vector<int32_t> q_rows;
@@ -283,6 +291,11 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
       p.early_exit_stats = ee.stats != nullptr ? stats.get() : nullptr;
       p.kernel = g_decode_kernel;
       p.keys_per_split = g_decode_keys_per_split;
+      if (append_in_decode) {
+        p.k_new = ap.k;
+        p.v_new = ap.v;
+        p.kv_row_stride = ap.kv_row_stride;
+      }
       const size_t ws = SbAttnDecodeWorkspaceBytes(p);
       if (dp.workspace.size() < ws) dp.workspace = DeviceBuffer<unsigned char>(ws);
       CUDA_OK(dp.workspace.Poison());
@@ -294,6 +307,7 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
     CUDA_OK(dp.o.Download(runs[run].o));
     CUDA_OK(dp.rem.Download(runs[run].rem));
   }
+  if (append_in_decode) ASSERT_NO_FATAL_FAILURE(check_cache("after the decode's own append"));
   if (ee.stats != nullptr) {
     std::vector<unsigned long long> h;
     CUDA_OK(stats.Download(h));
@@ -543,6 +557,42 @@ TEST(SbAttnFusedRows, PrefillAndDecodeMatchContiguousInputsBitwise) {
       ASSERT_EQ(0, std::memcmp(plain.rem.data(), in_place.rem.data(), plain.rem.size() * 4));
       ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, in_place, "fused rows"));
     }
+  }
+}
+
+// The decode split kernels append the step's K/V themselves (SbAttnDecodeParams::k_new): the cache
+// ends as after SbKvAppend (RunOnDevice checks it) and the outputs are bitwise those of the
+// separate append, with contiguous and fused rows, MHA and GQA (groups split over CTAs), contexts
+// from 1, a forced small chunk, and the early exit (whose skipped chunk CTAs must still append).
+TEST(SbAttnDecode, FusedAppendMatchesSeparateAppend) {
+  REQUIRE_GPU();
+  const std::vector<int> ctx = {1, 2, 65, 300, 2049};
+  std::vector<int> prefix;
+  for (int c : ctx) prefix.push_back(c - 1);
+  for (const Shape& s : {Shape{64, 4, 4, 16}, Shape{64, 16, 1, 32}, Shape{128, 8, 2, 16}, Shape{128, 16, 2, 64}}) {
+    const Problem pb = MakeProblem(Spec(s, std::vector<int>(ctx.size(), 1), prefix, 9));
+    for (int kps : {0, 64}) {
+      g_decode_keys_per_split = kps;
+      for (float tau : {0.f, 2.f}) {
+        for (bool fused_rows : {false, true}) {
+          const std::string what = Name("decode fused append", s) + (kps ? " chunk 64" : "") +
+                                   (tau > 0 ? " early exit" : "") + (fused_rows ? " fused rows" : "");
+          ForEachKernelOf(pb, Path::kDecode, what.c_str(), [&](const char* name) {
+            SCOPED_TRACE(name);
+            EarlyExit ee;
+            ee.tau = tau;
+            Outputs separate, fused;
+            ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, Path::kDecode, false, &separate, ee, fused_rows));
+            ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, Path::kDecode, false, &fused, ee, fused_rows, true));
+            ASSERT_EQ(separate.o, fused.o);
+            ASSERT_EQ(0, std::memcmp(separate.rem.data(), fused.rem.data(), separate.rem.size() * 4));
+            if (tau == 0.f) ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, fused, name));
+          });
+        }
+      }
+    }
+    g_decode_keys_per_split = 0;
+    if (::testing::Test::HasFatalFailure()) return;
   }
 }
 
@@ -928,6 +978,30 @@ TEST(SbAttnApi, RejectsUnsupportedShapes) {
   p.num_kv_heads = 4;
   p.cache.block_size = 24;
   EXPECT_EQ(SbAttnPrefill(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+
+  // The decode's fused append: k_new and v_new together, and a valid row stride.
+  SbAttnDecodeParams d;
+  d.cache = p.cache;
+  d.cache.block_size = 16;
+  d.num_heads = 4;
+  d.num_kv_heads = 2;
+  d.head_dim = 64;
+  d.scale = 0.1f;
+  d.batch = 1;
+  d.max_context = 8;
+  d.q = d.o = d.workspace = &dummy;
+  d.context_lens = &dummy;
+  d.k_new = &dummy;
+  st = SbAttnDecode(d, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("k_new and v_new"), std::string::npos) << st;
+  d.v_new = &dummy;
+  d.kv_row_stride = 64;  // below Hkv * d = 128
+  st = SbAttnDecode(d, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("kv_row_stride"), std::string::npos) << st;
+  d.kv_row_stride = 132;  // not a multiple of 8
+  EXPECT_EQ(SbAttnDecode(d, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
