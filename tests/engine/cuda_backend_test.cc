@@ -250,16 +250,36 @@ TEST(CudaBackend, RefusesUnsupportedHeadDim) {
 namespace sbserve {
 namespace {
 
+// A second CUDA backend on p's checkpoint that runs every step kernel by kernel
+// (SBSERVE_CUDA_GRAPHS=0), with a 256 x 16 KV cache: the eager side of the graph tests.
+absl::StatusOr<std::unique_ptr<Backend>> EagerBackend(const Pair& p) {
+  setenv("SBSERVE_CUDA_GRAPHS", "0", 1);
+  auto eager = CreateCudaBackend(*p.ckpt, {});
+  unsetenv("SBSERVE_CUDA_GRAPHS");
+  if (!eager.ok()) return eager.status();
+  if (absl::Status s = (*eager)->InitKvCache({256, 16}); !s.ok()) return s;
+  return eager;
+}
+
+// Decode step b twice on p's graph backend (the second rewrites the same cache slot) and once on
+// `eager`: the replay must be bitwise repeatable and agree with eager execution within rounding.
+void ExpectReplayRepeatsAndMatchesEager(Pair& p, Backend& eager, const Batch& b) {
+  const int64_t V = p.ckpt->config().vocab_size;
+  std::vector<float> g1(V), g2(V), e1(V);
+  ASSERT_TRUE(p.gpu->Forward(b, g1).ok());
+  ASSERT_TRUE(p.gpu->Forward(b, g2).ok());
+  ASSERT_TRUE(eager.Forward(b, e1).ok());
+  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * 4)) << "graph replay is not deterministic";
+  EXPECT_LE(testing::RelL2(g1.data(), e1.data(), e1.size()), 1e-3);
+}
+
 // Decode steps replay captured graphs; the same step run twice must give bitwise equal logits, and
 // the graph path must agree with eager execution (SBSERVE_CUDA_GRAPHS=0) within rounding.
 TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
   Pair p = Load("R1", 0, "graph");
-  setenv("SBSERVE_CUDA_GRAPHS", "0", 1);
-  auto eager = CreateCudaBackend(*p.ckpt, {});
-  unsetenv("SBSERVE_CUDA_GRAPHS");
-  ASSERT_TRUE(eager.ok());
-  ASSERT_TRUE((*eager)->InitKvCache({256, 16}).ok());
+  auto eager = EagerBackend(p);
+  ASSERT_TRUE(eager.ok()) << eager.status();
   const int64_t V = p.ckpt->config().vocab_size;
   std::mt19937_64 rng(3);
   std::vector<int32_t> prompt(50);
@@ -278,12 +298,7 @@ TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
   ASSERT_TRUE(alloc.EnsureCapacity(table, 50).ok());
   std::vector<testing::ChunkSpec> step = {{{7}, 50, &table, false}};
   Batch b = testing::PackBatch(step, alloc);
-  std::vector<float> g1(V), g2(V), e1(V);
-  ASSERT_TRUE(p.gpu->Forward(b, g1).ok());
-  ASSERT_TRUE(p.gpu->Forward(b, g2).ok());
-  ASSERT_TRUE((*eager)->Forward(b, e1).ok());
-  EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * 4)) << "graph replay is not deterministic";
-  EXPECT_LE(testing::RelL2(g1.data(), e1.data(), e1.size()), 1e-3);
+  ASSERT_NO_FATAL_FAILURE(ExpectReplayRepeatsAndMatchesEager(p, **eager, b));
 }
 
 // Decode graphs are captured per power-of-two context bucket (512, 1024, ... tokens), each with its
@@ -293,11 +308,8 @@ TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
 TEST(CudaBackend, DecodeGraphsPerContextBucketMatchEager) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
   Pair p = Load("R1", 0, "bucket");
-  setenv("SBSERVE_CUDA_GRAPHS", "0", 1);
-  auto eager = CreateCudaBackend(*p.ckpt, {});
-  unsetenv("SBSERVE_CUDA_GRAPHS");
-  ASSERT_TRUE(eager.ok());
-  ASSERT_TRUE((*eager)->InitKvCache({256, 16}).ok());
+  auto eager = EagerBackend(p);
+  ASSERT_TRUE(eager.ok()) << eager.status();
   const int64_t V = p.ckpt->config().vocab_size;
   ASSERT_GE(p.ckpt->config().n_positions, 1030);
   std::mt19937_64 rng(11);
@@ -316,12 +328,7 @@ TEST(CudaBackend, DecodeGraphsPerContextBucketMatchEager) {
       ASSERT_TRUE(alloc.EnsureCapacity(table, pos + 1).ok());
       std::vector<testing::ChunkSpec> step = {{{static_cast<int32_t>(rng() % V)}, pos, &table, false}};
       Batch b = testing::PackBatch(step, alloc);
-      std::vector<float> g1(V), g2(V), e1(V);
-      ASSERT_TRUE(p.gpu->Forward(b, g1).ok());
-      ASSERT_TRUE(p.gpu->Forward(b, g2).ok());  // the same step again: the same cache slot rewritten
-      ASSERT_TRUE((*eager)->Forward(b, e1).ok());
-      EXPECT_EQ(0, std::memcmp(g1.data(), g2.data(), g1.size() * 4)) << "graph replay is not deterministic";
-      EXPECT_LE(testing::RelL2(g1.data(), e1.data(), e1.size()), 1e-3);
+      ASSERT_NO_FATAL_FAILURE(ExpectReplayRepeatsAndMatchesEager(p, **eager, b));
     }
   }
 }
@@ -447,11 +454,8 @@ TEST(CudaBackend, KvCacheOver2GiBUsesItsHighestBlocks) {
 TEST(CudaBackend, GraphsRecapturedAfterBuffersGrow) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
   Pair p = LoadWith(Opts("small-3b", "R1"), "recapture");
-  setenv("SBSERVE_CUDA_GRAPHS", "0", 1);
-  auto eager = CreateCudaBackend(*p.ckpt, {});
-  unsetenv("SBSERVE_CUDA_GRAPHS");
-  ASSERT_TRUE(eager.ok());
-  ASSERT_TRUE((*eager)->InitKvCache({256, 16}).ok());
+  auto eager = EagerBackend(p);
+  ASSERT_TRUE(eager.ok()) << eager.status();
   const int64_t V = p.ckpt->config().vocab_size;
   std::mt19937_64 rng(5);
   auto ids = [&](int n) {
