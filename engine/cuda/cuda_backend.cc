@@ -24,6 +24,7 @@
 #include "engine/cuda/gemm_tuner.h"
 #include "engine/cuda/skinny_gemm.h"
 #include "engine/cuda/small_gemm.h"
+#include "engine/cuda/step_graphs.h"
 #include "kernels/cuda_check.h"
 #include "kernels/sb_attn.h"
 
@@ -46,9 +47,6 @@ bool DebugSync() {
   }();
   return on;
 }
-
-// Decode graphs are captured per power-of-two context bucket of at least this many tokens.
-constexpr int kGraphMinContext = 512;
 
 // Measurement only: SBSERVE_ABLATE=stage,stage,... leaves those stages of every step out (their
 // outputs keep stale values, so the tokens are wrong), to time what each stage costs inside a
@@ -260,10 +258,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer blas_workspace_;
   // The block-table row length of the graph bucket that holds contexts of used_mb blocks.
   int GraphBlocks(int used_mb) const {
-    if (!graph_buckets_) return graph_mb_;
-    int mb = std::max(1, (kGraphMinContext + shape_.block_size - 1) / shape_.block_size);
-    while (mb < used_mb) mb *= 2;
-    return std::min(mb, graph_mb_);
+    return graph_buckets_ ? cuda::GraphContextBlocks(used_mb, shape_.block_size, graph_mb_) : graph_mb_;
   }
   void ClearGraphs() {
     for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
@@ -796,7 +791,7 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
     sh.max_q_prefill = std::max(sh.max_q_prefill, batch.cu_seqlens_q[b + 1] - batch.cu_seqlens_q[b]);
   }
   // A decode-only step whose logits are every row, in order, replays a graph captured with block
-  // tables padded to a bucket of the context (a power of two of at least kGraphMinContext tokens,
+  // tables padded to a bucket of the context (a power of two of at least cuda::kGraphMinContext tokens,
   // capped by the full context) and the decode split sized for that bucket, so a few graphs per
   // batch size serve every context length. A split sized for the full context would leave short
   // contexts in too few splits (tests/bench/engine.md, decode split by context bucket).

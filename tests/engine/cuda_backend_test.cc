@@ -18,6 +18,7 @@
 #include "tests/engine/gpu_test_util.h"
 #include "engine/backend.h"
 #include "engine/model/checkpoint.h"
+#include "engine/cuda/step_graphs.h"
 #include "engine/kv_cache.h"
 #include "engine/model/model_writer.h"
 #include "tests/engine/test_util.h"
@@ -249,6 +250,29 @@ TEST(CudaBackend, RefusesUnsupportedHeadDim) {
 
 namespace sbserve {
 namespace {
+
+// The context buckets of the decode graphs (no GPU needed): the smallest holds 512 tokens in whole
+// blocks, each next one twice the last, and none is longer than the full context.
+TEST(CudaGraphBuckets, PowerOfTwoBucketsFrom512TokensCappedByTheFullContext) {
+  // 16-token blocks, a 4096-token model (256 blocks): 32, 64, 128 and 256 blocks.
+  EXPECT_EQ(cuda::GraphContextBlocks(1, 16, 256), 32);
+  EXPECT_EQ(cuda::GraphContextBlocks(32, 16, 256), 32);    // 512 tokens
+  EXPECT_EQ(cuda::GraphContextBlocks(33, 16, 256), 64);    // 513..528 tokens
+  EXPECT_EQ(cuda::GraphContextBlocks(64, 16, 256), 64);
+  EXPECT_EQ(cuda::GraphContextBlocks(65, 16, 256), 128);
+  EXPECT_EQ(cuda::GraphContextBlocks(200, 16, 256), 256);
+  EXPECT_EQ(cuda::GraphContextBlocks(256, 16, 256), 256);
+  // A full context that is not a power-of-two bucket caps the last one.
+  EXPECT_EQ(cuda::GraphContextBlocks(90, 16, 100), 100);
+  EXPECT_EQ(cuda::GraphContextBlocks(20, 16, 20), 20);
+  // Other block sizes: 512 tokens in whole blocks (1-token blocks: 512; 64-token: 8; 1024-token: 1).
+  EXPECT_EQ(cuda::GraphContextBlocks(3, 1, 4096), 512);
+  EXPECT_EQ(cuda::GraphContextBlocks(513, 1, 4096), 1024);
+  EXPECT_EQ(cuda::GraphContextBlocks(1, 64, 64), 8);
+  EXPECT_EQ(cuda::GraphContextBlocks(9, 64, 64), 16);
+  EXPECT_EQ(cuda::GraphContextBlocks(1, 1024, 8), 1);
+  EXPECT_EQ(cuda::GraphContextBlocks(3, 1024, 8), 4);
+}
 
 // A second CUDA backend on p's checkpoint that runs every step kernel by kernel
 // (SBSERVE_CUDA_GRAPHS=0), with a 256 x 16 KV cache: the eager side of the graph tests.
