@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -154,7 +155,13 @@ class CudaBackend final : public Backend {
   absl::Status PrepareSteps(int64_t max_rows) override {
     if (!tuner_) return absl::OkStatus();
     SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-    return CheckSticky(tuner_->PrepareUpTo(max_rows));
+    const auto start = std::chrono::steady_clock::now();
+    SB_RETURN_IF_ERROR(CheckSticky(tuner_->PrepareUpTo(max_rows)));
+    // The start-up time the measured plans cost (SBSERVE_GEMM_TUNING), once per backend.
+    std::fprintf(stderr, "GEMM tuning: plans for every GEMM at row buckets up to %lld rows in %.1f s\n",
+                 static_cast<long long>(std::min<int64_t>(max_rows, tuning_max_rows_)),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return absl::OkStatus();
   }
 
   absl::StatusOr<MemoryInfo> Memory() const override {
@@ -245,6 +252,7 @@ class CudaBackend final : public Backend {
   // SBSERVE_GEMM_TUNING=1 (or =verbose) outside deterministic mode; null otherwise: every GEMM runs
   // on cuBLAS's default or the small kernels.
   std::unique_ptr<cuda::GemmTuner> tuner_;
+  int tuning_max_rows_ = 0;  // GemmTunerOptions::max_rows of tuner_
   cuda::DeviceSampler samplers_[2];
   int64_t launches_ = 0;            // steps enqueued with draws; launch i uses samplers_[i % 2]
   int outstanding_ = 0;             // of those, not collected (the latest ones)
@@ -412,6 +420,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (tune_gemms) {
     tuner_ = std::make_unique<cuda::GemmTuner>();
     SB_RETURN_IF_ERROR(tuner_->Init(stream_, blas_workspace_.get(), blas_workspace_.bytes(), tuning));
+    tuning_max_rows_ = tuning.max_rows;
     const int64_t D = c.n_embd, I = c.n_inner;
     // As Compute calls them: the output projections accumulate into the fp32 residual stream
     // unless a bias needs its own add.
