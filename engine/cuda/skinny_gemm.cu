@@ -505,8 +505,13 @@ cudaError_t LaunchSplit(void (*kernel)(KernelArgs...), int tiles, int split, int
 }
 
 constexpr int kMaxDevices = 64;
-template <int kNT, bool kGlu, int kStages, int kConsumers, bool kWgmma>
+// Staged launch variant kVariant (6 to 11): its stages, consumer warps and MMA from StagedStages,
+// StagedConsumers and StagedWgmma.
+template <int kNT, bool kGlu, int kVariant>
 cudaError_t LaunchStaged(const Args& a, int tiles, int split, cudaStream_t stream) {
+  constexpr int kStages = StagedStages(kVariant, kNT);
+  constexpr int kConsumers = StagedConsumers(kVariant);
+  constexpr bool kWgmma = StagedWgmma(kVariant);
   using L = StagedLayout<kNT, kStages>;
   // The shared-memory limit is raised once per device.
   static std::atomic<bool> raised[kMaxDevices] = {};
@@ -556,13 +561,13 @@ cudaError_t LaunchPrefetch(int prefetch, const Args& a, int tiles, int split, cu
     case 3: return Launch<kNT, kGlu, 0, true, 2>(a, tiles, split, stream);
     case 4: return Launch<kNT, kGlu, 0, true, kDeep>(a, tiles, split, stream);
     case 5: return Launch<kNT, kGlu, 0, false, kDeep>(a, tiles, split, stream);
-    case 6: return LaunchStaged<kNT, kGlu, StagedStages(6, kNT), StagedConsumers(6), StagedWgmma(6)>(a, tiles, split, stream);
-    case 7: return LaunchStaged<kNT, kGlu, StagedStages(7, kNT), StagedConsumers(7), StagedWgmma(7)>(a, tiles, split, stream);
-    case 8: return LaunchStaged<kNT, kGlu, StagedStages(8, kNT), StagedConsumers(8), StagedWgmma(8)>(a, tiles, split, stream);
-    case 9: return LaunchStaged<kNT, kGlu, StagedStages(9, kNT), StagedConsumers(9), StagedWgmma(9)>(a, tiles, split, stream);
+    case 6: return LaunchStaged<kNT, kGlu, 6>(a, tiles, split, stream);
+    case 7: return LaunchStaged<kNT, kGlu, 7>(a, tiles, split, stream);
+    case 8: return LaunchStaged<kNT, kGlu, 8>(a, tiles, split, stream);
+    case 9: return LaunchStaged<kNT, kGlu, 9>(a, tiles, split, stream);
 #if SBSERVE_ENGINE_SM90A
-    case 10: return LaunchStaged<kNT, kGlu, StagedStages(10, kNT), StagedConsumers(10), StagedWgmma(10)>(a, tiles, split, stream);
-    case 11: return LaunchStaged<kNT, kGlu, StagedStages(11, kNT), StagedConsumers(11), StagedWgmma(11)>(a, tiles, split, stream);
+    case 10: return LaunchStaged<kNT, kGlu, 10>(a, tiles, split, stream);
+    case 11: return LaunchStaged<kNT, kGlu, 11>(a, tiles, split, stream);
 #else
     case 10:
     case 11: return cudaErrorNotSupported;  // wgmma exists only in sm_90a code

@@ -58,6 +58,20 @@ inline void Reference(const std::vector<uint16_t>& x, const std::vector<uint16_t
     }
 }
 
+// A GEMM's random operands, x [n, in] ~ N(0, 1) and W [rows, in] ~ N(0, 0.05) in bf16 (drawn in
+// that order), their float64 product (Reference's ref and mag) and device copies.
+struct GemmOperands {
+  GemmOperands(int64_t n, int64_t in, int64_t rows, std::mt19937& rng)
+      : x(RandomBf16(n * in, 1.f, rng)), w(RandomBf16(rows * in, 0.05f, rng)), dx(x.size()), dw(w.size()) {
+    Reference(x, w, n, in, rows, &ref, &mag);
+    dx.Put(x);
+    dw.Put(w);
+  }
+  std::vector<uint16_t> x, w;
+  Dev<uint16_t> dx, dw;
+  std::vector<double> ref, mag;
+};
+
 // act: 0 silu, 1 gelu (erf), 2 gelu tanh, 3 relu.
 inline double Act(int act, double v) {
   switch (act) {

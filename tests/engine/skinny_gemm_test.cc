@@ -26,11 +26,11 @@ namespace {
 using testing::Dev;
 using testing::ExpectEpilogues;
 using testing::ExpectGlu;
+using testing::GemmOperands;
 using testing::HaveGpu;
 using testing::kCanary;
 using testing::kNanBf16;
 using testing::RandomBf16;
-using testing::Reference;
 
 TEST(SkinnyGemm, MatchesFloat64ForEveryRowCountSplitAndEpilogue) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
@@ -43,23 +43,18 @@ TEST(SkinnyGemm, MatchesFloat64ForEveryRowCountSplitAndEpilogue) {
   const Case cases[] = {{32, 1}, {96, 131}, {1056, 128}, {2304, 200}};
   for (const Case& c : cases) {
     for (int n : {1, 5, 8, 9, 16, 17, 31, 33, 48, 64}) {
-      const auto x = RandomBf16(n * c.in, 1.f, rng);
-      const auto w = RandomBf16(c.out * c.in, 0.05f, rng);
-      std::vector<double> ref, mag;
-      Reference(x, w, n, c.in, c.out, &ref, &mag);
-      Dev<uint16_t> dx(x.size()), dw(w.size());
-      dx.Put(x);
-      dw.Put(w);
+      const GemmOperands op(n, c.in, c.out, rng);
       const size_t count = static_cast<size_t>(n * c.out);
       for (int split : {0, 1, 2, 4, 8}) {
         for (int prefetch = 0; prefetch < cuda::kSkinnyGemmVariants; ++prefetch) {
           SCOPED_TRACE(absl::StrCat("in=", c.in, " out=", c.out, " n=", n, " split=", split, " prefetch=", prefetch));
           ASSERT_NO_FATAL_FAILURE(ExpectEpilogues(
               [&](void* y, bool y_f32, float alpha, float beta) {
-                return cuda::SkinnyGemm(dx.p, n, c.in, dw.p, c.out, y, y_f32, alpha, beta, nullptr, split, prefetch)
+                return cuda::SkinnyGemm(op.dx.p, n, c.in, op.dw.p, c.out, y, y_f32, alpha, beta, nullptr, split,
+                                        prefetch)
                     .ok();
               },
-              ref, mag, count));
+              op.ref, op.mag, count));
         }
       }
     }
@@ -73,20 +68,15 @@ TEST(SkinnyGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
   const int64_t in = 2304;
   for (int64_t inner : {int64_t{1}, int64_t{19}, int64_t{64}, int64_t{100}}) {
     for (int n : {1, 7, 16, 40, 64}) {
-      const auto x = RandomBf16(n * in, 1.f, rng);
-      const auto w = RandomBf16(2 * inner * in, 0.05f, rng);
-      std::vector<double> ref, mag;
-      Reference(x, w, n, in, 2 * inner, &ref, &mag);
-      Dev<uint16_t> dx(x.size()), dw(w.size()), out(n * inner + kCanary);
-      dx.Put(x);
-      dw.Put(w);
+      const GemmOperands op(n, in, 2 * inner, rng);
+      Dev<uint16_t> out(n * inner + kCanary);
       for (int split : {0, 1, 4}) {
         for (int variant : {0, 4, 6, 7, 8, 10}) {  // registers; with the L2 hint; staged: 3 / 4 stages, 8 warps, wgmma
         for (int act = 0; act < 4; ++act) {
           SCOPED_TRACE(absl::StrCat("inner=", inner, " n=", n, " split=", split, " variant=", variant, " act=", act));
           out.Put(std::vector<uint16_t>(out.n, kNanBf16));
-          ASSERT_TRUE(cuda::SkinnyGemmGlu(act, dx.p, n, in, dw.p, inner, out.p, nullptr, split, variant).ok());
-          ASSERT_NO_FATAL_FAILURE(ExpectGlu(out.Get(), ref, n, inner, act));
+          ASSERT_TRUE(cuda::SkinnyGemmGlu(act, op.dx.p, n, in, op.dw.p, inner, out.p, nullptr, split, variant).ok());
+          ASSERT_NO_FATAL_FAILURE(ExpectGlu(out.Get(), op.ref, n, inner, act));
         }
         }
       }

@@ -29,6 +29,7 @@ namespace {
 using testing::Dev;
 using testing::ExpectEpilogues;
 using testing::ExpectGlu;
+using testing::GemmOperands;
 using testing::HaveGpu;
 using testing::kCanary;
 using testing::kNanBf16;
@@ -49,20 +50,14 @@ TEST(SmallGemm, MatchesFloat64ForEveryRowCountAndEpilogue) {
     for (int n = 1; n <= cuda::kSmallGemmMaxRows; ++n) {
       SCOPED_TRACE(absl::StrCat("variant=", variant, " in=", c.in, " out=", c.out, " n=", n));
       cuda::SetSmallGemmVariant(variant);
-      const auto x = RandomBf16(n * c.in, 1.f, rng);
-      const auto w = RandomBf16(c.out * c.in, 0.05f, rng);
-      std::vector<double> ref, mag;
-      Reference(x, w, n, c.in, c.out, &ref, &mag);
-      Dev<uint16_t> dx(x.size()), dw(w.size());
-      dx.Put(x);
-      dw.Put(w);
+      const GemmOperands op(n, c.in, c.out, rng);
       const size_t count = static_cast<size_t>(n * c.out);
 
       ASSERT_NO_FATAL_FAILURE(ExpectEpilogues(
           [&](void* y, bool y_f32, float alpha, float beta) {
-            return cuda::SmallGemm(dx.p, n, c.in, dw.p, c.out, y, y_f32, alpha, beta, nullptr).ok();
+            return cuda::SmallGemm(op.dx.p, n, c.in, op.dw.p, c.out, y, y_f32, alpha, beta, nullptr).ok();
           },
-          ref, mag, count));
+          op.ref, op.mag, count));
     }
   }
   cuda::SetSmallGemmVariant(0);
@@ -79,16 +74,11 @@ TEST(SmallGemm, GluEpilogueMatchesFloat64ForEveryActivation) {
         SCOPED_TRACE(absl::StrCat("variant=", variant, " inner=", inner, " n=", n, " act=", act));
         cuda::SetSmallGemmVariant(variant);
         const int64_t in = 2304;
-        const auto x = RandomBf16(n * in, 1.f, rng);
-        const auto w = RandomBf16(2 * inner * in, 0.05f, rng);
-        std::vector<double> ref, mag;
-        Reference(x, w, n, in, 2 * inner, &ref, &mag);
-        Dev<uint16_t> dx(x.size()), dw(w.size()), out(n * inner + kCanary);
-        dx.Put(x);
-        dw.Put(w);
+        const GemmOperands op(n, in, 2 * inner, rng);
+        Dev<uint16_t> out(n * inner + kCanary);
         out.Put(std::vector<uint16_t>(out.n, kNanBf16));
-        ASSERT_TRUE(cuda::SmallGemmGlu(act, dx.p, n, in, dw.p, inner, out.p, nullptr).ok());
-        ASSERT_NO_FATAL_FAILURE(ExpectGlu(out.Get(), ref, n, inner, act));
+        ASSERT_TRUE(cuda::SmallGemmGlu(act, op.dx.p, n, in, op.dw.p, inner, out.p, nullptr).ok());
+        ASSERT_NO_FATAL_FAILURE(ExpectGlu(out.Get(), op.ref, n, inner, act));
       }
     }
   }
