@@ -162,8 +162,8 @@ absl::Status SbAttnPrefill(const SbAttnPrefillParams& p, CUstream_st* stream) {
   if (p.remainder == SbRemainder::kHeadBias && p.head_bias == nullptr)
     return absl::InvalidArgumentError("stick-breaking prefill: the head-bias remainder needs head_bias");
   if (p.batch > 65535) return absl::InvalidArgumentError("stick-breaking prefill: batch above 65535");
-  if (p.q_row_stride != 0 && (p.q_row_stride % 8 != 0 || p.q_row_stride < static_cast<int64_t>(p.num_heads) * p.head_dim ||
-                              p.q_row_stride > (int64_t{1} << 30)))
+  if (!SbRowStrideValid(p.q_row_stride, static_cast<int64_t>(p.num_heads) * p.head_dim) ||
+      p.q_row_stride > (int64_t{1} << 30))
     return absl::InvalidArgumentError("stick-breaking prefill: q_row_stride must be 0 or a multiple of 8 in [H * d, 2^30]");
   if (!(p.early_exit_log_threshold >= 0.f) || p.early_exit_log_threshold > 1e30f)
     return absl::InvalidArgumentError("stick-breaking prefill: early_exit_log_threshold must be finite and >= 0");
@@ -238,7 +238,7 @@ absl::Status SbAttnDecode(const SbAttnDecodeParams& p, CUstream_st* stream) {
     return absl::InvalidArgumentError("stick-breaking decode: the head-bias remainder needs head_bias");
   if (p.max_context < 1) return absl::InvalidArgumentError("stick-breaking decode: max_context must be >= 1");
   if (p.batch > 65535) return absl::InvalidArgumentError("stick-breaking decode: batch above 65535");
-  if (p.q_row_stride != 0 && (p.q_row_stride % 8 != 0 || p.q_row_stride < static_cast<int64_t>(p.num_heads) * p.head_dim))
+  if (!SbRowStrideValid(p.q_row_stride, static_cast<int64_t>(p.num_heads) * p.head_dim))
     return absl::InvalidArgumentError("stick-breaking decode: q_row_stride must be 0 or a multiple of 8 of at least H * d");
   if (!(p.early_exit_log_threshold >= 0.f) || p.early_exit_log_threshold > 1e30f)
     return absl::InvalidArgumentError("stick-breaking decode: early_exit_log_threshold must be finite and >= 0");
@@ -246,8 +246,7 @@ absl::Status SbAttnDecode(const SbAttnDecodeParams& p, CUstream_st* stream) {
     return absl::InvalidArgumentError("stick-breaking decode: keys_per_split must be 0 or a positive multiple of 64");
   if ((p.k_new == nullptr) != (p.v_new == nullptr))
     return absl::InvalidArgumentError("stick-breaking decode: k_new and v_new must be set together");
-  if (p.kv_row_stride < 0 || p.kv_row_stride % 8 != 0 ||
-      (p.kv_row_stride != 0 && p.kv_row_stride < static_cast<int64_t>(p.num_kv_heads) * p.head_dim))
+  if (!SbRowStrideValid(p.kv_row_stride, static_cast<int64_t>(p.num_kv_heads) * p.head_dim))
     return absl::InvalidArgumentError("stick-breaking decode: kv_row_stride must be 0 or a multiple of 8 of at least Hkv * d");
   const int log2_bs = Log2IfPow2(p.cache.block_size);
   const bool tc = SbAttnDecodeUsesTensorCores(p);

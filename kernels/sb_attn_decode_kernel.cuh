@@ -87,11 +87,7 @@ __device__ __forceinline__ void DecodeAppendNewKv(const SbAttnDecodeParams& p, c
     return;
   const int64_t stride = p.kv_row_stride != 0 ? p.kv_row_stride : static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
   const int row = p.q_rows != nullptr ? p.q_rows[ch.b] : ch.b;
-  const int pos = p.context_lens[ch.b] - 1;
-  const int bs_mask = (1 << log2_bs) - 1;
-  const int64_t slot =
-      static_cast<int64_t>(p.cache.block_tables[static_cast<int64_t>(ch.b) * p.cache.max_blocks + (pos >> log2_bs)]) *
-          (bs_mask + 1) + (pos & bs_mask);
+  const int64_t slot = device::CacheSlot(p.cache, ch.b, p.context_lens[ch.b] - 1, log2_bs);
   const bool v = tid >= kVecs;
   const __nv_bfloat16* src = static_cast<const __nv_bfloat16*>(v ? p.v_new : p.k_new) + row * stride +
                              static_cast<int64_t>(ch.hk) * kHeadDim;
@@ -382,10 +378,7 @@ __global__ void __launch_bounds__(kHeadDim * kCombineGroups)
   if (s_lo > 0) carry = 0.f;  // the cut drops the older keys and the remainder together
   if (p.remainder == SbRemainder::kOwnValue) {
     const int hk = h / (p.num_heads / p.num_kv_heads);
-    const int pos = ctx - 1;
-    const int bs_mask = (1 << log2_bs) - 1;
-    const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
-    const int64_t slot = static_cast<int64_t>(block_table[pos >> log2_bs]) * (bs_mask + 1) + (pos & bs_mask);
+    const int64_t slot = device::CacheSlot(p.cache, b, ctx - 1, log2_bs);
     const __nv_bfloat16* v = static_cast<const __nv_bfloat16*>(p.cache.v);
     o = fmaf(carry, __bfloat162float(v[(slot * p.num_kv_heads + hk) * kHeadDim + di]), o);
   } else if (p.remainder == SbRemainder::kHeadBias) {

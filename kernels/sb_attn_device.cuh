@@ -6,7 +6,17 @@
 
 #include <cstdint>
 
+#include "kernels/sb_attn_params.h"
+
 namespace sbserve::kernels::device {
+
+// The paged cache slot of position pos of sequence b: its block's id (from the block table) times
+// the block size, plus the offset in the block (block size 1 << log2_bs).
+__device__ __forceinline__ int64_t CacheSlot(const SbKvCache& cache, int b, int pos, int log2_bs) {
+  const int bs_mask = (1 << log2_bs) - 1;
+  return static_cast<int64_t>(cache.block_tables[static_cast<int64_t>(b) * cache.max_blocks + (pos >> log2_bs)]) *
+             (bs_mask + 1) + (pos & bs_mask);
+}
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -9,6 +9,12 @@
 
 namespace sbserve::kernels {
 
+// Whether a row stride in elements (q_row_stride, kv_row_stride) is 0 (rows packed) or a multiple of 8
+// (16-byte rows) of at least min_elems.
+inline bool SbRowStrideValid(int64_t stride, int64_t min_elems) {
+  return stride == 0 || (stride % 8 == 0 && stride >= min_elems);
+}
+
 // How decode splits the keys; chosen on the host from host-known bounds.
 struct SbDecodeSplit {
   int keys_per_split = 0;  // multiple of 64

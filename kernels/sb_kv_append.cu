@@ -7,6 +7,8 @@
 #include "kernels/cuda_check.h"
 #include "kernels/pdl.h"
 #include "kernels/sb_attn.h"
+#include "kernels/sb_attn_device.cuh"
+#include "kernels/sb_attn_launch.h"
 
 namespace sbserve::kernels {
 namespace {
@@ -28,10 +30,7 @@ __global__ void __launch_bounds__(128)
   const int q_start = p.cu_seqlens_q[b];
   const int q_len = p.cu_seqlens_q[b + 1] - q_start;
   const int pos = p.context_lens[b] - q_len + (token - q_start);
-  const int bs_mask = (1 << log2_bs) - 1;
-  const int64_t slot =
-      static_cast<int64_t>(p.cache.block_tables[static_cast<int64_t>(b) * p.cache.max_blocks + (pos >> log2_bs)]) *
-          (bs_mask + 1) + (pos & bs_mask);
+  const int64_t slot = device::CacheSlot(p.cache, b, pos, log2_bs);
   const uint4* k_src = static_cast<const uint4*>(p.k) + static_cast<int64_t>(token) * src_vec_stride;
   const uint4* v_src = static_cast<const uint4*>(p.v) + static_cast<int64_t>(token) * src_vec_stride;
   uint4* k_dst = static_cast<uint4*>(p.cache.k) + slot * vec_per_token;
@@ -58,7 +57,7 @@ absl::Status SbKvAppend(const SbKvAppendParams& p, CUstream_st* stream) {
   int log2_bs = 0;
   while ((1 << log2_bs) < bs) ++log2_bs;
   const int vec_per_token = p.num_kv_heads * p.head_dim / 8;
-  if (p.kv_row_stride != 0 && (p.kv_row_stride % 8 != 0 || p.kv_row_stride < p.num_kv_heads * p.head_dim))
+  if (!SbRowStrideValid(p.kv_row_stride, static_cast<int64_t>(p.num_kv_heads) * p.head_dim))
     return absl::InvalidArgumentError("kv append: kv_row_stride must be 0 or a multiple of 8 of at least Hkv * d");
   const int64_t src_vec_stride = p.kv_row_stride != 0 ? p.kv_row_stride / 8 : vec_per_token;
   SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_kv_append_bf16_kernel, dim3(p.total_q), dim3(128), 0, stream, p, log2_bs,
