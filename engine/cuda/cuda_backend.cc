@@ -49,6 +49,12 @@ bool DebugSync() {
   return on;
 }
 
+// Whether a switch that is on by default is turned off: its environment variable is "0".
+bool EnvOff(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == "0";
+}
+
 // Measurement only: SBSERVE_ABLATE=stage,stage,... leaves those stages of every step out (their
 // outputs keep stale values, so the tokens are wrong), to time what each stage costs inside a
 // replayed step (tests/bench/engine.md). Stages: embed, norm, c_attn, kv_append, attn, proj, c_fc,
@@ -330,20 +336,18 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
     return absl::UnimplementedError(absl::StrCat("CUDA backend: head_dim ", c.head_dim,
                                                  " is not supported (supported: 64, 128); use the CPU backend"));
   }
-  if (options.decode_keys_per_split < 0 || options.decode_keys_per_split % 64 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("CUDA backend: decode_keys_per_split must be 0 or a positive multiple of 64, got ",
-                                                   options.decode_keys_per_split));
-  }
+  // Keys per decode split: the option, else SBSERVE_DECODE_KEYS_PER_SPLIT (A/B runs of the split
+  // rule), else 0 (the rule).
   decode_keys_per_split_ = options.decode_keys_per_split;
-  // SBSERVE_DECODE_KEYS_PER_SPLIT: the same for A/B runs of the decode split rule (0: the rule).
+  const char* kps_from = "CUDA backend: decode_keys_per_split";
   if (const char* g = std::getenv("SBSERVE_DECODE_KEYS_PER_SPLIT");
       g != nullptr && *g != '\0' && decode_keys_per_split_ == 0) {
-    const int kps = std::atoi(g);
-    if (kps < 0 || kps % 64 != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("SBSERVE_DECODE_KEYS_PER_SPLIT must be 0 or a positive multiple of 64, got ", g));
-    }
-    decode_keys_per_split_ = kps;
+    decode_keys_per_split_ = std::atoi(g);
+    kps_from = "SBSERVE_DECODE_KEYS_PER_SPLIT";
+  }
+  if (decode_keys_per_split_ < 0 || decode_keys_per_split_ % 64 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kps_from, " must be 0 or a positive multiple of 64, got ", decode_keys_per_split_));
   }
   deterministic_ = options.deterministic;
   device_ = options.device;
@@ -355,16 +359,10 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   // A fixed cuBLAS workspace: graph capture must not allocate.
   SB_RETURN_IF_ERROR(blas_workspace_.Reserve(size_t{32} << 20));
   SB_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(blas_, blas_workspace_.get(), size_t{32} << 20));
-  if (const char* g = std::getenv("SBSERVE_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") use_graphs_ = false;
-  if (const char* g = std::getenv("SBSERVE_GRAPH_CONTEXT_BUCKETS"); g != nullptr && std::string(g) == "0") {
-    graph_buckets_ = false;
-  }
-  if (const char* g = std::getenv("SBSERVE_FUSED_KV_APPEND"); g != nullptr && std::string(g) == "0") {
-    fused_kv_append_ = false;
-  }
-  if (const char* g = std::getenv("SBSERVE_DEVICE_SAMPLING"); g != nullptr && std::string(g) == "0") {
-    device_sampling_ = false;
-  }
+  if (EnvOff("SBSERVE_CUDA_GRAPHS")) use_graphs_ = false;
+  if (EnvOff("SBSERVE_GRAPH_CONTEXT_BUCKETS")) graph_buckets_ = false;
+  if (EnvOff("SBSERVE_FUSED_KV_APPEND")) fused_kv_append_ = false;
+  if (EnvOff("SBSERVE_DEVICE_SAMPLING")) device_sampling_ = false;
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_ROWS"); g != nullptr && *g != '\0') {
     small_gemm_rows_ = std::atoi(g);
   }
