@@ -152,15 +152,130 @@ __device__ void DecodeWriteChunk(const float* o_s, const float* p_s, const Decod
   }
 }
 
+// Folds splits [lo, hi) of one (sequence, head) partial row (`base` = its index of split 0) into
+// (o, carry), newest first, with loads issued in batches of 4 so that hundreds of splits do not
+// serialise on memory latency. The loads go to L2 (ld.global.cg): in DecodeFoldInSplit the
+// partials were written by other CTAs of the same grid, which this SM's L1 may hold stale lines of.
+// The one fold order of the combine kernel and of DecodeFoldInSplit (the same bits either way).
+template <int kHeadDim>
+__device__ __forceinline__ void DecodeFoldRange(const float* o_part, const float* p_part, int64_t base, int lo,
+                                                int hi, int di, float& o, float& carry) {
+  o = 0.f;
+  carry = 1.f;
+  for (int s = hi - 1; s >= lo; s -= 4) {
+    float ov[4], pv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const bool ok = s - u >= lo;
+      ov[u] = ok ? __ldcg(o_part + (base + s - u) * kHeadDim + di) : 0.f;
+      pv[u] = ok ? __ldcg(p_part + base + s - u) : 1.f;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      o = fmaf(ov[u], carry, o);
+      carry *= pv[u];
+    }
+  }
+}
+
+// The splits [lo, hi) that fold group grp of kCombineGroups takes out of [s_lo, n_split_b).
+__device__ __forceinline__ void DecodeCombineGroupRange(int s_lo, int n_split_b, int grp, int& lo, int& hi) {
+  const int per = (n_split_b - s_lo + kCombineGroups - 1) / kCombineGroups;
+  lo = s_lo + grp * per;
+  hi = min(n_split_b, lo + per);
+}
+
+// Element di of head h's output from its folded chunks (o, carry = the product over every key):
+// adds the remainder term, stores o (bf16) and rem. `cut`: the early exit dropped the older keys,
+// and with them the remainder. own_v: the query token's own V row of head h's KV head (R1 only).
+template <int kHeadDim>
+__device__ __forceinline__ void DecodeFinishHead(const SbAttnDecodeParams& p, int b, int h, int di, float o,
+                                                 float carry, bool cut, const __nv_bfloat16* own_v) {
+  if (cut) carry = 0.f;
+  if (p.remainder == SbRemainder::kOwnValue) {
+    o = fmaf(carry, __bfloat162float(own_v[di]), o);
+  } else if (p.remainder == SbRemainder::kHeadBias) {
+    o = fmaf(carry, p.head_bias[static_cast<int64_t>(h) * kHeadDim + di], o);
+  }
+  const int qrow = p.q_rows != nullptr ? p.q_rows[b] : b;
+  static_cast<__nv_bfloat16*>(p.o)[(static_cast<int64_t>(qrow) * p.num_heads + h) * kHeadDim + di] =
+      __float2bfloat16(o);
+  if (p.rem != nullptr && di == 0) p.rem[static_cast<int64_t>(qrow) * p.num_heads + h] = carry;
+}
+
+// The cache row of the query token's own V for KV head hk (position T - 1, appended before the call
+// or by this call's split grid, which has completed by the combine kernel).
+template <int kHeadDim>
+__device__ __forceinline__ const __nv_bfloat16* DecodeOwnValueInCache(const SbAttnDecodeParams& p, int b, int hk,
+                                                                       int log2_bs) {
+  const int64_t slot = device::CacheSlot(p.cache, b, p.context_lens[b] - 1, log2_bs);
+  return static_cast<const __nv_bfloat16*>(p.cache.v) + (slot * p.num_kv_heads + hk) * kHeadDim;
+}
+
+// The combine inside the split grid (no early exit): after writing its chunk's partials, each CTA
+// counts itself in done[(b, head group)]; the last one of the sequence's n_split_b chunks (the only
+// one, with a single chunk) folds every chunk of its kG heads exactly as the combine kernel does
+// (same groups, same order: bitwise its result), finishes the heads and sets the counter back to
+// zero for the next call. That saves the combine launch per layer and its wait on the split grid.
+// R1's own value comes from v_new when the split grid appends it (another CTA may be writing the
+// cache slot now), else from the cache.
+template <int kHeadDim, int kG>
+__device__ void DecodeFoldInSplit(const SbAttnDecodeParams& p, int log2_bs, const DecodeChunk& ch, int num_splits,
+                                  const float* o_part, const float* p_part, unsigned* done) {
+  __shared__ bool last;
+  const int tid = static_cast<int>(threadIdx.x);
+  if (ch.n_split_b > 1) {
+    __threadfence();  // this CTA's partials are visible device-wide before it is counted
+    __syncthreads();
+    if (tid == 0) {
+      unsigned* counter = done + static_cast<int64_t>(ch.b) * (p.num_heads / kG) + ch.h0 / kG;
+      last = atomicAdd(counter, 1u) == static_cast<unsigned>(ch.n_split_b - 1);
+      if (last) *counter = 0u;  // every chunk of this (sequence, head group) is counted
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();  // the other chunks' partials are read after their counts
+  } else {
+    __syncthreads();  // the CTA's own partials, written by other threads
+  }
+  const __nv_bfloat16* own_v = nullptr;
+  if (p.remainder == SbRemainder::kOwnValue) {
+    const int64_t stride = p.kv_row_stride != 0 ? p.kv_row_stride : static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
+    own_v = p.v_new != nullptr ? static_cast<const __nv_bfloat16*>(p.v_new) +
+                                     (p.q_rows != nullptr ? p.q_rows[ch.b] : ch.b) * stride +
+                                     static_cast<int64_t>(ch.hk) * kHeadDim
+                               : DecodeOwnValueInCache<kHeadDim>(p, ch.b, ch.hk, log2_bs);
+  }
+  for (int e = tid; e < kG * kHeadDim; e += kDecodeThreads) {
+    const int h = ch.h0 + e / kHeadDim;
+    const int di = e % kHeadDim;
+    const int64_t base = (static_cast<int64_t>(ch.b) * p.num_heads + h) * num_splits;
+    float o = 0.f;
+    float carry = 1.f;
+#pragma unroll
+    for (int grp = kCombineGroups - 1; grp >= 0; --grp) {
+      int lo, hi;
+      DecodeCombineGroupRange(0, ch.n_split_b, grp, lo, hi);
+      float og, cg;
+      DecodeFoldRange<kHeadDim>(o_part, p_part, base, lo, hi, di, og, cg);
+      o = fmaf(og, carry, o);
+      carry *= cg;
+    }
+    DecodeFinishHead<kHeadDim>(p, ch.b, h, di, o, carry, false, own_v);
+  }
+}
+
 // Partials: o_part [B, H, num_splits, d] fp32, p_part [B, H, num_splits] fp32; flags
-// [B, H / kG, num_splits] (early exit only, zeroed before the launch; null otherwise).
+// [B, H / kG, num_splits] (early exit only, zeroed before the launch; null otherwise); done
+// [B * H / kG] (SbAttnDecodeParams::done_counters without the early exit: the last CTA of each
+// (sequence, head group) folds the chunks itself, DecodeFoldInSplit; null: the combine kernel runs).
 // Grid: (num_splits, H / kG, B), or with the early exit (H / kG, B, num_splits) with the chunk
 // counted from the newest.
 template <int kHeadDim, int kG>
 __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::kMinBlocks)
     sb_attn_decode_split_bf16_kernel(const SbAttnDecodeParams p, const int log2_bs, const int keys_per_split,
                                      const int num_splits, float* __restrict__ o_part, float* __restrict__ p_part,
-                                     unsigned* __restrict__ flags) {
+                                     unsigned* __restrict__ flags, unsigned* __restrict__ done) {
   using namespace device;
   // Launched as a programmatic dependent (kernels/pdl.h): the cache and q come from the kernels
   // before. Then let the combine grid (a programmatic dependent launch) be scheduled as CTAs
@@ -297,6 +412,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
   }
   __syncthreads();
   DecodeWriteChunk<kHeadDim, kG>(&o_s[0][0][0], &p_s[0][0], ch, H, num_splits, o_part, p_part);
+  if (done != nullptr) DecodeFoldInSplit<kHeadDim, kG>(p, log2_bs, ch, num_splits, o_part, p_part, done);
 }
 
 // Combine kernel: one CTA of kCombineGroups * kHeadDim threads per (sequence, query head). Each
@@ -342,26 +458,10 @@ __global__ void __launch_bounds__(kHeadDim * kCombineGroups)
     s_lo = prod < exit_carry ? s + 1 : 0;
   }
 
-  const int count = n_split_b - s_lo;
-  const int per = (count + kCombineGroups - 1) / kCombineGroups;
-  const int g_lo = s_lo + grp * per;
-  const int g_hi = min(n_split_b, g_lo + per);
-  float o = 0.f;
-  float carry = 1.f;
-  for (int s = g_hi - 1; s >= g_lo; s -= 4) {
-    float ov[4], pv[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const bool ok = s - u >= g_lo;
-      ov[u] = ok ? o_part[(base + s - u) * kHeadDim + di] : 0.f;
-      pv[u] = ok ? p_part[base + s - u] : 1.f;
-    }
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      o = fmaf(ov[u], carry, o);
-      carry *= pv[u];
-    }
-  }
+  int g_lo, g_hi;
+  DecodeCombineGroupRange(s_lo, n_split_b, grp, g_lo, g_hi);
+  float o, carry;
+  DecodeFoldRange<kHeadDim>(o_part, p_part, base, g_lo, g_hi, di, o, carry);
   __shared__ float o_s[kCombineGroups][kHeadDim];
   __shared__ float c_s[kCombineGroups];
   o_s[grp][di] = o;
@@ -375,18 +475,10 @@ __global__ void __launch_bounds__(kHeadDim * kCombineGroups)
     o = fmaf(o_s[gq][di], carry, o);
     carry *= c_s[gq];
   }
-  if (s_lo > 0) carry = 0.f;  // the cut drops the older keys and the remainder together
-  if (p.remainder == SbRemainder::kOwnValue) {
-    const int hk = h / (p.num_heads / p.num_kv_heads);
-    const int64_t slot = device::CacheSlot(p.cache, b, ctx - 1, log2_bs);
-    const __nv_bfloat16* v = static_cast<const __nv_bfloat16*>(p.cache.v);
-    o = fmaf(carry, __bfloat162float(v[(slot * p.num_kv_heads + hk) * kHeadDim + di]), o);
-  } else if (p.remainder == SbRemainder::kHeadBias) {
-    o = fmaf(carry, p.head_bias[static_cast<int64_t>(h) * kHeadDim + di], o);
-  }
-  const int qrow = p.q_rows != nullptr ? p.q_rows[b] : b;
-  static_cast<__nv_bfloat16*>(p.o)[(static_cast<int64_t>(qrow) * H + h) * kHeadDim + di] = __float2bfloat16(o);
-  if (p.rem != nullptr && di == 0) p.rem[static_cast<int64_t>(qrow) * H + h] = carry;
+  const __nv_bfloat16* own_v = p.remainder == SbRemainder::kOwnValue
+                                   ? DecodeOwnValueInCache<kHeadDim>(p, b, h / (p.num_heads / p.num_kv_heads), log2_bs)
+                                   : nullptr;
+  DecodeFinishHead<kHeadDim>(p, b, h, di, o, carry, s_lo > 0, own_v);
 }
 
 }  // namespace sbserve::kernels

@@ -37,16 +37,19 @@ absl::Status LaunchSbAttnDecode(const SbAttnDecodeParams& p, int log2_bs, const 
     SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flags, 0, parts * sizeof(unsigned), stream));
     grid = dim3(hgs, p.batch, split.num_splits);  // newest chunks first
   }
+  // Without the early exit, given the counters, the split grid combines its chunks itself.
+  unsigned* done = flags == nullptr ? p.done_counters : nullptr;
   if (tensor_core) {
     SB_CUDA_RETURN_IF_ERROR((SbDecodeMmaAllowSmem<kHeadDim, kG>()));
     SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_attn_decode_split_mma_kernel<kHeadDim, kG>, grid, dim3(kDecodeThreads),
                                       SbDecodeMmaTraits<kHeadDim, kG>::kSmemBytes, stream, p, log2_bs,
-                                      split.keys_per_split, split.num_splits, o_part, p_part, flags));
+                                      split.keys_per_split, split.num_splits, o_part, p_part, flags, done));
   } else {
     SB_CUDA_RETURN_IF_ERROR(LaunchPdl(sb_attn_decode_split_bf16_kernel<kHeadDim, kG>, grid, dim3(kDecodeThreads), 0,
                                       stream, p, log2_bs, split.keys_per_split, split.num_splits, o_part, p_part,
-                                      flags));
+                                      flags, done));
   }
+  if (done != nullptr) return absl::OkStatus();
   // The combine is a programmatic dependent launch: its CTAs are scheduled while the last split
   // CTAs run and wait in griddepcontrol.wait for the split grid's results, which hides the launch
   // gap between the two kernels.

@@ -73,7 +73,7 @@ template <int kHeadDim, int kG>
 __global__ void __launch_bounds__(kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG>::kMinBlocks)
     sb_attn_decode_split_mma_kernel(const SbAttnDecodeParams p, const int log2_bs, const int keys_per_split,
                                     const int num_splits, float* __restrict__ o_part, float* __restrict__ p_part,
-                                    unsigned* __restrict__ flags) {
+                                    unsigned* __restrict__ flags, unsigned* __restrict__ done) {
   using namespace device;
   using Tr = SbDecodeMmaTraits<kHeadDim, kG>;
   constexpr int kKC = kHeadDim / 16;  // k16 steps of q . k
@@ -260,6 +260,7 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeMmaTraits<kHeadDim, kG
   }
   __syncthreads();
   DecodeWriteChunk<kHeadDim, kG>(o_s, p_s, ch, H, num_splits, o_part, p_part);
+  if (done != nullptr) DecodeFoldInSplit<kHeadDim, kG>(p, log2_bs, ch, num_splits, o_part, p_part, done);
 }
 
 }  // namespace sbserve::kernels

@@ -156,6 +156,11 @@ struct SbAttnDecodeParams {
   const void* k_new = nullptr;
   const void* v_new = nullptr;
   int64_t kv_row_stride = 0;             // elements between rows of k_new / v_new; 0: Hkv * d
+  // Optional [B * H] counters, zero before the call and left zero after it (zero them once when
+  // allocated). Given them and without the early exit, the last split CTA of each (sequence, group
+  // of query heads) folds the chunks and writes o and rem itself, bitwise what the combine kernel
+  // writes, and no combine kernel is launched. null: the combine kernel (always with the early exit).
+  unsigned* done_counters = nullptr;
 };
 
 }  // namespace sbserve::kernels

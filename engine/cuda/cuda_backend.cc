@@ -266,6 +266,11 @@ class CudaBackend final : public Backend {
   int graph_mb_ = 0;  // block-table row length of the full context: the largest graph bucket
   bool graph_buckets_ = true;  // SBSERVE_GRAPH_CONTEXT_BUCKETS=0: one graph per batch size, at graph_mb_
   bool fused_kv_append_ = true;  // SBSERVE_FUSED_KV_APPEND=0: decode-only steps append in their own launch
+  // SBSERVE_DECODE_COMBINE_IN_SPLIT=0: a combine kernel after each decode split grid. Otherwise the
+  // split grid's last CTA per (sequence, head group) combines, counted in done_counters_ ([B * H],
+  // zero between calls).
+  bool combine_in_split_ = true;
+  DeviceBuffer done_counters_;
   // Decode graphs by (batch size, block-table row length): each is captured with its rows padded to
   // a power-of-two bucket of the context (GraphBlocks), and the decode split sized for that bucket.
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;
@@ -362,6 +367,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (EnvOff("SBSERVE_CUDA_GRAPHS")) use_graphs_ = false;
   if (EnvOff("SBSERVE_GRAPH_CONTEXT_BUCKETS")) graph_buckets_ = false;
   if (EnvOff("SBSERVE_FUSED_KV_APPEND")) fused_kv_append_ = false;
+  if (EnvOff("SBSERVE_DECODE_COMBINE_IN_SPLIT")) combine_in_split_ = false;
   if (EnvOff("SBSERVE_DEVICE_SAMPLING")) device_sampling_ = false;
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_ROWS"); g != nullptr && *g != '\0') {
     small_gemm_rows_ = std::atoi(g);
@@ -541,6 +547,12 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
       return absl::InternalError("decode workspace not reserved before the step");
     }
     dp.workspace = workspace_.get();
+    if (combine_in_split_) {
+      if (done_counters_.bytes() < static_cast<size_t>(dp.batch) * dp.num_heads * sizeof(unsigned)) {
+        return absl::InternalError("decode counters not reserved before the step");
+      }
+      dp.done_counters = done_counters_.get<unsigned>();
+    }
     SB_RETURN_IF_ERROR(Trace(stream_, "attn_decode", kernels::SbAttnDecode(dp, stream_)));
   }
   if (prefill_seq0 < sh.B) {
@@ -860,6 +872,15 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
     const size_t ws = kernels::SbAttnDecodeWorkspaceBytes(probe);
     SB_RETURN_IF_ERROR(workspace_.Reserve(ws, &moved));
     workspace_bytes_ = std::max(workspace_bytes_, ws);
+    if (combine_in_split_) {
+      bool grown = false;
+      SB_RETURN_IF_ERROR(done_counters_.Reserve(static_cast<size_t>(sh.nd) * c.n_head * sizeof(unsigned), &grown));
+      if (grown) {
+        // Zero once: every decode call leaves its counters zero.
+        SB_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(done_counters_.get(), 0, done_counters_.bytes(), stream_));
+        moved = true;
+      }
+    }
   }
   if (moved) ClearGraphs();
   SB_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.get(), pinned_, total_ints * 4, cudaMemcpyHostToDevice, stream_));

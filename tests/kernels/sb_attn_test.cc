@@ -99,6 +99,9 @@ enum class Path { kPrefill, kDecode };
 // Decode split kernel and forced keys per split (0: the default) of RunOnDevice's decode runs.
 SbDecodeKernel g_decode_kernel = SbDecodeKernel::kAuto;
 int g_decode_keys_per_split = 0;
+// Whether RunOnDevice's decode runs pass done_counters (the split grid combines its chunks itself,
+// as in the engine) or run the combine kernel.
+bool g_decode_combine_in_split = true;
 
 // Both decode split kernels; decode cases run with each on the same problem (making a large
 // problem costs more than running it).
@@ -244,6 +247,12 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
 
   DeviceBuffer<unsigned long long> stats(2);
   CUDA_OK(stats.Upload({0, 0}));
+  const size_t n_counters = static_cast<size_t>(pb.batch) * H;
+  DeviceBuffer<unsigned> counters;
+  if (path == Path::kDecode && g_decode_combine_in_split) {
+    counters = DeviceBuffer<unsigned>(n_counters);
+    CUDA_OK(counters.Upload(std::vector<unsigned>(n_counters, 0u)));
+  }
   Outputs runs[2];
   for (int run = 0; run < 2; ++run) {
     CUDA_OK(dp.o.Poison());
@@ -291,6 +300,7 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
       p.early_exit_stats = ee.stats != nullptr ? stats.get() : nullptr;
       p.kernel = g_decode_kernel;
       p.keys_per_split = g_decode_keys_per_split;
+      p.done_counters = counters.get();
       if (append_in_decode) {
         p.k_new = ap.k;
         p.v_new = ap.v;
@@ -308,6 +318,12 @@ void RunOnDevice(const Problem& pb, Path path, bool reverse_rows, Outputs* out, 
     CUDA_OK(dp.rem.Download(runs[run].rem));
   }
   if (append_in_decode) ASSERT_NO_FATAL_FAILURE(check_cache("after the decode's own append"));
+  if (counters.get() != nullptr) {
+    std::vector<unsigned> left;
+    CUDA_OK(counters.Download(left));
+    ASSERT_TRUE(std::all_of(left.begin(), left.end(), [](unsigned c) { return c == 0u; }))
+        << "the decode left done_counters non-zero";
+  }
   if (ee.stats != nullptr) {
     std::vector<unsigned long long> h;
     CUDA_OK(stats.Download(h));
@@ -590,6 +606,55 @@ TEST(SbAttnDecode, FusedAppendMatchesSeparateAppend) {
           });
         }
       }
+    }
+    g_decode_keys_per_split = 0;
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+// The split grid's own combine (SbAttnDecodeParams::done_counters, the engine's default) gives
+// bitwise the combine kernel's o and rem, and leaves the counters zero (RunOnDevice checks it):
+// MHA and GQA (several CTAs per KV head), d 64 and 128, one chunk per sequence and hundreds (a
+// forced 64-key chunk), contexts from 1, rows in reverse order, the decode's own K/V append (R1
+// reads v_new then) and each remainder. With the early exit the counters are ignored.
+TEST(SbAttnDecode, CombineInSplitMatchesCombineKernel) {
+  REQUIRE_GPU();
+  const std::vector<int> ctx = {1, 2, 65, 300, 2049, 9000};
+  std::vector<int> prefix;
+  for (int c : ctx) prefix.push_back(c - 1);
+  struct Case {
+    Shape s;
+    SbRemainder r;
+  };
+  for (const Case& c : {Case{{64, 4, 4, 16}, SbRemainder::kOwnValue}, Case{{64, 16, 1, 32}, SbRemainder::kHeadBias},
+                        Case{{128, 8, 2, 16}, SbRemainder::kOwnValue}, Case{{128, 16, 2, 64}, SbRemainder::kNone}}) {
+    ProblemSpec spec = Spec(c.s, std::vector<int>(ctx.size(), 1), prefix, 21);
+    spec.remainder = c.r;
+    spec.shift = 0.5f;
+    const Problem pb = MakeProblem(spec);
+    for (int kps : {0, 64, 1024}) {
+      g_decode_keys_per_split = kps;
+      for (int mode = 0; mode < 4; ++mode) {  // 0 plain, 1 reversed rows, 2 own append, 3 early exit
+        const bool reverse = mode == 1, own_append = mode == 2;
+        EarlyExit ee;
+        ee.tau = mode == 3 ? 2.f : 0.f;
+        const std::string what = Name("decode combine in split", c.s) + " kps " + std::to_string(kps) + " mode " +
+                                 std::to_string(mode);
+        ForEachKernelOf(pb, Path::kDecode, what.c_str(), [&](const char* name) {
+          SCOPED_TRACE(name);
+          Outputs kernel, in_split;
+          g_decode_combine_in_split = false;
+          ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, Path::kDecode, reverse, &kernel, ee, false, own_append));
+          g_decode_combine_in_split = true;
+          ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, Path::kDecode, reverse, &in_split, ee, false, own_append));
+          ASSERT_EQ(kernel.o, in_split.o);
+          ASSERT_EQ(0, std::memcmp(kernel.rem.data(), in_split.rem.data(), kernel.rem.size() * 4));
+          if (ee.tau == 0.f) ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, in_split, name));
+        });
+        g_decode_combine_in_split = true;
+        if (::testing::Test::HasFatalFailure()) break;
+      }
+      if (::testing::Test::HasFatalFailure()) break;
     }
     g_decode_keys_per_split = 0;
     if (::testing::Test::HasFatalFailure()) return;
