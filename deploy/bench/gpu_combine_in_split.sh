@@ -3,7 +3,8 @@
 # one device call: every GPU test, compute-sanitizer memcheck and racecheck on small decode cases
 # (which take the in-split combine with several chunks), the decode step A/B (gpu_decode_ab.sh,
 # combine kernel vs in-split), the small-GEMM shape <1, 2, 8> (variant 4) at B = 1 and 2, and the
-# serving A/B (gpu_serve_ab.sh) unless SERVE=0.
+# decode step without CUDA graphs at B = 1 and 64 (the launch cost that graphs of mixed steps could
+# save), and the serving A/B (gpu_serve_ab.sh) unless SERVE=0.
 # Expects in $PWD/.gpu/{bin,lib}: sb_attn_test cuda_backend_test cuda_engine_test device_sampler_test
 # small_gemm_test skinny_gemm_test sbmodel sbserve sbctl; logs to $OUT.
 set -u
@@ -30,7 +31,7 @@ if [ "${SANITIZE:-1}" = 1 ]; then
 fi
 wait "$creator"
 A='SBSERVE_DECODE_COMBINE_IN_SPLIT=0' B='X=1' TESTS= \
-  EXTRA="1:SBSERVE_SMALL_GEMM_VARIANT=4 1:X=1 2:SBSERVE_SMALL_GEMM_VARIANT=4 2:X=1" OUT=$OUT bash "$here/gpu_decode_ab.sh"
+  EXTRA="1:SBSERVE_SMALL_GEMM_VARIANT=4 1:X=1 2:SBSERVE_SMALL_GEMM_VARIANT=4 2:X=1 1:SBSERVE_CUDA_GRAPHS=0 64:SBSERVE_CUDA_GRAPHS=0" OUT=$OUT bash "$here/gpu_decode_ab.sh"
 for b in 1 16 64; do  # the prefill rows too, default flags
   echo "B=$b: $("$BIN"/sbmodel bench --model /tmp/m3b --batch $b --prompt-len 512 --gen 64 | grep -E 'prefill|decode' | tr '\n' ' ')"
 done
