@@ -94,6 +94,13 @@ class Backend {
   virtual absl::StatusOr<MemoryInfo> Memory() const {
     return absl::UnimplementedError("backend reports no memory information");
   }
+
+  // How the steps so far ran (CUDA: replayed decode graphs, piecewise graphs of steps with prefill
+  // chunks, or kernel by kernel); all zero for backends without graphs.
+  struct StepPaths {
+    int64_t decode_graph = 0, piecewise_graph = 0, eager = 0;
+  };
+  virtual StepPaths step_paths() const { return {}; }
 };
 
 // Delegates every call to another backend; a wrapper (fault injection, instrumentation) derives
@@ -119,6 +126,7 @@ class ForwardingBackend : public Backend {
   absl::Status CollectStep(SampledRows* out) override { return inner_->CollectStep(out); }
   absl::Status PrepareSteps(int64_t max_rows) override { return inner_->PrepareSteps(max_rows); }
   absl::StatusOr<MemoryInfo> Memory() const override { return inner_->Memory(); }
+  StepPaths step_paths() const override { return inner_->step_paths(); }
 
  private:
   std::unique_ptr<Backend> inner_;

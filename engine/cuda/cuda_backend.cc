@@ -170,6 +170,8 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  StepPaths step_paths() const override { return step_paths_; }
+
   absl::StatusOr<MemoryInfo> Memory() const override {
     SB_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     size_t free = 0, total = 0;
@@ -214,8 +216,20 @@ class CudaBackend final : public Backend {
     int prefill_row0 = 0;  // first query row of the prefill part
   };
   absl::Status Attention(const StepShape& sh, int layer, const LayerWeights& w);
-  // Enqueues the whole model for one step (metadata already in meta_), logits into logits_.
+  // Enqueues the whole model for one step (metadata already in meta_), logits into logits_:
+  // Segment 0, then per layer l its Attention and Segment l + 1, then Head.
   absl::Status Compute(const StepShape& sh);
+  // The work between two attention calls, on sh.N rows: s = 0 the embedding and layer 0 up to its
+  // attention; 0 < s < n_layer layer s - 1 after its attention and layer s up to its attention;
+  // s = n_layer layer n_layer - 1 after its attention. Row-local: every kernel computes a row of
+  // its output from the same row of its inputs (the GEMMs from all of W).
+  absl::Status Segment(const StepShape& sh, int s);
+  // The final norm and the LM head on the sh.R logit rows.
+  absl::Status Head(const StepShape& sh);
+  // A step that is not decode-only, of at most kPiecewiseMaxTokens tokens: the segments replay
+  // graphs captured for `padded` (sh with N rounded up, PiecewiseTokens), the attention and the
+  // head run eagerly on sh's exact shapes.
+  absl::Status RunPiecewise(const StepShape& sh, const StepShape& padded);
   // Grows the step buffers for N tokens and R logit rows; true in *moved when any pointer changed.
   absl::Status ReserveStep(int64_t N, int64_t R, bool* moved);
   absl::Status RunDecodeGraph(const StepShape& sh);
@@ -279,9 +293,17 @@ class CudaBackend final : public Backend {
   int GraphBlocks(int used_mb) const {
     return graph_buckets_ ? cuda::GraphContextBlocks(used_mb, shape_.block_size, graph_mb_) : graph_mb_;
   }
+  // Piecewise graphs of steps with prefill chunks (RunPiecewise): the n_layer + 1 segments per padded
+  // token count, captured on first use. SBSERVE_PIECEWISE_GRAPHS=0: such steps run kernel by kernel.
+  bool piecewise_graphs_ = true;
+  std::map<int, std::vector<cudaGraphExec_t>> piecewise_;
+  StepPaths step_paths_;
   void ClearGraphs() {
     for (auto& [b, g] : graphs_) cudaGraphExecDestroy(g);
     graphs_.clear();
+    for (auto& [n, gs] : piecewise_)
+      for (cudaGraphExec_t g : gs) cudaGraphExecDestroy(g);
+    piecewise_.clear();
   }
   // Offsets (in int32) of the step's metadata in meta_.
   struct Meta {
@@ -368,6 +390,7 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (EnvOff("SBSERVE_GRAPH_CONTEXT_BUCKETS")) graph_buckets_ = false;
   if (EnvOff("SBSERVE_FUSED_KV_APPEND")) fused_kv_append_ = false;
   if (EnvOff("SBSERVE_DECODE_COMBINE_IN_SPLIT")) combine_in_split_ = false;
+  if (EnvOff("SBSERVE_PIECEWISE_GRAPHS")) piecewise_graphs_ = false;
   if (EnvOff("SBSERVE_DEVICE_SAMPLING")) device_sampling_ = false;
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_ROWS"); g != nullptr && *g != '\0') {
     small_gemm_rows_ = std::atoi(g);
@@ -613,32 +636,30 @@ absl::Status CudaBackend::ReserveStep(int64_t N, int64_t R, bool* moved) {
 // (sum) of h after each of them yields h + sum of the partial projections on every rank. Norms,
 // the embedding and the LM head stay replicated; sampling runs on rank 0.
 absl::Status CudaBackend::Compute(const StepShape& sh) {
+  SB_RETURN_IF_ERROR(Segment(sh, 0));
+  for (int l = 0; l < static_cast<int>(config_.n_layer); ++l) {
+    SB_RETURN_IF_ERROR(Attention(sh, l, *layers_[l]));
+    SB_RETURN_IF_ERROR(Segment(sh, l + 1));
+  }
+  return Head(sh);
+}
+
+absl::Status CudaBackend::Segment(const StepShape& sh, int s) {
   const ModelConfig& c = config_;
-  const int64_t N = sh.N, R = sh.R, D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim;
+  const int64_t N = sh.N, D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim;
   const int64_t I = c.n_inner, fc_out = c.glu ? 2 * I : I;
   const int32_t* meta = meta_.get<int32_t>();
   const float r = static_cast<float>(c.m_residual);
   const float eps = static_cast<float>(c.norm_eps);
   const bool rms = c.norm == NormKind::kRmsNorm;
   const int act = ActivationCode(c.activation);
-  SB_RETURN_IF_ERROR(Stage(kAblateEmbed, [&] {
-    return cuda::Embed(meta + meta_off_.ids, wte_.get(), N, D, static_cast<float>(c.m_emb), h_.get<float>(), stream_);
-  }));
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    const LayerWeights& w = *layers_[l];
-    SB_RETURN_IF_ERROR(Stage(kAblateNorm, [&] {
-      return Trace(stream_, "norm_1",
-                   cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
-                              w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_));
+  if (s == 0) {
+    SB_RETURN_IF_ERROR(Stage(kAblateEmbed, [&] {
+      return cuda::Embed(meta + meta_off_.ids, wte_.get(), N, D, static_cast<float>(c.m_emb), h_.get<float>(), stream_);
     }));
-    SB_RETURN_IF_ERROR(Stage(kAblateCAttn, [&] {
-      return Trace(stream_, "c_attn", Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false));
-    }));
-    if (!fused_qkv_) SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv",
-                             cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
-                                            static_cast<int>(Hkv), static_cast<int>(H / Hkv),
-                                            static_cast<int>(d), q_.get(), k_.get(), v_.get(), stream_)));
-    SB_RETURN_IF_ERROR(Attention(sh, static_cast<int>(l), w));
+  } else {
+    // Layer s - 1 after its attention.
+    const LayerWeights& w = *layers_[s - 1];
     // h += r · (o · W_projᵀ + b): without a bias the GEMM accumulates into h itself.
     if (w.has_bias) {
       SB_RETURN_IF_ERROR(Gemm(o_.get(), N, D, w.proj_w.get(), D, y_.get(), true));
@@ -676,17 +697,37 @@ absl::Status CudaBackend::Compute(const StepShape& sh) {
       }));
     }
   }
-  if (R > 0) {
-    SB_RETURN_IF_ERROR(Stage(kAblateNorm, [&] {
-      return cuda::Norm(rms, h_.get<float>(), meta + meta_off_.rows, R, D, lnf_w_.get<float>(),
-                        c.norm == NormKind::kLayerNorm ? lnf_b_.get<float>() : nullptr, eps, x_.get(), stream_);
-    }));
-    const void* head = c.tie_word_embeddings ? wte_.get() : lm_head_.get();
-    SB_RETURN_IF_ERROR(Stage(kAblateHead, [&] {
-      return Gemm(x_.get(), R, D, head, c.vocab_size, logits_.get(), true, static_cast<float>(1.0 / c.m_width));
-    }));
-  }
+  if (s == static_cast<int>(c.n_layer)) return absl::OkStatus();
+  // Layer s up to its attention.
+  const LayerWeights& w = *layers_[s];
+  SB_RETURN_IF_ERROR(Stage(kAblateNorm, [&] {
+    return Trace(stream_, "norm_1",
+                 cuda::Norm(rms, h_.get<float>(), nullptr, N, D, w.ln1_w.get<float>(),
+                            w.has_ln_b ? w.ln1_b.get<float>() : nullptr, eps, x_.get(), stream_));
+  }));
+  SB_RETURN_IF_ERROR(Stage(kAblateCAttn, [&] {
+    return Trace(stream_, "c_attn", Gemm(x_.get(), N, D, w.attn_w.get(), c.qkv_dim(), qkv_.get(), false));
+  }));
+  if (!fused_qkv_) SB_RETURN_IF_ERROR(Trace(stream_, "split_qkv",
+                           cuda::SplitQkv(qkv_.get(), w.has_attn_b ? w.attn_b.get<float>() : nullptr, N,
+                                          static_cast<int>(Hkv), static_cast<int>(H / Hkv),
+                                          static_cast<int>(d), q_.get(), k_.get(), v_.get(), stream_)));
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Head(const StepShape& sh) {
+  const ModelConfig& c = config_;
+  const int64_t R = sh.R, D = c.n_embd;
+  if (R == 0) return absl::OkStatus();
+  SB_RETURN_IF_ERROR(Stage(kAblateNorm, [&] {
+    return cuda::Norm(c.norm == NormKind::kRmsNorm, h_.get<float>(), meta_.get<int32_t>() + meta_off_.rows, R, D,
+                      lnf_w_.get<float>(), c.norm == NormKind::kLayerNorm ? lnf_b_.get<float>() : nullptr,
+                      static_cast<float>(c.norm_eps), x_.get(), stream_);
+  }));
+  const void* head = c.tie_word_embeddings ? wte_.get() : lm_head_.get();
+  return Stage(kAblateHead, [&] {
+    return Gemm(x_.get(), R, D, head, c.vocab_size, logits_.get(), true, static_cast<float>(1.0 / c.m_width));
+  });
 }
 
 absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
@@ -713,6 +754,40 @@ absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
   }
   SB_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::RunPiecewise(const StepShape& sh, const StepShape& padded) {
+  const int L = static_cast<int>(config_.n_layer);
+  auto it = piecewise_.find(padded.N);
+  if (it == piecewise_.end()) {
+    if (tuner_) SB_RETURN_IF_ERROR(tuner_->Prepare(padded.N));  // plans are measured outside the capture
+    std::vector<cudaGraphExec_t> execs;
+    absl::Status st;
+    for (int s = 0; s <= L && st.ok(); ++s) {
+      cudaGraph_t graph = nullptr;
+      SB_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      st = Segment(padded, s);
+      const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+      if (st.ok() && end != cudaSuccess) st = absl::InternalError(std::string("piecewise capture: ") + cudaGetErrorString(end));
+      cudaGraphExec_t exec = nullptr;
+      if (st.ok()) {
+        const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+        if (inst != cudaSuccess) st = absl::InternalError(std::string("piecewise instantiate: ") + cudaGetErrorString(inst));
+      }
+      if (graph) cudaGraphDestroy(graph);
+      if (st.ok()) execs.push_back(exec);
+    }
+    if (!st.ok()) {
+      for (cudaGraphExec_t g : execs) cudaGraphExecDestroy(g);
+      return st;
+    }
+    it = piecewise_.emplace(padded.N, std::move(execs)).first;
+  }
+  for (int s = 0; s <= L; ++s) {
+    SB_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second[s], stream_));
+    if (s < L) SB_RETURN_IF_ERROR(Attention(sh, s, *layers_[s]));
+  }
+  return Head(sh);
 }
 
 // Errors that leave the CUDA context unusable for the rest of the process ("sticky" errors).
@@ -818,10 +893,17 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   for (int b = 0; graph && b < R; ++b) graph = batch.logit_rows[b] == b;
   sh.mb = graph ? GraphBlocks(used_mb) : batch.max_blocks_per_seq;
   if (graph) sh.max_ctx_decode = sh.mb * shape_.block_size;
+  // Other steps of few tokens replay piecewise graphs on their token count padded (rows N .. Np - 1
+  // of the step buffers then hold rows computed from token 0, never read by the attention or the
+  // head), outside deterministic mode, whose GEMMs pad rows their own way.
+  const int padded_n = graph || !use_graphs_ || !piecewise_graphs_ || deterministic_ || DebugSync()
+                           ? 0
+                           : cuda::PiecewiseTokens(N, small_gemm_rows_);
+  const int rows_n = std::max(N, padded_n);  // token rows of the step buffers and of the ids
 
   // Step metadata in one pinned staging buffer and one copy.
   meta_off_.ids = 0;
-  meta_off_.cu = meta_off_.ids + N;
+  meta_off_.cu = meta_off_.ids + rows_n;
   meta_off_.ctx = meta_off_.cu + B + 1;
   meta_off_.tables = meta_off_.ctx + B;
   meta_off_.rows = meta_off_.tables + static_cast<size_t>(B) * sh.mb;
@@ -838,6 +920,7 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
     pinned_ints_ = cap;
   }
   std::copy(batch.tokens.begin(), batch.tokens.end(), pinned_ + meta_off_.ids);
+  std::fill(pinned_ + meta_off_.ids + N, pinned_ + meta_off_.cu, 0);  // padding rows embed token 0
   for (size_t i = 0; i < feed.size(); ++i) {
     pinned_[meta_off_.feed + 2 * i] = feed[i].token_index;
     pinned_[meta_off_.feed + 2 * i + 1] = feed[i].from_row;
@@ -859,7 +942,7 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   bool moved = false;
   // Metadata grows geometrically so that replays of captured graphs rarely see it move.
   if (total_ints * 4 > meta_.bytes()) SB_RETURN_IF_ERROR(meta_.Reserve(std::max<size_t>(total_ints * 2, 4096) * 4, &moved));
-  SB_RETURN_IF_ERROR(ReserveStep(N, R, &moved));
+  SB_RETURN_IF_ERROR(ReserveStep(rows_n, R, &moved));
   if (sh.nd > 0 && !deterministic_) {
     kernels::SbAttnDecodeParams probe;
     probe.batch = sh.nd;
@@ -894,8 +977,15 @@ absl::Status CudaBackend::ForwardOnDevice(const Batch& batch, std::span<float> l
   }
   if (graph && !DebugSync()) {
     SB_RETURN_IF_ERROR(RunDecodeGraph(sh));
+    ++step_paths_.decode_graph;
+  } else if (padded_n > 0) {
+    StepShape padded = sh;
+    padded.N = padded_n;
+    SB_RETURN_IF_ERROR(RunPiecewise(sh, padded));
+    ++step_paths_.piecewise_graph;
   } else {
     SB_RETURN_IF_ERROR(Compute(sh));
+    ++step_paths_.eager;
   }
   if (sampling != nullptr) {
     // Enqueued only; only ids and logprobs come back, at CollectStep.

@@ -274,6 +274,23 @@ TEST(CudaGraphBuckets, PowerOfTwoBucketsFrom512TokensCappedByTheFullContext) {
   EXPECT_EQ(cuda::GraphContextBlocks(3, 1024, 8), 4);
 }
 
+// The token counts of piecewise graphs: exact up to the small-GEMM rows, else multiples of 16, none
+// above kPiecewiseMaxTokens.
+TEST(CudaGraphBuckets, PiecewiseTokensPadToSixteenUpTo256) {
+  EXPECT_EQ(cuda::kPiecewiseMaxTokens, 256);
+  EXPECT_EQ(cuda::PiecewiseTokens(0, 2), 0);
+  EXPECT_EQ(cuda::PiecewiseTokens(1, 2), 1);
+  EXPECT_EQ(cuda::PiecewiseTokens(2, 2), 2);
+  EXPECT_EQ(cuda::PiecewiseTokens(3, 2), 16);
+  EXPECT_EQ(cuda::PiecewiseTokens(3, 0), 16);
+  EXPECT_EQ(cuda::PiecewiseTokens(16, 2), 16);
+  EXPECT_EQ(cuda::PiecewiseTokens(17, 2), 32);
+  EXPECT_EQ(cuda::PiecewiseTokens(241, 2), 256);
+  EXPECT_EQ(cuda::PiecewiseTokens(256, 2), 256);
+  EXPECT_EQ(cuda::PiecewiseTokens(257, 2), 0);
+  EXPECT_EQ(cuda::PiecewiseTokens(4096, 2), 0);
+}
+
 // A second CUDA backend on p's checkpoint that runs every step kernel by kernel
 // (SBSERVE_CUDA_GRAPHS=0), with a 256 x 16 KV cache: the eager side of the graph tests.
 absl::StatusOr<std::unique_ptr<Backend>> EagerBackend(const Pair& p) {
@@ -323,6 +340,63 @@ TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
   std::vector<testing::ChunkSpec> step = {{{7}, 50, &table, false}};
   Batch b = testing::PackBatch(step, alloc);
   ASSERT_NO_FATAL_FAILURE(ExpectReplayRepeatsAndMatchesEager(p, **eager, b));
+}
+
+// Steps with prefill chunks of up to 256 tokens replay piecewise graphs captured for their token count
+// padded to 16 (the attention between them runs eagerly on the exact chunks); larger steps run kernel
+// by kernel. Each step's logits must agree with eager execution and the CPU reference, its replay
+// (the same step again, rewriting the same cache slots) must be bitwise repeatable, and the step paths
+// must be the expected ones: piecewise for 2, 18, 150 and 256 tokens (mixed with decodes, and after
+// the buffers grew for a 300-token step, which drops every graph), eager for 257 and 300.
+TEST(CudaBackend, PiecewiseGraphsOfPrefillStepsMatchEager) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  Pair p = Load("R1", 2, "piecewise");
+  auto eager = EagerBackend(p);
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  const int64_t V = p.ckpt->config().vocab_size;
+  std::mt19937_64 rng(29);
+  auto ids = [&](int n) {
+    std::vector<int32_t> v(n);
+    for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
+    return v;
+  };
+  KvBlockAllocator alloc(256, 16);
+  std::vector<int32_t> ta, tb, tc, td, te, tf;
+  struct Step {
+    std::vector<testing::ChunkSpec> chunks;
+    bool piecewise;
+  };
+  std::vector<Step> steps;
+  steps.push_back({{{ids(2), 0, &ta, true}}, true});                                           // 2 tokens: exact
+  steps.push_back({{{ids(1), 2, &ta, false}, {ids(17), 0, &tb, true}}, true});                // 18 -> 32
+  steps.push_back({{{ids(1), 3, &ta, false}, {ids(1), 17, &tb, false}, {ids(40), 0, &tc, false},
+                    {ids(50), 0, &td, true}, {ids(58), 0, &te, false}}, true});               // 150 -> 160
+  steps.push_back({{{ids(1), 4, &ta, false}, {ids(255), 40, &tc, false}}, true});             // 256
+  steps.push_back({{{ids(1), 5, &ta, false}, {ids(256), 50, &td, false}}, false});            // 257: eager
+  steps.push_back({{{ids(300), 0, &tf, true}}, false});                                        // grows the buffers
+  steps.push_back({{{ids(1), 6, &ta, false}, {ids(1), 18, &tb, false}, {ids(20), 295, &tc, true}}, true});
+  for (size_t s = 0; s < steps.size(); ++s) {
+    SCOPED_TRACE(absl::StrCat("step ", s));
+    Batch b = testing::PackBatch(steps[s].chunks, alloc);
+    const size_t n = b.logit_rows.size() * V;
+    std::vector<float> want(n), got(n, NAN), again(n, NAN), eag(n, NAN);
+    ASSERT_TRUE(p.cpu->Forward(b, want).ok());
+    const Backend::StepPaths before = p.gpu->step_paths();
+    ASSERT_TRUE(p.gpu->Forward(b, got).ok());
+    const Backend::StepPaths after = p.gpu->step_paths();
+    EXPECT_EQ(after.piecewise_graph - before.piecewise_graph, steps[s].piecewise ? 1 : 0);
+    EXPECT_EQ(after.eager - before.eager, steps[s].piecewise ? 0 : 1);
+    ASSERT_TRUE(p.gpu->Forward(b, again).ok());
+    ASSERT_TRUE((*eager)->Forward(b, eag).ok());
+    EXPECT_EQ(0, std::memcmp(got.data(), again.data(), n * 4)) << "replay is not bitwise repeatable";
+    const double err = testing::RelL2(got.data(), want.data(), n);
+    const double err_eager = testing::RelL2(got.data(), eag.data(), n);
+    EXPECT_LE(err, 2e-2);
+    EXPECT_LE(err_eager, 2e-3);
+    std::printf("piecewise step %zu (%zu tokens): vs CPU %.2e, vs eager %.2e\n", s, b.tokens.size(), err, err_eager);
+  }
+  EXPECT_EQ((*eager)->step_paths().piecewise_graph, 0);
+  EXPECT_EQ((*eager)->step_paths().decode_graph, 0);
 }
 
 // Decode graphs are captured per power-of-two context bucket (512, 1024, ... tokens), each with its
