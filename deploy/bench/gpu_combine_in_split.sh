@@ -23,7 +23,7 @@ for t in ${TESTS-sb_attn_test cuda_backend_test cuda_engine_test device_sampler_
   grep -E 'Failure' -A6 "$OUT/$t.log" | head -14
 done
 if [ "${SANITIZE:-1}" = 1 ]; then
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 "$BIN/sb_attn_test" \
       --gtest_filter='SbAttnDecode.SmallCase:SbAttnDecode.RemainderVariants' > "$OUT/sanitize_$tool.log" 2>&1
     echo "compute-sanitizer $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"

@@ -2,6 +2,7 @@
 # One server build under two environments, A then B (e.g. A='SBSERVE_SMALL_GEMM_ROWS=0' B=''):
 # sbctl bench at c=1 (16 requests) and c=64 (256), 512-token prompts, 128 output tokens, greedy,
 # each followed by the engine's cumulative step-time sum and count from /metrics. 3B checkpoint, default flags.
+# SIDES="A" (or "B") runs one side only.
 # Expects the CUDA build's sbserve, sbctl and sbmodel in $PWD/.gpu/{bin,lib} and $OUT for logs.
 set -u
 OUT=${OUT:-/tmp}
@@ -9,7 +10,7 @@ export LD_LIBRARY_PATH=$PWD/.gpu/lib:/usr/local/cuda/lib64
 BIN=$PWD/.gpu/bin  # not B: B names the second environment
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 [ -f /tmp/m3b/config.json ] || $BIN/sbmodel create --preset 3b --variant R1 --dtype bf16 /tmp/m3b >/dev/null || exit 1
-for side in A B; do
+for side in ${SIDES:-A B}; do
   envs=${!side-}
   echo "== $side: env '$envs' sbserve ${SERVE_FLAGS:-}"
   # shellcheck disable=SC2086
