@@ -30,11 +30,11 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   done
 fi
 wait "$creator"
-[ "${DECODE:-1}" = 1 ] && A='SBSERVE_DECODE_COMBINE_IN_SPLIT=0' B='X=1' TESTS= \
+[ "${DECODE:-1}" = 1 ] && A='SBSERVE_DECODE_COMBINE_IN_SPLIT=0' B='SBSERVE_DECODE_COMBINE_IN_SPLIT=1' TESTS= \
   EXTRA="1:SBSERVE_SMALL_GEMM_VARIANT=4 1:X=1 2:SBSERVE_SMALL_GEMM_VARIANT=4 2:X=1 1:SBSERVE_CUDA_GRAPHS=0 64:SBSERVE_CUDA_GRAPHS=0" OUT=$OUT bash "$here/gpu_decode_ab.sh"
 [ "${DECODE:-1}" = 1 ] && for b in 1 16 64; do  # the prefill rows too, default flags
   echo "B=$b: $("$BIN"/sbmodel bench --model /tmp/m3b --batch $b --prompt-len 512 --gen 64 --prefill-reps 5 | grep -E 'prefill|decode' | tr '\n' ' ')"
 done
 if [ "${SERVE:-1}" = 1 ]; then
-  A='SBSERVE_DECODE_COMBINE_IN_SPLIT=0' B='X=1' OUT=$OUT bash "$here/gpu_serve_ab.sh"
+  A='SBSERVE_DECODE_COMBINE_IN_SPLIT=0' B='SBSERVE_DECODE_COMBINE_IN_SPLIT=1' OUT=$OUT bash "$here/gpu_serve_ab.sh"
 fi

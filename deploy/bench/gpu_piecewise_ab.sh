@@ -18,7 +18,7 @@ run() {  # shape env
 }
 for r in ${ROUNDS:-1 2}; do
   for shape in ${SHAPES:-1x16 4x32 1x200 8x32 16x16 1x512}; do
-    if [ $((r % 2)) = 1 ]; then run "$shape" SBSERVE_PIECEWISE_GRAPHS=0; run "$shape" X=1
-    else run "$shape" X=1; run "$shape" SBSERVE_PIECEWISE_GRAPHS=0; fi
+    if [ $((r % 2)) = 1 ]; then run "$shape" SBSERVE_PIECEWISE_GRAPHS=0; run "$shape" SBSERVE_PIECEWISE_GRAPHS=1
+    else run "$shape" SBSERVE_PIECEWISE_GRAPHS=1; run "$shape" SBSERVE_PIECEWISE_GRAPHS=0; fi
   done
 done

@@ -55,6 +55,20 @@ bool EnvOff(const char* name) {
   return v != nullptr && std::string(v) == "0";
 }
 
+// A switch with a default: its environment variable "0" turns it off, "1" on; unset (or anything
+// else) leaves the default.
+bool EnvSwitch(const char* name, bool def) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return def;
+  const std::string s(v);
+  return s == "0" ? false : s == "1" ? true : def;
+}
+
+// Defaults of the switches that wait for their first GPU run (compiled and CPU-tested only): the
+// decode combine in the split grid and the piecewise graphs of steps with prefill chunks.
+constexpr bool kCombineInSplitDefault = false;
+constexpr bool kPiecewiseGraphsDefault = false;
+
 // Measurement only: SBSERVE_ABLATE=stage,stage,... leaves those stages of every step out (their
 // outputs keep stale values, so the tokens are wrong), to time what each stage costs inside a
 // replayed step (tests/bench/engine.md). Stages: embed, norm, c_attn, kv_append, attn, proj, c_fc,
@@ -286,10 +300,10 @@ class CudaBackend final : public Backend {
   int graph_mb_ = 0;  // block-table row length of the full context: the largest graph bucket
   bool graph_buckets_ = true;  // SBSERVE_GRAPH_CONTEXT_BUCKETS=0: one graph per batch size, at graph_mb_
   bool fused_kv_append_ = true;  // SBSERVE_FUSED_KV_APPEND=0: decode-only steps append in their own launch
-  // SBSERVE_DECODE_COMBINE_IN_SPLIT=0: a combine kernel after each decode split grid. Otherwise the
-  // split grid's last CTA per (sequence, head group) combines, counted in done_counters_ ([B * H],
-  // zero between calls).
-  bool combine_in_split_ = true;
+  // SBSERVE_DECODE_COMBINE_IN_SPLIT=1 (default kCombineInSplitDefault): the split grid's last CTA per
+  // (sequence, head group) combines, counted in done_counters_ ([B * H], zero between calls); 0: a
+  // combine kernel after each decode split grid.
+  bool combine_in_split_ = false;
   DeviceBuffer done_counters_;
   // Decode graphs by (batch size, block-table row length): each is captured with its rows padded to
   // a power-of-two bucket of the context (GraphBlocks), and the decode split sized for that bucket.
@@ -400,8 +414,8 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (EnvOff("SBSERVE_CUDA_GRAPHS")) use_graphs_ = false;
   if (EnvOff("SBSERVE_GRAPH_CONTEXT_BUCKETS")) graph_buckets_ = false;
   if (EnvOff("SBSERVE_FUSED_KV_APPEND")) fused_kv_append_ = false;
-  if (EnvOff("SBSERVE_DECODE_COMBINE_IN_SPLIT")) combine_in_split_ = false;
-  if (EnvOff("SBSERVE_PIECEWISE_GRAPHS")) piecewise_graphs_ = false;
+  combine_in_split_ = EnvSwitch("SBSERVE_DECODE_COMBINE_IN_SPLIT", kCombineInSplitDefault);
+  piecewise_graphs_ = EnvSwitch("SBSERVE_PIECEWISE_GRAPHS", kPiecewiseGraphsDefault);
   if (const char* mb = std::getenv("SBSERVE_L2_PREFETCH_MB"); mb != nullptr && std::atoi(mb) > 0) {
     l2_prefetch_bytes_ = static_cast<int64_t>(std::atoi(mb)) << 20;
     SB_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));

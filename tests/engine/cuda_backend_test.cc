@@ -350,7 +350,9 @@ TEST(CudaBackend, GraphReplayIsDeterministicAndMatchesEager) {
 // the buffers grew for a 300-token step, which drops every graph), eager for 257 and 300.
 TEST(CudaBackend, PiecewiseGraphsOfPrefillStepsMatchEager) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  setenv("SBSERVE_PIECEWISE_GRAPHS", "1", 1);
   Pair p = Load("R1", 2, "piecewise");
+  unsetenv("SBSERVE_PIECEWISE_GRAPHS");
   auto eager = EagerBackend(p);
   ASSERT_TRUE(eager.ok()) << eager.status();
   const int64_t V = p.ckpt->config().vocab_size;
