@@ -394,7 +394,7 @@ TEST(CudaBackend, PiecewiseGraphsOfPrefillStepsMatchEager) {
     const double err = testing::RelL2(got.data(), want.data(), n);
     const double err_eager = testing::RelL2(got.data(), eag.data(), n);
     EXPECT_LE(err, 2e-2);
-    EXPECT_LE(err_eager, 2e-3);
+    EXPECT_LE(err_eager, 5e-3);  // padded rows may change the cuBLAS kernel, not more
     std::printf("piecewise step %zu (%zu tokens): vs CPU %.2e, vs eager %.2e\n", s, b.tokens.size(), err, err_eager);
   }
   EXPECT_EQ((*eager)->step_paths().piecewise_graph, 0);
