@@ -333,8 +333,6 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
   const uint4* v_cache = static_cast<const uint4*>(p.cache.v);
   const int32_t* block_table = p.cache.block_tables + static_cast<int64_t>(b) * p.cache.max_blocks;
   const int bs_mask = (1 << log2_bs) - 1;
-  const bool evict_first = p.kv_evict_first;
-  const uint64_t kv_policy = evict_first ? L2EvictFirstPolicy() : 0;
 
   // Every slot walks the same number of steps (the shuffles below need the whole warp); keys at
   // or past s_end are skipped without a load.
@@ -349,13 +347,8 @@ __global__ void __launch_bounds__(kDecodeThreads, SbDecodeTuning<kHeadDim, kG>::
         const int64_t off = ((slot_row * Hkv + hk) * kHeadDim + part * kDpl) / 8;
 #pragma unroll
         for (int v = 0; v < kVec; ++v) {
-          if (evict_first) {
-            kr[u][v] = LdgWithPolicy(k_cache + off + v, kv_policy);
-            vr[u][v] = LdgWithPolicy(v_cache + off + v, kv_policy);
-          } else {
-            kr[u][v] = __ldg(k_cache + off + v);
-            vr[u][v] = __ldg(v_cache + off + v);
-          }
+          kr[u][v] = __ldg(k_cache + off + v);
+          vr[u][v] = __ldg(v_cache + off + v);
         }
       } else {
 #pragma unroll

@@ -18,22 +18,6 @@ __device__ __forceinline__ int64_t CacheSlot(const SbKvCache& cache, int b, int 
              (bs_mask + 1) + (pos & bs_mask);
 }
 
-// An L2 cache policy that evicts the lines it loads before any others (createpolicy), and the
-// read-only 16-byte load under such a policy: for K/V streamed once, so that they do not push
-// other lines (weights prefetched for the next GEMM) out of L2.
-__device__ __forceinline__ uint64_t L2EvictFirstPolicy() {
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  return policy;
-}
-__device__ __forceinline__ uint4 LdgWithPolicy(const uint4* p, uint64_t policy) {
-  uint4 v;
-  asm("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p), "l"(policy));
-  return v;
-}
-
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

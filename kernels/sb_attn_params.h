@@ -161,9 +161,6 @@ struct SbAttnDecodeParams {
   // of query heads) folds the chunks and writes o and rem itself, bitwise what the combine kernel
   // writes, and no combine kernel is launched. null: the combine kernel (always with the early exit).
   unsigned* done_counters = nullptr;
-  // The CUDA-core split kernel loads K/V with an evict-first L2 policy (measurement switch of the
-  // engine's L2 weight prefetch, SBSERVE_L2_PREFETCH_MB; the tensor-core kernel ignores it).
-  bool kv_evict_first = false;
 };
 
 }  // namespace sbserve::kernels

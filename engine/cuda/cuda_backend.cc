@@ -136,9 +136,6 @@ class CudaBackend final : public Backend {
     if (stream_) cudaStreamSynchronize(stream_);  // a launched step may still read pinned_
     if (meta_copied_) cudaEventDestroy(meta_copied_);
     if (stream_) cudaStreamDestroy(stream_);
-    if (side_) cudaStreamSynchronize(side_), cudaStreamDestroy(side_);
-    if (fork_) cudaEventDestroy(fork_);
-    if (join_) cudaEventDestroy(join_);
     if (pinned_) cudaFreeHost(pinned_);
   }
 
@@ -233,9 +230,6 @@ class CudaBackend final : public Backend {
     int prefill_row0 = 0;  // first query row of the prefill part
   };
   absl::Status Attention(const StepShape& sh, int layer, const LayerWeights& w);
-  // Attention(layer), and with SBSERVE_L2_PREFETCH_MB a bulk L2 prefetch of the layer's next weights
-  // (attn c_proj, then c_fc from its start, up to l2_prefetch_bytes_) on side_ beside it, joined after.
-  absl::Status AttentionAndPrefetch(const StepShape& sh, int layer);
   // Enqueues the whole model for one step (metadata already in meta_), logits into logits_:
   // Segment 0, then per layer l its Attention and Segment l + 1, then Head.
   absl::Status Compute(const StepShape& sh);
@@ -315,11 +309,6 @@ class CudaBackend final : public Backend {
   }
   // Piecewise graphs of steps with prefill chunks (RunPiecewise): the n_layer + 1 segments per padded
   // token count, captured on first use. SBSERVE_PIECEWISE_GRAPHS=0: such steps run kernel by kernel.
-  // Measurement switch (SBSERVE_L2_PREFETCH_MB, 0 = off): bytes of the next GEMMs' weights fetched
-  // into L2 while each layer's attention runs; the decode K/V loads are then evict-first.
-  int64_t l2_prefetch_bytes_ = 0;
-  cudaStream_t side_ = nullptr;
-  cudaEvent_t fork_ = nullptr, join_ = nullptr;
   bool piecewise_graphs_ = true;
   std::map<int, std::vector<cudaGraphExec_t>> piecewise_;
   StepPaths step_paths_;
@@ -416,12 +405,6 @@ absl::Status CudaBackend::Init(const Checkpoint& ckpt, const CudaBackendOptions&
   if (EnvOff("SBSERVE_FUSED_KV_APPEND")) fused_kv_append_ = false;
   combine_in_split_ = EnvSwitch("SBSERVE_DECODE_COMBINE_IN_SPLIT", kCombineInSplitDefault);
   piecewise_graphs_ = EnvSwitch("SBSERVE_PIECEWISE_GRAPHS", kPiecewiseGraphsDefault);
-  if (const char* mb = std::getenv("SBSERVE_L2_PREFETCH_MB"); mb != nullptr && std::atoi(mb) > 0) {
-    l2_prefetch_bytes_ = static_cast<int64_t>(std::atoi(mb)) << 20;
-    SB_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
-    SB_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
-    SB_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
-  }
   if (EnvOff("SBSERVE_DEVICE_SAMPLING")) device_sampling_ = false;
   if (const char* g = std::getenv("SBSERVE_SMALL_GEMM_ROWS"); g != nullptr && *g != '\0') {
     small_gemm_rows_ = std::atoi(g);
@@ -592,7 +575,6 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
     dp.remainder = rem;
     dp.num_sms = num_sms_;
     dp.keys_per_split = decode_keys_per_split_;
-    dp.kv_evict_first = l2_prefetch_bytes_ > 0;
     if (append_in_decode && (Ablated() & kAblateKvAppend) == 0) {
       dp.k_new = ap.k;
       dp.v_new = ap.v;
@@ -634,23 +616,6 @@ absl::Status CudaBackend::Attention(const StepShape& sh, int layer, const LayerW
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::AttentionAndPrefetch(const StepShape& sh, int layer) {
-  const LayerWeights& w = *layers_[layer];
-  if (l2_prefetch_bytes_ <= 0) return Attention(sh, layer, w);
-  const ModelConfig& c = config_;
-  const int64_t proj_bytes = c.n_embd * c.n_embd * 2;
-  const int64_t fc_bytes = c.n_embd * (c.glu ? 2 * c.n_inner : c.n_inner) * 2;
-  const int64_t a = std::min(proj_bytes, l2_prefetch_bytes_);
-  const int64_t b = std::min(fc_bytes, l2_prefetch_bytes_ - a);
-  SB_CUDA_RETURN_IF_ERROR(cudaEventRecord(fork_, stream_));
-  SB_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(side_, fork_, 0));
-  SB_RETURN_IF_ERROR(cuda::L2Prefetch(w.proj_w.get(), a, w.fc_w.get(), b, side_));
-  SB_CUDA_RETURN_IF_ERROR(cudaEventRecord(join_, side_));
-  SB_RETURN_IF_ERROR(Attention(sh, layer, w));
-  SB_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream_, join_, 0));
-  return absl::OkStatus();
-}
-
 absl::Status CudaBackend::ReserveStep(int64_t N, int64_t R, bool* moved) {
   const ModelConfig& c = config_;
   const int64_t D = c.n_embd, H = c.n_head, Hkv = c.n_kv_head, d = c.head_dim, I = c.n_inner;
@@ -687,7 +652,7 @@ absl::Status CudaBackend::ReserveStep(int64_t N, int64_t R, bool* moved) {
 absl::Status CudaBackend::Compute(const StepShape& sh) {
   SB_RETURN_IF_ERROR(Segment(sh, 0));
   for (int l = 0; l < static_cast<int>(config_.n_layer); ++l) {
-    SB_RETURN_IF_ERROR(AttentionAndPrefetch(sh, l));
+    SB_RETURN_IF_ERROR(Attention(sh, l, *layers_[l]));
     SB_RETURN_IF_ERROR(Segment(sh, l + 1));
   }
   return Head(sh);
@@ -834,7 +799,7 @@ absl::Status CudaBackend::RunPiecewise(const StepShape& sh, const StepShape& pad
   }
   for (int s = 0; s <= L; ++s) {
     SB_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second[s], stream_));
-    if (s < L) SB_RETURN_IF_ERROR(AttentionAndPrefetch(sh, s));
+    if (s < L) SB_RETURN_IF_ERROR(Attention(sh, s, *layers_[s]));
   }
   return Head(sh);
 }

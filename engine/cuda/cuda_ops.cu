@@ -1,7 +1,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -213,33 +212,6 @@ __global__ void FeedKernel(int32_t* ids, const int32_t* pairs, int n, const int3
 }
 
 }  // namespace
-
-constexpr int64_t kPrefetchChunk = 16384;  // bytes per bulk prefetch
-
-__global__ void L2PrefetchKernel(const char* a, int64_t a_bytes, const char* b, int64_t b_bytes) {
-  const int64_t a_chunks = (a_bytes + kPrefetchChunk - 1) / kPrefetchChunk;
-  const int64_t chunks = a_chunks + (b_bytes + kPrefetchChunk - 1) / kPrefetchChunk;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < chunks;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const bool in_a = i < a_chunks;
-    const int64_t off = (in_a ? i : i - a_chunks) * kPrefetchChunk;
-    const int64_t left = (in_a ? a_bytes : b_bytes) - off;
-    const unsigned size = static_cast<unsigned>((left < kPrefetchChunk ? left : kPrefetchChunk) & ~int64_t{15});
-    if (size == 0) continue;
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((in_a ? a : b) + off), "r"(size) : "memory");
-  }
-}
-
-absl::Status L2Prefetch(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes, CUstream_st* stream) {
-  const int64_t chunks = (a_bytes + b_bytes) / kPrefetchChunk + 2;
-  if (a_bytes <= 0 && b_bytes <= 0) return absl::OkStatus();
-  const int threads = 128;
-  const int blocks = static_cast<int>(std::min<int64_t>(8, (chunks + threads - 1) / threads));
-  L2PrefetchKernel<<<blocks, threads, 0, stream>>>(static_cast<const char*>(a), std::max<int64_t>(a_bytes, 0),
-                                                   static_cast<const char*>(b), std::max<int64_t>(b_bytes, 0));
-  SB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return absl::OkStatus();
-}
 
 absl::Status FeedTokens(int32_t* ids, const int32_t* pairs, int n, const int32_t* src, CUstream_st* stream) {
   if (n == 0) return absl::OkStatus();

@@ -38,9 +38,4 @@ absl::Status F32ToBf16(const float* src, int64_t n, void* dst, CUstream_st* stre
 // ids of the step launched before).
 absl::Status FeedTokens(int32_t* ids, const int32_t* pairs, int n, const int32_t* src, CUstream_st* stream);
 
-// Asks L2 to fetch bytes [0, a_bytes) of a and then [0, b_bytes) of b (16-byte aligned; sizes are
-// rounded down to 16 bytes) with bulk prefetches, from a few threads; nothing is written. Run on a
-// side stream beside memory-light work, it brings the next GEMM's weights into L2 ahead of it.
-absl::Status L2Prefetch(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes, CUstream_st* stream);
-
 }  // namespace sbserve::cuda
