@@ -2,7 +2,7 @@
 # One server build under two environments, A then B (e.g. A='SBSERVE_SMALL_GEMM_ROWS=0' B=''):
 # sbctl bench at c=1 (16 requests) and c=64 (256), 512-token prompts, 128 output tokens, greedy,
 # each followed by the engine's cumulative step-time sum and count from /metrics. 3B checkpoint, default flags.
-# SIDES="A" (or "B") runs one side only.
+# SIDES="A" (or "B") runs one side only; PROMPT_TOKENS sets the prompt length (512).
 # Expects the CUDA build's sbserve, sbctl and sbmodel in $PWD/.gpu/{bin,lib} and $OUT for logs.
 set -u
 OUT=${OUT:-/tmp}
@@ -20,7 +20,7 @@ for side in ${SIDES:-A B}; do
   for c in 1 64; do
     n=$(( c == 1 ? 16 : 256 ))
     echo "-- c=$c requests=$n"
-    $BIN/sbctl bench --prompt-tokens 512 --max-tokens 128 --requests $n --concurrency $c --no-progress 2>&1 | grep -vE '^\s*$' | tail -12
+    $BIN/sbctl bench --prompt-tokens "${PROMPT_TOKENS:-512}" --max-tokens 128 --requests $n --concurrency $c --no-progress 2>&1 | grep -vE '^\s*$' | tail -12
     # Cumulative over the server's life (warm-up included): take differences between levels.
     curl -s localhost:8080/metrics | grep -E "^sbserve_engine_step_time_seconds_(sum|count)" | tr '\n' ' '; echo
   done

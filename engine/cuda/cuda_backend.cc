@@ -64,10 +64,11 @@ bool EnvSwitch(const char* name, bool def) {
   return s == "0" ? false : s == "1" ? true : def;
 }
 
-// Defaults of the switches that wait for their first GPU run (compiled and CPU-tested only): the
-// decode combine in the split grid and the piecewise graphs of steps with prefill chunks.
+// Defaults of two switches (tests/bench/engine.md, step 10, H100): the decode combine in the split
+// grid measured 0-2.5% slower per decode step than the combine kernel, so it is off; the piecewise
+// graphs of steps with prefill chunks measured 1.5-2.4% faster on small prefill steps, so they are on.
 constexpr bool kCombineInSplitDefault = false;
-constexpr bool kPiecewiseGraphsDefault = false;
+constexpr bool kPiecewiseGraphsDefault = true;
 
 // Measurement only: SBSERVE_ABLATE=stage,stage,... leaves those stages of every step out (their
 // outputs keep stale values, so the tokens are wrong), to time what each stage costs inside a

@@ -100,8 +100,8 @@ enum class Path { kPrefill, kDecode };
 SbDecodeKernel g_decode_kernel = SbDecodeKernel::kAuto;
 int g_decode_keys_per_split = 0;
 // Whether RunOnDevice's decode runs pass done_counters (the split grid combines its chunks itself,
-// as in the engine) or run the combine kernel.
-bool g_decode_combine_in_split = true;
+// SBSERVE_DECODE_COMBINE_IN_SPLIT=1 in the engine) or run the combine kernel (the engine's default).
+bool g_decode_combine_in_split = false;
 
 // Both decode split kernels; decode cases run with each on the same problem (making a large
 // problem costs more than running it).
@@ -612,7 +612,7 @@ TEST(SbAttnDecode, FusedAppendMatchesSeparateAppend) {
   }
 }
 
-// The split grid's own combine (SbAttnDecodeParams::done_counters, the engine's default) gives
+// The split grid's own combine (SbAttnDecodeParams::done_counters, SBSERVE_DECODE_COMBINE_IN_SPLIT=1) gives
 // bitwise the combine kernel's o and rem, and leaves the counters zero (RunOnDevice checks it):
 // MHA and GQA (several CTAs per KV head), d 64 and 128, one chunk per sequence and hundreds (a
 // forced 64-key chunk), contexts from 1, rows in reverse order, the decode's own K/V append (R1
@@ -647,11 +647,12 @@ TEST(SbAttnDecode, CombineInSplitMatchesCombineKernel) {
           ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, Path::kDecode, reverse, &kernel, ee, false, own_append));
           g_decode_combine_in_split = true;
           ASSERT_NO_FATAL_FAILURE(RunOnDevice(pb, Path::kDecode, reverse, &in_split, ee, false, own_append));
+          g_decode_combine_in_split = false;
           ASSERT_EQ(kernel.o, in_split.o);
           ASSERT_EQ(0, std::memcmp(kernel.rem.data(), in_split.rem.data(), kernel.rem.size() * 4));
           if (ee.tau == 0.f) ASSERT_NO_FATAL_FAILURE(CheckAgainstFloat64(pb, in_split, name));
         });
-        g_decode_combine_in_split = true;
+        g_decode_combine_in_split = false;
         if (::testing::Test::HasFatalFailure()) break;
       }
       if (::testing::Test::HasFatalFailure()) break;
