@@ -42,7 +42,7 @@ constexpr char kUsage[] = R"(usage:
                  [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
                  [--frequency-penalty F] [--seed S] [--backend auto|cpu|cuda] [--ignore-eos]
   sbmodel bench --model DIR [--batch B] [--prompt-len L] [--gen N] [--backend auto|cpu|cuda] [--threads T]
-                [--sample device|host] [--overlap] [--prefill-reps N]
+                [--sample device|host] [--overlap] [--prefill-reps N] [--mixed-chunk L]
   sbmodel tokenize --tokenizer DIR_OR_FILE --text TEXT
   sbmodel detokenize --tokenizer DIR_OR_FILE --ids 1,2,3
   sbmodel train-tokenizer --corpus FILE --vocab N DIR   # byte-level BPE, no reserved ids
@@ -361,12 +361,14 @@ int Generate(const Args& a) {
 int Bench(const Args& a) {
   auto ckpt = Checkpoint::Open(a.Get("--model"));
   if (!ckpt.ok()) return Fail(ckpt.status());
-  int batch = 4, prompt_len = 128, gen = 32, prefill_reps = 1;
+  int batch = 4, prompt_len = 128, gen = 32, prefill_reps = 1, mixed_chunk = 0;
   for (absl::Status st : {ParseNumber(a, "--batch", &batch), ParseNumber(a, "--prompt-len", &prompt_len),
-                          ParseNumber(a, "--gen", &gen), ParseNumber(a, "--prefill-reps", &prefill_reps)}) {
+                          ParseNumber(a, "--gen", &gen), ParseNumber(a, "--prefill-reps", &prefill_reps),
+                          ParseNumber(a, "--mixed-chunk", &mixed_chunk)}) {
     if (!st.ok()) return Fail(st);
   }
   if (prefill_reps < 1) return Fail(absl::InvalidArgumentError("--prefill-reps must be at least 1"));
+  if (mixed_chunk < 0) return Fail(absl::InvalidArgumentError("--mixed-chunk must be at least 0"));
   const std::string sample = a.Get("--sample", "device");
   if (sample != "device" && sample != "host") {
     return Fail(absl::InvalidArgumentError(absl::StrCat("--sample: device or host, not \"", sample, "\"")));
@@ -377,8 +379,9 @@ int Bench(const Args& a) {
   const int64_t V = be.config().vocab_size;
   const int bs = 16;
   const int per_seq = (prompt_len + gen + bs - 1) / bs;
-  if (absl::Status st = be.InitKvCache({batch * per_seq, bs}); !st.ok()) return Fail(st);
-  KvBlockAllocator alloc(batch * per_seq, bs);
+  const int chunk_blocks = (mixed_chunk + bs - 1) / bs;  // --mixed-chunk's extra sequence
+  if (absl::Status st = be.InitKvCache({batch * per_seq + chunk_blocks, bs}); !st.ok()) return Fail(st);
+  KvBlockAllocator alloc(batch * per_seq + chunk_blocks, bs);
   std::vector<std::vector<int32_t>> tables(batch);
   uint64_t s = 12345;
   auto next_id = [&] { s = s * 6364136223846793005ull + 1442695040888963407ull; return static_cast<int32_t>((s >> 33) % V); };
@@ -460,6 +463,51 @@ int Bench(const Args& a) {
   std::printf("prefill: %.2f ms, %.1f tokens/s%s\n", prefill_s * 1e3, batch * prompt_len / prefill_s,
               prefill_reps > 1 ? absl::StrCat(" (median of ", prefill_reps, ")").c_str() : "");
   std::printf("decode:  %.2f ms/step, %.1f tokens/s\n", decode_s * 1e3 / gen, batch * gen / decode_s);
+  if (mixed_chunk > 0) {
+    // A step as serving runs them while a prompt arrives: the batch's decodes (at the last decode
+    // position again) and one more sequence's mixed_chunk-token chunk, once to warm up and then
+    // prefill_reps times (the same cache slots each time); the median is reported.
+    const int mb = std::max(per_seq, chunk_blocks);
+    std::vector<int32_t> chunk_table;
+    if (absl::Status st = alloc.EnsureCapacity(chunk_table, mixed_chunk); !st.ok()) return Fail(st);
+    auto make_mixed = [&] {
+      Batch b;
+      b.cu_seqlens_q.push_back(0);
+      b.max_blocks_per_seq = mb;
+      auto add = [&](const std::vector<int32_t>& table, int len, int ctx) {
+        for (int t = 0; t < len; ++t) {
+          b.tokens.push_back(next_id());
+          b.positions.push_back(ctx - len + t);
+        }
+        b.cu_seqlens_q.push_back(static_cast<int32_t>(b.tokens.size()));
+        b.context_lens.push_back(ctx);
+        b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
+        std::vector<int32_t> row = table;
+        row.resize(mb, -1);
+        b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
+      };
+      for (int q = 0; q < batch; ++q) add(tables[q], 1, prompt_len + gen);
+      add(chunk_table, mixed_chunk, mixed_chunk);
+      return b;
+    };
+    SamplingBatch greedy_mixed;
+    greedy_mixed.rows.resize(static_cast<size_t>(batch) + 1);
+    std::vector<float> logits_mixed((static_cast<size_t>(batch) + 1) * V);
+    auto mixed_step = [&](const Batch& b) {
+      return on_device ? be.ForwardSample(b, greedy_mixed, &sampled) : be.Forward(b, logits_mixed);
+    };
+    if (absl::Status st = mixed_step(make_mixed()); !st.ok()) return Fail(st);
+    std::vector<double> times;
+    for (int rep = 0; rep < prefill_reps; ++rep) {
+      const Batch b = make_mixed();
+      auto t0 = Clock::now();
+      if (absl::Status st = mixed_step(b); !st.ok()) return Fail(st);
+      times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::nth_element(times.begin(), times.begin() + prefill_reps / 2, times.end());
+    std::printf("mixed:   %d decodes + a %d-token chunk: %.2f ms/step (median of %d)\n", batch, mixed_chunk,
+                times[prefill_reps / 2] * 1e3, prefill_reps);
+  }
   return 0;
 }
 

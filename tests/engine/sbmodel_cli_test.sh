@@ -35,6 +35,18 @@ if "$sbmodel" bench --model "$dir/m" --batch 1 --prompt-len 4 --gen 1 --backend 
   fail "bench accepted --sample gpu"
 fi
 grep -q "device or host" "$dir/err" || fail "unclear error: $(cat "$dir/err")"
+# bench --prefill-reps N (median of N prefill steps) and --mixed-chunk L (decodes plus one L-token chunk).
+out=$("$sbmodel" bench --model "$dir/m" --batch 2 --prompt-len 16 --gen 4 --backend cpu --prefill-reps 3 --mixed-chunk 20)
+echo "$out"
+grep -qE "^prefill: [0-9.]+ ms, [0-9.]+ tokens/s \(median of 3\)$" <<<"$out" || fail "bench prefill-reps line: $out"
+grep -qE "^mixed:   2 decodes \+ a 20-token chunk: [0-9.]+ ms/step \(median of 3\)$" <<<"$out" || fail "bench mixed line: $out"
+for bad in "--prefill-reps 0" "--mixed-chunk -1"; do
+  # shellcheck disable=SC2086
+  if "$sbmodel" bench --model "$dir/m" --batch 1 --prompt-len 4 --gen 1 --backend cpu $bad 2>"$dir/err"; then
+    fail "bench accepted $bad"
+  fi
+  grep -q "must be at least" "$dir/err" || fail "unclear error for $bad: $(cat "$dir/err")"
+done
 
 if "$sbmodel" inspect "$dir/nonexistent" 2>"$dir/err"; then fail "inspect of a missing dir succeeded"; fi
 grep -q "not a checkpoint directory" "$dir/err" || fail "unclear error: $(cat "$dir/err")"
