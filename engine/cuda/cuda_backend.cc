@@ -65,7 +65,7 @@ bool EnvSwitch(const char* name, bool def) {
 }
 
 // Defaults of two switches (tests/bench/engine.md, step 10, H100): the decode combine in the split
-// grid measured 0-2.5% slower per decode step than the combine kernel, so it is off; the piecewise
+// grid measured 0-2.7% slower per decode step than the combine kernel, so it is off; the piecewise
 // graphs of steps with prefill chunks measured 1.5-2.4% faster on small prefill steps, so they are on.
 constexpr bool kCombineInSplitDefault = false;
 constexpr bool kPiecewiseGraphsDefault = true;
