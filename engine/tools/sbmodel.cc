@@ -385,26 +385,32 @@ int Bench(const Args& a) {
   std::vector<std::vector<int32_t>> tables(batch);
   uint64_t s = 12345;
   auto next_id = [&] { s = s * 6364136223846793005ull + 1442695040888963407ull; return static_cast<int32_t>((s >> 33) % V); };
+  // Appends one sequence's chunk of len tokens ending at context ctx to b, its block-table row padded
+  // to b.max_blocks_per_seq; the chunk's last row is a logit row.
+  auto add_seq = [&](Batch& b, const std::vector<int32_t>& table, int len, int ctx) {
+    for (int t = 0; t < len; ++t) {
+      b.tokens.push_back(next_id());
+      b.positions.push_back(ctx - len + t);
+    }
+    b.cu_seqlens_q.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.context_lens.push_back(ctx);
+    b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
+    std::vector<int32_t> row = table;
+    row.resize(b.max_blocks_per_seq, -1);
+    b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
+  };
   auto make_batch = [&](int len, int ctx) {
     Batch b;
     b.cu_seqlens_q.push_back(0);
     b.max_blocks_per_seq = per_seq;
     for (int q = 0; q < batch; ++q) {
       (void)alloc.EnsureCapacity(tables[q], ctx);
-      for (int t = 0; t < len; ++t) {
-        b.tokens.push_back(next_id());
-        b.positions.push_back(ctx - len + t);
-      }
-      b.cu_seqlens_q.push_back(static_cast<int32_t>(b.tokens.size()));
-      b.context_lens.push_back(ctx);
-      b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
-      std::vector<int32_t> row = tables[q];
-      row.resize(per_seq, -1);
-      b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
+      add_seq(b, tables[q], len, ctx);
     }
     return b;
   };
-  std::vector<float> logits(static_cast<size_t>(batch) * V);
+  // Logit rows of the largest step: the batch, plus --mixed-chunk's sequence.
+  std::vector<float> logits(static_cast<size_t>(batch + (mixed_chunk > 0 ? 1 : 0)) * V);
   // Each step ends as it does in the server: a greedy draw on the device when the backend samples
   // there (only ids come back), else the logits copied to the host (--sample host forces that).
   const bool on_device = be.samples_on_device() && sample == "device";
@@ -412,27 +418,34 @@ int Bench(const Args& a) {
   if (overlap && (!on_device || !be.overlaps_steps())) {
     return Fail(absl::FailedPreconditionError("--overlap needs a backend that overlaps steps (CUDA, device sampling)"));
   }
+  using Clock = std::chrono::steady_clock;
   SamplingBatch greedy;
-  greedy.rows.resize(static_cast<size_t>(batch));
   SampledRows sampled;
   auto step = [&](const Batch& b) {
-    return on_device ? be.ForwardSample(b, greedy, &sampled) : be.Forward(b, logits);
+    const size_t rows = b.logit_rows.size();
+    greedy.rows.resize(rows);
+    return on_device ? be.ForwardSample(b, greedy, &sampled)
+                     : be.Forward(b, std::span<float>(logits).first(rows * static_cast<size_t>(V)));
   };
-  using Clock = std::chrono::steady_clock;
+  // The median wall time of `reps` steps, each on a batch from make() built before its clock starts.
+  auto median_step_s = [&](int reps, const auto& make) -> absl::StatusOr<double> {
+    std::vector<double> times;
+    for (int rep = 0; rep < reps; ++rep) {
+      const Batch b = make();
+      auto t0 = Clock::now();
+      if (absl::Status st = step(b); !st.ok()) return st;
+      times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::nth_element(times.begin(), times.begin() + reps / 2, times.end());
+    return times[reps / 2];
+  };
   // Warm-up: one prefill and one decode step of the same shapes (allocations, library handles,
   // module loading), then the measured runs overwrite the same cache slots.
   if (absl::Status st = step(make_batch(prompt_len, prompt_len)); !st.ok()) return Fail(st);
   if (absl::Status st = step(make_batch(1, prompt_len + 1)); !st.ok()) return Fail(st);
   // The prefill step prefill_reps times (the same cache slots each time); the median is reported.
-  std::vector<double> prefill_times;
-  for (int rep = 0; rep < prefill_reps; ++rep) {
-    const Batch b = make_batch(prompt_len, prompt_len);
-    auto t0 = Clock::now();
-    if (absl::Status st = step(b); !st.ok()) return Fail(st);
-    prefill_times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  std::nth_element(prefill_times.begin(), prefill_times.begin() + prefill_reps / 2, prefill_times.end());
-  const double prefill_s = prefill_times[prefill_reps / 2];
+  const absl::StatusOr<double> prefill_s = median_step_s(prefill_reps, [&] { return make_batch(prompt_len, prompt_len); });
+  if (!prefill_s.ok()) return Fail(prefill_s.status());
   auto t1 = Clock::now();
   for (int i = 1; i <= gen; ++i) {
     if (absl::Status st = step(make_batch(1, prompt_len + i)); !st.ok()) return Fail(st);
@@ -460,53 +473,28 @@ int Bench(const Args& a) {
   }
   std::printf("backend %s  batch %d  prompt %d  gen %d  sampling %s%s\n", be.name().c_str(), batch, prompt_len, gen,
               on_device ? "device (greedy)" : "host (logits copied)", overlap ? "  steps overlapped" : "");
-  std::printf("prefill: %.2f ms, %.1f tokens/s%s\n", prefill_s * 1e3, batch * prompt_len / prefill_s,
+  std::printf("prefill: %.2f ms, %.1f tokens/s%s\n", *prefill_s * 1e3, batch * prompt_len / *prefill_s,
               prefill_reps > 1 ? absl::StrCat(" (median of ", prefill_reps, ")").c_str() : "");
   std::printf("decode:  %.2f ms/step, %.1f tokens/s\n", decode_s * 1e3 / gen, batch * gen / decode_s);
   if (mixed_chunk > 0) {
     // A step as serving runs them while a prompt arrives: the batch's decodes (at the last decode
     // position again) and one more sequence's mixed_chunk-token chunk, once to warm up and then
     // prefill_reps times (the same cache slots each time); the median is reported.
-    const int mb = std::max(per_seq, chunk_blocks);
     std::vector<int32_t> chunk_table;
     if (absl::Status st = alloc.EnsureCapacity(chunk_table, mixed_chunk); !st.ok()) return Fail(st);
     auto make_mixed = [&] {
       Batch b;
       b.cu_seqlens_q.push_back(0);
-      b.max_blocks_per_seq = mb;
-      auto add = [&](const std::vector<int32_t>& table, int len, int ctx) {
-        for (int t = 0; t < len; ++t) {
-          b.tokens.push_back(next_id());
-          b.positions.push_back(ctx - len + t);
-        }
-        b.cu_seqlens_q.push_back(static_cast<int32_t>(b.tokens.size()));
-        b.context_lens.push_back(ctx);
-        b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
-        std::vector<int32_t> row = table;
-        row.resize(mb, -1);
-        b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
-      };
-      for (int q = 0; q < batch; ++q) add(tables[q], 1, prompt_len + gen);
-      add(chunk_table, mixed_chunk, mixed_chunk);
+      b.max_blocks_per_seq = std::max(per_seq, chunk_blocks);
+      for (int q = 0; q < batch; ++q) add_seq(b, tables[q], 1, prompt_len + gen);
+      add_seq(b, chunk_table, mixed_chunk, mixed_chunk);
       return b;
     };
-    SamplingBatch greedy_mixed;
-    greedy_mixed.rows.resize(static_cast<size_t>(batch) + 1);
-    std::vector<float> logits_mixed((static_cast<size_t>(batch) + 1) * V);
-    auto mixed_step = [&](const Batch& b) {
-      return on_device ? be.ForwardSample(b, greedy_mixed, &sampled) : be.Forward(b, logits_mixed);
-    };
-    if (absl::Status st = mixed_step(make_mixed()); !st.ok()) return Fail(st);
-    std::vector<double> times;
-    for (int rep = 0; rep < prefill_reps; ++rep) {
-      const Batch b = make_mixed();
-      auto t0 = Clock::now();
-      if (absl::Status st = mixed_step(b); !st.ok()) return Fail(st);
-      times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    std::nth_element(times.begin(), times.begin() + prefill_reps / 2, times.end());
+    if (absl::Status st = step(make_mixed()); !st.ok()) return Fail(st);
+    const absl::StatusOr<double> mixed_s = median_step_s(prefill_reps, make_mixed);
+    if (!mixed_s.ok()) return Fail(mixed_s.status());
     std::printf("mixed:   %d decodes + a %d-token chunk: %.2f ms/step (median of %d)\n", batch, mixed_chunk,
-                times[prefill_reps / 2] * 1e3, prefill_reps);
+                *mixed_s * 1e3, prefill_reps);
   }
   return 0;
 }
