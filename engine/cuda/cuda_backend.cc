@@ -111,6 +111,25 @@ absl::Status Trace(cudaStream_t stream, const char* op, absl::Status st) {
   return absl::OkStatus();
 }
 
+// What `enqueue` puts on `stream`, captured into an instantiated graph (nothing runs).
+template <typename F>
+absl::StatusOr<cudaGraphExec_t> CaptureGraph(cudaStream_t stream, F&& enqueue) {
+  cudaGraph_t graph = nullptr;
+  SB_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  absl::Status st = enqueue();
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  if (!st.ok()) {
+    if (graph) cudaGraphDestroy(graph);
+    return st;
+  }
+  SB_CUDA_RETURN_IF_ERROR(end);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  SB_CUDA_RETURN_IF_ERROR(inst);
+  return exec;
+}
+
 struct LayerWeights {
   DeviceBuffer attn_w, proj_w, fc_w, fc_proj_w;                             // bf16
   DeviceBuffer ln1_w, ln1_b, ln2_w, ln2_b, attn_b, proj_b, fc_b, fc_proj_b, head_bias;  // fp32
@@ -298,7 +317,7 @@ class CudaBackend final : public Backend {
   // SBSERVE_DECODE_COMBINE_IN_SPLIT=1 (default kCombineInSplitDefault): the split grid's last CTA per
   // (sequence, head group) combines, counted in done_counters_ ([B * H], zero between calls); 0: a
   // combine kernel after each decode split grid.
-  bool combine_in_split_ = false;
+  bool combine_in_split_ = kCombineInSplitDefault;
   DeviceBuffer done_counters_;
   // Decode graphs by (batch size, block-table row length): each is captured with its rows padded to
   // a power-of-two bucket of the context (GraphBlocks), and the decode split sized for that bucket.
@@ -310,7 +329,7 @@ class CudaBackend final : public Backend {
   }
   // Piecewise graphs of steps with prefill chunks (RunPiecewise): the n_layer + 1 segments per padded
   // token count, captured on first use. SBSERVE_PIECEWISE_GRAPHS=0: such steps run kernel by kernel.
-  bool piecewise_graphs_ = true;
+  bool piecewise_graphs_ = kPiecewiseGraphsDefault;
   std::map<int, std::vector<cudaGraphExec_t>> piecewise_;
   StepPaths step_paths_;
   void ClearGraphs() {
@@ -752,20 +771,9 @@ absl::Status CudaBackend::RunDecodeGraph(const StepShape& sh) {
       SB_RETURN_IF_ERROR(tuner_->Prepare(sh.N));
       if (sh.R != sh.N) SB_RETURN_IF_ERROR(tuner_->Prepare(sh.R));
     }
-    cudaGraph_t graph = nullptr;
-    SB_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    absl::Status st = Compute(sh);
-    cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-    if (!st.ok()) {
-      if (graph) cudaGraphDestroy(graph);
-      return st;
-    }
-    SB_CUDA_RETURN_IF_ERROR(end);
-    cudaGraphExec_t exec = nullptr;
-    cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    SB_CUDA_RETURN_IF_ERROR(inst);
-    it = graphs_.emplace(std::pair{sh.B, sh.mb}, exec).first;
+    absl::StatusOr<cudaGraphExec_t> exec = CaptureGraph(stream_, [&] { return Compute(sh); });
+    if (!exec.ok()) return exec.status();
+    it = graphs_.emplace(std::pair{sh.B, sh.mb}, *exec).first;
   }
   SB_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
   return absl::OkStatus();
@@ -777,24 +785,13 @@ absl::Status CudaBackend::RunPiecewise(const StepShape& sh, const StepShape& pad
   if (it == piecewise_.end()) {
     if (tuner_) SB_RETURN_IF_ERROR(tuner_->Prepare(padded.N));  // plans are measured outside the capture
     std::vector<cudaGraphExec_t> execs;
-    absl::Status st;
-    for (int s = 0; s <= L && st.ok(); ++s) {
-      cudaGraph_t graph = nullptr;
-      SB_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-      st = Segment(padded, s);
-      const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-      if (st.ok() && end != cudaSuccess) st = absl::InternalError(std::string("piecewise capture: ") + cudaGetErrorString(end));
-      cudaGraphExec_t exec = nullptr;
-      if (st.ok()) {
-        const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-        if (inst != cudaSuccess) st = absl::InternalError(std::string("piecewise instantiate: ") + cudaGetErrorString(inst));
+    for (int s = 0; s <= L; ++s) {
+      absl::StatusOr<cudaGraphExec_t> exec = CaptureGraph(stream_, [&] { return Segment(padded, s); });
+      if (!exec.ok()) {
+        for (cudaGraphExec_t g : execs) cudaGraphExecDestroy(g);
+        return exec.status();
       }
-      if (graph) cudaGraphDestroy(graph);
-      if (st.ok()) execs.push_back(exec);
-    }
-    if (!st.ok()) {
-      for (cudaGraphExec_t g : execs) cudaGraphExecDestroy(g);
-      return st;
+      execs.push_back(*exec);
     }
     it = piecewise_.emplace(padded.N, std::move(execs)).first;
   }
