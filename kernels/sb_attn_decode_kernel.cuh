@@ -76,6 +76,14 @@ __device__ __forceinline__ DecodeChunk DecodeChunkOfCta(const SbAttnDecodeParams
   return c;
 }
 
+// Sequence b's new K (v = false) or V row of KV head hk in k_new / v_new (SbAttnDecodeParams::k_new).
+template <int kHeadDim>
+__device__ __forceinline__ const __nv_bfloat16* DecodeNewKvRow(const SbAttnDecodeParams& p, int b, int hk, bool v) {
+  const int64_t stride = p.kv_row_stride != 0 ? p.kv_row_stride : static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
+  const int row = p.q_rows != nullptr ? p.q_rows[b] : b;
+  return static_cast<const __nv_bfloat16*>(v ? p.v_new : p.k_new) + row * stride + static_cast<int64_t>(hk) * kHeadDim;
+}
+
 // The fused append (SbAttnDecodeParams::k_new): the CTA of the oldest chunk and the first group of
 // query heads of each (sequence, KV head) copies that head's new K and V row into the cache slot of
 // position T - 1, which no split CTA reads. Called by every thread before any may return.
@@ -85,12 +93,9 @@ __device__ __forceinline__ void DecodeAppendNewKv(const SbAttnDecodeParams& p, c
   const int tid = static_cast<int>(threadIdx.x);
   if (p.k_new == nullptr || ch.split != 0 || ch.h0 != ch.hk * (p.num_heads / p.num_kv_heads) || tid >= 2 * kVecs)
     return;
-  const int64_t stride = p.kv_row_stride != 0 ? p.kv_row_stride : static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
-  const int row = p.q_rows != nullptr ? p.q_rows[ch.b] : ch.b;
   const int64_t slot = device::CacheSlot(p.cache, ch.b, p.context_lens[ch.b] - 1, log2_bs);
   const bool v = tid >= kVecs;
-  const __nv_bfloat16* src = static_cast<const __nv_bfloat16*>(v ? p.v_new : p.k_new) + row * stride +
-                             static_cast<int64_t>(ch.hk) * kHeadDim;
+  const __nv_bfloat16* src = DecodeNewKvRow<kHeadDim>(p, ch.b, ch.hk, v);
   __nv_bfloat16* dst = static_cast<__nv_bfloat16*>(v ? p.cache.v : p.cache.k) +
                        (slot * p.num_kv_heads + ch.hk) * kHeadDim;
   reinterpret_cast<uint4*>(dst)[tid % kVecs] = reinterpret_cast<const uint4*>(src)[tid % kVecs];
@@ -240,10 +245,7 @@ __device__ void DecodeFoldInSplit(const SbAttnDecodeParams& p, int log2_bs, cons
   }
   const __nv_bfloat16* own_v = nullptr;
   if (p.remainder == SbRemainder::kOwnValue) {
-    const int64_t stride = p.kv_row_stride != 0 ? p.kv_row_stride : static_cast<int64_t>(p.num_kv_heads) * kHeadDim;
-    own_v = p.v_new != nullptr ? static_cast<const __nv_bfloat16*>(p.v_new) +
-                                     (p.q_rows != nullptr ? p.q_rows[ch.b] : ch.b) * stride +
-                                     static_cast<int64_t>(ch.hk) * kHeadDim
+    own_v = p.v_new != nullptr ? DecodeNewKvRow<kHeadDim>(p, ch.b, ch.hk, true)
                                : DecodeOwnValueInCache<kHeadDim>(p, ch.b, ch.hk, log2_bs);
   }
   for (int e = tid; e < kG * kHeadDim; e += kDecodeThreads) {
