@@ -35,6 +35,13 @@ struct Pair {
   std::unique_ptr<Backend> cpu, gpu;
 };
 
+// n token ids drawn uniformly from [0, V).
+std::vector<int32_t> RandomIds(std::mt19937_64& rng, int64_t V, int n) {
+  std::vector<int32_t> v(n);
+  for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
+  return v;
+}
+
 // A checkpoint pair (fp32 CPU reference, CUDA) for any writer options.
 Pair LoadWith(const CreateOptions& o, const std::string& name, int gpu_blocks = 256,
               const CudaBackendOptions& gpu_options = {}) {
@@ -98,11 +105,7 @@ void RunSteps(Pair& p, std::vector<std::vector<testing::ChunkSpec>>& steps, KvBl
 void CompareSteps(Pair& p, uint64_t seed) {
   const int64_t V = p.ckpt->config().vocab_size;
   std::mt19937_64 rng(seed);
-  auto ids = [&](int n) {
-    std::vector<int32_t> v(n);
-    for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
-    return v;
-  };
+  auto ids = [&](int n) { return RandomIds(rng, V, n); };
   KvBlockAllocator alloc(256, 16);
   std::vector<int32_t> ta, tb, tc;
   // Step 1: prefill a (70 tokens) and the first 33 of b.
@@ -357,11 +360,7 @@ TEST(CudaBackend, PiecewiseGraphsOfPrefillStepsMatchEager) {
   ASSERT_TRUE(eager.ok()) << eager.status();
   const int64_t V = p.ckpt->config().vocab_size;
   std::mt19937_64 rng(29);
-  auto ids = [&](int n) {
-    std::vector<int32_t> v(n);
-    for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
-    return v;
-  };
+  auto ids = [&](int n) { return RandomIds(rng, V, n); };
   KvBlockAllocator alloc(256, 16);
   std::vector<int32_t> ta, tb, tc, td, te, tf;
   struct Step {
@@ -453,11 +452,7 @@ Batch MirrorBlocks(Batch b, int gpu_blocks) {
 void CompareLongSteps(Pair& p, uint64_t seed, int gpu_blocks = 256, bool mirror = false) {
   const int64_t V = p.ckpt->config().vocab_size;
   std::mt19937_64 rng(seed);
-  auto ids = [&](int n) {
-    std::vector<int32_t> v(n);
-    for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
-    return v;
-  };
+  auto ids = [&](int n) { return RandomIds(rng, V, n); };
   KvBlockAllocator alloc(256, 16);
   std::vector<int32_t> ta, tb, tc;
   std::vector<std::vector<testing::ChunkSpec>> steps;
@@ -558,11 +553,7 @@ TEST(CudaBackend, GraphsRecapturedAfterBuffersGrow) {
   ASSERT_TRUE(eager.ok()) << eager.status();
   const int64_t V = p.ckpt->config().vocab_size;
   std::mt19937_64 rng(5);
-  auto ids = [&](int n) {
-    std::vector<int32_t> v(n);
-    for (int32_t& t : v) t = static_cast<int32_t>(rng() % V);
-    return v;
-  };
+  auto ids = [&](int n) { return RandomIds(rng, V, n); };
   KvBlockAllocator alloc(256, 16);
   std::vector<int32_t> ta, tb, tbig;
   std::vector<std::vector<testing::ChunkSpec>> steps;
