@@ -642,7 +642,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       json lp = nullptr;
       if (p->logprobs >= 0 && codec != nullptr) {
         lp = api == Api::kChat ? json{{"content", ChatLogprobsContent(c.logprobs, *codec, p->logprobs)}, {"refusal", nullptr}}
-                               : CompletionLogprobs(c.logprobs, *codec, p->logprobs, c.text_offset);
+                               : CompletionLogprobs(c.logprobs, *codec, p->logprobs, c.text_offset, p->skip_special_tokens);
       }
       if (api == Api::kChat) {
         out_choices.push_back({{"index", i},
@@ -721,7 +721,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
             json lp = nullptr;
             if (has_lp) {
               lp = api == Api::kChat ? json{{"content", ChatLogprobsContent(e.logprobs, *codec, p->logprobs)}, {"refusal", nullptr}}
-                                     : CompletionLogprobs(e.logprobs, *codec, p->logprobs, at);
+                                     : CompletionLogprobs(e.logprobs, *codec, p->logprobs, at, p->skip_special_tokens);
             }
             if (api == Api::kChat) {
               out += chunk({{"index", ce.index}, {"delta", {{"content", e.text}}}, {"logprobs", lp}, {"finish_reason", nullptr}});

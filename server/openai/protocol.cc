@@ -179,6 +179,7 @@ absl::Status ParseCommon(const json& body, ParsedRequest* out, v1::GenerateReque
     b = true;
     if (absl::Status s = GetBool(body, "skip_special_tokens", &b); !s.ok()) return s;
     proto->set_skip_special_tokens(b);
+    out->skip_special_tokens = b;
   }
   if (absl::Status s = GetInt(body, "priority", &f); !s.ok()) return s;
   if (f != nullptr) {
@@ -443,7 +444,8 @@ const char* FinishReasonString(FinishReason r) {
   }
 }
 
-json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n, size_t text_offset) {
+json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n, size_t text_offset,
+                        bool skip_special) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   size_t at = text_offset;
   for (const StepLogprobs& lp : lps) {
@@ -451,7 +453,7 @@ json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& c
     tokens.push_back(text);
     token_logprobs.push_back(lp.logprob);
     offsets.push_back(at);
-    at += text.size();
+    at += skip_special ? codec.Decode({lp.token_id}, true).size() : text.size();
     // OpenAI: the top `logprobs` alternatives plus the sampled token, so up to logprobs + 1.
     json alts = json::object();
     for (int i = 0; i < top_n && i < static_cast<int>(lp.top.size()); ++i) {

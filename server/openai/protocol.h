@@ -45,6 +45,7 @@ struct ParsedRequest {
   bool echo = false;
   // Completions: `logprobs` (top-n, 0..max); chat: `top_logprobs` when `logprobs` is true. -1: off.
   int logprobs = -1;
+  bool skip_special_tokens = true;  // special tokens are left out of the text (and of text_offset)
   std::string user;
 };
 
@@ -77,9 +78,11 @@ HttpError MakeError(int http_status, const std::string& type, const std::string&
 const char* FinishReasonString(FinishReason r);
 
 // Logprobs of `lps` in the completions shape {tokens, token_logprobs, top_logprobs, text_offset};
-// `text_offset` is where the first token's text starts in the choice's text.
+// `text_offset` is where the first token's text starts in the choice's text. Every sampled token
+// is listed with its own text; a special token left out of the text (`skip_special`) adds nothing
+// to the offsets after it, so each offset stays a position in the choice's text.
 nlohmann::json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n,
-                                  size_t text_offset);
+                                  size_t text_offset, bool skip_special);
 // Logprobs in the chat shape: the `content` array [{token, logprob, bytes, top_logprobs}].
 nlohmann::json ChatLogprobsContent(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n);
 

@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/openai/protocol.h"
 #include "server/server.h"
 #include "tests/server/live_server.h"
 
@@ -230,7 +231,10 @@ TEST(HttpApi, StreamingFramingMatchesTheNonStreamingText) {
 TEST(HttpApi, CompletionLogprobsShape) {
   HttpServer s;
   int status = 0;
-  json r = s.PostJson("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 5}, {"logprobs", 3}, {"ignore_eos", true}},
+  // Seeded, so the tokens are the same every run; ignore_eos lets the end-of-text token be sampled
+  // and listed while the text leaves it out.
+  json r = s.PostJson("/v1/completions",
+                      {{"prompt", "Once upon a time"}, {"max_tokens", 5}, {"logprobs", 3}, {"ignore_eos", true}, {"seed", 7}},
                       &status);
   ASSERT_EQ(status, 200) << r.dump();
   const json& lp = r["choices"][0]["logprobs"];
@@ -238,19 +242,57 @@ TEST(HttpApi, CompletionLogprobsShape) {
     ASSERT_TRUE(lp[k].is_array()) << k;
     EXPECT_EQ(lp[k].size(), 5u) << k;
   }
-  std::string joined;
+  const std::string text = r["choices"][0]["text"];
+  size_t at = 0;
   for (size_t i = 0; i < 5; ++i) {
-    EXPECT_EQ(lp["text_offset"][i], joined.size());
-    joined += lp["tokens"][i].get<std::string>();
+    const std::string tok = lp["tokens"][i];
+    EXPECT_EQ(lp["text_offset"][i], at) << i;
+    // Each token's text is where its offset says, unless it is a special token the text skips.
+    if (text.compare(at, tok.size(), tok) == 0) {
+      at += tok.size();
+    } else {
+      EXPECT_EQ(tok, "<|endoftext|>") << i << " " << r.dump();
+    }
     EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
     // The top 3 plus the sampled token when it is not among them.
     const json& top = lp["top_logprobs"][i];
     EXPECT_GE(top.size(), 3u);
     EXPECT_LE(top.size(), 4u);
-    ASSERT_TRUE(top.contains(lp["tokens"][i].get<std::string>()));
-    EXPECT_EQ(top[lp["tokens"][i].get<std::string>()], lp["token_logprobs"][i]);
+    ASSERT_TRUE(top.contains(tok));
+    EXPECT_EQ(top[tok], lp["token_logprobs"][i]);
   }
-  EXPECT_EQ(joined, r["choices"][0]["text"]);
+  EXPECT_EQ(at, text.size());
+}
+
+// A codec whose id 0 is the special token "<s>"; ids 1 and 2 are "a" and "bc".
+class SpecialZeroCodec : public TextCodec {
+ public:
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
+  std::string Decode(const std::vector<int32_t>& ids, bool skip_special) const override {
+    std::string out;
+    for (int32_t id : ids) out += id == 0 ? (skip_special ? "" : "<s>") : id == 1 ? "a" : "bc";
+    return out;
+  }
+  std::unique_ptr<TextStream> NewStream(bool) const override { return nullptr; }
+  std::vector<int32_t> eos_ids() const override { return {0}; }
+};
+
+TEST(OpenAiProtocol, CompletionLogprobsOffsetsSkipTheSpecialTokensTheTextSkips) {
+  SpecialZeroCodec codec;
+  std::vector<StepLogprobs> lps(4);
+  const int32_t ids[] = {1, 0, 2, 1};
+  for (size_t i = 0; i < lps.size(); ++i) {
+    lps[i].token_id = ids[i];
+    lps[i].logprob = -0.5f * static_cast<float>(i);
+  }
+  // Text "abca" (special token skipped), after 3 bytes of echo.
+  json lp = openai::CompletionLogprobs(lps, codec, 0, 3, true);
+  EXPECT_EQ(lp["tokens"], json({"a", "<s>", "bc", "a"}));
+  EXPECT_EQ(lp["text_offset"], json({3, 4, 4, 6}));
+  EXPECT_EQ(lp["top_logprobs"][1], json({{"<s>", -0.5}}));
+  // Text "a<s>bca" (skip_special_tokens false): offsets advance by every token.
+  lp = openai::CompletionLogprobs(lps, codec, 0, 3, false);
+  EXPECT_EQ(lp["text_offset"], json({3, 4, 7, 9}));
 }
 
 TEST(HttpApi, ChatWithoutTemplateIsA400NamingMessages) {

@@ -81,7 +81,8 @@ test('stop: finish_reason "stop" and the stop string is not returned', async () 
 });
 
 test('completion logprobs shape', async () => {
-  const r = await client.completions.create({ model, prompt: 'Once', max_tokens: 4, logprobs: 2, ignore_eos: true });
+  // Seeded, so the run repeats; ignore_eos lets the end-of-text token be sampled, listed and left out of the text.
+  const r = await client.completions.create({ model, prompt: 'Once', max_tokens: 4, logprobs: 2, ignore_eos: true, seed: 11 });
   const lp = r.choices[0].logprobs;
   assert.equal(lp.tokens.length, 4);
   assert.equal(lp.token_logprobs.length, 4);
@@ -91,7 +92,15 @@ test('completion logprobs shape', async () => {
     assert.ok(Object.keys(top).length >= 2 && Object.keys(top).length <= 3);
     assert.equal(top[lp.tokens[i]], lp.token_logprobs[i]);
   });
-  assert.equal(lp.tokens.join(''), r.choices[0].text);
+  // Each token's text sits at its offset in the text, unless it is a special token the text skips.
+  const text = r.choices[0].text;
+  let at = 0;
+  lp.tokens.forEach((tok, i) => {
+    assert.equal(lp.text_offset[i], at);
+    if (text.startsWith(tok, at)) at += tok.length;
+    else assert.equal(tok, '<|endoftext|>');
+  });
+  assert.equal(at, text.length);
 });
 
 test('chat: message, usage, and the template applied', async () => {
