@@ -45,6 +45,7 @@ commands:
       --ids 1,2,3            send token ids instead of PROMPT text
       --max-tokens N --min-tokens N --temperature T --top-k K --top-p P --min-p P
       --repetition-penalty R --presence-penalty P --frequency-penalty F --seed S
+      --logit-bias ID:BIAS (repeatable; BIAS in [-100, 100] is added to token ID's logit)
       --stop STRING (repeatable) --stop-token-id ID (repeatable) --ignore-eos
       --include-stop-str --logprobs N --priority N --id REQUEST_ID
       --keep-special         do not skip special tokens in the text
@@ -180,6 +181,15 @@ int Generate(SbServe::Stub& stub, const Args& a, absl::Duration timeout) {
   if (a.Has("presence-penalty")) s->set_presence_penalty(Num<float>(a, "presence-penalty"));
   if (a.Has("frequency-penalty")) s->set_frequency_penalty(Num<float>(a, "frequency-penalty"));
   if (a.Has("seed")) s->set_seed(Num<uint64_t>(a, "seed"));
+  for (const auto& x : a.All("logit-bias")) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(x, absl::MaxSplits(':', 1));
+    int32_t id;
+    float bias;
+    if (!absl::SimpleAtoi(kv.first, &id) || !absl::SimpleAtof(kv.second, &bias)) {
+      Die(absl::StrCat("--logit-bias: '", x, "' is not ID:BIAS"));
+    }
+    (*s->mutable_logit_bias())[id] = bias;
+  }
   auto* st = req.mutable_stopping();
   if (a.Has("max-tokens")) st->set_max_tokens(Num<uint32_t>(a, "max-tokens"));
   if (a.Has("min-tokens")) st->set_min_tokens(Num<uint32_t>(a, "min-tokens"));

@@ -143,6 +143,11 @@ absl::Status Engine::Impl::Validate(const GenerateRequest& req) const {
   if (req.logprobs > options_.max_logprobs) {
     return absl::OutOfRangeError(absl::StrCat("logprobs: at most ", options_.max_logprobs, ", got ", req.logprobs));
   }
+  for (const auto& [id, bias] : req.sampling.logit_bias) {
+    if (id >= cfg.vocab_size) {
+      return absl::OutOfRangeError(absl::StrCat("sampling.logit_bias: token ", id, " is outside [0, ", cfg.vocab_size, ")"));
+    }
+  }
   for (int32_t id : req.stop_token_ids) {
     if (id < 0 || id >= cfg.vocab_size) {
       return absl::OutOfRangeError(absl::StrCat("stopping.stop_token_ids: ", id, " is outside [0, ", cfg.vocab_size, ")"));

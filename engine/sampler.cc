@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <unordered_set>
 
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
@@ -28,6 +29,17 @@ absl::Status SamplingParams::Validate() const {
     return bad("presence_penalty", "must be in [-2, 2]");
   if (!std::isfinite(frequency_penalty) || std::fabs(frequency_penalty) > 2.f)
     return bad("frequency_penalty", "must be in [-2, 2]");
+  if (logit_bias.size() > static_cast<size_t>(kMaxLogitBias)) {
+    return bad("logit_bias", absl::StrCat("at most ", kMaxLogitBias, " tokens"));
+  }
+  std::unordered_set<int32_t> ids;
+  for (const auto& [id, bias] : logit_bias) {
+    if (id < 0) return bad("logit_bias", absl::StrCat("token id ", id, " is negative"));
+    if (!std::isfinite(bias) || std::fabs(bias) > 100.f) {
+      return bad("logit_bias", absl::StrCat("the bias of token ", id, " must be in [-100, 100]"));
+    }
+    if (!ids.insert(id).second) return bad("logit_bias", absl::StrCat("token ", id, " is listed twice"));
+  }
   return absl::OkStatus();
 }
 
@@ -38,6 +50,9 @@ SequenceSampler::SequenceSampler(const SamplingParams& params, std::span<const i
   } else {
     std::random_device rd;
     seed_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }
+  for (const auto& [t, bias] : params_.logit_bias) {
+    if (bias != 0.f) Penalised(t).bias = bias;
   }
   if (params_.repetition_penalty != 1.0f) {
     for (int32_t t : prompt) Penalised(t).seen = 1;
@@ -50,7 +65,7 @@ void ApplyAdjustments(const RowSampling& row, std::span<const LogitAdjust> adjus
     if (a.token < 0 || a.token >= V) continue;
     float& l = logits[a.token];
     l = a.banned ? -std::numeric_limits<float>::infinity()
-                 : sampling::Penalize(l, a.seen != 0, a.output_count, row.repetition_penalty,
+                 : sampling::Penalize(l, a.bias, a.seen != 0, a.output_count, row.repetition_penalty,
                                       row.frequency_penalty, row.presence_penalty);
   }
 }
@@ -207,7 +222,7 @@ RowDraw SequenceSampler::Draw(std::span<const int32_t> banned, int32_t num_logpr
 
 LogitAdjust& SequenceSampler::Penalised(int32_t token) {
   auto [it, fresh] = penalised_at_.emplace(token, static_cast<int32_t>(penalised_.size()));
-  if (fresh) penalised_.push_back(LogitAdjust{token, 0, 0, 0});
+  if (fresh) penalised_.push_back(LogitAdjust{token, 0, 0, 0, 0.f});
   return penalised_[it->second];
 }
 
@@ -236,7 +251,7 @@ void SequenceSampler::Describe(std::span<const int32_t> banned, int32_t num_logp
   row->position = position_;
   row->num_logprobs = num_logprobs;
   row->adjust_begin = static_cast<int32_t>(adjust->size());
-  // One entry per token: the penalised ones, then the banned ones not among them.
+  // One entry per token: the biased and penalised ones, then the banned ones not among them.
   adjust->insert(adjust->end(), penalised_.begin(), penalised_.end());
   for (int32_t t : banned) {
     if (auto it = penalised_at_.find(t); it != penalised_at_.end()) {
@@ -247,7 +262,7 @@ void SequenceSampler::Describe(std::span<const int32_t> banned, int32_t num_logp
     for (size_t e = row->adjust_begin + penalised_.size(); e < adjust->size() && !listed; ++e) {
       listed = (*adjust)[e].token == t;
     }
-    if (!listed) adjust->push_back(LogitAdjust{t, 0, 0, 1});
+    if (!listed) adjust->push_back(LogitAdjust{t, 0, 0, 1, 0.f});
   }
   row->adjust_end = static_cast<int32_t>(adjust->size());
 }

@@ -1,6 +1,7 @@
 // Token sampling with HF/vLLM semantics and a counter-based RNG (engine/sampling_math.h).
 //
-// Order of operations on one row of logits: repetition penalty (HF: divide positive logits,
+// Order of operations on one row of logits: logit bias (OpenAI: added to the listed tokens),
+// repetition penalty (HF: divide positive logits,
 // multiply negative ones, for every token seen in prompt or output), frequency and presence
 // penalties (OpenAI: subtract freq * count + presence * [count > 0], output tokens only),
 // temperature (0 = greedy argmax), then the filters top-k, top-p (over the top-k renormalised),
@@ -23,6 +24,8 @@
 
 namespace sbserve {
 
+inline constexpr int kMaxLogitBias = 1024;  // entries of SamplingParams::logit_bias
+
 struct SamplingParams {
   float temperature = 1.0f;       // 0: greedy
   int32_t top_k = 0;              // 0: off
@@ -33,6 +36,9 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;
   uint64_t seed = 0;
   bool has_seed = false;
+  // (token, bias) pairs, token ids unique; a bias in [-100, 100] is added to the token's logit
+  // (OpenAI's logit_bias). The engine checks the ids against the vocabulary.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 
   absl::Status Validate() const;  // names the bad field
 };
@@ -51,7 +57,7 @@ struct SamplingScratch {
 // top one; the draw is the Gumbel-max over what is kept.
 int32_t DrawToken(const RowSampling& row, std::span<const float> logits, SamplingScratch& scratch);
 
-// Applies a row's penalties and bans (banned: -inf) to its logits in place.
+// Applies a row's biases, penalties and bans (banned: -inf) to its logits in place.
 void ApplyAdjustments(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits);
 
 // One row drawn as the device sampler draws it: the raw row's logprobs (when row.num_logprobs >= 0:
@@ -108,7 +114,7 @@ class SequenceSampler {
   SamplingParams params_;
   uint64_t seed_ = 0;
   int64_t position_ = 0;
-  // The penalised tokens as Describe hands them out, kept up to date by the constructor and Record
+  // The biased and penalised tokens as Describe hands them out, kept up to date by the constructor and Record
   // (a step copies them instead of rebuilding them from the prompt), and each token's index there.
   std::vector<LogitAdjust> penalised_;
   std::unordered_map<int32_t, int32_t> penalised_at_;

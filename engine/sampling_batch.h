@@ -1,5 +1,5 @@
 // What a backend that samples on its own device needs besides the Batch: one RowSampling per logit
-// row, and the sparse logit adjustments (penalised and banned tokens) of each row. What comes back
+// row, and the sparse logit adjustments (biased, penalised and banned tokens) of each row. What comes back
 // is one token per row, and the requested logprobs. Only these cross to the host, not the logits.
 #pragma once
 
@@ -14,6 +14,7 @@ struct LogitAdjust {
   int32_t output_count = 0;  // times drawn so far (frequency / presence penalties)
   uint8_t seen = 0;          // in the prompt or the output (repetition penalty)
   uint8_t banned = 0;        // may not be drawn yet (eos and stop ids before min_tokens)
+  float bias = 0.f;          // the request's logit bias, added before the penalties
 };
 
 struct RowSampling {

@@ -70,14 +70,17 @@ SB_HD double Weight(float z, float z_max) {
 #endif
 }
 
-// Penalties on one logit: repetition (HF: divide a positive logit, multiply a negative one) for a
-// token seen in the prompt or output, then frequency and presence (OpenAI) for an output token
-// seen `count` times.
-SB_HD float Penalize(float logit, bool seen, int32_t count, float repetition, float frequency, float presence) {
+// Adjustments of one logit: the request's logit bias (OpenAI, vLLM: added first), then repetition
+// (HF: divide a positive logit, multiply a negative one) for a token seen in the prompt or output,
+// then frequency and presence (OpenAI) for an output token seen `count` times.
+SB_HD float Penalize(float logit, float bias, bool seen, int32_t count, float repetition, float frequency,
+                     float presence) {
 #if defined(__CUDA_ARCH__)
+  if (bias != 0.f) logit = __fadd_rn(logit, bias);
   if (seen && repetition != 1.0f) logit = logit > 0.f ? __fdiv_rn(logit, repetition) : __fmul_rn(logit, repetition);
   if (count > 0) logit = __fsub_rn(logit, __fadd_rn(__fmul_rn(frequency, static_cast<float>(count)), presence));
 #else
+  if (bias != 0.f) logit += bias;
   if (seen && repetition != 1.0f) logit = logit > 0.f ? logit / repetition : logit * repetition;
   if (count > 0) logit -= frequency * static_cast<float>(count) + presence;
 #endif

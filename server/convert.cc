@@ -1,5 +1,6 @@
 #include "server/convert.h"
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -67,6 +68,8 @@ absl::StatusOr<GenerateRequest> RequestFromProto(const v1::GenerateRequest& p) {
     r.sampling.seed = s.seed();
     r.sampling.has_seed = true;
   }
+  r.sampling.logit_bias.assign(s.logit_bias().begin(), s.logit_bias().end());
+  std::sort(r.sampling.logit_bias.begin(), r.sampling.logit_bias.end());  // a map's order is unspecified
   if (absl::Status st = r.sampling.Validate(); !st.ok()) {
     return absl::Status(st.code(), absl::StrCat("sampling.", st.message()));
   }

@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) LogprobKernel(const float* logits, i
   }
 }
 
-// Penalties and bans on the sparse adjusted tokens; the raw values are kept for the drawn token's
+// Biases, penalties and bans on the sparse adjusted tokens; the raw values are kept for the drawn token's
 // logprob.
 __global__ void AdjustKernel(float* logits, int64_t V, const RowSampling* rows, const LogitAdjust* adjust,
                              const int32_t* adjust_rows, int n, float* saved) {
@@ -114,7 +114,7 @@ __global__ void AdjustKernel(float* logits, int64_t V, const RowSampling* rows, 
   const float raw = *p;
   saved[e] = raw;
   *p = a.banned ? -INFINITY
-                : sampling::Penalize(raw, a.seen != 0, a.output_count, rs.repetition_penalty, rs.frequency_penalty,
+                : sampling::Penalize(raw, a.bias, a.seen != 0, a.output_count, rs.repetition_penalty, rs.frequency_penalty,
                                      rs.presence_penalty);
 }
 

@@ -104,11 +104,26 @@ absl::Status ParseCommon(const json& body, ParsedRequest* out, v1::GenerateReque
       out->include_usage = iu->get<bool>();
     }
   }
-  if (const json* lb = Field(body, "logit_bias"); lb != nullptr && !(lb->is_object() && lb->empty())) {
-    return Bad("logit_bias", "not supported");
-  }
-
   v1::SamplingParams* sp = proto->mutable_sampling();
+  if (const json* lb = Field(body, "logit_bias"); lb != nullptr) {
+    // {"<token id>": bias}: keys are token ids in decimal, as OpenAI's clients send them.
+    if (!lb->is_object()) return Bad("logit_bias", "must be an object mapping token ids to biases");
+    if (lb->size() > static_cast<size_t>(kMaxLogitBias)) {
+      return Bad("logit_bias", absl::StrCat("at most ", kMaxLogitBias, " tokens"));
+    }
+    for (const auto& [key, value] : lb->items()) {
+      int32_t id = 0;
+      const bool digits = !key.empty() && key.size() <= 10 &&
+                          std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (!digits || !absl::SimpleAtoi(key, &id)) {
+        return Bad("logit_bias", absl::StrCat("keys must be token ids, got \"", key.substr(0, 32), "\""));
+      }
+      if (!value.is_number()) return Bad("logit_bias", absl::StrCat("the bias of token ", id, " must be a number"));
+      if (!sp->mutable_logit_bias()->try_emplace(id, static_cast<float>(value.get<double>())).second) {
+        return Bad("logit_bias", absl::StrCat("token ", id, " is listed twice"));
+      }
+    }
+  }
   struct FloatField {
     const char* name;
     void (v1::SamplingParams::*set)(float);

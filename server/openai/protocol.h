@@ -6,7 +6,7 @@
 // Field rules (documented in README "OpenAI HTTP API"):
 //   - unknown fields are ignored (OpenAI SDKs send fields a server may not know);
 //   - known fields whose meaning sbserve cannot honour are refused with 400 naming them
-//     (non-empty logit_bias, tools, suffix, best_of other than n, response_format other than text,
+//     (tools, suffix, best_of other than n, response_format other than text,
 //     echo together with logprobs);
 //   - vLLM's extension fields top_k (-1 or 0: off), min_p, repetition_penalty, min_tokens,
 //     ignore_eos, stop_token_ids, skip_special_tokens, include_stop_str_in_output, priority,

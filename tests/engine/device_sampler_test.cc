@@ -1,6 +1,6 @@
 // The device sampler against the CPU sampler (engine/sampler.h) on identical logits: the same ids
-// for greedy, tempered and filtered draws with penalties and bans, at every parameter's edges, and
-// the same logprobs; and the device's seeded draws against the tempered softmax (chi-square).
+// for greedy, tempered and filtered draws with logit biases, penalties and bans, at every
+// parameter's edges, and the same logprobs; and the device's seeded draws against the tempered softmax (chi-square).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -99,6 +99,37 @@ std::vector<RowCase> Cases(int V) {
     for (int i = 0; i < 50; ++i) c.prompt.push_back((i * 31) % V);
     for (int i = 0; i < 20; ++i) c.history.push_back((i * 17) % V);
     c.logprobs = 20;
+  });
+  // Logit biases: forcing (+100) and banning (-100) in sampled and greedy rows, and small biases
+  // under the penalties and filters (a bias is added before the penalties).
+  add("logit_bias +100 sampled", [V](RowCase& c) {
+    c.params.temperature = 1.3f;
+    c.params.logit_bias = {{V / 3, 100.f}};
+    c.logprobs = 2;
+  });
+  add("logit_bias -100 greedy", [V](RowCase& c) {
+    c.params.temperature = 0.f;
+    for (int32_t t : {0, V / 7, V / 5, V - 1}) c.params.logit_bias.emplace_back(t, -100.f);
+    std::sort(c.params.logit_bias.begin(), c.params.logit_bias.end());
+    c.params.logit_bias.erase(std::unique(c.params.logit_bias.begin(), c.params.logit_bias.end(),
+                                          [](auto a, auto b) { return a.first == b.first; }),
+                              c.params.logit_bias.end());
+  });
+  add("logit_bias + penalties + filters", [V](RowCase& c) {
+    c.params.temperature = 0.8f;
+    c.params.top_k = 20;
+    c.params.top_p = 0.9f;
+    c.params.repetition_penalty = 1.3f;
+    c.params.frequency_penalty = 0.5f;
+    for (int i = 0; i < 20; ++i) c.prompt.push_back((i * 13) % V);
+    for (int i = 0; i < 12; ++i) c.history.push_back((i * 29 + 1) % V);
+    for (int i = 0; i < 40 && i < V; ++i) {
+      const int32_t t = (i * 37) % V;
+      if (std::none_of(c.params.logit_bias.begin(), c.params.logit_bias.end(), [t](auto e) { return e.first == t; })) {
+        c.params.logit_bias.emplace_back(t, 0.25f * static_cast<float>(i % 9) - 1.0f);
+      }
+    }
+    c.logprobs = 4;
   });
   add("banned greedy", [V](RowCase& c) {
     c.params.temperature = 0.f;

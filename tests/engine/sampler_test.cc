@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/kv_cache.h"
 #include "engine/sampler.h"
@@ -205,6 +206,71 @@ TEST(Sampler, ValidateNamesTheField) {
   EXPECT_NE(p.Validate().message().find("min_p"), absl::string_view::npos);
   p = {};
   EXPECT_TRUE(p.Validate().ok());
+  // logit_bias: biases in [-100, 100] and finite, ids non-negative and listed once, at most 1024.
+  p.logit_bias = {{5, 100.f}, {0, -100.f}, {7, 0.25f}};
+  EXPECT_TRUE(p.Validate().ok());
+  for (const std::vector<std::pair<int32_t, float>>& bad :
+       {std::vector<std::pair<int32_t, float>>{{5, 100.5f}}, {{5, -101.f}}, {{5, NAN}}, {{5, INFINITY}}, {{-1, 1.f}},
+        {{4, 1.f}, {4, 2.f}}}) {
+    p.logit_bias = bad;
+    const absl::Status s = p.Validate();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad[0].first;
+    EXPECT_TRUE(absl::StartsWith(s.message(), "logit_bias: ")) << s.message();
+  }
+  p.logit_bias.clear();
+  for (int i = 0; i < kMaxLogitBias; ++i) p.logit_bias.emplace_back(i, -1.f);
+  EXPECT_TRUE(p.Validate().ok());
+  p.logit_bias.emplace_back(kMaxLogitBias, -1.f);
+  EXPECT_NE(p.Validate().message().find("at most 1024"), absl::string_view::npos) << p.Validate();
+}
+
+// The bias is added before the penalties (vLLM's order): a prompt token with logit -1 and bias
+// +1.5 is positive when the repetition penalty sees it, so it is divided, not multiplied.
+TEST(Sampler, LogitBiasIsAddedBeforeThePenalties) {
+  SamplingParams p;
+  p.temperature = 0.f;
+  p.repetition_penalty = 2.0f;
+  p.frequency_penalty = 0.5f;
+  p.logit_bias = {{1, 1.5f}, {2, -3.f}, {7, 2.f}};
+  SequenceSampler s(p, std::vector<int32_t>{1});
+  std::vector<float> l(10, 0.f);
+  l[7] = 100.f;
+  ASSERT_EQ(s.Sample(l), 7);  // output token 7 once
+  std::vector<float> x = {1, -1, 4, 1, 1, 1, 1, 4, 1, 1};
+  s.ApplyPenalties(x);
+  EXPECT_FLOAT_EQ(x[1], (-1.0f + 1.5f) / 2.0f);  // biased, then a seen positive logit is divided
+  EXPECT_FLOAT_EQ(x[2], 4.0f - 3.0f);            // biased only
+  EXPECT_FLOAT_EQ(x[7], (4.0f + 2.0f) / 2.0f - 0.5f);  // biased, repetition, frequency
+  EXPECT_FLOAT_EQ(x[0], 1.0f);
+}
+
+// +100 all but forces a token, -100 all but bans one; the reported logprobs stay the raw row's.
+TEST(Sampler, LogitBiasForcesAndBansTokensAndLeavesLogprobsRaw) {
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    const std::vector<float> raw = Logits(seed);
+    const int32_t argmax = static_cast<int32_t>(std::max_element(raw.begin(), raw.end()) - raw.begin());
+    const int32_t forced = (argmax + 1 + static_cast<int32_t>(seed)) % static_cast<int32_t>(raw.size());
+    SamplingParams p;
+    p.temperature = 1.0f;
+    p.seed = seed;
+    p.has_seed = true;
+    p.logit_bias = {{forced, 100.f}};
+    SequenceSampler s(p, {});
+    std::vector<float> row = raw;
+    const RowDraw d = s.Draw({}, 2, row);
+    EXPECT_EQ(d.token, forced);
+    std::vector<float> lp;
+    SequenceSampler::LogSoftmax(raw, lp);
+    EXPECT_FLOAT_EQ(d.logprob, lp[forced]);
+    ASSERT_EQ(d.top.size(), 2u);
+    EXPECT_EQ(d.top[0].first, argmax);
+    // Greedy with the argmax biased down by 100 picks the runner-up.
+    p.temperature = 0.f;
+    p.logit_bias = {{argmax, -100.f}};
+    SequenceSampler g(p, {});
+    row = raw;
+    EXPECT_EQ(g.Sample(row), d.top[1].first);
+  }
 }
 
 TEST(KvBlockAllocator, AllocatesFreesAndRefusesWhenFull) {
@@ -298,7 +364,7 @@ TEST(Sampler, TopPOnAFlatLargeVocabularyKeepsTheNucleus) {
 }  // namespace sbserve
 
 // The distribution of drawn tokens against an independent float64 model of the sampling order
-// (penalties, temperature, top-k, top-p over the top-k renormalised, min-p, renormalise): a
+// (logit bias, penalties, temperature, top-k, top-p over the top-k renormalised, min-p, renormalise): a
 // Pearson chi-square over the kept tokens, and exactly zero draws of every filtered-out token.
 // Small vocabularies and temperatures != 1, so a sampler that ignores temperature, keeps the wrong
 // set or weights it wrongly fails. Seeds are fixed; the chi-square bound is the Wilson-Hilferty
@@ -325,6 +391,7 @@ std::vector<double> ExpectedDistribution(const std::vector<float>& logits, const
   for (int32_t t : c.history) counts[t]++;
   std::set<int32_t> seen(c.prompt.begin(), c.prompt.end());
   for (const auto& [t, n] : counts) seen.insert(t);
+  for (const auto& [t, b] : p.logit_bias) l[t] += b;
   for (int32_t t : seen) l[t] = l[t] > 0 ? l[t] / p.repetition_penalty : l[t] * p.repetition_penalty;
   for (const auto& [t, n] : counts) l[t] -= p.frequency_penalty * n + p.presence_penalty;
   std::vector<double> prob(V);
@@ -542,6 +609,23 @@ TEST(SamplerDistribution, PenaltiesThenTemperatureThenFilters) {
     SCOPED_TRACE(which);
     ExpectDistribution(kBase, c, 500 + 100000 * which);
   }
+}
+
+// Biases on a prompt token with a negative logit that the bias makes positive (6), an output token
+// (5) and two untouched by penalties (1, 11), with the repetition penalty and the filters after them.
+TEST(SamplerDistribution, LogitBiasThenPenaltiesThenTemperatureThenFilters) {
+  DistCase c;
+  c.prompt = {0, 3, 6};
+  c.history = {5, 9};
+  c.draws = 30000;
+  c.params.temperature = 0.7f;
+  c.params.repetition_penalty = 1.3f;
+  c.params.frequency_penalty = 0.2f;
+  c.params.logit_bias = {{1, 0.8f}, {5, -0.4f}, {6, 1.35f}, {11, -0.9f}};
+  ExpectDistribution(kBase, c, 700);
+  c.params.top_k = 5;
+  ASSERT_EQ(KeptCount(c), 5);
+  ExpectDistribution(kBase, c, 800);
 }
 
 }  // namespace

@@ -27,6 +27,22 @@ TEST(ConvertCases, MaxTokensZeroIsRefusedWhenSet) {
   EXPECT_EQ(r->max_tokens, 0) << "unset: the engine's default";
 }
 
+TEST(ConvertCases, LogitBiasOutOfRangeIsRefusedNamingTheField) {
+  v1::GenerateRequest p = Base();
+  (*p.mutable_sampling()->mutable_logit_bias())[3] = 100.f;
+  (*p.mutable_sampling()->mutable_logit_bias())[4] = -100.f;
+  ASSERT_TRUE(RequestFromProto(p).ok());
+  (*p.mutable_sampling()->mutable_logit_bias())[4] = -100.5f;
+  absl::StatusOr<GenerateRequest> r = RequestFromProto(p);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("sampling.logit_bias: the bias of token 4"), std::string::npos) << r.status();
+  p.mutable_sampling()->mutable_logit_bias()->erase(4);
+  (*p.mutable_sampling()->mutable_logit_bias())[-2] = 1.f;
+  r = RequestFromProto(p);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("sampling.logit_bias: token id -2"), std::string::npos) << r.status();
+}
+
 TEST(ConvertCases, SixteenStopStringsAreTheLimit) {
   v1::GenerateRequest p = Base();
   for (int i = 0; i < 16; ++i) p.mutable_stopping()->add_stop("s" + std::to_string(i));

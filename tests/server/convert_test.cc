@@ -24,6 +24,9 @@ v1::GenerateRequest FullRequest() {
   s->set_presence_penalty(0.3f);
   s->set_frequency_penalty(-0.4f);
   s->set_seed(987654321);
+  (*s->mutable_logit_bias())[40] = -100.f;
+  (*s->mutable_logit_bias())[7] = 2.5f;
+  (*s->mutable_logit_bias())[1000] = 0.f;
   v1::StoppingCriteria* st = p.mutable_stopping();
   st->set_max_tokens(33);
   st->set_min_tokens(4);
@@ -56,6 +59,8 @@ TEST(Convert, EveryRequestFieldReachesTheEngine) {
   EXPECT_FLOAT_EQ(r->sampling.frequency_penalty, -0.4f);
   EXPECT_TRUE(r->sampling.has_seed);
   EXPECT_EQ(r->sampling.seed, 987654321u);
+  // In token order, whatever order the map iterates in.
+  EXPECT_EQ(r->sampling.logit_bias, (std::vector<std::pair<int32_t, float>>{{7, 2.5f}, {40, -100.f}, {1000, 0.f}}));
   EXPECT_EQ(r->max_tokens, 33);
   EXPECT_EQ(r->min_tokens, 4);
   EXPECT_EQ(r->stop_strings, (std::vector<std::string>{"END", "\n\n"}));
@@ -84,6 +89,7 @@ TEST(Convert, UnsetFieldsTakeTheDocumentedDefaults) {
   EXPECT_EQ(r->sampling.min_p, 0.0f);
   EXPECT_EQ(r->sampling.repetition_penalty, 1.0f);
   EXPECT_FALSE(r->sampling.has_seed);
+  EXPECT_TRUE(r->sampling.logit_bias.empty());
   EXPECT_EQ(r->max_tokens, 0);  // the engine's default, capped by the context
   EXPECT_EQ(r->logprobs, -1);   // none
   EXPECT_EQ(r->priority, 0);

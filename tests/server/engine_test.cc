@@ -83,6 +83,11 @@ TEST(Engine, ValidationNamesTheField) {
   r = Req("x", 3, 3);
   r.sampling.top_p = 0;
   EXPECT_EQ(submit(r).code(), absl::StatusCode::kInvalidArgument);
+  r = Req("x", 3, 3);
+  r.sampling.logit_bias = {{1, 5.f}, {kFakeVocab, -100.f}};
+  st = submit(r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(st.message().find("sampling.logit_bias: token 64 is outside [0, 64)"), std::string::npos) << st;
   // Unset max_tokens becomes the default, capped by the context.
   EngineOptions o;
   o.default_max_tokens = 5;
@@ -92,6 +97,35 @@ TEST(Engine, ValidationNamesTheField) {
   ASSERT_TRUE(e2->Submit(d, c.Sink()).ok());
   ASSERT_TRUE(c.Wait());
   EXPECT_EQ(c.num_ids(), 5u);
+}
+
+// A +100 bias makes every draw of a sampled request that token; a -100 bias on it in a greedy
+// request keeps it out of the output; a request beside them without a bias is unaffected.
+TEST(Engine, LogitBiasSteersTheDrawsOfItsRequestOnly) {
+  auto engine = MakeEngine();
+  Collector forced, banned, plain, plain_alone;
+  GenerateRequest f = Req("forced", 6, 12);
+  f.sampling.temperature = 1.0f;
+  f.sampling.logit_bias = {{9, 100.f}};
+  GenerateRequest g = Req("plain", 6, 12);
+  g.sampling.temperature = 0.f;
+  ASSERT_TRUE(engine->Submit(f, forced.Sink()).ok());
+  ASSERT_TRUE(engine->Submit(g, plain.Sink()).ok());
+  ASSERT_TRUE(forced.Wait());
+  ASSERT_TRUE(plain.Wait());
+  EXPECT_EQ(forced.ids(), std::vector<int32_t>(12, 9));
+  g.request_id = "plain-alone";
+  ASSERT_TRUE(engine->Submit(g, plain_alone.Sink()).ok());
+  ASSERT_TRUE(plain_alone.Wait());
+  EXPECT_EQ(plain.ids(), plain_alone.ids());
+  // Ban the greedy request's first token: it picks another one there.
+  GenerateRequest b = g;
+  b.request_id = "banned";
+  b.sampling.logit_bias = {{plain.ids()[0], -100.f}};
+  ASSERT_TRUE(engine->Submit(b, banned.Sink()).ok());
+  ASSERT_TRUE(banned.Wait());
+  ASSERT_FALSE(banned.ids().empty());
+  EXPECT_NE(banned.ids()[0], plain.ids()[0]);
 }
 
 TEST(Engine, AdmissionByQueuedRequestsCarriesARetryDelay) {

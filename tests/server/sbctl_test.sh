@@ -55,6 +55,17 @@ PY
 greedy=$("$sbctl" --addr "$addr" generate "Once upon a time" --max-tokens 12 --temperature 0 --ignore-eos --unary 2>/dev/null)
 [ "$greedy" == "$(cat "$work/gen.txt")" ] || fail "unary and streaming differ"
 
+# --logit-bias: +100 on token 300 makes every sampled id 300; a second flag biases another token.
+"$sbctl" --addr "$addr" generate --ids 5,6,7 --max-tokens 6 --temperature 1 --ignore-eos \
+  --logit-bias 300:100 --logit-bias 301:-5 --json >"$work/bias.jsonl"
+python3 - "$work/bias.jsonl" <<'PY'
+import json, sys
+ids = [i for l in open(sys.argv[1]) for i in json.loads(l).get("token_ids", [])]
+assert ids == [300] * 6, ids
+PY
+if "$sbctl" --addr "$addr" generate "x" --logit-bias 300:101 2>"$work/bad.err"; then fail "bias 101 accepted"; fi
+grep -q "sampling.logit_bias" "$work/bad.err" || fail "error does not name logit_bias: $(cat "$work/bad.err")"
+
 # Errors exit non-zero and name the field.
 if "$sbctl" --addr "$addr" generate "x" --top-p 0 2>"$work/bad.err"; then fail "bad top_p accepted"; fi
 grep -q "sampling.top_p" "$work/bad.err" || fail "error does not name the field: $(cat "$work/bad.err")"

@@ -405,7 +405,13 @@ TEST(HttpApi, BadFieldsAre400sNamingTheField) {
       {{{"prompt", json::array({1, 999999})}}, "prompt"},
       {{{"prompt", ""}}, "prompt"},
       {{{"max_tokens", 3}}, "prompt"},
-      {{{"prompt", "x"}, {"logit_bias", {{"1", 5}}}}, "logit_bias"},
+      {{{"prompt", "x"}, {"logit_bias", {{"1", 101}}}}, "logit_bias"},    // RequestFromProto's rule
+      {{{"prompt", "x"}, {"logit_bias", {{"1", "up"}}}}, "logit_bias"},
+      {{{"prompt", "x"}, {"logit_bias", {{"one", 1}}}}, "logit_bias"},
+      {{{"prompt", "x"}, {"logit_bias", {{"-1", 1}}}}, "logit_bias"},
+      {{{"prompt", "x"}, {"logit_bias", json::array({1, 2})}}, "logit_bias"},
+      {{{"prompt", "x"}, {"logit_bias", {{"1", 1}, {"01", 2}}}}, "logit_bias"},  // one token twice
+      {{{"prompt", "x"}, {"logit_bias", {{"999999", -1}}}}, "logit_bias"},  // outside the vocabulary: the engine's rule
   };
   int status = 0;
   for (const Case& c : cases) {
@@ -428,6 +434,41 @@ TEST(HttpApi, BadFieldsAre400sNamingTheField) {
   EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"invalid_argument\"}") +
                 MetricValue(page, "sbserve_request_rejected_total{reason=\"out_of_range\"}"),
             static_cast<double>(cases.size()));
+}
+
+// OpenAI's logit_bias through the HTTP door: +100 makes every sampled token the biased one, -100
+// keeps the greedy choice out, an empty object changes nothing.
+TEST(HttpApi, LogitBiasSteersTheTokens) {
+  HttpServer s;
+  int status = 0;
+  json d = s.PostJson("/detokenize", {{"tokens", {300}}}, &status);
+  ASSERT_EQ(status, 200) << d.dump();
+  const std::string piece = d["prompt"];
+  ASSERT_FALSE(piece.empty());
+  json r = s.PostJson("/v1/completions",
+                      {{"prompt", "Once upon a time"}, {"max_tokens", 6}, {"temperature", 1.0}, {"ignore_eos", true},
+                       {"logit_bias", {{"300", 100}}}},
+                      &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  std::string want;
+  for (int i = 0; i < 6; ++i) want += piece;
+  EXPECT_EQ(r["choices"][0]["text"], want);
+  // Greedy, then greedy with its first token biased down by 100.
+  const json greedy = {{"prompt", "Once upon a time"}, {"max_tokens", 4}, {"temperature", 0}, {"logprobs", 1},
+                       {"ignore_eos", true}, {"logit_bias", json::object()}};
+  r = s.PostJson("/v1/completions", greedy, &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  const std::string first = r["choices"][0]["logprobs"]["tokens"][0];
+  json t = s.PostJson("/tokenize", {{"prompt", first}, {"add_special_tokens", false}}, &status);
+  ASSERT_EQ(status, 200) << t.dump();
+  ASSERT_EQ(t["tokens"].size(), 1u) << t.dump();
+  json banned = greedy;
+  banned["logit_bias"] = {{std::to_string(t["tokens"][0].get<int>()), -100}};
+  json b = s.PostJson("/v1/completions", banned, &status);
+  ASSERT_EQ(status, 200) << b.dump();
+  EXPECT_NE(b["choices"][0]["logprobs"]["tokens"][0], first);
+  // Logprobs stay the raw distribution's: the banned token is still the most probable alternative.
+  EXPECT_TRUE(b["choices"][0]["logprobs"]["top_logprobs"][0].contains(first)) << b.dump();
 }
 
 TEST(HttpApi, MalformedBodyUnknownModelRouteAndOversizeBody) {

@@ -71,6 +71,20 @@ test('seed: same seed, same text; n choices are indexed', async () => {
   assert.deepEqual(a.choices.map((c) => c.text), b.choices.map((c) => c.text));
 });
 
+test('logit_bias: +100 makes every sampled token the biased one; a bad bias is a 400 naming it', async () => {
+  const piece = await fetch(`${base}/detokenize`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tokens: [300] }),
+  }).then((r) => r.json());
+  const r = await client.completions.create({
+    model, prompt: 'The', max_tokens: 5, temperature: 1.0, ignore_eos: true, logit_bias: { 300: 100 },
+  });
+  assert.equal(r.choices[0].text, piece.prompt.repeat(5));
+  await assert.rejects(
+    client.completions.create({ model, prompt: 'The', max_tokens: 2, logit_bias: { 300: 250 } }),
+    (e) => e.status === 400 && e.param === 'logit_bias',
+  );
+});
+
 test('stop: finish_reason "stop" and the stop string is not returned', async () => {
   const free = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 24, temperature: 0, ignore_eos: true });
   const text = free.choices[0].text;
