@@ -146,6 +146,9 @@ void Scheduler::InsertRunning(Seq* seq) {
 bool Scheduler::Finish(const std::string& request_id, FinishReason reason, absl::Status status) {
   auto it = seqs_.find(request_id);
   if (it == seqs_.end()) return false;
+  // The final event goes out after the gauges were reported, as a step's finals do: a client that
+  // has seen it reads true gauges.
+  const FinalsAtExit finals(this);
   Complete(it->second.get(), reason, std::move(status), absl::Now());
   ReportState();
   return true;
@@ -183,6 +186,7 @@ bool Scheduler::Cancel(const std::string& request_id, absl::Time at, CancelSourc
   }
   // The timings end now, when the request really ends (a step may have run since `at`).
   const absl::Time now = std::max(at, absl::Now());
+  const FinalsAtExit finals(this);  // delivered after ReportState, as in Finish
   if (at >= cutoff) {
     Complete(seq, FinishReason::kDeadline,
              absl::DeadlineExceededError(seq->running ? "deadline passed while generating"

@@ -152,12 +152,16 @@ class Scheduler {
   // step's report, so that whoever sees a request end also sees the step that ended it counted.
   void DeliverFinals();
   // Holds announcements back (in_step_) from construction to destruction, then delivers them.
+  // The outermost one delivers; one inside another leaves the delivery to it.
   struct FinalsAtExit {
-    explicit FinalsAtExit(Scheduler* s) : s(s) { s->in_step_ = true; }
-    ~FinalsAtExit() { s->DeliverFinals(); }
+    explicit FinalsAtExit(Scheduler* s) : s(s), outer(!s->in_step_) { s->in_step_ = true; }
+    ~FinalsAtExit() {
+      if (outer) s->DeliverFinals();
+    }
     FinalsAtExit(const FinalsAtExit&) = delete;
     FinalsAtExit& operator=(const FinalsAtExit&) = delete;
     Scheduler* s;
+    bool outer;
   };
   void ReportState();  // EngineObserver::OnState, after requests ended outside a step
   void Emit(Seq* seq, bool final);

@@ -172,6 +172,9 @@ absl::Status Server::Impl::Start() {
     tls_ = *std::move(tls);
     creds = tls_->GrpcCredentials();
   }
+  // Without SO_REUSEPORT a port another process listens on is an error here, not a second server
+  // silently sharing its connections (gRPC turns it on by default on Linux).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(absl::StrCat(options_.host, ":", options_.port), creds, &port_);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);

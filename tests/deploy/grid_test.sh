@@ -7,7 +7,9 @@ set -euo pipefail
 src=$1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-port=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768-60999), where port-0 listeners and client sockets of the other
+# tests running at the same time are placed.
+port=$((20000 + RANDOM % 12000))
 env OUT="$work" MODEL= SBSERVE="$2" SBCTL="$3" PORT=$port METRICS_PORT=$((port + 1)) SERVE_FLAGS="--cpu-threads 2" \
   PROMPT_TOKENS=24 OUTPUT_TOKENS=4 CONCURRENCIES="1 4" REQUESTS_PER_CLIENT=2 MIN_REQUESTS=6 POISSON_S=0.5 \
   PREFIX_TOKENS=64 SUFFIX_TOKENS=8 PREFIX_CONCURRENCY=4 PREFIX_REQUESTS=8 NO_PREFIX_CACHE_FLAG=--max-num-seqs=3 \

@@ -135,6 +135,7 @@ TEST(BackendFailure, KConsecutiveFailedStepsTurnReadinessOffForGood) {
   h.failures->store(0);
   EXPECT_TRUE(h.Generate().ok());
   EXPECT_EQ(h.Http("/ready"), 503);
+  std::lock_guard<std::mutex> lock(h.mu);
   EXPECT_EQ(h.fatal_calls, 0) << "not fatal: the server keeps running";
 }
 
@@ -160,7 +161,13 @@ TEST(BackendFailure, FatalDeviceErrorDrainsAtOnceAndCallsTheFatalHandler) {
   EXPECT_EQ(h.Http("/ready"), 503) << "one fatal error is enough";
   EXPECT_EQ(h.Http("/health"), 200);
   {
-    std::lock_guard<std::mutex> lock(h.mu);
+    // Readiness turns first, then the drain starts and the handler is called (server.cc): wait for it.
+    std::unique_lock<std::mutex> lock(h.mu);
+    for (int i = 0; i < 1000 && h.fatal_calls == 0; ++i) {
+      lock.unlock();
+      absl::SleepFor(absl::Milliseconds(2));
+      lock.lock();
+    }
     EXPECT_EQ(h.fatal_calls, 1);
     EXPECT_NE(h.fatal_status.message().find("illegal memory access"), std::string::npos) << h.fatal_status;
   }

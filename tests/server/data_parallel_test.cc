@@ -383,7 +383,13 @@ TEST(DataParallel, AFatalErrorOnOneEngineDrainsTheServer) {
   for (int i = 0; i < 2000 && live.Ready(); ++i) absl::SleepFor(absl::Milliseconds(5));
   EXPECT_FALSE(live.Ready());
   {
-    std::lock_guard<std::mutex> lock(mu);
+    // Readiness turns first, then the drain starts and the handler is called (server.cc): wait for it.
+    std::unique_lock<std::mutex> lock(mu);
+    for (int i = 0; i < 1000 && fatal_calls == 0; ++i) {
+      lock.unlock();
+      absl::SleepFor(absl::Milliseconds(2));
+      lock.lock();
+    }
     EXPECT_EQ(fatal_calls, 1);
   }
   EXPECT_EQ(live.Complete(Greedy("refused", 4)).error_code(), grpc::StatusCode::UNAVAILABLE);

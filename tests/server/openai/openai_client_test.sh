@@ -15,8 +15,10 @@ if [ ! -f "$marker" ] || [ "$(cat "$marker")" != "$package" ]; then
   mkdir -p "$dest"
   [ -f "$dest/package.json" ] || echo '{"name":"sbserve-openai-tests","private":true}' > "$dest/package.json"
   ok=0
+  # Three attempts of at most 150 s and the pauses leave the test itself time within its CTest
+  # TIMEOUT (600 s).
   for attempt in 1 2 3; do
-    if timeout 300 npm install --prefix "$dest" --no-audit --no-fund --no-save --loglevel=error "$package"; then
+    if timeout 150 npm install --prefix "$dest" --no-audit --no-fund --no-save --loglevel=error "$package"; then
       ok=1
       break
     fi
