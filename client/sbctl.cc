@@ -48,6 +48,7 @@ commands:
       --logit-bias ID:BIAS (repeatable; BIAS in [-100, 100] is added to token ID's logit)
       --stop STRING (repeatable) --stop-token-id ID (repeatable) --ignore-eos
       --include-stop-str --logprobs N --priority N --id REQUEST_ID
+      --prompt-logprobs N    the logprob of every prompt token after the first, plus the top N
       --keep-special         do not skip special tokens in the text
       --no-add-special       do not let the tokenizer add special tokens (e.g. bos) to PROMPT
       --json                 print every response message as one JSON line
@@ -202,6 +203,7 @@ int Generate(SbServe::Stub& stub, const Args& a, absl::Duration timeout) {
   st->set_ignore_eos(a.Has("ignore-eos"));
   st->set_include_stop_str_in_output(a.Has("include-stop-str"));
   if (a.Has("logprobs")) req.set_logprobs(Num<uint32_t>(a, "logprobs"));
+  if (a.Has("prompt-logprobs")) req.set_prompt_logprobs(Num<uint32_t>(a, "prompt-logprobs"));
   if (a.Has("priority")) req.set_priority(Num<int32_t>(a, "priority"));
   if (a.Has("id")) req.set_request_id(a.Get("id"));
   if (a.Has("keep-special")) req.set_skip_special_tokens(false);

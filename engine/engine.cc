@@ -143,6 +143,10 @@ absl::Status Engine::Impl::Validate(const GenerateRequest& req) const {
   if (req.logprobs > options_.max_logprobs) {
     return absl::OutOfRangeError(absl::StrCat("logprobs: at most ", options_.max_logprobs, ", got ", req.logprobs));
   }
+  if (req.prompt_logprobs > options_.max_logprobs) {
+    return absl::OutOfRangeError(
+        absl::StrCat("prompt_logprobs: at most ", options_.max_logprobs, ", got ", req.prompt_logprobs));
+  }
   for (const auto& [id, bias] : req.sampling.logit_bias) {
     if (id >= cfg.vocab_size) {
       return absl::OutOfRangeError(absl::StrCat("sampling.logit_bias: token ", id, " is outside [0, ", cfg.vocab_size, ")"));

@@ -37,6 +37,10 @@ struct GenerateRequest {
   bool ignore_eos = false;
   bool include_stop_str_in_output = false;
   int32_t logprobs = -1;             // -1: none; n >= 0: sampled token's logprob plus the top n
+  // -1: none; n >= 0: the logprob of every prompt token after the first under the model given the
+  // tokens before it, plus the top n there (OpenAI's echo with logprobs, vLLM's prompt_logprobs).
+  // Such a request does not reuse prefix-cached blocks: their logits were never computed.
+  int32_t prompt_logprobs = -1;
   int32_t priority = 0;              // lower runs first
   bool cache_prefix = true;          // false: neither reuses nor publishes prefix-cached KV blocks
   absl::Time deadline = absl::InfiniteFuture();
@@ -66,6 +70,8 @@ struct GenerateEvent {
   std::vector<int32_t> token_ids;     // new since the previous event
   std::string text;                   // new text since the previous event (may lag the ids)
   std::vector<StepLogprobs> logprobs; // parallel to token_ids when requested
+  // Prompt tokens 1 .. prompt_tokens - 1 when requested, all in the request's first event.
+  std::vector<StepLogprobs> prompt_logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   absl::Status status;                // non-OK for deadline, cancel, shutdown and engine errors

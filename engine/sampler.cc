@@ -183,8 +183,12 @@ RowDraw DrawRow(const RowSampling& row, std::span<const LogitAdjust> adjust, std
     SequenceSampler::LogSoftmax(logits, logprobs);
     d.top = SequenceSampler::TopLogprobs(logprobs, row.num_logprobs);
   }
-  ApplyAdjustments(row, adjust, logits);
-  d.token = DrawToken(row, logits, scratch);
+  if (row.forced_token >= 0 && row.forced_token < static_cast<int32_t>(logits.size())) {
+    d.token = row.forced_token;  // a prompt token's row: no draw
+  } else {
+    ApplyAdjustments(row, adjust, logits);
+    d.token = DrawToken(row, logits, scratch);
+  }
   if (row.num_logprobs >= 0) d.logprob = logprobs[d.token];
   return d;
 }

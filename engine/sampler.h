@@ -61,7 +61,8 @@ int32_t DrawToken(const RowSampling& row, std::span<const float> logits, Samplin
 void ApplyAdjustments(const RowSampling& row, std::span<const LogitAdjust> adjust, std::span<float> logits);
 
 // One row drawn as the device sampler draws it: the raw row's logprobs (when row.num_logprobs >= 0:
-// the drawn token's and the top n), then the adjustments, then DrawToken. `logits` is modified.
+// the drawn token's and the top n), then the adjustments, then DrawToken; a row with a forced token
+// (a prompt token's logprob) takes that token without a draw. `logits` may be modified.
 struct RowDraw {
   int32_t token = 0;
   float logprob = 0.f;                         // of the raw row; set when num_logprobs >= 0

@@ -29,6 +29,7 @@ struct RowSampling {
   uint64_t seed = 0;
   int64_t position = 0;       // the position the drawn token fills (the draw's counter)
   int32_t num_logprobs = -1;  // -1: none; n >= 0: the drawn token's logprob and the top n
+  int32_t forced_token = -1;  // >= 0: no draw, this token is the row's (a prompt token's logprob)
   int32_t adjust_begin = 0;   // [adjust_begin, adjust_end) of SamplingBatch::adjust
   int32_t adjust_end = 0;
 

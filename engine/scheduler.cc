@@ -23,7 +23,8 @@ struct Scheduler::Seq {
         stop(req.stop_strings) {
     tokens = req.prompt_ids;
     prompt_len = static_cast<int32_t>(tokens.size());
-    cache_prefix = caching && req.cache_prefix;
+    // Prompt logprobs need the logits of every prompt position: nothing is taken from the cache.
+    cache_prefix = caching && req.cache_prefix && req.prompt_logprobs < 0;
   }
 
   GenerateRequest req;
@@ -40,6 +41,11 @@ struct Scheduler::Seq {
   int32_t prompt_prefilled = 0; // prompt tokens ever computed (kept across preemptions)
   std::vector<int32_t> blocks;
   bool cache_prefix = false;    // reuses and publishes prefix-cached blocks
+  // Prompt logprobs: the next prompt token whose row is to be packed (token t's row is position
+  // t - 1), those collected, and those not delivered yet.
+  int32_t prompt_lp_next = 1;
+  int32_t prompt_lp_collected = 0;
+  std::vector<StepLogprobs> pending_prompt_logprobs;
   PrefixChain chain;            // its blocks known to the prefix cache
   bool running = false;
   bool preempted_this_step = false;
@@ -60,6 +66,13 @@ struct Scheduler::Seq {
   std::vector<StepLogprobs> pending_logprobs;
 
   int32_t num_output() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
+  // Positions [first, last) of a chunk [start, start + chunk) that need a prompt-logprob row.
+  std::pair<int, int> PromptRows(int start, int chunk) const {
+    if (req.prompt_logprobs < 0) return {0, 0};
+    const int first = std::max(start, prompt_lp_next - 1);
+    const int last = std::min(start + chunk, prompt_len - 1);
+    return first < last ? std::pair<int, int>{first, last} : std::pair<int, int>{0, 0};
+  }
   // Tokens (known or pending) whose K/V are not in the cache.
   int32_t need() const { return static_cast<int32_t>(tokens.size()) + pending - num_computed; }
   // Whether the pending token's draw must end the sequence by length (then it is not packed ahead).
@@ -77,6 +90,8 @@ struct Scheduler::Launched {
     int32_t end = 0;          // tokens of the sequence computed once this step has run
     int32_t preemptions = 0;  // the sequence's count at launch: a later preemption freed its blocks
     int32_t row = -1;         // its logit row, or -1
+    // Prompt-logprob rows: (logit row, prompt token index), ascending.
+    std::vector<std::pair<int32_t, int32_t>> prompt_rows;
   };
   std::vector<SlotRec> slots;
   absl::Time packed;
@@ -223,6 +238,17 @@ bool Scheduler::Reserve(Seq* seq, int chunk) {
 
 void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
   int budget = options_.max_batch_tokens;
+  // Chunks of sequences that want prompt logprobs are cut so that their rows fit the step's share
+  // (kMaxPromptLogprobRows); 0 when none fits. `take` counts a packed chunk's rows.
+  int prompt_rows_left = kMaxPromptLogprobRows;
+  auto fit_prompt_rows = [&](const Seq* seq, int chunk) {
+    const auto [first, last] = seq->PromptRows(seq->num_computed, chunk);
+    return last - first <= prompt_rows_left ? chunk : first - seq->num_computed + prompt_rows_left;
+  };
+  auto take = [&](const Seq* seq, int chunk) {
+    const auto [first, last] = seq->PromptRows(seq->num_computed, chunk);
+    prompt_rows_left -= last - first;
+  };
   auto full = [&] { return budget <= 0 || static_cast<int>(slots.size()) >= options_.max_num_seqs; };
   auto scheduled = [&](const Seq* s) {
     return std::any_of(slots.begin(), slots.end(), [s](const Slot& x) { return x.seq == s; });
@@ -248,7 +274,8 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
       if (seq->pending_ends(options_.context_len)) continue;  // it ends when its step is collected
       const bool decode = seq->need() == 1;
       if (decode != (pass == 0)) continue;
-      const int chunk = std::min(seq->need(), budget);
+      const int chunk = fit_prompt_rows(seq, std::min(seq->need(), budget));
+      if (chunk == 0) continue;
       bool ok = Reserve(seq, chunk);
       while (!ok && evict_younger(seq)) ok = Reserve(seq, chunk);
       if (!ok) {
@@ -258,6 +285,7 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
         --i;
         continue;
       }
+      take(seq, chunk);
       slots.push_back({seq, chunk});
       budget -= chunk;
     }
@@ -274,8 +302,8 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
       hit = kv_->AcquirePrefix(seq->tokens, static_cast<int64_t>(seq->tokens.size()) - 1, seq->blocks, seq->chain);
       seq->num_computed = hit;
     }
-    const int chunk = std::min(seq->need(), budget);
-    if (!Reserve(seq, chunk)) {
+    const int chunk = fit_prompt_rows(seq, std::min(seq->need(), budget));
+    if (chunk == 0 || !Reserve(seq, chunk)) {
       kv_->Free(seq->blocks);  // the cached blocks stay cached for the next attempt
       seq->num_computed = 0;
       seq->chain = PrefixChain{};
@@ -287,6 +315,7 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
     }
     waiting_.pop_front();
     InsertRunning(seq);
+    take(seq, chunk);
     slots.push_back({seq, chunk});
     budget -= chunk;
   }
@@ -375,6 +404,18 @@ absl::Status Scheduler::Settle() {
   return Collect(std::move(inflight_));
 }
 
+StepLogprobs Scheduler::RowLogprobs(int32_t row, int n) const {
+  StepLogprobs lp;
+  lp.token_id = sampled_.tokens[row];
+  lp.logprob = sampled_.logprobs[row];
+  const int k = static_cast<int>(std::min<int64_t>(n, backend_->config().vocab_size));
+  for (int j = 0; j < k; ++j) {
+    const size_t at = static_cast<size_t>(row) * sampled_.top_n + j;
+    lp.top.push_back({sampled_.top_ids[at], sampled_.top_logprobs[at]});
+  }
+  return lp;
+}
+
 std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot>& slots, absl::Time now,
                                                           int preempted) {
   auto step = std::make_unique<Launched>();
@@ -418,6 +459,20 @@ std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot
     rec.seq_no = seq->seq_no;
     rec.end = end;
     rec.preemptions = seq->preemptions;
+    // Prompt-logprob rows: position p's logits give token p + 1's logprob (no draw; ascending rows,
+    // all before the chunk's last position, the sampling row's).
+    const auto [lp_first, lp_last] = seq->PromptRows(start, slots[i].chunk);
+    const int chunk_row0 = static_cast<int>(b.tokens.size()) - slots[i].chunk;
+    for (int p = lp_first; p < lp_last; ++p) {
+      rec.prompt_rows.push_back({static_cast<int32_t>(b.logit_rows.size()), p + 1});
+      b.logit_rows.push_back(chunk_row0 + p - start);
+      RowSampling& rs = sampling_.rows.emplace_back();
+      rs.temperature = 0.f;
+      rs.num_logprobs = seq->req.prompt_logprobs;
+      rs.forced_token = seq->tokens[p + 1];
+      rs.adjust_begin = rs.adjust_end = static_cast<int32_t>(sampling_.adjust.size());
+    }
+    if (lp_last > lp_first) seq->prompt_lp_next = lp_last + 1;
     if (end == known + seq->pending) {
       rec.row = static_cast<int32_t>(b.logit_rows.size());
       b.logit_rows.push_back(static_cast<int32_t>(b.tokens.size()) - 1);
@@ -519,7 +574,6 @@ absl::Status Scheduler::Collect(std::unique_ptr<Launched> step) {
     StepLogprobs lp;
   };
   std::vector<Pick> picks;
-  const int64_t vocab = backend_->config().vocab_size;
   for (const Launched::SlotRec& r : step->slots) {
     Seq* seq = Find(r.id, r.seq_no);
     if (seq == nullptr) continue;  // ended since: a speculative row's draw is dropped
@@ -527,22 +581,18 @@ absl::Status Scheduler::Collect(std::unique_ptr<Launched> step) {
     if (seq->cache_prefix && seq->preemptions == r.preemptions) {
       kv_->Publish(seq->tokens, seq->blocks, r.end / kv_->block_size(), seq->chain);
     }
+    for (const auto& [row, t] : r.prompt_rows) {
+      if (t != seq->prompt_lp_collected + 1) continue;  // never: rows are packed once, in order
+      seq->prompt_lp_collected = t;
+      seq->pending_prompt_logprobs.push_back(RowLogprobs(row, seq->req.prompt_logprobs));
+    }
     if (r.row < 0) continue;
     seq->pending--;
     Pick p;
     p.seq = seq;
     p.token = sampled_.tokens[r.row];
     seq->sampler.Record(p.token);
-    const int n = seq->req.logprobs;
-    if (n >= 0) {
-      p.lp.token_id = p.token;
-      p.lp.logprob = sampled_.logprobs[r.row];
-      const int k = static_cast<int>(std::min<int64_t>(n, vocab));
-      for (int j = 0; j < k; ++j) {
-        const size_t at = static_cast<size_t>(r.row) * sampled_.top_n + j;
-        p.lp.top.push_back({sampled_.top_ids[at], sampled_.top_logprobs[at]});
-      }
-    }
+    if (seq->req.logprobs >= 0) p.lp = RowLogprobs(r.row, seq->req.logprobs);
     picks.push_back(std::move(p));
   }
   for (Pick& p : picks) OnToken(p.seq, p.token, std::move(p.lp), t1);
@@ -629,9 +679,11 @@ void Scheduler::Emit(Seq* seq, bool final) {
   ev.token_ids = std::move(seq->pending_ids);
   ev.text = std::move(seq->pending_text);
   ev.logprobs = std::move(seq->pending_logprobs);
+  ev.prompt_logprobs = std::move(seq->pending_prompt_logprobs);
   seq->pending_ids.clear();
   seq->pending_text.clear();
   seq->pending_logprobs.clear();
+  seq->pending_prompt_logprobs.clear();
   ev.prompt_tokens = seq->prompt_len;
   ev.completion_tokens = seq->num_output();
   seq->sink(std::move(ev));
@@ -669,6 +721,7 @@ void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, abs
   ev.token_ids = std::move(seq->pending_ids);
   ev.text = std::move(seq->pending_text);
   ev.logprobs = std::move(seq->pending_logprobs);
+  ev.prompt_logprobs = std::move(seq->pending_prompt_logprobs);
   ev.finished = true;
   ev.finish_reason = reason;
   ev.status = std::move(status);

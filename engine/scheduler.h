@@ -126,6 +126,11 @@ class Scheduler {
   };
 
   struct Launched;  // a step launched on the backend and not collected yet
+  // Prompt-logprob rows per step, at most: a step's logit rows (and the backend's logit buffers)
+  // stay within max_num_seqs plus this.
+  static constexpr int kMaxPromptLogprobRows = 256;
+  // The drawn (or forced) token of a collected logit row with its logprob and top n.
+  StepLogprobs RowLogprobs(int32_t row, int n) const;
 
   void Preempt(Seq* seq);
   // Builds batch_, sampling_ and feed_ from the packed slots; the step's record.

@@ -99,6 +99,10 @@ absl::StatusOr<GenerateRequest> RequestFromProto(const v1::GenerateRequest& p) {
     if (p.logprobs() > 1024) return absl::OutOfRangeError("logprobs: too large");
     r.logprobs = static_cast<int32_t>(p.logprobs());
   }
+  if (p.has_prompt_logprobs()) {
+    if (p.prompt_logprobs() > 1024) return absl::OutOfRangeError("prompt_logprobs: too large");
+    r.prompt_logprobs = static_cast<int32_t>(p.prompt_logprobs());
+  }
   r.priority = p.priority();
   r.skip_special_tokens = p.has_skip_special_tokens() ? p.skip_special_tokens() : true;
   r.add_special_tokens = p.has_add_special_tokens() ? p.add_special_tokens() : true;
@@ -122,8 +126,7 @@ v1::FinishReason FinishReasonToProto(FinishReason r) {
 void AppendEvent(const GenerateEvent& e, v1::GenerateResponse* out) {
   for (int32_t id : e.token_ids) out->add_token_ids(id);
   out->mutable_text()->append(e.text);
-  for (const StepLogprobs& lp : e.logprobs) {
-    v1::Logprobs* l = out->add_logprobs();
+  auto add = [](const StepLogprobs& lp, v1::Logprobs* l) {
     l->set_token_id(lp.token_id);
     l->set_logprob(lp.logprob);
     for (const TokenLogprob& t : lp.top) {
@@ -131,7 +134,9 @@ void AppendEvent(const GenerateEvent& e, v1::GenerateResponse* out) {
       x->set_id(t.id);
       x->set_logprob(t.logprob);
     }
-  }
+  };
+  for (const StepLogprobs& lp : e.logprobs) add(lp, out->add_logprobs());
+  for (const StepLogprobs& lp : e.prompt_logprobs) add(lp, out->add_prompt_logprobs());
   if (!e.finished) return;
   out->set_finish_reason(FinishReasonToProto(e.finish_reason));
   out->set_stop_reason(e.stop_reason);

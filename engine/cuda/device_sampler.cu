@@ -141,6 +141,13 @@ __global__ void __launch_bounds__(kThreads) DrawKernel(const float* logits, int6
   const int r = blockIdx.x;
   const RowSampling rs = rows[r];
   const float* row = logits + r * V;
+  if (rs.forced_token >= 0) {
+    // A prompt token's row: no draw, the token's logprob only (the host checked it is < V).
+    if (threadIdx.x != 0) return;
+    out_tokens[r] = rs.forced_token;
+    if (rs.num_logprobs >= 0) out_logprobs[r] = __fsub_rn(row[rs.forced_token], lse[r]);
+    return;
+  }
   __shared__ TempStorage tmp;
   __shared__ int s_first;
   __shared__ double s_total;
@@ -282,6 +289,7 @@ absl::Status DeviceSampler::Enqueue(float* logits, int64_t vocab, const Sampling
     if (rs.adjust_begin < 0 || rs.adjust_end < rs.adjust_begin || rs.adjust_end > A) {
       return absl::InvalidArgumentError("device sampler: a row's adjustment range is out of bounds");
     }
+    if (rs.forced_token >= vocab) return absl::InvalidArgumentError("device sampler: a forced token is out of range");
     for (int e = rs.adjust_begin; e < rs.adjust_end; ++e) adjust_rows[e] = r;
     if (rs.filtered()) {
       filter_index[r] = static_cast<int>(filtered.size());

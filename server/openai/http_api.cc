@@ -182,6 +182,8 @@ class Generation {
 struct Choice {
   std::string text;
   std::vector<StepLogprobs> logprobs;
+  std::vector<StepLogprobs> prompt_logprobs;  // echo with logprobs
+  bool echoed = false;                        // streaming: the echo chunk went out
   size_t text_offset = 0;  // bytes of text before this choice's new text (echo included)
   bool finished = false;
   FinishReason finish = FinishReason::kNone;
@@ -549,6 +551,27 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       requests.push_back(*std::move(r));
     }
   }
+  // Echo: a token-id prompt is echoed as its text. With logprobs the prompt's ids are needed for
+  // its tokens: a text prompt is tokenized here (as the engine would) and submitted as ids.
+  const TextCodec* codec = engine->codec();
+  auto prompt_ids = std::make_shared<std::vector<std::vector<int32_t>>>(parsed->prompts.size());
+  if (parsed->echo && codec != nullptr) {
+    for (size_t p = 0; p < parsed->prompts.size(); ++p) {
+      GenerateRequest& first = requests[p * n];
+      if (first.has_text && parsed->logprobs >= 0) {
+        absl::StatusOr<std::vector<int32_t>> ids = codec->Encode(first.text, first.add_special_tokens);
+        if (!ids.ok()) return reject(absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message())), false);
+        for (int j = 0; j < n; ++j) {
+          requests[p * n + j].has_text = false;
+          requests[p * n + j].prompt_ids = *ids;
+        }
+      }
+      if (!first.has_text) {
+        (*prompt_ids)[p] = first.prompt_ids;
+        if (parsed->echo_texts[p].empty()) parsed->echo_texts[p] = codec->Decode(first.prompt_ids, first.skip_special_tokens);
+      }
+    }
+  }
   if (absl::Status s = ApiKeys::Acquire(key); !s.ok()) return reject(s, false, /*count=*/false);
 
   auto gen = std::make_shared<Generation>(engine, key);
@@ -564,7 +587,6 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
     }
   }
 
-  const TextCodec* codec = engine->codec();
   const std::string id = absl::StrCat(api == Api::kChat ? "chatcmpl-" : "cmpl-", base_id);
   const int64_t created = absl::ToUnixSeconds(arrival);
   const std::string& model = options_.served_model_name;
@@ -583,6 +605,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       GenerateEvent& e = ce.event;
       c.text += e.text;
       for (StepLogprobs& lp : e.logprobs) c.logprobs.push_back(std::move(lp));
+      for (StepLogprobs& lp : e.prompt_logprobs) c.prompt_logprobs.push_back(std::move(lp));
       if (e.finished) {
         c.finished = true;
         c.finish = e.finish_reason;
@@ -643,6 +666,11 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       if (p->logprobs >= 0 && codec != nullptr) {
         lp = api == Api::kChat ? json{{"content", ChatLogprobsContent(c.logprobs, *codec, p->logprobs)}, {"refusal", nullptr}}
                                : CompletionLogprobs(c.logprobs, *codec, p->logprobs, c.text_offset, p->skip_special_tokens);
+        if (api == Api::kCompletions && p->echo) {
+          json all = EchoLogprobs((*prompt_ids)[i / n], c.prompt_logprobs, *codec, p->logprobs, p->skip_special_tokens);
+          AppendLogprobs(&all, lp);
+          lp = std::move(all);
+        }
       }
       if (api == Api::kChat) {
         out_choices.push_back({{"index", i},
@@ -693,8 +721,9 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
                             {"delta", {{"role", "assistant"}, {"content", ""}}},
                             {"logprobs", nullptr},
                             {"finish_reason", nullptr}});
-            } else if (p->echo) {
+            } else if (p->echo && !(p->logprobs >= 0 && codec != nullptr)) {
               out += chunk({{"index", i}, {"text", p->echo_texts[i / n]}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+              (*choices)[i].echoed = true;
             }
           }
         }
@@ -715,6 +744,15 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
           if (e.finished && !e.status.ok()) {
             if (error.ok()) error = e.status;
             continue;
+          }
+          if (api == Api::kCompletions && p->echo && !c.echoed) {
+            // Echo with logprobs: the prompt's chunk carries its logprobs, which come with the first event.
+            c.echoed = true;
+            out += chunk({{"index", ce.index},
+                          {"text", p->echo_texts[ce.index / n]},
+                          {"logprobs", EchoLogprobs((*prompt_ids)[ce.index / n], c.prompt_logprobs, *codec,
+                                                    p->logprobs, p->skip_special_tokens)},
+                          {"finish_reason", nullptr}});
           }
           const bool has_lp = p->logprobs >= 0 && codec != nullptr && !e.logprobs.empty();
           if (!e.text.empty() || has_lp) {

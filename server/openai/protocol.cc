@@ -281,7 +281,8 @@ absl::StatusOr<ParsedRequest> ParseCompletionRequest(const json& body) {
     out.logprobs = static_cast<int>(std::min<int64_t>(lp, 1 << 20));
     base.set_logprobs(static_cast<uint32_t>(out.logprobs));
   }
-  if (out.echo && out.logprobs >= 0) return Bad("echo", "echo together with logprobs is not supported");
+  // echo with logprobs scores the prompt too: every prompt token after the first gets its logprob.
+  if (out.echo && out.logprobs >= 0) base.set_prompt_logprobs(static_cast<uint32_t>(out.logprobs));
   if (absl::Status s = ParsePrompts(body, &out, base); !s.ok()) return s;
   return out;
 }
@@ -478,6 +479,29 @@ json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& c
     top.push_back(std::move(alts));
   }
   return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+}
+
+json EchoLogprobs(const std::vector<int32_t>& prompt_ids, const std::vector<StepLogprobs>& prompt_lps,
+                  const TextCodec& codec, int top_n, bool skip_special) {
+  json out = {{"tokens", json::array()},
+              {"token_logprobs", json::array()},
+              {"top_logprobs", json::array()},
+              {"text_offset", json::array()}};
+  if (prompt_ids.empty()) return out;
+  // The first token has no logprob: nothing comes before it (OpenAI: null).
+  out["tokens"].push_back(TokenText(codec, prompt_ids[0]));
+  out["token_logprobs"].push_back(nullptr);
+  out["top_logprobs"].push_back(nullptr);
+  out["text_offset"].push_back(0);
+  const size_t first = skip_special ? codec.Decode({prompt_ids[0]}, true).size() : TokenText(codec, prompt_ids[0]).size();
+  AppendLogprobs(&out, CompletionLogprobs(prompt_lps, codec, top_n, first, skip_special));
+  return out;
+}
+
+void AppendLogprobs(json* into, const json& more) {
+  for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
+    for (const json& v : more[k]) (*into)[k].push_back(v);
+  }
 }
 
 json ChatLogprobsContent(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n) {

@@ -6,8 +6,7 @@
 // Field rules (documented in README "OpenAI HTTP API"):
 //   - unknown fields are ignored (OpenAI SDKs send fields a server may not know);
 //   - known fields whose meaning sbserve cannot honour are refused with 400 naming them
-//     (tools, suffix, best_of other than n, response_format other than text,
-//     echo together with logprobs);
+//     (tools, suffix, best_of other than n, response_format other than text);
 //   - vLLM's extension fields top_k (-1 or 0: off), min_p, repetition_penalty, min_tokens,
 //     ignore_eos, stop_token_ids, skip_special_tokens, include_stop_str_in_output, priority,
 //     add_generation_prompt and chat_template_kwargs are accepted.
@@ -38,7 +37,7 @@ struct ParsedRequest {
   Api api = Api::kCompletions;
   std::string model;  // empty: the served model
   std::vector<v1::GenerateRequest> prompts;
-  std::vector<std::string> echo_texts;  // per prompt, with echo (completions, text prompts)
+  std::vector<std::string> echo_texts;  // per prompt, with echo (token-id prompts: filled once decoded)
   int n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
@@ -83,6 +82,13 @@ const char* FinishReasonString(FinishReason r);
 // to the offsets after it, so each offset stays a position in the choice's text.
 nlohmann::json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n,
                                   size_t text_offset, bool skip_special);
+// The same shape for an echoed prompt (echo with logprobs): every prompt token, the first with null
+// logprobs (nothing comes before it), the others with `prompt_lps` (the request's prompt_logprobs,
+// tokens 1 ..), offsets from 0.
+nlohmann::json EchoLogprobs(const std::vector<int32_t>& prompt_ids, const std::vector<StepLogprobs>& prompt_lps,
+                            const TextCodec& codec, int top_n, bool skip_special);
+// Appends the entries of `more` to `into` (both in the completions shape).
+void AppendLogprobs(nlohmann::json* into, const nlohmann::json& more);
 // Logprobs in the chat shape: the `content` array [{token, logprob, bytes, top_logprobs}].
 nlohmann::json ChatLogprobsContent(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n);
 

@@ -37,6 +37,7 @@ v1::GenerateRequest FullRequest() {
   st->set_ignore_eos(true);
   st->set_include_stop_str_in_output(true);
   p.set_logprobs(5);
+  p.set_prompt_logprobs(2);
   p.set_priority(-3);
   p.set_skip_special_tokens(false);
   p.set_add_special_tokens(false);
@@ -68,6 +69,7 @@ TEST(Convert, EveryRequestFieldReachesTheEngine) {
   EXPECT_TRUE(r->ignore_eos);
   EXPECT_TRUE(r->include_stop_str_in_output);
   EXPECT_EQ(r->logprobs, 5);
+  EXPECT_EQ(r->prompt_logprobs, 2);
   EXPECT_EQ(r->priority, -3);
   EXPECT_FALSE(r->skip_special_tokens);
   EXPECT_FALSE(r->add_special_tokens);
@@ -92,6 +94,7 @@ TEST(Convert, UnsetFieldsTakeTheDocumentedDefaults) {
   EXPECT_TRUE(r->sampling.logit_bias.empty());
   EXPECT_EQ(r->max_tokens, 0);  // the engine's default, capped by the context
   EXPECT_EQ(r->logprobs, -1);   // none
+  EXPECT_EQ(r->prompt_logprobs, -1);
   EXPECT_EQ(r->priority, 0);
   EXPECT_FALSE(r->ignore_eos);
   EXPECT_TRUE(r->skip_special_tokens);

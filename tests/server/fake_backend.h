@@ -80,9 +80,12 @@ class FakeBackend : public Backend {
         }
         cache_[static_cast<size_t>(blk) * bs + pos % bs] = b.tokens[t];
       }
-      if (row < b.logit_rows.size() && b.logit_rows[row] == end - 1) {
+      // Each logit row of this sequence (its last token's, and prompt-logprob rows before it) is a
+      // hash of the cached tokens up to and including its own.
+      for (; row < b.logit_rows.size() && b.logit_rows[row] >= begin && b.logit_rows[row] < end; ++row) {
+        const int upto = prefix + (b.logit_rows[row] - begin) + 1;
         uint64_t h = 1469598103934665603ull;
-        for (int p = 0; p < ctx; ++p) {
+        for (int p = 0; p < upto; ++p) {
           const int32_t tok = cache_[static_cast<size_t>(table[p / bs]) * bs + p % bs];
           if (tok < 0) return absl::InternalError("read an unwritten cache slot");
           h = (h ^ static_cast<uint64_t>(tok + 1)) * 1099511628211ull;
@@ -91,12 +94,11 @@ class FakeBackend : public Backend {
         for (int v = 0; v < kFakeVocab; ++v) {
           out[v] = static_cast<float>((h >> (v % 48)) % 1000) / 100.0f;
         }
-        if (ctx == eos_at_context) out[kFakeEos] = 100.0f;
+        if (upto == eos_at_context) out[kFakeEos] = 100.0f;
         if (record_rows) rows.emplace_back(out, out + kFakeVocab);
-        row++;
       }
     }
-    if (row != b.logit_rows.size()) return absl::InternalError("logit rows are not sequence ends");
+    if (row != b.logit_rows.size()) return absl::InternalError("logit rows outside their sequences or not ascending");
     return absl::OkStatus();
   }
 

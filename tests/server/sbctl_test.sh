@@ -55,6 +55,17 @@ PY
 greedy=$("$sbctl" --addr "$addr" generate "Once upon a time" --max-tokens 12 --temperature 0 --ignore-eos --unary 2>/dev/null)
 [ "$greedy" == "$(cat "$work/gen.txt")" ] || fail "unary and streaming differ"
 
+# --prompt-logprobs: the first message scores every prompt token after the first (3 ids: 2 entries).
+"$sbctl" --addr "$addr" generate --ids 5,6,7 --max-tokens 2 --temperature 0 --ignore-eos \
+  --prompt-logprobs 1 --json >"$work/plp.jsonl"
+python3 - "$work/plp.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert [l["token_id"] for l in lines[0]["prompt_logprobs"]] == [6, 7], lines[0]
+assert all(len(l["top"]) == 1 and l.get("logprob", 0) <= 0 for l in lines[0]["prompt_logprobs"]), lines[0]
+assert all("prompt_logprobs" not in l for l in lines[1:]), lines
+PY
+
 # --logit-bias: +100 on token 300 makes every sampled id 300; a second flag biases another token.
 "$sbctl" --addr "$addr" generate --ids 5,6,7 --max-tokens 6 --temperature 1 --ignore-eos \
   --logit-bias 300:100 --logit-bias 301:-5 --json >"$work/bias.jsonl"

@@ -84,16 +84,23 @@ struct Out {
   std::vector<int32_t> ids;
   std::string text;
   std::vector<StepLogprobs> logprobs;
+  std::vector<StepLogprobs> prompt_logprobs;
   GenerateEvent final;
-  bool operator==(const Out& o) const {
-    if (ids != o.ids || text != o.text || logprobs.size() != o.logprobs.size()) return false;
-    for (size_t i = 0; i < logprobs.size(); ++i) {
-      const StepLogprobs& a = logprobs[i];
-      const StepLogprobs& b = o.logprobs[i];
+  static bool Same(const std::vector<StepLogprobs>& x, const std::vector<StepLogprobs>& y) {
+    if (x.size() != y.size()) return false;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const StepLogprobs& a = x[i];
+      const StepLogprobs& b = y[i];
       if (a.token_id != b.token_id || a.logprob != b.logprob || a.top.size() != b.top.size()) return false;
       for (size_t j = 0; j < a.top.size(); ++j) {
         if (a.top[j].id != b.top[j].id || a.top[j].logprob != b.top[j].logprob) return false;
       }
+    }
+    return true;
+  }
+  bool operator==(const Out& o) const {
+    if (ids != o.ids || text != o.text || !Same(logprobs, o.logprobs) || !Same(prompt_logprobs, o.prompt_logprobs)) {
+      return false;
     }
     return final.finish_reason == o.final.finish_reason && final.status.code() == o.final.status.code() &&
            final.stop_reason == o.final.stop_reason && final.completion_tokens == o.final.completion_tokens &&
@@ -129,6 +136,7 @@ struct Rig {
       o.ids.insert(o.ids.end(), e.token_ids.begin(), e.token_ids.end());
       o.text += e.text;
       o.logprobs.insert(o.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+      o.prompt_logprobs.insert(o.prompt_logprobs.end(), e.prompt_logprobs.begin(), e.prompt_logprobs.end());
       if (e.finished) o.final = std::move(e);
     }, absl::Now());
   }
@@ -208,6 +216,8 @@ GenerateRequest Mixed(int i) {
       r.logprobs = 0;
       break;
   }
+  // Every fifth also scores its prompt (rows before its chunks' last ones; no prefix-cache use).
+  if (i % 5 == 2) r.prompt_logprobs = i % 3;
   return r;
 }
 
@@ -261,6 +271,14 @@ TEST(SchedulerOverlap, StreamsEqualTheInOrderStepsForEveryKindOfRequest) {
   EXPECT_GT(reasons[static_cast<int>(FinishReason::kLength)], 0);
   EXPECT_GT(reasons[static_cast<int>(FinishReason::kEos)], 0) << "the mix never met eos";
   EXPECT_GT(reasons[static_cast<int>(FinishReason::kStop)], 0) << "the mix never met a stop";
+  int scored = 0;
+  for (const auto& [id, o] : want) {
+    if (!o.prompt_logprobs.empty()) {
+      EXPECT_EQ(static_cast<int>(o.prompt_logprobs.size()), o.final.prompt_tokens - 1) << id;
+      scored++;
+    }
+  }
+  EXPECT_GT(scored, 0) << "no request of the mix scored its prompt";
   for (Mode m : {Mode::kOverlapAtOnce, Mode::kOverlapDevice}) ExpectSameStreams(want, RunMixed(m, 512, 48, 36, nullptr), m);
 }
 

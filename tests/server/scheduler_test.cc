@@ -45,6 +45,8 @@ struct Result {
   std::vector<int32_t> ids;
   std::string text;
   std::vector<StepLogprobs> logprobs;
+  std::vector<StepLogprobs> prompt_logprobs;
+  int prompt_logprob_events = 0;  // events that carried prompt logprobs
   GenerateEvent final;
   int events = 0;
 };
@@ -72,6 +74,8 @@ struct Harness {
       res.ids.insert(res.ids.end(), e.token_ids.begin(), e.token_ids.end());
       res.text += e.text;
       res.logprobs.insert(res.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
+      if (!e.prompt_logprobs.empty()) res.prompt_logprob_events++;
+      res.prompt_logprobs.insert(res.prompt_logprobs.end(), e.prompt_logprobs.begin(), e.prompt_logprobs.end());
       if (e.finished) res.final = std::move(e);
     }, absl::Now());
   }
@@ -407,6 +411,76 @@ TEST(Scheduler, LogprobsAreNormalisedAndMatchTheSampledToken) {
     EXPECT_EQ(lp.top[0].id, lp.token_id);
     EXPECT_FLOAT_EQ(lp.top[0].logprob, lp.logprob);
   }
+}
+
+// Prompt logprobs: one entry per prompt token after the first, all in the first event, each the
+// logprob of that token under the logits of the position before it. Checked against another path:
+// a request whose prompt is the tokens before it, its first draw forced to that token by a +100
+// logit bias, reports that token's raw logprob. No step holds more than 256 prompt rows. Chunked
+// next to other requests, in a pool that preempts it, with its prompt in the prefix cache (which
+// it must not use: those positions' logits were never computed), the entries are the same.
+TEST(Scheduler, PromptLogprobsScoreEachPromptTokenGivenTheTokensBeforeIt) {
+  GenerateRequest base = Req("p", 500, 3);
+  base.prompt_logprobs = 4;
+  Harness big(1024, 4, 1024);
+  big.Add(base);
+  big.RunToCompletion();
+  const Result ref = big.results["p"];
+  ASSERT_EQ(ref.prompt_logprobs.size(), 499u);
+  EXPECT_EQ(ref.prompt_logprob_events, 1);
+  EXPECT_EQ(ref.ids.size(), 3u);
+  EXPECT_EQ(big.backend.batches.size(), 2u + 2u);  // 499 rows at most 256 a step, then two decodes
+  for (const Batch& b : big.backend.batches) {
+    CheckBatchShape(b, 1024);
+    EXPECT_LE(b.logit_rows.size(), 256u + b.num_seqs());
+  }
+  for (size_t t = 1; t < 500; ++t) {
+    const StepLogprobs& lp = ref.prompt_logprobs[t - 1];
+    ASSERT_EQ(lp.token_id, base.prompt_ids[t]) << t;
+    ASSERT_EQ(lp.top.size(), 4u);
+    EXPECT_LE(lp.logprob, lp.top[0].logprob) << t;
+    for (size_t k = 1; k < lp.top.size(); ++k) EXPECT_LE(lp.top[k].logprob, lp.top[k - 1].logprob);
+  }
+  for (int t : {1, 2, 37, 255, 256, 257, 499}) {
+    Harness h(1024, 4, 64);
+    GenerateRequest r = Req("q", 1, 1);
+    r.prompt_ids.assign(base.prompt_ids.begin(), base.prompt_ids.begin() + t);
+    r.logprobs = 0;
+    r.sampling.logit_bias = {{base.prompt_ids[t], 100.f}};
+    h.Add(r);
+    h.RunToCompletion();
+    ASSERT_EQ(h.results["q"].ids, std::vector<int32_t>{base.prompt_ids[t]}) << t;
+    EXPECT_EQ(h.results["q"].logprobs[0].logprob, ref.prompt_logprobs[t - 1].logprob) << t;
+  }
+
+  // Its prompt cached by an earlier request; chunks of 16 tokens; three older requests in a pool
+  // of 150 blocks of 4 (the four need about 200): the youngest, it is preempted.
+  Harness h(/*num_blocks=*/150, 4, /*max_batch_tokens=*/16);
+  GenerateRequest warm = base;
+  warm.request_id = "warm";
+  warm.prompt_logprobs = -1;
+  h.Add(warm);
+  h.RunToCompletion();
+  for (int i = 0; i < 3; ++i) h.Add(Req(absl::StrCat("o", i), 60, 40, static_cast<uint64_t>(i), 0.7f));
+  h.Add(base);
+  h.RunToCompletion();
+  const Result& got = h.results["p"];
+  EXPECT_GT(got.final.timings.preemptions, 0) << "the test wants the request preempted";
+  EXPECT_EQ(got.prompt_logprob_events, 1);
+  EXPECT_EQ(got.ids, ref.ids);
+  ASSERT_EQ(got.prompt_logprobs.size(), ref.prompt_logprobs.size());
+  for (size_t i = 0; i < ref.prompt_logprobs.size(); ++i) {
+    EXPECT_EQ(got.prompt_logprobs[i].token_id, ref.prompt_logprobs[i].token_id);
+    EXPECT_EQ(got.prompt_logprobs[i].logprob, ref.prompt_logprobs[i].logprob) << i;
+    EXPECT_EQ(got.prompt_logprobs[i].top.size(), 4u);
+  }
+  // Every logit row was either a draw (each drawn token is some request's) or one of the 499 prompt
+  // rows: no prompt position was scored twice, though it was recomputed after the preemption.
+  size_t rows = 0, drawn = 0;
+  for (const Batch& b : h.backend.batches) rows += b.logit_rows.size();
+  for (const auto& [id, r] : h.results) drawn += r.ids.size();
+  EXPECT_EQ(rows, drawn + 499);
+  EXPECT_EQ(h.kv.num_used(), 0);
 }
 
 // Waiting requests start by (priority, arrival): lower priority numbers first, ties in arrival

@@ -40,6 +40,8 @@ struct Outcome {
   std::vector<int32_t> ids;
   std::string text;
   std::vector<v1::Logprobs> logprobs;
+  std::vector<v1::Logprobs> prompt_logprobs;
+  int prompt_logprob_messages = 0;  // messages that carried prompt logprobs
   GenerateResponse last;  // the message with finish_reason, if any
   int messages = 0;
 };
@@ -83,6 +85,8 @@ class TestServer {
     out.ids.insert(out.ids.end(), msg.token_ids().begin(), msg.token_ids().end());
     out.text += msg.text();
     out.logprobs.insert(out.logprobs.end(), msg.logprobs().begin(), msg.logprobs().end());
+    out.prompt_logprobs.insert(out.prompt_logprobs.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
+    out.prompt_logprob_messages += msg.prompt_logprobs_size() > 0;
     if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.last = msg;
   }
 
@@ -334,6 +338,63 @@ TEST(Server, InvalidRequestsNameTheField) {
   Outcome ok = ts.Generate(TextReq("still alive?", 3));
   EXPECT_TRUE(ok.status.ok());
   EXPECT_EQ(ok.ids.size(), 3u);
+}
+
+// prompt_logprobs over gRPC on the demo model: in the first message, one entry per prompt token
+// after the first, each that token's logprob given the tokens before it. Checked against a second
+// path through the same server: a request whose prompt is the tokens before it, its first token
+// forced by a +100 logit bias, reports the raw logprob of that token. Chunked prefill (16-token
+// steps), a repeat whose prompt is in the prefix cache, and the unary RPC give the same entries.
+TEST(Server, PromptLogprobsScoreEachPromptTokenGivenTheTokensBeforeIt) {
+  ServerOptions o = TestServer::Defaults();
+  o.engine.max_batch_tokens = 16;
+  TestServer ts(o);
+  grpc::ClientContext tctx;
+  v1::TokenizeRequest treq;
+  treq.set_text("Once upon a time there was a little girl who lived in a village near the forest.");
+  v1::TokenizeResponse tok;
+  ASSERT_TRUE(ts.stub().Tokenize(&tctx, treq, &tok).ok());
+  const std::vector<int32_t> ids(tok.ids().begin(), tok.ids().end());
+  ASSERT_GT(ids.size(), 17u) << "the prompt should span several 16-token steps";
+  GenerateRequest req = TextReq("", 2);
+  req.mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.end());
+  req.set_prompt_logprobs(3);
+  const Outcome out = ts.Generate(req);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.prompt_logprob_messages, 1);
+  EXPECT_EQ(out.ids.size(), 2u);
+  ASSERT_EQ(out.prompt_logprobs.size(), ids.size() - 1);
+  for (size_t t = 1; t < ids.size(); ++t) {
+    const v1::Logprobs& lp = out.prompt_logprobs[t - 1];
+    EXPECT_EQ(lp.token_id(), ids[t]);
+    ASSERT_EQ(lp.top_size(), 3);
+    EXPECT_LE(lp.logprob(), lp.top(0).logprob());
+    // Forced through the other path.
+    GenerateRequest one = TextReq("", 1);
+    one.mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.begin() + static_cast<int64_t>(t));
+    one.set_logprobs(0);
+    (*one.mutable_sampling()->mutable_logit_bias())[ids[t]] = 100.f;
+    const Outcome forced = ts.Generate(one);
+    ASSERT_TRUE(forced.status.ok()) << forced.status.error_message();
+    ASSERT_EQ(forced.ids, std::vector<int32_t>{ids[t]});
+    EXPECT_NEAR(forced.logprobs[0].logprob(), lp.logprob(), 1e-4) << "prompt token " << t;
+  }
+  // Again, now that its prompt is in the prefix cache (from the forced requests); and unary.
+  const Outcome again = ts.Generate(req);
+  ASSERT_EQ(again.prompt_logprobs.size(), out.prompt_logprobs.size());
+  for (size_t i = 0; i < out.prompt_logprobs.size(); ++i) {
+    EXPECT_EQ(again.prompt_logprobs[i].logprob(), out.prompt_logprobs[i].logprob()) << i;
+  }
+  grpc::ClientContext uctx;
+  GenerateResponse unary;
+  ASSERT_TRUE(ts.stub().Complete(&uctx, req, &unary).ok());
+  ASSERT_EQ(static_cast<size_t>(unary.prompt_logprobs_size()), out.prompt_logprobs.size());
+  EXPECT_EQ(unary.prompt_logprobs(3).logprob(), out.prompt_logprobs[3].logprob());
+  // Above --max-logprobs (20) it is refused, naming the field.
+  req.set_prompt_logprobs(21);
+  const Outcome bad = ts.Generate(req);
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  EXPECT_NE(bad.status.error_message().find("prompt_logprobs"), std::string::npos) << bad.status.error_message();
 }
 
 // A second server on a gRPC port that one already listens on fails to start, naming the port,

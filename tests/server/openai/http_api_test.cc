@@ -742,6 +742,78 @@ TEST(HttpApi, TokenIdPromptsAndDetokenize) {
   EXPECT_EQ(ErrorOf(detok)["param"], "tokens");
 }
 
+// echo with logprobs, as evaluation harnesses score text: the logprobs cover every prompt token
+// (the first with nulls) and then the generated ones; each prompt token's logprob equals what a
+// request for the tokens before it reports when its first token is forced to that one. Streaming
+// gives the same entries; a token-id prompt is echoed as its text.
+TEST(HttpApi, EchoWithLogprobsScoresThePromptTokens) {
+  HttpServer s;
+  int status = 0;
+  const std::string prompt = "Once upon a time there was";
+  json tok = s.PostJson("/tokenize", {{"prompt", prompt}}, &status);
+  ASSERT_EQ(status, 200);
+  const std::vector<int> ids = tok["tokens"];
+  ASSERT_GE(ids.size(), 3u);
+  const json req = {{"prompt", prompt}, {"max_tokens", 1}, {"echo", true}, {"logprobs", 2}, {"temperature", 0},
+                    {"ignore_eos", true}};
+  json r = s.PostJson("/v1/completions", req, &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  const std::string text = r["choices"][0]["text"];
+  ASSERT_EQ(text.rfind(prompt, 0), 0u) << text;
+  const json& lp = r["choices"][0]["logprobs"];
+  const size_t n = ids.size() + 1;
+  for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) ASSERT_EQ(lp[k].size(), n) << k;
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  size_t at = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string t = lp["tokens"][i];
+    EXPECT_EQ(lp["text_offset"][i], at) << i;
+    if (text.compare(at, t.size(), t) == 0) at += t.size();
+    if (i == 0) continue;
+    EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
+    const json& top = lp["top_logprobs"][i];
+    EXPECT_GE(top.size(), 2u);
+    EXPECT_LE(top.size(), 3u);
+    ASSERT_TRUE(top.contains(t)) << i << " " << top.dump();
+    EXPECT_EQ(top[t], lp["token_logprobs"][i]);
+  }
+  EXPECT_EQ(at, text.size());
+  // The last prompt token through the other path.
+  std::vector<int> before(ids.begin(), ids.end() - 1);
+  json forced = s.PostJson("/v1/completions",
+                           {{"prompt", before}, {"max_tokens", 1}, {"logprobs", 0}, {"temperature", 0},
+                            {"logit_bias", {{std::to_string(ids.back()), 100}}}},
+                           &status);
+  ASSERT_EQ(status, 200) << forced.dump();
+  EXPECT_NEAR(forced["choices"][0]["logprobs"]["token_logprobs"][0].get<double>(),
+              lp["token_logprobs"][ids.size() - 1].get<double>(), 1e-4);
+  // Streaming: the echo chunk carries the prompt's entries, then the generated token's follow.
+  json sreq = req;
+  sreq["stream"] = true;
+  httplib::Result sr = s.Post("/v1/completions", sreq);
+  ASSERT_TRUE(sr);
+  json streamed = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+                   {"text_offset", json::array()}};
+  std::string stext;
+  for (const std::string& d : SseData(sr->body)) {
+    if (d == "[DONE]") continue;
+    const json c = json::parse(d)["choices"][0];
+    stext += c["text"].get<std::string>();
+    if (c["logprobs"].is_null()) continue;
+    for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
+      for (const json& v : c["logprobs"][k]) streamed[k].push_back(v);
+    }
+  }
+  EXPECT_EQ(stext, text);
+  EXPECT_EQ(streamed, lp);
+  // A token-id prompt is echoed as its text.
+  json by_ids = s.PostJson("/v1/completions", {{"prompt", ids}, {"max_tokens", 1}, {"echo", true}, {"temperature", 0}},
+                           &status);
+  ASSERT_EQ(status, 200) << by_ids.dump();
+  EXPECT_EQ(by_ids["choices"][0]["text"].get<std::string>().rfind(prompt, 0), 0u) << by_ids.dump();
+}
+
 TEST(HttpApi, StreamPastItsDeadlineEndsWithAnErrorEventThenDone) {
   HttpServer s;
   httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}},

@@ -85,6 +85,24 @@ test('logit_bias: +100 makes every sampled token the biased one; a bad bias is a
   );
 });
 
+test('echo with logprobs scores the prompt, as evaluation harnesses ask for it', async () => {
+  const prompt = 'Once upon a time there was';
+  const r = await client.completions.create({ model, prompt, max_tokens: 1, echo: true, logprobs: 1, temperature: 0 });
+  const c = r.choices[0];
+  assert.ok(c.text.startsWith(prompt));
+  const lp = c.logprobs;
+  const ids = await fetch(`${base}/tokenize`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt }),
+  }).then((x) => x.json());
+  assert.equal(lp.tokens.length, ids.count + 1);
+  assert.equal(lp.token_logprobs[0], null);
+  assert.equal(lp.top_logprobs[0], null);
+  // A continuation's log-likelihood: the sum over its tokens, each <= 0.
+  const ll = lp.token_logprobs.slice(1, ids.count).reduce((a, b) => a + b, 0);
+  assert.ok(Number.isFinite(ll) && ll < 0, `log-likelihood ${ll}`);
+  lp.top_logprobs.slice(1).forEach((top, i) => assert.equal(top[lp.tokens[i + 1]], lp.token_logprobs[i + 1]));
+});
+
 test('stop: finish_reason "stop" and the stop string is not returned', async () => {
   const free = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 24, temperature: 0, ignore_eos: true });
   const text = free.choices[0].text;
