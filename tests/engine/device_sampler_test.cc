@@ -28,6 +28,7 @@ struct RowCase {
   std::vector<int32_t> history;
   std::vector<int32_t> banned;
   int logprobs = -1;
+  int forced = -1;  // >= 0: a prompt-logprob row, no draw (RowSampling::forced_token = forced % V)
   std::string name;
 };
 
@@ -36,6 +37,7 @@ RowDraw CpuSample(const RowCase& c, const SequenceSampler& s, std::vector<float>
   RowSampling rs;
   std::vector<LogitAdjust> adjust;
   s.Describe(c.banned, c.logprobs, &rs, &adjust);
+  if (c.forced >= 0) rs.forced_token = c.forced % static_cast<int32_t>(row.size());
   SamplingScratch scratch;
   return DrawRow(rs, adjust, row, scratch);
 }
@@ -131,6 +133,19 @@ std::vector<RowCase> Cases(int V) {
     }
     c.logprobs = 4;
   });
+  // Prompt-logprob rows: the token is given, only its logprob and the top n are computed, whatever
+  // the request's own sampling parameters say (the scheduler describes these rows as greedy).
+  add("forced token + logprobs", [](RowCase& c) {
+    c.params.temperature = 0.f;
+    c.forced = 12345;
+    c.logprobs = 4;
+  });
+  add("forced token, tempered and filtered parameters", [](RowCase& c) {
+    c.params.temperature = 0.9f;
+    c.params.top_p = 0.5f;
+    c.forced = 777;
+    c.logprobs = 0;
+  });
   add("banned greedy", [V](RowCase& c) {
     c.params.temperature = 0.f;
     c.banned = {0, 1, 2, V / 2, V - 1, V + 5};
@@ -186,9 +201,11 @@ void CompareOnVocabulary(int V, int steps) {
       logits.insert(logits.end(), row.begin(), row.end());
       batch.rows.emplace_back();
       samplers[r].Describe(c.banned, c.logprobs, &batch.rows.back(), &batch.adjust);
+      if (c.forced >= 0) batch.rows.back().forced_token = c.forced % V;
       want.push_back(CpuSample(c, samplers[r], row));
+      if (c.forced >= 0) EXPECT_EQ(want.back().token, c.forced % V) << "the CPU sampler drew on a forced row";
       const int32_t argmax = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
-      if (c.params.temperature > 0 && want.back().token != argmax) sampled_differs_from_greedy++;
+      if (c.params.temperature > 0 && c.forced < 0 && want.back().token != argmax) sampled_differs_from_greedy++;
     }
     ASSERT_EQ(cudaMemcpy(d_logits, logits.data(), logits.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
     SampledRows got;

@@ -21,6 +21,7 @@ class Collector {
       std::lock_guard<std::mutex> lock(mu_);
       ids_.insert(ids_.end(), e.token_ids.begin(), e.token_ids.end());
       logprobs_.insert(logprobs_.end(), e.logprobs.begin(), e.logprobs.end());
+      prompt_logprobs_.insert(prompt_logprobs_.end(), e.prompt_logprobs.begin(), e.prompt_logprobs.end());
       if (e.finished) {
         final_ = std::move(e);
         done_ = true;
@@ -53,12 +54,17 @@ class Collector {
     std::lock_guard<std::mutex> lock(mu_);
     return logprobs_;
   }
+  std::vector<StepLogprobs> prompt_logprobs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return prompt_logprobs_;
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<int32_t> ids_;
   std::vector<StepLogprobs> logprobs_;
+  std::vector<StepLogprobs> prompt_logprobs_;
   GenerateEvent final_;
   bool done_ = false;
 };
