@@ -13,6 +13,9 @@
 //      restarting after a preemption looks up its prompt and output so far the same way.
 // After a successful step each caching sequence publishes its newly completed full blocks.
 // Decode goes first so a long prompt never stalls running streams (chunked prefill).
+// A request that wants prompt logprobs gets a logit row for each prompt position it computes (its
+// next token's logprob, no draw); its chunks are cut so that a step holds at most
+// kMaxPromptLogprobRows of them, and it takes nothing from the prefix cache.
 //
 // Overlapped steps (SchedulerOptions::overlap_steps): Step packs and launches step N + 1 before it
 // collects step N, so that the host's work (streaming N's tokens, stop checks, packing) runs while
