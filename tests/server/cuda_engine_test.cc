@@ -61,16 +61,25 @@ std::map<std::string, Result> WaitAll(std::map<std::string, testing::Collector>&
   return results;
 }
 
-std::map<std::string, Result> RunAll(const Checkpoint& ckpt, int kv_blocks, int n, uint64_t* preemptions) {
-  std::map<std::string, testing::Collector> events;  // outlives the engine
-  auto backend = CreateCudaBackend(ckpt, {});
-  EXPECT_TRUE(backend.ok()) << backend.status();
+// A CUDA engine over `ckpt`: `kv_blocks` blocks of 16 tokens, steps of `max_batch_tokens`, the
+// draws on the engine thread.
+absl::StatusOr<std::unique_ptr<Engine>> TestEngine(const Checkpoint& ckpt, int kv_blocks, int max_batch_tokens,
+                                                   bool deterministic = false) {
+  CudaBackendOptions bo;
+  bo.deterministic = deterministic;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(ckpt, bo);
+  if (!backend.ok()) return backend.status();
   EngineOptions o;
   o.kv_num_blocks = kv_blocks;
   o.kv_block_size = 16;
-  o.max_batch_tokens = 256;
+  o.max_batch_tokens = max_batch_tokens;
   o.sampling_threads = 1;
-  auto engine = Engine::CreateWithCodec(o, *std::move(backend), nullptr);
+  return Engine::CreateWithCodec(o, *std::move(backend), nullptr);
+}
+
+std::map<std::string, Result> RunAll(const Checkpoint& ckpt, int kv_blocks, int n, uint64_t* preemptions) {
+  std::map<std::string, testing::Collector> events;  // outlives the engine
+  auto engine = TestEngine(ckpt, kv_blocks, 256);
   EXPECT_TRUE(engine.ok()) << engine.status();
   std::mt19937_64 rng(99);
   for (int i = 0; i < n; ++i) {
@@ -240,14 +249,7 @@ TEST(CudaEngine, LogitsAfterACachedPrefixMatchTheFullPrompt) {
 TEST(CudaEngine, ACachedPrefixGivesTheSameGreedyTokens) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
   const Checkpoint& ckpt = SmallCheckpoint();
-  auto backend = CreateCudaBackend(ckpt, {});
-  ASSERT_TRUE(backend.ok()) << backend.status();
-  EngineOptions o;
-  o.kv_num_blocks = 256;
-  o.kv_block_size = 16;
-  o.max_batch_tokens = 256;
-  o.sampling_threads = 1;
-  auto engine = Engine::CreateWithCodec(o, *std::move(backend), nullptr);
+  auto engine = TestEngine(ckpt, 256, 256);
   ASSERT_TRUE(engine.ok()) << engine.status();
   std::mt19937_64 rng(8);
   std::vector<int32_t> prompt;
@@ -408,16 +410,7 @@ TEST(CudaEngine, PromptLogprobsMatchTheForcedFirstTokenOfEachPrefix) {
   for (bool deterministic : {true, false}) {
     SCOPED_TRACE(deterministic ? "deterministic" : "default");
     std::map<std::string, testing::Collector> events;  // outlives the engine
-    CudaBackendOptions bo;
-    bo.deterministic = deterministic;
-    auto backend = CreateCudaBackend(ckpt, bo);
-    ASSERT_TRUE(backend.ok()) << backend.status();
-    EngineOptions o;
-    o.kv_num_blocks = 512;
-    o.kv_block_size = 16;
-    o.max_batch_tokens = 96;
-    o.sampling_threads = 1;
-    auto engine = Engine::CreateWithCodec(o, *std::move(backend), nullptr);
+    auto engine = TestEngine(ckpt, 512, 96, deterministic);
     ASSERT_TRUE(engine.ok()) << engine.status();
     GenerateRequest r;
     r.request_id = "p";
