@@ -268,6 +268,7 @@ struct Sample {
   double max_itl_ms = 0;
   int tokens = 0;
   int prompt_tokens = 0;  // usage.prompt_tokens of the last message
+  int prompt_logprobs = 0;  // prompt_logprobs entries received (--prompt-logprobs)
   int retries = 0;
   double retry_wait_ms = 0;
   std::vector<double> itl_ms;                   // per token after the first
@@ -397,6 +398,7 @@ class Runner {
     }
     req.mutable_sampling()->set_temperature(o_.temperature);
     if (o_.logprobs >= 0) req.set_logprobs(static_cast<uint32_t>(o_.logprobs));
+    if (o_.prompt_logprobs >= 0) req.set_prompt_logprobs(static_cast<uint32_t>(o_.prompt_logprobs));
     req.mutable_sampling()->set_seed(o_.seed + static_cast<uint64_t>(i));
     req.mutable_stopping()->set_max_tokens(static_cast<uint32_t>(item.max_tokens));
     req.mutable_stopping()->set_ignore_eos(true);
@@ -418,6 +420,7 @@ class Runner {
       while (reader->Read(&msg)) {
         const auto now = Clock::now();
         if (msg.has_usage()) s.prompt_tokens = static_cast<int>(msg.usage().prompt_tokens());
+        s.prompt_logprobs += msg.prompt_logprobs_size();
         const int n = msg.token_ids_size();
         if (n == 0) continue;
         if (s.tokens == 0) {
@@ -524,7 +527,7 @@ nlohmann::json Summarize(const BenchOptions& o, const std::string& workload, std
                          double wall_s, int max_in_flight) {
   std::sort(samples.begin(), samples.end(), [](const Sample& a, const Sample& b) { return a.start_s < b.start_s; });
   std::vector<double> ttft, itl, e2e, tpot, prompt, output;
-  int64_t ok = 0, retried = 0, retries = 0, good = 0, prompt_total = 0, output_total = 0;
+  int64_t ok = 0, retried = 0, retries = 0, good = 0, prompt_total = 0, output_total = 0, prompt_scored = 0;
   double retry_wait_ms = 0;
   std::map<std::string, int64_t> failed_by_status;
   std::string first_error;
@@ -542,6 +545,7 @@ nlohmann::json Summarize(const BenchOptions& o, const std::string& workload, std
     ok++;
     output_total += s.tokens;
     prompt_total += s.prompt_tokens;
+    prompt_scored += s.prompt_logprobs;
     prompt.push_back(s.prompt_tokens);
     output.push_back(s.tokens);
     ttft.push_back(s.ttft_ms);
@@ -585,6 +589,7 @@ nlohmann::json Summarize(const BenchOptions& o, const std::string& workload, std
   j["max_in_flight"] = max_in_flight;
   j["prompt_tokens"] = prompt_total;
   j["output_tokens"] = output_total;
+  j["prompt_logprobs"] = prompt_scored;  // entries received: prompt tokens after the first, with --prompt-logprobs
   j["prompt_tokens_per_request"] = Distribution(prompt);
   j["output_tokens_per_request"] = Distribution(output);
   j["requests_per_s"] = static_cast<double>(ok) / wall;

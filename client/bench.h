@@ -43,6 +43,7 @@ struct BenchOptions {
   float temperature = 0.0f;
   uint64_t seed = 0;
   int logprobs = -1;  // >= 0: each request asks for its tokens' logprobs with this many alternatives
+  int prompt_logprobs = -1;  // >= 0: each request also scores its prompt (GenerateRequest.prompt_logprobs)
 
   // RESOURCE_EXHAUSTED: retried up to max_retries times while the request's total time stays
   // within max_retry_s.

@@ -67,6 +67,7 @@ commands:
               prefixes of P ids + its own --prompt-tokens suffix)
     output:   --max-tokens N|LO:HI (default 64; ignore_eos) --temperature T (default 0) --seed S
               --logprobs N (each token's logprob and N alternatives, as the HTTP bench asks)
+              --prompt-logprobs N (each request also scores its prompt, as evaluation harnesses do)
     retries:  RESOURCE_EXHAUSTED is retried after the server's retry-after plus jitter:
               --max-retries 20 --max-retry-time 120s
     report:   --slo-ttft MS --slo-itl MS (goodput) --json [FILE] (no FILE: JSON alone on stdout)
@@ -383,6 +384,8 @@ int Bench(const std::shared_ptr<grpc::Channel>& channel, const Args& a) {
   if (a.Has("seed")) o.seed = Num<uint64_t>(a, "seed");
   if (a.Has("logprobs")) o.logprobs = Num<int>(a, "logprobs");
   if (a.Has("logprobs") && o.logprobs < 0) Die("bench: --logprobs must be >= 0");
+  if (a.Has("prompt-logprobs")) o.prompt_logprobs = Num<int>(a, "prompt-logprobs");
+  if (a.Has("prompt-logprobs") && o.prompt_logprobs < 0) Die("bench: --prompt-logprobs must be >= 0");
   if (a.Has("max-retries")) o.max_retries = Num<int>(a, "max-retries");
   if (o.max_retries < 0) Die("--max-retries must be >= 0");
   if (a.Has("max-retry-time")) {
@@ -401,7 +404,7 @@ int Bench(const std::shared_ptr<grpc::Channel>& channel, const Args& a) {
   o.progress = a.Has("progress") || (!a.Has("no-progress") && isatty(STDERR_FILENO) == 1);
   static const char* kKnown[] = {"requests", "num-requests", "duration", "request-rate", "concurrency", "input",
                                  "prompt-tokens", "prompt-words", "max-tokens", "shared-prefixes", "prefix-tokens",
-                                 "temperature", "seed", "logprobs", "max-retries", "max-retry-time", "slo-ttft", "slo-itl", "json",
+                                 "temperature", "seed", "logprobs", "prompt-logprobs", "max-retries", "max-retry-time", "slo-ttft", "slo-itl", "json",
                                  "plot", "save-input", "progress", "no-progress"};
   for (const auto& [k, v] : a.flags) {
     if (std::find(std::begin(kKnown), std::end(kKnown), k) == std::end(kKnown)) Die(absl::StrCat("bench: unknown option --", k));

@@ -79,6 +79,13 @@ assert abs(j["output_tokens_per_s"] - 60 / j["wall_s"]) < 1e-6 * j["output_token
 assert sum(j["timeline"]["output_tokens_per_s"]) * j["timeline"]["bin_s"] - 60 < 1e-6, j["timeline"]
 assert j["goodput"]["requests"] == 12, j  # no SLO: every request counts
 '
+
+# Scoring prompts (--prompt-logprobs): every prompt token after the first comes back scored.
+bench --requests 6 --concurrency 3 --prompt-tokens 37 --max-tokens 2 --prompt-logprobs 1 --json "$work/scored.json" \
+  >/dev/null
+check "$work/scored.json" '
+assert j["succeeded"] == 6 and j["prompt_logprobs"] == 6 * 36, j
+'
 grep -q "requests 12: ok 12, failed 0" "$work/closed.txt" || fail "summary: $(cat "$work/closed.txt")"
 python3 - "$work/closed.svg" <<'PY'
 import sys, xml.etree.ElementTree as ET
