@@ -24,6 +24,11 @@ cmake --build "$asan" --target chat_template_test -j "$jobs"
 # The chaos mix (cancel, deadline, abort, duplicate, malformed at concurrency) in a short form.
 SBSERVE_CHAOS_OPS=80 SBSERVE_CHAOS_THREADS=12 SBSERVE_CACHE_DIR="$asan/test-cache" \
   "$asan/tests/server/chaos_test" --gtest_brief=1 || status=$?
+# The OpenAI door: its request parsers on random bodies, and the HTTP chaos mix.
+cmake --build "$asan" --target protocol_property_test http_chaos_test -j "$jobs"
+echo "== under AddressSanitizer + UBSan: protocol_property_test, http_chaos_test"
+"$asan/tests/server/openai/protocol_property_test" --gtest_brief=1 || status=$?
+SBSERVE_CACHE_DIR="$asan/test-cache" "$asan/tests/server/openai/http_chaos_test" --gtest_brief=1 || status=$?
 
 # ThreadSanitizer on the engine: the engine thread, submitters, aborts and the sampling pool
 # (engine_test), the scheduler and stop matcher. The server tests are left out on purpose:
