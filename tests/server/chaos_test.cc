@@ -83,13 +83,29 @@ struct Chaos {
     const int tokens = 4 + static_cast<int>(rng() % 24);
     v1::GenerateRequest req = Req(absl::StrCat("chaos request ", id), tokens, rng());
     req.set_request_id(id);
+    // Some score their prompt (rows inside prefill chunks, cut short by cancels and deadlines too),
+    // some carry logit biases.
+    const bool scored = rng() % 3 == 0;
+    if (scored) req.set_prompt_logprobs(static_cast<uint32_t>(rng() % 3));
+    if (rng() % 4 == 0) {
+      for (int i = 0; i < 3; ++i) {
+        (*req.mutable_sampling()->mutable_logit_bias())[static_cast<int32_t>(rng() % 2048)] =
+            static_cast<float>(static_cast<int>(rng() % 11) - 5);
+      }
+    }
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
     switch (k) {
       case kNormal: {
         if (rng() % 2 == 0) {
           v1::GenerateResponse resp;
-          return stub->Complete(&ctx, req, &resp).error_code();
+          const StatusCode c = stub->Complete(&ctx, req, &resp).error_code();
+          // A scored prompt comes back whole: one entry per prompt token after the first.
+          if (c == StatusCode::OK && scored &&
+              resp.prompt_logprobs_size() + 1 != static_cast<int>(resp.usage().prompt_tokens())) {
+            return StatusCode::DATA_LOSS;
+          }
+          return c;
         }
         auto reader = stub->Generate(&ctx, req);
         return Drain(reader.get());
