@@ -39,7 +39,8 @@ struct GenerateRequest {
   int32_t logprobs = -1;             // -1: none; n >= 0: sampled token's logprob plus the top n
   // -1: none; n >= 0: the logprob of every prompt token after the first under the model given the
   // tokens before it, plus the top n there (OpenAI's echo with logprobs, vLLM's prompt_logprobs).
-  // Such a request does not reuse prefix-cached blocks: their logits were never computed.
+  // Such a request computes every prompt position it scores: prefix-cached blocks are not taken for
+  // them (their logits were never computed); the blocks it computes are published for others.
   int32_t prompt_logprobs = -1;
   int32_t priority = 0;              // lower runs first
   bool cache_prefix = true;          // false: neither reuses nor publishes prefix-cached KV blocks

@@ -23,8 +23,7 @@ struct Scheduler::Seq {
         stop(req.stop_strings) {
     tokens = req.prompt_ids;
     prompt_len = static_cast<int32_t>(tokens.size());
-    // Prompt logprobs need the logits of every prompt position: nothing is taken from the cache.
-    cache_prefix = caching && req.cache_prefix && req.prompt_logprobs < 0;
+    cache_prefix = caching && req.cache_prefix;
   }
 
   GenerateRequest req;
@@ -42,7 +41,9 @@ struct Scheduler::Seq {
   std::vector<int32_t> blocks;
   bool cache_prefix = false;    // reuses and publishes prefix-cached blocks
   // Prompt logprobs: the next prompt token whose row is to be packed (token t's row is position
-  // t - 1), those collected, and those not delivered yet.
+  // t - 1), those collected, and those not delivered yet. Positions still to score need their
+  // logits computed, so a prefix-cache hit may only cover positions already scored (none at first,
+  // those before prompt_lp_next - 1 after a preemption); the blocks it computes are published.
   int32_t prompt_lp_next = 1;
   int32_t prompt_lp_collected = 0;
   std::vector<StepLogprobs> pending_prompt_logprobs;
@@ -66,6 +67,12 @@ struct Scheduler::Seq {
   std::vector<StepLogprobs> pending_logprobs;
 
   int32_t num_output() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
+  // Tokens a prefix-cache hit may cover: all but the last (its logits are needed), and with prompt
+  // logprobs only the positions already scored.
+  int64_t max_cached_prefix() const {
+    const int64_t all_but_last = static_cast<int64_t>(tokens.size()) - 1;
+    return req.prompt_logprobs < 0 ? all_but_last : std::min<int64_t>(all_but_last, prompt_lp_next - 1);
+  }
   // Positions [first, last) of a chunk [start, start + chunk) that need a prompt-logprob row.
   std::pair<int, int> PromptRows(int start, int chunk) const {
     if (req.prompt_logprobs < 0) return {0, 0};
@@ -299,7 +306,7 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
     // last token to compute: its logits are needed, and a chunk is never empty.
     int hit = 0;
     if (seq->cache_prefix) {
-      hit = kv_->AcquirePrefix(seq->tokens, static_cast<int64_t>(seq->tokens.size()) - 1, seq->blocks, seq->chain);
+      hit = kv_->AcquirePrefix(seq->tokens, seq->max_cached_prefix(), seq->blocks, seq->chain);
       seq->num_computed = hit;
     }
     const int chunk = fit_prompt_rows(seq, std::min(seq->need(), budget));
@@ -310,7 +317,9 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
       break;
     }
     if (seq->cache_prefix) {
-      step_prefix_queries_ += static_cast<int>(seq->tokens.size());
+      // A request scoring its prompt looks up only the positions already scored.
+      step_prefix_queries_ += seq->req.prompt_logprobs < 0 ? static_cast<int>(seq->tokens.size())
+                                                           : static_cast<int>(seq->max_cached_prefix());
       step_prefix_hits_ += hit;
     }
     waiting_.pop_front();

@@ -15,7 +15,8 @@
 // Decode goes first so a long prompt never stalls running streams (chunked prefill).
 // A request that wants prompt logprobs gets a logit row for each prompt position it computes (its
 // next token's logprob, no draw); its chunks are cut so that a step holds at most
-// kMaxPromptLogprobRows of them, and it takes nothing from the prefix cache.
+// kMaxPromptLogprobRows of them, and a prefix-cache hit covers only positions it has scored already
+// (none before a preemption); it publishes its blocks like any request.
 //
 // Overlapped steps (SchedulerOptions::overlap_steps): Step packs and launches step N + 1 before it
 // collects step N, so that the host's work (streaming N's tokens, stop checks, packing) runs while

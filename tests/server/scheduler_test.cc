@@ -441,6 +441,15 @@ TEST(Scheduler, PromptLogprobsScoreEachPromptTokenGivenTheTokensBeforeIt) {
     EXPECT_LE(lp.logprob, lp.top[0].logprob) << t;
     for (size_t k = 1; k < lp.top.size(); ++k) EXPECT_LE(lp.top[k].logprob, lp.top[k - 1].logprob);
   }
+  // Its blocks were published: the same prompt without scoring finds all but its last block cached.
+  const uint64_t hits_before = big.sched->prefix_cache_hits();
+  GenerateRequest plain = base;
+  plain.request_id = "plain";
+  plain.prompt_logprobs = -1;
+  big.Add(plain);
+  big.RunToCompletion();
+  EXPECT_EQ(big.sched->prefix_cache_hits() - hits_before, 496u);  // 124 full blocks of 4 before token 499
+  EXPECT_EQ(big.results["plain"].ids, ref.ids);
   for (int t : {1, 2, 37, 255, 256, 257, 499}) {
     Harness h(1024, 4, 64);
     GenerateRequest r = Req("q", 1, 1);
