@@ -483,18 +483,16 @@ json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& c
 
 json EchoLogprobs(const std::vector<int32_t>& prompt_ids, const std::vector<StepLogprobs>& prompt_lps,
                   const TextCodec& codec, int top_n, bool skip_special) {
-  json out = {{"tokens", json::array()},
-              {"token_logprobs", json::array()},
-              {"top_logprobs", json::array()},
-              {"text_offset", json::array()}};
-  if (prompt_ids.empty()) return out;
-  // The first token has no logprob: nothing comes before it (OpenAI: null).
-  out["tokens"].push_back(TokenText(codec, prompt_ids[0]));
-  out["token_logprobs"].push_back(nullptr);
-  out["top_logprobs"].push_back(nullptr);
-  out["text_offset"].push_back(0);
-  const size_t first = skip_special ? codec.Decode({prompt_ids[0]}, true).size() : TokenText(codec, prompt_ids[0]).size();
-  AppendLogprobs(&out, CompletionLogprobs(prompt_lps, codec, top_n, first, skip_special));
+  if (prompt_ids.empty()) return CompletionLogprobs({}, codec, top_n, 0, skip_special);
+  // The first token goes through the same rule for its text and offsets, then loses its logprobs:
+  // nothing comes before it (OpenAI: null).
+  std::vector<StepLogprobs> all;
+  all.reserve(prompt_lps.size() + 1);
+  all.push_back(StepLogprobs{prompt_ids[0], 0.f, {}});
+  all.insert(all.end(), prompt_lps.begin(), prompt_lps.end());
+  json out = CompletionLogprobs(all, codec, top_n, 0, skip_special);
+  out["token_logprobs"][0] = nullptr;
+  out["top_logprobs"][0] = nullptr;
   return out;
 }
 
