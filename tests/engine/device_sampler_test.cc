@@ -42,6 +42,14 @@ RowDraw CpuSample(const RowCase& c, const SequenceSampler& s, std::vector<float>
   return DrawRow(rs, adjust, row, scratch);
 }
 
+// A bias for token t unless it has one already (on a small vocabulary several picks are one token).
+void AddBias(SamplingParams& p, int32_t t, float bias) {
+  for (const auto& [id, b] : p.logit_bias) {
+    if (id == t) return;
+  }
+  p.logit_bias.emplace_back(t, bias);
+}
+
 std::vector<RowCase> Cases(int V) {
   std::vector<RowCase> cases;
   auto add = [&](std::string name, auto set) {
@@ -111,11 +119,7 @@ std::vector<RowCase> Cases(int V) {
   });
   add("logit_bias -100 greedy", [V](RowCase& c) {
     c.params.temperature = 0.f;
-    for (int32_t t : {0, V / 7, V / 5, V - 1}) c.params.logit_bias.emplace_back(t, -100.f);
-    std::sort(c.params.logit_bias.begin(), c.params.logit_bias.end());
-    c.params.logit_bias.erase(std::unique(c.params.logit_bias.begin(), c.params.logit_bias.end(),
-                                          [](auto a, auto b) { return a.first == b.first; }),
-                              c.params.logit_bias.end());
+    for (int32_t t : {0, V / 7, V / 5, V - 1}) AddBias(c.params, t, -100.f);
   });
   add("logit_bias + penalties + filters", [V](RowCase& c) {
     c.params.temperature = 0.8f;
@@ -125,12 +129,7 @@ std::vector<RowCase> Cases(int V) {
     c.params.frequency_penalty = 0.5f;
     for (int i = 0; i < 20; ++i) c.prompt.push_back((i * 13) % V);
     for (int i = 0; i < 12; ++i) c.history.push_back((i * 29 + 1) % V);
-    for (int i = 0; i < 40 && i < V; ++i) {
-      const int32_t t = (i * 37) % V;
-      if (std::none_of(c.params.logit_bias.begin(), c.params.logit_bias.end(), [t](auto e) { return e.first == t; })) {
-        c.params.logit_bias.emplace_back(t, 0.25f * static_cast<float>(i % 9) - 1.0f);
-      }
-    }
+    for (int i = 0; i < 40 && i < V; ++i) AddBias(c.params, (i * 37) % V, 0.25f * static_cast<float>(i % 9) - 1.0f);
     c.logprobs = 4;
   });
   // Prompt-logprob rows: the token is given, only its logprob and the top n are computed, whatever

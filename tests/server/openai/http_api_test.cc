@@ -21,6 +21,7 @@
 #include "server/openai/protocol.h"
 #include "server/server.h"
 #include "tests/server/live_server.h"
+#include "tests/server/openai/sse.h"
 
 namespace sbserve {
 namespace {
@@ -85,17 +86,8 @@ class HttpServer {
 // The SSE body split into its events' data; every event must be "data: ...\n\n".
 std::vector<std::string> SseData(const std::string& body) {
   std::vector<std::string> out;
-  size_t at = 0;
-  while (at < body.size()) {
-    const size_t end = body.find("\n\n", at);
-    EXPECT_NE(end, std::string::npos) << "unterminated event: " << body.substr(at);
-    if (end == std::string::npos) break;
-    const std::string event = body.substr(at, end - at);
-    EXPECT_EQ(event.rfind("data: ", 0), 0u) << event;
-    EXPECT_EQ(event.find('\n'), std::string::npos) << "one data line per event: " << event;
-    out.push_back(event.substr(6));
-    at = end + 2;
-  }
+  std::string error;
+  EXPECT_TRUE(testing::SplitSse(body, &out, &error)) << error;
   return out;
 }
 

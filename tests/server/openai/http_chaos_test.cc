@@ -30,6 +30,7 @@
 #include "server/server.h"
 #include "tests/server/live_server.h"
 #include "tests/server/openai/body_gen.h"
+#include "tests/server/openai/sse.h"
 
 namespace sbserve {
 namespace {
@@ -49,18 +50,6 @@ void Shorten(json& b) {
   }
   if (b.contains("n") && b["n"].is_number() && b["n"].get<double>() > 4) b["n"] = 4;
   if (b.contains("best_of") && b["best_of"].is_number() && b["best_of"].get<double>() > 4) b["best_of"] = 4;
-}
-
-// The events' data of an SSE body; false when it is not a sequence of "data: ...\n\n" events.
-bool SseData(const std::string& body, std::vector<std::string>* out) {
-  size_t at = 0;
-  while (at < body.size()) {
-    const size_t end = body.find("\n\n", at);
-    if (end == std::string::npos || body.compare(at, 6, "data: ") != 0) return false;
-    out->push_back(body.substr(at + 6, end - at - 6));
-    at = end + 2;
-  }
-  return true;
 }
 
 struct Tally {
@@ -168,7 +157,8 @@ TEST(HttpChaos, SeededMixEndsWithDocumentedStatusesAndLeavesNothingBehind) {
       } else {
         EXPECT_EQ(status, 200);
         std::vector<std::string> data;
-        ASSERT_TRUE(SseData(r->body, &data));
+        std::string sse_error;
+        ASSERT_TRUE(testing::SplitSse(r->body, &data, &sse_error)) << sse_error;
         ASSERT_GE(data.size(), 2u);
         EXPECT_EQ(data.back(), "[DONE]");
         EXPECT_EQ(json::parse(data[data.size() - 2])["error"]["type"], "timeout_error");
@@ -192,7 +182,8 @@ TEST(HttpChaos, SeededMixEndsWithDocumentedStatusesAndLeavesNothingBehind) {
       return;
     }
     std::vector<std::string> data;
-    ASSERT_TRUE(SseData(r->body, &data)) << r->body;
+    std::string sse_error;
+    ASSERT_TRUE(testing::SplitSse(r->body, &data, &sse_error)) << sse_error;
     ASSERT_FALSE(data.empty());
     EXPECT_EQ(data.back(), "[DONE]");
     size_t finishes = 0;
