@@ -77,14 +77,16 @@ Kernel KernelFromEnv(const char* var, std::initializer_list<std::pair<const char
   return Kernel::kAuto;
 }
 
-// SBSERVE_PREFILL_KERNEL=mma, wgmma or wgmma-wide overrides the default prefill kernel (A/B runs);
+// SBSERVE_PREFILL_KERNEL=mma, wgmma, wgmma-wide, wgmma-tma or wgmma-wide-tma overrides the default prefill kernel (A/B runs);
 // the wgmma ones still need a device and build that can run them.
 SbPrefillKernel PrefillKernelFromEnv() {
   using enum SbPrefillKernel;
   static const SbPrefillKernel k = KernelFromEnv<SbPrefillKernel>(
       "SBSERVE_PREFILL_KERNEL", {{SbPrefillKernelName(kMma), kMma},
                                  {SbPrefillKernelName(kWgmma), kWgmma},
-                                 {SbPrefillKernelName(kWgmmaWide), kWgmmaWide}});
+                                 {SbPrefillKernelName(kWgmmaWide), kWgmmaWide},
+                                 {SbPrefillKernelName(kWgmmaTma), kWgmmaTma},
+                                 {SbPrefillKernelName(kWgmmaWideTma), kWgmmaWideTma}});
   return k;
 }
 
@@ -178,6 +180,8 @@ const char* SbPrefillKernelName(SbPrefillKernel kernel) {
     case SbPrefillKernel::kMma: return "mma";
     case SbPrefillKernel::kWgmma: return "wgmma";
     case SbPrefillKernel::kWgmmaWide: return "wgmma-wide";
+    case SbPrefillKernel::kWgmmaTma: return "wgmma-tma";
+    case SbPrefillKernel::kWgmmaWideTma: return "wgmma-wide-tma";
     case SbPrefillKernel::kAuto: break;
   }
   return "auto";
@@ -199,6 +203,9 @@ SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& p) {
             ? SbPrefillKernel::kWgmmaWide
             : SbPrefillKernel::kMma;
   }
+  if ((k == SbPrefillKernel::kWgmmaTma || k == SbPrefillKernel::kWgmmaWideTma) &&
+      (early_exit || p.cache.block_size < 2))  // a TMA box holds a key pair of one block
+    k = k == SbPrefillKernel::kWgmmaTma || early_exit ? SbPrefillKernel::kWgmma : SbPrefillKernel::kWgmmaWide;
   if (k == SbPrefillKernel::kWgmmaWide && early_exit) k = SbPrefillKernel::kWgmma;
   if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(p.head_dim)) k = SbPrefillKernel::kMma;
   return k;

@@ -86,6 +86,9 @@ enum class SbPrefillKernel : int {
   kWgmma = 2,      // Hopper warpgroup MMAs (sm_90a build on an sm_90 device, head_dim 64)
   kWgmmaWide = 3,  // the same with 3 warpgroups (192 query rows) sharing each K/V tile, one CTA per
                    // SM: a third of the K/V reads. Without early exit (asked with it: kWgmma runs).
+  kWgmmaTma = 4,      // kWgmma with the K/V tiles loaded by TMA from one warp (sb_attn_prefill_sm90_kernel.cuh);
+  kWgmmaWideTma = 5,  // kWgmmaWide the same way. Both without early exit (asked with it: kWgmma
+                      // runs) and for block sizes >= 2 (below: kWgmma / kWgmmaWide).
 };
 
 // Varlen prefill (any q_len >= 1, chunked prefill with a cached prefix included). Keys, the

@@ -2,7 +2,13 @@
 // sb_attn_prefill_bf16_hdim*.cu, dispatched from sb_attn.cu).
 #pragma once
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
 
 #include "absl/status/status.h"
 #include "kernels/cuda_check.h"
@@ -57,12 +63,58 @@ absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, in
   return absl::OkStatus();
 }
 
+// The tensor maps of the TMA kernels: the K and V caches as [slots][Hkv][64] bf16, boxes of
+// 2 slots x 1 head x 64 dims, 128-byte swizzled. The encoder comes from the driver at first use
+// (the runtime links no libcuda).
+inline absl::Status SbKvTmaMapsFor(const SbKvCache& cache, int num_kv_heads, SbKvTmaMaps* maps) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return absl::InternalError("stick-breaking prefill: the driver has no cuTensorMapEncodeTiled");
+  const cuuint64_t dims[3] = {64, static_cast<cuuint64_t>(num_kv_heads),
+                              static_cast<cuuint64_t>(cache.num_blocks) * static_cast<cuuint64_t>(cache.block_size)};
+  const cuuint64_t strides[2] = {64 * 2, static_cast<cuuint64_t>(num_kv_heads) * 64 * 2};
+  const cuuint32_t box[3] = {64, 1, 2};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  for (auto [map, base] : {std::pair{&maps->k, cache.k}, std::pair{&maps->v, cache.v}}) {
+    const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, base, dims, strides, box, elem_strides,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+      return absl::InternalError(absl::StrCat("stick-breaking prefill: cuTensorMapEncodeTiled failed (", r, ")"));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Tr>
+absl::Status LaunchPrefillTmaKernel(const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
+  SbKvTmaMaps maps;
+  if (absl::Status st = SbKvTmaMapsFor(p.cache, p.num_kv_heads, &maps); !st.ok()) return st;
+  const auto kernel = sb_attn_prefill_sm90_tma_kernel<Tr>;
+  SB_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  const dim3 grid(p.num_heads, p.batch, (p.max_seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM);
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(SbPrefillKernelParams::From(p), log2_bs, maps);
+  SB_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
 template <int kHeadDim>
 absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, SbPrefillKernel kernel,
                                  cudaStream_t stream) {
   const bool early_exit = p.early_exit_log_threshold > 0.f;
-  const bool wgmma = kernel == SbPrefillKernel::kWgmma || kernel == SbPrefillKernel::kWgmmaWide;
+  const bool wgmma = kernel != SbPrefillKernel::kMma;
   if constexpr (kHeadDim == 64) {
+    // SbAttnPrefillKernelFor: no TMA kernel with early exit or with blocks of one slot.
+    if (kernel == SbPrefillKernel::kWgmmaTma) return LaunchPrefillTmaKernel<SbPrefillSm90Config>(p, log2_bs, stream);
+    if (kernel == SbPrefillKernel::kWgmmaWideTma)
+      return LaunchPrefillTmaKernel<SbPrefillSm90WideConfig>(p, log2_bs, stream);
     if (kernel == SbPrefillKernel::kWgmmaWide && !early_exit) {  // SbAttnPrefillKernelFor: no wide early exit
       using Tr = SbPrefillSm90WideConfig;
       return LaunchPrefillKernel<Tr>(sb_attn_prefill_sm90_kernel<Tr, false>, p, log2_bs, stream);

@@ -19,8 +19,17 @@
 // Pipeline: every thread loads with cp.async (one commit group per tile, kStages stages); the
 // barrier at the top of iteration i publishes tile i + 1 and frees the stage of tile i - 2, whose
 // P V every thread waited for at the end of iteration i - 1.
+//
+// TMA variant (kTma, the -tma kernels): the first tile visited (the one that may end inside the
+// context, loaded with zero fill) still comes through cp.async with Q; every later tile is loaded
+// by warp 0 alone, each lane issuing two TMA boxes of 2 keys x 64 dims (its key pair in K and in V)
+// to the rows SbKeyRow gives them, the TMA unit applying the 128-byte swizzle. A transaction
+// barrier per stage tells the other warps that a tile is in; the barrier at the top of iteration i
+// still frees the stage that warp 0 refills right after it. The consumer warps issue no loads and
+// read no block table.
 #pragma once
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -49,8 +58,9 @@ struct SbPrefillSm90Traits {
   static constexpr int kTileBytes = kBlockN * kHeadDim * 2;
   static constexpr int kQTileBytes = 64 * kHeadDim * 2;  // one warpgroup's rows
   static constexpr int kQBytes = kWarpGroups * kQTileBytes;
-  // + 1024: the dynamic shared memory is aligned up to the 1024 bytes of a swizzle atom.
-  static constexpr int kSmemBytes = 1024 + kQBytes + kStages * 2 * kTileBytes;
+  // + 1024: the dynamic shared memory is aligned up to the 1024 bytes of a swizzle atom; then
+  // one 8-byte transaction barrier per stage (used by the TMA kernels only).
+  static constexpr int kSmemBytes = 1024 + kQBytes + kStages * 2 * kTileBytes + 8 * kStages;
   // d = 128 (two column blocks) compiles and its tile layouts pass SbAttnWgmmaTile.Dim128, but the
   // kernel is launched only at d = 64: at d = 128 four stages of (K, V) leave one CTA per SM.
   static_assert(kHeadDim == 64 || kHeadDim == 128);
@@ -94,9 +104,18 @@ static_assert(SbKeyRowIsThePermutation());
 #define SB_PREFILL_SM90_ABLATE 0
 #endif
 
-template <typename Tr, bool kEarlyExit>
-__global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
-    sb_attn_prefill_sm90_kernel(const SbPrefillKernelParams p, const int log2_bs) {
+// The K and V caches as 3-d tensors (dims, KV heads, slots) for the TMA kernels, built on the host
+// per launch (SbKvTmaMapsFor); boxes of 64 dims x 1 head x 2 slots, 128-byte swizzled.
+struct SbKvTmaMaps {
+  CUtensorMap k;
+  CUtensorMap v;
+};
+
+template <typename Tr, bool kEarlyExit, bool kTma>
+__device__ __forceinline__ void SbPrefillSm90(const SbPrefillKernelParams& p, const int log2_bs,
+                                              const SbKvTmaMaps* maps) {
+  static_assert(!(kTma && kEarlyExit), "an early exit would leave TMA loads unwaited");
+  static_assert(!kTma || Tr::kHeadDim == 64, "one 128-byte box row per key");
 #if SB_HAS_WGMMA
   using namespace device;
   constexpr int kD = Tr::kHeadDim;
@@ -110,6 +129,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       smem_raw + ((1024 - (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) & 1023)) & 1023);
   unsigned char* q_smem = smem;                 // one 64-row tile per warpgroup
   unsigned char* kv_smem = smem + Tr::kQBytes;  // stage s: K at 2s, V at 2s+1
+  const uint32_t full_bar = SmemAddr(kv_smem + kStages * 2 * Tr::kTileBytes);  // stage s at + 8 s
 
   SbPrefillCta cta;
   if (!SbPrefillCtaOf<Tr::kBlockM, Tr::kBlockN>(p, &cta)) return;
@@ -156,15 +176,43 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       CpAsync16(SmemAddr(v_dst + soff), v_cache + off, ok ? 16 : 0);
     }
   };
+  // TMA kernels: visit j (j >= 1, a whole tile inside the context) by warp 0; lane l loads keys
+  // 2l and 2l + 1 of the tile, rows SbKeyRow(2l) and SbKeyRow(2l) + 1, as one box of K and one of V.
+  // Its stage's barrier completes phase j / kStages.
+  auto load_kv_tma = [&](int j) {
+    const int n = n_tiles - 1 - j;
+    const int stage = j % kStages;
+    const uint32_t bar = full_bar + 8 * stage;
+    if (lane == 0) MbarArriveExpectTx(bar, 2 * Tr::kTileBytes);
+    __syncwarp();
+    const int key = n * Tr::kBlockN + 2 * lane;
+    const int slot = block_table[key >> log2_bs] * (1 << log2_bs) + (key & ((1 << log2_bs) - 1));
+    const uint32_t row = SbKeyRow(2 * lane) * 128;
+    TmaLoad3d(SmemAddr(kv_smem + (2 * stage) * Tr::kTileBytes) + row, &maps->k, 0, hk, slot, bar);
+    TmaLoad3d(SmemAddr(kv_smem + (2 * stage + 1) * Tr::kTileBytes) + row, &maps->v, 0, hk, slot, bar);
+  };
   // Visit order: iteration i reads key tile n_tiles - 1 - i from stage i % kStages. Commit group j
   // holds tile j (group 0 also Q); groups 0 .. kStages - 3 are issued here, group j + kStages - 2 at
-  // iteration j.
+  // iteration j. TMA kernels: only group 0; the barriers are set up, and stage 0's first phase (visit
+  // 0, loaded by cp.async) completed, before warp 0 issues visits 1 .. kStages - 3.
   if (n_tiles > 0) load_kv(n_tiles - 1, 0);
   CpAsyncCommit();
+  if constexpr (kTma) {
+    if (tid < 32) {
+      if (tid == 0) {
+        for (int s = 0; s < kStages; ++s) MbarInit(full_bar + 8 * s, 1);
+        FenceMbarInit();
+        MbarArrive(full_bar);
+      }
+      __syncwarp();
+      for (int j = 1; j <= kStages - 3 && j < n_tiles; ++j) load_kv_tma(j);
+    }
+  } else {
 #pragma unroll
-  for (int j = 1; j <= kStages - 3; ++j) {
-    if (j < n_tiles) load_kv(n_tiles - 1 - j, j);
-    CpAsyncCommit();
+    for (int j = 1; j <= kStages - 3; ++j) {
+      if (j < n_tiles) load_kv(n_tiles - 1 - j, j);
+      CpAsyncCommit();
+    }
   }
 
   const uint32_t q_addr = SmemAddr(q_smem + wg * Tr::kQTileBytes);
@@ -207,7 +255,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   const float scale_log2 = p.scale * kLog2e;
   const float exit_carry = kEarlyExit ? __expf(-p.early_exit_log_threshold) : 0.f;
 
-  CpAsyncWait<kStages - 3>();  // Q and tile 0
+  CpAsyncWait<kTma ? 0 : kStages - 3>();  // Q and tile 0
   FenceProxyAsyncShared();
   __syncthreads();
 #if SB_PREFILL_SM90_ABLATE == 2
@@ -224,7 +272,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
   int tiles_done = n_tiles;
   auto step = [&](auto buf, int i) -> bool {
     constexpr int kB = decltype(buf)::value;
-    CpAsyncWait<kStages - 4>();  // tile i + 1
+    if constexpr (kTma) {
+      if (i + 1 < n_tiles) MbarWait(full_bar + 8 * ((i + 1) % kStages), ((i + 1) / kStages) & 1);  // tile i + 1
+    } else {
+      CpAsyncWait<kStages - 4>();  // tile i + 1
+    }
     FenceProxyAsyncShared();
     if constexpr (kEarlyExit) {
       bool below = true;
@@ -238,8 +290,12 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
       __syncthreads();
     }
     const int j = i + kStages - 2;
-    if (j < n_tiles) load_kv(n_tiles - 1 - j, j % kStages);
-    CpAsyncCommit();
+    if constexpr (kTma) {
+      if (j < n_tiles && tid < 32) load_kv_tma(j);
+    } else {
+      if (j < n_tiles) load_kv(n_tiles - 1 - j, j % kStages);
+      CpAsyncCommit();
+    }
     if (i + 1 < n_tiles && SB_PREFILL_SM90_ABLATE != 2) issue_s(s_acc[kB ^ 1][0], (i + 1) % kStages);
 
     const int n = n_tiles - 1 - i;
@@ -283,6 +339,19 @@ __global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
 #else
   __trap();
 #endif
+}
+
+template <typename Tr, bool kEarlyExit>
+__global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
+    sb_attn_prefill_sm90_kernel(const SbPrefillKernelParams p, const int log2_bs) {
+  SbPrefillSm90<Tr, kEarlyExit, false>(p, log2_bs, nullptr);
+}
+
+template <typename Tr>
+__global__ void __launch_bounds__(Tr::kNThreads, Tr::kMinBlocks)
+    sb_attn_prefill_sm90_tma_kernel(const SbPrefillKernelParams p, const int log2_bs,
+                                    const __grid_constant__ SbKvTmaMaps maps) {
+  SbPrefillSm90<Tr, false, true>(p, log2_bs, &maps);
 }
 
 }  // namespace sbserve::kernels

@@ -60,6 +60,50 @@ __device__ __forceinline__ void FenceProxyAsyncShared() {
 #endif
 }
 
+// mbarriers and TMA tensor loads (sm_90a builds only, like wgmma): a transaction barrier counts
+// the bytes its loads still owe; a phase completes when its arrivals and its bytes are both in.
+#if SB_HAS_WGMMA
+__device__ __forceinline__ void MbarInit(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized barriers visible to the async proxy (the TMA unit) before its first load.
+__device__ __forceinline__ void FenceMbarInit() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Returns once the phase of parity `parity` has completed.
+__device__ __forceinline__ void MbarWait(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "SB_MBAR_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra SB_MBAR_WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// Box (c0, c1, c2) of the 3-d tensor map at `map` (a __grid_constant__ parameter) to shared
+// address dst; its bytes complete on barrier bar.
+__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+#else
+__device__ __forceinline__ void MbarInit(uint32_t, int) { __trap(); }
+__device__ __forceinline__ void FenceMbarInit() { __trap(); }
+__device__ __forceinline__ void MbarArrive(uint32_t) { __trap(); }
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t, int) { __trap(); }
+__device__ __forceinline__ void MbarWait(uint32_t, int) { __trap(); }
+__device__ __forceinline__ void TmaLoad3d(uint32_t, const void*, int, int, int, uint32_t) { __trap(); }
+#endif
+
 // Pins registers at this point of the instruction stream: code that reads wgmma accumulators
 // after a wait, or writes operands before an issue, cannot be moved across it.
 template <int kN, int kM>

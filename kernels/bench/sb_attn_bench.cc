@@ -12,7 +12,7 @@
 //
 // usage: sb_attn_bench [--reps N] [--block-size BS] [--only prefill|decode] [--early-exit TAU]
 //                      [--scale-mult M] [--shift S] [--sweep-splits] [--decode-row I] [--decode-kernel cc|tc|both]
-//                      [--prefill-row I] [--prefill-kernel mma|wgmma|wgmma-wide|both (all)]
+//                      [--prefill-row I] [--prefill-kernel mma|wgmma|wgmma-wide|wgmma-tma|wgmma-wide-tma|both (all)]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -58,7 +58,7 @@ struct Options {
   bool sweep_splits = false;
   int decode_row = -1;                 // --decode-row I: only that row of the decode table
   std::string decode_kernel = "both";  // --decode-kernel cc|tc|both
-  std::string prefill_kernel = "both";  // --prefill-kernel mma|wgmma|wgmma-wide|both (all; wgmma: d = 64 on sm_90a)
+  std::string prefill_kernel = "both";  // --prefill-kernel mma|wgmma|wgmma-wide|wgmma-tma|wgmma-wide-tma|both (all; wgmma: d = 64 on sm_90a)
   int prefill_row = -1;                 // --prefill-row I: only that row of the prefill table
 };
 
@@ -332,13 +332,15 @@ int main(int argc, char** argv) {
     else if (a == "--prefill-kernel" && i + 1 < argc && (std::string(argv[i + 1]) == "mma" ||
                                                          std::string(argv[i + 1]) == "wgmma" ||
                                                          std::string(argv[i + 1]) == "wgmma-wide" ||
+                                                         std::string(argv[i + 1]) == "wgmma-tma" ||
+                                                         std::string(argv[i + 1]) == "wgmma-wide-tma" ||
                                                          std::string(argv[i + 1]) == "both"))
       opt.prefill_kernel = argv[++i];
     else {
       std::fprintf(stderr,
                    "usage: %s [--reps N>=50] [--block-size BS] [--only prefill|decode] [--early-exit TAU] "
                    "[--scale-mult M] [--shift S] [--sweep-splits] [--decode-row 0..5] [--decode-kernel cc|tc|both] "
-                   "[--prefill-row 0..10] [--prefill-kernel mma|wgmma|wgmma-wide|both]\n",
+                   "[--prefill-row 0..10] [--prefill-kernel mma|wgmma|wgmma-wide|wgmma-tma|wgmma-wide-tma|both]\n",
                    argv[0]);
       return 2;
     }
@@ -366,7 +368,8 @@ int main(int argc, char** argv) {
     for (int i = 0; i < static_cast<int>(std::size(rows)); ++i) {
       if (opt.prefill_row >= 0 && opt.prefill_row != i) continue;
       const Row& r = rows[i];
-      for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide}) {
+      for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide,
+                              SbPrefillKernel::kWgmmaTma, SbPrefillKernel::kWgmmaWideTma}) {
         if (opt.prefill_kernel != "both" && opt.prefill_kernel != SbPrefillKernelName(k)) continue;
         if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(r.d)) continue;
         BenchPrefill(opt, r.label, r.H, r.d, r.lens, k);

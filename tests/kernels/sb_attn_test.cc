@@ -125,7 +125,8 @@ SbPrefillKernel g_prefill_kernel = SbPrefillKernel::kAuto;
 template <typename Fn>
 void ForEachKernelOf(const Problem& pb, Path path, const char* what, Fn fn) {
   if (path == Path::kPrefill) {
-    for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide}) {
+    for (SbPrefillKernel k : {SbPrefillKernel::kMma, SbPrefillKernel::kWgmma, SbPrefillKernel::kWgmmaWide,
+                              SbPrefillKernel::kWgmmaTma, SbPrefillKernel::kWgmmaWideTma}) {
       if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(pb.spec.head_dim)) continue;
       const std::string name = std::string(what) + " [" + SbPrefillKernelName(k) + "]";
       ScopedKernel scoped(&g_prefill_kernel, k);
@@ -981,6 +982,25 @@ TEST(SbAttnApi, PrefillKernelChoice) {
   EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
   p.kernel = SbPrefillKernel::kWgmma;
   EXPECT_EQ(SbAttnPrefillUsesWgmma(p), have);
+  // The TMA kernels: no early exit (the 1-warpgroup kernel runs) and no blocks of one slot (the
+  // same kernel with cp.async loads runs).
+  const SbPrefillKernel wgmma = SbPrefillKernel::kWgmma, tma = SbPrefillKernel::kWgmmaTma,
+                        wide_tma = SbPrefillKernel::kWgmmaWideTma;
+  p.cache.block_size = 16;
+  p.kernel = tma;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? tma : mma);
+  p.kernel = wide_tma;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide_tma : mma);
+  p.early_exit_log_threshold = 3.f;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wgmma : mma);
+  p.kernel = tma;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wgmma : mma);
+  p.early_exit_log_threshold = 0.f;
+  p.cache.block_size = 1;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wgmma : mma);
+  p.kernel = wide_tma;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
+  p.kernel = wgmma;
   p.head_dim = 128;
   EXPECT_FALSE(SbAttnPrefillHasWgmma(128));
   EXPECT_FALSE(SbAttnPrefillUsesWgmma(p));
