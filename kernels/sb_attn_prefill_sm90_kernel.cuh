@@ -178,15 +178,17 @@ __device__ __forceinline__ void SbPrefillSm90(const SbPrefillKernelParams& p, co
   };
   // TMA kernels: visit j (j >= 1, a whole tile inside the context) by warp 0; lane l loads keys
   // 2l and 2l + 1 of the tile, rows SbKeyRow(2l) and SbKeyRow(2l) + 1, as one box of K and one of V.
-  // Its stage's barrier completes phase j / kStages.
-  auto load_kv_tma = [&](int j) {
-    const int n = n_tiles - 1 - j;
+  // Its stage's barrier completes phase j / kStages. The cache slot of the lane's key pair is read
+  // from the block table one visit ahead (tma_slot), so that no TMA waits for that load.
+  auto slot_of = [&](int j) {
+    const int key = (n_tiles - 1 - j) * Tr::kBlockN + 2 * lane;
+    return block_table[key >> log2_bs] * (1 << log2_bs) + (key & ((1 << log2_bs) - 1));
+  };
+  auto load_kv_tma = [&](int j, int slot) {
     const int stage = j % kStages;
     const uint32_t bar = full_bar + 8 * stage;
     if (lane == 0) MbarArriveExpectTx(bar, 2 * Tr::kTileBytes);
     __syncwarp();
-    const int key = n * Tr::kBlockN + 2 * lane;
-    const int slot = block_table[key >> log2_bs] * (1 << log2_bs) + (key & ((1 << log2_bs) - 1));
     const uint32_t row = SbKeyRow(2 * lane) * 128;
     TmaLoad3d(SmemAddr(kv_smem + (2 * stage) * Tr::kTileBytes) + row, &maps->k, 0, hk, slot, bar);
     TmaLoad3d(SmemAddr(kv_smem + (2 * stage + 1) * Tr::kTileBytes) + row, &maps->v, 0, hk, slot, bar);
@@ -197,6 +199,7 @@ __device__ __forceinline__ void SbPrefillSm90(const SbPrefillKernelParams& p, co
   // 0, loaded by cp.async) completed, before warp 0 issues visits 1 .. kStages - 3.
   if (n_tiles > 0) load_kv(n_tiles - 1, 0);
   CpAsyncCommit();
+  int tma_slot = 0;  // warp 0 of the TMA kernels: the slot of its key pair in the next visit to load
   if constexpr (kTma) {
     if (tid < 32) {
       if (tid == 0) {
@@ -205,7 +208,8 @@ __device__ __forceinline__ void SbPrefillSm90(const SbPrefillKernelParams& p, co
         MbarArrive(full_bar);
       }
       __syncwarp();
-      for (int j = 1; j <= kStages - 3 && j < n_tiles; ++j) load_kv_tma(j);
+      for (int j = 1; j <= kStages - 3 && j < n_tiles; ++j) load_kv_tma(j, slot_of(j));
+      if (kStages - 2 < n_tiles) tma_slot = slot_of(kStages - 2);
     }
   } else {
 #pragma unroll
@@ -291,7 +295,10 @@ __device__ __forceinline__ void SbPrefillSm90(const SbPrefillKernelParams& p, co
     }
     const int j = i + kStages - 2;
     if constexpr (kTma) {
-      if (j < n_tiles && tid < 32) load_kv_tma(j);
+      if (j < n_tiles && tid < 32) {
+        load_kv_tma(j, tma_slot);
+        if (j + 1 < n_tiles) tma_slot = slot_of(j + 1);
+      }
     } else {
       if (j < n_tiles) load_kv(n_tiles - 1 - j, j % kStages);
       CpAsyncCommit();
