@@ -96,6 +96,13 @@ constexpr bool SbKeyRowIsThePermutation() {
   return true;
 }
 static_assert(SbKeyRowIsThePermutation());
+// The TMA kernels load keys 2l and 2l + 1 as one box of two consecutive rows starting at an even row.
+constexpr bool SbKeyPairsAreRowPairs() {
+  for (int l = 0; l < 32; ++l)
+    if (SbKeyRow(2 * l) % 2 != 0 || SbKeyRow(2 * l + 1) != SbKeyRow(2 * l) + 1) return false;
+  return true;
+}
+static_assert(SbKeyPairsAreRowPairs());
 
 // SB_PREFILL_SM90_ABLATE (measurement builds only; results are wrong): 1 replaces the weight step
 // by a plain bf16 conversion, 2 computes S of the first tile only and no P V, 3 loads only the first key tile.
