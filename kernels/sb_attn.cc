@@ -204,7 +204,8 @@ SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& p) {
             : SbPrefillKernel::kMma;
   }
   if ((k == SbPrefillKernel::kWgmmaTma || k == SbPrefillKernel::kWgmmaWideTma) &&
-      (early_exit || p.cache.block_size < 2))  // a TMA box holds a key pair of one block
+      (early_exit || p.cache.block_size < 2 || p.cache.num_blocks < 1))  // a TMA box holds a key pair of one
+                                                                          // block; the map spans num_blocks
     k = k == SbPrefillKernel::kWgmmaTma || early_exit ? SbPrefillKernel::kWgmma : SbPrefillKernel::kWgmmaWide;
   if (k == SbPrefillKernel::kWgmmaWide && early_exit) k = SbPrefillKernel::kWgmma;
   if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(p.head_dim)) k = SbPrefillKernel::kMma;

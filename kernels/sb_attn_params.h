@@ -88,7 +88,8 @@ enum class SbPrefillKernel : int {
                    // SM: a third of the K/V reads. Without early exit (asked with it: kWgmma runs).
   kWgmmaTma = 4,      // kWgmma with the K/V tiles loaded by TMA from one warp (sb_attn_prefill_sm90_kernel.cuh);
   kWgmmaWideTma = 5,  // kWgmmaWide the same way. Both without early exit (asked with it: kWgmma
-                      // runs) and for block sizes >= 2 (below: kWgmma / kWgmmaWide).
+                      // runs), for block sizes >= 2 and a set num_blocks (the tensor maps span
+                      // num_blocks * block_size slots; otherwise kWgmma / kWgmmaWide).
 };
 
 // Varlen prefill (any q_len >= 1, chunked prefill with a cached prefix included). Keys, the

@@ -112,8 +112,9 @@ absl::Status LaunchSbAttnPrefill(const SbAttnPrefillParams& p, int log2_bs, SbPr
   const bool wgmma = kernel != SbPrefillKernel::kMma;
   if constexpr (kHeadDim == 64) {
     // SbAttnPrefillKernelFor: no TMA kernel with early exit or with blocks of one slot.
-    if (kernel == SbPrefillKernel::kWgmmaTma) return LaunchPrefillTmaKernel<SbPrefillSm90Config>(p, log2_bs, stream);
-    if (kernel == SbPrefillKernel::kWgmmaWideTma)
+    if (kernel == SbPrefillKernel::kWgmmaTma && !early_exit)
+      return LaunchPrefillTmaKernel<SbPrefillSm90Config>(p, log2_bs, stream);
+    if (kernel == SbPrefillKernel::kWgmmaWideTma && !early_exit)
       return LaunchPrefillTmaKernel<SbPrefillSm90WideConfig>(p, log2_bs, stream);
     if (kernel == SbPrefillKernel::kWgmmaWide && !early_exit) {  // SbAttnPrefillKernelFor: no wide early exit
       using Tr = SbPrefillSm90WideConfig;

@@ -212,6 +212,7 @@ __device__ __forceinline__ void SbPrefillSm90(const SbPrefillKernelParams& p, co
       if (tid == 0) {
         for (int s = 0; s < kStages; ++s) MbarInit(full_bar + 8 * s, 1);
         FenceMbarInit();
+        FenceProxyAsyncShared();
         MbarArrive(full_bar);
       }
       __syncwarp();

@@ -987,6 +987,7 @@ TEST(SbAttnApi, PrefillKernelChoice) {
   const SbPrefillKernel wgmma = SbPrefillKernel::kWgmma, tma = SbPrefillKernel::kWgmmaTma,
                         wide_tma = SbPrefillKernel::kWgmmaWideTma;
   p.cache.block_size = 16;
+  p.cache.num_blocks = 64;
   p.kernel = tma;
   EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? tma : mma);
   p.kernel = wide_tma;
@@ -999,6 +1000,9 @@ TEST(SbAttnApi, PrefillKernelChoice) {
   p.cache.block_size = 1;
   EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wgmma : mma);
   p.kernel = wide_tma;
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
+  p.cache.block_size = 16;
+  p.cache.num_blocks = 0;  // the tensor maps need the cache's extent
   EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
   p.kernel = wgmma;
   p.head_dim = 128;
