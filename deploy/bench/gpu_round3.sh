@@ -4,7 +4,8 @@
 # device_sampler_test: piecewise graphs on by default, the device sampler's logit bias and forced
 # rows, prompt logprobs); the prefill cases of sb_attn_test on every prefill kernel (the TMA-fed ones
 # are new), compute-sanitizer on two of them; sb_attn_bench's d = 64 prefill rows on every kernel;
-# then sbmodel bench at B = 1, 16, 64 with the 16 x 512 prefill row (issue 9's engine targets).
+# then sbmodel bench at B = 1, 16, 64 with the 16 x 512 prefill row and sbserve at c = 1 and 64
+# (issue 9's engine and serving targets).
 # Binaries as for gpu_combine_in_split.sh (plus sb_attn_bench) in $PWD/.gpu/{bin,lib}; logs to $OUT.
 set -u
 OUT=${OUT:-/tmp}
@@ -35,3 +36,5 @@ run_test cuda_engine_test 240
 for b in 1 16 64; do
   echo "B=$b: $("$BIN"/sbmodel bench --model /tmp/m3b --batch $b --prompt-len 512 --gen 64 --prefill-reps 5 | grep -E 'prefill|decode' | tr '\n' ' ')"
 done
+# Then the serving targets at the default flags (c = 1 and c = 64, 512-token prompts, 128 output tokens).
+SIDES=A A='X=1' bash "$(dirname "$0")/gpu_serve_ab.sh"
