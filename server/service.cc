@@ -202,6 +202,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   void OnEvent(GenerateEvent e) {
     const bool final = e.finished;
     Action a;
+    grpc::Status status;  // the request's own end, for the log
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!broken_ && !finish_called_) {
@@ -213,14 +214,17 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       }
       if (final) {
         final_ = true;
-        final_status_ = FinalStatus(e);
-        if (broken_ && final_status_.ok()) final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "stream broken");
+        status = FinalStatus(e);
+        if (broken_ && status.ok()) status = grpc::Status(grpc::StatusCode::CANCELLED, "stream broken");
+        // Once Finish was decided (the stream broke first), another thread may be passing
+        // final_status_ to it: it is never written after that.
+        if (!finish_called_) final_status_ = status;
       }
       a = NextLocked();
     }
     if (final) {
       ApiKeys::Release(key_);
-      LogRequest(ctx_, "Generate", id_, peer_, key_, e, final_status_);
+      LogRequest(ctx_, "Generate", id_, peer_, key_, e, status);
     }
     Run(a);
     if (final && owners_.Release()) delete this;
@@ -262,7 +266,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   bool final_ = false;
   bool broken_ = false;
   bool finish_called_ = false;
-  grpc::Status final_status_;
+  grpc::Status final_status_;  // mu_; read without it (by Finish) once finish_called_ is set
 };
 
 class CompleteReactor final : public grpc::ServerUnaryReactor {
