@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <memory>
@@ -94,10 +95,14 @@ int main(int argc, char** argv) {
     exit_code = 3;
     cv.notify_all();
   });
+  // The signal thread is joined before the server goes: main wakes it with a SIGTERM of its own
+  // (exiting set) when no signal ended the run, so that no late signal reaches a stopped server.
+  std::atomic<bool> exiting{false};
   std::thread signal_thread([&] {
     int sig = 0;
     for (;;) {
       sigwait(&signals, &sig);
+      if (exiting.load()) return;
       if (sig != SIGHUP) break;
       // SIGHUP: re-read the TLS files; live connections and streams are untouched.
       if (absl::Status s = server.ReloadTls(); s.ok()) {
@@ -113,10 +118,15 @@ int main(int argc, char** argv) {
     stop = true;
     cv.notify_all();
   });
-  signal_thread.detach();
+  auto join_signal_thread = [&] {
+    exiting.store(true);
+    pthread_kill(signal_thread.native_handle(), SIGTERM);  // ESRCH when it already ended: fine
+    signal_thread.join();
+  };
 
   if (absl::Status s = server.LoadModel(); !s.ok()) {
     spdlog::error("model load failed: {}", s.ToString());
+    join_signal_thread();
     server.Shutdown();
     return 1;
   }
@@ -130,6 +140,7 @@ int main(int argc, char** argv) {
   const bool drained = server.WaitDrained(options->drain_timeout);
   spdlog::info("drain {} after {}", drained ? "complete" : "timed out; cancelling what is left",
                absl::FormatDuration(absl::Now() - t0));
+  join_signal_thread();
   server.Shutdown();
   spdlog::info("sbserve stopped");
   return exit_code;

@@ -57,6 +57,7 @@ class Server::Impl {
   int probe_port_ = 0;
   int http_port_ = 0;
   std::atomic<bool> ready_{false};
+  std::mutex ready_mu_;  // SetReady's decisions and the health service's status, in one order; grpc_'s reset
   std::function<void(const absl::Status&)> on_fatal_;  // set before LoadModel
 
   // Engine `engine`'s backend failed a step (engine thread). Unhealthy: the pool stops routing to
@@ -135,6 +136,10 @@ class ServerObserver final : public EngineObserver {
 };
 
 void Server::Impl::SetReady(bool ready) {
+  // One at a time, and never ready once draining or failed: LoadModel's "ready" cannot land after
+  // a drain or a backend failure that began while it was finishing.
+  std::lock_guard<std::mutex> lock(ready_mu_);
+  if (ctx_.draining.load() || backend_failed_.load()) ready = false;
   ready_.store(ready);
   if (grpc_ != nullptr && grpc_->GetHealthCheckService() != nullptr) {
     grpc_->GetHealthCheckService()->SetServingStatus(kReadinessService, ready);
@@ -449,7 +454,7 @@ absl::Status Server::Impl::LoadModel() {
     spdlog::info("{}{}", pool_->size() > 1 ? absl::StrCat("engine ", i, " (", pool_->device(i), "): ") : std::string(),
                  pool_->engine(i).capacity().summary);
   }
-  if (!ctx_.draining.load() && !backend_failed_.load()) SetReady(true);
+  SetReady(true);  // unless a drain or a backend failure began meanwhile
   return absl::OkStatus();
 }
 
@@ -471,7 +476,7 @@ void Server::Impl::Shutdown() {
     shut_down_ = true;
   }
   ctx_.draining.store(true);
-  ready_.store(false);
+  SetReady(false);
   // Ending the engine first gives every open stream its final event, so the gRPC shutdown
   // below has only short writes to wait for.
   if (pool_ != nullptr) pool_->Shutdown();
@@ -480,7 +485,10 @@ void Server::Impl::Shutdown() {
   if (probe_http_ != nullptr) probe_http_->Stop();
   if (http_api_ != nullptr) http_api_->Stop();
   ctx_.engine.store(nullptr);
-  grpc_.reset();
+  {
+    std::lock_guard<std::mutex> lock(ready_mu_);  // SetReady reads grpc_
+    grpc_.reset();
+  }
   pool_.reset();
 }
 

@@ -415,9 +415,12 @@ void HttpApiServer::Impl::HandleModels(const httplib::Request& req, httplib::Res
   json model = {{"id", options_.served_model_name},
                 {"object", "model"},
                 {"created", absl::ToUnixSeconds(ctx_->start_time)},
-                {"owned_by", "sbserve"},
-                {"root", ctx_->model_dir}};
-  if (engine != nullptr) model["max_model_len"] = engine->model_config().n_positions;
+                {"owned_by", "sbserve"}};
+  // model_dir is written before the engine pointer is published (Server::LoadModel); read it only after.
+  if (engine != nullptr) {
+    model["root"] = ctx_->model_dir;
+    model["max_model_len"] = engine->model_config().n_positions;
+  }
   if (req.matches.size() > 1) {
     SendJson(res, 200, model);
   } else {

@@ -66,6 +66,13 @@ class HttpServer {
     EXPECT_FALSE(out.is_discarded()) << r->body;
     return out;
   }
+  json GetJson(const std::string& path, int* status) {
+    httplib::Result r = Client().Get(path);
+    EXPECT_TRUE(r) << "no reply from " << path;
+    if (!r) return json();
+    *status = r->status;
+    return json::parse(r->body, nullptr, false);
+  }
   std::string Metrics() {
     httplib::Result r = Client().Get("/metrics");
     return r ? r->body : "";
@@ -520,7 +527,14 @@ TEST(HttpApi, LoadingAndDrainingAre503) {
   EXPECT_EQ(status, 503);
   EXPECT_EQ(ErrorOf(r)["type"], "service_unavailable");
   EXPECT_EQ(s.Client().Get("/ready")->status, 503);
+  // The model list answers while loading, without what only a loaded model knows.
+  r = s.GetJson("/v1/models", &status);
+  EXPECT_EQ(status, 200);
+  EXPECT_FALSE(r["data"][0].contains("root"));
+  EXPECT_FALSE(r["data"][0].contains("max_model_len"));
   ASSERT_TRUE(s.server().LoadModel().ok());
+  r = s.GetJson("/v1/models", &status);
+  EXPECT_TRUE(r["data"][0]["root"].is_string() && !r["data"][0]["root"].get<std::string>().empty()) << r;
   s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status);
   EXPECT_EQ(status, 200);
   s.server().BeginDrain();
@@ -530,6 +544,15 @@ TEST(HttpApi, LoadingAndDrainingAre503) {
   const std::string page = s.Metrics();
   EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"loading\"}"), 1);
   EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"draining\"}"), 1);
+}
+
+// A drain that begins while the model loads wins: the load does not turn the server ready.
+TEST(HttpApi, ADrainBeforeTheLoadEndsKeepsTheServerNotReady) {
+  HttpServer s(HttpOptions(), /*load=*/false);
+  s.server().BeginDrain();
+  ASSERT_TRUE(s.server().LoadModel().ok());
+  EXPECT_FALSE(s.server().ready());
+  EXPECT_EQ(s.Client().Get("/ready")->status, 503);
 }
 
 // Streams a request in the background until `stop` is set; returns after the first chunk.
