@@ -293,6 +293,9 @@ void Engine::Impl::RefreshStats() {
 void Engine::Impl::OnFinished(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   live_.erase(id);
+  // An Abort still queued for it is moot, and must not reach a new request that reuses the id
+  // (it would be added before the queued cancels are applied).
+  std::erase_if(aborts_, [&](const PendingAbort& a) { return a.id == id; });
   stats_.requests_finished++;
   // The request's blocks are already free: a client that reads Stats after its final event
   // sees them returned.

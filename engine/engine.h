@@ -117,6 +117,7 @@ struct FinishReport {
   absl::Duration decode_time;   // first token -> last token
   absl::Duration e2e;
   bool scheduled = false;       // it ran at least one step (a deadline hit it running, not queued)
+  bool aborted = false;         // ended by an Abort RPC (as cancelled, or deadline when it had passed)
 };
 
 class EngineObserver {

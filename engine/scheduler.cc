@@ -59,6 +59,7 @@ struct Scheduler::Seq {
   absl::Time first_token = absl::InfinitePast();
   absl::Time last_token = absl::InfinitePast();
   int32_t preemptions = 0;
+  bool ended_by_abort_rpc = false;  // Cancel with CancelSource::kAbortRpc found it live
   std::string stop_reason;      // matched stop string or stop token id
 
   // Undelivered output.
@@ -202,6 +203,7 @@ bool Scheduler::Cancel(const std::string& request_id, absl::Time at, CancelSourc
   auto it = seqs_.find(request_id);
   if (it == seqs_.end()) return false;
   Seq* seq = it->second.get();
+  seq->ended_by_abort_rpc = source == CancelSource::kAbortRpc;
   absl::Time cutoff = seq->req.deadline;
   if (source == CancelSource::kClient && cutoff != absl::InfiniteFuture()) {
     cutoff -= DeadlineAmbiguity(cutoff - seq->arrival);
@@ -757,6 +759,7 @@ void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, abs
     }
     rep.e2e = now - seq->arrival;
     rep.scheduled = seq->first_scheduled != absl::InfinitePast();
+    rep.aborted = seq->ended_by_abort_rpc;
     observer_->OnFinish(rep);
   }
 

@@ -115,6 +115,9 @@ void MetricsObserver::OnToken(absl::Duration since_previous) {
 
 void MetricsObserver::OnFinish(const FinishReport& r) {
   m_->RequestSuccess(ToMetrics(r.reason)).Increment();
+  // Counted where the cancel takes effect: a request that the RPC named but that ended by itself
+  // first (its last token was on the device) is not an abort.
+  if (r.aborted) m_->request_aborts->Increment();
   if (r.reason == FinishReason::kDeadline) {
     m_->RequestDeadlineExceeded(r.scheduled ? metrics::DeadlineStage::kRunning : metrics::DeadlineStage::kQueued)
         .Increment();

@@ -431,7 +431,6 @@ grpc::Status SbServeService::AbortTyped(grpc::CallbackServerContext*, const v1::
   if (absl::Status s = CheckNoUnknownFields(*request); !s.ok()) return ToGrpcStatus(s);
   std::vector<std::string> ids(request->request_ids().begin(), request->request_ids().end());
   for (const auto& id : engine->Abort(ids)) response->add_aborted(id);
-  if (ctx_->metrics != nullptr) ctx_->metrics->request_aborts->Increment(response->aborted_size());
   return grpc::Status::OK;
 }
 

@@ -77,7 +77,7 @@ struct ServingMetrics {
   Counter* generation_tokens = nullptr;    // generated tokens streamed to clients
   std::array<Counter*, kNumFinishReasons> request_success{};   // by FinishReason
   std::array<Counter*, kNumRejectReasons> request_rejected{};  // by RejectReason
-  Counter* request_aborts = nullptr;       // requests named by an Abort RPC
+  Counter* request_aborts = nullptr;       // requests ended by an Abort RPC (MetricsObserver::OnFinish)
   std::array<Counter*, kNumDeadlineStages> request_deadline_exceeded{};  // by DeadlineStage
   Counter* num_preemptions = nullptr;      // sequences preempted for lack of KV blocks
   Counter* prefix_cache_queries = nullptr; // tokens looked up in the prefix cache

@@ -173,6 +173,43 @@ TEST(Engine, AbortFreesTheRequestAndDuplicatesAreRefused) {
   ASSERT_TRUE(again.Wait());
 }
 
+// An Abort accepted for a request in the step that ends it by itself is dropped with it: it must not
+// cancel the next request that takes the same id. Staged on the engine thread: "x" (one token) and
+// "y" are prefilled in the same step; y's first event, delivered before that step's final events,
+// sends the Abort while x is still live, and x's final event submits the new "x". When the two
+// land in different steps (x's final came first), the attempt is not staged and is repeated.
+TEST(Engine, AnAbortOfARequestThatEndedByItselfSparesTheNextOneWithItsId) {
+  auto engine = MakeEngine();
+  Engine* e = engine.get();
+  int staged = 0;
+  for (int attempt = 0; attempt < 20 && staged == 0; ++attempt) {
+    const std::string x = absl::StrCat("x", attempt), y = absl::StrCat("y", attempt);
+    bool x_finished = false, resubmitted = false;  // engine thread only, until the waits below
+    std::vector<std::string> aborted;
+    Collector next, y_done;
+    ASSERT_TRUE(e->Submit(Req(x, 8, 1), [&](GenerateEvent ev) {
+      if (!ev.finished) return;
+      x_finished = true;
+      resubmitted = e->Submit(Req(x, 8, 4), next.Sink()).ok();
+    }).ok());
+    auto y_sink = y_done.Sink();
+    bool y_first = true;
+    ASSERT_TRUE(e->Submit(Req(y, 8, 6), [&](GenerateEvent ev) {
+      if (y_first && !x_finished) aborted = e->Abort({x});
+      y_first = false;
+      y_sink(std::move(ev));
+    }).ok());
+    ASSERT_TRUE(y_done.Wait());
+    ASSERT_TRUE(resubmitted);
+    ASSERT_TRUE(next.Wait());
+    if (aborted != std::vector<std::string>{x}) continue;
+    ++staged;
+    EXPECT_EQ(next.final().finish_reason, FinishReason::kLength) << "attempt " << attempt;
+    EXPECT_EQ(next.num_ids(), 4u);
+  }
+  EXPECT_EQ(staged, 1) << "x and y never shared a step";
+}
+
 TEST(Engine, DrainRefusesNewWorkAndShutdownEndsTheRest) {
   auto engine = MakeEngine();
   Collector c;

@@ -52,14 +52,16 @@ struct Result {
 };
 
 struct Harness {
-  Harness(int num_blocks, int block_size, int max_batch_tokens, int max_num_seqs = 64) : kv(num_blocks, block_size) {
+  Harness(int num_blocks, int block_size, int max_batch_tokens, int max_num_seqs = 64,
+          EngineObserver* observer = nullptr)
+      : kv(num_blocks, block_size) {
     EXPECT_TRUE(backend.InitKvCache({num_blocks, block_size}).ok());
     SchedulerOptions o;
     o.max_batch_tokens = max_batch_tokens;
     o.max_num_seqs = max_num_seqs;
     o.context_len = backend.config().n_positions;
     o.eos_ids = {kFakeEos};
-    sched = std::make_unique<Scheduler>(o, &backend, &kv, &codec, nullptr, [this](const std::string& id) {
+    sched = std::make_unique<Scheduler>(o, &backend, &kv, &codec, observer, [this](const std::string& id) {
       finished.push_back(id);
     });
   }
@@ -366,6 +368,37 @@ TEST(Scheduler, FinishFreesBlocksAtOnceAndDeliversOneFinalEvent) {
   h.sched->FinishAll(FinishReason::kCancelled, absl::UnavailableError("shutdown"));
   EXPECT_EQ(h.kv.num_used(), 0);
   EXPECT_FALSE(h.sched->HasWork());
+}
+
+// FinishReport::aborted (sbserve_request_aborts_total) marks the requests that an Abort RPC ended,
+// past their deadline too; not a client's cancel, and not a request that ended by itself.
+TEST(Scheduler, OnlyTheRequestsAnAbortRpcEndsAreReportedAborted) {
+  struct Finishes : EngineObserver {
+    std::map<std::string, FinishReport> by_id;
+    void OnFinish(const FinishReport& r) override { by_id[r.request_id] = r; }
+  } seen;
+  Harness h(256, 4, 64, 64, &seen);
+  const absl::Time start = absl::Now();
+  for (const char* id : {"rpc", "client", "natural", "late"}) {
+    GenerateRequest r = Req(id, 5, 30);
+    r.deadline = start + absl::Seconds(30);
+    h.Add(r);
+  }
+  ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+  EXPECT_TRUE(h.sched->Cancel("rpc", start, CancelSource::kAbortRpc));
+  EXPECT_TRUE(h.sched->Cancel("client", start, CancelSource::kClient));
+  EXPECT_TRUE(h.sched->Cancel("late", start + absl::Seconds(31), CancelSource::kAbortRpc));
+  h.RunToCompletion();
+  EXPECT_FALSE(h.sched->Cancel("natural", absl::Now(), CancelSource::kAbortRpc));  // already ended
+  ASSERT_EQ(seen.by_id.size(), 4u);
+  EXPECT_TRUE(seen.by_id["rpc"].aborted);
+  EXPECT_EQ(seen.by_id["rpc"].reason, FinishReason::kCancelled);
+  EXPECT_FALSE(seen.by_id["client"].aborted);
+  EXPECT_EQ(seen.by_id["client"].reason, FinishReason::kCancelled);
+  EXPECT_TRUE(seen.by_id["late"].aborted);
+  EXPECT_EQ(seen.by_id["late"].reason, FinishReason::kDeadline);
+  EXPECT_FALSE(seen.by_id["natural"].aborted);
+  EXPECT_EQ(seen.by_id["natural"].reason, FinishReason::kLength);
 }
 
 TEST(Scheduler, ABackendFailureFailsThatStepsRequestsOnly) {
