@@ -404,7 +404,9 @@ absl::Status Scheduler::Step(absl::Time now) {
   if (inflight_ != nullptr) collect(std::move(inflight_));
   inflight_ = std::move(launched);
   if (inflight_ != nullptr && !options_.overlap_steps) collect(std::move(inflight_));
-  if (!collected && !expired.empty()) ReportState();  // no StepReport follows
+  // No StepReport follows, or the last one came before requests ended (a deadline after the
+  // in-flight step was collected, a failed step): the gauges are reported again.
+  if (!finals_.empty() || (!collected && !expired.empty())) ReportState();
   return result;
 }
 
@@ -412,7 +414,9 @@ absl::Status Scheduler::Settle() {
   if (inflight_ == nullptr) return absl::OkStatus();
   const FinalsAtExit finals(this);
   steps_collected_ = 0;
-  return Collect(std::move(inflight_));
+  absl::Status st = Collect(std::move(inflight_));
+  if (!st.ok()) ReportState();  // the failed step's requests ended after its report
+  return st;
 }
 
 StepLogprobs Scheduler::RowLogprobs(int32_t row, int n) const {

@@ -53,7 +53,7 @@ struct Result {
 
 struct Harness {
   Harness(int num_blocks, int block_size, int max_batch_tokens, int max_num_seqs = 64,
-          EngineObserver* observer = nullptr)
+          EngineObserver* observer = nullptr, bool overlap_steps = false)
       : kv(num_blocks, block_size) {
     EXPECT_TRUE(backend.InitKvCache({num_blocks, block_size}).ok());
     SchedulerOptions o;
@@ -61,6 +61,7 @@ struct Harness {
     o.max_num_seqs = max_num_seqs;
     o.context_len = backend.config().n_positions;
     o.eos_ids = {kFakeEos};
+    o.overlap_steps = overlap_steps;
     sched = std::make_unique<Scheduler>(o, &backend, &kv, &codec, observer, [this](const std::string& id) {
       finished.push_back(id);
     });
@@ -399,6 +400,46 @@ TEST(Scheduler, OnlyTheRequestsAnAbortRpcEndsAreReportedAborted) {
   EXPECT_EQ(seen.by_id["late"].reason, FinishReason::kDeadline);
   EXPECT_FALSE(seen.by_id["natural"].aborted);
   EXPECT_EQ(seen.by_id["natural"].reason, FinishReason::kLength);
+}
+
+// The gauges (OnStep / OnState) end true when requests end outside a step's report: the requests
+// of a failed step, and a deadline that ends the last request while a step is in flight (its
+// collection reports the request still running). Nothing else runs afterwards to correct them.
+TEST(Scheduler, GaugesEndTrueAfterAFailedStepAndAfterADeadlineMidFlight) {
+  struct Gauges : EngineObserver {
+    QueueState last;
+    void OnStep(const StepReport& r) override { last.running = r.running, last.kv_blocks_used = r.kv_blocks_used; }
+    void OnState(const QueueState& s) override { last = s; }
+  };
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped steps" : "in order");
+    Gauges g;
+    Harness h(256, 4, 64, 64, &g, overlap);
+    h.Add(Req("a", 10, 20));
+    h.Add(Req("b", 10, 20));
+    ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+    ASSERT_TRUE(h.sched->Step(absl::Now()).ok());
+    EXPECT_EQ(g.last.running, 2);
+    h.backend.fail_next = true;
+    EXPECT_FALSE(h.sched->Step(absl::Now()).ok() && h.sched->Settle().ok());
+    EXPECT_FALSE(h.sched->HasWork());
+    EXPECT_EQ(h.kv.num_used(), 0);
+    EXPECT_EQ(g.last.running, 0);
+    EXPECT_EQ(g.last.kv_blocks_used, 0);
+
+    const absl::Time start = absl::Now();
+    GenerateRequest r = Req("c", 10, 400);
+    r.deadline = start + absl::Seconds(10);
+    h.Add(r);
+    ASSERT_TRUE(h.sched->Step(start).ok());
+    ASSERT_TRUE(h.sched->Step(start).ok());
+    EXPECT_EQ(g.last.running, 1);
+    ASSERT_TRUE(h.sched->Step(start + absl::Seconds(11)).ok());
+    EXPECT_EQ(h.results["c"].final.finish_reason, FinishReason::kDeadline);
+    EXPECT_FALSE(h.sched->HasWork());
+    EXPECT_EQ(g.last.running, 0);
+    EXPECT_EQ(g.last.kv_blocks_used, 0);
+  }
 }
 
 TEST(Scheduler, ABackendFailureFailsThatStepsRequestsOnly) {
