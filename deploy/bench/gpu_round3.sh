@@ -3,7 +3,8 @@
 # tests that have not run on a GPU since their last changes (cuda_backend_test, cuda_engine_test,
 # device_sampler_test: piecewise graphs on by default, the device sampler's logit bias and forced
 # rows, prompt logprobs); the prefill cases of sb_attn_test on every prefill kernel (the TMA-fed ones
-# are new), compute-sanitizer on two of them; sb_attn_bench's d = 64 prefill rows on every kernel;
+# are new), sb_attn_bench's d = 64 prefill rows on every kernel (PREFILL_ROWS), compute-sanitizer on
+# two prefill cases (SANITIZE_TOOLS);
 # then sbmodel bench at B = 1, 16, 64 with the 16 x 512 prefill row and sbserve at c = 1 and 64
 # (issue 9's engine and serving targets).
 # Binaries as for gpu_combine_in_split.sh (plus sb_attn_bench) in $PWD/.gpu/{bin,lib}; logs to $OUT.
@@ -23,13 +24,13 @@ run_test() {  # name, timeout, gtest filter (optional)
 run_test device_sampler_test 120
 run_test cuda_backend_test 200
 run_test sb_attn_test 240 'SbAttnPrefill.*:SbAttnApi.*:SbAttnFusedRows.*'
-for tool in memcheck racecheck synccheck; do
+for r in ${PREFILL_ROWS-0 1 2 3 4 10}; do
+  timeout 90 "$BIN"/sb_attn_bench --only prefill --prefill-row "$r" 2>&1 | grep -v '^device'
+done
+for tool in ${SANITIZE_TOOLS-memcheck racecheck synccheck}; do
   timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 "$BIN/sb_attn_test" \
     --gtest_filter='SbAttnPrefill.SmallCase:SbAttnPrefill.ChunkedWithPrefixes' > "$OUT/sanitize_$tool.log" 2>&1
   echo "compute-sanitizer $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
-done
-for r in ${PREFILL_ROWS-0 1 2 3 4 10}; do
-  timeout 90 "$BIN"/sb_attn_bench --only prefill --prefill-row "$r" 2>&1 | grep -v '^device'
 done
 wait "$creator"
 run_test cuda_engine_test 240
