@@ -58,7 +58,8 @@ struct Scheduler::Seq {
   absl::Time first_scheduled = absl::InfinitePast();
   absl::Time first_token = absl::InfinitePast();
   absl::Time last_token = absl::InfinitePast();
-  int32_t preemptions = 0;
+  int32_t preemptions = 0;      // preemptions that make it recompute (reported, counted in metrics)
+  int32_t evictions = 0;        // times its blocks were freed, preemptions or not
   bool ended_by_abort_rpc = false;  // Cancel with CancelSource::kAbortRpc found it live
   std::string stop_reason;      // matched stop string or stop token id
 
@@ -96,7 +97,7 @@ struct Scheduler::Launched {
     std::string id;
     uint64_t seq_no = 0;
     int32_t end = 0;          // tokens of the sequence computed once this step has run
-    int32_t preemptions = 0;  // the sequence's count at launch: a later preemption freed its blocks
+    int32_t evictions = 0;    // the sequence's count at launch: a later eviction freed its blocks
     int32_t row = -1;         // its logit row, or -1
     // Prompt-logprob rows: (logit row, prompt token index), ascending.
     std::vector<std::pair<int32_t, int32_t>> prompt_rows;
@@ -230,15 +231,23 @@ void Scheduler::FinishAll(FinishReason reason, const absl::Status& status) {
   for (const auto& id : ids) Finish(id, reason, status);
 }
 
-void Scheduler::Preempt(Seq* seq) {
+bool Scheduler::Preempt(Seq* seq) {
+  // With overlapped steps a sequence whose draw in flight ends it (by length or context) may give
+  // up its blocks too; it finishes when that step is collected and never recomputes, so as in an
+  // in-order run it counts no preemption.
+  const bool counted = !seq->pending_ends(options_.context_len);
   kv_->Free(seq->blocks);
   seq->num_computed = 0;
   seq->chain = PrefixChain{};
-  seq->preemptions++;
+  seq->evictions++;
+  if (counted) {
+    seq->preemptions++;
+    preemptions_++;
+  }
   seq->preempted_this_step = true;
-  preemptions_++;
   running_.erase(std::find(running_.begin(), running_.end(), seq));
   InsertWaiting(seq);
+  return counted;
 }
 
 bool Scheduler::Reserve(Seq* seq, int chunk) {
@@ -269,8 +278,7 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
       Seq* victim = *it;
       if (victim == keep) return false;  // everything younger is gone already
       if (scheduled(victim)) continue;
-      Preempt(victim);
-      preempted++;
+      preempted += Preempt(victim) ? 1 : 0;
       return true;
     }
     return false;
@@ -289,8 +297,7 @@ void Scheduler::Pack(std::vector<Slot>& slots, int& preempted) {
       while (!ok && evict_younger(seq)) ok = Reserve(seq, chunk);
       if (!ok) {
         // Even alone it does not fit next to older sequences: recompute it later.
-        Preempt(seq);
-        preempted++;
+        preempted += Preempt(seq) ? 1 : 0;
         --i;
         continue;
       }
@@ -473,7 +480,7 @@ std::unique_ptr<Scheduler::Launched> Scheduler::BuildStep(const std::vector<Slot
     rec.id = seq->req.request_id;
     rec.seq_no = seq->seq_no;
     rec.end = end;
-    rec.preemptions = seq->preemptions;
+    rec.evictions = seq->evictions;
     // Prompt-logprob rows: position p's logits give token p + 1's logprob (no draw; ascending rows,
     // all before the chunk's last position, the sampling row's).
     const auto [lp_first, lp_last] = seq->PromptRows(start, slots[i].chunk);
@@ -593,7 +600,7 @@ absl::Status Scheduler::Collect(std::unique_ptr<Launched> step) {
     Seq* seq = Find(r.id, r.seq_no);
     if (seq == nullptr) continue;  // ended since: a speculative row's draw is dropped
     // Blocks this step completed now hold K/V for good: others may share them from now on.
-    if (seq->cache_prefix && seq->preemptions == r.preemptions) {
+    if (seq->cache_prefix && seq->evictions == r.evictions) {
       kv_->Publish(seq->tokens, seq->blocks, r.end / kv_->block_size(), seq->chain);
     }
     for (const auto& [row, t] : r.prompt_rows) {

@@ -136,7 +136,7 @@ class Scheduler {
   // The drawn (or forced) token of a collected logit row with its logprob and top n.
   StepLogprobs RowLogprobs(int32_t row, int n) const;
 
-  void Preempt(Seq* seq);
+  bool Preempt(Seq* seq);  // false: not counted (its step in flight ends it)
   // Builds batch_, sampling_ and feed_ from the packed slots; the step's record.
   std::unique_ptr<Launched> BuildStep(const std::vector<Slot>& slots, absl::Time now, int preempted);
   // The backend's LaunchStep / CollectStep, or, for a backend that does not overlap steps, the

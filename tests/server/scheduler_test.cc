@@ -442,6 +442,26 @@ TEST(Scheduler, GaugesEndTrueAfterAFailedStepAndAfterADeadlineMidFlight) {
   }
 }
 
+// With overlapped steps, a sequence whose draw in flight ends it can still give up its blocks to
+// an older one; it then finishes as in an in-order run, with no preemption counted. Four blocks of
+// 4: "a" and "b" (8-token prompts) fill them; in the next step "a" needs a fifth block while b's
+// only token is still in flight.
+TEST(Scheduler, ASequenceThatEndsWithItsStepInFlightCountsNoPreemption) {
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped steps" : "in order");
+    Harness h(4, 4, 64, 64, nullptr, overlap);
+    h.Add(Req("a", 8, 6));
+    h.Add(Req("b", 8, 1));
+    h.RunToCompletion();
+    EXPECT_EQ(h.results["a"].final.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(h.results["b"].final.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(h.results["b"].ids.size(), 1u);
+    EXPECT_EQ(h.results["b"].final.timings.preemptions, 0);
+    EXPECT_EQ(h.sched->preemptions(), 0);
+    EXPECT_EQ(h.kv.num_used(), 0);
+  }
+}
+
 TEST(Scheduler, ABackendFailureFailsThatStepsRequestsOnly) {
   Harness h(256, 4, 64);
   h.Add(Req("a", 10, 20));
