@@ -86,7 +86,8 @@ enum class SbPrefillKernel : int {
   kWgmma = 2,      // Hopper warpgroup MMAs (sm_90a build on an sm_90 device, head_dim 64)
   kWgmmaWide = 3,  // the same with 3 warpgroups (192 query rows) sharing each K/V tile, one CTA per
                    // SM: a third of the K/V reads. Without early exit (asked with it: kWgmma runs).
-  kWgmmaTma = 4,      // kWgmma with the K/V tiles loaded by TMA from one warp (sb_attn_prefill_sm90_kernel.cuh);
+  kWgmmaTma = 4,      // kWgmma with the K/V tiles loaded by TMA from one warp (sb_attn_prefill_sm90_kernel.cuh;
+                      // measured 1.7-2.1x slower: 2-key boxes, tests/bench/kernels.md);
   kWgmmaWideTma = 5,  // kWgmmaWide the same way. Both without early exit (asked with it: kWgmma
                       // runs), for block sizes >= 2 and a set num_blocks (the tensor maps span
                       // num_blocks * block_size slots; otherwise kWgmma / kWgmmaWide).
