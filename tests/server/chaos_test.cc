@@ -67,6 +67,9 @@ bool Allowed(Kind k, StatusCode c) {
 }
 
 struct Chaos {
+  explicit Chaos(Server& server)
+      : channel(grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()), grpc::InsecureChannelCredentials())),
+        stub(v1::SbServe::NewStub(channel)) {}
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::SbServe::Stub> stub;
   std::atomic<int> next_id{0};
@@ -221,9 +224,7 @@ TEST(Chaos, SeededMixEndsWithDocumentedStatusesAndLeavesNothingBehind) {
   Server server(o);
   ASSERT_TRUE(server.Start().ok());
   ASSERT_TRUE(server.LoadModel().ok());
-  Chaos chaos;
-  chaos.channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()), grpc::InsecureChannelCredentials());
-  chaos.stub = v1::SbServe::NewStub(chaos.channel);
+  Chaos chaos(server);
 
   std::mutex mu;
   std::map<std::string, int> bad;  // "kind -> status" outside the allowed set
@@ -260,9 +261,7 @@ TEST(Chaos, CancelsDuringWritesRaceTheirFinalEvents) {
   Server server(o);
   ASSERT_TRUE(server.Start().ok());
   ASSERT_TRUE(server.LoadModel().ok());
-  Chaos chaos;
-  chaos.channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server.port()), grpc::InsecureChannelCredentials());
-  chaos.stub = v1::SbServe::NewStub(chaos.channel);
+  Chaos chaos(server);
   std::atomic<int> next{0}, bad{0}, cancelled{0};
   std::vector<std::thread> pool;
   for (int t = 0; t < 16; ++t) {
