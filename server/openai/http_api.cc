@@ -185,6 +185,10 @@ struct Choice {
   std::vector<StepLogprobs> prompt_logprobs;  // echo with logprobs
   bool echoed = false;                        // streaming: the echo chunk went out
   size_t text_offset = 0;  // bytes of text before this choice's new text (echo included)
+  // Streaming: where the next listed token's text starts (from text_offset on). Not text_offset +
+  // text.size(): a token's text may come later than its id (a held-back stop-string prefix, a split
+  // UTF-8 character).
+  size_t next_lp_offset = 0;
   bool finished = false;
   FinishReason finish = FinishReason::kNone;
   absl::Status status;
@@ -595,7 +599,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
   const std::string& model = options_.served_model_name;
   auto choices = std::make_shared<std::vector<Choice>>(num_choices);
   for (size_t i = 0; i < num_choices; ++i) {
-    if (parsed->echo) (*choices)[i].text_offset = parsed->echo_texts[i / n].size();
+    if (parsed->echo) (*choices)[i].text_offset = (*choices)[i].next_lp_offset = parsed->echo_texts[i / n].size();
   }
   const int fd = ConnectionSocket(req);
   const std::string peer = req.remote_addr;
@@ -740,7 +744,6 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
         for (ChoiceEvent& ce : events) {
           Choice& c = (*choices)[ce.index];
           const GenerateEvent& e = ce.event;
-          const size_t at = c.text_offset + c.text.size();
           std::deque<ChoiceEvent> one;
           one.push_back(ce);
           apply(one);
@@ -762,7 +765,8 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
             json lp = nullptr;
             if (has_lp) {
               lp = api == Api::kChat ? json{{"content", ChatLogprobsContent(e.logprobs, *codec, p->logprobs)}, {"refusal", nullptr}}
-                                     : CompletionLogprobs(e.logprobs, *codec, p->logprobs, at, p->skip_special_tokens);
+                                     : CompletionLogprobs(e.logprobs, *codec, p->logprobs, c.next_lp_offset,
+                                                          p->skip_special_tokens, &c.next_lp_offset);
             }
             if (api == Api::kChat) {
               out += chunk({{"index", ce.index}, {"delta", {{"content", e.text}}}, {"logprobs", lp}, {"finish_reason", nullptr}});

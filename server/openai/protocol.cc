@@ -461,7 +461,7 @@ const char* FinishReasonString(FinishReason r) {
 }
 
 json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n, size_t text_offset,
-                        bool skip_special) {
+                        bool skip_special, size_t* end) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   size_t at = text_offset;
   for (const StepLogprobs& lp : lps) {
@@ -478,6 +478,7 @@ json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& c
     if (!alts.contains(text)) alts[text] = lp.logprob;
     top.push_back(std::move(alts));
   }
+  if (end != nullptr) *end = at;
   return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
 }
 

@@ -80,8 +80,9 @@ const char* FinishReasonString(FinishReason r);
 // `text_offset` is where the first token's text starts in the choice's text. Every sampled token
 // is listed with its own text; a special token left out of the text (`skip_special`) adds nothing
 // to the offsets after it, so each offset stays a position in the choice's text.
+// `end`, when set, receives the offset after the last token (where the next one's text starts).
 nlohmann::json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n,
-                                  size_t text_offset, bool skip_special);
+                                  size_t text_offset, bool skip_special, size_t* end = nullptr);
 // The same shape for an echoed prompt (echo with logprobs): every prompt token, the first with null
 // logprobs (nothing comes before it), the others with `prompt_lps` (the request's prompt_logprobs,
 // tokens 1 ..), offsets from 0.

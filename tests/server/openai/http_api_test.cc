@@ -829,6 +829,41 @@ TEST(HttpApi, EchoWithLogprobsScoresThePromptTokens) {
   EXPECT_EQ(by_ids["choices"][0]["text"].get<std::string>().rfind(prompt, 0), 0u) << by_ids.dump();
 }
 
+// A streamed choice lists its tokens' logprobs with the same offsets as the whole response, also
+// when text comes later than its token: stop strings that never match but begin with a space or
+// an "e" hold back every text ending in one.
+TEST(HttpApi, StreamedLogprobOffsetsEqualTheWholeResponsesWhenTextIsHeldBack) {
+  HttpServer s;
+  const json req = {{"prompt", "The weather over the sea"}, {"max_tokens", 40}, {"logprobs", 1},
+                    {"temperature", 0}, {"ignore_eos", true}, {"stop", {" \u00a7\u00a7", "e\u00a7\u00a7"}}};
+  int status = 0;
+  const json whole = s.PostJson("/v1/completions", req, &status);
+  ASSERT_EQ(status, 200) << whole.dump();
+  const json lp = whole["choices"][0]["logprobs"];
+  const std::string text = whole["choices"][0]["text"];
+  ASSERT_EQ(lp["tokens"].size(), 40u);
+  json sreq = req;
+  sreq["stream"] = true;
+  httplib::Result sr = s.Post("/v1/completions", sreq);
+  ASSERT_TRUE(sr);
+  json offsets = json::array();
+  std::string stext;
+  int held = 0;  // chunks whose logprobs list more tokens than their text holds
+  for (const std::string& d : SseData(sr->body)) {
+    if (d == "[DONE]") continue;
+    const json c = json::parse(d)["choices"][0];
+    stext += c["text"].get<std::string>();
+    if (c["logprobs"].is_null()) continue;
+    std::string listed;
+    for (const json& t : c["logprobs"]["tokens"]) listed += t.get<std::string>();
+    if (listed != c["text"].get<std::string>()) ++held;
+    for (const json& v : c["logprobs"]["text_offset"]) offsets.push_back(v);
+  }
+  EXPECT_EQ(stext, text);
+  EXPECT_GT(held, 0) << "no text was held back: the test does not exercise the case";
+  EXPECT_EQ(offsets, lp["text_offset"]);
+}
+
 TEST(HttpApi, StreamPastItsDeadlineEndsWithAnErrorEventThenDone) {
   HttpServer s;
   httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}},
