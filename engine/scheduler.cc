@@ -721,8 +721,10 @@ void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, abs
     seq->pending_text += r.text;
     if (r.matched) {
       if (req.include_stop_str_in_output) seq->pending_text += r.stop;
-      // A natural end becomes STOP; a cancel, deadline or error keeps its reason.
-      if (status.ok() && (reason == FinishReason::kLength || reason == FinishReason::kEos)) {
+      // A natural end becomes STOP on the string, which the text now ends at (also an end on a
+      // stop token id); a cancel, deadline or error keeps its reason.
+      if (status.ok() &&
+          (reason == FinishReason::kLength || reason == FinishReason::kEos || reason == FinishReason::kStop)) {
         reason = FinishReason::kStop;
         seq->stop_reason = r.stop;
       }

@@ -318,6 +318,24 @@ TEST(Scheduler, StopStringsCoverTheFinalFlush) {
     EXPECT_EQ(res.text.substr(res.text.size() - fffd.size()), fffd);
   }
   {
+    // A request ending on a stop token id whose flush then completes a stop string: the text ends
+    // at the string, and so does the stop reason.
+    Harness ref(256, 4, 64);
+    ref.Add(Req("x", 12, 6));
+    ref.RunToCompletion();
+    Harness h(256, 4, 64);
+    h.codec.flush = "XY";
+    GenerateRequest r = Req("x", 12, 6);
+    r.stop_token_ids = {ref.results["x"].ids[2]};
+    r.stop_strings = {"XY"};
+    h.Add(r);
+    h.RunToCompletion();
+    const Result& res = h.results["x"];
+    EXPECT_EQ(res.final.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(res.final.stop_reason, "XY");
+    EXPECT_EQ(res.text.find("XY"), std::string::npos) << res.text;
+  }
+  {
     // A stop string that the flush only begins: everything is released, finish LENGTH.
     Harness h(256, 4, 64);
     h.codec.flush = "XY";
