@@ -77,8 +77,8 @@ Kernel KernelFromEnv(const char* var, std::initializer_list<std::pair<const char
   return Kernel::kAuto;
 }
 
-// SBSERVE_PREFILL_KERNEL=mma, wgmma, wgmma-wide, wgmma-tma or wgmma-wide-tma overrides the default prefill kernel (A/B runs);
-// the wgmma ones still need a device and build that can run them.
+// SBSERVE_PREFILL_KERNEL=mma, wgmma, wgmma-wide, wgmma-tma or wgmma-wide-tma overrides the default
+// prefill kernel (A/B runs); the wgmma ones still need a device and build that can run them.
 SbPrefillKernel PrefillKernelFromEnv() {
   using enum SbPrefillKernel;
   static const SbPrefillKernel k = KernelFromEnv<SbPrefillKernel>(
@@ -203,10 +203,11 @@ SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& p) {
             ? SbPrefillKernel::kWgmmaWide
             : SbPrefillKernel::kMma;
   }
+  // A TMA box holds a key pair of one block, and the tensor maps span num_blocks: otherwise the
+  // same kernel with cp.async loads runs (the line after handles early exit for both).
   if ((k == SbPrefillKernel::kWgmmaTma || k == SbPrefillKernel::kWgmmaWideTma) &&
-      (early_exit || p.cache.block_size < 2 || p.cache.num_blocks < 1))  // a TMA box holds a key pair of one
-                                                                          // block; the map spans num_blocks
-    k = k == SbPrefillKernel::kWgmmaTma || early_exit ? SbPrefillKernel::kWgmma : SbPrefillKernel::kWgmmaWide;
+      (early_exit || p.cache.block_size < 2 || p.cache.num_blocks < 1))
+    k = k == SbPrefillKernel::kWgmmaTma ? SbPrefillKernel::kWgmma : SbPrefillKernel::kWgmmaWide;
   if (k == SbPrefillKernel::kWgmmaWide && early_exit) k = SbPrefillKernel::kWgmma;
   if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(p.head_dim)) k = SbPrefillKernel::kMma;
   return k;

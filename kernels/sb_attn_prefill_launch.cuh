@@ -8,9 +8,8 @@
 
 #include <utility>
 
-#include "absl/strings/str_cat.h"
-
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda_check.h"
 #include "kernels/sb_attn_launch.h"
 #include "kernels/sb_attn_params.h"
@@ -53,12 +52,14 @@ using SbPrefillSm90Config =
     SbPrefillSm90Traits<64, SB_PREFILL_SM90_WG, SB_PREFILL_SM90_STAGES, SB_PREFILL_SM90_MIN_BLOCKS>;
 using SbPrefillSm90WideConfig = SbPrefillSm90Traits<64, 3, 4, 1>;
 
-template <typename Tr, typename Kernel>
-absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
+// `extra`: the kernel's arguments after (params, log2_bs), e.g. the TMA kernels' tensor maps.
+template <typename Tr, typename Kernel, typename... Extra>
+absl::Status LaunchPrefillKernel(Kernel kernel, const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream,
+                                 const Extra&... extra) {
   SB_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const dim3 grid(p.num_heads, p.batch, (p.max_seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(SbPrefillKernelParams::From(p), log2_bs);
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(SbPrefillKernelParams::From(p), log2_bs, extra...);
   SB_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }
@@ -96,13 +97,7 @@ template <typename Tr>
 absl::Status LaunchPrefillTmaKernel(const SbAttnPrefillParams& p, int log2_bs, cudaStream_t stream) {
   SbKvTmaMaps maps;
   if (absl::Status st = SbKvTmaMapsFor(p.cache, p.num_kv_heads, &maps); !st.ok()) return st;
-  const auto kernel = sb_attn_prefill_sm90_tma_kernel<Tr>;
-  SB_CUDA_RETURN_IF_ERROR(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  const dim3 grid(p.num_heads, p.batch, (p.max_seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(SbPrefillKernelParams::From(p), log2_bs, maps);
-  SB_CUDA_CHECK_LAUNCH();
-  return absl::OkStatus();
+  return LaunchPrefillKernel<Tr>(sb_attn_prefill_sm90_tma_kernel<Tr>, p, log2_bs, stream, maps);
 }
 
 template <int kHeadDim>
