@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
@@ -203,10 +204,12 @@ SbPrefillKernel SbAttnPrefillKernelFor(const SbAttnPrefillParams& p) {
             ? SbPrefillKernel::kWgmmaWide
             : SbPrefillKernel::kMma;
   }
-  // A TMA box holds a key pair of one block, and the tensor maps span num_blocks: otherwise the
-  // same kernel with cp.async loads runs (the line after handles early exit for both).
+  // A TMA box holds a key pair of one block, and the tensor maps span num_blocks slots with 32-bit
+  // coordinates: otherwise the same kernel with cp.async loads runs (the line after handles early
+  // exit for both).
+  const int64_t slots = int64_t{p.cache.num_blocks} * p.cache.block_size;
   if ((k == SbPrefillKernel::kWgmmaTma || k == SbPrefillKernel::kWgmmaWideTma) &&
-      (early_exit || p.cache.block_size < 2 || p.cache.num_blocks < 1))
+      (early_exit || p.cache.block_size < 2 || slots < 1 || slots > INT32_MAX))
     k = k == SbPrefillKernel::kWgmmaTma ? SbPrefillKernel::kWgmma : SbPrefillKernel::kWgmmaWide;
   if (k == SbPrefillKernel::kWgmmaWide && early_exit) k = SbPrefillKernel::kWgmma;
   if (k != SbPrefillKernel::kMma && !SbAttnPrefillHasWgmma(p.head_dim)) k = SbPrefillKernel::kMma;

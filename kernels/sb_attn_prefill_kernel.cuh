@@ -172,12 +172,16 @@ __device__ __forceinline__ const __nv_bfloat16* SbQChunk(const SbPrefillKernelPa
          static_cast<int64_t>(cta.h) * kD + c * 8;
 }
 
+// The paged cache slot of key `key` of the sequence whose block table is `block_table`.
+__device__ __forceinline__ int64_t SbKvSlot(const int32_t* block_table, int key, int log2_bs) {
+  return static_cast<int64_t>(block_table[key >> log2_bs]) * (1 << log2_bs) + (key & ((1 << log2_bs) - 1));
+}
+
 // Element offset in the paged cache of 16-byte chunk c of the row of key `key`, KV head hk.
 template <int kD>
 __device__ __forceinline__ int64_t SbKvOffset(const int32_t* block_table, int key, int log2_bs, int num_kv_heads,
                                               int hk, int c) {
-  const int64_t slot = static_cast<int64_t>(block_table[key >> log2_bs]) * (1 << log2_bs) + (key & ((1 << log2_bs) - 1));
-  return (slot * num_kv_heads + hk) * kD + c * 8;
+  return (SbKvSlot(block_table, key, log2_bs) * num_kv_heads + hk) * kD + c * 8;
 }
 
 // Epilogue of a prefill CTA: adds the remainder term rem * (own value | head bias) to each row's

@@ -187,9 +187,8 @@ __device__ __forceinline__ void SbPrefillSm90(const SbPrefillKernelParams& p, co
   // 2l and 2l + 1 of the tile, rows SbKeyRow(2l) and SbKeyRow(2l) + 1, as one box of K and one of V.
   // Its stage's barrier completes phase j / kStages. The cache slot of the lane's key pair is read
   // from the block table one visit ahead (tma_slot), so that no TMA waits for that load.
-  auto slot_of = [&](int j) {
-    const int key = (n_tiles - 1 - j) * Tr::kBlockN + 2 * lane;
-    return block_table[key >> log2_bs] * (1 << log2_bs) + (key & ((1 << log2_bs) - 1));
+  auto slot_of = [&](int j) {  // a TMA coordinate (SbAttnPrefillKernelFor: fewer than 2^31 slots)
+    return static_cast<int>(SbKvSlot(block_table, (n_tiles - 1 - j) * Tr::kBlockN + 2 * lane, log2_bs));
   };
   auto load_kv_tma = [&](int j, int slot) {
     const int stage = j % kStages;

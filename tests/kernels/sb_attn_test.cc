@@ -1004,6 +1004,8 @@ TEST(SbAttnApi, PrefillKernelChoice) {
   p.cache.block_size = 16;
   p.cache.num_blocks = 0;  // the tensor maps need the cache's extent
   EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
+  p.cache.num_blocks = (1 << 27) + 1;  // more than 2^31 slots: beyond the maps' 32-bit coordinates
+  EXPECT_EQ(SbAttnPrefillKernelFor(p), have ? wide : mma);
   p.kernel = wgmma;
   p.head_dim = 128;
   EXPECT_FALSE(SbAttnPrefillHasWgmma(128));
