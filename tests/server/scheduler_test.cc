@@ -426,7 +426,10 @@ TEST(Scheduler, OnlyTheRequestsAnAbortRpcEndsAreReportedAborted) {
 TEST(Scheduler, GaugesEndTrueAfterAFailedStepAndAfterADeadlineMidFlight) {
   struct Gauges : EngineObserver {
     QueueState last;
-    void OnStep(const StepReport& r) override { last.running = r.running, last.kv_blocks_used = r.kv_blocks_used; }
+    void OnStep(const StepReport& r) override {
+      last.running = r.running;
+      last.kv_blocks_used = r.kv_blocks_used;
+    }
     void OnState(const QueueState& s) override { last = s; }
   };
   for (bool overlap : {false, true}) {
