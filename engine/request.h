@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -99,7 +100,12 @@ class TextCodec {
   virtual ~TextCodec() = default;
   virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_special) const = 0;
   virtual std::string Decode(const std::vector<int32_t>& ids, bool skip_special) const = 0;
-  virtual std::unique_ptr<TextStream> NewStream(bool skip_special) const = 0;
+  // The bytes one token adds inside a text (its own piece, a SentencePiece token's leading space
+  // kept); they may hold part of a UTF-8 character. Empty for a token skip_special removes.
+  virtual std::string TokenBytes(int32_t id, bool skip_special) const = 0;
+  // A detokenizer for text that follows `prefix` (a request's prompt): its output is the text the
+  // ids add after the prefix's, as a decode of the whole would give it.
+  virtual std::unique_ptr<TextStream> NewStream(bool skip_special, std::span<const int32_t> prefix) const = 0;
   virtual std::vector<int32_t> eos_ids() const = 0;
 };
 

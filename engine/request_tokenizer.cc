@@ -10,7 +10,8 @@ namespace {
 
 class TokenizerStream : public TextStream {
  public:
-  TokenizerStream(const Tokenizer& tok, bool skip_special) : dec_(tok, skip_special) {}
+  TokenizerStream(const Tokenizer& tok, bool skip_special, std::span<const int32_t> prefix)
+      : dec_(tok, skip_special, prefix) {}
   std::string Add(int32_t id) override { return dec_.Add(id); }
   std::string Flush() override { return dec_.Flush(); }
 
@@ -28,8 +29,12 @@ class TokenizerCodec : public TextCodec {
     absl::StatusOr<std::string> s = tok_->Decode(ids, skip_special);
     return s.ok() ? *std::move(s) : std::string();
   }
-  std::unique_ptr<TextStream> NewStream(bool skip_special) const override {
-    return std::make_unique<TokenizerStream>(*tok_, skip_special);
+  std::string TokenBytes(int32_t id, bool skip_special) const override {
+    absl::StatusOr<std::string> s = tok_->TokenBytes(id, skip_special);
+    return s.ok() ? *std::move(s) : std::string();
+  }
+  std::unique_ptr<TextStream> NewStream(bool skip_special, std::span<const int32_t> prefix) const override {
+    return std::make_unique<TokenizerStream>(*tok_, skip_special, prefix);
   }
   std::vector<int32_t> eos_ids() const override { return tok_->eos_ids(); }
 

@@ -147,7 +147,7 @@ int64_t Scheduler::waiting_tokens() const {
 void Scheduler::Add(GenerateRequest request, EventSink sink, absl::Time arrival) {
   auto seq = std::make_unique<Seq>(std::move(request), std::move(sink), arrival, next_seq_no_++,
                                    options_.enable_prefix_caching);
-  if (codec_ != nullptr) seq->detok = codec_->NewStream(seq->req.skip_special_tokens);
+  if (codec_ != nullptr) seq->detok = codec_->NewStream(seq->req.skip_special_tokens, seq->req.prompt_ids);
   Seq* raw = seq.get();
   seqs_[raw->req.request_id] = std::move(seq);
   InsertWaiting(raw);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/tokenizer/utf8.h"
 #include "server/convert.h"
 #include "server/metrics_observer.h"
 #include "server/status.h"
@@ -448,7 +449,7 @@ grpc::Status SbServeService::TokenizeTyped(grpc::CallbackServerContext*, const v
   if (!ids.ok()) return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message())));
   for (int32_t id : *ids) {
     response->add_ids(id);
-    response->add_pieces(codec->Decode({id}, false));
+    response->add_pieces(tokenizer_internal::Utf8Lossy(codec->TokenBytes(id, false)));
   }
   return grpc::Status::OK;
 }

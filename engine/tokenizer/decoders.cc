@@ -17,7 +17,7 @@ constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";
 // The joined bytes become one string, ill-formed sequences replaced by U+FFFD.
 class ByteLevelDecoder : public Decoder {
  public:
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* mode) const override {
     const ByteLevelTable& table = GetByteLevelTable();
     std::string bytes;
     std::string tok_bytes;
@@ -35,7 +35,8 @@ class ByteLevelDecoder : public Decoder {
       }
       bytes.append(ok ? tok_bytes : t);
     }
-    tokens->assign(1, Utf8Lossy(bytes));
+    tokens->assign(1, mode->piece ? std::move(bytes) : Utf8Lossy(bytes));
+    mode->fused = true;
     return absl::OkStatus();
   }
 };
@@ -44,13 +45,13 @@ class ByteLevelDecoder : public Decoder {
 // run becomes one U+FFFD per byte (the reference's rule, unlike the lossy rule above).
 class ByteFallbackDecoder : public Decoder {
  public:
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* mode) const override {
     std::vector<std::string> out;
     out.reserve(tokens->size());
     std::string pending;
     auto flush = [&] {
       if (pending.empty()) return;
-      if (FindInvalidUtf8(pending) == std::string::npos) {
+      if (mode->piece || FindInvalidUtf8(pending) == std::string::npos) {
         out.push_back(pending);
       } else {
         for (size_t k = 0; k < pending.size(); ++k) out.emplace_back(kReplacementChar);
@@ -84,7 +85,7 @@ class MetaspaceDecoder : public Decoder {
  public:
   MetaspaceDecoder(std::string replacement, bool strip_first)
       : replacement_(std::move(replacement)), strip_first_(strip_first) {}
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* mode) const override {
     for (size_t i = 0; i < tokens->size(); ++i) {
       std::string& t = (*tokens)[i];
       std::string out;
@@ -92,7 +93,7 @@ class MetaspaceDecoder : public Decoder {
       size_t pos = 0;
       // The reference drops every replacement character of the first token (not just a leading
       // one) unless prepend_scheme is "never".
-      const std::string_view space = i == 0 && strip_first_ ? "" : " ";
+      const std::string_view space = i == 0 && strip_first_ && !mode->piece ? "" : " ";
       for (size_t hit; (hit = t.find(replacement_, pos)) != std::string::npos;
            pos = hit + replacement_.size()) {
         out.append(t, pos, hit - pos);
@@ -111,20 +112,23 @@ class MetaspaceDecoder : public Decoder {
 
 class FuseDecoder : public Decoder {
  public:
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* mode) const override {
     std::string all;
     for (const std::string& t : *tokens) all.append(t);
     tokens->assign(1, std::move(all));
+    mode->fused = true;
     return absl::OkStatus();
   }
 };
 
 // Removes up to `start` leading and `stop` trailing occurrences of one character per token.
+// After a Fuse the one token is the whole text, whose ends a piece is not at.
 class StripDecoder : public Decoder {
  public:
   StripDecoder(std::string content, int start, int stop)
       : content_(std::move(content)), start_(start), stop_(stop) {}
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* mode) const override {
+    if (mode->piece && mode->fused) return absl::OkStatus();
     const size_t n = content_.size();
     for (std::string& t : *tokens) {
       size_t b = 0, e = t.size();
@@ -144,7 +148,7 @@ class ReplaceDecoder : public Decoder {
  public:
   ReplaceDecoder(std::unique_ptr<Regex> pattern, std::string content)
       : pattern_(std::move(pattern)), content_(std::move(content)) {}
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* /*mode*/) const override {
     std::vector<std::pair<size_t, size_t>> matches;
     for (std::string& t : *tokens) {
       matches.clear();
@@ -172,11 +176,11 @@ class ReplaceDecoder : public Decoder {
 class BpeSuffixDecoder : public Decoder {
  public:
   explicit BpeSuffixDecoder(std::string suffix) : suffix_(std::move(suffix)) {}
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* mode) const override {
     if (suffix_.empty()) return absl::OkStatus();
     for (size_t i = 0; i < tokens->size(); ++i) {
       std::string& t = (*tokens)[i];
-      const std::string_view repl = i + 1 == tokens->size() ? "" : " ";
+      const std::string_view repl = i + 1 == tokens->size() && !mode->piece ? "" : " ";
       std::string out;
       size_t pos = 0;
       for (size_t hit; (hit = t.find(suffix_, pos)) != std::string::npos;
@@ -198,9 +202,9 @@ class SequenceDecoder : public Decoder {
  public:
   explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts)
       : parts_(std::move(parts)) {}
-  absl::Status DecodeChain(std::vector<std::string>* tokens) const override {
+  absl::Status DecodeChain(std::vector<std::string>* tokens, DecodeMode* mode) const override {
     for (const auto& p : parts_) {
-      if (absl::Status st = p->DecodeChain(tokens); !st.ok()) return st;
+      if (absl::Status st = p->DecodeChain(tokens, mode); !st.ok()) return st;
     }
     return absl::OkStatus();
   }

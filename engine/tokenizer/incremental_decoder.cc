@@ -21,6 +21,21 @@ bool EndsWithReplacement(const std::string& s) {
 IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens)
     : tok_(tok), skip_special_tokens_(skip_special_tokens) {}
 
+IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens,
+                                       std::span<const int32_t> prefix)
+    : IncrementalDecoder(tok, skip_special_tokens) {
+  for (size_t k = prefix.size(); k > 0; --k) {
+    const int32_t id = prefix[k - 1];
+    if (!Visible(id)) continue;
+    if (tok_.IsByteFallbackToken(id)) return;
+    absl::StatusOr<std::string> text = tok_.Decode({&id, 1}, skip_special_tokens_);
+    if (!text.ok() || EndsWithReplacement(*text)) return;
+    anchor_ = id;
+    context_text_ = *std::move(text);
+    return;
+  }
+}
+
 bool IncrementalDecoder::Visible(int32_t id) const {
   return !(skip_special_tokens_ && tok_.IsSpecial(id));
 }

@@ -318,6 +318,15 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
 
 absl::StatusOr<std::string> Tokenizer::Decode(std::span<const int32_t> ids,
                                               bool skip_special_tokens) const {
+  return DecodeAs(ids, skip_special_tokens, /*piece=*/false);
+}
+
+absl::StatusOr<std::string> Tokenizer::TokenBytes(int32_t id, bool skip_special_tokens) const {
+  return DecodeAs({&id, 1}, skip_special_tokens, /*piece=*/true);
+}
+
+absl::StatusOr<std::string> Tokenizer::DecodeAs(std::span<const int32_t> ids,
+                                                bool skip_special_tokens, bool piece) const {
   const Pipeline& p = *pipeline_;
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
@@ -335,13 +344,15 @@ absl::StatusOr<std::string> Tokenizer::Decode(std::span<const int32_t> ids,
   }
   if (p.decoder == nullptr) {
     std::string out;
+    // Without a decoder, the tokens are joined by spaces: inside a text, a piece follows one.
     for (size_t i = 0; i < tokens.size(); ++i) {
-      if (i > 0) out.push_back(' ');
+      if (i > 0 || piece) out.push_back(' ');
       out.append(tokens[i]);
     }
     return out;
   }
-  if (absl::Status st = p.decoder->DecodeChain(&tokens); !st.ok()) return st;
+  tokenizer_internal::DecodeMode mode{.piece = piece};
+  if (absl::Status st = p.decoder->DecodeChain(&tokens, &mode); !st.ok()) return st;
   std::string out;
   for (const std::string& t : tokens) out.append(t);
   return out;

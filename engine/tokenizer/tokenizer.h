@@ -53,6 +53,12 @@ class Tokenizer {
   // Byte sequences that are not valid UTF-8 decode to U+FFFD (as the reference does).
   absl::StatusOr<std::string> Decode(std::span<const int32_t> ids,
                                      bool skip_special_tokens = true) const;
+  // The bytes one token adds inside a text: its piece where it neither begins nor ends the text
+  // (a SentencePiece token keeps its leading space), and raw, so a token holding part of a UTF-8
+  // character gives those bytes rather than U+FFFD. Empty for a special token that
+  // skip_special_tokens removes. Where the decoder has no first/last-token rule, the pieces of ids
+  // concatenate to the bytes whose lossy form is Decode(ids). OUT_OF_RANGE as Decode.
+  absl::StatusOr<std::string> TokenBytes(int32_t id, bool skip_special_tokens = false) const;
 
   // One more than the largest id of the model vocabulary and the added tokens.
   int32_t vocab_size() const;
@@ -71,6 +77,8 @@ class Tokenizer {
 
  private:
   Tokenizer();
+  absl::StatusOr<std::string> DecodeAs(std::span<const int32_t> ids, bool skip_special_tokens,
+                                       bool piece) const;
   std::unique_ptr<tokenizer_internal::Pipeline> pipeline_;
   std::optional<int32_t> bos_id_;
   std::vector<int32_t> eos_ids_;
@@ -86,9 +94,18 @@ class Tokenizer {
 // token, such as a trailing Strip, are re-evaluated), and the pending ids. The cost of Add is
 // O(window), independent of the stream length. Runs of byte-fallback tokens are held until a
 // normal token ends them (see Tokenizer::IsByteFallbackToken).
+//
+// A stream that continues a text (a completion after its prompt) is primed with the ids before
+// it: the last visible one becomes the first anchor, so the deltas are then the text those ids add
+// after the prefix, Decode(prefix + ids) past Decode(prefix), as in a full decode of the whole. A
+// SentencePiece token that begins the stream keeps its leading space. A prefix whose last visible
+// id is a byte-fallback token or ends inside a UTF-8 character cannot anchor (its text would
+// change with what follows) and leaves the stream unprimed.
 class IncrementalDecoder {
  public:
   IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens = true);
+  IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens,
+                     std::span<const int32_t> prefix);
   std::string Add(int32_t id);  // returns the new text delta (may be empty)
   std::string Flush();          // remaining text at end of stream (e.g. U+FFFD for dangling bytes)
 

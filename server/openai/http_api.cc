@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/tokenizer/utf8.h"
 #include "server/convert.h"
 #include "server/metrics/text_format.h"
 #include "server/metrics_observer.h"
@@ -469,7 +470,7 @@ void HttpApiServer::Impl::HandleTokenize(const httplib::Request& req, httplib::R
   absl::StatusOr<std::vector<int32_t>> ids = codec->Encode(text, add_special);
   if (!ids.ok()) return SendError(res, ErrorFor(absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message()))));
   json strs = json::array();
-  for (int32_t id : *ids) strs.push_back(codec->Decode({id}, false));
+  for (int32_t id : *ids) strs.push_back(tokenizer_internal::Utf8Lossy(codec->TokenBytes(id, false)));
   SendJson(res, 200,
            {{"count", ids->size()},
             {"max_model_len", engine->model_config().n_positions},

@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
+#include "engine/tokenizer/utf8.h"
 #include "server/openai/chat_template.h"
 
 namespace sbserve::openai {
@@ -252,7 +253,11 @@ absl::Status ParsePrompts(const json& body, ParsedRequest* out, const v1::Genera
   return absl::OkStatus();
 }
 
-std::string TokenText(const TextCodec& codec, int32_t id) { return codec.Decode({id}, false); }
+// A token as logprobs list it: its piece inside the text, with a part of a UTF-8 character shown as
+// U+FFFD (chat's `bytes` carries the piece's own bytes).
+std::string TokenText(const TextCodec& codec, int32_t id) {
+  return tokenizer_internal::Utf8Lossy(codec.TokenBytes(id, false));
+}
 
 json TokenBytes(const std::string& s) {
   json b = json::array();
@@ -461,7 +466,7 @@ const char* FinishReasonString(FinishReason r) {
 }
 
 json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n, size_t text_offset,
-                        bool skip_special, size_t* end) {
+                        bool skip_special, size_t* end, bool starts_text) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   size_t at = text_offset;
   for (const StepLogprobs& lp : lps) {
@@ -469,7 +474,18 @@ json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& c
     tokens.push_back(text);
     token_logprobs.push_back(lp.logprob);
     offsets.push_back(at);
-    at += skip_special ? codec.Decode({lp.token_id}, true).size() : text.size();
+    // A token adds its piece's bytes to the text. The first one a text shows may lose a leading
+    // part to the decoder's rules for a text's start (a SentencePiece token's space): then its text
+    // alone is the end of its piece.
+    const std::string piece = codec.TokenBytes(lp.token_id, skip_special);
+    size_t adds = piece.size();
+    if (starts_text && !piece.empty()) {
+      if (const std::string alone = codec.Decode({lp.token_id}, skip_special); absl::EndsWith(piece, alone)) {
+        adds = alone.size();
+      }
+      starts_text = false;
+    }
+    at += adds;
     // OpenAI: the top `logprobs` alternatives plus the sampled token, so up to logprobs + 1.
     json alts = json::object();
     for (int i = 0; i < top_n && i < static_cast<int>(lp.top.size()); ++i) {
@@ -484,14 +500,14 @@ json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& c
 
 json EchoLogprobs(const std::vector<int32_t>& prompt_ids, const std::vector<StepLogprobs>& prompt_lps,
                   const TextCodec& codec, int top_n, bool skip_special) {
-  if (prompt_ids.empty()) return CompletionLogprobs({}, codec, top_n, 0, skip_special);
+  if (prompt_ids.empty()) return CompletionLogprobs({}, codec, top_n, 0, skip_special, nullptr, true);
   // The first token goes through the same rule for its text and offsets, then loses its logprobs:
   // nothing comes before it (OpenAI: null).
   std::vector<StepLogprobs> all;
   all.reserve(prompt_lps.size() + 1);
   all.push_back(StepLogprobs{prompt_ids[0], 0.f, {}});
   all.insert(all.end(), prompt_lps.begin(), prompt_lps.end());
-  json out = CompletionLogprobs(all, codec, top_n, 0, skip_special);
+  json out = CompletionLogprobs(all, codec, top_n, 0, skip_special, nullptr, true);
   out["token_logprobs"][0] = nullptr;
   out["top_logprobs"][0] = nullptr;
   return out;
@@ -506,13 +522,16 @@ void AppendLogprobs(json* into, const json& more) {
 json ChatLogprobsContent(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n) {
   json content = json::array();
   for (const StepLogprobs& lp : lps) {
-    const std::string text = TokenText(codec, lp.token_id);
     json alts = json::array();
     for (int i = 0; i < top_n && i < static_cast<int>(lp.top.size()); ++i) {
-      const std::string t = TokenText(codec, lp.top[i].id);
-      alts.push_back({{"token", t}, {"logprob", lp.top[i].logprob}, {"bytes", TokenBytes(t)}});
+      const std::string bytes = codec.TokenBytes(lp.top[i].id, false);
+      alts.push_back({{"token", tokenizer_internal::Utf8Lossy(bytes)}, {"logprob", lp.top[i].logprob}, {"bytes", TokenBytes(bytes)}});
     }
-    content.push_back({{"token", text}, {"logprob", lp.logprob}, {"bytes", TokenBytes(text)}, {"top_logprobs", alts}});
+    const std::string bytes = codec.TokenBytes(lp.token_id, false);
+    content.push_back({{"token", tokenizer_internal::Utf8Lossy(bytes)},
+                       {"logprob", lp.logprob},
+                       {"bytes", TokenBytes(bytes)},
+                       {"top_logprobs", alts}});
   }
   return content;
 }

@@ -80,9 +80,14 @@ const char* FinishReasonString(FinishReason r);
 // `text_offset` is where the first token's text starts in the choice's text. Every sampled token
 // is listed with its own text; a special token left out of the text (`skip_special`) adds nothing
 // to the offsets after it, so each offset stays a position in the choice's text.
-// `end`, when set, receives the offset after the last token (where the next one's text starts).
+// A token's text is its piece inside a text (TextCodec::TokenBytes), a part of a UTF-8 character
+// shown as U+FFFD; offsets advance by the piece's bytes, so they stay positions in the choice's text
+// when a character spans tokens. `end`, when set, receives the offset after the last token (where
+// the next one's text starts). `starts_text`: the tokens begin a text (an echoed prompt), where the
+// first one shown follows the decoder's rules for a text's start.
 nlohmann::json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n,
-                                  size_t text_offset, bool skip_special, size_t* end = nullptr);
+                                  size_t text_offset, bool skip_special, size_t* end = nullptr,
+                                  bool starts_text = false);
 // The same shape for an echoed prompt (echo with logprobs): every prompt token, the first with null
 // logprobs (nothing comes before it), the others with `prompt_lps` (the request's prompt_logprobs,
 // tokens 1 ..), offsets from 0.
@@ -90,7 +95,9 @@ nlohmann::json EchoLogprobs(const std::vector<int32_t>& prompt_ids, const std::v
                             const TextCodec& codec, int top_n, bool skip_special);
 // Appends the entries of `more` to `into` (both in the completions shape).
 void AppendLogprobs(nlohmann::json* into, const nlohmann::json& more);
-// Logprobs in the chat shape: the `content` array [{token, logprob, bytes, top_logprobs}].
+// Logprobs in the chat shape: the `content` array [{token, logprob, bytes, top_logprobs}]; `bytes`
+// are the token's own bytes, a part of a UTF-8 character included, so that the bytes of the listed
+// tokens concatenate to the content.
 nlohmann::json ChatLogprobsContent(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n);
 
 // Serializes with invalid UTF-8 replaced (a token's text may be a partial UTF-8 sequence).

@@ -34,7 +34,10 @@ class FakeCommaCodec : public TextCodec {
  public:
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
   std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
-  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<FakeCommaStream>(); }
+  std::string TokenBytes(int32_t, bool) const override { return ""; }
+  std::unique_ptr<TextStream> NewStream(bool, std::span<const int32_t>) const override {
+    return std::make_unique<FakeCommaStream>();
+  }
   std::vector<int32_t> eos_ids() const override { return {kFakeEos}; }
 };
 

@@ -36,9 +36,14 @@ class FakeCodec : public TextCodec {
  public:
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
   std::string Decode(const std::vector<int32_t>&, bool) const override { return ""; }
-  std::unique_ptr<TextStream> NewStream(bool) const override { return std::make_unique<FakeStream>(flush); }
+  std::string TokenBytes(int32_t, bool) const override { return ""; }
+  std::unique_ptr<TextStream> NewStream(bool, std::span<const int32_t> prefix) const override {
+    prefixes.emplace_back(prefix.begin(), prefix.end());
+    return std::make_unique<FakeStream>(flush);
+  }
   std::vector<int32_t> eos_ids() const override { return {kFakeEos}; }
   std::string flush;
+  mutable std::vector<std::vector<int32_t>> prefixes;  // of every stream made
 };
 
 struct Result {
@@ -288,6 +293,18 @@ TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
 // The text flushed when a request ends (U+FFFD for a trailing incomplete UTF-8 character) is
 // stop-matched like any other: a stop string in it ends the request as STOP and never reaches
 // the client. Text held back as a possible stop prefix is still released when nothing matched.
+// A request's text continues its prompt's (a SentencePiece token that begins it keeps its space):
+// its detokenizer is primed with the prompt.
+TEST(Scheduler, TheDetokenizerContinuesThePrompt) {
+  Harness h(256, 4, 64);
+  const GenerateRequest r = Req("x", 12, 6);
+  h.Add(r);
+  h.RunToCompletion();
+  ASSERT_EQ(h.codec.prefixes.size(), 1u);
+  EXPECT_EQ(h.codec.prefixes[0], r.prompt_ids);
+  EXPECT_EQ(h.results["x"].ids.size(), 6u);
+}
+
 TEST(Scheduler, StopStringsCoverTheFinalFlush) {
   const std::string fffd = "\xEF\xBF\xBD";
   {

@@ -202,6 +202,65 @@ TEST_P(ReferenceTest, IncrementalDecodeEqualsFullDecode) {
   }
 }
 
+// A token's piece (TokenBytes) is what it adds inside a text: after the first token a text shows
+// (which may lose a leading space to the decoder's rules for a text's start), the pieces add up to
+// the decoded text, byte for byte where characters span tokens.
+TEST_P(ReferenceTest, PiecesAddUpToTheText) {
+  int checked = 0;
+  for (size_t i = 0; i < strings_.size(); ++i) {
+    auto ids = (*model_)["with_special"][i].get<std::vector<int32_t>>();
+    for (bool skip : {false, true}) {
+      std::string joined;
+      bool first = true;
+      for (int32_t id : ids) {
+        auto piece = tok_->TokenBytes(id, skip);
+        ASSERT_TRUE(piece.ok()) << piece.status();
+        if (first && !piece->empty()) {
+          first = false;
+          auto alone = tok_->Decode({&id, 1}, skip);
+          ASSERT_TRUE(alone.ok());
+          if (piece->ends_with(*alone)) *piece = *alone;
+        }
+        joined += *piece;
+      }
+      auto want = tok_->Decode(ids, skip);
+      ASSERT_TRUE(want.ok());
+      ASSERT_EQ(joined, *want) << "string #" << i << " skip=" << skip << " \"" << Escape(*want) << "\"";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 1000);
+}
+
+// A stream primed with the ids before it gives the text they add: Decode(prefix + ids) past
+// Decode(prefix), split at every few ids of every string.
+TEST_P(ReferenceTest, PrimedStreamContinuesThePrefix) {
+  int checked = 0;
+  for (size_t i = 0; i < strings_.size(); ++i) {
+    auto ids = (*model_)["with_special"][i].get<std::vector<int32_t>>();
+    for (size_t split = 1; split < ids.size(); split += 1 + ids.size() / 8) {
+      const std::span<const int32_t> prefix(ids.data(), split);
+      auto before = tok_->Decode(prefix, true);
+      auto whole = tok_->Decode(ids, true);
+      ASSERT_TRUE(before.ok() && whole.ok());
+      // A prefix ending inside a character has no text of its own to continue.
+      if (before->ends_with("\xEF\xBF\xBD") || !whole->starts_with(*before)) continue;
+      // Nor does one whose last shown id is a byte token: the bytes after it may complete it.
+      size_t last = split;
+      while (last > 0 && tok_->IsSpecial(ids[last - 1])) --last;
+      if (last > 0 && tok_->IsByteFallbackToken(ids[last - 1])) continue;
+      IncrementalDecoder dec(*tok_, true, prefix);
+      std::string streamed;
+      for (size_t k = split; k < ids.size(); ++k) streamed += dec.Add(ids[k]);
+      streamed += dec.Flush();
+      ASSERT_EQ(streamed, whole->substr(before->size()))
+          << "string #" << i << " split " << split << " \"" << Escape(*whole) << "\"";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 1000);
+}
+
 TEST_P(ReferenceTest, InvalidUtf8IsRejected) {
   for (std::string bad : {std::string("abc\xff"), std::string("\xc3"), std::string("\xed\xa0\x80"),
                           std::string("ok \xe4\xb8 cut"), std::string("\xc0\xaf")}) {

@@ -387,6 +387,113 @@ TEST(Decoders, ByteLevelMetaspaceStrip) {
   EXPECT_EQ(Dec(*ts, {0, 1}), "_ab");
 }
 
+// A token's piece is what it adds inside a text: no rule for a text's first or last token, and
+// bytes as they are.
+TEST(Decoders, PiecesKeepWhatATextsEndsWouldDrop) {
+  const std::string m = "\xE2\x96\x81";
+  auto tm = MustLoad(MakeBpe(
+      {m + "Hi", m + "there", "x" + m + "y"}, json::array(),
+      {{"decoder", {{"type", "Metaspace"}, {"replacement", m}, {"prepend_scheme", "always"}}}}));
+  EXPECT_EQ(Dec(*tm, {1}), "there");
+  EXPECT_EQ(*tm->TokenBytes(1), " there");
+  EXPECT_EQ(*tm->TokenBytes(2), "x y");
+  // Inside a text, pieces add up to the text.
+  EXPECT_EQ(Dec(*tm, {0, 1, 1}), Dec(*tm, {0}) + *tm->TokenBytes(1) + *tm->TokenBytes(1));
+
+  // ByteLevel: a token holding part of a character gives its bytes, not U+FFFD.
+  auto tb = MustLoad(MakeBpe({"a", "\xC3\xA4", "\xC2\xB8", "\xC2\xB9"}, json::array(),
+                             {{"decoder", {{"type", "ByteLevel"}}}}));
+  EXPECT_EQ(Dec(*tb, {1}), "\xEF\xBF\xBD");
+  EXPECT_EQ(*tb->TokenBytes(1), "\xE4");
+  EXPECT_EQ(*tb->TokenBytes(1) + *tb->TokenBytes(2) + *tb->TokenBytes(3), Dec(*tb, {1, 2, 3}));
+  EXPECT_EQ(Dec(*tb, {1, 2, 3}), "\xE4\xB8\xB9");
+
+  // The SentencePiece chain: Replace, ByteFallback, Fuse, then Strip of the text's first space.
+  std::vector<std::string> vocab = {"<unk>", m + "hi", m + "you"};
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
+    vocab.push_back(buf);
+  }
+  json decoder = {
+      {"type", "Sequence"},
+      {"decoders",
+       {{{"type", "Replace"}, {"pattern", {{"String", m}}}, {"content", " "}},
+        {{"type", "ByteFallback"}},
+        {{"type", "Fuse"}},
+        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  json sp = MakeBpe(vocab, json::array(),
+                    {{"model", {{"unk_token", "<unk>"}, {"byte_fallback", true}}}, {"decoder", decoder}});
+  sp["added_tokens"] = {{{"id", 0}, {"content", "<unk>"}, {"special", true}}};
+  auto ts = MustLoad(sp);
+  EXPECT_EQ(Dec(*ts, {2}), "you");
+  EXPECT_EQ(*ts->TokenBytes(2), " you");
+  EXPECT_EQ(*ts->TokenBytes(3 + 0xE4), "\xE4");  // a byte token: the byte, not U+FFFD
+  EXPECT_EQ(Dec(*ts, {3 + 0xE4}), "\xEF\xBF\xBD");
+  EXPECT_EQ(Dec(*ts, {1, 3 + 0xE4, 3 + 0xB8, 3 + 0xAD, 2}),
+            ts->TokenBytes(1)->substr(1) + *ts->TokenBytes(3 + 0xE4) + *ts->TokenBytes(3 + 0xB8) +
+                *ts->TokenBytes(3 + 0xAD) + *ts->TokenBytes(2));
+  // A special token: its content, or nothing where the text skips it.
+  EXPECT_EQ(*ts->TokenBytes(0, /*skip_special_tokens=*/false), "<unk>");
+  EXPECT_EQ(*ts->TokenBytes(0, /*skip_special_tokens=*/true), "");
+  EXPECT_EQ(ts->TokenBytes(100000).status().code(), absl::StatusCode::kOutOfRange);
+
+  // Strip without Fuse applies to every token, inside a text too.
+  auto tp = MustLoad(MakeBpe({"__a__", "b_"}, json::array(),
+                             {{"decoder", {{"type", "Strip"}, {"content", "_"}, {"start", 1}, {"stop", 2}}}}));
+  EXPECT_EQ(*tp->TokenBytes(0), "_a");
+  EXPECT_EQ(*tp->TokenBytes(0) + *tp->TokenBytes(1), Dec(*tp, {0, 1}));
+  // BPEDecoder: the end-of-word suffix is a space inside a text, nothing at its end.
+  auto tw = MustLoad(MakeBpe({"ab</w>", "c"}, json::array(), {{"decoder", {{"type", "BPEDecoder"}}}}));
+  EXPECT_EQ(Dec(*tw, {0}), "ab");
+  EXPECT_EQ(*tw->TokenBytes(0), "ab ");
+  // No decoder: tokens joined by spaces, so a piece comes after one.
+  auto tn = MustLoad(MakeBpe({"ab", "c"}, json::array()));
+  EXPECT_EQ(Dec(*tn, {0, 1}), "ab c");
+  EXPECT_EQ(*tn->TokenBytes(1), " c");
+}
+
+// A stream primed with a prompt gives the text its ids add after the prompt's: a SentencePiece
+// token that begins the completion keeps its space.
+TEST(IncrementalDecoder, APrimedStreamContinuesThePromptsText) {
+  const std::string m = "\xE2\x96\x81";
+  std::vector<std::string> vocab = {"<s>", m + "The", m + "sky", m + "is", m + "blue", "."};
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
+    vocab.push_back(buf);
+  }
+  json decoder = {
+      {"type", "Sequence"},
+      {"decoders",
+       {{{"type", "Replace"}, {"pattern", {{"String", m}}}, {"content", " "}},
+        {{"type", "ByteFallback"}},
+        {{"type", "Fuse"}},
+        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  json sp = MakeBpe(vocab, json::array(), {{"model", {{"byte_fallback", true}}}, {"decoder", decoder}});
+  sp["added_tokens"] = {{{"id", 0}, {"content", "<s>"}, {"special", true}}};
+  auto t = MustLoad(sp);
+  auto stream = [&](std::vector<int32_t> prefix, std::vector<int32_t> ids, bool skip = true) {
+    IncrementalDecoder dec(*t, skip, prefix);
+    std::string out;
+    for (int32_t id : ids) out += dec.Add(id);
+    return out + dec.Flush();
+  };
+  const std::vector<int32_t> prompt = {0, 1, 2, 3}, completion = {4, 5};
+  std::vector<int32_t> whole = prompt;
+  whole.insert(whole.end(), completion.begin(), completion.end());
+  EXPECT_EQ(stream(prompt, completion), " blue.");
+  EXPECT_EQ(Dec(*t, prompt) + stream(prompt, completion), Dec(*t, whole));
+  // Unprimed, the stream is a text of its own.
+  EXPECT_EQ(stream({}, completion), "blue.");
+  // A prompt of skipped special tokens alone has nothing to anchor to; kept, "<s>" is the anchor.
+  EXPECT_EQ(stream({0}, completion), "blue.");
+  EXPECT_EQ(stream({0}, completion, /*skip=*/false), " blue.");
+  // A prompt ending in a byte token cannot anchor: the bytes after it may complete its character.
+  EXPECT_EQ(stream({1, 6 + 0xC3}, {6 + 0xA9, 5}), "\xEF\xBF\xBD.");
+  EXPECT_EQ(stream({1, 6 + 0x41}, {4}), "blue");
+}
+
 TEST(PostProcessor, TemplateAddsBosOnlyWithSpecialTokens) {
   json j = MakeBpe(
       {"<s>", "a"}, json::array(),

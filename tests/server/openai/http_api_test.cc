@@ -272,7 +272,8 @@ class SpecialZeroCodec : public TextCodec {
     for (int32_t id : ids) out += id == 0 ? (skip_special ? "" : "<s>") : id == 1 ? "a" : "bc";
     return out;
   }
-  std::unique_ptr<TextStream> NewStream(bool) const override { return nullptr; }
+  std::string TokenBytes(int32_t id, bool skip_special) const override { return Decode({id}, skip_special); }
+  std::unique_ptr<TextStream> NewStream(bool, std::span<const int32_t>) const override { return nullptr; }
   std::vector<int32_t> eos_ids() const override { return {0}; }
 };
 
@@ -382,6 +383,66 @@ TEST(HttpApi, ChatLogprobsShape) {
   r = s.PostJson("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"top_logprobs", 2}}, &status);
   EXPECT_EQ(status, 400);
   EXPECT_EQ(ErrorOf(r)["param"], "top_logprobs");
+}
+
+// A character the tokenizer splits over several tokens: each token is listed with U+FFFD for its
+// part of the character, chat's bytes carry its own bytes, and the completions offsets advance by
+// those bytes, so they stay positions in the text.
+TEST(HttpApi, LogprobsOfTokensHoldingPartOfACharacter) {
+  HttpServer s(ChatOptions());
+  int status = 0;
+  // The demo tokenizer is trained on English: "日" (E6 97 A5) stays three byte tokens.
+  json tok = s.PostJson("/tokenize", {{"prompt", "\xE6\x97\xA5"}, {"add_special_tokens", false}}, &status);
+  ASSERT_EQ(status, 200) << tok.dump();
+  ASSERT_EQ(tok["tokens"].size(), 3u) << tok.dump();
+  EXPECT_EQ(tok["token_strs"], json({"\xEF\xBF\xBD", "\xEF\xBF\xBD", "\xEF\xBF\xBD"}));
+  const int lead = tok["tokens"][0];
+
+  // Chat, every token forced to the lead byte E6.
+  json r = s.PostJson("/v1/chat/completions",
+                      {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 3}, {"logprobs", true},
+                       {"top_logprobs", 1}, {"ignore_eos", true}, {"logit_bias", {{std::to_string(lead), 100}}}},
+                      &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  const json& content = r["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 3u);
+  for (const json& t : content) {
+    EXPECT_EQ(t["token"], "\xEF\xBF\xBD");
+    EXPECT_EQ(t["bytes"], json({0xE6})) << t.dump();
+    // The alternatives are the model's own (before the bias); each one's token is its bytes' text.
+    for (const json& alt : t["top_logprobs"]) {
+      std::string bytes;
+      for (int b : alt["bytes"]) bytes.push_back(static_cast<char>(b));
+      EXPECT_EQ(json(bytes).dump(-1, ' ', false, json::error_handler_t::replace), alt["token"].dump()) << alt.dump();
+    }
+  }
+  // Three lone lead bytes: one U+FFFD each.
+  EXPECT_EQ(r["choices"][0]["message"]["content"], "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+
+  // Completions, the prompt echoed with logprobs: offsets are byte positions in the echoed text.
+  const std::string prompt = "Caf\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC is here";
+  r = s.PostJson("/v1/completions",
+                 {{"prompt", prompt}, {"max_tokens", 1}, {"logprobs", 0}, {"echo", true}, {"ignore_eos", true}},
+                 &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  const std::string text = r["choices"][0]["text"];
+  ASSERT_TRUE(text.starts_with(prompt));
+  const json& lp = r["choices"][0]["logprobs"];
+  const size_t n = lp["tokens"].size();
+  ASSERT_GT(n, 8u);
+  int partial = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string t = lp["tokens"][i];
+    const size_t at = lp["text_offset"][i];
+    if (t == "\xEF\xBF\xBD") {
+      ++partial;
+      continue;
+    }
+    EXPECT_EQ(text.substr(at, t.size()), t) << "token " << i << ": " << lp.dump();
+  }
+  EXPECT_GE(partial, 6) << lp.dump();
+  // The generated token starts where the echoed prompt ends.
+  EXPECT_EQ(lp["text_offset"][n - 1], prompt.size()) << lp.dump();
 }
 
 TEST(HttpApi, BadFieldsAre400sNamingTheField) {
