@@ -24,16 +24,35 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_t
 IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens,
                                        std::span<const int32_t> prefix)
     : IncrementalDecoder(tok, skip_special_tokens) {
-  for (size_t k = prefix.size(); k > 0; --k) {
+  // The state the stream would be in had it emitted the prefix itself: its last visible id, with
+  // the run of byte-fallback tokens before it, is the context (rules for a text's last token, such
+  // as a trailing Strip, are re-evaluated once more text follows, and a byte run decodes whole),
+  // and the visible id before them the anchor. A longer run than kMaxRun leaves it unprimed.
+  constexpr size_t kMaxRun = 1024;
+  size_t k = prefix.size();
+  while (k > 0 && !Visible(prefix[k - 1])) --k;
+  if (k == 0 || tok_.IsByteFallbackToken(prefix[k - 1])) return;
+  std::vector<int32_t> context = {prefix[--k]};
+  for (; k > 0; --k) {
     const int32_t id = prefix[k - 1];
     if (!Visible(id)) continue;
-    if (tok_.IsByteFallbackToken(id)) return;
-    absl::StatusOr<std::string> text = tok_.Decode({&id, 1}, skip_special_tokens_);
-    if (!text.ok() || EndsWithReplacement(*text)) return;
-    anchor_ = id;
-    context_text_ = *std::move(text);
+    if (!tok_.IsByteFallbackToken(id)) {
+      anchor_ = id;
+      break;
+    }
+    if (context.size() == kMaxRun) return;
+    context.push_back(id);
+  }
+  window_.assign(context.rbegin(), context.rend());
+  context_len_ = window_.size();
+  absl::StatusOr<std::string> text = DecodeWindow();
+  if (!text.ok() || EndsWithReplacement(*text)) {
+    anchor_.reset();
+    window_.clear();
+    context_len_ = 0;
     return;
   }
+  context_text_ = *std::move(text);
 }
 
 bool IncrementalDecoder::Visible(int32_t id) const {

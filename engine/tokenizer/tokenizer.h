@@ -96,11 +96,12 @@ class Tokenizer {
 // normal token ends them (see Tokenizer::IsByteFallbackToken).
 //
 // A stream that continues a text (a completion after its prompt) is primed with the ids before
-// it: the last visible one becomes the first anchor, so the deltas are then the text those ids add
-// after the prefix, Decode(prefix + ids) past Decode(prefix), as in a full decode of the whole. A
-// SentencePiece token that begins the stream keeps its leading space. A prefix whose last visible
-// id is a byte-fallback token or ends inside a UTF-8 character cannot anchor (its text would
-// change with what follows) and leaves the stream unprimed.
+// it: it starts as if it had streamed them itself (their last visible id, with the byte tokens
+// before it, becomes its context, and the visible id before those its anchor), so the deltas are the text the new ids add, Decode(prefix + ids) past
+// Decode(prefix), as in a full decode of the whole: a SentencePiece token that begins the stream
+// keeps its leading space. A prefix whose last visible id is a byte-fallback token or ends inside
+// a UTF-8 character cannot anchor (its text would change with what follows) and leaves the stream
+// unprimed.
 class IncrementalDecoder {
  public:
   IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens = true);

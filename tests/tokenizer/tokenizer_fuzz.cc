@@ -86,6 +86,31 @@ void CheckStreaming(const Tokenizer& tok, const std::vector<int32_t>& ids, bool 
     std::fprintf(stderr, "\nstreamed: %s\nfull:     %s\n", streamed.c_str(), full->c_str());
     __builtin_trap();
   }
+  // Primed with the first half, the stream gives the text the second half adds after it, where
+  // the first half's text is a prefix of the whole and ends on a whole character it can anchor on.
+  if (ids.size() < 2) return;
+  const size_t split = ids.size() / 2;
+  const std::span<const int32_t> prefix(ids.data(), split);
+  auto before = tok.Decode(prefix, skip);
+  if (!before.ok()) return;
+  IncrementalDecoder primed(tok, skip, prefix);
+  std::string rest;
+  for (size_t k = split; k < ids.size(); ++k) {
+    std::string delta = primed.Add(ids[k]);
+    Check(sbserve::tokenizer_internal::FindInvalidUtf8(delta) == std::string::npos);
+    rest += delta;
+  }
+  rest += primed.Flush();
+  size_t last = split;
+  while (last > 0 && skip && tok.IsSpecial(ids[last - 1])) --last;
+  if (last == 0 || tok.IsByteFallbackToken(ids[last - 1])) return;
+  if (before->ends_with("\xEF\xBF\xBD") || !full->starts_with(*before)) return;
+  if (rest != full->substr(before->size())) {
+    std::fprintf(stderr, "primed streaming mismatch (skip=%d, split %zu)\nids:", skip, split);
+    for (int32_t id : ids) std::fprintf(stderr, " %d", id);
+    std::fprintf(stderr, "\nrest:  %s\nwhole: %s\n", rest.c_str(), full->c_str());
+    __builtin_trap();
+  }
 }
 
 void FuzzText(std::string_view text) {

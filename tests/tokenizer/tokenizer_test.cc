@@ -492,6 +492,8 @@ TEST(IncrementalDecoder, APrimedStreamContinuesThePromptsText) {
   // A prompt ending in a byte token cannot anchor: the bytes after it may complete its character.
   EXPECT_EQ(stream({1, 6 + 0xC3}, {6 + 0xA9, 5}), "\xEF\xBF\xBD.");
   EXPECT_EQ(stream({1, 6 + 0x41}, {4}), "blue");
+  // Byte tokens before the prompt's last token decode with it: "é" then "." is a text to continue.
+  EXPECT_EQ(stream({1, 6 + 0xC3, 6 + 0xA9, 5}, {4}), " blue");
 }
 
 TEST(PostProcessor, TemplateAddsBosOnlyWithSpecialTokens) {
