@@ -663,8 +663,9 @@ void Scheduler::OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now
   const bool can_stop = n >= req.min_tokens;
   FinishReason reason = FinishReason::kNone;
   // One rule for text and ids: the text of a request is the detokenization of its token_ids under
-  // skip_special_tokens, eos and stop_token_ids included (a special eos renders as nothing unless
-  // special tokens are kept). Only a matched stop string makes them differ (README, GenerateResponse).
+  // skip_special_tokens, after its prompt's text. What ended it is left out of the text unless
+  // include_stop_str_in_output: a matched stop string, and the eos or stop id that ended it (the
+  // id stays in token_ids), as vLLM does (README, GenerateResponse).
   if (!req.ignore_eos &&
       std::find(options_.eos_ids.begin(), options_.eos_ids.end(), token) != options_.eos_ids.end()) {
     reason = FinishReason::kEos;
@@ -673,8 +674,10 @@ void Scheduler::OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now
     seq->stop_reason = absl::StrCat(token);
   }
   if (reason != FinishReason::kNone) {
-    // The ending token's text, unmatched: stop strings do not apply to it.
-    if (seq->detok != nullptr) seq->pending_text += seq->stop.Push(seq->detok->Add(token), false).text;
+    // The ending token's text, kept only on request and unmatched: stop strings do not apply to it.
+    if (seq->detok != nullptr && req.include_stop_str_in_output) {
+      seq->pending_text += seq->stop.Push(seq->detok->Add(token), false).text;
+    }
   } else if (seq->detok != nullptr) {
     StopMatcher::Result r = seq->stop.Push(seq->detok->Add(token), can_stop);
     seq->pending_text += r.text;

@@ -221,12 +221,13 @@ TEST(Scheduler, BatchingDoesNotChangeResults) {
 }
 
 TEST(Scheduler, EosIgnoreEosAndMinTokens) {
-  auto run = [](bool ignore_eos, int min_tokens) {
+  auto run = [](bool ignore_eos, int min_tokens, bool keep_stop = false) {
     Harness h(256, 4, 64);
     h.backend.eos_at_context = 10 + 3;  // the 4th output token would be eos
     GenerateRequest r = Req("x", 10, 8);
     r.ignore_eos = ignore_eos;
     r.min_tokens = min_tokens;
+    r.include_stop_str_in_output = keep_stop;
     h.Add(r);
     h.RunToCompletion();
     return h.results["x"];
@@ -235,9 +236,13 @@ TEST(Scheduler, EosIgnoreEosAndMinTokens) {
   EXPECT_EQ(plain.final.finish_reason, FinishReason::kEos);
   ASSERT_EQ(plain.ids.size(), 4u);
   EXPECT_EQ(plain.ids.back(), kFakeEos);
-  // Text and ids agree: the eos id's text is output like any token's (the fake codec has no special
-  // tokens, so it renders "0,").
-  EXPECT_EQ(plain.text, absl::StrCat(plain.ids[0], ",", plain.ids[1], ",", plain.ids[2], ",", kFakeEos, ","));
+  // The eos id ends token_ids; its text is left out, as a stop string's (the fake codec has no
+  // special tokens: it would render "0,")...
+  EXPECT_EQ(plain.text, absl::StrCat(plain.ids[0], ",", plain.ids[1], ",", plain.ids[2], ","));
+  // ... unless include_stop_str_in_output.
+  Result kept = run(false, 0, true);
+  EXPECT_EQ(kept.ids, plain.ids);
+  EXPECT_EQ(kept.text, absl::StrCat(plain.ids[0], ",", plain.ids[1], ",", plain.ids[2], ",", kFakeEos, ","));
 
   Result ignored = run(true, 0);
   EXPECT_EQ(ignored.final.finish_reason, FinishReason::kLength);
@@ -270,6 +275,10 @@ TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
     size_t first = 0;
     while (ids[first] != ids[5]) first++;
     EXPECT_EQ(res.ids.size(), first + 1);
+    // The stop id's text is left out.
+    std::string text;
+    for (size_t i = 0; i < first; ++i) absl::StrAppend(&text, ids[i], ",");
+    EXPECT_EQ(res.text, text);
   }
   {
     // A stop string spanning tokens 6 and 7: the tail of "<id6>," and the head of "<id7>,".

@@ -13,6 +13,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -894,14 +895,22 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
     EXPECT_EQ(out.last.finish_reason(), v1::FINISH_REASON_EOS);
     EXPECT_EQ(out.last.stop_reason(), "");
     EXPECT_EQ(out.last.usage().completion_tokens(), static_cast<uint32_t>(k + 1));
-    EXPECT_EQ(out.text, prefix_text[k + 1]) << "the eos token's text is output like any token's";
+    EXPECT_EQ(out.text, prefix_text[k]) << "the eos token's text is left out, as a stop string's";
 
     grpc::ClientContext cctx;
     GenerateResponse unary;
     ASSERT_TRUE(ts.stub().Complete(&cctx, stop_at_eos, &unary).ok());
     EXPECT_EQ(std::vector<int32_t>(unary.token_ids().begin(), unary.token_ids().end()), want);
     EXPECT_EQ(unary.finish_reason(), v1::FINISH_REASON_EOS);
-    EXPECT_EQ(unary.text(), prefix_text[k + 1]);
+    EXPECT_EQ(unary.text(), prefix_text[k]);
+
+    // include_stop_str_in_output keeps it.
+    GenerateRequest keep = stop_at_eos;
+    keep.mutable_stopping()->set_include_stop_str_in_output(true);
+    Outcome kept = ts.Generate(keep);
+    ASSERT_TRUE(kept.status.ok());
+    EXPECT_EQ(kept.ids, want);
+    EXPECT_EQ(kept.text, prefix_text[k + 1]);
 
     // ignore_eos: the same tokens, through the eos and on to max_tokens.
     Outcome past = ts.Generate(base);
@@ -924,8 +933,9 @@ TEST(Server, EosEndsGenerationWithFinishReasonEosUnlessIgnored) {
 
 // Text and ids agree (README, GenerateResponse): over many seeded requests on both RPCs, with eos,
 // stop_token_ids and special tokens kept or skipped, the concatenated text of each finished request
-// is the detokenization of its token_ids; with a stop string, it is that detokenization cut just
-// before the stop string (or just after it with include_stop_str_in_output).
+// is the detokenization of its token_ids, less the eos or stop id that ended it (kept with
+// include_stop_str_in_output); with a stop string, it is that detokenization cut just before the
+// stop string (or just after it with include_stop_str_in_output).
 TEST(Server, TextIsTheDetokenizationOfTheIds) {
   TestServer ts;
   grpc::ClientContext mctx;
@@ -951,7 +961,8 @@ TEST(Server, TextIsTheDetokenizationOfTheIds) {
     }
     const std::string stop = i % 8 < 4 ? "e" : ";";
     if (kind >= 2) r.mutable_stopping()->add_stop(stop);
-    if (kind == 3) r.mutable_stopping()->set_include_stop_str_in_output(true);
+    const bool keep_stop = kind == 3 || (kind == 1 && i % 8 >= 4);
+    if (keep_stop) r.mutable_stopping()->set_include_stop_str_in_output(true);
     Outcome out;
     if (i % 2 == 0) {
       out = ts.Generate(r);
@@ -966,9 +977,15 @@ TEST(Server, TextIsTheDetokenizationOfTheIds) {
     ASSERT_TRUE(decoded.ok());
     const v1::FinishReason why = out.last.finish_reason();
     const bool by_string = why == v1::FINISH_REASON_STOP && kind >= 2;
-    seen[absl::StrCat(v1::FinishReason_Name(why), by_string ? " (string)" : "", skip_special ? "" : " keep-special")]++;
+    seen[absl::StrCat(v1::FinishReason_Name(why), by_string ? " (string)" : "", skip_special ? "" : " keep-special",
+                      keep_stop ? " keep-stop" : "")]++;
     if (!by_string) {
-      EXPECT_EQ(out.text, *decoded) << "ids and text disagree, finish " << v1::FinishReason_Name(why);
+      const bool by_id = why == v1::FINISH_REASON_EOS || why == v1::FINISH_REASON_STOP;
+      ASSERT_FALSE(out.ids.empty());
+      auto without_last = (*tok)->Decode(std::span<const int32_t>(out.ids.data(), out.ids.size() - 1), skip_special);
+      ASSERT_TRUE(without_last.ok());
+      EXPECT_EQ(out.text, by_id && !keep_stop ? *without_last : *decoded)
+          << "ids and text disagree, finish " << v1::FinishReason_Name(why);
       continue;
     }
     EXPECT_EQ(out.last.stop_reason(), stop);
@@ -982,6 +999,8 @@ TEST(Server, TextIsTheDetokenizationOfTheIds) {
   }
   for (const auto& [what, n] : seen) std::printf("  %-40s %d\n", what.c_str(), n);
   EXPECT_GT(seen["FINISH_REASON_STOP"] + seen["FINISH_REASON_STOP keep-special"], 0) << "no stop-token finish";
+  EXPECT_GT(seen["FINISH_REASON_STOP keep-stop"] + seen["FINISH_REASON_STOP keep-special keep-stop"], 0)
+      << "no stop-token finish that keeps the token's text";
   EXPECT_GT(seen["FINISH_REASON_STOP (string)"] + seen["FINISH_REASON_STOP (string) keep-special"], 0);
   EXPECT_TRUE(ts.WaitIdle());
 }
