@@ -115,7 +115,13 @@ absl::Status EnginePool::Submit(GenerateRequest request, EventSink sink) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (auto it = live_.find(id); !id.empty() && it != live_.end()) {
-      chosen = it->second.engine;  // that engine refuses the duplicate, or takes it once free
+      // That engine refuses the duplicate, or takes it if the request has just ended there (its
+      // final event is on the way). An engine taken out of routing gets nothing new: the id is
+      // live or was a moment ago, and the pool refuses it itself.
+      if (!serving_[it->second.engine].load()) {
+        return absl::AlreadyExistsError(absl::StrCat("request_id: '", id, "' is already running"));
+      }
+      chosen = it->second.engine;
       it->second.refs++;
     } else {
       chosen = ChooseLocked(key, has_key);

@@ -223,6 +223,32 @@ TEST(EnginePool, AnEngineTakenOutGetsNoNewRequests) {
   EXPECT_FALSE(pool->Stats().backend_healthy);
 }
 
+// A duplicate of a request live on an engine taken out of routing is refused by the pool itself:
+// it never reaches that engine, which would take it if the request had just ended there.
+TEST(EnginePool, ADuplicateIdNeverReachesAnEngineTakenOut) {
+  auto pool = MakePool(2, absl::Milliseconds(20));
+  Collector a;
+  std::vector<uint64_t> before = Routed(*pool);
+  ASSERT_TRUE(pool->Submit(Req("a", 30, 300, 1), a.Sink()).ok());
+  const int ea = RoutedTo(*pool, before);
+  ASSERT_GE(ea, 0);
+  pool->TakeOut(ea);
+  before = Routed(*pool);
+  Collector dup;
+  const absl::Status st = pool->Submit(Req("a", 5, 5, 3), dup.Sink());
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists) << st;
+  EXPECT_NE(st.message().find("'a'"), std::string::npos) << st;
+  EXPECT_EQ(Routed(*pool), before) << "the duplicate was routed";
+  // Abort still finds the original there, and then the id is free for the serving engine.
+  EXPECT_EQ(pool->Abort({"a"}), std::vector<std::string>{"a"});
+  ASSERT_TRUE(a.Wait(kWait));
+  Collector again;
+  ASSERT_TRUE(pool->Submit(Req("a", 5, 2, 3), again.Sink()).ok());
+  EXPECT_EQ(RoutedTo(*pool, before), 1 - ea);
+  ASSERT_TRUE(again.Wait(kWait));
+  EXPECT_EQ(again.final().finish_reason, FinishReason::kLength);
+}
+
 TEST(EnginePool, TotalsAreTheSumsOfTheEngines) {
   auto pool = MakePool(2, absl::Milliseconds(20));
   Collector a, b;
