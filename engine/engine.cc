@@ -133,6 +133,12 @@ class Engine::Impl {
 absl::Status Engine::Impl::Validate(const GenerateRequest& req) const {
   const ModelConfig& cfg = backend_->config();
   if (req.request_id.empty()) return absl::InvalidArgumentError("request_id: must not be empty");
+  // Token ids first, so that an id outside the vocabulary is OUT_OF_RANGE whatever its sign.
+  for (const auto& [id, bias] : req.sampling.logit_bias) {
+    if (id < 0 || id >= cfg.vocab_size) {
+      return absl::OutOfRangeError(absl::StrCat("sampling.logit_bias: token ", id, " is outside [0, ", cfg.vocab_size, ")"));
+    }
+  }
   if (absl::Status s = req.sampling.Validate(); !s.ok()) return s;
   if (req.max_tokens < 0) return absl::InvalidArgumentError("stopping.max_tokens: must be >= 0");
   if (req.min_tokens < 0) return absl::InvalidArgumentError("stopping.min_tokens: must be >= 0");
@@ -146,11 +152,6 @@ absl::Status Engine::Impl::Validate(const GenerateRequest& req) const {
   if (req.prompt_logprobs > options_.max_logprobs) {
     return absl::OutOfRangeError(
         absl::StrCat("prompt_logprobs: at most ", options_.max_logprobs, ", got ", req.prompt_logprobs));
-  }
-  for (const auto& [id, bias] : req.sampling.logit_bias) {
-    if (id >= cfg.vocab_size) {
-      return absl::OutOfRangeError(absl::StrCat("sampling.logit_bias: token ", id, " is outside [0, ", cfg.vocab_size, ")"));
-    }
   }
   for (int32_t id : req.stop_token_ids) {
     if (id < 0 || id >= cfg.vocab_size) {
@@ -217,11 +218,18 @@ absl::Status Engine::Impl::Submit(GenerateRequest req, EventSink sink) {
         absl::StrCat("prompt: ", n, " tokens leave no room in the context of ", ctx, " tokens"));
   }
   if (req.max_tokens == 0) {
-    req.max_tokens = static_cast<int32_t>(std::min<int64_t>(options_.default_max_tokens, ctx - n));
+    // The server default, capped by the context and by the KV cache (which --kv-blocks may make
+    // smaller than a context): an unset max_tokens never makes a request that fits impossible.
+    const int64_t kv_tokens = static_cast<int64_t>(kv_.num_blocks()) * kv_.block_size();
+    if (n >= kv_tokens) {
+      return absl::OutOfRangeError(absl::StrCat("prompt: ", n, " tokens leave no room in the KV cache of ", kv_tokens,
+                                                " tokens"));
+    }
+    req.max_tokens = static_cast<int32_t>(std::min<int64_t>({options_.default_max_tokens, ctx - n, kv_tokens - n}));
     if (req.min_tokens > req.max_tokens) {  // README: min_tokens <= max_tokens, the effective one too
       return absl::InvalidArgumentError(absl::StrCat(
           "stopping.min_tokens: ", req.min_tokens, " exceeds the effective max_tokens ", req.max_tokens,
-          " (max_tokens unset: the server default, capped by the context)"));
+          " (max_tokens unset: the server default, capped by the context and the KV cache)"));
     }
   } else if (n + req.max_tokens > ctx) {
     return absl::OutOfRangeError(absl::StrCat("stopping.max_tokens: prompt (", n, " tokens) + max_tokens (",

@@ -116,7 +116,8 @@ struct FinishReport {
   absl::Duration prefill_time;  // first scheduled -> first token
   absl::Duration decode_time;   // first token -> last token
   absl::Duration e2e;
-  bool scheduled = false;       // it ran at least one step (a deadline hit it running, not queued)
+  bool scheduled = false;       // it ran at least one step
+  bool running = false;         // it was running when it ended (a preempted request waiting again is not)
   bool aborted = false;         // ended by an Abort RPC (as cancelled, or deadline when it had passed)
 };
 

@@ -34,7 +34,8 @@ absl::Status SamplingParams::Validate() const {
   }
   std::unordered_set<int32_t> ids;
   for (const auto& [id, bias] : logit_bias) {
-    if (id < 0) return bad("logit_bias", absl::StrCat("token id ", id, " is negative"));
+    // Outside the vocabulary whatever the vocabulary: OUT_OF_RANGE, as an id past its end is.
+    if (id < 0) return absl::OutOfRangeError(absl::StrCat("logit_bias: token ", id, " is outside the vocabulary"));
     if (!std::isfinite(bias) || std::fabs(bias) > 100.f) {
       return bad("logit_bias", absl::StrCat("the bias of token ", id, " must be in [-100, 100]"));
     }

@@ -676,10 +676,11 @@ void Scheduler::OnToken(Seq* seq, int32_t token, StepLogprobs lp, absl::Time now
   if (reason != FinishReason::kNone) {
     // The ending token's text, kept only on request and unmatched: stop strings do not apply to it.
     if (seq->detok != nullptr && req.include_stop_str_in_output) {
-      seq->pending_text += seq->stop.Push(seq->detok->Add(token), false).text;
+      seq->pending_text += seq->stop.Push(seq->detok->Add(token), StopMatcher::Check::kRelease).text;
     }
   } else if (seq->detok != nullptr) {
-    StopMatcher::Result r = seq->stop.Push(seq->detok->Add(token), can_stop);
+    StopMatcher::Result r = seq->stop.Push(seq->detok->Add(token), can_stop ? StopMatcher::Check::kMatch
+                                                                              : StopMatcher::Check::kHoldOnly);
     seq->pending_text += r.text;
     if (r.matched) {
       reason = FinishReason::kStop;
@@ -720,7 +721,8 @@ void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, abs
     // The flush (e.g. U+FFFD for a trailing incomplete character) is stop-matched like any other
     // delta; then whatever was held back as a possible stop prefix is released.
     const bool can_stop = seq->num_output() >= req.min_tokens;
-    StopMatcher::Result r = seq->stop.Push(seq->detok->Flush(), can_stop);
+    StopMatcher::Result r =
+        seq->stop.Push(seq->detok->Flush(), can_stop ? StopMatcher::Check::kMatch : StopMatcher::Check::kHoldOnly);
     seq->pending_text += r.text;
     if (r.matched) {
       if (req.include_stop_str_in_output) seq->pending_text += r.stop;
@@ -775,6 +777,7 @@ void Scheduler::Complete(Seq* seq, FinishReason reason, absl::Status status, abs
     }
     rep.e2e = now - seq->arrival;
     rep.scheduled = seq->first_scheduled != absl::InfinitePast();
+    rep.running = seq->running;
     rep.aborted = seq->ended_by_abort_rpc;
     observer_->OnFinish(rep);
   }

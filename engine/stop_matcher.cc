@@ -11,11 +11,11 @@ StopMatcher::StopMatcher(std::vector<std::string> stops) {
   }
 }
 
-StopMatcher::Result StopMatcher::Push(std::string_view delta, bool check) {
+StopMatcher::Result StopMatcher::Push(std::string_view delta, Check check) {
   Result r;
   if (done_) return r;
   pending_.append(delta);
-  if (!check || stops_.empty()) {
+  if (check == Check::kRelease || stops_.empty()) {
     r.text = std::move(pending_);
     pending_.clear();
     return r;
@@ -25,6 +25,7 @@ StopMatcher::Result StopMatcher::Push(std::string_view delta, bool check) {
   size_t best = std::string::npos;
   const std::string* best_stop = nullptr;
   for (const auto& s : stops_) {
+    if (check != Check::kMatch) break;
     const size_t pos = pending_.find(s);
     if (pos == std::string::npos) continue;
     if (pos < best || (pos == best && s.size() > best_stop->size())) {

@@ -22,9 +22,14 @@ class StopMatcher {
     std::string stop;      // the stop string that matched
   };
 
-  // Appends `delta`; when `check` is false (e.g. before min_tokens) nothing is held or matched.
-  // After a match the matcher discards everything that follows.
-  Result Push(std::string_view delta, bool check = true);
+  enum class Check {
+    kMatch,     // hold back possible stop prefixes and stop at a complete stop string
+    kHoldOnly,  // hold back possible stop prefixes, but match nothing (before min_tokens): a stop
+                // string that completes once matching is on is found even where it began earlier
+    kRelease,   // neither: everything pending goes out (the text of the token that ended the request)
+  };
+  // Appends `delta`. After a match the matcher discards everything that follows.
+  Result Push(std::string_view delta, Check check = Check::kMatch);
   // Releases the held-back text (the stream ended without a match).
   std::string Flush();
 

@@ -119,7 +119,8 @@ void MetricsObserver::OnFinish(const FinishReport& r) {
   // first (its last token was on the device) is not an abort.
   if (r.aborted) m_->request_aborts->Increment();
   if (r.reason == FinishReason::kDeadline) {
-    m_->RequestDeadlineExceeded(r.scheduled ? metrics::DeadlineStage::kRunning : metrics::DeadlineStage::kQueued)
+    // Where it was: a preempted request back in the queue is queued, as the engine's status says.
+    m_->RequestDeadlineExceeded(r.running ? metrics::DeadlineStage::kRunning : metrics::DeadlineStage::kQueued)
         .Increment();
   }
   // The first token of each request has no inter-token gap; OnToken counted the others.

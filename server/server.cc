@@ -141,6 +141,7 @@ void Server::Impl::SetReady(bool ready) {
   std::lock_guard<std::mutex> lock(ready_mu_);
   if (ctx_.draining.load() || backend_failed_.load()) ready = false;
   ready_.store(ready);
+  ctx_.ready.store(ready);
   if (grpc_ != nullptr && grpc_->GetHealthCheckService() != nullptr) {
     grpc_->GetHealthCheckService()->SetServingStatus(kReadinessService, ready);
   }

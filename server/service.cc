@@ -184,13 +184,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       }
       a = NextLocked();
     }
-    if (!ok && engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
+    if (!ok) AbortUnlessEnded();
     Run(a);
   }
 
-  void OnCancel() override {
-    if (engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
-  }
+  void OnCancel() override { AbortUnlessEnded(); }
 
   void OnDone() override {
     if (owners_.Release()) delete this;
@@ -229,6 +227,16 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     }
     Run(a);
     if (final && owners_.Release()) delete this;
+  }
+
+  // Cancels the request unless its final event came: once it has, its id may already belong to a
+  // new request, which a late cancel of this call must not reach.
+  void AbortUnlessEnded() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (final_) return;
+    }
+    if (engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
   }
 
   // mu_ held: decides what to start next; the call itself happens after unlocking.
@@ -313,7 +321,8 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
-    if (engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
+    // Once the final event came, the id may already belong to a new request (see GenerateReactor).
+    if (engine_ != nullptr && !ended_.load()) engine_->Abort({id_}, CancelSource::kClient);
   }
   void OnDone() override {
     if (owners_.Release()) delete this;
@@ -324,6 +333,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     // Only the engine thread touches response_ until Finish.
     AppendEvent(e, response_);
     if (!e.finished) return;
+    ended_.store(true);
     const grpc::Status st = FinalStatus(e);
     ApiKeys::Release(key_);
     LogRequest(ctx_, "Complete", id_, peer_, key_, e, st);
@@ -341,6 +351,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   std::string id_;
   ApiKey* key_ = nullptr;
   TwoOwners owners_;
+  std::atomic<bool> ended_{false};  // the final event came
 };
 
 grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* call, const grpc::Status& st) {
@@ -484,7 +495,7 @@ grpc::Status SbServeService::GetServerInfoTyped(grpc::CallbackServerContext*,
   response->set_uptime_s(absl::ToDoubleSeconds(absl::Now() - ctx_->start_time));
   EnginePool* engine = ctx_->engine.load();
   response->set_draining(ctx_->draining.load());
-  response->set_ready(engine != nullptr && !ctx_->draining.load());
+  response->set_ready(ctx_->ready.load());
   if (engine != nullptr) {
     std::vector<EngineStats> per_engine;
     const EngineStats s = engine->Stats(&per_engine);

@@ -23,6 +23,7 @@ inline constexpr char kSbserveVersion[] = "0.1.0";
 struct ServiceContext {
   std::atomic<EnginePool*> engine{nullptr};  // null while loading; one or more engines
   std::atomic<bool> draining{false};
+  std::atomic<bool> ready{false};  // the readiness probe's answer (GetServerInfo.ready)
   metrics::ServingMetrics* metrics = nullptr;  // may be null
   const ApiKeys* api_keys = nullptr;           // null: no authentication
   bool log_requests = true;

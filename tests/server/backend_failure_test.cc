@@ -113,6 +113,12 @@ TEST(BackendFailure, KConsecutiveFailedStepsTurnReadinessOffForGood) {
   Harness h(/*max_failures=*/3, /*fatal=*/false);
   ASSERT_TRUE(h.Generate().ok());
   EXPECT_EQ(h.Http("/ready"), 200);
+  {
+    grpc::ClientContext ctx;
+    v1::ServerInfo info;
+    ASSERT_TRUE(h.stub->GetServerInfo(&ctx, {}, &info).ok());
+    EXPECT_TRUE(info.ready());
+  }
   h.failures->store(1000);  // every step fails from now on
   for (int i = 0; i < 2; ++i) {
     grpc::Status st = h.Generate();
@@ -125,6 +131,14 @@ TEST(BackendFailure, KConsecutiveFailedStepsTurnReadinessOffForGood) {
   for (int i = 0; i < 200 && h.Http("/ready") != 503; ++i) absl::SleepFor(absl::Milliseconds(5));
   EXPECT_EQ(h.Http("/ready"), 503);
   EXPECT_FALSE(h.server->ready());
+  {
+    // GetServerInfo says the same as the probes.
+    grpc::ClientContext ctx;
+    v1::ServerInfo info;
+    ASSERT_TRUE(h.stub->GetServerInfo(&ctx, {}, &info).ok());
+    EXPECT_FALSE(info.ready());
+    EXPECT_FALSE(info.draining());
+  }
   EXPECT_EQ(h.Health("sbserve.v1.SbServe"), kNotServing);
   EXPECT_EQ(h.Http("/health"), 200) << "liveness stays up";
   EXPECT_EQ(h.Health(""), kServing);

@@ -39,8 +39,8 @@ TEST(ConvertCases, LogitBiasOutOfRangeIsRefusedNamingTheField) {
   p.mutable_sampling()->mutable_logit_bias()->erase(4);
   (*p.mutable_sampling()->mutable_logit_bias())[-2] = 1.f;
   r = RequestFromProto(p);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(r.status().message().find("sampling.logit_bias: token id -2"), std::string::npos) << r.status();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kOutOfRange) << "as for an id past the vocabulary's end";
+  EXPECT_NE(r.status().message().find("sampling.logit_bias: token -2 is outside"), std::string::npos) << r.status();
 }
 
 TEST(ConvertCases, SixteenStopStringsAreTheLimit) {

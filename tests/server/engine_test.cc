@@ -97,6 +97,22 @@ TEST(Engine, ValidationNamesTheField) {
   ASSERT_TRUE(e2->Submit(d, c.Sink()).ok());
   ASSERT_TRUE(c.Wait());
   EXPECT_EQ(c.num_ids(), 5u);
+  // And by the KV cache when it holds less than a context: 4 blocks of 16 = 64 tokens, so a
+  // 3-token prompt gets 61 of the default 256 instead of a refusal naming a field it never set.
+  EngineOptions small;
+  small.kv_num_blocks = 4;
+  small.kv_block_size = 16;
+  auto e3 = MakeEngine(small);
+  Collector k;
+  ASSERT_TRUE(e3->Submit(Req("k", 3, 0), k.Sink()).ok());
+  ASSERT_TRUE(k.Wait());
+  EXPECT_EQ(k.final().finish_reason, FinishReason::kLength);
+  EXPECT_EQ(k.num_ids(), 61u);
+  // A prompt that fills the KV cache is refused, naming the prompt.
+  Collector full;
+  st = e3->Submit(Req("f", 64, 0), full.Sink());
+  EXPECT_EQ(st.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(st.message().find("prompt: 64 tokens leave no room in the KV cache"), std::string::npos) << st;
 }
 
 // A +100 bias makes every draw of a sampled request that token; a -100 bias on it in a greedy

@@ -41,7 +41,7 @@ TEST(MetricsObserver, ThreeTokensCountThreeAndTwoGapsMakeTheTimePerOutputToken) 
   EXPECT_EQ(f.m.RequestSuccess(metrics::FinishReason::kLength).Value(), 1.0);
 }
 
-TEST(MetricsObserver, DeadlineStageFollowsWhetherTheRequestRan) {
+TEST(MetricsObserver, DeadlineStageFollowsWhereTheRequestWas) {
   Fixture f;
   MetricsObserver obs(&f.m);
   FinishReport queued;
@@ -52,10 +52,17 @@ TEST(MetricsObserver, DeadlineStageFollowsWhetherTheRequestRan) {
   EXPECT_EQ(f.m.RequestDeadlineExceeded(metrics::DeadlineStage::kRunning).Value(), 0.0);
   FinishReport running = queued;
   running.scheduled = true;
+  running.running = true;
   running.completion_tokens = 1;
   obs.OnFinish(running);
   obs.OnFinish(running);
   EXPECT_EQ(f.m.RequestDeadlineExceeded(metrics::DeadlineStage::kQueued).Value(), 1.0);
+  EXPECT_EQ(f.m.RequestDeadlineExceeded(metrics::DeadlineStage::kRunning).Value(), 2.0);
+  // Preempted: it ran, but its deadline passed while it waited again.
+  FinishReport preempted = running;
+  preempted.running = false;
+  obs.OnFinish(preempted);
+  EXPECT_EQ(f.m.RequestDeadlineExceeded(metrics::DeadlineStage::kQueued).Value(), 2.0);
   EXPECT_EQ(f.m.RequestDeadlineExceeded(metrics::DeadlineStage::kRunning).Value(), 2.0);
 }
 

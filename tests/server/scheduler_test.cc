@@ -299,6 +299,32 @@ TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
   }
 }
 
+// min_tokens turns matching on at the min_tokens-th token; a stop string that completes there is
+// found even when it began in the tokens before, and no part of it reaches the text.
+TEST(Scheduler, AStopStringCompletingAtMinTokensMatchesWhereItBegan) {
+  Harness ref(256, 4, 64);
+  ref.Add(Req("x", 12, 20));
+  ref.RunToCompletion();
+  const std::vector<int32_t> ids = ref.results["x"].ids;
+  ASSERT_EQ(ids.size(), 20u);
+  // The tail "," of token 2's text and the head of token 3's: "<id2>,<id3>,".
+  const std::string stop = absl::StrCat(",", ids[3]);
+  std::string before;  // the text of tokens 0..2
+  for (int i = 0; i < 3; ++i) absl::StrAppend(&before, ids[i], ",");
+  ASSERT_EQ((before + absl::StrCat(ids[3], ",")).find(stop), before.size() - 1) << "the stop occurs earlier";
+  Harness h(256, 4, 64);
+  GenerateRequest r = Req("x", 12, 20);
+  r.stop_strings = {stop};
+  r.min_tokens = 4;  // matching starts with token 3
+  h.Add(r);
+  h.RunToCompletion();
+  const Result& res = h.results["x"];
+  EXPECT_EQ(res.final.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(res.final.stop_reason, stop);
+  EXPECT_EQ(res.ids.size(), 4u);
+  EXPECT_EQ(res.text, before.substr(0, before.size() - 1));
+}
+
 // The text flushed when a request ends (U+FFFD for a trailing incomplete UTF-8 character) is
 // stop-matched like any other: a stop string in it ends the request as STOP and never reaches
 // the client. Text held back as a possible stop prefix is still released when nothing matched.

@@ -56,14 +56,34 @@ TEST(StopMatcher, NoMatchReleasesEverything) {
   EXPECT_EQ(stop, "");
 }
 
-TEST(StopMatcher, CheckDisabledPassesThroughAndDoesNotMatch) {
+TEST(StopMatcher, ReleasePassesThroughAndDoesNotMatch) {
   StopMatcher m({"ab"});
-  StopMatcher::Result r = m.Push("xab", /*check=*/false);
+  StopMatcher::Result r = m.Push("xab", StopMatcher::Check::kRelease);
   EXPECT_EQ(r.text, "xab");
   EXPECT_FALSE(r.matched);
   r = m.Push("yab");
   EXPECT_TRUE(r.matched);
   EXPECT_EQ(r.text, "y");
+}
+
+// Before min_tokens nothing matches, but a possible stop prefix is still held back: a stop string
+// that completes once matching is on is found even though it began earlier, and none of it leaks.
+TEST(StopMatcher, HoldOnlyMatchesNothingButKeepsAPrefixForLater) {
+  StopMatcher m({"sMetrics", "ab"});
+  StopMatcher::Result r = m.Push("xab", StopMatcher::Check::kHoldOnly);
+  EXPECT_EQ(r.text, "xab");  // a complete stop string before min_tokens is plain text
+  EXPECT_FALSE(r.matched);
+  r = m.Push("s", StopMatcher::Check::kHoldOnly);
+  EXPECT_EQ(r.text, "");
+  EXPECT_FALSE(r.matched);
+  r = m.Push("Metrics!");
+  EXPECT_TRUE(r.matched);
+  EXPECT_EQ(r.stop, "sMetrics");
+  EXPECT_EQ(r.text, "");
+  // Held text that turns out not to be a stop string goes out.
+  StopMatcher n({"sMetrics"});
+  EXPECT_EQ(n.Push("xs", StopMatcher::Check::kHoldOnly).text, "x");
+  EXPECT_EQ(n.Push("o").text, "so");
 }
 
 TEST(StopMatcher, NothingAfterMatch) {
