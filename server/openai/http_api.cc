@@ -40,6 +40,18 @@ constexpr auto kPollInterval = std::chrono::milliseconds(50);
 constexpr const char* kEndpoints[] = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize",
                                       "/detokenize",     "/health",              "/ready",     "/metrics"};
 
+// The method a known path takes, or null for an unknown path.
+const char* AllowedMethod(const std::string& path) {
+  for (const char* p : {"/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"}) {
+    if (path == p) return "POST";
+  }
+  for (const char* p : {"/v1/models", "/health", "/ready", "/metrics"}) {
+    if (path == p) return "GET";
+  }
+  if (path.rfind("/v1/models/", 0) == 0 && path.size() > 11) return "GET";
+  return nullptr;
+}
+
 // ---- the connection ---------------------------------------------------------------------------
 
 std::string SockAddrIp(const sockaddr_storage& a, int* port) {
@@ -252,6 +264,44 @@ class HttpApiServer::Impl {
     if (ctx_->metrics != nullptr) ctx_->metrics->RequestRejected(RejectReasonFor(s, loading)).Increment();
   }
 
+  // Reads the body of a POST into req.body, after the API key check: at most max_body_bytes, whether
+  // it comes with a Content-Length or chunked (httplib's own limit covers only the first), so that
+  // no client, authenticated or not, makes the server hold more. On failure the reply is written
+  // (401, or 413 and the connection closed, the rest of the body unread) and false returned.
+  bool ReadBody(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+    ApiKey* key = nullptr;
+    if (!Authorize(req, res, &key)) {
+      res.set_header("Connection", "close");
+      return false;
+    }
+    std::string body;
+    bool too_big = false;
+    const bool ok = read([&](const char* data, size_t n) {
+      if (body.size() + n > options_.max_body_bytes) {
+        too_big = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (too_big || res.status == 413) {
+      res.set_header("Connection", "close");
+      SendError(res, MakeError(413, "invalid_request_error",
+                               absl::StrCat("request body larger than ", options_.max_body_bytes, " bytes"), "body",
+                               "payload_too_large"));
+      return false;
+    }
+    if (!ok) {
+      res.set_header("Connection", "close");
+      SendError(res, MakeError(400, "invalid_request_error", "body: could not be read", "body"));
+      return false;
+    }
+    // httplib owns the request (not const there) and reads the body into it for plain handlers;
+    // this does the same for the handlers below.
+    const_cast<httplib::Request&>(req).body = std::move(body);
+    return true;
+  }
+
   // The body as a JSON object; 400 (counted as malformed) otherwise.
   bool ParseBody(const httplib::Request& req, httplib::Response& res, json* out) {
     *out = json::parse(req.body, nullptr, false);
@@ -283,6 +333,8 @@ class HttpApiServer::Impl {
   }
 
   void HandleGenerate(const httplib::Request& req, httplib::Response& res, Api api);
+  void HandleCompletions(const httplib::Request& req, httplib::Response& res) { HandleGenerate(req, res, Api::kCompletions); }
+  void HandleChat(const httplib::Request& req, httplib::Response& res) { HandleGenerate(req, res, Api::kChat); }
   void HandleModels(const httplib::Request& req, httplib::Response& res);
   void HandleTokenize(const httplib::Request& req, httplib::Response& res);
   void HandleDetokenize(const httplib::Request& req, httplib::Response& res);
@@ -337,6 +389,15 @@ absl::Status HttpApiServer::Impl::Start() {
     HttpError e;
     switch (res.status) {
       case 404:
+        if (const char* allow = AllowedMethod(req.path); allow != nullptr) {
+          // A known path asked with another method: 405 with the method it takes, as FastAPI does.
+          res.status = 405;
+          res.set_header("Allow", allow);
+          e = MakeError(405, "invalid_request_error",
+                        absl::StrCat(req.method, " ", req.path, " is not allowed; use ", allow), "",
+                        "method_not_allowed");
+          break;
+        }
         e = MakeError(404, "not_found_error", absl::StrCat("no route ", req.method, " ", req.path), "", "not_found");
         break;
       case 413:
@@ -355,15 +416,19 @@ absl::Status HttpApiServer::Impl::Start() {
   }));
   srv.set_logger([this](const httplib::Request& req, const httplib::Response& res) { CountHttp(req, res); });
 
-  srv.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    HandleGenerate(req, res, Api::kCompletions);
-  });
-  srv.Post("/v1/chat/completions",
-           [this](const httplib::Request& req, httplib::Response& res) { HandleGenerate(req, res, Api::kChat); });
+  // POST bodies go through ReadBody (its size limit and the key check before any of the body).
+  auto post = [this, &srv](const char* path, void (Impl::*handle)(const httplib::Request&, httplib::Response&)) {
+    srv.Post(path, [this, handle](const httplib::Request& req, httplib::Response& res,
+                                  const httplib::ContentReader& read) {
+      if (ReadBody(req, res, read)) (this->*handle)(req, res);
+    });
+  };
+  post("/v1/completions", &Impl::HandleCompletions);
+  post("/v1/chat/completions", &Impl::HandleChat);
   srv.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) { HandleModels(req, res); });
   srv.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) { HandleModels(req, res); });
-  srv.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) { HandleTokenize(req, res); });
-  srv.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) { HandleDetokenize(req, res); });
+  post("/tokenize", &Impl::HandleTokenize);
+  post("/detokenize", &Impl::HandleDetokenize);
   srv.Get("/health", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain; charset=utf-8");
   });

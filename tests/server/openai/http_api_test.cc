@@ -567,6 +567,53 @@ TEST(HttpApi, MalformedBodyUnknownModelRouteAndOversizeBody) {
   EXPECT_EQ(s.Client().Get("/v1/models/sbserve-demo")->status, 200);
   EXPECT_EQ(s.Client().Get("/v1/models/other")->status, 404);
   EXPECT_EQ(s.Client().Get("/health")->status, 200);
+
+  // A known path asked with the wrong method: 405 naming the one it takes.
+  r = s.Client().Get("/v1/completions");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_EQ(r->get_header_value("Allow"), "POST");
+  EXPECT_EQ(ErrorOf(json::parse(r->body))["code"], "method_not_allowed");
+  r = s.Client().Delete("/v1/models");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_EQ(r->get_header_value("Allow"), "GET");
+  r = s.Client().Post("/v1/models/sbserve-demo", "{}", "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+}
+
+// A chunked body (no Content-Length) is held to the same limit: 413 once it passes it, and a
+// chunked body under it is served as any other.
+TEST(HttpApi, ChunkedBodiesHaveTheSameSizeLimit) {
+  ServerOptions o = HttpOptions();
+  o.max_message_bytes = 1 << 20;
+  HttpServer s(o);
+  const std::string big = json{{"prompt", "x"}, {"max_tokens", 1}, {"junk", std::string(3 << 20, 'a')}}.dump();
+  auto chunked = [](const std::string& body) {
+    return [body](size_t offset, httplib::DataSink& sink) {
+      if (offset < body.size()) {
+        const size_t n = std::min<size_t>(64 << 10, body.size() - offset);
+        sink.write(body.data() + offset, n);
+      } else {
+        sink.done();
+      }
+      return true;
+    };
+  };
+  httplib::Result r = s.Client().Post("/v1/completions", chunked(big), "application/json");
+  ASSERT_TRUE(r) << "no reply: " << httplib::to_string(r.error());
+  EXPECT_EQ(r->status, 413) << r->body;
+  EXPECT_EQ(ErrorOf(json::parse(r->body))["code"], "payload_too_large");
+  const std::string small = json{{"prompt", "Once upon"}, {"max_tokens", 2}}.dump();
+  r = s.Client().Post("/v1/completions", chunked(small), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 2);
+  // The server goes on serving.
+  int status = 0;
+  s.PostJson("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 200);
 }
 
 TEST(HttpApi, ServedModelNameIsTheOneAccepted) {
