@@ -321,6 +321,10 @@ absl::StatusOr<ParsedRequest> ParseChatRequest(const json& body, const ChatTempl
   if (messages == nullptr || !messages->is_array() || messages->empty()) {
     return Bad("messages", "must be a non-empty list of messages");
   }
+  // What the template sees: every content a string, as vLLM gives templates by default. A list of
+  // text parts becomes their texts joined by newlines, a missing or null content the empty string
+  // (an assistant turn that only called tools), so that templates written for strings render them.
+  json rendered = json::array();
   for (size_t i = 0; i < messages->size(); ++i) {
     const json& m = (*messages)[i];
     const std::string at = absl::StrCat("messages[", i, "]");
@@ -331,13 +335,23 @@ absl::StatusOr<ParsedRequest> ParseChatRequest(const json& body, const ChatTempl
     if (content != nullptr && !content->is_string() && !content->is_array()) {
       return Bad(absl::StrCat(at, ".content"), "must be a string or a list of content parts");
     }
-    if (content != nullptr && content->is_array()) {
-      for (const json& part : *content) {
+    json& out_m = rendered.emplace_back(m);
+    if (content == nullptr) {
+      out_m["content"] = "";
+    } else if (content->is_array()) {
+      std::string text;
+      for (size_t k = 0; k < content->size(); ++k) {
+        const json& part = (*content)[k];
         const json* type = part.is_object() ? Field(part, "type") : nullptr;
         if (type == nullptr || *type != "text") {
           return Bad(absl::StrCat(at, ".content"), "only text content parts are supported");
         }
+        const json* t = Field(part, "text");
+        if (t == nullptr || !t->is_string()) return Bad(absl::StrCat(at, ".content[", k, "].text"), "must be a string");
+        if (k > 0) text.push_back('\n');
+        text += t->get<std::string>();
       }
+      out_m["content"] = std::move(text);
     }
   }
   bool add_generation_prompt = true;
@@ -351,7 +365,7 @@ absl::StatusOr<ParsedRequest> ParseChatRequest(const json& body, const ChatTempl
     return Bad("messages", absl::StrCat("this model has no chat template (", template_error,
                                         "); start sbserve with --chat-template FILE, or use /v1/completions"));
   }
-  absl::StatusOr<std::string> prompt = chat_template->Apply(*messages, add_generation_prompt, extra);
+  absl::StatusOr<std::string> prompt = chat_template->Apply(rendered, add_generation_prompt, extra);
   if (!prompt.ok()) return Bad("messages", absl::StrCat("chat template: ", prompt.status().message()));
   // The template writes the special tokens itself (bos and the turn markers).
   base.set_add_special_tokens(false);

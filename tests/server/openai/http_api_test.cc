@@ -360,6 +360,41 @@ TEST(HttpApi, ChatRendersTheTemplateAndStreamsRoleFirst) {
   EXPECT_NE(ErrorOf(r)["message"].get<std::string>().find("alternate"), std::string::npos) << r.dump();
 }
 
+// Content as a list of text parts renders as their texts joined by newlines, and a null content
+// as the empty string, as vLLM gives them to templates; other parts are refused.
+TEST(HttpApi, ChatContentPartsAndNullContentRenderAsStrings) {
+  HttpServer s(ChatOptions());
+  int status = 0;
+  auto tokens = [&](const json& messages) {
+    json r = s.PostJson("/tokenize", {{"messages", messages}}, &status);
+    EXPECT_EQ(status, 200) << r.dump();
+    return r["tokens"];
+  };
+  const json parts = {{{"role", "user"},
+                       {"content", {{{"type", "text"}, {"text", "Hi"}}, {{"type", "text"}, {"text", "there"}}}}}};
+  const json joined = {{{"role", "user"}, {"content", "Hi\nthere"}}};
+  EXPECT_EQ(tokens(parts), tokens(joined));
+  const json null_turn = {{{"role", "user"}, {"content", "a"}},
+                          {{"role", "assistant"}, {"content", nullptr}},
+                          {{"role", "user"}, {"content", "b"}}};
+  const json empty_turn = {{{"role", "user"}, {"content", "a"}},
+                           {{"role", "assistant"}, {"content", ""}},
+                           {{"role", "user"}, {"content", "b"}}};
+  EXPECT_EQ(tokens(null_turn), tokens(empty_turn));
+  // Through the completions endpoint too.
+  json r = s.PostJson("/v1/chat/completions", {{"messages", parts}, {"max_tokens", 2}}, &status);
+  EXPECT_EQ(status, 200) << r.dump();
+  const json image = {{"type", "image_url"}, {"image_url", {{"url", "x"}}}};
+  const json image_msg = {{"role", "user"}, {"content", json::array({image})}};
+  r = s.PostJson("/v1/chat/completions", {{"messages", json::array({image_msg})}, {"max_tokens", 2}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(ErrorOf(r)["param"], "messages[0].content") << r.dump();
+  const json bad_part = {{"type", "text"}, {"text", 5}};
+  const json bad_msg = {{"role", "user"}, {"content", json::array({bad_part})}};
+  r = s.PostJson("/v1/chat/completions", {{"messages", json::array({bad_msg})}, {"max_tokens", 2}}, &status);
+  EXPECT_EQ(status, 400);
+}
+
 TEST(HttpApi, ChatLogprobsShape) {
   HttpServer s(ChatOptions());
   int status = 0;
