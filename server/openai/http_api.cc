@@ -645,6 +645,26 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       }
     }
   }
+  // A request's choices are admitted together or not at all: choices that cannot fit the queues
+  // are refused before any is submitted, so that one large n x prompts request does not fill the
+  // queue and withdraw again, turning other requests away meanwhile (a race with other requests
+  // can still leave it to the engines to refuse a late choice).
+  if (num_choices > 1) {
+    const int64_t limit = static_cast<int64_t>(engine->options().max_queued_requests) * engine->size();
+    if (static_cast<int64_t>(num_choices) > limit) {
+      return reject(absl::InvalidArgumentError(absl::StrCat("n: ", num_choices, " choices (n x prompts) exceed the ",
+                                                            limit, " requests the server queues")),
+                    false);
+    }
+    const int64_t waiting = engine->Stats().waiting;
+    if (waiting + static_cast<int64_t>(num_choices) > limit) {
+      absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
+          "queue full: ", waiting, " requests waiting + ", num_choices, " choices exceed the limit of ", limit));
+      full.SetPayload(kRetryAfterPayloadUrl,
+                      absl::Cord(absl::StrCat(absl::ToInt64Milliseconds(engine->options().retry_after))));
+      return reject(full, false);
+    }
+  }
   if (absl::Status s = ApiKeys::Acquire(key); !s.ok()) return reject(s, false, /*count=*/false);
 
   auto gen = std::make_shared<Generation>(engine, key);

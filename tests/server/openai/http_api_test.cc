@@ -651,6 +651,25 @@ TEST(HttpApi, ChunkedBodiesHaveTheSameSizeLimit) {
   EXPECT_EQ(status, 200);
 }
 
+// The choices of one request are admitted together: n x prompts beyond what the server queues is
+// refused before any choice runs, naming n, and nothing is counted as cancelled.
+TEST(HttpApi, ChoicesBeyondTheQueueAreRefusedBeforeAnyIsSubmitted) {
+  ServerOptions o = HttpOptions();
+  o.engine.max_queued_requests = 4;
+  HttpServer s(o);
+  int status = 0;
+  json r = s.PostJson("/v1/completions", {{"prompt", {"a", "b"}}, {"n", 3}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 400) << r.dump();
+  EXPECT_EQ(ErrorOf(r)["param"], "n") << r.dump();
+  EXPECT_NE(ErrorOf(r)["message"].get<std::string>().find("6 choices"), std::string::npos) << r.dump();
+  httplib::Result m = s.Client().Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(MetricValue(m->body, "sbserve_request_success_total{finished_reason=\"cancelled\"}"), 0) << "nothing ran";
+  r = s.PostJson("/v1/completions", {{"prompt", {"a", "b"}}, {"n", 2}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 200) << r.dump();
+  EXPECT_EQ(r["choices"].size(), 4u);
+}
+
 TEST(HttpApi, ServedModelNameIsTheOneAccepted) {
   ServerOptions o = HttpOptions();
   o.served_model_name = "my-model";
@@ -763,27 +782,32 @@ TEST(HttpApi, NonStreamingClientThatDisconnectsCancels) {
 TEST(HttpApi, AdmissionRefusalIs429WithRetryAfterAndLeavesNothing) {
   ServerOptions o = HttpOptions();
   o.engine.max_num_seqs = 1;
-  o.engine.max_queued_requests = 1;
+  o.engine.max_queued_requests = 2;
   o.engine.retry_after = absl::Milliseconds(1500);
   HttpServer s(o);
-  HeldStream h;
-  Hold(s, &h, {{"prompt", "hold"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}});
-  // n = 2: the first choice takes the one queue slot, the second is refused; the whole request is
-  // refused and its first choice withdrawn.
+  HeldStream running;
+  Hold(s, &running, {{"prompt", "hold"}, {"max_tokens", 1900}, {"ignore_eos", true}, {"stream", true}});
+  ASSERT_TRUE(s.WaitMetric("sbserve_num_requests_running", 1));
+  // One request waits behind it (it runs its one token once the held stream is gone).
+  std::thread queued([&s] { s.Post("/v1/completions", {{"prompt", "wait"}, {"max_tokens", 1}}); });
+  ASSERT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 1));
+  // n = 2 with one request waiting and a queue of 2: the request is refused whole, before either
+  // choice is submitted.
   httplib::Result r = s.Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 4}, {"n", 2}});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 429);
   EXPECT_EQ(r->get_header_value("Retry-After"), "2");  // seconds, rounded up
   EXPECT_EQ(r->get_header_value("retry-after-ms"), "1500");
   EXPECT_EQ(ErrorOf(json::parse(r->body))["type"], "rate_limit_error");
-  // The withdrawn choice is cancelled while the held stream still runs, not left queued behind it.
-  EXPECT_TRUE(s.WaitMetric("sbserve_request_success_total{finished_reason=\"cancelled\"}", 1));
-  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0));
-  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_num_requests_running"), 1) << "the held stream is still running";
-  h.stop.store(true);
-  h.thread.join();
+  const std::string page = s.Metrics();
+  EXPECT_EQ(MetricValue(page, "sbserve_request_success_total{finished_reason=\"cancelled\"}"), 0) << "nothing withdrawn";
+  EXPECT_EQ(MetricValue(page, "sbserve_request_rejected_total{reason=\"queue_full\"}"), 1);
+  EXPECT_EQ(MetricValue(page, "sbserve_num_requests_running"), 1) << "the held stream is still running";
+  running.stop.store(true);
+  running.thread.join();
+  queued.join();
   EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_running", 0));
-  EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_request_rejected_total{reason=\"queue_full\"}"), 1);
+  EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0));
 }
 
 TEST(HttpApi, ApiKeysGuardTheApiButNotTheProbes) {
