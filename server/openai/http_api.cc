@@ -628,9 +628,11 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
   // its tokens: a text prompt is tokenized here (as the engine would) and submitted as ids.
   const TextCodec* codec = engine->codec();
   auto prompt_ids = std::make_shared<std::vector<std::vector<int32_t>>>(parsed->prompts.size());
+  parsed->echo_is_sent_text.assign(parsed->prompts.size(), false);
   if (parsed->echo && codec != nullptr) {
     for (size_t p = 0; p < parsed->prompts.size(); ++p) {
       GenerateRequest& first = requests[p * n];
+      parsed->echo_is_sent_text[p] = first.has_text;
       if (first.has_text && parsed->logprobs >= 0) {
         absl::StatusOr<std::vector<int32_t>> ids = codec->Encode(first.text, first.add_special_tokens);
         if (!ids.ok()) return reject(absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message())), false);
@@ -760,7 +762,8 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
         lp = api == Api::kChat ? json{{"content", ChatLogprobsContent(c.logprobs, *codec, p->logprobs)}, {"refusal", nullptr}}
                                : CompletionLogprobs(c.logprobs, *codec, p->logprobs, c.text_offset, p->skip_special_tokens);
         if (api == Api::kCompletions && p->echo) {
-          json all = EchoLogprobs((*prompt_ids)[i / n], c.prompt_logprobs, *codec, p->logprobs, p->skip_special_tokens);
+          json all = EchoLogprobs((*prompt_ids)[i / n], c.prompt_logprobs, *codec, p->logprobs,
+                                   p->skip_special_tokens && !p->echo_is_sent_text[i / n]);
           AppendLogprobs(&all, lp);
           lp = std::move(all);
         }
@@ -843,7 +846,8 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
             out += chunk({{"index", ce.index},
                           {"text", p->echo_texts[ce.index / n]},
                           {"logprobs", EchoLogprobs((*prompt_ids)[ce.index / n], c.prompt_logprobs, *codec,
-                                                    p->logprobs, p->skip_special_tokens)},
+                                                    p->logprobs,
+                                                    p->skip_special_tokens && !p->echo_is_sent_text[ce.index / n])},
                           {"finish_reason", nullptr}});
           }
           const bool has_lp = p->logprobs >= 0 && codec != nullptr && !e.logprobs.empty();

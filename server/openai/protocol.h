@@ -38,6 +38,9 @@ struct ParsedRequest {
   std::string model;  // empty: the served model
   std::vector<v1::GenerateRequest> prompts;
   std::vector<std::string> echo_texts;  // per prompt, with echo (token-id prompts: filled once decoded)
+  // Per prompt, with echo: the echo is the text the client sent, special-token strings included
+  // whatever skip_special_tokens says (a token-id prompt's echo is its decoded text).
+  std::vector<bool> echo_is_sent_text;
   int n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
