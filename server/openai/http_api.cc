@@ -558,7 +558,11 @@ void HttpApiServer::Impl::HandleDetokenize(const httplib::Request& req, httplib:
   std::vector<int32_t> ids;
   const int vocab = engine->model_config().vocab_size;
   for (const json& t : body["tokens"]) {
-    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= vocab) {
+    if (!t.is_number_integer()) {
+      return SendError(res, MakeError(400, "invalid_request_error", absl::StrCat("tokens: ", t.dump(), " is not a token id"),
+                                      "tokens"));
+    }
+    if (t.get<int64_t>() < 0 || t.get<int64_t>() >= vocab) {
       return SendError(res, MakeError(400, "invalid_request_error",
                                       absl::StrCat("tokens: ", t.dump(), " is outside [0, ", vocab, ")"), "tokens"));
     }
@@ -620,7 +624,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       v1::GenerateRequest proto = ChoiceRequest(*parsed, p, j);
       proto.set_request_id(num_choices == 1 ? base_id : absl::StrCat(base_id, "-", requests.size()));
       absl::StatusOr<GenerateRequest> r = PrepareRequest(ctx_, proto, deadline, &engine, &loading);
-      if (!r.ok()) return reject(ToOpenAiNames(r.status(), api), loading);
+      if (!r.ok()) return reject(ToOpenAiNames(r.status(), api, parsed->max_completion_tokens), loading);
       requests.push_back(*std::move(r));
     }
   }
@@ -678,7 +682,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
     if (!s.ok()) {
       gen->DropChoices(static_cast<int>(requests.size() - i));
       gen->AbortAll();
-      return reject(ToOpenAiNames(s, api), false);
+      return reject(ToOpenAiNames(s, api, parsed->max_completion_tokens), false);
     }
   }
 

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "engine/engine.h"
 #include "engine/tokenizer/utf8.h"
 #include "server/openai/chat_template.h"
@@ -152,6 +153,7 @@ absl::Status ParseCommon(const json& body, ParsedRequest* out, v1::GenerateReque
   const json* max_tokens = nullptr;
   if (out->api == Api::kChat) {
     if (absl::Status s = GetInt(body, "max_completion_tokens", &max_tokens); !s.ok()) return s;
+    out->max_completion_tokens = max_tokens != nullptr;
   }
   if (max_tokens == nullptr) {
     if (absl::Status s = GetInt(body, "max_tokens", &max_tokens); !s.ok()) return s;
@@ -163,12 +165,13 @@ absl::Status ParseCommon(const json& body, ParsedRequest* out, v1::GenerateReque
     st->set_min_tokens(ToU32(AsInt(*f)));
   }
   if (const json* stop = Field(body, "stop"); stop != nullptr) {
+    // An empty stop string stops nothing: OpenAI ignores it, and so does this door.
     if (stop->is_string()) {
-      st->add_stop(stop->get<std::string>());
+      if (!stop->get_ref<const std::string&>().empty()) st->add_stop(stop->get<std::string>());
     } else if (stop->is_array()) {
       for (const json& s : *stop) {
         if (!s.is_string()) return Bad("stop", "must be a string or a list of strings");
-        st->add_stop(s.get<std::string>());
+        if (!s.get_ref<const std::string&>().empty()) st->add_stop(s.get<std::string>());
       }
     } else {
       return Bad("stop", "must be a string or a list of strings");
@@ -381,17 +384,19 @@ v1::GenerateRequest ChoiceRequest(const ParsedRequest& req, size_t p, int j) {
   return r;
 }
 
-absl::Status ToOpenAiNames(const absl::Status& s, Api api) {
+absl::Status ToOpenAiNames(const absl::Status& s, Api api, bool max_completion_tokens) {
   if (s.ok()) return s;
-  const std::string msg(s.message());
+  // The gRPC field paths, wherever they appear, in the names the client sent.
+  std::string msg = absl::StrReplaceAll(
+      s.message(), {{"stopping.max_tokens", max_completion_tokens ? "max_completion_tokens" : "max_tokens"},
+                    {"stopping.", ""},
+                    {"sampling.", ""}});
   struct Rename {
     const char* from;
     const char* to;
   };
   const bool chat = api == Api::kChat;
   const Rename renames[] = {
-      {"sampling.", ""},
-      {"stopping.", ""},
       {"logprobs:", chat ? "top_logprobs:" : "logprobs:"},
       {"text:", chat ? "messages:" : "prompt:"},
       {"token_ids:", "prompt:"},
@@ -399,12 +404,13 @@ absl::Status ToOpenAiNames(const absl::Status& s, Api api) {
   };
   for (const Rename& r : renames) {
     if (absl::StartsWith(msg, r.from)) {
-      absl::Status out(s.code(), absl::StrCat(r.to, msg.substr(std::string(r.from).size())));
-      s.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
-      return out;
+      msg = absl::StrCat(r.to, msg.substr(std::string(r.from).size()));
+      break;
     }
   }
-  return s;
+  absl::Status out(s.code(), msg);
+  s.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
 }
 
 HttpError MakeError(int http_status, const std::string& type, const std::string& message, const std::string& param,

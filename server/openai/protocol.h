@@ -48,6 +48,7 @@ struct ParsedRequest {
   // Completions: `logprobs` (top-n, 0..max); chat: `top_logprobs` when `logprobs` is true. -1: off.
   int logprobs = -1;
   bool skip_special_tokens = true;  // special tokens are left out of the text (and of text_offset)
+  bool max_completion_tokens = false;  // chat: the limit came as max_completion_tokens (errors name it)
   std::string user;
 };
 
@@ -64,7 +65,7 @@ v1::GenerateRequest ChoiceRequest(const ParsedRequest& req, size_t p, int j);
 
 // Rewrites the field path a validation message starts with ("sampling.temperature: ...",
 // "stopping.max_tokens: ...") into the OpenAI field name ("temperature: ...").
-absl::Status ToOpenAiNames(const absl::Status& s, Api api);
+absl::Status ToOpenAiNames(const absl::Status& s, Api api, bool max_completion_tokens = false);
 
 // OpenAI's error object and the HTTP status for an absl::Status.
 struct HttpError {

@@ -484,6 +484,31 @@ TEST(HttpApi, LogprobsOfTokensHoldingPartOfACharacter) {
   }
 }
 
+// Errors speak the client's names: max_completion_tokens when that is what came, no gRPC field
+// paths anywhere in a message; an empty stop string is ignored, as OpenAI does.
+TEST(HttpApi, ErrorsNameTheFieldsAsSent) {
+  HttpServer s(ChatOptions());
+  int status = 0;
+  const json hi = {{{"role", "user"}, {"content", "hi"}}};
+  json r = s.PostJson("/v1/chat/completions", {{"messages", hi}, {"max_completion_tokens", 0}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(ErrorOf(r)["param"], "max_completion_tokens") << r.dump();
+  r = s.PostJson("/v1/chat/completions", {{"messages", hi}, {"max_completion_tokens", 100000}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(ErrorOf(r)["param"], "max_completion_tokens") << r.dump();
+  r = s.PostJson("/v1/completions", {{"prompt", "a"}, {"max_tokens", 1}, {"min_tokens", 5}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(ErrorOf(r)["param"], "min_tokens") << r.dump();
+  EXPECT_EQ(ErrorOf(r)["message"].get<std::string>().find("stopping."), std::string::npos) << r.dump();
+  r = s.PostJson("/v1/completions", {{"prompt", "a"}, {"max_tokens", 1}, {"stop", ""}}, &status);
+  EXPECT_EQ(status, 200) << r.dump();
+  r = s.PostJson("/v1/completions", {{"prompt", "a"}, {"max_tokens", 1}, {"stop", {"", "zz"}}}, &status);
+  EXPECT_EQ(status, 200) << r.dump();
+  r = s.PostJson("/detokenize", {{"tokens", {1.5}}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_NE(ErrorOf(r)["message"].get<std::string>().find("is not a token id"), std::string::npos) << r.dump();
+}
+
 TEST(HttpApi, BadFieldsAre400sNamingTheField) {
   HttpServer s;
   struct Case {
