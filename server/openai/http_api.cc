@@ -264,35 +264,30 @@ class HttpApiServer::Impl {
     if (ctx_->metrics != nullptr) ctx_->metrics->RequestRejected(RejectReasonFor(s, loading)).Increment();
   }
 
-  // Reads the body of a POST into req.body, after the API key check: at most max_body_bytes, whether
-  // it comes with a Content-Length or chunked (httplib's own limit covers only the first), so that
-  // no client, authenticated or not, makes the server hold more. On failure the reply is written
-  // (401, or 413 and the connection closed, the rest of the body unread) and false returned.
+  // Reads the body of a POST into req.body, after the API key check: at most max_body_bytes are
+  // kept, whether the body comes with a Content-Length or chunked (httplib's own limit covers only
+  // the first), so that no client, authenticated or not, makes the server hold more. The rest of a
+  // refused body (no key, or too large) is read and dropped, so that the connection stays in step
+  // for its next request, up to twice the limit; past that, reading stops and the connection is
+  // not reused. On failure the reply is written (401, 413 or 400) and false returned.
   bool ReadBody(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
     ApiKey* key = nullptr;
-    if (!Authorize(req, res, &key)) {
-      res.set_header("Connection", "close");
-      return false;
-    }
+    const bool authorized = Authorize(req, res, &key);
     std::string body;
-    bool too_big = false;
+    size_t seen = 0;
+    const size_t limit = options_.max_body_bytes;
     const bool ok = read([&](const char* data, size_t n) {
-      if (body.size() + n > options_.max_body_bytes) {
-        too_big = true;
-        return false;
-      }
-      body.append(data, n);
-      return true;
+      seen += n;
+      if (authorized && seen <= limit) body.append(data, n);
+      return seen <= 2 * limit;
     });
-    if (too_big || res.status == 413) {
-      res.set_header("Connection", "close");
-      SendError(res, MakeError(413, "invalid_request_error",
-                               absl::StrCat("request body larger than ", options_.max_body_bytes, " bytes"), "body",
-                               "payload_too_large"));
+    if (!authorized) return false;
+    if (seen > limit || res.status == 413) {
+      SendError(res, MakeError(413, "invalid_request_error", absl::StrCat("request body larger than ", limit, " bytes"),
+                               "body", "payload_too_large"));
       return false;
     }
     if (!ok) {
-      res.set_header("Connection", "close");
       SendError(res, MakeError(400, "invalid_request_error", "body: could not be read", "body"));
       return false;
     }
@@ -632,11 +627,9 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
   // its tokens: a text prompt is tokenized here (as the engine would) and submitted as ids.
   const TextCodec* codec = engine->codec();
   auto prompt_ids = std::make_shared<std::vector<std::vector<int32_t>>>(parsed->prompts.size());
-  parsed->echo_is_sent_text.assign(parsed->prompts.size(), false);
   if (parsed->echo && codec != nullptr) {
     for (size_t p = 0; p < parsed->prompts.size(); ++p) {
       GenerateRequest& first = requests[p * n];
-      parsed->echo_is_sent_text[p] = first.has_text;
       if (first.has_text && parsed->logprobs >= 0) {
         absl::StatusOr<std::vector<int32_t>> ids = codec->Encode(first.text, first.add_special_tokens);
         if (!ids.ok()) return reject(absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message())), false);
@@ -764,10 +757,11 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
       json lp = nullptr;
       if (p->logprobs >= 0 && codec != nullptr) {
         lp = api == Api::kChat ? json{{"content", ChatLogprobsContent(c.logprobs, *codec, p->logprobs)}, {"refusal", nullptr}}
-                               : CompletionLogprobs(c.logprobs, *codec, p->logprobs, c.text_offset, p->skip_special_tokens);
+                               : CompletionLogprobs(c.logprobs, *codec, p->logprobs, c.text, c.text_offset, c.text_offset,
+                                                    p->skip_special_tokens);
         if (api == Api::kCompletions && p->echo) {
-          json all = EchoLogprobs((*prompt_ids)[i / n], c.prompt_logprobs, *codec, p->logprobs,
-                                   p->skip_special_tokens && !p->echo_is_sent_text[i / n]);
+          json all = EchoLogprobs((*prompt_ids)[i / n], c.prompt_logprobs, *codec, p->logprobs, p->echo_texts[i / n],
+                                   p->skip_special_tokens);
           AppendLogprobs(&all, lp);
           lp = std::move(all);
         }
@@ -850,8 +844,7 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
             out += chunk({{"index", ce.index},
                           {"text", p->echo_texts[ce.index / n]},
                           {"logprobs", EchoLogprobs((*prompt_ids)[ce.index / n], c.prompt_logprobs, *codec,
-                                                    p->logprobs,
-                                                    p->skip_special_tokens && !p->echo_is_sent_text[ce.index / n])},
+                                                    p->logprobs, p->echo_texts[ce.index / n], p->skip_special_tokens)},
                           {"finish_reason", nullptr}});
           }
           const bool has_lp = p->logprobs >= 0 && codec != nullptr && !e.logprobs.empty();
@@ -859,8 +852,8 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
             json lp = nullptr;
             if (has_lp) {
               lp = api == Api::kChat ? json{{"content", ChatLogprobsContent(e.logprobs, *codec, p->logprobs)}, {"refusal", nullptr}}
-                                     : CompletionLogprobs(e.logprobs, *codec, p->logprobs, c.next_lp_offset,
-                                                          p->skip_special_tokens, &c.next_lp_offset);
+                                     : CompletionLogprobs(e.logprobs, *codec, p->logprobs, c.text, c.text_offset,
+                                                          c.next_lp_offset, p->skip_special_tokens, &c.next_lp_offset);
             }
             if (api == Api::kChat) {
               out += chunk({{"index", ce.index}, {"delta", {{"content", e.text}}}, {"logprobs", lp}, {"finish_reason", nullptr}});

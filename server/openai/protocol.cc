@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -485,33 +486,41 @@ const char* FinishReasonString(FinishReason r) {
   }
 }
 
-json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n, size_t text_offset,
-                        bool skip_special, size_t* end, bool starts_text) {
+json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n, std::string_view text,
+                        size_t base, size_t text_offset, bool skip_special, size_t* end) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   size_t at = text_offset;
+  // Whether `s` is the choice's text at `at` (as far as the text is known).
+  auto here = [&](std::string_view s) {
+    const size_t rel = at - base;
+    return !s.empty() && at >= base && rel + s.size() <= text.size() && text.compare(rel, s.size(), s) == 0;
+  };
   for (const StepLogprobs& lp : lps) {
-    const std::string text = TokenText(codec, lp.token_id);
-    tokens.push_back(text);
+    const std::string shown = TokenText(codec, lp.token_id);
+    tokens.push_back(shown);
     token_logprobs.push_back(lp.logprob);
     offsets.push_back(at);
-    // A token adds its piece's bytes to the text. The first one a text shows may lose a leading
-    // part to the decoder's rules for a text's start (a SentencePiece token's space): then its text
-    // alone is the end of its piece.
-    const std::string piece = codec.TokenBytes(lp.token_id, skip_special);
-    size_t adds = piece.size();
-    if (starts_text && !piece.empty()) {
-      if (const std::string alone = codec.Decode({lp.token_id}, skip_special); absl::EndsWith(piece, alone)) {
-        adds = alone.size();
-      }
-      starts_text = false;
+    // What the token adds to the text, read off the text where it is known: its piece; or its text
+    // alone, where the decoder's rules for a text's start took a part of the piece (a SentencePiece
+    // token's space at the start of a text or of an output that could not continue its prompt's);
+    // nothing for a special token the text does not hold (skipped, or added by the tokenizer, as a
+    // BOS is to an echoed prompt). Where the text is not known yet (held back), its piece.
+    const std::string piece = codec.TokenBytes(lp.token_id, false);
+    if (at < base || at - base >= text.size()) {
+      at += codec.TokenBytes(lp.token_id, skip_special).size();
+    } else if (here(piece)) {
+      at += piece.size();
+    } else if (const std::string alone = codec.Decode({lp.token_id}, skip_special); here(alone)) {
+      at += alone.size();
+    } else if (!codec.TokenBytes(lp.token_id, true).empty()) {
+      at += piece.size();
     }
-    at += adds;
     // OpenAI: the top `logprobs` alternatives plus the sampled token, so up to logprobs + 1.
     json alts = json::object();
     for (int i = 0; i < top_n && i < static_cast<int>(lp.top.size()); ++i) {
       alts[TokenText(codec, lp.top[i].id)] = lp.top[i].logprob;
     }
-    if (!alts.contains(text)) alts[text] = lp.logprob;
+    if (!alts.contains(shown)) alts[shown] = lp.logprob;
     top.push_back(std::move(alts));
   }
   if (end != nullptr) *end = at;
@@ -519,15 +528,15 @@ json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& c
 }
 
 json EchoLogprobs(const std::vector<int32_t>& prompt_ids, const std::vector<StepLogprobs>& prompt_lps,
-                  const TextCodec& codec, int top_n, bool skip_special) {
-  if (prompt_ids.empty()) return CompletionLogprobs({}, codec, top_n, 0, skip_special, nullptr, true);
+                  const TextCodec& codec, int top_n, std::string_view echo_text, bool skip_special) {
+  if (prompt_ids.empty()) return CompletionLogprobs({}, codec, top_n, echo_text, 0, 0, skip_special);
   // The first token goes through the same rule for its text and offsets, then loses its logprobs:
   // nothing comes before it (OpenAI: null).
   std::vector<StepLogprobs> all;
   all.reserve(prompt_lps.size() + 1);
   all.push_back(StepLogprobs{prompt_ids[0], 0.f, {}});
   all.insert(all.end(), prompt_lps.begin(), prompt_lps.end());
-  json out = CompletionLogprobs(all, codec, top_n, 0, skip_special, nullptr, true);
+  json out = CompletionLogprobs(all, codec, top_n, echo_text, 0, 0, skip_special);
   out["token_logprobs"][0] = nullptr;
   out["top_logprobs"][0] = nullptr;
   return out;

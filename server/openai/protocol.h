@@ -38,9 +38,6 @@ struct ParsedRequest {
   std::string model;  // empty: the served model
   std::vector<v1::GenerateRequest> prompts;
   std::vector<std::string> echo_texts;  // per prompt, with echo (token-id prompts: filled once decoded)
-  // Per prompt, with echo: the echo is the text the client sent, special-token strings included
-  // whatever skip_special_tokens says (a token-id prompt's echo is its decoded text).
-  std::vector<bool> echo_is_sent_text;
   int n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
@@ -80,28 +77,28 @@ HttpError MakeError(int http_status, const std::string& type, const std::string&
 // "length" / "stop" (eos is "stop"); other reasons end with an error status instead.
 const char* FinishReasonString(FinishReason r);
 
-// Logprobs of `lps` in the completions shape {tokens, token_logprobs, top_logprobs, text_offset};
-// `text_offset` is where the first token's text starts in the choice's text. Every sampled token
-// is listed with its own text; a special token left out of the text (`skip_special`) adds nothing
-// to the offsets after it, so each offset stays a position in the choice's text.
-// A token's text is its piece inside a text (TextCodec::TokenBytes), a part of a UTF-8 character
-// shown as U+FFFD; offsets advance by the piece's bytes, so they stay positions in the choice's text
-// when a character spans tokens. `end`, when set, receives the offset after the last token (where
-// the next one's text starts). `starts_text`: the tokens begin a text (an echoed prompt), where the
-// first one shown follows the decoder's rules for a text's start.
+// Logprobs of `lps` in the completions shape {tokens, token_logprobs, top_logprobs, text_offset}.
+// Every sampled token is listed with its own text: its piece inside a text
+// (TextCodec::TokenBytes), a part of a UTF-8 character shown as U+FFFD. `text_offset` is where the
+// first token's text starts in the choice's text, and `text` is that text as far as it is known,
+// from offset `base` on (the whole text, or what was streamed so far). Each offset is a byte
+// position in the choice's text: a token advances it by what it adds there, read off `text` (its
+// piece; its text alone where a text's start took part of the piece; nothing for a special token
+// the text does not hold), or by its piece where the text is not known yet. `end`, when set,
+// receives the offset after the last token (where the next one's text starts).
 nlohmann::json CompletionLogprobs(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n,
-                                  size_t text_offset, bool skip_special, size_t* end = nullptr,
-                                  bool starts_text = false);
+                                  std::string_view text, size_t base, size_t text_offset, bool skip_special,
+                                  size_t* end = nullptr);
 // The same shape for an echoed prompt (echo with logprobs): every prompt token, the first with null
 // logprobs (nothing comes before it), the others with `prompt_lps` (the request's prompt_logprobs,
-// tokens 1 ..), offsets from 0.
+// tokens 1 ..), offsets from 0 in `echo_text`.
 nlohmann::json EchoLogprobs(const std::vector<int32_t>& prompt_ids, const std::vector<StepLogprobs>& prompt_lps,
-                            const TextCodec& codec, int top_n, bool skip_special);
+                            const TextCodec& codec, int top_n, std::string_view echo_text, bool skip_special);
 // Appends the entries of `more` to `into` (both in the completions shape).
 void AppendLogprobs(nlohmann::json* into, const nlohmann::json& more);
 // Logprobs in the chat shape: the `content` array [{token, logprob, bytes, top_logprobs}]; `bytes`
-// are the token's own bytes, a part of a UTF-8 character included, so that the bytes of the listed
-// tokens concatenate to the content.
+// are the token's own bytes (its piece inside a text), a part of a UTF-8 character included, so that
+// the bytes of the tokens of one character join into it.
 nlohmann::json ChatLogprobsContent(const std::vector<StepLogprobs>& lps, const TextCodec& codec, int top_n);
 
 // Serializes with invalid UTF-8 replaced (a token's text may be a partial UTF-8 sequence).

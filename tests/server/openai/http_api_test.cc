@@ -263,36 +263,77 @@ TEST(HttpApi, CompletionLogprobsShape) {
   EXPECT_EQ(at, text.size());
 }
 
-// A codec whose id 0 is the special token "<s>"; ids 1 and 2 are "a" and "bc".
+// A codec whose id 0 is the special token "<s>"; ids 1 and 2 are "a" and "bc"; ids 3 and 4 are the
+// SentencePiece-style " sky" and " is", which lose their space at the start of a text.
 class SpecialZeroCodec : public TextCodec {
  public:
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view, bool) const override { return std::vector<int32_t>{}; }
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special) const override {
     std::string out;
-    for (int32_t id : ids) out += id == 0 ? (skip_special ? "" : "<s>") : id == 1 ? "a" : "bc";
+    for (int32_t id : ids) out += Piece(id, skip_special);
+    if (!ids.empty() && ids[0] >= 3) out.erase(0, 1);  // a text's first token loses its space
     return out;
   }
-  std::string TokenBytes(int32_t id, bool skip_special) const override { return Decode({id}, skip_special); }
+  std::string TokenBytes(int32_t id, bool skip_special) const override { return Piece(id, skip_special); }
   std::unique_ptr<TextStream> NewStream(bool, std::span<const int32_t>) const override { return nullptr; }
   std::vector<int32_t> eos_ids() const override { return {0}; }
+
+ private:
+  static std::string Piece(int32_t id, bool skip_special) {
+    switch (id) {
+      case 0: return skip_special ? "" : "<s>";
+      case 1: return "a";
+      case 2: return "bc";
+      case 3: return " sky";
+      default: return " is";
+    }
+  }
 };
 
-TEST(OpenAiProtocol, CompletionLogprobsOffsetsSkipTheSpecialTokensTheTextSkips) {
-  SpecialZeroCodec codec;
-  std::vector<StepLogprobs> lps(4);
-  const int32_t ids[] = {1, 0, 2, 1};
-  for (size_t i = 0; i < lps.size(); ++i) {
+std::vector<StepLogprobs> Steps(const std::vector<int32_t>& ids) {
+  std::vector<StepLogprobs> lps(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
     lps[i].token_id = ids[i];
     lps[i].logprob = -0.5f * static_cast<float>(i);
   }
+  return lps;
+}
+
+TEST(OpenAiProtocol, CompletionLogprobsOffsetsSkipTheSpecialTokensTheTextSkips) {
+  SpecialZeroCodec codec;
+  const std::vector<StepLogprobs> lps = Steps({1, 0, 2, 1});
   // Text "abca" (special token skipped), after 3 bytes of echo.
-  json lp = openai::CompletionLogprobs(lps, codec, 0, 3, true);
+  json lp = openai::CompletionLogprobs(lps, codec, 0, "abca", 3, 3, true);
   EXPECT_EQ(lp["tokens"], json({"a", "<s>", "bc", "a"}));
   EXPECT_EQ(lp["text_offset"], json({3, 4, 4, 6}));
   EXPECT_EQ(lp["top_logprobs"][1], json({{"<s>", -0.5}}));
   // Text "a<s>bca" (skip_special_tokens false): offsets advance by every token.
-  lp = openai::CompletionLogprobs(lps, codec, 0, 3, false);
+  lp = openai::CompletionLogprobs(lps, codec, 0, "a<s>bca", 3, 3, false);
   EXPECT_EQ(lp["text_offset"], json({3, 4, 7, 9}));
+  // Streamed: the text not known yet (held back), offsets go on by the pieces.
+  size_t end = 0;
+  lp = openai::CompletionLogprobs(lps, codec, 0, "a", 3, 3, false, &end);
+  EXPECT_EQ(lp["text_offset"], json({3, 4, 7, 9}));
+  EXPECT_EQ(end, 10u);
+}
+
+// Offsets are read off the text: a BOS the tokenizer added to an echoed prompt holds no place in
+// the text the client sent (even with skip_special_tokens false), and an output that begins a text
+// of its own (a detokenizer that could not continue its prompt) starts without its first space.
+TEST(OpenAiProtocol, OffsetsFollowTheTextTheTokensMake) {
+  SpecialZeroCodec codec;
+  json lp = openai::EchoLogprobs({0, 3, 4}, Steps({3, 4}), codec, 0, "sky is", /*skip_special=*/false);
+  EXPECT_EQ(lp["tokens"], json({"<s>", " sky", " is"}));
+  EXPECT_EQ(lp["text_offset"], json({0, 0, 3}));
+  EXPECT_EQ(lp["token_logprobs"][0], nullptr);
+  // The sent text holds the special token's string: it counts.
+  lp = openai::EchoLogprobs({0, 1}, Steps({1}), codec, 0, "<s>a", /*skip_special=*/true);
+  EXPECT_EQ(lp["text_offset"], json({0, 3}));
+  // An output "sky is" whose first token lost its space; then the same after an echo of "x".
+  lp = openai::CompletionLogprobs(Steps({3, 4}), codec, 0, "sky is", 0, 0, true);
+  EXPECT_EQ(lp["text_offset"], json({0, 3}));
+  lp = openai::CompletionLogprobs(Steps({3, 4}), codec, 0, " sky is", 1, 1, true);
+  EXPECT_EQ(lp["text_offset"], json({1, 5}));
 }
 
 TEST(HttpApi, ChatWithoutTemplateIsA400NamingMessages) {
