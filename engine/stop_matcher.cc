@@ -18,15 +18,17 @@ StopMatcher::Result StopMatcher::Push(std::string_view delta, Check check) {
   if (check == Check::kRelease || stops_.empty()) {
     r.text = std::move(pending_);
     pending_.clear();
+    no_match_before_ = 0;
     return r;
   }
-  // Earliest occurrence of any stop string; on a tie at one position the longer string wins so
-  // that "ab" and "abc" behave like the longest literal the user wrote.
+  // Earliest occurrence of any stop string that ends in text pushed while matching is on (one that
+  // lies wholly in text held before min_tokens does not count); on a tie at one position the
+  // longer string wins so that "ab" and "abc" behave like the longest literal the user wrote.
   size_t best = std::string::npos;
   const std::string* best_stop = nullptr;
   for (const auto& s : stops_) {
     if (check != Check::kMatch) break;
-    const size_t pos = pending_.find(s);
+    const size_t pos = pending_.find(s, no_match_before_ >= s.size() ? no_match_before_ - s.size() + 1 : 0);
     if (pos == std::string::npos) continue;
     if (pos < best || (pos == best && s.size() > best_stop->size())) {
       best = pos;
@@ -52,14 +54,17 @@ StopMatcher::Result StopMatcher::Push(std::string_view delta, Check check) {
       }
     }
   }
-  r.text = pending_.substr(0, pending_.size() - hold);
-  pending_.erase(0, pending_.size() - hold);
+  const size_t released = pending_.size() - hold;
+  r.text = pending_.substr(0, released);
+  pending_.erase(0, released);
+  no_match_before_ = check == Check::kHoldOnly ? pending_.size() : no_match_before_ - std::min(no_match_before_, released);
   return r;
 }
 
 std::string StopMatcher::Flush() {
   std::string out = std::move(pending_);
   pending_.clear();
+  no_match_before_ = 0;
   return out;
 }
 

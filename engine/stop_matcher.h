@@ -39,6 +39,7 @@ class StopMatcher {
  private:
   std::vector<std::string> stops_;
   std::string pending_;
+  size_t no_match_before_ = 0;  // pending_[0, this) came before matching was on: no match ends there
   bool done_ = false;
 };
 

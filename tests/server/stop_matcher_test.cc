@@ -80,6 +80,24 @@ TEST(StopMatcher, HoldOnlyMatchesNothingButKeepsAPrefixForLater) {
   EXPECT_TRUE(r.matched);
   EXPECT_EQ(r.stop, "sMetrics");
   EXPECT_EQ(r.text, "");
+  // A shorter stop string held whole before min_tokens (as the start of a longer one) does not
+  // match once matching is on; the longer one still can.
+  for (const std::string next : {"Sure", "User: hi"}) {
+    StopMatcher k({"\n", "\nUser:"});
+    EXPECT_EQ(k.Push("Hi\n", StopMatcher::Check::kHoldOnly).text, "Hi");
+    r = k.Push(next);
+    if (next == "Sure") {
+      EXPECT_FALSE(r.matched) << "\\n came before min_tokens";
+      EXPECT_EQ(r.text, "\nSure");
+      r = k.Push("\n");
+      EXPECT_TRUE(r.matched);
+      EXPECT_EQ(r.stop, "\n");
+    } else {
+      EXPECT_TRUE(r.matched);
+      EXPECT_EQ(r.stop, "\nUser:");
+      EXPECT_EQ(r.text, "");
+    }
+  }
   // Held text that turns out not to be a stop string goes out.
   StopMatcher n({"sMetrics"});
   EXPECT_EQ(n.Push("xs", StopMatcher::Check::kHoldOnly).text, "x");
