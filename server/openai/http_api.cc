@@ -649,13 +649,18 @@ void HttpApiServer::Impl::HandleGenerate(const httplib::Request& req, httplib::R
   // queue and withdraw again, turning other requests away meanwhile (a race with other requests
   // can still leave it to the engines to refuse a late choice).
   if (num_choices > 1) {
-    const int64_t limit = static_cast<int64_t>(engine->options().max_queued_requests) * engine->size();
+    // Each engine queues max_queued_requests, and a prompt's choices share their first KV block, so
+    // that routing may send them all to one engine: the choices must fit one engine's queue.
+    const int64_t limit = engine->options().max_queued_requests;
     if (static_cast<int64_t>(num_choices) > limit) {
       return reject(absl::InvalidArgumentError(absl::StrCat("n: ", num_choices, " choices (n x prompts) exceed the ",
-                                                            limit, " requests the server queues")),
+                                                            limit, " requests an engine queues")),
                     false);
     }
-    const int64_t waiting = engine->Stats().waiting;
+    int64_t waiting = limit;  // on the serving engine with the most room
+    for (int i = 0; i < engine->size(); ++i) {
+      if (engine->serving(i)) waiting = std::min<int64_t>(waiting, engine->EngineStatsAt(i).waiting);
+    }
     if (waiting + static_cast<int64_t>(num_choices) > limit) {
       absl::Status full = absl::ResourceExhaustedError(absl::StrCat(
           "queue full: ", waiting, " requests waiting + ", num_choices, " choices exceed the limit of ", limit));
