@@ -642,13 +642,13 @@ void PrintSummary(const nlohmann::json& j) {
                 g["slo_ttft_ms"].get<double>(), g["slo_itl_ms"].get<double>(), g["requests"].get<long long>(),
                 g["requests_per_s"].get<double>());
   }
-  std::printf("%-8s %10s %10s %10s %10s %10s %10s\n", "ms", "p50", "p90", "p95", "p99", "max", "mean");
+  std::printf("%-8s %10s %10s %10s %10s %10s %10s %10s\n", "ms", "min", "p50", "p90", "p95", "p99", "max", "mean");
   for (const char* k : {"ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"}) {
     const auto& d = j[k];
     const std::string name(k);
-    std::printf("%-8s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", name.substr(0, name.size() - 3).c_str(),
-                d["p50"].get<double>(), d["p90"].get<double>(), d["p95"].get<double>(), d["p99"].get<double>(),
-                d["max"].get<double>(), d["mean"].get<double>());
+    std::printf("%-8s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", name.substr(0, name.size() - 3).c_str(),
+                d["min"].get<double>(), d["p50"].get<double>(), d["p90"].get<double>(), d["p95"].get<double>(),
+                d["p99"].get<double>(), d["max"].get<double>(), d["mean"].get<double>());
   }
   if (!j["first_error"].get<std::string>().empty()) {
     std::printf("first error: %s\n", j["first_error"].get<std::string>().c_str());

@@ -216,7 +216,7 @@ const std::vector<Flag>& Flags() {
       {"log-requests", "one log line per completed or rejected request (true | false)",
        [](const ServerOptions& o) { return o.log_requests ? "true" : "false"; },
        Bool("log-requests", &ServerOptions::log_requests)},
-      {"max-message-mb", "largest gRPC message accepted, MiB",
+      {"max-message-mb", "largest gRPC message accepted, MiB; also the largest HTTP API request body (413 above it)",
        [](const ServerOptions& o) { return absl::StrCat(o.max_message_bytes >> 20); },
        [](ServerOptions& o, const std::string& v) {
          int64_t mb = 0;

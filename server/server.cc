@@ -510,6 +510,9 @@ std::string Server::Impl::Banner() const {
   if (metrics_port_ > 0) {
     absl::StrAppend(&out, tls_ != nullptr ? "  metrics: https://localhost:" : "  metrics: http://localhost:", metrics_port_, "/metrics  (probes: /health, /ready)\n");
   }
+  if (probe_port_ > 0) {
+    absl::StrAppend(&out, "  probes: http://localhost:", probe_port_, "/health, /ready, /metrics  (plain HTTP, no key)\n");
+  }
   if (http_port_ > 0) {
     const std::string scheme = tls_ != nullptr ? "https" : "http";
     absl::StrAppend(&out, "  OpenAI API: ", scheme, "://localhost:", http_port_, "/v1  (model '", ServedModelName(),

@@ -82,6 +82,12 @@ uint32_t ToU32(int64_t v) {
 
 // The fields both APIs share: sampling, stopping, n, stream and the extensions.
 absl::Status ParseCommon(const json& body, ParsedRequest* out, v1::GenerateRequest* proto) {
+  // Structured output (vLLM takes response_format on completions too) is not something this server
+  // does: refused rather than ignored, on both endpoints.
+  if (const json* rf = Field(body, "response_format"); rf != nullptr) {
+    const json* type = rf->is_object() ? Field(*rf, "type") : nullptr;
+    if (type == nullptr || *type != "text") return Bad("response_format", "only {\"type\": \"text\"} is supported");
+  }
   if (const json* m = Field(body, "model"); m != nullptr) {
     if (!m->is_string()) return Bad("model", "must be a string");
     out->model = m->get<std::string>();
@@ -305,10 +311,6 @@ absl::StatusOr<ParsedRequest> ParseChatRequest(const json& body, const ChatTempl
   if (absl::Status s = ParseCommon(body, &out, &base); !s.ok()) return s;
   if (const json* tools = Field(body, "tools"); tools != nullptr && !(tools->is_array() && tools->empty())) {
     return Bad("tools", "tool calls are not supported");
-  }
-  if (const json* rf = Field(body, "response_format"); rf != nullptr) {
-    const json* type = rf->is_object() ? Field(*rf, "type") : nullptr;
-    if (type == nullptr || *type != "text") return Bad("response_format", "only {\"type\": \"text\"} is supported");
   }
   bool want_logprobs = false;
   if (absl::Status s = GetBool(body, "logprobs", &want_logprobs); !s.ok()) return s;

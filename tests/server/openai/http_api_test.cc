@@ -564,6 +564,7 @@ TEST(HttpApi, BadFieldsAre400sNamingTheField) {
       {{{"prompt", "x"}, {"max_tokens", -3}}, "max_tokens"},
       {{{"prompt", "x"}, {"max_tokens", 100000}}, "max_tokens"},  // beyond the context: the engine's rule
       {{{"prompt", "x"}, {"stop", 5}}, "stop"},
+      {{{"prompt", "x"}, {"response_format", {{"type", "json_object"}}}}, "response_format"},
       {{{"prompt", "x"}, {"n", 0}}, "n"},
       {{{"prompt", "x"}, {"logprobs", 500}}, "logprobs"},  // above --max-logprobs
       {{{"prompt", "x"}, {"stop_token_ids", {999999}}}, "stop_token_ids"},
