@@ -1,6 +1,7 @@
 // sbctl: command-line client of sbserve.
 //
-//   sbctl [--addr HOST:PORT] [--timeout DURATION] COMMAND [ARGS]
+//   sbctl [--addr HOST:PORT] [--timeout DURATION] [--api-key KEY] [--tls-ca FILE | --tls]
+//         [--tls-cert FILE --tls-key FILE] COMMAND [ARGS]
 //     generate "prompt" [sampling and stopping flags] [--json] [--unary]
 //     health [--service NAME]
 //     info
@@ -9,9 +10,10 @@
 //     bench [--concurrency C | --request-rate R] [--requests N] [--duration D] [--prompt-tokens N|LO:HI]
 //           [--max-tokens N|LO:HI] [--input FILE.jsonl] [--shared-prefixes N --prefix-tokens P]
 //           [--slo-ttft MS] [--slo-itl MS] [--json [FILE]] [--plot FILE.svg] ...
-// The address also comes from SBSERVE_ADDR (default localhost:50051).
+// The address also comes from SBSERVE_ADDR (default localhost:50051), the key from SBSERVE_API_KEY.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/client_interceptor.h>
 
 #include <unistd.h>
 
@@ -20,6 +22,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
+#include <sstream>
+#include <fstream>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -75,6 +80,9 @@ commands:
               --progress / --no-progress (default: a progress line while stderr is a terminal)
 
 --addr defaults to $SBSERVE_ADDR or localhost:50051; --timeout (e.g. 30s) sets the call deadline.
+--api-key KEY (or $SBSERVE_API_KEY) sends "authorization: Bearer KEY" with every call, for a server
+with --api-keys-file. --tls-ca FILE connects over TLS trusting that CA (--tls: the system's roots);
+--tls-cert FILE --tls-key FILE present a client certificate (a server with --tls-client-ca).
 )";
 
 [[noreturn]] void Die(const std::string& msg, int code = 2) {
@@ -412,12 +420,49 @@ int Bench(const std::shared_ptr<grpc::Channel>& channel, const Args& a) {
   return sbserve::client::RunBench(channel, o);
 }
 
+// Adds "authorization: Bearer KEY" to every call of the channel (bench's and health's included).
+class BearerInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit BearerInterceptor(const std::string* header) : header_(header) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", *header_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string* header_;
+};
+
+class BearerInterceptorFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit BearerInterceptorFactory(std::string key) : header_("Bearer " + std::move(key)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+    return new BearerInterceptor(&header_);
+  }
+
+ private:
+  std::string header_;
+};
+
+std::string ReadFileOrDie(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Die(absl::StrCat(flag, ": cannot read '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string addr = std::getenv("SBSERVE_ADDR") != nullptr ? std::getenv("SBSERVE_ADDR") : "localhost:50051";
   absl::Duration timeout = absl::ZeroDuration();
+  std::string api_key = std::getenv("SBSERVE_API_KEY") != nullptr ? std::getenv("SBSERVE_API_KEY") : "";
+  bool tls = false;
+  std::string tls_ca, tls_cert, tls_key;
   size_t i = 0;
   for (; i < args.size() && args[i].rfind("--", 0) == 0; ++i) {
     std::string a = args[i];
@@ -425,7 +470,7 @@ int main(int argc, char** argv) {
     if (size_t eq = a.find('='); eq != std::string::npos) {
       v = a.substr(eq + 1);
       a = a.substr(0, eq);
-    } else if (a != "--help" && i + 1 < args.size()) {
+    } else if (a != "--help" && a != "--tls" && i + 1 < args.size()) {
       v = args[++i];
     }
     if (a == "--help") {
@@ -435,6 +480,17 @@ int main(int argc, char** argv) {
       addr = v;
     } else if (a == "--timeout") {
       if (!absl::ParseDuration(v, &timeout)) Die(absl::StrCat("--timeout: '", v, "' is not a duration like 30s"));
+    } else if (a == "--api-key") {
+      api_key = v;
+    } else if (a == "--tls") {
+      tls = true;
+    } else if (a == "--tls-ca") {
+      tls = true;
+      tls_ca = ReadFileOrDie(a, v);
+    } else if (a == "--tls-cert") {
+      tls_cert = ReadFileOrDie(a, v);
+    } else if (a == "--tls-key") {
+      tls_key = ReadFileOrDie(a, v);
     } else {
       Die(absl::StrCat("unknown option ", a, "\n", kUsage));
     }
@@ -448,7 +504,18 @@ int main(int argc, char** argv) {
 
   grpc::ChannelArguments ca;
   ca.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), ca);
+  if (tls_cert.empty() != tls_key.empty()) Die("--tls-cert and --tls-key go together");
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (tls || !tls_cert.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = tls_ca;  // empty: the system's roots
+    ssl.pem_private_key = tls_key;
+    ssl.pem_cert_chain = tls_cert;
+    creds = grpc::SslCredentials(ssl);
+  }
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  if (!api_key.empty()) interceptors.push_back(std::make_unique<BearerInterceptorFactory>(api_key));
+  auto channel = grpc::experimental::CreateCustomChannelWithInterceptors(addr, creds, ca, std::move(interceptors));
   auto stub = SbServe::NewStub(channel);
   if (cmd == "generate") return Generate(*stub, a, timeout);
   if (cmd == "health") return Health(channel, a, timeout > absl::ZeroDuration() ? timeout : absl::Seconds(5));
