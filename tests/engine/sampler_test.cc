@@ -214,7 +214,9 @@ TEST(Sampler, ValidateNamesTheField) {
         {{4, 1.f}, {4, 2.f}}}) {
     p.logit_bias = bad;
     const absl::Status s = p.Validate();
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad[0].first;
+    // A negative id is outside the vocabulary: OUT_OF_RANGE, as an id past its end is.
+    EXPECT_EQ(s.code(), bad[0].first < 0 ? absl::StatusCode::kOutOfRange : absl::StatusCode::kInvalidArgument)
+        << bad[0].first;
     EXPECT_TRUE(absl::StartsWith(s.message(), "logit_bias: ")) << s.message();
   }
   p.logit_bias.clear();
