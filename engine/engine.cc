@@ -5,7 +5,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
-#include <unordered_set>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -57,7 +57,7 @@ class Engine::Impl {
   ~Impl() { Shutdown(); }
 
   absl::Status Submit(GenerateRequest req, EventSink sink);
-  std::vector<std::string> Abort(const std::vector<std::string>& ids, CancelSource source);
+  std::vector<std::string> Abort(const std::vector<std::string>& ids, CancelSource source, uint64_t owner);
   EngineStats Stats() const;
   bool Drain(absl::Duration timeout);
   void Shutdown();
@@ -123,7 +123,7 @@ class Engine::Impl {
   std::deque<Incoming> incoming_;
   int64_t incoming_tokens_ = 0;
   std::vector<PendingAbort> aborts_;
-  std::unordered_set<std::string> live_;
+  std::unordered_map<std::string, uint64_t> live_;  // id -> GenerateRequest::owner
   bool draining_ = false;
   bool stop_ = false;
   EngineStats stats_;  // refreshed after every step
@@ -249,7 +249,7 @@ absl::Status Engine::Impl::Submit(GenerateRequest req, EventSink sink) {
                                     options_.max_queued_tokens),
                        options_.retry_after);
     }
-    if (!live_.insert(req.request_id).second) {
+    if (!live_.emplace(req.request_id, req.owner).second) {
       return absl::AlreadyExistsError(absl::StrCat("request_id: '", req.request_id, "' is already running"));
     }
     incoming_tokens_ += n;
@@ -259,13 +259,14 @@ absl::Status Engine::Impl::Submit(GenerateRequest req, EventSink sink) {
   return absl::OkStatus();
 }
 
-std::vector<std::string> Engine::Impl::Abort(const std::vector<std::string>& ids, CancelSource source) {
+std::vector<std::string> Engine::Impl::Abort(const std::vector<std::string>& ids, CancelSource source,
+                                             uint64_t owner) {
   const absl::Time at = absl::Now();
   std::vector<std::string> out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& id : ids) {
-      if (live_.contains(id)) {
+      if (auto it = live_.find(id); it != live_.end() && (owner == 0 || it->second == owner)) {
         out.push_back(id);
         aborts_.push_back({id, at, source});
       }
@@ -430,8 +431,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateWithCodec(const EngineOpti
 absl::Status Engine::Submit(GenerateRequest request, EventSink sink) {
   return impl_->Submit(std::move(request), std::move(sink));
 }
-std::vector<std::string> Engine::Abort(const std::vector<std::string>& ids, CancelSource source) {
-  return impl_->Abort(ids, source);
+std::vector<std::string> Engine::Abort(const std::vector<std::string>& ids, CancelSource source, uint64_t owner) {
+  return impl_->Abort(ids, source, owner);
 }
 EngineStats Engine::Stats() const { return impl_->Stats(); }
 const ModelConfig& Engine::model_config() const { return impl_->backend().config(); }

@@ -159,8 +159,9 @@ class Engine {
   // Cancels live requests; returns the ids that were live. Their KV blocks are freed at the start
   // of the next engine step and each gets a final event with reason kCancelled (or kDeadline:
   // see Scheduler::Cancel). The time of this call, not of that step, decides between the two.
+  // A non-zero `owner` cancels only a request submitted with that GenerateRequest::owner.
   std::vector<std::string> Abort(const std::vector<std::string>& request_ids,
-                                 CancelSource source = CancelSource::kAbortRpc);
+                                 CancelSource source = CancelSource::kAbortRpc, uint64_t owner = 0);
 
   EngineStats Stats() const;
   const ModelConfig& model_config() const;

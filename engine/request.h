@@ -45,6 +45,9 @@ struct GenerateRequest {
   int32_t prompt_logprobs = -1;
   int32_t priority = 0;              // lower runs first
   bool cache_prefix = true;          // false: neither reuses nor publishes prefix-cached KV blocks
+  // The submitter's token for Abort(..., owner): a cancel from one call (a late one, after its
+  // request ended) never reaches another request that reused its id. 0: none.
+  uint64_t owner = 0;
   absl::Time deadline = absl::InfiniteFuture();
 };
 

@@ -153,8 +153,9 @@ void EnginePool::Release(const std::string& id) {
   if (it != live_.end() && --it->second.refs <= 0) live_.erase(it);
 }
 
-std::vector<std::string> EnginePool::Abort(const std::vector<std::string>& ids, CancelSource source) {
-  if (size() == 1) return engines_[0]->Abort(ids, source);
+std::vector<std::string> EnginePool::Abort(const std::vector<std::string>& ids, CancelSource source,
+                                          uint64_t owner) {
+  if (size() == 1) return engines_[0]->Abort(ids, source, owner);
   std::vector<std::vector<std::string>> per_engine(engines_.size());
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -165,7 +166,7 @@ std::vector<std::string> EnginePool::Abort(const std::vector<std::string>& ids, 
   std::vector<std::string> out;
   for (size_t i = 0; i < engines_.size(); ++i) {
     if (per_engine[i].empty()) continue;
-    for (auto& id : engines_[i]->Abort(per_engine[i], source)) out.push_back(std::move(id));
+    for (auto& id : engines_[i]->Abort(per_engine[i], source, owner)) out.push_back(std::move(id));
   }
   // In the order asked, as one engine answers.
   std::vector<std::string> ordered;

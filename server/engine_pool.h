@@ -61,8 +61,9 @@ class EnginePool {
   // Routes the request to one engine (see above) and submits it there; the engine's status.
   absl::Status Submit(GenerateRequest request, EventSink sink);
   // Cancels live requests on whichever engines hold them; returns the ids that were live.
+  // `owner` as Engine::Abort's.
   std::vector<std::string> Abort(const std::vector<std::string>& request_ids,
-                                 CancelSource source = CancelSource::kAbortRpc);
+                                 CancelSource source = CancelSource::kAbortRpc, uint64_t owner = 0);
 
   // Totals over the engines: counts and tokens summed, kv_block_size of engine 0, draining when
   // the pool drains, backend_healthy while one engine still serves, backend_fatal if any.

@@ -159,6 +159,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     if (req.ok()) {
       id_ = req->request_id;
       engine_ = engine;
+      req->owner = reinterpret_cast<uintptr_t>(this);  // a cancel of this call reaches only its request
       owners_.Set(2);
       st = engine->Submit(*std::move(req), [this](GenerateEvent e) { OnEvent(std::move(e)); });
       if (!st.ok()) owners_.Set(1);
@@ -230,13 +231,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   }
 
   // Cancels the request unless its final event came: once it has, its id may already belong to a
-  // new request, which a late cancel of this call must not reach.
+  // new request, which a late cancel of this call must not reach. The abort names this call as the
+  // owner, so that it also misses a new request in the moment before the final event arrives.
   void AbortUnlessEnded() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (final_) return;
     }
-    if (engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient);
+    if (engine_ != nullptr) engine_->Abort({id_}, CancelSource::kClient, reinterpret_cast<uintptr_t>(this));
   }
 
   // mu_ held: decides what to start next; the call itself happens after unlocking.
@@ -306,6 +308,7 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     if (req.ok()) {
       id_ = req->request_id;
       engine_ = engine;
+      req->owner = reinterpret_cast<uintptr_t>(this);  // a cancel of this call reaches only its request
       response_->set_request_id(id_);
       owners_.Set(2);
       st = engine->Submit(*std::move(req), [this](GenerateEvent e) { OnEvent(std::move(e)); });
@@ -321,8 +324,11 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
-    // Once the final event came, the id may already belong to a new request (see GenerateReactor).
-    if (engine_ != nullptr && !ended_.load()) engine_->Abort({id_}, CancelSource::kClient);
+    // Once the final event came, the id may already belong to a new request; the owner keeps the
+    // abort off it in the moment before (see GenerateReactor).
+    if (engine_ != nullptr && !ended_.load()) {
+      engine_->Abort({id_}, CancelSource::kClient, reinterpret_cast<uintptr_t>(this));
+    }
   }
   void OnDone() override {
     if (owners_.Release()) delete this;

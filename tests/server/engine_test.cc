@@ -189,6 +189,30 @@ TEST(Engine, AbortFreesTheRequestAndDuplicatesAreRefused) {
   ASSERT_TRUE(again.Wait());
 }
 
+// An abort that names an owner reaches only the request submitted with it: a late cancel of a call
+// whose request ended misses a new request that took the id from another call.
+TEST(Engine, AnAbortWithAnOwnerReachesOnlyThatOwnersRequest) {
+  auto engine = MakeEngine();
+  Collector c;
+  GenerateRequest r = Req("id", 8, 500);
+  r.owner = 2;  // the new call's request
+  ASSERT_TRUE(engine->Submit(r, c.Sink()).ok());
+  while (c.num_ids() < 2) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_TRUE(engine->Abort({"id"}, CancelSource::kClient, /*owner=*/1).empty()) << "the old call's cancel";
+  absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_FALSE(c.done());
+  EXPECT_EQ(engine->Abort({"id"}, CancelSource::kClient, /*owner=*/2), std::vector<std::string>{"id"});
+  ASSERT_TRUE(c.Wait());
+  EXPECT_EQ(c.final().finish_reason, FinishReason::kCancelled);
+  // Without an owner (the Abort RPC), any request with the id.
+  Collector d;
+  r.owner = 7;
+  ASSERT_TRUE(engine->Submit(r, d.Sink()).ok());
+  EXPECT_EQ(engine->Abort({"id"}), std::vector<std::string>{"id"});
+  ASSERT_TRUE(d.Wait());
+  EXPECT_EQ(d.final().finish_reason, FinishReason::kCancelled);
+}
+
 // An Abort accepted for a request in the step that ends it by itself is dropped with it: it must not
 // cancel the next request that takes the same id. Staged on the engine thread: "x" (one token) and
 // "y" are prefilled in the same step; y's first event, delivered before that step's final events,
