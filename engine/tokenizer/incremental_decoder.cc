@@ -24,15 +24,23 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_t
 IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens,
                                        std::span<const int32_t> prefix)
     : IncrementalDecoder(tok, skip_special_tokens) {
-  // The state the stream would be in had it emitted the prefix itself: its last visible id, with
-  // the run of byte-fallback tokens before it, is the context (rules for a text's last token, such
-  // as a trailing Strip, are re-evaluated once more text follows, and a byte run decodes whole),
-  // and the visible id before them the anchor. A longer run than kMaxRun leaves it unprimed.
+  // The state the stream would be in had it emitted the prefix itself: its last visible id that
+  // is not a byte-fallback token, with the runs of byte tokens around it (before it, and after it
+  // at the end), is the context (rules for a text's last token, such as a trailing Strip, are
+  // re-evaluated once more text follows, and a byte run decodes whole), and the visible id before
+  // them the anchor. Longer runs than kMaxRun leave it unprimed.
   constexpr size_t kMaxRun = 1024;
+  std::vector<int32_t> context;  // reversed
   size_t k = prefix.size();
-  while (k > 0 && !Visible(prefix[k - 1])) --k;
-  if (k == 0 || tok_.IsByteFallbackToken(prefix[k - 1])) return;
-  std::vector<int32_t> context = {prefix[--k]};
+  for (; k > 0; --k) {
+    const int32_t id = prefix[k - 1];
+    if (!Visible(id)) continue;
+    if (!tok_.IsByteFallbackToken(id)) break;
+    if (context.size() == kMaxRun) return;
+    context.push_back(id);  // a byte run that ends the prefix
+  }
+  if (k == 0) return;
+  context.push_back(prefix[--k]);
   for (; k > 0; --k) {
     const int32_t id = prefix[k - 1];
     if (!Visible(id)) continue;
@@ -40,19 +48,31 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_t
       anchor_ = id;
       break;
     }
-    if (context.size() == kMaxRun) return;
+    if (context.size() == 2 * kMaxRun) {
+      anchor_.reset();
+      last_is_byte_token_ = false;
+      return;
+    }
     context.push_back(id);
   }
   window_.assign(context.rbegin(), context.rend());
   context_len_ = window_.size();
   absl::StatusOr<std::string> text = DecodeWindow();
   if (!text.ok() || EndsWithReplacement(*text)) {
-    anchor_.reset();
-    window_.clear();
-    context_len_ = 0;
+    DropPrimedContext();
     return;
   }
   context_text_ = *std::move(text);
+  primed_ = true;
+}
+
+void IncrementalDecoder::DropPrimedContext() {
+  window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(context_len_));
+  anchor_.reset();
+  context_len_ = 0;
+  context_text_.clear();
+  last_is_byte_token_ = false;
+  primed_ = false;
 }
 
 bool IncrementalDecoder::Visible(int32_t id) const {
@@ -80,11 +100,19 @@ std::string IncrementalDecoder::Add(int32_t id) {
     return {};
   }
   last_is_byte_token_ = tok_.IsByteFallbackToken(id);
+  if (primed_ && !last_is_byte_token_ && text->compare(0, context_text_.size(), context_text_) != 0) {
+    // The prefix's own text changed with what followed (its final byte run, continued into bytes
+    // that are not UTF-8, turned into U+FFFD): the output is decoded as a text of its own.
+    DropPrimedContext();
+    text = DecodeWindow();
+    if (!text.ok()) return {};
+  }
   if (last_is_byte_token_ || text->size() <= context_text_.size() || EndsWithReplacement(*text) ||
       text->compare(0, context_text_.size(), context_text_) != 0) {
     return {};
   }
   std::string delta = text->substr(context_text_.size());
+  primed_ = false;
   // The last visible id of the old context becomes the anchor; the ids just emitted become the
   // context of the next step.
   for (size_t k = context_len_; k > 0; --k) {
@@ -102,6 +130,10 @@ std::string IncrementalDecoder::Add(int32_t id) {
 
 std::string IncrementalDecoder::Flush() {
   absl::StatusOr<std::string> text = DecodeWindow();
+  if (primed_ && text.ok() && text->compare(0, context_text_.size(), context_text_) != 0) {
+    DropPrimedContext();  // as in Add
+    text = DecodeWindow();
+  }
   std::string delta;
   if (text.ok() && text->size() > context_text_.size() &&
       text->compare(0, context_text_.size(), context_text_) == 0) {
@@ -112,6 +144,7 @@ std::string IncrementalDecoder::Flush() {
   context_len_ = 0;
   context_text_.clear();
   last_is_byte_token_ = false;
+  primed_ = false;
   return delta;
 }
 

@@ -96,12 +96,13 @@ class Tokenizer {
 // normal token ends them (see Tokenizer::IsByteFallbackToken).
 //
 // A stream that continues a text (a completion after its prompt) is primed with the ids before
-// it: it starts as if it had streamed them itself (their last visible id, with the byte tokens
-// before it, becomes its context, and the visible id before those its anchor), so the deltas are the text the new ids add, Decode(prefix + ids) past
-// Decode(prefix), as in a full decode of the whole: a SentencePiece token that begins the stream
-// keeps its leading space. A prefix whose last visible id is a byte-fallback token or ends inside
-// a UTF-8 character cannot anchor (its text would change with what follows) and leaves the stream
-// unprimed.
+// it: it starts as if it had streamed them itself (their last visible id that is not a byte
+// token, with the byte tokens around it, becomes its context, and the visible id before those its
+// anchor), so the deltas are the text the new ids add, Decode(prefix + ids) past Decode(prefix),
+// as in a full decode of the whole: a SentencePiece token that begins the stream keeps its leading
+// space. A prefix that ends inside a UTF-8 character cannot anchor and leaves the stream unprimed;
+// so does one whose final byte run the new ids continue into bytes that are not UTF-8 (which would
+// change the prefix's own text): from there the stream is decoded as a text of its own.
 class IncrementalDecoder {
  public:
   IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens = true);
@@ -121,6 +122,8 @@ class IncrementalDecoder {
   size_t context_len_ = 0;
   std::string context_text_;  // Decode(anchor_ + window_[0, context_len_))
   bool last_is_byte_token_ = false;
+  bool primed_ = false;  // the context is still the prefix's (nothing emitted yet)
+  void DropPrimedContext();
 };
 
 // Writes a small byte-level BPE tokenizer.json (+ tokenizer_config.json) into dir, with exactly

@@ -489,9 +489,15 @@ TEST(IncrementalDecoder, APrimedStreamContinuesThePromptsText) {
   // A prompt of skipped special tokens alone has nothing to anchor to; kept, "<s>" is the anchor.
   EXPECT_EQ(stream({0}, completion), "blue.");
   EXPECT_EQ(stream({0}, completion, /*skip=*/false), " blue.");
-  // A prompt ending in a byte token cannot anchor: the bytes after it may complete its character.
+  // A prompt ending inside a character cannot anchor: the bytes after it may complete it.
   EXPECT_EQ(stream({1, 6 + 0xC3}, {6 + 0xA9, 5}), "\xEF\xBF\xBD.");
-  EXPECT_EQ(stream({1, 6 + 0x41}, {4}), "blue");
+  // One ending in a whole byte-token character ("\n", as Llama's tokenizers write it) can.
+  EXPECT_EQ(stream({1, 6 + 0x0A}, {4}), " blue");
+  EXPECT_EQ(stream({1, 6 + 0x0A}, {6 + 0xE4, 6 + 0xB8, 6 + 0xAD, 5}), "\xE4\xB8\xAD.");
+  // Unless the output continues the byte run into bytes that are not UTF-8, which would change the
+  // prompt's own text: then the output is a text of its own.
+  EXPECT_EQ(stream({1, 6 + 0x0A}, {6 + 0xA9, 5}), "\xEF\xBF\xBD.");
+  EXPECT_EQ(stream({1, 6 + 0x0A}, {6 + 0xA9}), "\xEF\xBF\xBD");
   // Byte tokens before the prompt's last token decode with it: "é" then "." is a text to continue.
   EXPECT_EQ(stream({1, 6 + 0xC3, 6 + 0xA9, 5}, {4}), " blue");
 }
