@@ -1,6 +1,6 @@
 // sbmodel: create, inspect and run stick-breaking checkpoints without the server.
 //
-//   sbmodel create --preset tiny|small|1b|3b --variant R0|R1|R2 --dtype bf16|f32|f16 --seed S DIR
+//   sbmodel create --preset tiny|small|small-3b|small-3b-d128|1b|3b --variant R0|R1|R2 --dtype bf16|f32|f16 --seed S DIR
 //   sbmodel inspect DIR
 //   sbmodel logits --model DIR --ids 5,17,3 --out FILE.npy [--decode]
 //   sbmodel generate --model DIR (--ids ... | --prompt TEXT) --max-tokens N [sampling flags]
@@ -34,7 +34,7 @@ namespace sbserve {
 namespace {
 
 constexpr char kUsage[] = R"(usage:
-  sbmodel create --preset tiny|small|1b|3b [--variant R0|R1|R2] [--dtype f32|bf16|f16] [--seed S]
+  sbmodel create --preset tiny|small|small-3b|small-3b-d128|1b|3b [--variant R0|R1|R2] [--dtype f32|bf16|f16] [--seed S]
                  [--kv-heads N] [--norm rmsnorm|layernorm] [--bias] [--untied] [--shards N] DIR
   sbmodel inspect DIR
   sbmodel logits --model DIR --ids 5,17,3 --out FILE.npy [--decode] [--backend auto|cpu|cuda]
