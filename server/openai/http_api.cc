@@ -267,9 +267,8 @@ class HttpApiServer::Impl {
   // Reads the body of a POST into req.body, after the API key check: at most max_body_bytes are
   // kept, whether the body comes with a Content-Length or chunked (httplib's own limit covers only
   // the first), so that no client, authenticated or not, makes the server hold more. The rest of a
-  // refused body (no key, or too large) is read and dropped, so that the connection stays in step
-  // for its next request, up to twice the limit; past that, reading stops and the connection is
-  // not reused. On failure the reply is written (401, 413 or 400) and false returned.
+  // refused body (no key, or too large) is read and dropped, not kept, up to twice the limit; past
+  // that, reading stops. On failure the reply is written (401, 413 or 400) and false returned.
   bool ReadBody(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
     ApiKey* key = nullptr;
     const bool authorized = Authorize(req, res, &key);

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -879,6 +881,81 @@ TEST(HttpApi, AdmissionRefusalIs429WithRetryAfterAndLeavesNothing) {
   queued.join();
   EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_running", 0));
   EXPECT_TRUE(s.WaitMetric("sbserve_num_requests_waiting", 0));
+}
+
+// One HTTP/1.1 response read off a raw socket (headers, then Content-Length bytes); "" on EOF or
+// after 10 s.
+std::string ReadResponse(int fd) {
+  std::string in;
+  char buf[65536];
+  for (int i = 0; i < 1000; ++i) {
+    const size_t head = in.find("\r\n\r\n");
+    if (head != std::string::npos) {
+      size_t length = 0;
+      const size_t at = in.find("Content-Length: ");
+      if (at != std::string::npos && at < head) length = std::stoul(in.substr(at + 16));
+      if (in.size() >= head + 4 + length) return in.substr(0, head + 4 + length);
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 10) <= 0) continue;
+    const ssize_t n = read(fd, buf, sizeof(buf));
+    if (n <= 0) return "";
+    in.append(buf, static_cast<size_t>(n));
+  }
+  return "";
+}
+
+// After a refused body (no key, or over the limit, chunked or not) the connection answers its next
+// request (HTTP/1.1 keep-alive, requests sent one after the other).
+TEST(HttpApi, ARefusedBodyLeavesTheConnectionUsable) {
+  const std::string path = ::testing::TempDir() + "/http_api_keys_keepalive.txt";
+  std::ofstream(path) << "sk-k keeper\n";
+  ServerOptions o = HttpOptions();
+  o.api_keys_file = path;
+  o.max_message_bytes = 1 << 20;
+  HttpServer s(o);
+  const std::string small = json{{"prompt", "x"}, {"max_tokens", 1}}.dump();
+  const std::string big = json{{"prompt", "x"}, {"max_tokens", 1}, {"junk", std::string((1 << 20) + 10, 'a')}}.dump();
+  auto with_length = [](const std::string& body, const std::string& auth) {
+    return absl::StrCat("POST /v1/completions HTTP/1.1\r\nHost: x\r\n", auth,
+                        "Content-Type: application/json\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
+  };
+  auto chunked = [](const std::string& body, const std::string& auth) {
+    std::string out = absl::StrCat("POST /v1/completions HTTP/1.1\r\nHost: x\r\n", auth,
+                                   "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (size_t i = 0; i < body.size(); i += 65536) {
+      const std::string part = body.substr(i, 65536);
+      absl::StrAppend(&out, absl::Hex(part.size()), "\r\n", part, "\r\n");
+    }
+    return out + "0\r\n\r\n";
+  };
+  const std::string key = "Authorization: Bearer sk-k\r\n";
+  struct Case {
+    std::string request;
+    int status;
+  };
+  const std::vector<Case> cases = {{with_length(small, ""), 401},   {chunked(small, ""), 401},
+                                   {with_length(big, key), 413},    {chunked(big, key), 413},
+                                   {chunked(small, key), 200}};
+  for (size_t c = 0; c < cases.size(); ++c) {
+    SCOPED_TRACE(c);
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(s.server().http_port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    const std::string& req = cases[c].request;
+    ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+    const std::string first = ReadResponse(fd);
+    EXPECT_TRUE(absl::StartsWith(first, absl::StrCat("HTTP/1.1 ", cases[c].status))) << first.substr(0, 200);
+    const std::string next = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    ASSERT_EQ(write(fd, next.data(), next.size()), static_cast<ssize_t>(next.size()));
+    const std::string second = ReadResponse(fd);
+    EXPECT_TRUE(absl::StartsWith(second, "HTTP/1.1 200")) << "the next request on the connection: " << second;
+    close(fd);
+  }
 }
 
 TEST(HttpApi, ApiKeysGuardTheApiButNotTheProbes) {
