@@ -133,12 +133,6 @@ class Engine::Impl {
 absl::Status Engine::Impl::Validate(const GenerateRequest& req) const {
   const ModelConfig& cfg = backend_->config();
   if (req.request_id.empty()) return absl::InvalidArgumentError("request_id: must not be empty");
-  // Token ids first, so that an id outside the vocabulary is OUT_OF_RANGE whatever its sign.
-  for (const auto& [id, bias] : req.sampling.logit_bias) {
-    if (id < 0 || id >= cfg.vocab_size) {
-      return absl::OutOfRangeError(absl::StrCat("sampling.logit_bias: token ", id, " is outside [0, ", cfg.vocab_size, ")"));
-    }
-  }
   if (absl::Status s = req.sampling.Validate(); !s.ok()) return s;
   if (req.max_tokens < 0) return absl::InvalidArgumentError("stopping.max_tokens: must be >= 0");
   if (req.min_tokens < 0) return absl::InvalidArgumentError("stopping.min_tokens: must be >= 0");
@@ -152,6 +146,11 @@ absl::Status Engine::Impl::Validate(const GenerateRequest& req) const {
   if (req.prompt_logprobs > options_.max_logprobs) {
     return absl::OutOfRangeError(
         absl::StrCat("prompt_logprobs: at most ", options_.max_logprobs, ", got ", req.prompt_logprobs));
+  }
+  for (const auto& [id, bias] : req.sampling.logit_bias) {
+    if (id >= cfg.vocab_size) {
+      return absl::OutOfRangeError(absl::StrCat("sampling.logit_bias: token ", id, " is outside [0, ", cfg.vocab_size, ")"));
+    }
   }
   for (int32_t id : req.stop_token_ids) {
     if (id < 0 || id >= cfg.vocab_size) {

@@ -31,30 +31,22 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special_t
   // them the anchor. Longer runs than kMaxRun leave it unprimed.
   constexpr size_t kMaxRun = 1024;
   std::vector<int32_t> context;  // reversed
-  size_t k = prefix.size();
-  for (; k > 0; --k) {
-    const int32_t id = prefix[k - 1];
-    if (!Visible(id)) continue;
-    if (!tok_.IsByteFallbackToken(id)) break;
-    if (context.size() == kMaxRun) return;
-    context.push_back(id);  // a byte run that ends the prefix
-  }
-  if (k == 0) return;
-  context.push_back(prefix[--k]);
-  for (; k > 0; --k) {
+  bool have_last = false;        // that id is in `context`; byte tokens before it come next
+  for (size_t k = prefix.size(); k > 0; --k) {
     const int32_t id = prefix[k - 1];
     if (!Visible(id)) continue;
     if (!tok_.IsByteFallbackToken(id)) {
-      anchor_ = id;
-      break;
-    }
-    if (context.size() == 2 * kMaxRun) {
-      anchor_.reset();
-      last_is_byte_token_ = false;
+      if (have_last) {
+        anchor_ = id;
+        break;
+      }
+      have_last = true;
+    } else if (context.size() == (have_last ? 2 * kMaxRun : kMaxRun)) {
       return;
     }
     context.push_back(id);
   }
+  if (!have_last) return;
   window_.assign(context.rbegin(), context.rend());
   context_len_ = window_.size();
   absl::StatusOr<std::string> text = DecodeWindow();

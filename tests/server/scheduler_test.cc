@@ -117,6 +117,14 @@ GenerateRequest Req(const std::string& id, int prompt_len, int max_tokens, uint6
   return r;
 }
 
+// The ids of `r` run alone (the reference a test's variant of it is compared with).
+std::vector<int32_t> IdsAlone(const GenerateRequest& r) {
+  Harness ref(256, 4, 64);
+  ref.Add(r);
+  ref.RunToCompletion();
+  return ref.results[r.request_id].ids;
+}
+
 void CheckBatchShape(const Batch& b, int budget) {
   ASSERT_GE(b.num_seqs(), 1);
   ASSERT_EQ(b.cu_seqlens_q.front(), 0);
@@ -256,10 +264,7 @@ TEST(Scheduler, EosIgnoreEosAndMinTokens) {
 }
 
 TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
-  Harness ref(256, 4, 64);
-  ref.Add(Req("x", 12, 20));
-  ref.RunToCompletion();
-  const std::vector<int32_t> ids = ref.results["x"].ids;
+  const std::vector<int32_t> ids = IdsAlone(Req("x", 12, 20));
   ASSERT_EQ(ids.size(), 20u);
 
   {
@@ -302,10 +307,7 @@ TEST(Scheduler, StopTokenIdsAndStopStringsOnStreamedText) {
 // min_tokens turns matching on at the min_tokens-th token; a stop string that completes there is
 // found even when it began in the tokens before, and no part of it reaches the text.
 TEST(Scheduler, AStopStringCompletingAtMinTokensMatchesWhereItBegan) {
-  Harness ref(256, 4, 64);
-  ref.Add(Req("x", 12, 20));
-  ref.RunToCompletion();
-  const std::vector<int32_t> ids = ref.results["x"].ids;
+  const std::vector<int32_t> ids = IdsAlone(Req("x", 12, 20));
   ASSERT_EQ(ids.size(), 20u);
   // The tail "," of token 2's text and the head of token 3's: "<id2>,<id3>,".
   const std::string stop = absl::StrCat(",", ids[3]);
@@ -372,13 +374,12 @@ TEST(Scheduler, StopStringsCoverTheFinalFlush) {
   {
     // A request ending on a stop token id whose flush then completes a stop string: the text ends
     // at the string, and so does the stop reason.
-    Harness ref(256, 4, 64);
-    ref.Add(Req("x", 12, 6));
-    ref.RunToCompletion();
+    const std::vector<int32_t> alone = IdsAlone(Req("x", 12, 6));
+    ASSERT_EQ(alone.size(), 6u);
     Harness h(256, 4, 64);
     h.codec.flush = "XY";
     GenerateRequest r = Req("x", 12, 6);
-    r.stop_token_ids = {ref.results["x"].ids[2]};
+    r.stop_token_ids = {alone[2]};
     r.stop_strings = {"XY"};
     h.Add(r);
     h.RunToCompletion();

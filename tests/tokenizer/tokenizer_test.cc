@@ -64,6 +64,26 @@ std::vector<std::string> PreTokenize(const json& j, const std::string& text, boo
   return out;
 }
 
+// The 256 "<0xXX>" byte tokens of a byte-fallback vocabulary, appended in byte order.
+void AddByteTokens(std::vector<std::string>* vocab) {
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
+    vocab->push_back(buf);
+  }
+}
+
+// The SentencePiece decoder of Llama's tokenizer.json: "\u2581" to space, byte fallback, fuse, then
+// strip the text's first space.
+json LlamaDecoder() {
+  return {{"type", "Sequence"},
+          {"decoders",
+           {{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
+            {{"type", "ByteFallback"}},
+            {{"type", "Fuse"}},
+            {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+}
+
 std::string TempDir(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() /
              ("sb_tok_" + name + "_" + std::to_string(::getpid()));
@@ -125,18 +145,8 @@ TEST(BpeModel, UnknownCharactersUseUnkAndFuse) {
 
 TEST(BpeModel, ByteFallbackAndItsDecoder) {
   std::vector<std::string> vocab = {"<unk>", "\xE2\x96\x81", "h", "i"};
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
-    vocab.push_back(buf);
-  }
-  json decoder = {
-      {"type", "Sequence"},
-      {"decoders",
-       {{{"type", "Replace"}, {"pattern", {{"String", "\xE2\x96\x81"}}}, {"content", " "}},
-        {{"type", "ByteFallback"}},
-        {{"type", "Fuse"}},
-        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  AddByteTokens(&vocab);
+  json decoder = LlamaDecoder();
   json normalizer = {
       {"type", "Sequence"},
       {"normalizers",
@@ -410,18 +420,8 @@ TEST(Decoders, PiecesKeepWhatATextsEndsWouldDrop) {
 
   // The SentencePiece chain: Replace, ByteFallback, Fuse, then Strip of the text's first space.
   std::vector<std::string> vocab = {"<unk>", m + "hi", m + "you"};
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
-    vocab.push_back(buf);
-  }
-  json decoder = {
-      {"type", "Sequence"},
-      {"decoders",
-       {{{"type", "Replace"}, {"pattern", {{"String", m}}}, {"content", " "}},
-        {{"type", "ByteFallback"}},
-        {{"type", "Fuse"}},
-        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  AddByteTokens(&vocab);
+  json decoder = LlamaDecoder();
   json sp = MakeBpe(vocab, json::array(),
                     {{"model", {{"unk_token", "<unk>"}, {"byte_fallback", true}}}, {"decoder", decoder}});
   sp["added_tokens"] = {{{"id", 0}, {"content", "<unk>"}, {"special", true}}};
@@ -458,18 +458,8 @@ TEST(Decoders, PiecesKeepWhatATextsEndsWouldDrop) {
 TEST(IncrementalDecoder, APrimedStreamContinuesThePromptsText) {
   const std::string m = "\xE2\x96\x81";
   std::vector<std::string> vocab = {"<s>", m + "The", m + "sky", m + "is", m + "blue", "."};
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
-    vocab.push_back(buf);
-  }
-  json decoder = {
-      {"type", "Sequence"},
-      {"decoders",
-       {{{"type", "Replace"}, {"pattern", {{"String", m}}}, {"content", " "}},
-        {{"type", "ByteFallback"}},
-        {{"type", "Fuse"}},
-        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  AddByteTokens(&vocab);
+  json decoder = LlamaDecoder();
   json sp = MakeBpe(vocab, json::array(), {{"model", {{"byte_fallback", true}}}, {"decoder", decoder}});
   sp["added_tokens"] = {{{"id", 0}, {"content", "<s>"}, {"special", true}}};
   auto t = MustLoad(sp);

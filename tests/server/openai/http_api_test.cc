@@ -835,15 +835,25 @@ TEST(HttpApi, StreamingClientThatDisconnectsCancelsAndFreesKv) {
   EXPECT_EQ(MetricValue(s.Metrics(), "sbserve_request_success_total{finished_reason=\"length\"}"), 0);
 }
 
-TEST(HttpApi, NonStreamingClientThatDisconnectsCancels) {
-  HttpServer s;
+// A TCP connection to 127.0.0.1:port; -1 on failure.
+int ConnectLoopback(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_GE(fd, 0);
+  if (fd < 0) return -1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(s.server().http_port()));
+  addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST(HttpApi, NonStreamingClientThatDisconnectsCancels) {
+  HttpServer s;
+  const int fd = ConnectLoopback(s.server().http_port());
+  ASSERT_GE(fd, 0);
   const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", 1900}, {"ignore_eos", true}}.dump();
   const std::string req = absl::StrCat("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
                                        "Content-Length: ", body.size(), "\r\n\r\n", body);
@@ -941,13 +951,8 @@ TEST(HttpApi, ARefusedBodyLeavesTheConnectionUsable) {
                                    {chunked(small, key), 200}};
   for (size_t c = 0; c < cases.size(); ++c) {
     SCOPED_TRACE(c);
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    const int fd = ConnectLoopback(s.server().http_port());
     ASSERT_GE(fd, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(s.server().http_port()));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
     const std::string& req = cases[c].request;
     ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
     const std::string first = ReadResponse(fd);
